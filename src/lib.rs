@@ -1,0 +1,31 @@
+//! # neurostore
+//!
+//! An object store for neural graphs. Objects live in typed tables and are named by
+//! generational handles instead of pointers, so the store can move, collect, mirror and
+//! snapshot them while every handle stays valid or is reliably reported stale.
+//!
+//! The crate is built in layers (see `DESIGN.md` of the project); this release holds the
+//! bottom one:
+//!
+//! - [`pool`]: the hierarchical size-class memory pool ([`HierarchicalPool`]), also usable
+//!   as the global allocator ([`NeuroAlloc`]).
+//!
+//! ```
+//! use std::alloc::Layout;
+//! use neurostore::{HierarchicalPool, PoolConfig};
+//!
+//! let pool = HierarchicalPool::new(PoolConfig::high_performance())?;
+//! let layout = Layout::new::<[f32; 16]>();
+//! let block = pool.allocate(layout)?;
+//! // SAFETY: allocated above with this layout, not used afterwards.
+//! unsafe { pool.deallocate(block.cast(), layout) };
+//! # Ok::<(), neurostore::Error>(())
+//! ```
+
+pub mod error;
+pub mod pool;
+
+pub use error::{ConfigError, Error, OomReason};
+pub use pool::{
+    Alert, AlertKind, HierarchicalPool, LeakReport, NeuroAlloc, PoolConfig, PoolRegistry, PoolStats,
+};

@@ -1,0 +1,561 @@
+//! [`HierarchicalPool`]: routes each layout to the small, medium or large tier.
+
+use std::alloc::{Layout, System};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use allocator_api2::boxed::Box as SysBox;
+
+use super::budget::Budget;
+use super::config::{MAX_SMALL_CLASSES, PoolConfig, ResolvedConfig};
+use super::large::LargeTier;
+use super::medium::MediumTier;
+use super::page_map::{self, RegionKind};
+use super::small::{self, SmallTier};
+use super::stats::{Alert, AlertKind, Alerts, ClassStats, PoolStats, Tier, TierStats};
+use super::sync::lock;
+use super::thread_cache::{self, ThreadList};
+use crate::error::{ConfigError, Error, OomReason};
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Where a layout is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Zero,
+    Small(usize),
+    Medium,
+    Large,
+}
+
+/// The state of one pool, shared with the thread caches.
+pub(crate) struct PoolShared {
+    pub id: u64,
+    pub cfg: ResolvedConfig,
+    pub budget: Budget,
+    pub small: SmallTier,
+    pub medium: MediumTier,
+    pub large: LargeTier,
+    pub threads: Mutex<ThreadList>,
+    alerts: Alerts,
+    peak: AtomicUsize,
+    invalid_frees: AtomicU64,
+    created: Instant,
+}
+
+impl PoolShared {
+    fn approx_in_use(&self) -> usize {
+        self.small.outstanding_bytes()
+            + self.medium.counters.in_use.load(Ordering::Relaxed)
+            + self.large.counters.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Samples the peak and looks at the alerts; called with no pool lock held.
+    #[cold]
+    fn after_slow_path(&self) {
+        let in_use = self.approx_in_use();
+        self.peak.fetch_max(in_use, Ordering::Relaxed);
+        if self.alerts.any.load(Ordering::Relaxed) {
+            self.alerts.check(self.budget.reserved(), in_use, self.budget.limit());
+        }
+    }
+
+    #[inline]
+    fn after_small(&self) {
+        if self.small.due.load(Ordering::Relaxed) {
+            self.small.due.store(false, Ordering::Relaxed);
+            self.after_slow_path();
+        }
+    }
+}
+
+/// A hierarchical size-class memory pool.
+///
+/// Small requests (default up to 256 B) come from fixed-size pools with per-thread caches,
+/// medium ones (up to 64 KiB) from a segregated-fit allocator that splits and coalesces,
+/// large ones from page-aligned buddy arenas, and anything above the largest buddy block
+/// from a mapping of its own. All memory comes from the OS in large regions. The pool is
+/// `Send + Sync` and every method takes `&self`.
+///
+/// ```
+/// use std::alloc::Layout;
+/// use neurostore::{HierarchicalPool, PoolConfig};
+///
+/// let pool = HierarchicalPool::new(PoolConfig::default())?;
+/// let layout = Layout::from_size_align(48, 8).unwrap();
+/// let block = pool.allocate(layout)?;
+/// assert_eq!(block.len(), 64); // the 64-byte size class
+/// // SAFETY: allocated above with this layout, not used afterwards.
+/// unsafe { pool.deallocate(block.cast(), layout) };
+/// assert_eq!(pool.stats().live_allocations, 0);
+/// # Ok::<(), neurostore::Error>(())
+/// ```
+pub struct HierarchicalPool {
+    shared: SysBox<PoolShared, System>,
+}
+
+impl std::fmt::Debug for HierarchicalPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.stats();
+        f.debug_struct("HierarchicalPool")
+            .field("id", &self.shared.id)
+            .field("reserved_bytes", &s.reserved_bytes)
+            .field("in_use_bytes", &s.in_use_bytes)
+            .field("live_allocations", &s.live_allocations)
+            .finish()
+    }
+}
+
+/// Live allocations found when a pool is dropped (or asked with
+/// [`HierarchicalPool::leaks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeakReport {
+    /// Blocks handed out and never freed.
+    pub count: u64,
+    /// Their bytes (block sizes).
+    pub bytes: usize,
+}
+
+impl HierarchicalPool {
+    /// Makes a pool after checking `config`; an impossible config is `Error::Config`
+    /// naming its key. No memory is mapped until the first allocation.
+    pub fn new(config: PoolConfig) -> Result<Self, Error> {
+        let resolved = config.resolve()?;
+        Ok(Self::from_resolved(resolved))
+    }
+
+    /// Makes a pool from a resolved config without allocating through the global
+    /// allocator (all of the pool's own metadata comes from `System`).
+    pub(crate) fn from_resolved(cfg: ResolvedConfig) -> Self {
+        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        let shared = SysBox::new_in(
+            PoolShared {
+                id,
+                cfg,
+                budget: Budget::new(cfg.total_memory),
+                small: SmallTier::new(id, &cfg),
+                medium: MediumTier::new(id, &cfg),
+                large: LargeTier::new(id, &cfg),
+                threads: Mutex::new(ThreadList::new()),
+                alerts: Alerts::new(),
+                peak: AtomicUsize::new(0),
+                invalid_frees: AtomicU64::new(0),
+                created: Instant::now(),
+            },
+            System,
+        );
+        thread_cache::pool_created(id);
+        HierarchicalPool { shared }
+    }
+
+    #[inline]
+    fn route(&self, size: usize, align: usize) -> Route {
+        let s = &*self.shared;
+        if size == 0 {
+            Route::Zero
+        } else if let Some(ci) = s.small.class_for(size, align) {
+            Route::Small(ci)
+        } else if s.medium.serves(size, align) {
+            Route::Medium
+        } else {
+            Route::Large
+        }
+    }
+
+    /// Allocates a block for `layout`. The returned slice is the whole block, which may
+    /// be longer than asked; any length between the layout's size and the slice's may be
+    /// passed back to [`deallocate`](Self::deallocate). A zero-sized layout gets a
+    /// dangling, aligned pointer and takes no memory.
+    #[inline]
+    pub fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, Error> {
+        let (size, align) = (layout.size(), layout.align());
+        let s = &*self.shared;
+        let oom = |reason| Error::OutOfMemory {
+            requested: size,
+            align,
+            reason,
+        };
+        match self.route(size, align) {
+            Route::Small(ci) => {
+                let p = self.alloc_small(ci).map_err(oom)?;
+                Ok(NonNull::slice_from_raw_parts(p, s.small.classes[ci].size))
+            }
+            Route::Zero => {
+                // A dangling pointer aligned to `align`, as `Layout::dangling` gives.
+                let p = NonNull::new(std::ptr::without_provenance_mut::<u8>(align)).expect("align is non-zero");
+                Ok(NonNull::slice_from_raw_parts(p, 0))
+            }
+            Route::Medium => {
+                let r = s.medium.allocate(size, align, &s.budget);
+                s.after_slow_path();
+                let (p, len) = r.map_err(oom)?;
+                Ok(NonNull::slice_from_raw_parts(p, len))
+            }
+            Route::Large => {
+                let r = s.large.allocate(size, align, &s.budget);
+                s.after_slow_path();
+                let p = r.map_err(oom)?;
+                let len = s.large.block_size_for(size, align).expect("served, so representable");
+                Ok(NonNull::slice_from_raw_parts(p, len))
+            }
+        }
+    }
+
+    #[inline]
+    fn alloc_small(&self, ci: usize) -> Result<NonNull<u8>, OomReason> {
+        let s = &*self.shared;
+        if s.cfg.thread_cache_size > 0
+            && let Some(r) = thread_cache::alloc(s, ci)
+        {
+            s.after_small();
+            return r;
+        }
+        let r = s.small.alloc_locked(ci, &s.budget);
+        s.after_slow_path();
+        r
+    }
+
+    /// Frees a block.
+    ///
+    /// In checked mode a double free, foreign pointer or wrong layout is detected: it is
+    /// reported on stderr, counted in [`PoolStats::invalid_frees`], and changes nothing.
+    /// Use [`try_deallocate`](Self::try_deallocate) to get it as an error.
+    ///
+    /// # Safety
+    /// The same contract as [`GlobalAlloc::dealloc`](std::alloc::GlobalAlloc::dealloc):
+    /// `ptr` was returned by [`allocate`](Self::allocate) of this pool for a layout with
+    /// the same alignment and a size between the requested size and the returned length,
+    /// and it is not used afterwards.
+    #[inline]
+    pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract.
+        if let Err(e) = unsafe { self.free_routed(ptr, layout) } {
+            self.shared.invalid_frees.fetch_add(1, Ordering::Relaxed);
+            eprintln!("neurostore: refused deallocation: {e}");
+        }
+    }
+
+    /// Frees a block, returning what is wrong instead of freeing when the pool can tell.
+    ///
+    /// Every mode checks that `ptr` lies in memory of this pool, at the tier and size
+    /// class that `layout` names (`Error::ForeignPointer`, `Error::LayoutMismatch`). In
+    /// checked mode (the [`PoolConfig::debug`] preset) it also detects double frees
+    /// (`Error::DoubleFree`) and pointers inside blocks. An error changes nothing.
+    ///
+    /// # Safety
+    /// In checked mode, none beyond this: a block freed here must not be used afterwards
+    /// by whoever allocated it. Outside checked mode a double free cannot be detected, so
+    /// the contract of [`deallocate`](Self::deallocate) applies to pointers of this pool.
+    pub unsafe fn try_deallocate(&self, ptr: NonNull<u8>, layout: Layout) -> Result<(), Error> {
+        // SAFETY: forwarded contract.
+        let r = unsafe { self.checked_free(ptr, layout) };
+        if r.is_err() {
+            self.shared.invalid_frees.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// # Safety
+    /// As [`try_deallocate`](Self::try_deallocate).
+    unsafe fn checked_free(&self, ptr: NonNull<u8>, layout: Layout) -> Result<(), Error> {
+        let addr = ptr.as_ptr() as usize;
+        let route = self.route(layout.size(), layout.align());
+        if route != Route::Zero {
+            let hp = page_map::lookup(addr).ok_or(Error::ForeignPointer { address: addr })?;
+            let h = page_map::lookup_ref(addr).ok_or(Error::ForeignPointer { address: addr })?;
+            if h.pool_id != self.shared.id {
+                return Err(Error::ForeignPointer { address: addr });
+            }
+            let tier_matches = match (route, h.kind) {
+                (Route::Small(ci), RegionKind::SmallChunk) => {
+                    // SAFETY: the page map names a live small chunk of this pool.
+                    let have = unsafe { small::chunk_class(hp) };
+                    if have != ci {
+                        return Err(Error::LayoutMismatch {
+                            address: addr,
+                            block_size: self.shared.small.classes[have].size,
+                            layout_size: layout.size(),
+                        });
+                    }
+                    if (addr - h.base) % self.shared.small.classes[ci].size != 0 {
+                        return Err(Error::ForeignPointer { address: addr });
+                    }
+                    true
+                }
+                (Route::Medium, RegionKind::MediumRegion) => addr % 16 == 0,
+                (Route::Large, RegionKind::LargeArena | RegionKind::Huge) => true,
+                _ => false,
+            };
+            if !tier_matches {
+                return Err(Error::ForeignPointer { address: addr });
+            }
+        }
+        // SAFETY: forwarded contract; the pointer lies in this pool's tier for the layout.
+        unsafe { self.free_routed(ptr, layout) }
+    }
+
+    /// # Safety
+    /// As [`deallocate`](Self::deallocate); in checked mode any pointer.
+    #[inline]
+    unsafe fn free_routed(&self, ptr: NonNull<u8>, layout: Layout) -> Result<(), Error> {
+        let s = &*self.shared;
+        match self.route(layout.size(), layout.align()) {
+            Route::Zero => Ok(()),
+            Route::Small(ci) => {
+                // SAFETY: forwarded contract.
+                if s.cfg.thread_cache_size > 0 && unsafe { thread_cache::free(s, ci, ptr) } {
+                    s.after_small();
+                    return Ok(());
+                }
+                // SAFETY: forwarded contract.
+                let r = unsafe { s.small.free_locked(ci, ptr, &s.budget) };
+                s.after_slow_path();
+                r
+            }
+            Route::Medium => {
+                // SAFETY: forwarded contract.
+                let r = unsafe { s.medium.deallocate(ptr, layout.size(), &s.budget) };
+                s.after_slow_path();
+                r
+            }
+            Route::Large => {
+                // SAFETY: forwarded contract.
+                let r = unsafe { s.large.deallocate(ptr, layout.size(), layout.align(), &s.budget) };
+                s.after_slow_path();
+                r
+            }
+        }
+    }
+
+    /// Resizes a block to `new_size` bytes, in place when the block already fits (same
+    /// small class, or a medium or large block of the right size), else by allocating,
+    /// copying and freeing. On error the old block is untouched and still owned.
+    ///
+    /// # Safety
+    /// `ptr` and `old` satisfy the contract of [`deallocate`](Self::deallocate); on
+    /// success the old pointer must not be used again (use the returned one).
+    pub unsafe fn reallocate(&self, ptr: NonNull<u8>, old: Layout, new_size: usize) -> Result<NonNull<[u8]>, Error> {
+        let align = old.align();
+        let new = Layout::from_size_align(new_size, align).map_err(|_| Error::OutOfMemory {
+            requested: new_size,
+            align,
+            reason: OomReason::LayoutTooLarge,
+        })?;
+        let (r_old, r_new) = (self.route(old.size(), align), self.route(new_size, align));
+        let s = &*self.shared;
+        if r_old == r_new {
+            match r_new {
+                Route::Small(ci) => return Ok(NonNull::slice_from_raw_parts(ptr, s.small.classes[ci].size)),
+                Route::Large
+                    if s.large.block_size_for(old.size(), align) == s.large.block_size_for(new_size, align)
+                        && new_size <= s.cfg.large_max =>
+                {
+                    let len = s.large.block_size_for(new_size, align).expect("served");
+                    return Ok(NonNull::slice_from_raw_parts(ptr, len));
+                }
+                _ => {}
+            }
+        }
+        let fresh = self.allocate(new)?;
+        // SAFETY: both blocks are live and distinct; we copy the bytes both hold.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.cast::<u8>().as_ptr(), old.size().min(new_size));
+            self.deallocate(ptr, old);
+        }
+        Ok(fresh)
+    }
+
+    /// Returns the blocks this thread caches for this pool to the shared lists, so that
+    /// empty chunks can go back to the OS.
+    pub fn flush_thread_cache(&self) {
+        if self.shared.cfg.thread_cache_size > 0 {
+            thread_cache::flush(&self.shared);
+        }
+    }
+
+    /// Whether this pool runs in checked mode.
+    pub fn is_checked(&self) -> bool {
+        self.shared.cfg.checked
+    }
+
+    /// The pool's figures. Takes the pool's thread-list lock (to sum per-thread
+    /// counters), never a lock of the allocation path.
+    pub fn stats(&self) -> PoolStats {
+        let s = &*self.shared;
+        let mut allocs = [0u64; MAX_SMALL_CLASSES];
+        let mut frees = [0u64; MAX_SMALL_CLASSES];
+        let cached_threads = {
+            let list = lock(&s.threads);
+            list.sum(&mut allocs, &mut frees);
+            list.threads()
+        };
+        let mut classes = Vec::with_capacity(s.small.count + s.cfg.medium_count);
+        let mut small = TierStats::default();
+        for (ci, class) in s.small.classes[..s.small.count].iter().enumerate() {
+            let a = allocs[ci].wrapping_add(class.shared_allocs.load(Ordering::Relaxed));
+            let f = frees[ci].wrapping_add(class.shared_frees.load(Ordering::Relaxed));
+            let live = a.saturating_sub(f);
+            let c = ClassStats {
+                tier: Tier::Small,
+                size: class.size,
+                allocations: a,
+                deallocations: f,
+                in_use_bytes: live as usize * class.size,
+                reserved_bytes: s.small.reserved_bytes(ci),
+                chunks: s.small.chunks(ci),
+            };
+            small.reserved_bytes += c.reserved_bytes;
+            small.in_use_bytes += c.in_use_bytes;
+            small.allocations += a;
+            small.deallocations += f;
+            small.regions += c.chunks;
+            classes.push(c);
+        }
+        for &(size, a, f, in_use) in s.medium.class_figures().iter() {
+            classes.push(ClassStats {
+                tier: Tier::Medium,
+                size,
+                allocations: a,
+                deallocations: f,
+                in_use_bytes: in_use,
+                reserved_bytes: 0,
+                chunks: 0,
+            });
+        }
+        let mc = &s.medium.counters;
+        let medium = TierStats {
+            reserved_bytes: mc.reserved.load(Ordering::Relaxed),
+            in_use_bytes: mc.in_use.load(Ordering::Relaxed),
+            allocations: mc.allocs.load(Ordering::Relaxed),
+            deallocations: mc.frees.load(Ordering::Relaxed),
+            regions: mc.regions.load(Ordering::Relaxed),
+        };
+        let lc = &s.large.counters;
+        let large = TierStats {
+            reserved_bytes: lc.reserved.load(Ordering::Relaxed),
+            in_use_bytes: lc.in_use.load(Ordering::Relaxed),
+            allocations: lc.allocs.load(Ordering::Relaxed),
+            deallocations: lc.frees.load(Ordering::Relaxed),
+            regions: lc.regions.load(Ordering::Relaxed),
+        };
+        let reserved = small.reserved_bytes + medium.reserved_bytes + large.reserved_bytes;
+        let in_use = small.in_use_bytes + medium.in_use_bytes + large.in_use_bytes;
+        let allocations = small.allocations + medium.allocations + large.allocations;
+        let deallocations = small.deallocations + medium.deallocations + large.deallocations;
+        let peak = s.peak.fetch_max(in_use, Ordering::Relaxed).max(in_use);
+        let secs = s.created.elapsed().as_secs_f64();
+        PoolStats {
+            reserved_bytes: reserved,
+            in_use_bytes: in_use,
+            peak_in_use_bytes: peak,
+            allocations,
+            deallocations,
+            live_allocations: allocations.saturating_sub(deallocations),
+            fragmentation: if reserved == 0 { 0.0 } else { 1.0 - in_use as f64 / reserved as f64 },
+            allocation_rate: if secs > 0.0 { allocations as f64 / secs } else { 0.0 },
+            invalid_frees: s.invalid_frees.load(Ordering::Relaxed),
+            cached_threads,
+            small,
+            medium,
+            large,
+            classes,
+        }
+    }
+
+    /// Blocks handed out and not freed, with their bytes.
+    pub fn leaks(&self) -> LeakReport {
+        let st = self.stats();
+        LeakReport {
+            count: st.live_allocations,
+            bytes: st.in_use_bytes,
+        }
+    }
+
+    /// Sets the threshold (a fraction in `0.0..=1.0`) above which `kind` raises an alert.
+    /// Alerts fire once per crossing and re-arm when the figure falls back.
+    pub fn set_alert_threshold(&self, kind: AlertKind, threshold: f64) -> Result<(), Error> {
+        if !(0.0..=1.0).contains(&threshold) {
+            let key = match kind {
+                AlertKind::Fragmentation => "alerts.fragmentation",
+                AlertKind::MemoryPressure => "alerts.memory_pressure",
+            };
+            return Err(ConfigError::new(key, format!("{threshold} is not a fraction in 0.0..=1.0")).into());
+        }
+        self.shared.alerts.set_threshold(kind, threshold);
+        Ok(())
+    }
+
+    /// Registers a callback for alerts. Callbacks run on the thread whose allocation or
+    /// free raised the alert, outside every pool lock, so they may use the pool.
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use neurostore::{AlertKind, HierarchicalPool, PoolConfig};
+    ///
+    /// let mut config = PoolConfig::default();
+    /// config.total_memory = Some(64 << 20);
+    /// let pool = HierarchicalPool::new(config)?;
+    /// pool.set_alert_threshold(AlertKind::MemoryPressure, 0.5)?;
+    /// let seen = Arc::new(AtomicUsize::new(0));
+    /// let counter = seen.clone();
+    /// pool.on_alert(move |alert| {
+    ///     assert_eq!(alert.kind, AlertKind::MemoryPressure);
+    ///     counter.fetch_add(1, Ordering::Relaxed);
+    /// });
+    /// let layout = Layout::from_size_align(40 << 20, 4096).unwrap();
+    /// let block = pool.allocate(layout)?;
+    /// assert_eq!(seen.load(Ordering::Relaxed), 1);
+    /// // SAFETY: allocated above with this layout.
+    /// unsafe { pool.deallocate(block.cast(), layout) };
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn on_alert(&self, callback: impl Fn(&Alert) + Send + Sync + 'static) {
+        self.shared.alerts.add_callback(Arc::new(callback));
+    }
+}
+
+impl Drop for HierarchicalPool {
+    fn drop(&mut self) {
+        let s = &*self.shared;
+        thread_cache::pool_dropped(s.id);
+        if s.cfg.checked {
+            let leaks = self.leaks();
+            if leaks.count > 0 {
+                eprintln!(
+                    "neurostore: pool dropped with {} live allocations ({} bytes) leaked",
+                    leaks.count, leaks.bytes
+                );
+            }
+        }
+        // SAFETY: we are being dropped, so no caller holds a block it may still use
+        // (blocks outliving their pool break `deallocate`'s contract).
+        unsafe {
+            s.small.release_all(&s.budget);
+            s.medium.release_all(&s.budget);
+            s.large.release_all(&s.budget);
+        }
+    }
+}
+
+// SAFETY: the pool hands out memory it owns exclusively until it is freed; `allocate`
+// returns blocks that fit the layout (size and alignment), `deallocate` accepts exactly
+// what `allocate` returned (any length between the request and the returned length, as
+// the trait allows), and blocks stay valid until freed or the pool is dropped, which the
+// `&HierarchicalPool` borrow prevents while blocks are in use.
+unsafe impl allocator_api2::alloc::Allocator for &HierarchicalPool {
+    #[inline]
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        HierarchicalPool::allocate(self, layout).map_err(|_| allocator_api2::alloc::AllocError)
+    }
+
+    #[inline]
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the trait's contract is the one `deallocate` asks for.
+        unsafe { HierarchicalPool::deallocate(self, ptr, layout) }
+    }
+}

@@ -1,0 +1,371 @@
+//! The large tier: buddy arenas, page aligned, and single mappings beyond them.
+//!
+//! Requests above the medium tier go to arenas managed by the offset-based
+//! [`BuddyAllocator`]: each arena is a power-of-two mapping aligned to its own size, so a
+//! block's alignment relative to the arena is also its alignment in memory. Arenas grow by
+//! `growth_factor` from 4 MiB up to `large.max_size`; an arena that becomes empty goes
+//! back to the OS once more than `retain_empty` are empty. Requests above `max_size` get a
+//! mapping of their own ("huge"), returned to the OS on free.
+//!
+//! Invariant, under the tier lock: every arena and huge mapping on the lists is
+//! registered in the page map with its metadata, and nothing else of this tier is.
+
+use std::alloc::System;
+use std::ptr::{self, NonNull};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use allocator_api2::boxed::Box as SysBox;
+
+use super::budget::Budget;
+use super::buddy::BuddyAllocator;
+use super::config::ResolvedConfig;
+use super::os::{self, GRANULE};
+use super::page_map::{self, RegionHeader, RegionKind};
+use super::small::POISON;
+use super::sync::lock;
+use crate::error::{Error, OomReason};
+
+const FIRST_ARENA: usize = 4 << 20;
+
+#[repr(C)]
+struct Arena {
+    header: RegionHeader,
+    buddy: BuddyAllocator,
+    next: *mut Arena,
+    prev: *mut Arena,
+}
+
+#[repr(C)]
+struct Huge {
+    header: RegionHeader,
+    align: usize,
+    next: *mut Huge,
+    prev: *mut Huge,
+}
+
+struct LargeState {
+    arenas: *mut Arena,
+    huge: *mut Huge,
+    empty_arenas: usize,
+    next_arena: usize,
+}
+
+// SAFETY: the raw pointers name arenas and mappings owned by this tier, only touched
+// under the tier's mutex.
+unsafe impl Send for LargeState {}
+
+/// Counters of the large tier, readable without the lock.
+#[derive(Default)]
+pub(crate) struct LargeCounters {
+    pub allocs: AtomicU64,
+    pub frees: AtomicU64,
+    pub in_use: AtomicUsize,
+    pub reserved: AtomicUsize,
+    pub regions: AtomicUsize,
+}
+
+/// The large tier of one pool.
+pub(crate) struct LargeTier {
+    pool_id: u64,
+    state: Mutex<LargeState>,
+    pub counters: LargeCounters,
+    min_block: usize,
+    max_size: usize,
+    alignment: usize,
+    checked: bool,
+    huge_pages: bool,
+    retain_empty: usize,
+    growth: usize,
+}
+
+macro_rules! unlink_node {
+    ($head:expr, $node:expr) => {{
+        let node = $node;
+        let (n, p) = ((*node).next, (*node).prev);
+        match p.as_mut() {
+            Some(p) => p.next = n,
+            None => $head = n,
+        }
+        if let Some(n) = n.as_mut() {
+            n.prev = p;
+        }
+    }};
+}
+
+impl LargeTier {
+    pub(crate) fn new(pool_id: u64, cfg: &ResolvedConfig) -> Self {
+        LargeTier {
+            pool_id,
+            state: Mutex::new(LargeState {
+                arenas: ptr::null_mut(),
+                huge: ptr::null_mut(),
+                empty_arenas: 0,
+                next_arena: FIRST_ARENA.clamp(cfg.large_min, cfg.large_max),
+            }),
+            counters: LargeCounters::default(),
+            min_block: cfg.large_min,
+            max_size: cfg.large_max,
+            alignment: cfg.large_alignment,
+            checked: cfg.checked,
+            huge_pages: cfg.use_huge_pages,
+            retain_empty: cfg.retain_empty,
+            growth: cfg.growth_factor,
+        }
+    }
+
+    /// The bytes a request occupies (its block or mapping size).
+    pub(crate) fn block_size_for(&self, size: usize, align: usize) -> Option<usize> {
+        let align = align.max(self.alignment);
+        let need = size.max(align).max(1);
+        if need <= self.max_size {
+            Some(need.checked_next_power_of_two()?.max(self.min_block))
+        } else {
+            os::round_up(size, GRANULE)
+        }
+    }
+
+    pub(crate) fn allocate(&self, size: usize, align: usize, budget: &Budget) -> Result<NonNull<u8>, OomReason> {
+        let align = align.max(self.alignment);
+        let block = self.block_size_for(size, align).ok_or(OomReason::LayoutTooLarge)?;
+        let mut st = lock(&self.state);
+        let p = if size.max(align) <= self.max_size {
+            self.alloc_in_arena(&mut st, size, align, block, budget)?
+        } else {
+            self.alloc_huge(&mut st, block, align, budget)?
+        };
+        self.counters.allocs.fetch_add(1, Ordering::Relaxed);
+        self.counters.in_use.fetch_add(block, Ordering::Relaxed);
+        Ok(p)
+    }
+
+    fn alloc_in_arena(
+        &self,
+        st: &mut LargeState,
+        size: usize,
+        align: usize,
+        block: usize,
+        budget: &Budget,
+    ) -> Result<NonNull<u8>, OomReason> {
+        let mut a = st.arenas;
+        // SAFETY: arenas on the list are live; we hold the lock.
+        unsafe {
+            while let Some(arena) = a.as_mut() {
+                let was_empty = arena.buddy.is_empty();
+                if let Some(off) = arena.buddy.allocate(size as u64, align as u64) {
+                    if was_empty {
+                        st.empty_arenas -= 1;
+                    }
+                    return Ok(NonNull::new_unchecked((arena.header.base + off as usize) as *mut u8));
+                }
+                a = arena.next;
+            }
+        }
+        let len = st.next_arena.max(block);
+        budget.reserve(len)?;
+        let Some(base) = os::map(len, len.max(GRANULE), self.huge_pages) else {
+            budget.release(len);
+            return Err(OomReason::OsRefused);
+        };
+        let mut buddy = BuddyAllocator::new(len as u64, self.min_block as u64).expect("validated powers of two");
+        let off = buddy.allocate(size as u64, align as u64).expect("a fresh arena holds the request");
+        let meta = SysBox::into_raw(SysBox::new_in(
+            Arena {
+                header: RegionHeader {
+                    pool_id: self.pool_id,
+                    kind: RegionKind::LargeArena,
+                    base: base.as_ptr() as usize,
+                    len,
+                },
+                buddy,
+                next: st.arenas,
+                prev: ptr::null_mut(),
+            },
+            System,
+        ));
+        if !page_map::register(base.as_ptr() as usize, len, meta.cast()) {
+            // SAFETY: made above, published nowhere.
+            unsafe {
+                drop(SysBox::from_raw_in(meta, System));
+                os::unmap(base, len, len.max(GRANULE));
+            }
+            budget.release(len);
+            return Err(OomReason::OsRefused);
+        }
+        // SAFETY: the old head, if any, is a live arena; we hold the lock.
+        unsafe {
+            if let Some(old) = st.arenas.as_mut() {
+                old.prev = meta;
+            }
+        }
+        st.arenas = meta;
+        st.next_arena = (st.next_arena * self.growth).min(self.max_size);
+        self.counters.reserved.fetch_add(len, Ordering::Relaxed);
+        self.counters.regions.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `off` is inside the fresh mapping.
+        Ok(unsafe { NonNull::new_unchecked(base.as_ptr().add(off as usize)) })
+    }
+
+    fn alloc_huge(&self, st: &mut LargeState, len: usize, align: usize, budget: &Budget) -> Result<NonNull<u8>, OomReason> {
+        let map_align = align.max(GRANULE);
+        budget.reserve(len)?;
+        let Some(base) = os::map(len, map_align, self.huge_pages) else {
+            budget.release(len);
+            return Err(OomReason::OsRefused);
+        };
+        let meta = SysBox::into_raw(SysBox::new_in(
+            Huge {
+                header: RegionHeader {
+                    pool_id: self.pool_id,
+                    kind: RegionKind::Huge,
+                    base: base.as_ptr() as usize,
+                    len,
+                },
+                align: map_align,
+                next: st.huge,
+                prev: ptr::null_mut(),
+            },
+            System,
+        ));
+        if !page_map::register(base.as_ptr() as usize, len, meta.cast()) {
+            // SAFETY: made above, published nowhere.
+            unsafe {
+                drop(SysBox::from_raw_in(meta, System));
+                os::unmap(base, len, map_align);
+            }
+            budget.release(len);
+            return Err(OomReason::OsRefused);
+        }
+        // SAFETY: the old head, if any, is a live mapping; we hold the lock.
+        unsafe {
+            if let Some(old) = st.huge.as_mut() {
+                old.prev = meta;
+            }
+        }
+        st.huge = meta;
+        self.counters.reserved.fetch_add(len, Ordering::Relaxed);
+        self.counters.regions.fetch_add(1, Ordering::Relaxed);
+        Ok(base)
+    }
+
+    /// Frees a block. A pointer that is not a live block of this tier is reported and
+    /// changes nothing (checked mode validates the layout as well).
+    ///
+    /// # Safety
+    /// If `p` is a live block of this tier, it is not used after this call.
+    pub(crate) unsafe fn deallocate(&self, p: NonNull<u8>, size: usize, align: usize, budget: &Budget) -> Result<(), Error> {
+        let addr = p.as_ptr() as usize;
+        let foreign = Error::ForeignPointer { address: addr };
+        let mut st = lock(&self.state);
+        let hp = page_map::lookup(addr).ok_or(Error::ForeignPointer { address: addr })?;
+        // SAFETY: the page map names a live region; its header is only read here.
+        let h = unsafe { hp.as_ref() };
+        if h.pool_id != self.pool_id {
+            return Err(foreign);
+        }
+        let expected = self.block_size_for(size, align).unwrap_or(0);
+        let freed = match h.kind {
+            RegionKind::LargeArena => {
+                let arena = hp.as_ptr().cast::<Arena>();
+                // SAFETY: the page map names a live arena of ours; we hold the lock.
+                let a = unsafe { &mut *arena };
+                let off = (addr - a.header.base) as u64;
+                let Some(block) = a.buddy.block_size(off) else {
+                    return Err(if off % a.buddy.min_block() == 0 {
+                        Error::DoubleFree { address: addr }
+                    } else {
+                        foreign
+                    });
+                };
+                if self.checked && block as usize != expected {
+                    return Err(Error::LayoutMismatch {
+                        address: addr,
+                        block_size: block as usize,
+                        layout_size: size,
+                    });
+                }
+                if self.checked {
+                    // SAFETY: the block is live and ours, `block` bytes long.
+                    unsafe { ptr::write_bytes(p.as_ptr(), POISON, block as usize) };
+                }
+                a.buddy.deallocate(off).expect("block_size found it allocated");
+                if a.buddy.is_empty() {
+                    st.empty_arenas += 1;
+                    if st.empty_arenas > self.retain_empty {
+                        st.empty_arenas -= 1;
+                        // SAFETY: the arena is live, ours and empty; we hold the lock.
+                        unsafe {
+                            unlink_node!(st.arenas, arena);
+                            self.unmap_region(&a.header, a.header.len.max(GRANULE), budget);
+                            drop(SysBox::from_raw_in(arena, System));
+                        }
+                    }
+                }
+                block as usize
+            }
+            RegionKind::Huge => {
+                let huge = hp.as_ptr().cast::<Huge>();
+                // SAFETY: the page map names a live mapping of ours; we hold the lock.
+                let m = unsafe { &mut *huge };
+                if addr != m.header.base {
+                    return Err(foreign);
+                }
+                if self.checked && m.header.len != expected {
+                    return Err(Error::LayoutMismatch {
+                        address: addr,
+                        block_size: m.header.len,
+                        layout_size: size,
+                    });
+                }
+                let len = m.header.len;
+                // SAFETY: as above; the mapping is unregistered before it is unmapped.
+                unsafe {
+                    unlink_node!(st.huge, huge);
+                    self.unmap_region(&m.header, m.align, budget);
+                    drop(SysBox::from_raw_in(huge, System));
+                }
+                len
+            }
+            _ => return Err(foreign),
+        };
+        self.counters.frees.fetch_add(1, Ordering::Relaxed);
+        self.counters.in_use.fetch_sub(freed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// # Safety
+    /// `h` heads a live region of ours that nothing uses any more; lock held.
+    unsafe fn unmap_region(&self, h: &RegionHeader, align: usize, budget: &Budget) {
+        let (base, len) = (h.base, h.len);
+        page_map::unregister(base, len);
+        // SAFETY: per the contract; the region was mapped with this length and alignment.
+        unsafe { os::unmap(NonNull::new_unchecked(base as *mut u8), len, align) };
+        budget.release(len);
+        self.counters.reserved.fetch_sub(len, Ordering::Relaxed);
+        self.counters.regions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Unmaps every arena and mapping; used when the pool is dropped.
+    ///
+    /// # Safety
+    /// No block of this tier is used after this call.
+    pub(crate) unsafe fn release_all(&self, budget: &Budget) {
+        let mut st = lock(&self.state);
+        // SAFETY: per the contract nothing uses these regions; we hold the lock.
+        unsafe {
+            while let Some(a) = st.arenas.as_mut() {
+                let arena: *mut Arena = a;
+                unlink_node!(st.arenas, arena);
+                self.unmap_region(&a.header, a.header.len.max(GRANULE), budget);
+                drop(SysBox::from_raw_in(arena, System));
+            }
+            while let Some(m) = st.huge.as_mut() {
+                let huge: *mut Huge = m;
+                unlink_node!(st.huge, huge);
+                self.unmap_region(&m.header, m.align, budget);
+                drop(SysBox::from_raw_in(huge, System));
+            }
+        }
+        st.empty_arenas = 0;
+    }
+}

@@ -1,0 +1,584 @@
+//! The medium tier: segregated fit with splitting and coalescing.
+//!
+//! Memory comes in regions (64 KiB-aligned mappings, registered in the page map) cut into
+//! blocks with in-band boundary tags. Every block starts with a 16-byte header: the size
+//! of the previous block (0 for a region's first block) and the block's own size with a
+//! `USED` bit. The payload follows, 16-byte aligned; a free block keeps its free-list
+//! links in its payload, so the smallest block is 32 bytes. A `USED` sentinel header of
+//! size 0 closes each region.
+//!
+//! **Fit policy.** Free blocks sit in bins: the configured size classes split the sizes
+//! into intervals (below the first class, between each pair, above the last), and each
+//! interval into 8 equal sub-bins. A request of `need` bytes (payload + header, rounded to
+//! 16) first scans its own sub-bin first-fit (a bounded number of entries), then takes
+//! the head of the next non-empty larger sub-bin, found in O(1) from a bitmap; every
+//! block there is large enough. The remainder of a larger block, if at least 32 bytes,
+//! becomes a free block again. This is a good fit: the block used is at most one
+//! sub-bin larger than the request, and the split keeps only what was asked for. With
+//! `segregated_fit = false` all free blocks share one list, searched first-fit.
+//!
+//! **Coalescing.** A freed block merges with a free successor and a free predecessor
+//! (found through the previous-size tag), so no two free blocks are ever adjacent. A
+//! region that becomes wholly free goes back to the OS when more than `retain_empty`
+//! regions are empty.
+//!
+//! Invariants, under the tier lock: the blocks of a region tile it exactly; each
+//! header's previous-size equals the size of the block before it; a block is on a bin
+//! iff it is free; with coalescing on, no two free blocks are adjacent.
+
+use std::alloc::System;
+use std::ptr::{self, NonNull};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use allocator_api2::boxed::Box as SysBox;
+use allocator_api2::vec::Vec as SysVec;
+
+use super::budget::Budget;
+use super::config::{MAX_MEDIUM_CLASSES, MEDIUM_QUANTUM, ResolvedConfig};
+use super::os::{self, GRANULE};
+use super::page_map::{self, RegionHeader, RegionKind};
+use super::small::POISON;
+use super::sync::lock;
+use crate::error::{Error, OomReason};
+
+const HEADER: usize = 16;
+const MIN_BLOCK: usize = 32;
+const USED: usize = 1;
+const SUB_BINS: usize = 8;
+const MAX_BINS: usize = (MAX_MEDIUM_CLASSES + 1) * SUB_BINS;
+/// Entries of a sub-bin scanned for a fit before moving to a larger sub-bin.
+const SCAN_LIMIT: usize = 8;
+
+#[repr(C)]
+struct Header {
+    prev_size: usize,
+    size_flags: usize,
+}
+
+#[repr(C)]
+struct FreeLinks {
+    next: *mut Header,
+    prev: *mut Header,
+}
+
+/// # Safety (for the helpers below)
+/// `h` points to a block header inside a live region of this tier, under the tier lock.
+#[inline]
+unsafe fn size_of_block(h: *mut Header) -> usize {
+    // SAFETY: see the helpers' contract.
+    unsafe { (*h).size_flags & !USED }
+}
+
+#[inline]
+unsafe fn is_used(h: *mut Header) -> bool {
+    // SAFETY: see the helpers' contract.
+    unsafe { (*h).size_flags & USED != 0 }
+}
+
+#[inline]
+unsafe fn links(h: *mut Header) -> *mut FreeLinks {
+    // SAFETY: a free block has at least MIN_BLOCK bytes, so its links fit after the header.
+    unsafe { h.cast::<u8>().add(HEADER).cast() }
+}
+
+#[inline]
+unsafe fn next_block(h: *mut Header) -> *mut Header {
+    // SAFETY: blocks tile their region and a sentinel closes it, so the next header exists.
+    unsafe { h.cast::<u8>().add(size_of_block(h)).cast() }
+}
+
+/// Metadata of one region; starts with the header the page map points to.
+#[repr(C)]
+struct RegionMeta {
+    header: RegionHeader,
+    next: *mut RegionMeta,
+    prev: *mut RegionMeta,
+    /// Checked mode: bit per 16 bytes, set where a live block's payload starts.
+    live: SysVec<u64, System>,
+    /// Checked mode: bit per 16 bytes, set where a freed payload started.
+    freed: SysVec<u64, System>,
+}
+
+struct MediumState {
+    bins: [*mut Header; MAX_BINS],
+    nonempty: u128,
+    regions: *mut RegionMeta,
+    region_count: usize,
+    empty_regions: usize,
+    next_region_size: usize,
+    in_use: usize,
+    class_allocs: [u64; MAX_MEDIUM_CLASSES],
+    class_frees: [u64; MAX_MEDIUM_CLASSES],
+    class_in_use: [usize; MAX_MEDIUM_CLASSES],
+}
+
+// SAFETY: the raw pointers name regions and blocks owned by this tier, only touched
+// under the tier's mutex.
+unsafe impl Send for MediumState {}
+
+/// Counters of the medium tier, readable without the lock.
+#[derive(Default)]
+pub(crate) struct MediumCounters {
+    pub allocs: AtomicU64,
+    pub frees: AtomicU64,
+    pub in_use: AtomicUsize,
+    pub reserved: AtomicUsize,
+    pub regions: AtomicUsize,
+}
+
+/// The medium tier of one pool.
+pub(crate) struct MediumTier {
+    pool_id: u64,
+    state: Mutex<MediumState>,
+    pub counters: MediumCounters,
+    /// Bin boundaries: MIN_BLOCK, the classes, then the largest possible block.
+    bounds: [usize; MAX_MEDIUM_CLASSES + 2],
+    bound_count: usize,
+    classes: [usize; MAX_MEDIUM_CLASSES],
+    class_count: usize,
+    pub max_size: usize,
+    segregated: bool,
+    coalescing: bool,
+    checked: bool,
+    huge_pages: bool,
+    retain_empty: usize,
+    growth: usize,
+    max_region: usize,
+}
+
+impl MediumTier {
+    pub(crate) fn new(pool_id: u64, cfg: &ResolvedConfig) -> Self {
+        let classes_in = cfg.medium_sizes();
+        let max_region = (cfg.region_size * 64).min(1 << 30).max(cfg.region_size);
+        let mut bounds = [0; MAX_MEDIUM_CLASSES + 2];
+        bounds[0] = MIN_BLOCK;
+        let mut n = 1;
+        for &c in classes_in {
+            if c > bounds[n - 1] {
+                bounds[n] = c;
+                n += 1;
+            }
+        }
+        bounds[n] = max_region + 1;
+        n += 1;
+        let mut classes = [0; MAX_MEDIUM_CLASSES];
+        classes[..classes_in.len()].copy_from_slice(classes_in);
+        MediumTier {
+            pool_id,
+            state: Mutex::new(MediumState {
+                bins: [ptr::null_mut(); MAX_BINS],
+                nonempty: 0,
+                regions: ptr::null_mut(),
+                region_count: 0,
+                empty_regions: 0,
+                next_region_size: cfg.region_size,
+                in_use: 0,
+                class_allocs: [0; MAX_MEDIUM_CLASSES],
+                class_frees: [0; MAX_MEDIUM_CLASSES],
+                class_in_use: [0; MAX_MEDIUM_CLASSES],
+            }),
+            counters: MediumCounters::default(),
+            bounds,
+            bound_count: n,
+            classes,
+            class_count: classes_in.len(),
+            max_size: *classes_in.last().expect("validated non-empty"),
+            segregated: cfg.segregated_fit,
+            coalescing: cfg.coalescing,
+            checked: cfg.checked,
+            huge_pages: cfg.use_huge_pages,
+            retain_empty: cfg.retain_empty,
+            growth: cfg.growth_factor,
+            max_region,
+        }
+    }
+
+    /// Whether this tier serves `size` bytes at `align`.
+    #[inline]
+    pub(crate) fn serves(&self, size: usize, align: usize) -> bool {
+        size <= self.max_size && align <= 4096
+    }
+
+    fn bin_of(&self, size: usize) -> usize {
+        if !self.segregated {
+            return 0;
+        }
+        let mut i = 0;
+        while i + 2 < self.bound_count && size >= self.bounds[i + 1] {
+            i += 1;
+        }
+        let (lo, hi) = (self.bounds[i], self.bounds[i + 1]);
+        let sub = ((size.saturating_sub(lo)) * SUB_BINS / (hi - lo)).min(SUB_BINS - 1);
+        i * SUB_BINS + sub
+    }
+
+    fn class_of(&self, size: usize) -> usize {
+        self.classes[..self.class_count]
+            .iter()
+            .position(|&c| c >= size)
+            .unwrap_or(self.class_count - 1)
+    }
+
+    /// The bytes of a block handed to the caller: its payload, capped at the largest
+    /// medium request (so that any length up to it routes back to this tier).
+    fn usable(&self, block: usize) -> usize {
+        (block - HEADER).min(self.max_size)
+    }
+
+    /// The block size (header included) a request of `size` bytes uses.
+    fn need_for(size: usize) -> Option<usize> {
+        Some(os::round_up(size.checked_add(HEADER)?, MEDIUM_QUANTUM)?.max(MIN_BLOCK))
+    }
+
+    /// # Safety
+    /// `h` is a free block not on any bin; lock held (`st`).
+    unsafe fn insert(&self, st: &mut MediumState, h: *mut Header) {
+        // SAFETY: per the contract, `h` is a free block of at least MIN_BLOCK bytes.
+        unsafe {
+            let b = self.bin_of(size_of_block(h));
+            let l = links(h);
+            (*l).next = st.bins[b];
+            (*l).prev = ptr::null_mut();
+            if let Some(head) = st.bins[b].as_mut() {
+                (*links(head)).prev = h;
+            }
+            st.bins[b] = h;
+            st.nonempty |= 1 << b;
+        }
+    }
+
+    /// # Safety
+    /// `h` is a free block on its bin; lock held (`st`).
+    unsafe fn unlink(&self, st: &mut MediumState, h: *mut Header) {
+        // SAFETY: per the contract, `h` and its list neighbours are free blocks on one bin.
+        unsafe {
+            let b = self.bin_of(size_of_block(h));
+            let l = links(h);
+            let (n, p) = ((*l).next, (*l).prev);
+            match p.as_mut() {
+                Some(p) => (*links(p)).next = n,
+                None => st.bins[b] = n,
+            }
+            if let Some(n) = n.as_mut() {
+                (*links(n)).prev = p;
+            }
+            if st.bins[b].is_null() {
+                st.nonempty &= !(1 << b);
+            }
+        }
+    }
+
+    /// A free block of at least `need` bytes, unlinked from its bin.
+    fn find(&self, st: &mut MediumState, need: usize) -> Option<*mut Header> {
+        let b = self.bin_of(need);
+        let mut h = st.bins[b];
+        let limit = if self.segregated { SCAN_LIMIT } else { usize::MAX };
+        let mut scanned = 0;
+        // SAFETY: bin entries are free blocks of live regions; we hold the lock.
+        unsafe {
+            while !h.is_null() && scanned < limit {
+                if size_of_block(h) >= need {
+                    self.unlink(st, h);
+                    return Some(h);
+                }
+                h = (*links(h)).next;
+                scanned += 1;
+            }
+        }
+        let above = if b + 1 >= MAX_BINS { 0 } else { st.nonempty & !((1u128 << (b + 1)) - 1) };
+        if above == 0 {
+            return None;
+        }
+        let h = st.bins[above.trailing_zeros() as usize];
+        // SAFETY: a non-empty bin's head is a free block of a live region.
+        unsafe { self.unlink(st, h) };
+        Some(h)
+    }
+
+    /// Allocates `size` bytes at `align`; returns the payload and its usable length.
+    pub(crate) fn allocate(&self, size: usize, align: usize, budget: &Budget) -> Result<(NonNull<u8>, usize), OomReason> {
+        let need = Self::need_for(size).ok_or(OomReason::LayoutTooLarge)?;
+        let search = if align <= MEDIUM_QUANTUM { need } else { need + align + MIN_BLOCK };
+        let mut st = lock(&self.state);
+        let h = match self.find(&mut st, search) {
+            Some(h) => h,
+            None => {
+                self.grow(&mut st, search, budget)?;
+                self.find(&mut st, search).expect("a fresh region holds the request")
+            }
+        };
+        // SAFETY: `h` is a free block of at least `search` bytes, unlinked, in a live
+        // region of ours; we hold the lock.
+        unsafe {
+            if (*h).prev_size == 0 && is_used(next_block(h)) && size_of_block(next_block(h)) == 0 {
+                st.empty_regions -= 1;
+            }
+            let mut h = h;
+            if align > MEDIUM_QUANTUM {
+                let start = h as usize;
+                let mut payload = os::round_up(start + HEADER, align).expect("inside a region");
+                if payload - HEADER != start && payload - HEADER - start < MIN_BLOCK {
+                    payload += align;
+                }
+                let gap = payload - HEADER - start;
+                if gap > 0 {
+                    let total = size_of_block(h);
+                    let rest = (payload - HEADER) as *mut Header;
+                    (*h).size_flags = gap;
+                    (*rest).prev_size = gap;
+                    (*rest).size_flags = total - gap;
+                    (*next_block(rest)).prev_size = total - gap;
+                    self.insert(&mut st, h);
+                    h = rest;
+                }
+            }
+            let total = size_of_block(h);
+            debug_assert!(total >= need);
+            let block = if total - need >= MIN_BLOCK {
+                let rest = h.cast::<u8>().add(need).cast::<Header>();
+                (*rest).prev_size = need;
+                (*rest).size_flags = total - need;
+                (*next_block(rest)).prev_size = total - need;
+                self.insert(&mut st, rest);
+                need
+            } else {
+                total
+            };
+            (*h).size_flags = block | USED;
+            let payload = h.cast::<u8>().add(HEADER);
+            let usable = self.usable(block);
+            st.in_use += usable;
+            let ci = self.class_of(usable);
+            st.class_allocs[ci] += 1;
+            st.class_in_use[ci] += usable;
+            if self.checked {
+                let r = &mut *self.region_of(payload as usize).expect("our block");
+                let bit = (payload as usize - r.header.base) / MEDIUM_QUANTUM;
+                r.live[bit / 64] |= 1 << (bit % 64);
+                r.freed[bit / 64] &= !(1 << (bit % 64));
+            }
+            self.publish(&st);
+            self.counters.allocs.fetch_add(1, Ordering::Relaxed);
+            Ok((NonNull::new_unchecked(payload), usable))
+        }
+    }
+
+    /// Frees a block. In checked mode the pointer and layout are validated first and a
+    /// bad one changes nothing.
+    ///
+    /// # Safety
+    /// Outside checked mode: `p` was returned by [`allocate`](Self::allocate) with this
+    /// `size` and is not used afterwards. In checked mode any pointer may be passed.
+    pub(crate) unsafe fn deallocate(&self, p: NonNull<u8>, size: usize, budget: &Budget) -> Result<(), Error> {
+        let addr = p.as_ptr() as usize;
+        let mut st = lock(&self.state);
+        if self.checked {
+            self.validate(addr, size)?;
+        }
+        // SAFETY: `p` is the payload of a live block of ours (validated in checked mode,
+        // the caller's contract otherwise); we hold the lock.
+        unsafe {
+            let mut h = p.as_ptr().sub(HEADER).cast::<Header>();
+            let block = size_of_block(h);
+            if self.checked {
+                let r = &mut *self.region_of(addr).expect("validated");
+                let bit = (addr - r.header.base) / MEDIUM_QUANTUM;
+                r.live[bit / 64] &= !(1 << (bit % 64));
+                r.freed[bit / 64] |= 1 << (bit % 64);
+                ptr::write_bytes(p.as_ptr(), POISON, block - HEADER);
+            }
+            let usable = self.usable(block);
+            st.in_use -= usable;
+            let ci = self.class_of(usable);
+            st.class_frees[ci] += 1;
+            st.class_in_use[ci] -= usable;
+            let mut total = block;
+            (*h).size_flags = total;
+            if self.coalescing {
+                let n = next_block(h);
+                if !is_used(n) {
+                    self.unlink(&mut st, n);
+                    total += size_of_block(n);
+                }
+                if (*h).prev_size != 0 {
+                    let prev = h.cast::<u8>().sub((*h).prev_size).cast::<Header>();
+                    if !is_used(prev) {
+                        self.unlink(&mut st, prev);
+                        total += size_of_block(prev);
+                        h = prev;
+                    }
+                }
+                (*h).size_flags = total;
+                (*next_block(h)).prev_size = total;
+            }
+            let n = next_block(h);
+            if (*h).prev_size == 0 && is_used(n) && size_of_block(n) == 0 {
+                st.empty_regions += 1;
+                if st.empty_regions > self.retain_empty {
+                    st.empty_regions -= 1;
+                    let r = self.region_of(h as usize).expect("our block");
+                    self.free_region(&mut st, r, budget);
+                    self.publish(&st);
+                    self.counters.frees.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+            self.insert(&mut st, h);
+        }
+        self.publish(&st);
+        self.counters.frees.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checked mode: `addr` must start a live block of ours whose size fits `size`.
+    fn validate(&self, addr: usize, size: usize) -> Result<(), Error> {
+        let foreign = Error::ForeignPointer { address: addr };
+        let r = self.region_of(addr).ok_or(Error::ForeignPointer { address: addr })?;
+        // SAFETY: `region_of` found a live region of ours; we hold the tier lock.
+        let r = unsafe { &*r };
+        let off = addr - r.header.base;
+        if off % MEDIUM_QUANTUM != 0 || off < HEADER {
+            return Err(foreign);
+        }
+        let bit = off / MEDIUM_QUANTUM;
+        if r.live[bit / 64] & (1 << (bit % 64)) == 0 {
+            return Err(if r.freed[bit / 64] & (1 << (bit % 64)) != 0 {
+                Error::DoubleFree { address: addr }
+            } else {
+                foreign
+            });
+        }
+        // SAFETY: a live payload start has its header 16 bytes before it.
+        let block = unsafe { size_of_block((addr - HEADER) as *mut Header) };
+        let need = Self::need_for(size).unwrap_or(usize::MAX);
+        if need > block || block >= need + MIN_BLOCK {
+            return Err(Error::LayoutMismatch {
+                address: addr,
+                block_size: block - HEADER,
+                layout_size: size,
+            });
+        }
+        Ok(())
+    }
+
+    fn region_of(&self, addr: usize) -> Option<*mut RegionMeta> {
+        let h = page_map::lookup_ref(addr)?;
+        (h.pool_id == self.pool_id && h.kind == RegionKind::MediumRegion)
+            .then(|| page_map::lookup(addr).expect("just found").as_ptr().cast())
+    }
+
+    fn grow(&self, st: &mut MediumState, need: usize, budget: &Budget) -> Result<(), OomReason> {
+        let len = os::round_up(need + HEADER, GRANULE)
+            .ok_or(OomReason::LayoutTooLarge)?
+            .max(st.next_region_size);
+        budget.reserve(len)?;
+        let Some(base) = os::map(len, GRANULE, self.huge_pages) else {
+            budget.release(len);
+            return Err(OomReason::OsRefused);
+        };
+        let bits = if self.checked { (len / MEDIUM_QUANTUM).div_ceil(64) } else { 0 };
+        let mut live = SysVec::new_in(System);
+        live.resize(bits, 0);
+        let mut freed = SysVec::new_in(System);
+        freed.resize(bits, 0);
+        let meta = SysBox::into_raw(SysBox::new_in(
+            RegionMeta {
+                header: RegionHeader {
+                    pool_id: self.pool_id,
+                    kind: RegionKind::MediumRegion,
+                    base: base.as_ptr() as usize,
+                    len,
+                },
+                next: st.regions,
+                prev: ptr::null_mut(),
+                live,
+                freed,
+            },
+            System,
+        ));
+        if !page_map::register(base.as_ptr() as usize, len, meta.cast()) {
+            // SAFETY: `meta` and `base` were made above and published nowhere.
+            unsafe {
+                drop(SysBox::from_raw_in(meta, System));
+                os::unmap(base, len, GRANULE);
+            }
+            budget.release(len);
+            return Err(OomReason::OsRefused);
+        }
+        // SAFETY: the region is fresh and ours; the old head (if any) is a live region.
+        unsafe {
+            if let Some(old) = st.regions.as_mut() {
+                old.prev = meta;
+            }
+            st.regions = meta;
+            let first = base.as_ptr().cast::<Header>();
+            let body = len - HEADER;
+            (*first).prev_size = 0;
+            (*first).size_flags = body;
+            let sentinel = base.as_ptr().add(body).cast::<Header>();
+            (*sentinel).prev_size = body;
+            (*sentinel).size_flags = USED;
+            self.insert(st, first);
+        }
+        st.region_count += 1;
+        st.empty_regions += 1;
+        st.next_region_size = (st.next_region_size * self.growth).min(self.max_region);
+        self.counters.reserved.fetch_add(len, Ordering::Relaxed);
+        self.counters.regions.store(st.region_count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// # Safety
+    /// `r` is a live, wholly free region of ours whose free block is on no bin; lock held.
+    unsafe fn free_region(&self, st: &mut MediumState, r: *mut RegionMeta, budget: &Budget) {
+        // SAFETY: per the contract; after unregistering, no lookup reaches the region.
+        unsafe {
+            let (n, p) = ((*r).next, (*r).prev);
+            match p.as_mut() {
+                Some(p) => p.next = n,
+                None => st.regions = n,
+            }
+            if let Some(n) = n.as_mut() {
+                n.prev = p;
+            }
+            let (base, len) = ((*r).header.base, (*r).header.len);
+            page_map::unregister(base, len);
+            os::unmap(NonNull::new_unchecked(base as *mut u8), len, GRANULE);
+            drop(SysBox::from_raw_in(r, System));
+            budget.release(len);
+            st.region_count -= 1;
+            self.counters.reserved.fetch_sub(len, Ordering::Relaxed);
+            self.counters.regions.store(st.region_count, Ordering::Relaxed);
+        }
+    }
+
+    fn publish(&self, st: &MediumState) {
+        self.counters.in_use.store(st.in_use, Ordering::Relaxed);
+    }
+
+    /// Per-class figures: (class size, allocations, frees, bytes in use).
+    pub(crate) fn class_figures(&self) -> SysVec<(usize, u64, u64, usize), System> {
+        let st = lock(&self.state);
+        let mut v = SysVec::new_in(System);
+        for i in 0..self.class_count {
+            v.push((self.classes[i], st.class_allocs[i], st.class_frees[i], st.class_in_use[i]));
+        }
+        v
+    }
+
+    /// Unmaps every region; used when the pool is dropped.
+    ///
+    /// # Safety
+    /// No block of this tier is used after this call.
+    pub(crate) unsafe fn release_all(&self, budget: &Budget) {
+        let mut st = lock(&self.state);
+        while !st.regions.is_null() {
+            let r = st.regions;
+            // SAFETY: `r` heads the region list; per the contract nothing uses it.
+            unsafe { self.free_region(&mut st, r, budget) };
+        }
+        st.bins = [ptr::null_mut(); MAX_BINS];
+        st.nonempty = 0;
+    }
+}

@@ -1,0 +1,380 @@
+//! Per-thread caches in front of the small tier's shared free lists.
+//!
+//! Each thread keeps, for up to [`ENTRIES`] pools, one bin of free blocks per small size
+//! class. Allocating pops a bin and freeing pushes one, with no lock and no atomic
+//! read-modify-write: the thread's allocation and free counters are atomics written only
+//! by their own thread (a relaxed load and store), which [`stats`](super::HierarchicalPool::stats)
+//! sums under the pool's thread-list lock. An empty bin is refilled with a batch taken
+//! from the class under its lock; a bin that passes `thread_cache_size` gives half back.
+//!
+//! A block freed by a thread other than the one that allocated it lands in the freeing
+//! thread's bin for the same pool and class, and from there goes back to its own chunk,
+//! which the page map names.
+//!
+//! Lifetimes: a cache entry names its pool by a process-unique id and a raw pointer.
+//! [`LIVE`] lists the ids of pools that exist; a pool removes its id before it tears
+//! down, and a thread flushes an entry into its pool only while holding `LIVE` and
+//! finding the id there, so it never touches a dropped pool. Entries of dropped pools are
+//! recycled. Lock order: `LIVE`, then a pool's thread list, then a class lock.
+
+use std::alloc::System;
+use std::cell::{Cell, UnsafeCell};
+use std::ptr::{self, NonNull};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use allocator_api2::boxed::Box as SysBox;
+use allocator_api2::vec::Vec as SysVec;
+
+use super::config::MAX_SMALL_CLASSES;
+use super::hierarchical::PoolShared;
+use super::small::FreeBlock;
+use super::sync::lock;
+use crate::error::OomReason;
+
+/// How many pools one thread caches at once; further pools take the locked path.
+pub(crate) const ENTRIES: usize = 8;
+
+/// Ids of the pools that exist.
+static LIVE: Mutex<SysVec<u64, System>> = Mutex::new(SysVec::new_in(System));
+
+pub(crate) fn pool_created(id: u64) {
+    lock(&LIVE).push(id);
+}
+
+pub(crate) fn pool_dropped(id: u64) {
+    let mut live = lock(&LIVE);
+    if let Some(i) = live.iter().position(|&x| x == id) {
+        live.swap_remove(i);
+    }
+    drop(live);
+    // Recycle this thread's entry now rather than at its next claim or exit.
+    let _ = CACHES.try_with(|c| {
+        if c.busy.replace(true) {
+            return;
+        }
+        // SAFETY: `busy` was false and is now true, so no other borrow of the entries
+        // exists on this thread (the only place they are borrowed checks the same flag).
+        let entries = unsafe { &mut *c.entries.get() };
+        for e in entries.iter_mut().filter(|e| e.pool_id == id) {
+            e.forget();
+        }
+        c.busy.set(false);
+    });
+}
+
+/// A thread's allocation and free counters for one pool, per small class. Written only
+/// by the owning thread; linked into the pool's thread list.
+pub(crate) struct ThreadStats {
+    pub allocs: [AtomicU64; MAX_SMALL_CLASSES],
+    pub frees: [AtomicU64; MAX_SMALL_CLASSES],
+    next: *mut ThreadStats,
+    prev: *mut ThreadStats,
+}
+
+/// A pool's registered threads, and the counters of threads that have exited.
+pub(crate) struct ThreadList {
+    head: *mut ThreadStats,
+    pub retired_allocs: [u64; MAX_SMALL_CLASSES],
+    pub retired_frees: [u64; MAX_SMALL_CLASSES],
+}
+
+// SAFETY: the raw pointers name ThreadStats blocks that are only linked, unlinked or read
+// under the mutex that holds this list.
+unsafe impl Send for ThreadList {}
+
+impl ThreadList {
+    pub(crate) const fn new() -> Self {
+        ThreadList {
+            head: ptr::null_mut(),
+            retired_allocs: [0; MAX_SMALL_CLASSES],
+            retired_frees: [0; MAX_SMALL_CLASSES],
+        }
+    }
+
+    /// Adds every registered thread's and every retired thread's counters into `allocs`
+    /// and `frees`.
+    pub(crate) fn sum(&self, allocs: &mut [u64; MAX_SMALL_CLASSES], frees: &mut [u64; MAX_SMALL_CLASSES]) {
+        for i in 0..MAX_SMALL_CLASSES {
+            allocs[i] = allocs[i].wrapping_add(self.retired_allocs[i]);
+            frees[i] = frees[i].wrapping_add(self.retired_frees[i]);
+        }
+        let mut p = self.head;
+        // SAFETY: every block on the list is live while linked, and we hold the list's lock.
+        while let Some(t) = unsafe { p.as_ref() } {
+            for i in 0..MAX_SMALL_CLASSES {
+                allocs[i] = allocs[i].wrapping_add(t.allocs[i].load(Ordering::Relaxed));
+                frees[i] = frees[i].wrapping_add(t.frees[i].load(Ordering::Relaxed));
+            }
+            p = t.next;
+        }
+    }
+
+    /// Number of threads registered.
+    pub(crate) fn threads(&self) -> usize {
+        let mut n = 0;
+        let mut p = self.head;
+        // SAFETY: as in `sum`.
+        while let Some(t) = unsafe { p.as_ref() } {
+            n += 1;
+            p = t.next;
+        }
+        n
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Bin {
+    head: *mut FreeBlock,
+    count: usize,
+}
+
+struct Entry {
+    pool_id: u64,
+    pool: *const PoolShared,
+    stats: *mut ThreadStats,
+    bins: [Bin; MAX_SMALL_CLASSES],
+}
+
+impl Entry {
+    const EMPTY: Entry = Entry {
+        pool_id: 0,
+        pool: ptr::null(),
+        stats: ptr::null_mut(),
+        bins: [Bin {
+            head: ptr::null_mut(),
+            count: 0,
+        }; MAX_SMALL_CLASSES],
+    };
+
+    /// Drops the entry without touching its pool (which is gone or going).
+    fn forget(&mut self) {
+        if !self.stats.is_null() {
+            // SAFETY: `stats` was made by `claim` with SysBox and is unlinked from any
+            // live pool's list (its pool is gone, or `retire` unlinked it).
+            drop(unsafe { SysBox::from_raw_in(self.stats, System) });
+        }
+        *self = Entry::EMPTY;
+    }
+
+    /// Returns the cached blocks and counters to the pool, if it still exists, then
+    /// forgets the entry.
+    fn retire(&mut self) {
+        if self.pool_id == 0 {
+            return;
+        }
+        let live = lock(&LIVE);
+        if live.contains(&self.pool_id) {
+            // SAFETY: the id is in LIVE and we hold LIVE, so the pool has not started to
+            // drop and cannot until we release it.
+            let pool = unsafe { &*self.pool };
+            self.flush_all(pool);
+            let mut list = lock(&pool.threads);
+            // SAFETY: `stats` is linked in this pool's list, which we hold.
+            unsafe {
+                let t = &*self.stats;
+                for i in 0..MAX_SMALL_CLASSES {
+                    list.retired_allocs[i] = list.retired_allocs[i].wrapping_add(t.allocs[i].load(Ordering::Relaxed));
+                    list.retired_frees[i] = list.retired_frees[i].wrapping_add(t.frees[i].load(Ordering::Relaxed));
+                }
+                let (n, p) = (t.next, t.prev);
+                match p.as_mut() {
+                    Some(p) => p.next = n,
+                    None => list.head = n,
+                }
+                if let Some(n) = n.as_mut() {
+                    n.prev = p;
+                }
+            }
+        }
+        drop(live);
+        self.forget();
+    }
+
+    fn flush_all(&mut self, pool: &PoolShared) {
+        for ci in 0..pool.small.count {
+            let bin = &mut self.bins[ci];
+            if bin.count > 0 {
+                // SAFETY: the bin holds exactly `count` blocks of class `ci` of this pool,
+                // each taken from it and not in use.
+                unsafe { pool.small.give(ci, bin.head, bin.count, &pool.budget) };
+                *bin = Bin {
+                    head: ptr::null_mut(),
+                    count: 0,
+                };
+            }
+        }
+    }
+}
+
+struct ThreadCaches {
+    busy: Cell<bool>,
+    last: Cell<usize>,
+    entries: UnsafeCell<[Entry; ENTRIES]>,
+}
+
+impl Drop for ThreadCaches {
+    fn drop(&mut self) {
+        for e in self.entries.get_mut().iter_mut() {
+            e.retire();
+        }
+    }
+}
+
+thread_local! {
+    static CACHES: ThreadCaches = const {
+        ThreadCaches {
+            busy: Cell::new(false),
+            last: Cell::new(0),
+            entries: UnsafeCell::new([Entry::EMPTY; ENTRIES]),
+        }
+    };
+}
+
+/// Runs `f` on this thread's entry for `pool`, claiming one if needed. `None` when the
+/// thread has no cache for it (caches full of live pools, thread-local storage being torn
+/// down, or a re-entrant call), and the caller takes the locked path.
+#[inline]
+fn with_entry<R>(pool: &PoolShared, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
+    CACHES
+        .try_with(|c| {
+            if c.busy.replace(true) {
+                return None;
+            }
+            // SAFETY: `busy` was false and is now true, so this is the only borrow of the
+            // entries on this thread until we reset it below.
+            let entries = unsafe { &mut *c.entries.get() };
+            let last = c.last.get();
+            let idx = if entries[last].pool_id == pool.id {
+                Some(last)
+            } else {
+                let found = entries.iter().position(|e| e.pool_id == pool.id).or_else(|| claim(entries, pool));
+                if let Some(i) = found {
+                    c.last.set(i);
+                }
+                found
+            };
+            let r = idx.map(|i| f(&mut entries[i]));
+            c.busy.set(false);
+            r
+        })
+        .ok()
+        .flatten()
+}
+
+#[cold]
+fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
+    let live = lock(&LIVE);
+    let slot = entries.iter().position(|e| e.pool_id == 0).or_else(|| {
+        let i = entries.iter().position(|e| !live.contains(&e.pool_id))?;
+        entries[i].forget();
+        Some(i)
+    })?;
+    drop(live);
+    let stats = SysBox::into_raw(SysBox::new_in(
+        ThreadStats {
+            allocs: [const { AtomicU64::new(0) }; MAX_SMALL_CLASSES],
+            frees: [const { AtomicU64::new(0) }; MAX_SMALL_CLASSES],
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+        },
+        System,
+    ));
+    let mut list = lock(&pool.threads);
+    // SAFETY: `stats` is fresh and ours; the head (if any) is linked and we hold the list.
+    unsafe {
+        (*stats).next = list.head;
+        if let Some(h) = list.head.as_mut() {
+            h.prev = stats;
+        }
+    }
+    list.head = stats;
+    drop(list);
+    entries[slot] = Entry {
+        pool_id: pool.id,
+        pool,
+        stats,
+        bins: Entry::EMPTY.bins,
+    };
+    Some(slot)
+}
+
+#[inline]
+fn bump(counter: &AtomicU64) {
+    // Single writer: a plain load and store, no read-modify-write.
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
+/// Allocates a block of class `ci` from this thread's cache. `None` when the thread has
+/// no cache for this pool.
+#[inline]
+pub(crate) fn alloc(pool: &PoolShared, ci: usize) -> Option<Result<NonNull<u8>, OomReason>> {
+    let batch = (pool.cfg.thread_cache_size / 2).max(1);
+    with_entry(pool, |e| {
+        let bin = &mut e.bins[ci];
+        if bin.head.is_null() {
+            match pool.small.take(ci, batch, &pool.budget) {
+                Ok((head, n)) => *bin = Bin { head: head.as_ptr(), count: n },
+                Err(reason) => return Err(reason),
+            }
+        }
+        let b = bin.head;
+        // SAFETY: `b` is a free block in this bin, linked through its first word.
+        bin.head = unsafe { (*b).next };
+        bin.count -= 1;
+        // SAFETY: `stats` is this entry's live counter block.
+        bump(unsafe { &(*e.stats).allocs[ci] });
+        // SAFETY: bins never hold null.
+        Ok(unsafe { NonNull::new_unchecked(b.cast()) })
+    })
+}
+
+/// Frees a block of class `ci` into this thread's cache; false when the thread has no
+/// cache for this pool (the caller takes the locked path).
+///
+/// # Safety
+/// `p` was allocated from `pool`'s small tier in class `ci` and is not used afterwards.
+#[inline]
+pub(crate) unsafe fn free(pool: &PoolShared, ci: usize, p: NonNull<u8>) -> bool {
+    let limit = pool.cfg.thread_cache_size;
+    with_entry(pool, |e| {
+        let bin = &mut e.bins[ci];
+        let b = p.as_ptr().cast::<FreeBlock>();
+        // SAFETY: by the caller's contract the block is ours to reuse; it is at least 8
+        // bytes and 8-aligned (small classes are multiples of the alignment, >= 8).
+        unsafe { (*b).next = bin.head };
+        bin.head = b;
+        bin.count += 1;
+        // SAFETY: `stats` is this entry's live counter block.
+        bump(unsafe { &(*e.stats).frees[ci] });
+        if bin.count > limit {
+            // Give back the older half, keeping the most recently freed (cache-hot) blocks.
+            let keep = limit / 2;
+            let mut cut = bin.head;
+            for _ in 1..keep.max(1) {
+                // SAFETY: the bin holds more than `keep` linked blocks.
+                cut = unsafe { (*cut).next };
+            }
+            let (give_head, give_n) = if keep == 0 {
+                let h = bin.head;
+                bin.head = ptr::null_mut();
+                (h, bin.count)
+            } else {
+                // SAFETY: `cut` is the keep-th block, followed by the blocks to give back.
+                let h = unsafe { (*cut).next };
+                // SAFETY: as above.
+                unsafe { (*cut).next = ptr::null_mut() };
+                (h, bin.count - keep)
+            };
+            bin.count -= give_n;
+            // SAFETY: the detached list holds exactly `give_n` blocks of class `ci` of this pool.
+            unsafe { pool.small.give(ci, give_head, give_n, &pool.budget) };
+        }
+    })
+    .is_some()
+}
+
+/// Returns every block this thread caches for `pool` to the pool's chunks.
+pub(crate) fn flush(pool: &PoolShared) {
+    with_entry(pool, |e| e.flush_all(pool));
+}
