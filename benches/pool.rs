@@ -1,1 +1,328 @@
-fn main() {}
+//! The pool beside glibc malloc (`System`), mimalloc and jemalloc, in one run:
+//!
+//! - (a) a hot allocate + free pair of 16, 64 and 256 B;
+//! - (b) 1M blocks of 64 B, then freed in random order;
+//! - (c) log-uniform random sizes 8 B .. 64 KiB around a live set of 10k blocks;
+//! - (d) two threads, one allocating 64 B blocks and the other freeing them.
+//!
+//! Every allocator is driven through `GlobalAlloc` (the pool through `NeuroAlloc`), so
+//! all pay the same call overhead. After criterion's output, a summary table prints each
+//! peer's time beside ours with the ratio, and the pool's reserved / in-use ratio in the
+//! steady state of (c).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use mimalloc::MiMalloc;
+use neurostore::NeuroAlloc;
+use tikv_jemallocator::Jemalloc;
+
+static NEURO: NeuroAlloc = NeuroAlloc::new();
+
+const PEERS: [&str; 4] = ["neurostore", "glibc", "mimalloc", "jemalloc"];
+
+fn with_alloc<R>(name: &str, f: impl FnOnce(&'static (dyn GlobalAlloc + Sync)) -> R) -> R {
+    match name {
+        "neurostore" => f(&NEURO),
+        "glibc" => f(&System),
+        "mimalloc" => f(&MiMalloc),
+        "jemalloc" => f(&Jemalloc),
+        _ => unreachable!(),
+    }
+}
+
+/// xorshift64*: deterministic and allocation-free.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    /// Log-uniform over 8 B ..= 64 KiB.
+    fn log_uniform_size(&mut self) -> usize {
+        let lo = 8f64.ln();
+        let hi = 65536f64.ln();
+        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        ((lo + u * (hi - lo)).exp() as usize).clamp(8, 65536)
+    }
+}
+
+fn hot_pair(c: &mut Criterion) {
+    let mut g = c.benchmark_group("a_hot_pair");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for size in [16usize, 64, 256] {
+        let l = Layout::from_size_align(size, 8).unwrap();
+        for name in PEERS {
+            with_alloc(name, |a| {
+                g.bench_with_input(BenchmarkId::new(name, size), &l, |b, &l| {
+                    b.iter(|| {
+                        // SAFETY: a non-zero layout; the block is freed with the same layout.
+                        unsafe {
+                            let p = a.alloc(black_box(l));
+                            a.dealloc(black_box(p), l);
+                        }
+                    })
+                });
+            });
+        }
+    }
+    g.finish();
+}
+
+fn million_then_random_free(c: &mut Criterion) {
+    const N: usize = 1_000_000;
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let mut order: Vec<usize> = (0..N).collect();
+    let mut rng = Rng(42);
+    for i in (1..N).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let mut g = c.benchmark_group("b_1M_64B_random_free");
+    g.sample_size(10).throughput(Throughput::Elements(N as u64));
+    for name in PEERS {
+        with_alloc(name, |a| {
+            let mut ptrs = vec![std::ptr::null_mut::<u8>(); N];
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    for p in ptrs.iter_mut() {
+                        // SAFETY: a non-zero layout.
+                        *p = unsafe { a.alloc(l) };
+                    }
+                    for &i in &order {
+                        // SAFETY: each block is freed once, with its layout.
+                        unsafe { a.dealloc(ptrs[i], l) };
+                    }
+                })
+            });
+        });
+    }
+    g.finish();
+}
+
+/// Runs `ops` replace operations on a live set of `live` log-uniform blocks.
+fn churn(a: &dyn GlobalAlloc, slots: &mut [(usize, *mut u8)], rng: &mut Rng, ops: usize) {
+    for _ in 0..ops {
+        let i = rng.below(slots.len());
+        let (old, p) = slots[i];
+        // SAFETY: the slot holds a live block of size `old` (align 8).
+        unsafe { a.dealloc(p, Layout::from_size_align_unchecked(old, 8)) };
+        let size = rng.log_uniform_size();
+        // SAFETY: a non-zero layout.
+        let q = unsafe { a.alloc(Layout::from_size_align_unchecked(size, 8)) };
+        // SAFETY: the block holds `size` >= 8 bytes.
+        unsafe { q.write(1) };
+        slots[i] = (size, q);
+    }
+}
+
+fn log_uniform_live_set(c: &mut Criterion) {
+    const LIVE: usize = 10_000;
+    const OPS: usize = 10_000;
+    let mut g = c.benchmark_group("c_log_uniform_live_10k");
+    g.throughput(Throughput::Elements(OPS as u64))
+        .measurement_time(Duration::from_secs(3));
+    for name in PEERS {
+        with_alloc(name, |a| {
+            let mut rng = Rng(7);
+            let mut slots: Vec<(usize, *mut u8)> = (0..LIVE)
+                .map(|_| {
+                    let s = rng.log_uniform_size();
+                    // SAFETY: a non-zero layout.
+                    (s, unsafe {
+                        a.alloc(Layout::from_size_align_unchecked(s, 8))
+                    })
+                })
+                .collect();
+            churn(a, &mut slots, &mut rng, 200_000); // reach the steady state
+            g.bench_function(name, |b| b.iter(|| churn(a, &mut slots, &mut rng, OPS)));
+            for (s, p) in slots {
+                // SAFETY: each live block freed once with its layout.
+                unsafe { a.dealloc(p, Layout::from_size_align_unchecked(s, 8)) };
+            }
+        });
+    }
+    g.finish();
+}
+
+/// Reserved / in-use of the pool in (c)'s steady state, measured on a fresh pool.
+fn steady_state_ratio() -> (f64, f64) {
+    let pool = neurostore::HierarchicalPool::new(neurostore::PoolConfig::default()).unwrap();
+    let mut rng = Rng(7);
+    let mut slots: Vec<(usize, std::ptr::NonNull<u8>)> = (0..10_000)
+        .map(|_| {
+            let s = rng.log_uniform_size();
+            (
+                s,
+                pool.allocate(Layout::from_size_align(s, 8).unwrap())
+                    .unwrap()
+                    .cast(),
+            )
+        })
+        .collect();
+    let mut requested: usize = slots.iter().map(|s| s.0).sum();
+    for _ in 0..500_000 {
+        let i = rng.below(slots.len());
+        let (old, p) = slots[i];
+        // SAFETY: a live block of this pool with this layout.
+        unsafe { pool.deallocate(p, Layout::from_size_align(old, 8).unwrap()) };
+        let s = rng.log_uniform_size();
+        slots[i] = (
+            s,
+            pool.allocate(Layout::from_size_align(s, 8).unwrap())
+                .unwrap()
+                .cast(),
+        );
+        requested = requested + s - old;
+    }
+    let st = pool.stats();
+    let ratios = (
+        st.reserved_bytes as f64 / st.in_use_bytes as f64,
+        st.reserved_bytes as f64 / requested as f64,
+    );
+    for (s, p) in slots {
+        // SAFETY: as above.
+        unsafe { pool.deallocate(p, Layout::from_size_align(s, 8).unwrap()) };
+    }
+    ratios
+}
+
+fn producer_consumer(c: &mut Criterion) {
+    const N: usize = 1_000_000;
+    const BATCH: usize = 1024;
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let mut g = c.benchmark_group("d_two_threads_alloc_free");
+    g.sample_size(10).throughput(Throughput::Elements(N as u64));
+    for name in PEERS {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += with_alloc(name, |a| {
+                        // Batches travel in reused buffers, so the channel costs no allocation
+                        // per block; `usize` stands for the pointer to keep the buffers Send.
+                        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<usize>>(8);
+                        let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<usize>>(8);
+                        for _ in 0..8 {
+                            empty_tx.send(Vec::with_capacity(BATCH)).unwrap();
+                        }
+                        let start = Instant::now();
+                        std::thread::scope(|s| {
+                            s.spawn(|| {
+                                for batch in full_rx {
+                                    for &p in &batch {
+                                        // SAFETY: allocated by the producer with `l`, freed once.
+                                        unsafe { a.dealloc(p as *mut u8, l) };
+                                    }
+                                    let mut batch = batch;
+                                    batch.clear();
+                                    if empty_tx.send(batch).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                            for _ in 0..N / BATCH {
+                                let mut batch = empty_rx.recv().unwrap();
+                                for _ in 0..BATCH {
+                                    // SAFETY: a non-zero layout.
+                                    batch.push(unsafe { a.alloc(l) } as usize);
+                                }
+                                full_tx.send(batch).unwrap();
+                            }
+                            drop(full_tx);
+                        });
+                        start.elapsed()
+                    });
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Reads criterion's point estimate (ns) for one benchmark of this run.
+fn estimate(group: &str, id: &str) -> Option<f64> {
+    let path = format!("target/criterion/{group}/{id}/new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["mean"]["point_estimate"].as_f64()
+}
+
+fn summary() {
+    println!(
+        "\nsummary (mean time; ratio = peer / neurostore, above 1 means neurostore is faster)"
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>12} {:>12}",
+        "case", PEERS[0], PEERS[1], PEERS[2], PEERS[3]
+    );
+    let mut rows: Vec<(String, String, f64)> = Vec::new();
+    for size in [16, 64, 256] {
+        rows.push((
+            format!("(a) alloc+free {size} B"),
+            format!("a_hot_pair/{{}}/{size}"),
+            1.0,
+        ));
+    }
+    rows.push((
+        "(b) 1M x 64 B, random free, per op".into(),
+        "b_1M_64B_random_free/{}".into(),
+        2e6,
+    ));
+    rows.push((
+        "(c) log-uniform, live 10k, per op".into(),
+        "c_log_uniform_live_10k/{}".into(),
+        1e4,
+    ));
+    rows.push((
+        "(d) 2 threads 64 B, per block".into(),
+        "d_two_threads_alloc_free/{}".into(),
+        1e6,
+    ));
+    for (label, pattern, per) in rows {
+        let (group, rest) = pattern.split_once('/').unwrap();
+        let times: Vec<Option<f64>> = PEERS
+            .iter()
+            .map(|p| estimate(group, &rest.replace("{}", p)).map(|ns| ns / per))
+            .collect();
+        let Some(ours) = times[0] else { continue };
+        let cell = |t: Option<f64>| match t {
+            Some(t) if t == ours => format!("{t:.2} ns"),
+            Some(t) => format!("{t:.2} ({:.2}x)", t / ours),
+            None => "-".into(),
+        };
+        println!(
+            "{:<34} {:>12} {:>12} {:>12} {:>12}",
+            label,
+            cell(times[0]),
+            cell(times[1]),
+            cell(times[2]),
+            cell(times[3])
+        );
+    }
+    let (vs_blocks, vs_requested) = steady_state_ratio();
+    println!(
+        "(c) steady state: reserved / in-use blocks = {vs_blocks:.3}, reserved / requested bytes = {vs_requested:.3}"
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    hot_pair(&mut c);
+    million_then_random_free(&mut c);
+    log_uniform_live_set(&mut c);
+    producer_consumer(&mut c);
+    c.final_summary();
+    if !std::env::args().any(|a| a == "--list" || a == "--test") {
+        summary();
+    }
+}

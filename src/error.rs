@@ -37,12 +37,17 @@ impl fmt::Display for OomReason {
                 f,
                 "the pool's total_memory cap of {limit} bytes would be exceeded ({reserved} bytes reserved)"
             ),
-            OomReason::ChunkLimit { class_size, max_chunks } => write!(
+            OomReason::ChunkLimit {
+                class_size,
+                max_chunks,
+            } => write!(
                 f,
                 "the {class_size}-byte size class already holds max_chunks = {max_chunks} chunks"
             ),
             OomReason::OsRefused => f.write_str("the operating system refused to map more memory"),
-            OomReason::LayoutTooLarge => f.write_str("the layout's size overflows the address space"),
+            OomReason::LayoutTooLarge => {
+                f.write_str("the layout's size overflows the address space")
+            }
         }
     }
 }
@@ -109,7 +114,9 @@ pub enum Error {
         address: usize,
     },
     /// The layout passed to a deallocation does not match the block's size class or size.
-    #[error("layout mismatch at {address:#x}: block holds {block_size} bytes, layout says {layout_size}")]
+    #[error(
+        "layout mismatch at {address:#x}: block holds {block_size} bytes, layout says {layout_size}"
+    )]
     LayoutMismatch {
         /// The block's address.
         address: usize,

@@ -27,7 +27,10 @@ fn a_real_workload_runs_on_the_pool() {
     let big: Vec<u8> = vec![3; 10 << 20];
     assert_eq!(big.iter().map(|&x| x as usize).sum::<usize>(), 30 << 20);
     let st = ALLOC.pool().stats();
-    assert!(st.allocations > before + 50_000, "allocations went through the pool");
+    assert!(
+        st.allocations > before + 50_000,
+        "allocations went through the pool"
+    );
     assert!(st.small.allocations > 0 && st.medium.allocations > 0 && st.large.allocations > 0);
 }
 
@@ -39,7 +42,9 @@ fn threads_allocate_and_free_each_others_memory() {
             let tx = tx.clone();
             thread::spawn(move || {
                 for round in 0..200 {
-                    let batch: Vec<String> = (0..100).map(|i| format!("thread {t} round {round} item {i}")).collect();
+                    let batch: Vec<String> = (0..100)
+                        .map(|i| format!("thread {t} round {round} item {i}"))
+                        .collect();
                     tx.send(batch).unwrap();
                 }
             })

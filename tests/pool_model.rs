@@ -20,7 +20,13 @@ enum Op {
 
 fn size_strategy() -> impl Strategy<Value = usize> {
     // Log-uniform over 0 B .. 8 MiB: every tier, both sides of every boundary.
-    (0u32..=23, any::<u32>()).prop_map(|(bits, r)| if bits == 0 { 0 } else { (1usize << (bits - 1)) + (r as usize % (1usize << (bits - 1))) })
+    (0u32..=23, any::<u32>()).prop_map(|(bits, r)| {
+        if bits == 0 {
+            0
+        } else {
+            (1usize << (bits - 1)) + (r as usize % (1usize << (bits - 1)))
+        }
+    })
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -89,12 +95,19 @@ impl Model {
         if ptr.len() > 0 {
             let end = start + ptr.len();
             if let Some((&s, &e)) = self.spans.range(..end).next_back() {
-                prop_assert!(e <= start || s >= end, "[{start:#x},{end:#x}) overlaps [{s:#x},{e:#x})");
+                prop_assert!(
+                    e <= start || s >= end,
+                    "[{start:#x},{end:#x}) overlaps [{s:#x},{e:#x})"
+                );
             }
             self.spans.insert(start, end);
         }
         self.next_tag = self.next_tag.wrapping_add(1).max(1);
-        let b = Block { ptr, layout, tag: self.next_tag };
+        let b = Block {
+            ptr,
+            layout,
+            tag: self.next_tag,
+        };
         b.fill();
         self.blocks.push(b);
         Ok(())
@@ -102,7 +115,10 @@ impl Model {
 
     fn take(&mut self, i: usize) -> Result<Block, TestCaseError> {
         let b = self.blocks.swap_remove(i);
-        prop_assert!(b.bytes().iter().all(|&x| x == b.tag), "block contents changed while live");
+        prop_assert!(
+            b.bytes().iter().all(|&x| x == b.tag),
+            "block contents changed while live"
+        );
         if b.ptr.len() > 0 {
             self.spans.remove(&b.start());
         }
@@ -119,8 +135,14 @@ impl Model {
         let st = pool.stats();
         let live = self.blocks.iter().filter(|b| b.layout.size() > 0).count() as u64;
         prop_assert_eq!(st.live_allocations, live);
-        prop_assert_eq!(st.in_use_bytes, self.blocks.iter().map(|b| b.ptr.len()).sum::<usize>());
-        prop_assert_eq!(st.small.in_use_bytes + st.medium.in_use_bytes + st.large.in_use_bytes, st.in_use_bytes);
+        prop_assert_eq!(
+            st.in_use_bytes,
+            self.blocks.iter().map(|b| b.ptr.len()).sum::<usize>()
+        );
+        prop_assert_eq!(
+            st.small.in_use_bytes + st.medium.in_use_bytes + st.large.in_use_bytes,
+            st.in_use_bytes
+        );
         prop_assert!(st.reserved_bytes >= st.in_use_bytes);
         prop_assert_eq!(st.invalid_frees, 0);
         Ok(())

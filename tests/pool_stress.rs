@@ -75,7 +75,10 @@ fn run(config: PoolConfig) {
     assert_eq!(st.live_allocations, 0);
     assert_eq!(st.in_use_bytes, 0);
     assert_eq!(st.invalid_frees, 0);
-    assert_eq!(st.cached_threads, 0, "exited threads hand their caches back");
+    assert_eq!(
+        st.cached_threads, 0,
+        "exited threads hand their caches back"
+    );
 }
 
 fn check_and_free(pool: &HierarchicalPool, p: NonNull<u8>, l: Layout, tag: u8) {
@@ -108,9 +111,14 @@ fn cross_thread_frees_in_checked_mode() {
 #[test]
 fn many_pools_per_thread_fall_back_to_the_locked_path() {
     // More pools than a thread has cache entries: the extra ones must still work.
-    let pools: Vec<_> = (0..20).map(|_| HierarchicalPool::new(PoolConfig::default()).unwrap()).collect();
+    let pools: Vec<_> = (0..20)
+        .map(|_| HierarchicalPool::new(PoolConfig::default()).unwrap())
+        .collect();
     let l = Layout::from_size_align(64, 8).unwrap();
-    let blocks: Vec<_> = pools.iter().map(|p| (0..100).map(|_| p.allocate(l).unwrap()).collect::<Vec<_>>()).collect();
+    let blocks: Vec<_> = pools
+        .iter()
+        .map(|p| (0..100).map(|_| p.allocate(l).unwrap()).collect::<Vec<_>>())
+        .collect();
     for (p, bs) in pools.iter().zip(blocks) {
         for b in bs {
             // SAFETY: allocated from `p` with `l`.

@@ -17,7 +17,11 @@ fn layout(size: usize, align: usize) -> Layout {
 fn alloc_filled(pool: &HierarchicalPool, l: Layout, tag: u8) -> NonNull<[u8]> {
     let b = pool.allocate(l).unwrap();
     assert!(b.len() >= l.size());
-    assert_eq!(b.cast::<u8>().as_ptr() as usize % l.align(), 0, "{l:?} misaligned");
+    assert_eq!(
+        b.cast::<u8>().as_ptr() as usize % l.align(),
+        0,
+        "{l:?} misaligned"
+    );
     // SAFETY: the block is ours and `b.len()` bytes long.
     unsafe { std::ptr::write_bytes(b.cast::<u8>().as_ptr(), tag, b.len()) };
     b
@@ -58,7 +62,10 @@ fn every_small_size_gets_the_smallest_fitting_class() {
     let st = pool.stats();
     assert_eq!(st.small.allocations, 256);
     assert_eq!(st.live_allocations, 256);
-    assert_eq!(st.in_use_bytes, blocks.iter().map(|(b, _)| b.len()).sum::<usize>());
+    assert_eq!(
+        st.in_use_bytes,
+        blocks.iter().map(|(b, _)| b.len()).sum::<usize>()
+    );
     for (i, (b, l)) in blocks.into_iter().enumerate() {
         assert!(all_bytes(b, (i + 1) as u8), "block {i} was overwritten");
         // SAFETY: allocated above with `l`.
@@ -94,7 +101,11 @@ fn routing_by_size_and_alignment() {
                 Tier::Large => s.large.clone(),
             }
         };
-        assert_eq!(tier_of(&after).allocations, tier_of(&before).allocations + 1, "{size}/{align} -> {tier:?}");
+        assert_eq!(
+            tier_of(&after).allocations,
+            tier_of(&before).allocations + 1,
+            "{size}/{align} -> {tier:?}"
+        );
         // SAFETY: allocated above with `l`.
         unsafe { pool.deallocate(b.cast(), l) };
     }
@@ -124,7 +135,11 @@ fn medium_blocks_split_coalesce_and_regions_go_back() {
         blocks.push((alloc_filled(&pool, l, i as u8), l, i as u8));
     }
     let st = pool.stats();
-    assert!(st.medium.regions >= 2, "expected several regions, got {}", st.medium.regions);
+    assert!(
+        st.medium.regions >= 2,
+        "expected several regions, got {}",
+        st.medium.regions
+    );
     // Free every other block, then the rest: every free coalesces with its neighbours.
     for pass in 0..2 {
         for (i, &(b, l, tag)) in blocks.iter().enumerate() {
@@ -137,7 +152,10 @@ fn medium_blocks_split_coalesce_and_regions_go_back() {
     }
     let st = pool.stats();
     assert_eq!(st.medium.in_use_bytes, 0);
-    assert_eq!(st.medium.regions, 0, "fully coalesced regions go back to the OS");
+    assert_eq!(
+        st.medium.regions, 0,
+        "fully coalesced regions go back to the OS"
+    );
     assert_eq!(st.medium.reserved_bytes, 0);
 }
 
@@ -145,7 +163,12 @@ fn medium_blocks_split_coalesce_and_regions_go_back() {
 fn medium_alignment_up_to_a_page() {
     let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
     let mut blocks = Vec::new();
-    for (i, align) in [32, 64, 256, 1024, 4096].into_iter().cycle().take(200).enumerate() {
+    for (i, align) in [32, 64, 256, 1024, 4096]
+        .into_iter()
+        .cycle()
+        .take(200)
+        .enumerate()
+    {
         let l = layout(257 + i * 13, align);
         blocks.push((alloc_filled(&pool, l, i as u8), l, i as u8));
     }
@@ -162,17 +185,31 @@ fn large_blocks_use_buddy_arenas_and_huge_mappings() {
     let mut c = no_retention();
     c.large.max_size = 16 << 20;
     let pool = HierarchicalPool::new(c).unwrap();
-    let sizes = [65537, 100_000, 1 << 20, 3 << 20, 16 << 20, (16 << 20) + 1, 40 << 20];
+    let sizes = [
+        65537,
+        100_000,
+        1 << 20,
+        3 << 20,
+        16 << 20,
+        (16 << 20) + 1,
+        40 << 20,
+    ];
     let mut blocks = Vec::new();
     for (i, &s) in sizes.iter().enumerate() {
         let l = layout(s, 4096);
         let b = alloc_filled(&pool, l, i as u8);
-        assert!(b.len().is_power_of_two() || s > 16 << 20, "buddy blocks are powers of two");
+        assert!(
+            b.len().is_power_of_two() || s > 16 << 20,
+            "buddy blocks are powers of two"
+        );
         blocks.push((b, l, i as u8));
     }
     let st = pool.stats();
     assert_eq!(st.large.allocations, sizes.len() as u64);
-    assert_eq!(st.large.in_use_bytes, blocks.iter().map(|(b, _, _)| b.len()).sum::<usize>());
+    assert_eq!(
+        st.large.in_use_bytes,
+        blocks.iter().map(|(b, _, _)| b.len()).sum::<usize>()
+    );
     for (b, l, tag) in blocks {
         assert!(all_bytes(b, tag));
         // SAFETY: allocated above with `l`.
@@ -180,7 +217,10 @@ fn large_blocks_use_buddy_arenas_and_huge_mappings() {
     }
     let st = pool.stats();
     assert_eq!(st.large.in_use_bytes, 0);
-    assert_eq!(st.large.reserved_bytes, 0, "empty arenas and huge mappings go back");
+    assert_eq!(
+        st.large.reserved_bytes, 0,
+        "empty arenas and huge mappings go back"
+    );
 }
 
 #[test]
@@ -212,13 +252,22 @@ fn checked_mode_reports_bad_frees_and_changes_nothing() {
                 "double free of {size}"
             );
             let inner = NonNull::new(b.as_ptr().wrapping_add(8)).unwrap();
-            assert!(matches!(pool.try_deallocate(inner, l), Err(Error::ForeignPointer { .. } | Error::DoubleFree { .. })));
+            assert!(matches!(
+                pool.try_deallocate(inner, l),
+                Err(Error::ForeignPointer { .. } | Error::DoubleFree { .. })
+            ));
             let theirs = other.allocate(l).unwrap().cast::<u8>();
-            assert!(matches!(pool.try_deallocate(theirs, l), Err(Error::ForeignPointer { .. })));
+            assert!(matches!(
+                pool.try_deallocate(theirs, l),
+                Err(Error::ForeignPointer { .. })
+            ));
             other.deallocate(theirs, l);
             let mut local = 0u64;
             let stack = NonNull::from(&mut local).cast::<u8>();
-            assert!(matches!(pool.try_deallocate(stack, l), Err(Error::ForeignPointer { .. })));
+            assert!(matches!(
+                pool.try_deallocate(stack, l),
+                Err(Error::ForeignPointer { .. })
+            ));
             // The refused frees changed nothing: the live block is intact and freeable.
             assert_eq!(pool.stats().live_allocations, 1);
             pool.try_deallocate(keep.cast(), l).unwrap();
@@ -240,7 +289,10 @@ fn checked_mode_catches_layout_mismatch_and_poisons() {
     // pool-owned, mapped memory.
     unsafe {
         std::ptr::write_bytes(b.as_ptr(), 0x11, 64);
-        assert!(matches!(pool.try_deallocate(b, layout(16, 8)), Err(Error::LayoutMismatch { .. })));
+        assert!(matches!(
+            pool.try_deallocate(b, layout(16, 8)),
+            Err(Error::LayoutMismatch { .. })
+        ));
         pool.try_deallocate(b, l).unwrap();
         let bytes = std::slice::from_raw_parts(b.as_ptr().add(8), 56);
         assert!(bytes.iter().all(|&x| x == 0xDD), "freed memory is poisoned");
@@ -257,8 +309,14 @@ fn unchecked_try_deallocate_still_catches_foreign_pointers() {
     // SAFETY: the stack pointer is refused before anything is touched; `b` is ours.
     unsafe {
         let stack = NonNull::new(local.as_mut_ptr()).unwrap();
-        assert!(matches!(pool.try_deallocate(stack, l), Err(Error::ForeignPointer { .. })));
-        assert!(matches!(pool.try_deallocate(b.cast(), layout(8, 8)), Err(Error::LayoutMismatch { .. })));
+        assert!(matches!(
+            pool.try_deallocate(stack, l),
+            Err(Error::ForeignPointer { .. })
+        ));
+        assert!(matches!(
+            pool.try_deallocate(b.cast(), layout(8, 8)),
+            Err(Error::LayoutMismatch { .. })
+        ));
         pool.try_deallocate(b.cast(), l).unwrap();
     }
 }
@@ -281,13 +339,21 @@ fn memory_cap_and_chunk_limit_are_errors_not_aborts() {
     let pool = HierarchicalPool::new(c).unwrap();
     let big = layout(16 << 20, 4096);
     match pool.allocate(big) {
-        Err(Error::OutOfMemory { requested, reason: OomReason::MemoryCap { limit, .. }, .. }) => {
+        Err(Error::OutOfMemory {
+            requested,
+            reason: OomReason::MemoryCap { limit, .. },
+            ..
+        }) => {
             assert_eq!(requested, 16 << 20);
             assert_eq!(limit, 8 << 20);
         }
         other => panic!("expected OutOfMemory, got {other:?}"),
     }
-    assert_eq!(pool.stats().reserved_bytes, 0, "a refused request reserves nothing");
+    assert_eq!(
+        pool.stats().reserved_bytes,
+        0,
+        "a refused request reserves nothing"
+    );
 
     let mut c = PoolConfig::default();
     c.small.max_chunks = 1;
@@ -304,7 +370,13 @@ fn memory_cap_and_chunk_limit_are_errors_not_aborts() {
         assert!(blocks.len() <= per_chunk);
     };
     assert_eq!(blocks.len(), per_chunk);
-    assert!(matches!(err, Error::OutOfMemory { reason: OomReason::ChunkLimit { max_chunks: 1, .. }, .. }));
+    assert!(matches!(
+        err,
+        Error::OutOfMemory {
+            reason: OomReason::ChunkLimit { max_chunks: 1, .. },
+            ..
+        }
+    ));
     for b in blocks {
         // SAFETY: allocated above with `l`.
         unsafe { pool.deallocate(b.cast(), l) };
@@ -319,14 +391,22 @@ fn reallocate_keeps_contents_and_grows_in_place_within_a_class() {
     // SAFETY: `b` is live with layout `l`; each step frees only through reallocate.
     unsafe {
         let same = pool.reallocate(b.cast(), l, 32).unwrap();
-        assert_eq!(same.cast::<u8>(), b.cast::<u8>(), "20 -> 32 stays in the 32-byte class");
+        assert_eq!(
+            same.cast::<u8>(),
+            b.cast::<u8>(),
+            "20 -> 32 stays in the 32-byte class"
+        );
         let mut cur = same;
         let mut cur_l = layout(32, 8);
         for new_size in [100, 3000, 70_000, 5 << 20, 64, 8] {
             let next = pool.reallocate(cur.cast(), cur_l, new_size).unwrap();
             let keep = cur_l.size().min(new_size).min(20);
             let bytes = std::slice::from_raw_parts(next.cast::<u8>().as_ptr(), keep);
-            assert!(bytes.iter().all(|&x| x == 7), "contents survive {} -> {new_size}", cur_l.size());
+            assert!(
+                bytes.iter().all(|&x| x == 7),
+                "contents survive {} -> {new_size}",
+                cur_l.size()
+            );
             cur = next;
             cur_l = layout(new_size, 8);
         }
@@ -341,7 +421,11 @@ fn stats_per_class_and_fragmentation() {
     let l = layout(64, 8);
     let blocks: Vec<_> = (0..1000).map(|_| pool.allocate(l).unwrap()).collect();
     let st = pool.stats();
-    let c64 = st.classes.iter().find(|c| c.tier == Tier::Small && c.size == 64).unwrap();
+    let c64 = st
+        .classes
+        .iter()
+        .find(|c| c.tier == Tier::Small && c.size == 64)
+        .unwrap();
     assert_eq!(c64.allocations, 1000);
     assert_eq!(c64.in_use_bytes, 64_000);
     assert_eq!(c64.chunks, 1);
@@ -361,12 +445,16 @@ fn stats_per_class_and_fragmentation() {
 #[test]
 fn fragmentation_alert_fires_once_per_crossing() {
     let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
-    // Fill about one 4 MiB medium region, so that fragmentation is low.
+    // Fill about five 4 MiB medium regions, so that fragmentation is low.
     let l = layout(4000, 16);
-    let blocks: Vec<_> = (0..1000).map(|_| pool.allocate(l).unwrap()).collect();
+    let blocks: Vec<_> = (0..5000).map(|_| pool.allocate(l).unwrap()).collect();
     assert!(pool.stats().fragmentation < 0.1);
-    pool.set_alert_threshold(AlertKind::Fragmentation, 0.5).unwrap();
-    assert!(pool.set_alert_threshold(AlertKind::Fragmentation, 1.5).is_err());
+    pool.set_alert_threshold(AlertKind::Fragmentation, 0.5)
+        .unwrap();
+    assert!(
+        pool.set_alert_threshold(AlertKind::Fragmentation, 1.5)
+            .is_err()
+    );
     let fired = Arc::new(AtomicUsize::new(0));
     let f = fired.clone();
     pool.on_alert(move |a| {
@@ -382,7 +470,11 @@ fn fragmentation_alert_fires_once_per_crossing() {
             unsafe { pool.deallocate(b.cast(), l) };
         }
     }
-    assert_eq!(fired.load(Ordering::Relaxed), 1, "fires once, not on every free");
+    assert_eq!(
+        fired.load(Ordering::Relaxed),
+        1,
+        "fires once, not on every free"
+    );
     for (i, b) in blocks.iter().enumerate() {
         if i % 4 == 0 {
             // SAFETY: as above.
@@ -413,7 +505,10 @@ fn allocator_api2_collections_live_in_the_pool() {
 fn registry_names_pools() {
     let r = PoolRegistry::global();
     let a = r.create("tiers-test", PoolConfig::default()).unwrap();
-    assert!(matches!(r.create("tiers-test", PoolConfig::default()), Err(Error::PoolExists { .. })));
+    assert!(matches!(
+        r.create("tiers-test", PoolConfig::default()),
+        Err(Error::PoolExists { .. })
+    ));
     let b = r.get_or_create("tiers-test", PoolConfig::debug).unwrap();
     assert!(Arc::ptr_eq(&a, &b));
     assert!(r.names().contains(&"tiers-test".to_string()));

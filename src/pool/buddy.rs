@@ -23,7 +23,9 @@ const NONE: u32 = u32::MAX;
 pub enum BuddyError {
     /// `capacity` or `min_block` is not a power of two, or `min_block > capacity`, or the
     /// range has more than 2^31 minimum blocks.
-    #[error("capacity {capacity} and min_block {min_block} must be powers of two with min_block <= capacity")]
+    #[error(
+        "capacity {capacity} and min_block {min_block} must be powers of two with min_block <= capacity"
+    )]
     BadGeometry {
         /// The capacity asked for.
         capacity: u64,
@@ -80,7 +82,10 @@ impl std::fmt::Debug for BuddyAllocator {
 impl BuddyAllocator {
     /// A buddy allocator over `[0, capacity)` with blocks of at least `min_block` bytes.
     pub fn new(capacity: u64, min_block: u64) -> Result<Self, BuddyError> {
-        let bad = BuddyError::BadGeometry { capacity, min_block };
+        let bad = BuddyError::BadGeometry {
+            capacity,
+            min_block,
+        };
         if !capacity.is_power_of_two() || !min_block.is_power_of_two() || min_block > capacity {
             return Err(bad);
         }
@@ -176,7 +181,9 @@ impl BuddyAllocator {
     /// start an allocated block (never allocated, freed already, inside a block) is
     /// refused and changes nothing.
     pub fn deallocate(&mut self, offset: u64) -> Result<u64, BuddyError> {
-        let idx = self.index_of(offset).ok_or(BuddyError::NotAllocated(offset))?;
+        let idx = self
+            .index_of(offset)
+            .ok_or(BuddyError::NotAllocated(offset))?;
         let order = match self.alloc_order[idx as usize] {
             0 => return Err(BuddyError::NotAllocated(offset)),
             o => o as u32 - 1,
@@ -293,8 +300,14 @@ mod tests {
     fn bad_frees_change_nothing() {
         let mut b = BuddyAllocator::new(1 << 16, 1 << 10).unwrap();
         let a = b.allocate(2048, 1).unwrap();
-        assert_eq!(b.deallocate(a + 1024), Err(BuddyError::NotAllocated(a + 1024)));
-        assert_eq!(b.deallocate(1 << 20), Err(BuddyError::NotAllocated(1 << 20)));
+        assert_eq!(
+            b.deallocate(a + 1024),
+            Err(BuddyError::NotAllocated(a + 1024))
+        );
+        assert_eq!(
+            b.deallocate(1 << 20),
+            Err(BuddyError::NotAllocated(1 << 20))
+        );
         assert_eq!(b.deallocate(a + 1), Err(BuddyError::NotAllocated(a + 1)));
         assert_eq!(b.allocated_bytes(), 2048);
         b.deallocate(a).unwrap();

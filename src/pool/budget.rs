@@ -32,7 +32,12 @@ impl Budget {
                     });
                 }
             };
-            match self.reserved.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.reserved.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(actual) => cur = actual,
             }
@@ -61,7 +66,13 @@ mod tests {
     fn refuses_past_the_cap_and_changes_nothing() {
         let b = Budget::new(100);
         b.reserve(60).unwrap();
-        assert_eq!(b.reserve(41), Err(OomReason::MemoryCap { limit: 100, reserved: 60 }));
+        assert_eq!(
+            b.reserve(41),
+            Err(OomReason::MemoryCap {
+                limit: 100,
+                reserved: 60
+            })
+        );
         assert_eq!(b.reserved(), 60);
         b.reserve(40).unwrap();
         b.release(100);

@@ -112,8 +112,8 @@ pub struct PoolConfig {
     /// Empty chunks (per small class), regions or arenas kept mapped for reuse; beyond
     /// this, empty ones go back to the OS.
     pub retain_empty: usize,
-    /// Each new medium region or large arena is this many times the previous one (1, 2,
-    /// 4 or 8), up to the tier's maximum.
+    /// Each new large arena is this many times the previous one (1, 2, 4 or 8), from
+    /// 4 MiB up to 64 MiB or `large.max_size`. Medium regions keep `medium.region_size`.
     pub growth_factor: usize,
 }
 
@@ -176,9 +176,9 @@ impl PoolConfig {
     /// Reads the TOML layout (see the crate README); keys left out keep their
     /// [`Default`] values.
     pub fn from_toml_str(text: &str) -> Result<Self, Error> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::new("memory_pools", format!("not valid TOML: {e}")))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError::new("memory_pools", format!("not valid TOML: {e}"))
+        })?;
         let mut config = PoolConfig::default();
         toml_form::apply(&table, &mut config)?;
         config.validate()?;
@@ -203,22 +203,35 @@ impl PoolConfig {
 
     pub(crate) fn resolve(&self) -> Result<ResolvedConfig, ConfigError> {
         let s = &self.small;
-        let bad = |key: &str, msg: String| Err(ConfigError::new(format!("memory_pools.{key}"), msg));
+        let bad =
+            |key: &str, msg: String| Err(ConfigError::new(format!("memory_pools.{key}"), msg));
         if !s.alignment.is_power_of_two() || s.alignment < 8 || s.alignment > 4096 {
-            return bad("small.alignment", format!("{} is not a power of two in 8..=4096", s.alignment));
+            return bad(
+                "small.alignment",
+                format!("{} is not a power of two in 8..=4096", s.alignment),
+            );
         }
         check_classes("small.sizes", &s.sizes, MAX_SMALL_CLASSES, s.alignment)?;
         if let Some(&big) = s.sizes.iter().find(|&&c| c > MAX_SMALL_CLASS_SIZE) {
-            return bad("small.sizes", format!("{big} is above the small tier's limit of {MAX_SMALL_CLASS_SIZE}"));
+            return bad(
+                "small.sizes",
+                format!("{big} is above the small tier's limit of {MAX_SMALL_CLASS_SIZE}"),
+            );
         }
         if s.blocks_per_chunk == 0 || s.blocks_per_chunk > 1 << 24 {
-            return bad("small.blocks_per_chunk", format!("{} is not in 1..=16777216", s.blocks_per_chunk));
+            return bad(
+                "small.blocks_per_chunk",
+                format!("{} is not in 1..=16777216", s.blocks_per_chunk),
+            );
         }
         if s.max_chunks == 0 {
             return bad("small.max_chunks", "must be at least 1".into());
         }
         if s.thread_cache_size > 1 << 16 {
-            return bad("small.thread_cache_size", format!("{} is above 65536", s.thread_cache_size));
+            return bad(
+                "small.thread_cache_size",
+                format!("{} is above 65536", s.thread_cache_size),
+            );
         }
         let m = &self.medium;
         check_classes("medium.sizes", &m.sizes, MAX_MEDIUM_CLASSES, MEDIUM_QUANTUM)?;
@@ -226,43 +239,74 @@ impl PoolConfig {
         if m.sizes[0] <= small_max {
             return bad(
                 "medium.sizes",
-                format!("the first medium class ({}) must be above the largest small class ({small_max})", m.sizes[0]),
+                format!(
+                    "the first medium class ({}) must be above the largest small class ({small_max})",
+                    m.sizes[0]
+                ),
             );
         }
         let medium_max = *m.sizes.last().expect("checked non-empty");
-        if m.region_size == 0 || m.region_size % super::os::GRANULE != 0 || m.region_size > 1 << 30 {
-            return bad("medium.region_size", format!("{} is not a multiple of 65536 up to 1 GiB", m.region_size));
+        if m.region_size == 0 || m.region_size % super::os::GRANULE != 0 || m.region_size > 1 << 30
+        {
+            return bad(
+                "medium.region_size",
+                format!("{} is not a multiple of 65536 up to 1 GiB", m.region_size),
+            );
         }
         if m.region_size < 2 * (medium_max + 2 * MEDIUM_QUANTUM) {
             return bad(
                 "medium.region_size",
-                format!("{} cannot hold two blocks of the largest medium class ({medium_max})", m.region_size),
+                format!(
+                    "{} cannot hold two blocks of the largest medium class ({medium_max})",
+                    m.region_size
+                ),
             );
         }
         let l = &self.large;
         if !l.min_size.is_power_of_two() || l.min_size < 4096 {
-            return bad("large.min_size", format!("{} is not a power of two of at least 4096", l.min_size));
+            return bad(
+                "large.min_size",
+                format!("{} is not a power of two of at least 4096", l.min_size),
+            );
         }
         if !l.max_size.is_power_of_two() {
-            return bad("large.max_size", format!("{} is not a power of two", l.max_size));
+            return bad(
+                "large.max_size",
+                format!("{} is not a power of two", l.max_size),
+            );
         }
         if l.min_size > l.max_size {
-            return bad("large.min_size", format!("min_size {} is above max_size {}", l.min_size, l.max_size));
+            return bad(
+                "large.min_size",
+                format!("min_size {} is above max_size {}", l.min_size, l.max_size),
+            );
         }
         if l.max_size < medium_max || l.max_size > 1 << 40 {
             return bad(
                 "large.max_size",
-                format!("{} must be between the largest medium class ({medium_max}) and 1 TiB", l.max_size),
+                format!(
+                    "{} must be between the largest medium class ({medium_max}) and 1 TiB",
+                    l.max_size
+                ),
             );
         }
         if !l.alignment.is_power_of_two() || l.alignment < 4096 || l.alignment > l.min_size {
-            return bad("large.alignment", format!("{} is not a power of two in 4096..=min_size", l.alignment));
+            return bad(
+                "large.alignment",
+                format!("{} is not a power of two in 4096..=min_size", l.alignment),
+            );
         }
         if self.total_memory == Some(0) {
-            return bad("total_memory", "must be above zero (leave it out for no cap)".into());
+            return bad(
+                "total_memory",
+                "must be above zero (leave it out for no cap)".into(),
+            );
         }
         if ![1, 2, 4, 8].contains(&self.growth_factor) {
-            return bad("growth_factor", format!("{} is not one of 1, 2, 4, 8", self.growth_factor));
+            return bad(
+                "growth_factor",
+                format!("{} is not one of 1, 2, 4, 8", self.growth_factor),
+            );
         }
         let mut small_sizes = [0; MAX_SMALL_CLASSES];
         small_sizes[..s.sizes.len()].copy_from_slice(&s.sizes);
@@ -292,25 +336,42 @@ impl PoolConfig {
     }
 }
 
-fn check_classes(key: &str, sizes: &[usize], max: usize, multiple: usize) -> Result<(), ConfigError> {
+fn check_classes(
+    key: &str,
+    sizes: &[usize],
+    max: usize,
+    multiple: usize,
+) -> Result<(), ConfigError> {
     let key = format!("memory_pools.{key}");
     if sizes.is_empty() {
         return Err(ConfigError::new(key, "needs at least one size class"));
     }
     if sizes.len() > max {
-        return Err(ConfigError::new(key, format!("{} classes given, at most {max} allowed", sizes.len())));
+        return Err(ConfigError::new(
+            key,
+            format!("{} classes given, at most {max} allowed", sizes.len()),
+        ));
     }
     for (i, &c) in sizes.iter().enumerate() {
         if c == 0 {
-            return Err(ConfigError::new(key, "a size class of 0 bytes is impossible"));
+            return Err(ConfigError::new(
+                key,
+                "a size class of 0 bytes is impossible",
+            ));
         }
         if c % multiple != 0 {
-            return Err(ConfigError::new(key, format!("{c} is not a multiple of the alignment {multiple}")));
+            return Err(ConfigError::new(
+                key,
+                format!("{c} is not a multiple of the alignment {multiple}"),
+            ));
         }
         if i > 0 && c <= sizes[i - 1] {
             return Err(ConfigError::new(
                 key,
-                format!("classes must be strictly increasing ({} then {c})", sizes[i - 1]),
+                format!(
+                    "classes must be strictly increasing ({} then {c})",
+                    sizes[i - 1]
+                ),
             ));
         }
     }
@@ -401,28 +462,43 @@ mod toml_form {
     }
 
     fn table<'a>(v: &'a Value, key: &str) -> Result<&'a Table, ConfigError> {
-        v.as_table().ok_or_else(|| err(key, format!("expected a table, found {}", v.type_str())))
+        v.as_table()
+            .ok_or_else(|| err(key, format!("expected a table, found {}", v.type_str())))
     }
 
     fn size(v: &Value, key: &str) -> Result<usize, ConfigError> {
         match v.as_integer() {
-            Some(i) if i >= 0 => usize::try_from(i).map_err(|_| err(key, format!("{i} does not fit in usize"))),
+            Some(i) if i >= 0 => {
+                usize::try_from(i).map_err(|_| err(key, format!("{i} does not fit in usize")))
+            }
             Some(i) => Err(err(key, format!("{i} is negative"))),
-            None => Err(err(key, format!("expected an integer, found {}", v.type_str()))),
+            None => Err(err(
+                key,
+                format!("expected an integer, found {}", v.type_str()),
+            )),
         }
     }
 
     fn flag(v: &Value, key: &str) -> Result<bool, ConfigError> {
-        v.as_bool().ok_or_else(|| err(key, format!("expected a boolean, found {}", v.type_str())))
+        v.as_bool()
+            .ok_or_else(|| err(key, format!("expected a boolean, found {}", v.type_str())))
     }
 
     fn sizes(v: &Value, key: &str) -> Result<Vec<usize>, ConfigError> {
-        let arr = v.as_array().ok_or_else(|| err(key, format!("expected an array of integers, found {}", v.type_str())))?;
+        let arr = v.as_array().ok_or_else(|| {
+            err(
+                key,
+                format!("expected an array of integers, found {}", v.type_str()),
+            )
+        })?;
         arr.iter().map(|x| size(x, key)).collect()
     }
 
     fn unknown(key: &str, known: &[&str]) -> ConfigError {
-        err(key, format!("unknown key; expected one of: {}", known.join(", ")))
+        err(
+            key,
+            format!("unknown key; expected one of: {}", known.join(", ")),
+        )
     }
 
     pub(super) fn apply(root: &Table, c: &mut PoolConfig) -> Result<(), ConfigError> {
@@ -464,7 +540,13 @@ mod toml_form {
     }
 
     fn apply_small(t: &Table, s: &mut SmallConfig) -> Result<(), ConfigError> {
-        const KNOWN: &[&str] = &["sizes", "blocks_per_chunk", "max_chunks", "thread_cache_size", "alignment"];
+        const KNOWN: &[&str] = &[
+            "sizes",
+            "blocks_per_chunk",
+            "max_chunks",
+            "thread_cache_size",
+            "alignment",
+        ];
         for (k, v) in t {
             let key = format!("memory_pools.small.{k}");
             match k.as_str() {
@@ -501,8 +583,18 @@ mod toml_form {
             match k.as_str() {
                 "strategy" => match v.as_str() {
                     Some("buddy_allocator") => l.strategy = LargeStrategy::BuddyAllocator,
-                    Some(other) => return Err(err(&key, format!("unknown strategy {other:?}; expected \"buddy_allocator\""))),
-                    None => return Err(err(&key, format!("expected a string, found {}", v.type_str()))),
+                    Some(other) => {
+                        return Err(err(
+                            &key,
+                            format!("unknown strategy {other:?}; expected \"buddy_allocator\""),
+                        ));
+                    }
+                    None => {
+                        return Err(err(
+                            &key,
+                            format!("expected a string, found {}", v.type_str()),
+                        ));
+                    }
                 },
                 "min_size" => l.min_size = size(v, &key)?,
                 "max_size" => l.max_size = size(v, &key)?,
@@ -514,7 +606,12 @@ mod toml_form {
     }
 
     pub(super) fn render(c: &PoolConfig) -> String {
-        let list = |v: &[usize]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut out = String::from("[memory_pools]\n");
         if let Some(t) = c.total_memory {
             out += &format!("total_memory = {t}\n");
@@ -559,7 +656,11 @@ mod tests {
 
     #[test]
     fn presets_are_valid_and_global_default_matches_default() {
-        for c in [PoolConfig::default(), PoolConfig::high_performance(), PoolConfig::debug()] {
+        for c in [
+            PoolConfig::default(),
+            PoolConfig::high_performance(),
+            PoolConfig::debug(),
+        ] {
             c.validate().unwrap();
         }
         let a = PoolConfig::default().resolve().unwrap();
@@ -592,7 +693,11 @@ mod tests {
 
     #[test]
     fn toml_round_trips() {
-        for mut c in [PoolConfig::default(), PoolConfig::high_performance(), PoolConfig::debug()] {
+        for mut c in [
+            PoolConfig::default(),
+            PoolConfig::high_performance(),
+            PoolConfig::debug(),
+        ] {
             c.total_memory = Some(1 << 30);
             assert_eq!(PoolConfig::from_toml_str(&c.to_toml_string()).unwrap(), c);
         }
@@ -601,23 +706,74 @@ mod tests {
     #[test]
     fn impossible_values_name_their_key() {
         let cases = [
-            ("[memory_pools.small]\nsizes = [16, 8]", "memory_pools.small.sizes"),
-            ("[memory_pools.small]\nsizes = [8, 12]", "memory_pools.small.sizes"),
-            ("[memory_pools.small]\nsizes = [0, 8]", "memory_pools.small.sizes"),
-            ("[memory_pools.small]\nsizes = []", "memory_pools.small.sizes"),
-            ("[memory_pools.small]\nsizes = \"8\"", "memory_pools.small.sizes"),
-            ("[memory_pools.small]\nblocks_per_chunk = 0", "memory_pools.small.blocks_per_chunk"),
-            ("[memory_pools.small]\nthread_cache_size = -1", "memory_pools.small.thread_cache_size"),
-            ("[memory_pools.small]\nmax_chunks = 1.5", "memory_pools.small.max_chunks"),
-            ("[memory_pools.small]\nbogus = 1", "memory_pools.small.bogus"),
-            ("[memory_pools.medium]\nsizes = [128, 1024]", "memory_pools.medium.sizes"),
-            ("[memory_pools.medium]\ncoalescing = 1", "memory_pools.medium.coalescing"),
-            ("[memory_pools.medium]\nregion_size = 100000", "memory_pools.medium.region_size"),
-            ("[memory_pools.large]\nmin_size = 2097152\nmax_size = 1048576", "memory_pools.large.min_size"),
-            ("[memory_pools.large]\nstrategy = \"slab\"", "memory_pools.large.strategy"),
-            ("[memory_pools.large]\nalignment = 1000", "memory_pools.large.alignment"),
-            ("[memory_pools]\ntotal_memory = 0", "memory_pools.total_memory"),
-            ("[memory_pools]\ngrowth_factor = 3", "memory_pools.growth_factor"),
+            (
+                "[memory_pools.small]\nsizes = [16, 8]",
+                "memory_pools.small.sizes",
+            ),
+            (
+                "[memory_pools.small]\nsizes = [8, 12]",
+                "memory_pools.small.sizes",
+            ),
+            (
+                "[memory_pools.small]\nsizes = [0, 8]",
+                "memory_pools.small.sizes",
+            ),
+            (
+                "[memory_pools.small]\nsizes = []",
+                "memory_pools.small.sizes",
+            ),
+            (
+                "[memory_pools.small]\nsizes = \"8\"",
+                "memory_pools.small.sizes",
+            ),
+            (
+                "[memory_pools.small]\nblocks_per_chunk = 0",
+                "memory_pools.small.blocks_per_chunk",
+            ),
+            (
+                "[memory_pools.small]\nthread_cache_size = -1",
+                "memory_pools.small.thread_cache_size",
+            ),
+            (
+                "[memory_pools.small]\nmax_chunks = 1.5",
+                "memory_pools.small.max_chunks",
+            ),
+            (
+                "[memory_pools.small]\nbogus = 1",
+                "memory_pools.small.bogus",
+            ),
+            (
+                "[memory_pools.medium]\nsizes = [128, 1024]",
+                "memory_pools.medium.sizes",
+            ),
+            (
+                "[memory_pools.medium]\ncoalescing = 1",
+                "memory_pools.medium.coalescing",
+            ),
+            (
+                "[memory_pools.medium]\nregion_size = 100000",
+                "memory_pools.medium.region_size",
+            ),
+            (
+                "[memory_pools.large]\nmin_size = 2097152\nmax_size = 1048576",
+                "memory_pools.large.min_size",
+            ),
+            (
+                "[memory_pools.large]\nstrategy = \"slab\"",
+                "memory_pools.large.strategy",
+            ),
+            (
+                "[memory_pools.large]\nalignment = 1000",
+                "memory_pools.large.alignment",
+            ),
+            (
+                "[memory_pools]\ntotal_memory = 0",
+                "memory_pools.total_memory",
+            ),
+            (
+                "[memory_pools]\ngrowth_factor = 3",
+                "memory_pools.growth_factor",
+            ),
             ("[memory_pools]\nsmall = 3", "memory_pools.small"),
             ("[pools]\nx = 1", "pools"),
             ("not toml [", "memory_pools"),
@@ -629,6 +785,9 @@ mod tests {
 
     #[test]
     fn missing_file_is_an_io_error() {
-        assert!(matches!(PoolConfig::from_toml_file("/nonexistent/pool.toml"), Err(Error::Io(_))));
+        assert!(matches!(
+            PoolConfig::from_toml_file("/nonexistent/pool.toml"),
+            Err(Error::Io(_))
+        ));
     }
 }

@@ -74,10 +74,12 @@ impl NeuroAlloc {
 
     #[cold]
     fn initialise(&self) {
-        match self
-            .state
-            .compare_exchange(UNINIT, INITIALISING, Ordering::Acquire, Ordering::Acquire)
-        {
+        match self.state.compare_exchange(
+            UNINIT,
+            INITIALISING,
+            Ordering::Acquire,
+            Ordering::Acquire,
+        ) {
             Ok(_) => {
                 INITIALISING_HERE.with(|f| f.set(true));
                 let pool = HierarchicalPool::from_resolved(ResolvedConfig::global_default());
@@ -137,6 +139,7 @@ unsafe impl GlobalAlloc for NeuroAlloc {
             return ptr::null_mut();
         };
         // SAFETY: GlobalAlloc's contract is the one `reallocate` asks for.
-        unsafe { self.pool().reallocate(p, layout, new_size) }.map_or(ptr::null_mut(), |p| p.as_ptr().cast())
+        unsafe { self.pool().reallocate(p, layout, new_size) }
+            .map_or(ptr::null_mut(), |p| p.as_ptr().cast())
     }
 }

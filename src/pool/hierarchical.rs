@@ -59,7 +59,8 @@ impl PoolShared {
         let in_use = self.approx_in_use();
         self.peak.fetch_max(in_use, Ordering::Relaxed);
         if self.alerts.any.load(Ordering::Relaxed) {
-            self.alerts.check(self.budget.reserved(), in_use, self.budget.limit());
+            self.alerts
+                .check(self.budget.reserved(), in_use, self.budget.limit());
         }
     }
 
@@ -185,7 +186,8 @@ impl HierarchicalPool {
             }
             Route::Zero => {
                 // A dangling pointer aligned to `align`, as `Layout::dangling` gives.
-                let p = NonNull::new(std::ptr::without_provenance_mut::<u8>(align)).expect("align is non-zero");
+                let p = NonNull::new(std::ptr::without_provenance_mut::<u8>(align))
+                    .expect("align is non-zero");
                 Ok(NonNull::slice_from_raw_parts(p, 0))
             }
             Route::Medium => {
@@ -198,7 +200,10 @@ impl HierarchicalPool {
                 let r = s.large.allocate(size, align, &s.budget);
                 s.after_slow_path();
                 let p = r.map_err(oom)?;
-                let len = s.large.block_size_for(size, align).expect("served, so representable");
+                let len = s
+                    .large
+                    .block_size_for(size, align)
+                    .expect("served, so representable");
                 Ok(NonNull::slice_from_raw_parts(p, len))
             }
         }
@@ -323,7 +328,10 @@ impl HierarchicalPool {
             }
             Route::Large => {
                 // SAFETY: forwarded contract.
-                let r = unsafe { s.large.deallocate(ptr, layout.size(), layout.align(), &s.budget) };
+                let r = unsafe {
+                    s.large
+                        .deallocate(ptr, layout.size(), layout.align(), &s.budget)
+                };
                 s.after_slow_path();
                 r
             }
@@ -337,7 +345,12 @@ impl HierarchicalPool {
     /// # Safety
     /// `ptr` and `old` satisfy the contract of [`deallocate`](Self::deallocate); on
     /// success the old pointer must not be used again (use the returned one).
-    pub unsafe fn reallocate(&self, ptr: NonNull<u8>, old: Layout, new_size: usize) -> Result<NonNull<[u8]>, Error> {
+    pub unsafe fn reallocate(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new_size: usize,
+    ) -> Result<NonNull<[u8]>, Error> {
         let align = old.align();
         let new = Layout::from_size_align(new_size, align).map_err(|_| Error::OutOfMemory {
             requested: new_size,
@@ -348,9 +361,12 @@ impl HierarchicalPool {
         let s = &*self.shared;
         if r_old == r_new {
             match r_new {
-                Route::Small(ci) => return Ok(NonNull::slice_from_raw_parts(ptr, s.small.classes[ci].size)),
+                Route::Small(ci) => {
+                    return Ok(NonNull::slice_from_raw_parts(ptr, s.small.classes[ci].size));
+                }
                 Route::Large
-                    if s.large.block_size_for(old.size(), align) == s.large.block_size_for(new_size, align)
+                    if s.large.block_size_for(old.size(), align)
+                        == s.large.block_size_for(new_size, align)
                         && new_size <= s.cfg.large_max =>
                 {
                     let len = s.large.block_size_for(new_size, align).expect("served");
@@ -362,7 +378,11 @@ impl HierarchicalPool {
         let fresh = self.allocate(new)?;
         // SAFETY: both blocks are live and distinct; we copy the bytes both hold.
         unsafe {
-            std::ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.cast::<u8>().as_ptr(), old.size().min(new_size));
+            std::ptr::copy_nonoverlapping(
+                ptr.as_ptr(),
+                fresh.cast::<u8>().as_ptr(),
+                old.size().min(new_size),
+            );
             self.deallocate(ptr, old);
         }
         Ok(fresh)
@@ -454,8 +474,16 @@ impl HierarchicalPool {
             allocations,
             deallocations,
             live_allocations: allocations.saturating_sub(deallocations),
-            fragmentation: if reserved == 0 { 0.0 } else { 1.0 - in_use as f64 / reserved as f64 },
-            allocation_rate: if secs > 0.0 { allocations as f64 / secs } else { 0.0 },
+            fragmentation: if reserved == 0 {
+                0.0
+            } else {
+                1.0 - in_use as f64 / reserved as f64
+            },
+            allocation_rate: if secs > 0.0 {
+                allocations as f64 / secs
+            } else {
+                0.0
+            },
             invalid_frees: s.invalid_frees.load(Ordering::Relaxed),
             cached_threads,
             small,
@@ -475,14 +503,20 @@ impl HierarchicalPool {
     }
 
     /// Sets the threshold (a fraction in `0.0..=1.0`) above which `kind` raises an alert.
-    /// Alerts fire once per crossing and re-arm when the figure falls back.
+    /// An alert fires once per crossing and re-arms when the figure falls
+    /// [`REARM_MARGIN`](crate::pool::stats::REARM_MARGIN) below the threshold. Figures
+    /// are looked at whenever memory moves between a tier and the OS or the thread caches.
     pub fn set_alert_threshold(&self, kind: AlertKind, threshold: f64) -> Result<(), Error> {
         if !(0.0..=1.0).contains(&threshold) {
             let key = match kind {
                 AlertKind::Fragmentation => "alerts.fragmentation",
                 AlertKind::MemoryPressure => "alerts.memory_pressure",
             };
-            return Err(ConfigError::new(key, format!("{threshold} is not a fraction in 0.0..=1.0")).into());
+            return Err(ConfigError::new(
+                key,
+                format!("{threshold} is not a fraction in 0.0..=1.0"),
+            )
+            .into());
         }
         self.shared.alerts.set_threshold(kind, threshold);
         Ok(())

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use allocator_api2::boxed::Box as SysBox;
 
-use super::budget::Budget;
 use super::buddy::BuddyAllocator;
+use super::budget::Budget;
 use super::config::ResolvedConfig;
 use super::os::{self, GRANULE};
 use super::page_map::{self, RegionHeader, RegionKind};
@@ -27,6 +27,9 @@ use super::sync::lock;
 use crate::error::{Error, OomReason};
 
 const FIRST_ARENA: usize = 4 << 20;
+/// Arenas grow by `growth_factor` up to this size; a larger request gets an arena of its
+/// own block size, so a few big blocks do not reserve a gigabyte each.
+const GROWN_ARENA_LIMIT: usize = 64 << 20;
 
 #[repr(C)]
 struct Arena {
@@ -125,9 +128,16 @@ impl LargeTier {
         }
     }
 
-    pub(crate) fn allocate(&self, size: usize, align: usize, budget: &Budget) -> Result<NonNull<u8>, OomReason> {
+    pub(crate) fn allocate(
+        &self,
+        size: usize,
+        align: usize,
+        budget: &Budget,
+    ) -> Result<NonNull<u8>, OomReason> {
         let align = align.max(self.alignment);
-        let block = self.block_size_for(size, align).ok_or(OomReason::LayoutTooLarge)?;
+        let block = self
+            .block_size_for(size, align)
+            .ok_or(OomReason::LayoutTooLarge)?;
         let mut st = lock(&self.state);
         let p = if size.max(align) <= self.max_size {
             self.alloc_in_arena(&mut st, size, align, block, budget)?
@@ -156,19 +166,31 @@ impl LargeTier {
                     if was_empty {
                         st.empty_arenas -= 1;
                     }
-                    return Ok(NonNull::new_unchecked((arena.header.base + off as usize) as *mut u8));
+                    return Ok(NonNull::new_unchecked(
+                        (arena.header.base + off as usize) as *mut u8,
+                    ));
                 }
                 a = arena.next;
             }
         }
-        let len = st.next_arena.max(block);
-        budget.reserve(len)?;
+        // Prefer the next arena size; under a memory cap, settle for the block alone.
+        let mut len = st.next_arena.max(block);
+        if let Err(e) = budget.reserve(len) {
+            if len == block {
+                return Err(e);
+            }
+            len = block;
+            budget.reserve(len)?;
+        }
         let Some(base) = os::map(len, len.max(GRANULE), self.huge_pages) else {
             budget.release(len);
             return Err(OomReason::OsRefused);
         };
-        let mut buddy = BuddyAllocator::new(len as u64, self.min_block as u64).expect("validated powers of two");
-        let off = buddy.allocate(size as u64, align as u64).expect("a fresh arena holds the request");
+        let mut buddy = BuddyAllocator::new(len as u64, self.min_block as u64)
+            .expect("validated powers of two");
+        let off = buddy
+            .allocate(size as u64, align as u64)
+            .expect("a fresh arena holds the request");
         let meta = SysBox::into_raw(SysBox::new_in(
             Arena {
                 header: RegionHeader {
@@ -199,14 +221,24 @@ impl LargeTier {
             }
         }
         st.arenas = meta;
-        st.next_arena = (st.next_arena * self.growth).min(self.max_size);
+        st.next_arena = (st.next_arena * self.growth).min(
+            self.max_size
+                .min(GROWN_ARENA_LIMIT)
+                .max(FIRST_ARENA.min(self.max_size)),
+        );
         self.counters.reserved.fetch_add(len, Ordering::Relaxed);
         self.counters.regions.fetch_add(1, Ordering::Relaxed);
         // SAFETY: `off` is inside the fresh mapping.
         Ok(unsafe { NonNull::new_unchecked(base.as_ptr().add(off as usize)) })
     }
 
-    fn alloc_huge(&self, st: &mut LargeState, len: usize, align: usize, budget: &Budget) -> Result<NonNull<u8>, OomReason> {
+    fn alloc_huge(
+        &self,
+        st: &mut LargeState,
+        len: usize,
+        align: usize,
+        budget: &Budget,
+    ) -> Result<NonNull<u8>, OomReason> {
         let map_align = align.max(GRANULE);
         budget.reserve(len)?;
         let Some(base) = os::map(len, map_align, self.huge_pages) else {
@@ -253,7 +285,13 @@ impl LargeTier {
     ///
     /// # Safety
     /// If `p` is a live block of this tier, it is not used after this call.
-    pub(crate) unsafe fn deallocate(&self, p: NonNull<u8>, size: usize, align: usize, budget: &Budget) -> Result<(), Error> {
+    pub(crate) unsafe fn deallocate(
+        &self,
+        p: NonNull<u8>,
+        size: usize,
+        align: usize,
+        budget: &Budget,
+    ) -> Result<(), Error> {
         let addr = p.as_ptr() as usize;
         let foreign = Error::ForeignPointer { address: addr };
         let mut st = lock(&self.state);
@@ -288,7 +326,9 @@ impl LargeTier {
                     // SAFETY: the block is live and ours, `block` bytes long.
                     unsafe { ptr::write_bytes(p.as_ptr(), POISON, block as usize) };
                 }
-                a.buddy.deallocate(off).expect("block_size found it allocated");
+                a.buddy
+                    .deallocate(off)
+                    .expect("block_size found it allocated");
                 if a.buddy.is_empty() {
                     st.empty_arenas += 1;
                     if st.empty_arenas > self.retain_empty {

@@ -20,7 +20,8 @@
 //! **Coalescing.** A freed block merges with a free successor and a free predecessor
 //! (found through the previous-size tag), so no two free blocks are ever adjacent. A
 //! region that becomes wholly free goes back to the OS when more than `retain_empty`
-//! regions are empty.
+//! regions are empty. Regions have a fixed size (`medium.region_size`): geometric growth
+//! would leave the newest, largest region mostly empty and reserved.
 //!
 //! Invariants, under the tier lock: the blocks of a region tile it exactly; each
 //! header's previous-size equals the size of the block before it; a block is on a bin
@@ -143,14 +144,16 @@ pub(crate) struct MediumTier {
     checked: bool,
     huge_pages: bool,
     retain_empty: usize,
-    growth: usize,
-    max_region: usize,
 }
 
 impl MediumTier {
     pub(crate) fn new(pool_id: u64, cfg: &ResolvedConfig) -> Self {
         let classes_in = cfg.medium_sizes();
-        let max_region = (cfg.region_size * 64).min(1 << 30).max(cfg.region_size);
+        // Regions are `region_size` bytes; one may be larger only to hold a single
+        // oversized aligned request, and no block is ever larger than its region.
+        let max_region = cfg
+            .region_size
+            .max(2 * (classes_in.last().copied().unwrap_or(0) + 4096 + 64));
         let mut bounds = [0; MAX_MEDIUM_CLASSES + 2];
         bounds[0] = MIN_BLOCK;
         let mut n = 1;
@@ -189,8 +192,6 @@ impl MediumTier {
             checked: cfg.checked,
             huge_pages: cfg.use_huge_pages,
             retain_empty: cfg.retain_empty,
-            growth: cfg.growth_factor,
-            max_region,
         }
     }
 
@@ -273,7 +274,11 @@ impl MediumTier {
     fn find(&self, st: &mut MediumState, need: usize) -> Option<*mut Header> {
         let b = self.bin_of(need);
         let mut h = st.bins[b];
-        let limit = if self.segregated { SCAN_LIMIT } else { usize::MAX };
+        let limit = if self.segregated {
+            SCAN_LIMIT
+        } else {
+            usize::MAX
+        };
         let mut scanned = 0;
         // SAFETY: bin entries are free blocks of live regions; we hold the lock.
         unsafe {
@@ -286,7 +291,11 @@ impl MediumTier {
                 scanned += 1;
             }
         }
-        let above = if b + 1 >= MAX_BINS { 0 } else { st.nonempty & !((1u128 << (b + 1)) - 1) };
+        let above = if b + 1 >= MAX_BINS {
+            0
+        } else {
+            st.nonempty & !((1u128 << (b + 1)) - 1)
+        };
         if above == 0 {
             return None;
         }
@@ -297,15 +306,25 @@ impl MediumTier {
     }
 
     /// Allocates `size` bytes at `align`; returns the payload and its usable length.
-    pub(crate) fn allocate(&self, size: usize, align: usize, budget: &Budget) -> Result<(NonNull<u8>, usize), OomReason> {
+    pub(crate) fn allocate(
+        &self,
+        size: usize,
+        align: usize,
+        budget: &Budget,
+    ) -> Result<(NonNull<u8>, usize), OomReason> {
         let need = Self::need_for(size).ok_or(OomReason::LayoutTooLarge)?;
-        let search = if align <= MEDIUM_QUANTUM { need } else { need + align + MIN_BLOCK };
+        let search = if align <= MEDIUM_QUANTUM {
+            need
+        } else {
+            need + align + MIN_BLOCK
+        };
         let mut st = lock(&self.state);
         let h = match self.find(&mut st, search) {
             Some(h) => h,
             None => {
                 self.grow(&mut st, search, budget)?;
-                self.find(&mut st, search).expect("a fresh region holds the request")
+                self.find(&mut st, search)
+                    .expect("a fresh region holds the request")
             }
         };
         // SAFETY: `h` is a free block of at least `search` bytes, unlinked, in a live
@@ -370,7 +389,12 @@ impl MediumTier {
     /// # Safety
     /// Outside checked mode: `p` was returned by [`allocate`](Self::allocate) with this
     /// `size` and is not used afterwards. In checked mode any pointer may be passed.
-    pub(crate) unsafe fn deallocate(&self, p: NonNull<u8>, size: usize, budget: &Budget) -> Result<(), Error> {
+    pub(crate) unsafe fn deallocate(
+        &self,
+        p: NonNull<u8>,
+        size: usize,
+        budget: &Budget,
+    ) -> Result<(), Error> {
         let addr = p.as_ptr() as usize;
         let mut st = lock(&self.state);
         if self.checked {
@@ -434,7 +458,9 @@ impl MediumTier {
     /// Checked mode: `addr` must start a live block of ours whose size fits `size`.
     fn validate(&self, addr: usize, size: usize) -> Result<(), Error> {
         let foreign = Error::ForeignPointer { address: addr };
-        let r = self.region_of(addr).ok_or(Error::ForeignPointer { address: addr })?;
+        let r = self
+            .region_of(addr)
+            .ok_or(Error::ForeignPointer { address: addr })?;
         // SAFETY: `region_of` found a live region of ours; we hold the tier lock.
         let r = unsafe { &*r };
         let off = addr - r.header.base;
@@ -477,7 +503,11 @@ impl MediumTier {
             budget.release(len);
             return Err(OomReason::OsRefused);
         };
-        let bits = if self.checked { (len / MEDIUM_QUANTUM).div_ceil(64) } else { 0 };
+        let bits = if self.checked {
+            (len / MEDIUM_QUANTUM).div_ceil(64)
+        } else {
+            0
+        };
         let mut live = SysVec::new_in(System);
         live.resize(bits, 0);
         let mut freed = SysVec::new_in(System);
@@ -523,9 +553,10 @@ impl MediumTier {
         }
         st.region_count += 1;
         st.empty_regions += 1;
-        st.next_region_size = (st.next_region_size * self.growth).min(self.max_region);
         self.counters.reserved.fetch_add(len, Ordering::Relaxed);
-        self.counters.regions.store(st.region_count, Ordering::Relaxed);
+        self.counters
+            .regions
+            .store(st.region_count, Ordering::Relaxed);
         Ok(())
     }
 
@@ -549,7 +580,9 @@ impl MediumTier {
             budget.release(len);
             st.region_count -= 1;
             self.counters.reserved.fetch_sub(len, Ordering::Relaxed);
-            self.counters.regions.store(st.region_count, Ordering::Relaxed);
+            self.counters
+                .regions
+                .store(st.region_count, Ordering::Relaxed);
         }
     }
 
@@ -562,7 +595,12 @@ impl MediumTier {
         let st = lock(&self.state);
         let mut v = SysVec::new_in(System);
         for i in 0..self.class_count {
-            v.push((self.classes[i], st.class_allocs[i], st.class_frees[i], st.class_in_use[i]));
+            v.push((
+                self.classes[i],
+                st.class_allocs[i],
+                st.class_frees[i],
+                st.class_in_use[i],
+            ));
         }
         v
     }

@@ -98,7 +98,11 @@ mod tests {
 
     #[test]
     fn mapped_regions_are_aligned_zeroed_and_writable() {
-        for &(len, align) in &[(GRANULE, GRANULE), (3 * GRANULE, 1 << 20), (1 << 22, 1 << 22)] {
+        for &(len, align) in &[
+            (GRANULE, GRANULE),
+            (3 * GRANULE, 1 << 20),
+            (1 << 22, 1 << 22),
+        ] {
             let p = map(len, align, false).expect("map");
             assert_eq!(p.as_ptr() as usize % align, 0);
             // SAFETY: the region is `len` bytes long and ours alone.

@@ -66,7 +66,12 @@ fn leaf(root: usize, create: bool) -> Option<&'static Leaf> {
         }
         let bytes = std::mem::size_of::<Leaf>();
         let fresh = os::map(bytes, GRANULE, false)?.as_ptr().cast::<Leaf>();
-        match ROOT[root].compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+        match ROOT[root].compare_exchange(
+            ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => p = fresh,
             Err(winner) => {
                 // SAFETY: `fresh` was mapped above with this length and lost the race, so

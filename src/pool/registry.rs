@@ -30,7 +30,9 @@ pub struct PoolRegistry {
 
 impl std::fmt::Debug for PoolRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolRegistry").field("names", &self.names()).finish()
+        f.debug_struct("PoolRegistry")
+            .field("names", &self.names())
+            .finish()
     }
 }
 
@@ -51,7 +53,9 @@ impl PoolRegistry {
     pub fn create(&self, name: &str, config: PoolConfig) -> Result<Arc<HierarchicalPool>, Error> {
         let mut pools = self.pools.write();
         if pools.contains_key(name) {
-            return Err(Error::PoolExists { name: name.to_owned() });
+            return Err(Error::PoolExists {
+                name: name.to_owned(),
+            });
         }
         let pool = Arc::new(HierarchicalPool::new(config)?);
         pools.insert(name.to_owned(), Arc::clone(&pool));

@@ -167,7 +167,8 @@ impl SmallTier {
         let sizes = cfg.small_sizes();
         let classes = std::array::from_fn(|i| {
             let size = sizes.get(i).copied().unwrap_or(8);
-            let span = os::round_up(size * cfg.blocks_per_chunk, GRANULE).expect("validated sizes fit");
+            let span =
+                os::round_up(size * cfg.blocks_per_chunk, GRANULE).expect("validated sizes fit");
             SmallClass {
                 size,
                 chunk_span: span,
@@ -244,7 +245,12 @@ impl SmallTier {
 
     /// Takes up to `n` (at least one) blocks of class `ci` as a linked list; returns the
     /// head and the count. Maps a new chunk when none has a free block.
-    pub(crate) fn take(&self, ci: usize, n: usize, budget: &Budget) -> Result<(NonNull<FreeBlock>, usize), OomReason> {
+    pub(crate) fn take(
+        &self,
+        ci: usize,
+        n: usize,
+        budget: &Budget,
+    ) -> Result<(NonNull<FreeBlock>, usize), OomReason> {
         let class = &self.classes[ci];
         let mut st = lock(&class.state);
         let mut head: *mut FreeBlock = ptr::null_mut();
@@ -304,7 +310,13 @@ impl SmallTier {
     /// # Safety
     /// `head` starts a list of exactly `count` blocks of class `ci` of this pool, each
     /// handed out by [`take`](Self::take) and not on any other list or in use.
-    pub(crate) unsafe fn give(&self, ci: usize, head: *mut FreeBlock, count: usize, budget: &Budget) {
+    pub(crate) unsafe fn give(
+        &self,
+        ci: usize,
+        head: *mut FreeBlock,
+        count: usize,
+        budget: &Budget,
+    ) {
         let class = &self.classes[ci];
         let mut st = lock(&class.state);
         let mut b = head;
@@ -323,7 +335,9 @@ impl SmallTier {
                     match c.list {
                         ListId::Partial => st.partial.unlink(chunk),
                         ListId::Full => st.full.unlink(chunk),
-                        ListId::Empty | ListId::None => unreachable!("a chunk with a handed-out block is partial or full"),
+                        ListId::Empty | ListId::None => {
+                            unreachable!("a chunk with a handed-out block is partial or full")
+                        }
                     }
                     st.empty.push(chunk, ListId::Empty);
                 } else if c.list == ListId::Full {
@@ -347,7 +361,11 @@ impl SmallTier {
     }
 
     /// One block on the locked path (no thread cache), with checked-mode bookkeeping.
-    pub(crate) fn alloc_locked(&self, ci: usize, budget: &Budget) -> Result<NonNull<u8>, OomReason> {
+    pub(crate) fn alloc_locked(
+        &self,
+        ci: usize,
+        budget: &Budget,
+    ) -> Result<NonNull<u8>, OomReason> {
         let (b, _) = self.take(ci, 1, budget)?;
         let class = &self.classes[ci];
         class.shared_allocs.fetch_add(1, Ordering::Relaxed);
@@ -369,12 +387,19 @@ impl SmallTier {
     /// # Safety
     /// Outside checked mode: `p` was returned by this tier for class `ci` and is not used
     /// after this call. In checked mode any pointer may be passed.
-    pub(crate) unsafe fn free_locked(&self, ci: usize, p: NonNull<u8>, budget: &Budget) -> Result<(), Error> {
+    pub(crate) unsafe fn free_locked(
+        &self,
+        ci: usize,
+        p: NonNull<u8>,
+        budget: &Budget,
+    ) -> Result<(), Error> {
         let class = &self.classes[ci];
         if self.checked {
             let addr = p.as_ptr() as usize;
             let st = lock(&class.state);
-            let chunk = self.validate(addr).ok_or(Error::ForeignPointer { address: addr })?;
+            let chunk = self
+                .validate(addr)
+                .ok_or(Error::ForeignPointer { address: addr })?;
             // SAFETY: `validate` found a live chunk of this pool holding `addr`; lock held...
             let c = unsafe { &mut *chunk };
             if c.class != ci {
@@ -422,11 +447,18 @@ impl SmallTier {
     unsafe fn chunk_of(&self, addr: usize) -> *mut ChunkMeta {
         let h = page_map::lookup(addr).expect("block lies in a registered chunk");
         // SAFETY: the caller guarantees a live chunk of ours holds `addr`.
-        debug_assert!(unsafe { h.as_ref().pool_id == self.pool_id && h.as_ref().kind == RegionKind::SmallChunk });
+        debug_assert!(unsafe {
+            h.as_ref().pool_id == self.pool_id && h.as_ref().kind == RegionKind::SmallChunk
+        });
         h.as_ptr().cast()
     }
 
-    fn new_chunk(&self, ci: usize, st: &mut ClassState, budget: &Budget) -> Result<*mut ChunkMeta, OomReason> {
+    fn new_chunk(
+        &self,
+        ci: usize,
+        st: &mut ClassState,
+        budget: &Budget,
+    ) -> Result<*mut ChunkMeta, OomReason> {
         let class = &self.classes[ci];
         if st.chunks >= self.max_chunks {
             return Err(OomReason::ChunkLimit {
@@ -483,7 +515,13 @@ impl SmallTier {
     /// # Safety
     /// `c` is a live chunk of class `ci` on no list, none of whose blocks is in use; the
     /// class lock is held (as `st`).
-    unsafe fn free_chunk(&self, ci: usize, c: *mut ChunkMeta, st: &mut ClassState, budget: &Budget) {
+    unsafe fn free_chunk(
+        &self,
+        ci: usize,
+        c: *mut ChunkMeta,
+        st: &mut ClassState,
+        budget: &Budget,
+    ) {
         let class = &self.classes[ci];
         // SAFETY: the caller guarantees `c` is live and unused; after unregistering it no
         // lookup can reach it, so it can be unmapped and its metadata freed.

@@ -96,7 +96,7 @@ pub struct PoolStats {
 /// What an alert watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AlertKind {
-    /// `1 - in_use / reserved`, once at least 1 MiB is reserved.
+    /// `1 - in_use / reserved`, once at least [`FRAGMENTATION_MIN_RESERVED`] is reserved.
     Fragmentation,
     /// `reserved / total_memory`; only pools with a `total_memory` cap raise it.
     MemoryPressure,
@@ -118,8 +118,16 @@ pub struct Alert {
 /// A callback registered with [`on_alert`](crate::HierarchicalPool::on_alert).
 pub(crate) type AlertCallback = Arc<dyn Fn(&Alert) + Send + Sync>;
 
+/// Fragmentation alerts are considered only once a pool reserves this much: a young
+/// pool with one fresh region is nearly all free space, which is not fragmentation.
+pub const FRAGMENTATION_MIN_RESERVED: usize = 16 << 20;
+
+/// How far below its threshold a figure must fall before its alert can fire again, so
+/// that a figure hovering at the threshold raises one alert, not a stream of them.
+pub const REARM_MARGIN: f64 = 0.05;
+
 /// Thresholds, edge-trigger state and callbacks. An alert fires once when its figure
-/// rises above the threshold and re-arms when the figure falls back to or below it.
+/// rises above the threshold and re-arms when the figure falls [`REARM_MARGIN`] below it.
 pub(crate) struct Alerts {
     thresholds: [AtomicU64; 2],
     armed: [AtomicBool; 2],
@@ -158,10 +166,14 @@ impl Alerts {
     /// called with no pool lock held.
     pub(crate) fn check(&self, reserved: usize, approx_in_use: usize, limit: Option<usize>) {
         let figures = [
-            (reserved >= 1 << 20).then(|| 1.0 - approx_in_use as f64 / reserved as f64),
+            (reserved >= FRAGMENTATION_MIN_RESERVED)
+                .then(|| 1.0 - approx_in_use as f64 / reserved as f64),
             limit.map(|l| reserved as f64 / l as f64),
         ];
-        for (i, kind) in [AlertKind::Fragmentation, AlertKind::MemoryPressure].into_iter().enumerate() {
+        for (i, kind) in [AlertKind::Fragmentation, AlertKind::MemoryPressure]
+            .into_iter()
+            .enumerate()
+        {
             let bits = self.thresholds[i].load(Ordering::Relaxed);
             let Some(value) = figures[i] else { continue };
             if bits == u64::MAX {
@@ -177,7 +189,7 @@ impl Alerts {
                         reserved_bytes: reserved,
                     });
                 }
-            } else if !self.armed[i].load(Ordering::Relaxed) {
+            } else if value <= threshold - REARM_MARGIN && !self.armed[i].load(Ordering::Relaxed) {
                 self.armed[i].store(true, Ordering::Relaxed);
             }
         }

@@ -94,7 +94,11 @@ impl ThreadList {
 
     /// Adds every registered thread's and every retired thread's counters into `allocs`
     /// and `frees`.
-    pub(crate) fn sum(&self, allocs: &mut [u64; MAX_SMALL_CLASSES], frees: &mut [u64; MAX_SMALL_CLASSES]) {
+    pub(crate) fn sum(
+        &self,
+        allocs: &mut [u64; MAX_SMALL_CLASSES],
+        frees: &mut [u64; MAX_SMALL_CLASSES],
+    ) {
         for i in 0..MAX_SMALL_CLASSES {
             allocs[i] = allocs[i].wrapping_add(self.retired_allocs[i]);
             frees[i] = frees[i].wrapping_add(self.retired_frees[i]);
@@ -174,8 +178,10 @@ impl Entry {
             unsafe {
                 let t = &*self.stats;
                 for i in 0..MAX_SMALL_CLASSES {
-                    list.retired_allocs[i] = list.retired_allocs[i].wrapping_add(t.allocs[i].load(Ordering::Relaxed));
-                    list.retired_frees[i] = list.retired_frees[i].wrapping_add(t.frees[i].load(Ordering::Relaxed));
+                    list.retired_allocs[i] =
+                        list.retired_allocs[i].wrapping_add(t.allocs[i].load(Ordering::Relaxed));
+                    list.retired_frees[i] =
+                        list.retired_frees[i].wrapping_add(t.frees[i].load(Ordering::Relaxed));
                 }
                 let (n, p) = (t.next, t.prev);
                 match p.as_mut() {
@@ -248,7 +254,10 @@ fn with_entry<R>(pool: &PoolShared, f: impl FnOnce(&mut Entry) -> R) -> Option<R
             let idx = if entries[last].pool_id == pool.id {
                 Some(last)
             } else {
-                let found = entries.iter().position(|e| e.pool_id == pool.id).or_else(|| claim(entries, pool));
+                let found = entries
+                    .iter()
+                    .position(|e| e.pool_id == pool.id)
+                    .or_else(|| claim(entries, pool));
                 if let Some(i) = found {
                     c.last.set(i);
                 }
@@ -302,7 +311,10 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
 #[inline]
 fn bump(counter: &AtomicU64) {
     // Single writer: a plain load and store, no read-modify-write.
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 /// Allocates a block of class `ci` from this thread's cache. `None` when the thread has
@@ -314,7 +326,12 @@ pub(crate) fn alloc(pool: &PoolShared, ci: usize) -> Option<Result<NonNull<u8>, 
         let bin = &mut e.bins[ci];
         if bin.head.is_null() {
             match pool.small.take(ci, batch, &pool.budget) {
-                Ok((head, n)) => *bin = Bin { head: head.as_ptr(), count: n },
+                Ok((head, n)) => {
+                    *bin = Bin {
+                        head: head.as_ptr(),
+                        count: n,
+                    }
+                }
                 Err(reason) => return Err(reason),
             }
         }
