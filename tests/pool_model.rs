@@ -92,7 +92,7 @@ impl Model {
         prop_assert!(ptr.len() >= layout.size(), "block shorter than its layout");
         let start = ptr.cast::<u8>().as_ptr() as usize;
         prop_assert_eq!(start % layout.align(), 0, "misaligned for {:?}", layout);
-        if ptr.len() > 0 {
+        if !ptr.is_empty() {
             let end = start + ptr.len();
             if let Some((&s, &e)) = self.spans.range(..end).next_back() {
                 prop_assert!(
@@ -119,7 +119,7 @@ impl Model {
             b.bytes().iter().all(|&x| x == b.tag),
             "block contents changed while live"
         );
-        if b.ptr.len() > 0 {
+        if !b.ptr.is_empty() {
             self.spans.remove(&b.start());
         }
         Ok(b)

@@ -35,9 +35,10 @@ fn all_bytes(b: NonNull<[u8]>, tag: u8) -> bool {
 }
 
 fn no_retention() -> PoolConfig {
-    let mut c = PoolConfig::default();
-    c.retain_empty = 0;
-    c
+    PoolConfig {
+        retain_empty: 0,
+        ..PoolConfig::default()
+    }
 }
 
 #[test]
@@ -243,8 +244,8 @@ fn checked_mode_reports_bad_frees_and_changes_nothing() {
         let keep = pool.allocate(l).unwrap(); // keeps the chunk/region/arena mapped
         let b = pool.allocate(l).unwrap().cast::<u8>();
         let addr = b.as_ptr() as usize;
-        // SAFETY (all calls below): the pool is in checked mode, so any pointer may be
-        // passed; `b` is freed exactly once successfully.
+        // SAFETY: the pool is in checked mode, so any pointer may be passed to the calls
+        // below; `b` is freed exactly once successfully.
         unsafe {
             pool.try_deallocate(b, l).unwrap();
             assert!(
@@ -334,8 +335,10 @@ fn leaks_are_counted() {
 
 #[test]
 fn memory_cap_and_chunk_limit_are_errors_not_aborts() {
-    let mut c = PoolConfig::default();
-    c.total_memory = Some(8 << 20);
+    let c = PoolConfig {
+        total_memory: Some(8 << 20),
+        ..PoolConfig::default()
+    };
     let pool = HierarchicalPool::new(c).unwrap();
     let big = layout(16 << 20, 4096);
     match pool.allocate(big) {

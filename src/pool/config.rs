@@ -246,7 +246,9 @@ impl PoolConfig {
             );
         }
         let medium_max = *m.sizes.last().expect("checked non-empty");
-        if m.region_size == 0 || m.region_size % super::os::GRANULE != 0 || m.region_size > 1 << 30
+        if m.region_size == 0
+            || !m.region_size.is_multiple_of(super::os::GRANULE)
+            || m.region_size > 1 << 30
         {
             return bad(
                 "medium.region_size",

@@ -285,12 +285,12 @@ impl HierarchicalPool {
                             layout_size: layout.size(),
                         });
                     }
-                    if (addr - h.base) % self.shared.small.classes[ci].size != 0 {
+                    if !(addr - h.base).is_multiple_of(self.shared.small.classes[ci].size) {
                         return Err(Error::ForeignPointer { address: addr });
                     }
                     true
                 }
-                (Route::Medium, RegionKind::MediumRegion) => addr % 16 == 0,
+                (Route::Medium, RegionKind::MediumRegion) => addr.is_multiple_of(16),
                 (Route::Large, RegionKind::LargeArena | RegionKind::Huge) => true,
                 _ => false,
             };

@@ -309,7 +309,7 @@ impl LargeTier {
                 let a = unsafe { &mut *arena };
                 let off = (addr - a.header.base) as u64;
                 let Some(block) = a.buddy.block_size(off) else {
-                    return Err(if off % a.buddy.min_block() == 0 {
+                    return Err(if off.is_multiple_of(a.buddy.min_block()) {
                         Error::DoubleFree { address: addr }
                     } else {
                         foreign

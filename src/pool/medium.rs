@@ -464,7 +464,7 @@ impl MediumTier {
         // SAFETY: `region_of` found a live region of ours; we hold the tier lock.
         let r = unsafe { &*r };
         let off = addr - r.header.base;
-        if off % MEDIUM_QUANTUM != 0 || off < HEADER {
+        if !off.is_multiple_of(MEDIUM_QUANTUM) || off < HEADER {
             return Err(foreign);
         }
         let bit = off / MEDIUM_QUANTUM;

@@ -21,7 +21,7 @@ pub(crate) fn round_up(n: usize, to: usize) -> Option<usize> {
 /// [`GRANULE`]). The memory reads as zero. `None` when the OS refuses.
 #[cfg(unix)]
 pub(crate) fn map(len: usize, align: usize, huge_pages: bool) -> Option<NonNull<u8>> {
-    debug_assert!(len % GRANULE == 0 && len > 0);
+    debug_assert!(len.is_multiple_of(GRANULE) && len > 0);
     debug_assert!(align.is_power_of_two() && align >= GRANULE);
     // Over-map so that an aligned start exists inside, then trim both ends.
     let span = len.checked_add(align)?;

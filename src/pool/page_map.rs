@@ -89,7 +89,7 @@ fn leaf(root: usize, create: bool) -> Option<&'static Leaf> {
 /// Points every granule of `[base, base + len)` at `header`. Returns false (and registers
 /// nothing) if the range lies outside the mapped address space or a leaf could not be made.
 pub(crate) fn register(base: usize, len: usize, header: *const RegionHeader) -> bool {
-    debug_assert!(base % GRANULE == 0 && len % GRANULE == 0);
+    debug_assert!(base.is_multiple_of(GRANULE) && len.is_multiple_of(GRANULE));
     let Some(last) = base.checked_add(len - 1) else {
         return false;
     };

@@ -221,7 +221,7 @@ impl SmallTier {
         // that is a multiple of `align` gives aligned blocks.
         (0..self.count).find(|&i| {
             let c = self.classes[i].size;
-            c >= size && c % align == 0
+            c >= size && c.is_multiple_of(align)
         })
     }
 
@@ -412,7 +412,7 @@ impl SmallTier {
             }
             let off = addr - c.header.base;
             let i = off / class.size;
-            if off % class.size != 0 || i >= c.carved as usize {
+            if !off.is_multiple_of(class.size) || i >= c.carved as usize {
                 return Err(Error::ForeignPointer { address: addr });
             }
             if c.live[i / 64] & (1 << (i % 64)) == 0 {
