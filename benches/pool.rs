@@ -254,7 +254,10 @@ fn estimate(group: &str, id: &str) -> Option<f64> {
     let path = format!("target/criterion/{group}/{id}/new/estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["mean"]["point_estimate"].as_f64()
+    // Criterion reports the slope for linearly sampled benchmarks, else the mean.
+    v["slope"]["point_estimate"]
+        .as_f64()
+        .or_else(|| v["mean"]["point_estimate"].as_f64())
 }
 
 fn summary() {

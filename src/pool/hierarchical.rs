@@ -57,18 +57,12 @@ impl PoolShared {
     #[cold]
     fn after_slow_path(&self) {
         let in_use = self.approx_in_use();
-        self.peak.fetch_max(in_use, Ordering::Relaxed);
+        if in_use > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(in_use, Ordering::Relaxed);
+        }
         if self.alerts.any.load(Ordering::Relaxed) {
             self.alerts
                 .check(self.budget.reserved(), in_use, self.budget.limit());
-        }
-    }
-
-    #[inline]
-    fn after_small(&self) {
-        if self.small.due.load(Ordering::Relaxed) {
-            self.small.due.store(false, Ordering::Relaxed);
-            self.after_slow_path();
         }
     }
 }
@@ -172,6 +166,24 @@ impl HierarchicalPool {
     /// dangling, aligned pointer and takes no memory.
     #[inline]
     pub fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, Error> {
+        let s = &*self.shared;
+        let size = layout.size();
+        // Fast path: a small request served from this thread's cache.
+        if size.wrapping_sub(1) < s.small.max_size && layout.align() <= s.small.align {
+            // SAFETY: 1 <= size <= max_size <= MAX_SMALL_CLASS_SIZE, so the index is
+            // within the table, whose entries for such sizes are class indices (< 16).
+            let ci = unsafe { *s.small.lut.get_unchecked((size + 7) >> 3) } as usize;
+            if let Some(p) = thread_cache::pop(s.id, ci) {
+                // SAFETY: `ci` is a class index, below MAX_SMALL_CLASSES.
+                let len = unsafe { *s.small.sizes.get_unchecked(ci) } as usize;
+                return Ok(NonNull::slice_from_raw_parts(p, len));
+            }
+        }
+        self.allocate_slow(layout)
+    }
+
+    #[inline(never)]
+    fn allocate_slow(&self, layout: Layout) -> Result<NonNull<[u8]>, Error> {
         let (size, align) = (layout.size(), layout.align());
         let s = &*self.shared;
         let oom = |reason| Error::OutOfMemory {
@@ -215,7 +227,7 @@ impl HierarchicalPool {
         if s.cfg.thread_cache_size > 0
             && let Some(r) = thread_cache::alloc(s, ci)
         {
-            s.after_small();
+            s.after_slow_path();
             return r;
         }
         let r = s.small.alloc_locked(ci, &s.budget);
@@ -236,6 +248,25 @@ impl HierarchicalPool {
     /// and it is not used afterwards.
     #[inline]
     pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        let s = &*self.shared;
+        let size = layout.size();
+        // Fast path: a small block pushed onto this thread's cache.
+        if size.wrapping_sub(1) < s.small.max_size && layout.align() <= s.small.align {
+            // SAFETY: as in `allocate`.
+            let ci = unsafe { *s.small.lut.get_unchecked((size + 7) >> 3) } as usize;
+            // SAFETY: forwarded contract; `ci` is the class the block was allocated in.
+            if unsafe { thread_cache::push(s.id, ci, ptr, s.cfg.thread_cache_size) } {
+                return;
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.deallocate_slow(ptr, layout) }
+    }
+
+    /// # Safety
+    /// As [`deallocate`](Self::deallocate).
+    #[inline(never)]
+    unsafe fn deallocate_slow(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: forwarded contract.
         if let Err(e) = unsafe { self.free_routed(ptr, layout) } {
             self.shared.invalid_frees.fetch_add(1, Ordering::Relaxed);
@@ -312,7 +343,7 @@ impl HierarchicalPool {
             Route::Small(ci) => {
                 // SAFETY: forwarded contract.
                 if s.cfg.thread_cache_size > 0 && unsafe { thread_cache::free(s, ci, ptr) } {
-                    s.after_small();
+                    s.after_slow_path();
                     return Ok(());
                 }
                 // SAFETY: forwarded contract.

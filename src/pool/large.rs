@@ -52,6 +52,9 @@ struct LargeState {
     huge: *mut Huge,
     empty_arenas: usize,
     next_arena: usize,
+    allocs: u64,
+    frees: u64,
+    in_use: usize,
 }
 
 // SAFETY: the raw pointers name arenas and mappings owned by this tier, only touched
@@ -104,6 +107,9 @@ impl LargeTier {
                 arenas: ptr::null_mut(),
                 huge: ptr::null_mut(),
                 empty_arenas: 0,
+                allocs: 0,
+                frees: 0,
+                in_use: 0,
                 next_arena: FIRST_ARENA.clamp(cfg.large_min, cfg.large_max),
             }),
             counters: LargeCounters::default(),
@@ -144,8 +150,9 @@ impl LargeTier {
         } else {
             self.alloc_huge(&mut st, block, align, budget)?
         };
-        self.counters.allocs.fetch_add(1, Ordering::Relaxed);
-        self.counters.in_use.fetch_add(block, Ordering::Relaxed);
+        st.allocs += 1;
+        st.in_use += block;
+        self.publish(&st);
         Ok(p)
     }
 
@@ -368,9 +375,17 @@ impl LargeTier {
             }
             _ => return Err(foreign),
         };
-        self.counters.frees.fetch_add(1, Ordering::Relaxed);
-        self.counters.in_use.fetch_sub(freed, Ordering::Relaxed);
+        st.frees += 1;
+        st.in_use -= freed;
+        self.publish(&st);
         Ok(())
+    }
+
+    /// Copies the counters to their lock-free mirrors (plain stores: the lock orders writers).
+    fn publish(&self, st: &LargeState) {
+        self.counters.in_use.store(st.in_use, Ordering::Relaxed);
+        self.counters.allocs.store(st.allocs, Ordering::Relaxed);
+        self.counters.frees.store(st.frees, Ordering::Relaxed);
     }
 
     /// # Safety

@@ -49,7 +49,11 @@ const USED: usize = 1;
 const SUB_BINS: usize = 8;
 const MAX_BINS: usize = (MAX_MEDIUM_CLASSES + 1) * SUB_BINS;
 /// Entries of a sub-bin scanned for a fit before moving to a larger sub-bin.
-const SCAN_LIMIT: usize = 8;
+const SCAN_LIMIT: usize = 4;
+/// Entries of the bin and class lookup tables: one per 16 bytes up to the largest medium
+/// class the config accepts (`MAX_SMALL_CLASS_SIZE`..65536 in practice; larger classes
+/// fall back to computing).
+const LUT_LEN: usize = (1 << 16) / MEDIUM_QUANTUM + 1;
 
 #[repr(C)]
 struct Header {
@@ -109,6 +113,8 @@ struct MediumState {
     empty_regions: usize,
     next_region_size: usize,
     in_use: usize,
+    allocs: u64,
+    frees: u64,
     class_allocs: [u64; MAX_MEDIUM_CLASSES],
     class_frees: [u64; MAX_MEDIUM_CLASSES],
     class_in_use: [usize; MAX_MEDIUM_CLASSES],
@@ -133,6 +139,11 @@ pub(crate) struct MediumTier {
     pool_id: u64,
     state: Mutex<MediumState>,
     pub counters: MediumCounters,
+    /// `size / 16` → bin, for sizes below the largest class.
+    bin_lut: [u8; LUT_LEN],
+    bin_lut_len: usize,
+    /// `ceil(usable / 16)` → class index.
+    class_lut: [u8; LUT_LEN],
     /// Bin boundaries: MIN_BLOCK, the classes, then the largest possible block.
     bounds: [usize; MAX_MEDIUM_CLASSES + 2],
     bound_count: usize,
@@ -167,7 +178,24 @@ impl MediumTier {
         n += 1;
         let mut classes = [0; MAX_MEDIUM_CLASSES];
         classes[..classes_in.len()].copy_from_slice(classes_in);
+        let max_size = *classes_in.last().expect("validated non-empty");
+        let lut_sizes = (max_size / MEDIUM_QUANTUM).min(LUT_LEN);
+        let mut bin_lut = [0u8; LUT_LEN];
+        for (i, b) in bin_lut.iter_mut().enumerate().take(lut_sizes) {
+            *b = Self::compute_bin(&bounds[..n], cfg.segregated_fit, i * MEDIUM_QUANTUM) as u8;
+        }
+        let mut class_lut = [0u8; LUT_LEN];
+        for (i, c) in class_lut.iter_mut().enumerate() {
+            let usable = i * MEDIUM_QUANTUM;
+            *c = classes_in
+                .iter()
+                .position(|&c| c >= usable)
+                .unwrap_or(classes_in.len() - 1) as u8;
+        }
         MediumTier {
+            bin_lut,
+            bin_lut_len: lut_sizes,
+            class_lut,
             pool_id,
             state: Mutex::new(MediumState {
                 bins: [ptr::null_mut(); MAX_BINS],
@@ -177,6 +205,8 @@ impl MediumTier {
                 empty_regions: 0,
                 next_region_size: cfg.region_size,
                 in_use: 0,
+                allocs: 0,
+                frees: 0,
                 class_allocs: [0; MAX_MEDIUM_CLASSES],
                 class_frees: [0; MAX_MEDIUM_CLASSES],
                 class_in_use: [0; MAX_MEDIUM_CLASSES],
@@ -186,7 +216,7 @@ impl MediumTier {
             bound_count: n,
             classes,
             class_count: classes_in.len(),
-            max_size: *classes_in.last().expect("validated non-empty"),
+            max_size,
             segregated: cfg.segregated_fit,
             coalescing: cfg.coalescing,
             checked: cfg.checked,
@@ -201,24 +231,33 @@ impl MediumTier {
         size <= self.max_size && align <= 4096
     }
 
+    /// The bin of a free block of `size` bytes (a multiple of 16).
+    #[inline]
     fn bin_of(&self, size: usize) -> usize {
-        if !self.segregated {
+        let i = size / MEDIUM_QUANTUM;
+        if i < self.bin_lut_len {
+            return self.bin_lut[i] as usize;
+        }
+        Self::compute_bin(&self.bounds[..self.bound_count], self.segregated, size)
+    }
+
+    fn compute_bin(bounds: &[usize], segregated: bool, size: usize) -> usize {
+        if !segregated {
             return 0;
         }
         let mut i = 0;
-        while i + 2 < self.bound_count && size >= self.bounds[i + 1] {
+        while i + 2 < bounds.len() && size >= bounds[i + 1] {
             i += 1;
         }
-        let (lo, hi) = (self.bounds[i], self.bounds[i + 1]);
+        let (lo, hi) = (bounds[i], bounds[i + 1]);
         let sub = ((size.saturating_sub(lo)) * SUB_BINS / (hi - lo)).min(SUB_BINS - 1);
         i * SUB_BINS + sub
     }
 
-    fn class_of(&self, size: usize) -> usize {
-        self.classes[..self.class_count]
-            .iter()
-            .position(|&c| c >= size)
-            .unwrap_or(self.class_count - 1)
+    /// The size class of a block whose caller sees `usable` bytes (at most `max_size`).
+    #[inline]
+    fn class_of(&self, usable: usize) -> usize {
+        self.class_lut[usable.div_ceil(MEDIUM_QUANTUM).min(LUT_LEN - 1)] as usize
     }
 
     /// The bytes of a block handed to the caller: its payload, capped at the largest
@@ -377,8 +416,8 @@ impl MediumTier {
                 r.live[bit / 64] |= 1 << (bit % 64);
                 r.freed[bit / 64] &= !(1 << (bit % 64));
             }
+            st.allocs += 1;
             self.publish(&st);
-            self.counters.allocs.fetch_add(1, Ordering::Relaxed);
             Ok((NonNull::new_unchecked(payload), usable))
         }
     }
@@ -443,15 +482,15 @@ impl MediumTier {
                     st.empty_regions -= 1;
                     let r = self.region_of(h as usize).expect("our block");
                     self.free_region(&mut st, r, budget);
+                    st.frees += 1;
                     self.publish(&st);
-                    self.counters.frees.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
             }
             self.insert(&mut st, h);
         }
+        st.frees += 1;
         self.publish(&st);
-        self.counters.frees.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -586,8 +625,11 @@ impl MediumTier {
         }
     }
 
+    /// Copies the counters to their lock-free mirrors (plain stores: the lock orders writers).
     fn publish(&self, st: &MediumState) {
         self.counters.in_use.store(st.in_use, Ordering::Relaxed);
+        self.counters.allocs.store(st.allocs, Ordering::Relaxed);
+        self.counters.frees.store(st.frees, Ordering::Relaxed);
     }
 
     /// Per-class figures: (class size, allocations, frees, bytes in use).

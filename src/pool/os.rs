@@ -72,6 +72,28 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize, _align: usize) {
     unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
 }
 
+/// Gives the pages of `[ptr, ptr + len)` back to the OS while keeping the mapping; their
+/// contents become undefined (old bytes or zeros) and the OS may reclaim them at will.
+///
+/// # Safety
+/// The range lies in a region from [`map`] and nothing uses its contents any more.
+#[cfg(unix)]
+pub(crate) unsafe fn decommit(ptr: NonNull<u8>, len: usize) {
+    #[cfg(target_os = "linux")]
+    let advice = libc::MADV_FREE;
+    #[cfg(not(target_os = "linux"))]
+    let advice = libc::MADV_DONTNEED;
+    // SAFETY: per the contract the range is ours and unused; madvise keeps the mapping.
+    unsafe { libc::madvise(ptr.as_ptr().cast(), len, advice) };
+}
+
+/// Decommitting is a no-op without `madvise` (non-Unix fallback).
+///
+/// # Safety
+/// As the Unix version.
+#[cfg(not(unix))]
+pub(crate) unsafe fn decommit(_ptr: NonNull<u8>, _len: usize) {}
+
 /// Maps `len` bytes aligned to `align` from the system allocator (non-Unix fallback).
 #[cfg(not(unix))]
 pub(crate) fn map(len: usize, align: usize, _huge_pages: bool) -> Option<NonNull<u8>> {

@@ -11,7 +11,10 @@
 //!
 //! Invariants, under the class lock:
 //! - every chunk is on exactly one list: partial iff `0 < available < capacity`, empty
-//!   iff `available == capacity`, full iff `available == 0`;
+//!   iff `available == capacity`, full iff `available == 0`, or decommitted (its pages
+//!   given back to the OS, its mapping kept for reuse, not counted as reserved);
+//! - empty chunks beyond `retain_empty` are decommitted (checked mode: unmapped, so that
+//!   a use after free faults);
 //! - `available` = blocks on the chunk's free list + blocks not yet carved;
 //! - every block on a chunk's free list lies in that chunk, at a multiple of the class
 //!   size from its base, and is on no other list;
@@ -47,6 +50,8 @@ enum ListId {
     Partial,
     Empty,
     Full,
+    /// Given back to the OS (its pages decommitted) but still mapped, for cheap reuse.
+    Decommitted,
 }
 
 /// Metadata of one chunk; starts with the region header the page map points to.
@@ -113,6 +118,7 @@ struct ClassState {
     partial: ChunkList,
     empty: ChunkList,
     full: ChunkList,
+    decommitted: ChunkList,
     chunks: usize,
 }
 
@@ -141,15 +147,17 @@ pub(crate) struct SmallTier {
     pub classes: [SmallClass; MAX_SMALL_CLASSES],
     pub count: usize,
     /// `(size + 7) / 8` → class index, for requests aligned to at most `small_alignment`.
-    lut: [u8; super::config::MAX_SMALL_CLASS_SIZE / 8 + 1],
-    max_size: usize,
-    align: usize,
+    pub lut: [u8; super::config::MAX_SMALL_CLASS_SIZE / 8 + 1],
+    /// Class sizes, compact, for the fast path.
+    pub sizes: [u32; MAX_SMALL_CLASSES],
+    /// The largest class.
+    pub max_size: usize,
+    /// Requests aligned to at most this use `lut`.
+    pub align: usize,
     max_chunks: usize,
     retain_empty: usize,
     huge_pages: bool,
     checked: bool,
-    /// Set when blocks moved between chunks and caches: peak and alerts are due a look.
-    pub due: std::sync::atomic::AtomicBool,
 }
 
 /// The size class of the chunk behind `h`.
@@ -177,6 +185,7 @@ impl SmallTier {
                     partial: ChunkList::default(),
                     empty: ChunkList::default(),
                     full: ChunkList::default(),
+                    decommitted: ChunkList::default(),
                     chunks: 0,
                 }),
                 outstanding: AtomicUsize::new(0),
@@ -197,13 +206,13 @@ impl SmallTier {
             classes,
             count: sizes.len(),
             lut,
+            sizes: std::array::from_fn(|i| sizes.get(i).copied().unwrap_or(8) as u32),
             max_size: *sizes.last().expect("validated non-empty"),
             align: cfg.small_alignment,
             max_chunks: cfg.max_chunks,
             retain_empty: cfg.retain_empty,
             huge_pages: cfg.use_huge_pages,
             checked: cfg.checked,
-            due: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -300,7 +309,6 @@ impl SmallTier {
             }
         }
         class.outstanding.fetch_add(got, Ordering::Relaxed);
-        self.due.store(true, Ordering::Relaxed);
         Ok((NonNull::new(head).expect("at least one block taken"), got))
     }
 
@@ -335,7 +343,7 @@ impl SmallTier {
                     match c.list {
                         ListId::Partial => st.partial.unlink(chunk),
                         ListId::Full => st.full.unlink(chunk),
-                        ListId::Empty | ListId::None => {
+                        ListId::Empty | ListId::None | ListId::Decommitted => {
                             unreachable!("a chunk with a handed-out block is partial or full")
                         }
                     }
@@ -348,7 +356,6 @@ impl SmallTier {
             }
         }
         class.outstanding.fetch_sub(count, Ordering::Relaxed);
-        self.due.store(true, Ordering::Relaxed);
         while st.empty.len > self.retain_empty {
             let c = st.empty.head;
             // SAFETY: `c` heads the empty list: a live chunk with every block free, so no
@@ -467,6 +474,23 @@ impl SmallTier {
             });
         }
         budget.reserve(class.chunk_span)?;
+        if !st.decommitted.head.is_null() {
+            // Reuse a decommitted chunk: its mapping and page-map entries are still ours.
+            let c = st.decommitted.head;
+            // SAFETY: `c` heads the decommitted list, a chunk of this class with no block
+            // in use; we hold the lock.
+            unsafe {
+                st.decommitted.unlink(c);
+                let m = &mut *c;
+                m.free = ptr::null_mut();
+                m.available = m.capacity;
+                m.carved = 0;
+                m.live.fill(0);
+            }
+            st.chunks += 1;
+            class.chunks.store(st.chunks, Ordering::Relaxed);
+            return Ok(c);
+        }
         let Some(base) = os::map(class.chunk_span, GRANULE, self.huge_pages) else {
             budget.release(class.chunk_span);
             return Err(OomReason::OsRefused);
@@ -523,17 +547,38 @@ impl SmallTier {
         budget: &Budget,
     ) {
         let class = &self.classes[ci];
-        // SAFETY: the caller guarantees `c` is live and unused; after unregistering it no
-        // lookup can reach it, so it can be unmapped and its metadata freed.
+        if self.checked {
+            // Unmap, so that a use after free faults.
+            // SAFETY: the caller guarantees `c` is live and unused.
+            unsafe { self.unmap_chunk(c) };
+        } else {
+            // Decommit but keep the mapping: the OS takes the pages back when it needs
+            // them, and reusing the chunk later costs no new mapping.
+            // SAFETY: the caller guarantees `c` is live, unused and on no list; we hold the lock.
+            unsafe {
+                os::decommit(
+                    NonNull::new_unchecked((*c).header.base as *mut u8),
+                    (*c).header.len,
+                );
+                st.decommitted.push(c, ListId::Decommitted);
+            }
+        }
+        budget.release(class.chunk_span);
+        st.chunks -= 1;
+        class.chunks.store(st.chunks, Ordering::Relaxed);
+    }
+
+    /// # Safety
+    /// `c` is a chunk of this tier on no list, none of whose blocks is in use.
+    unsafe fn unmap_chunk(&self, c: *mut ChunkMeta) {
+        // SAFETY: per the contract; after unregistering it no lookup can reach the chunk,
+        // so it can be unmapped and its metadata freed.
         unsafe {
             let (base, len) = ((*c).header.base, (*c).header.len);
             page_map::unregister(base, len);
             os::unmap(NonNull::new_unchecked(base as *mut u8), len, GRANULE);
             drop(SysBox::from_raw_in(c, System));
         }
-        budget.release(class.chunk_span);
-        st.chunks -= 1;
-        class.chunks.store(st.chunks, Ordering::Relaxed);
     }
 
     /// Unmaps every chunk of every class; used when the pool is dropped.
@@ -556,9 +601,19 @@ impl SmallTier {
                         ListId::Partial => st.partial.unlink(c),
                         ListId::Empty => st.empty.unlink(c),
                         ListId::Full => st.full.unlink(c),
-                        ListId::None => unreachable!("listed chunks have a list id"),
+                        ListId::None | ListId::Decommitted => {
+                            unreachable!("only live lists are drained here")
+                        }
                     }
                     self.free_chunk(ci, c, st, budget);
+                }
+            }
+            while !st.decommitted.head.is_null() {
+                let c = st.decommitted.head;
+                // SAFETY: `c` heads the decommitted list; no block of it is in use.
+                unsafe {
+                    st.decommitted.unlink(c);
+                    self.unmap_chunk(c);
                 }
             }
         }

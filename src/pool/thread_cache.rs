@@ -213,17 +213,31 @@ impl Entry {
     }
 }
 
+/// A thread's caches. No destructor, so reaching it costs no registration check on the
+/// fast path; [`ExitGuard`] returns its blocks when the thread exits.
 struct ThreadCaches {
+    /// Set while a slow path borrows the entries, and for good once the thread's exit
+    /// guard has run (later frees on the thread take the locked path).
     busy: Cell<bool>,
     last: Cell<usize>,
     entries: UnsafeCell<[Entry; ENTRIES]>,
 }
 
-impl Drop for ThreadCaches {
+/// Registered on a thread's first claim; its destructor retires every entry.
+struct ExitGuard;
+
+impl Drop for ExitGuard {
     fn drop(&mut self) {
-        for e in self.entries.get_mut().iter_mut() {
-            e.retire();
-        }
+        let _ = CACHES.try_with(|c| {
+            if c.busy.replace(true) {
+                return;
+            }
+            // SAFETY: `busy` was false and stays true from now on, so this is the last
+            // borrow of the entries on this thread.
+            for e in unsafe { &mut *c.entries.get() }.iter_mut() {
+                e.retire();
+            }
+        });
     }
 }
 
@@ -235,6 +249,7 @@ thread_local! {
             entries: UnsafeCell::new([Entry::EMPTY; ENTRIES]),
         }
     };
+    static EXIT_GUARD: ExitGuard = const { ExitGuard };
 }
 
 /// Runs `f` on this thread's entry for `pool`, claiming one if needed. `None` when the
@@ -273,6 +288,9 @@ fn with_entry<R>(pool: &PoolShared, f: impl FnOnce(&mut Entry) -> R) -> Option<R
 
 #[cold]
 fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
+    // Make sure the exit guard is registered; a thread that is already exiting gets no
+    // new entry, since nothing would hand its blocks back.
+    EXIT_GUARD.try_with(|_| ()).ok()?;
     let live = lock(&LIVE);
     let slot = entries.iter().position(|e| e.pool_id == 0).or_else(|| {
         let i = entries.iter().position(|e| !live.contains(&e.pool_id))?;
@@ -317,8 +335,71 @@ fn bump(counter: &AtomicU64) {
     );
 }
 
-/// Allocates a block of class `ci` from this thread's cache. `None` when the thread has
-/// no cache for this pool.
+/// The fast path: pops a cached block of class `ci` of pool `id` from the entry this
+/// thread used last. `None` sends the caller to the slow path (empty bin, another pool's
+/// entry, or thread-local storage unavailable).
+#[inline(always)]
+pub(crate) fn pop(id: u64, ci: usize) -> Option<NonNull<u8>> {
+    CACHES
+        .try_with(|c| {
+            if c.busy.get() {
+                return None;
+            }
+            // SAFETY: `busy` is false, so no other borrow of the entries exists on this
+            // thread, and this block calls nothing that could re-enter the allocator.
+            // `last` is always below ENTRIES (only `with_entry` sets it, to an index).
+            let e = unsafe { (*c.entries.get()).get_unchecked_mut(c.last.get()) };
+            if e.pool_id != id {
+                return None;
+            }
+            // SAFETY: callers pass a class index below the pool's class count <= MAX_SMALL_CLASSES.
+            let bin = unsafe { e.bins.get_unchecked_mut(ci) };
+            let b = NonNull::new(bin.head)?;
+            // SAFETY: `b` is a free block in this bin, linked through its first word.
+            bin.head = unsafe { (*b.as_ptr()).next };
+            bin.count -= 1;
+            // SAFETY: `stats` is this entry's live counter block; `ci` is in range (above).
+            bump(unsafe { (*e.stats).allocs.get_unchecked(ci) });
+            Some(b.cast())
+        })
+        .ok()
+        .flatten()
+}
+
+/// The fast path: pushes a freed block of class `ci` of pool `id` onto this thread's bin
+/// if it has room. False sends the caller to the slow path.
+///
+/// # Safety
+/// `p` was allocated from pool `id`'s small tier in class `ci` and is not used afterwards.
+#[inline(always)]
+pub(crate) unsafe fn push(id: u64, ci: usize, p: NonNull<u8>, limit: usize) -> bool {
+    CACHES
+        .try_with(|c| {
+            if c.busy.get() {
+                return false;
+            }
+            // SAFETY: as in `pop`.
+            let e = unsafe { (*c.entries.get()).get_unchecked_mut(c.last.get()) };
+            // SAFETY: as in `pop`.
+            let bin = unsafe { e.bins.get_unchecked_mut(ci) };
+            if e.pool_id != id || bin.count >= limit {
+                return false;
+            }
+            let b = p.as_ptr().cast::<FreeBlock>();
+            // SAFETY: by the caller's contract the block is ours to reuse; it is at least 8
+            // bytes and 8-aligned (small classes are multiples of the alignment, >= 8).
+            unsafe { (*b).next = bin.head };
+            bin.head = b;
+            bin.count += 1;
+            // SAFETY: `stats` is this entry's live counter block; `ci` is in range (above).
+            bump(unsafe { (*e.stats).frees.get_unchecked(ci) });
+            true
+        })
+        .unwrap_or(false)
+}
+
+/// The slow path of allocation: refills the bin if needed (claiming an entry first if
+/// the thread has none for this pool). `None` when the thread has no cache for this pool.
 #[inline]
 pub(crate) fn alloc(pool: &PoolShared, ci: usize) -> Option<Result<NonNull<u8>, OomReason>> {
     let batch = (pool.cfg.thread_cache_size / 2).max(1);
