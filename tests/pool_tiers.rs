@@ -522,3 +522,29 @@ fn registry_names_pools() {
     assert!(r.remove("tiers-test").is_some());
     assert!(r.get("tiers-test").is_none());
 }
+
+#[test]
+fn empty_small_chunks_are_given_back_and_reused() {
+    let pool = HierarchicalPool::new(PoolConfig {
+        retain_empty: 1,
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    let l = layout(128, 8);
+    for round in 0..3u8 {
+        let blocks: Vec<_> = (0..5000).map(|_| alloc_filled(&pool, l, round)).collect();
+        let chunks = pool.stats().small.regions;
+        // A chunk holds blocks_per_chunk (1024) blocks: 128 KiB for this class.
+        assert_eq!(chunks, 5, "5000 x 128 B span five chunks");
+        for b in blocks {
+            assert!(all_bytes(b, round));
+            // SAFETY: allocated above with `l`.
+            unsafe { pool.deallocate(b.cast(), l) };
+        }
+        pool.flush_thread_cache();
+        let st = pool.stats();
+        assert_eq!(st.small.regions, 1, "round {round}: all but retain_empty chunks given back");
+        assert_eq!(st.small.reserved_bytes, 128 << 10);
+        assert_eq!(st.reserved_bytes, st.small.reserved_bytes);
+    }
+}

@@ -662,3 +662,42 @@ impl MediumTier {
         st.nonempty = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PoolConfig;
+
+    #[test]
+    fn lookup_tables_agree_with_the_computed_bins_and_classes() {
+        for cfg in [PoolConfig::default(), {
+            let mut c = PoolConfig::default();
+            c.medium.sizes = vec![272, 400, 1008, 3000 / 16 * 16, 20000];
+            c.medium.segregated_fit = false;
+            c
+        }] {
+            let r = cfg.resolve().unwrap();
+            let tier = MediumTier::new(0, &r);
+            for size in (MIN_BLOCK..=r.region_size).step_by(MEDIUM_QUANTUM) {
+                let want = MediumTier::compute_bin(&tier.bounds[..tier.bound_count], r.segregated_fit, size);
+                assert_eq!(tier.bin_of(size), want, "bin of {size}");
+                assert!(want < MAX_BINS);
+            }
+            for usable in 1..=tier.max_size {
+                let want = r.medium_sizes().iter().position(|&c| c >= usable).unwrap();
+                assert_eq!(tier.class_of(usable), want, "class of {usable}");
+            }
+        }
+    }
+
+    #[test]
+    fn bins_grow_with_size() {
+        let tier = MediumTier::new(0, &PoolConfig::default().resolve().unwrap());
+        let mut last = 0;
+        for size in (MIN_BLOCK..=4 << 20).step_by(MEDIUM_QUANTUM) {
+            let b = tier.bin_of(size);
+            assert!(b >= last, "bin of {size} went down");
+            last = b;
+        }
+    }
+}
