@@ -29,3 +29,8 @@ pub use error::{ConfigError, Error, OomReason};
 pub use pool::{
     Alert, AlertKind, HierarchicalPool, LeakReport, NeuroAlloc, PoolConfig, PoolRegistry, PoolStats,
 };
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

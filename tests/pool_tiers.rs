@@ -543,7 +543,10 @@ fn empty_small_chunks_are_given_back_and_reused() {
         }
         pool.flush_thread_cache();
         let st = pool.stats();
-        assert_eq!(st.small.regions, 1, "round {round}: all but retain_empty chunks given back");
+        assert_eq!(
+            st.small.regions, 1,
+            "round {round}: all but retain_empty chunks given back"
+        );
         assert_eq!(st.small.reserved_bytes, 128 << 10);
         assert_eq!(st.reserved_bytes, st.small.reserved_bytes);
     }

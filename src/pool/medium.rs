@@ -10,12 +10,13 @@
 //! **Fit policy.** Free blocks sit in bins: the configured size classes split the sizes
 //! into intervals (below the first class, between each pair, above the last), and each
 //! interval into 8 equal sub-bins. A request of `need` bytes (payload + header, rounded to
-//! 16) first scans its own sub-bin first-fit (a bounded number of entries), then takes
-//! the head of the next non-empty larger sub-bin, found in O(1) from a bitmap; every
-//! block there is large enough. The remainder of a larger block, if at least 32 bytes,
-//! becomes a free block again. This is a good fit: the block used is at most one
-//! sub-bin larger than the request, and the split keeps only what was asked for. With
-//! `segregated_fit = false` all free blocks share one list, searched first-fit.
+//! 16) looks at the first few entries of its own sub-bin and takes the smallest that fits
+//! (lowest address on ties); failing that, the next non-empty larger sub-bin, found in
+//! O(1) from a bitmap, where every block fits, and takes the best of its first few. The
+//! remainder of a larger block, if at least 32 bytes, becomes a free block again. This is
+//! a good fit: the block used is at most about one sub-bin larger than the request, and
+//! the split keeps only what was asked for. With `segregated_fit = false` all free blocks
+//! share one list, searched in full for the best fit.
 //!
 //! **Coalescing.** A freed block merges with a free successor and a free predecessor
 //! (found through the previous-size tag), so no two free blocks are ever adjacent. A
@@ -48,7 +49,7 @@ const MIN_BLOCK: usize = 32;
 const USED: usize = 1;
 const SUB_BINS: usize = 8;
 const MAX_BINS: usize = (MAX_MEDIUM_CLASSES + 1) * SUB_BINS;
-/// Entries of a sub-bin scanned for a fit before moving to a larger sub-bin.
+/// Entries of a sub-bin scanned for the best fit (bounded: each is a likely cache miss).
 const SCAN_LIMIT: usize = 4;
 /// Entries of the bin and class lookup tables: one per 16 bytes up to the largest medium
 /// class the config accepts (`MAX_SMALL_CLASS_SIZE`..65536 in practice; larger classes
@@ -312,23 +313,8 @@ impl MediumTier {
     /// A free block of at least `need` bytes, unlinked from its bin.
     fn find(&self, st: &mut MediumState, need: usize) -> Option<*mut Header> {
         let b = self.bin_of(need);
-        let mut h = st.bins[b];
-        let limit = if self.segregated {
-            SCAN_LIMIT
-        } else {
-            usize::MAX
-        };
-        let mut scanned = 0;
-        // SAFETY: bin entries are free blocks of live regions; we hold the lock.
-        unsafe {
-            while !h.is_null() && scanned < limit {
-                if size_of_block(h) >= need {
-                    self.unlink(st, h);
-                    return Some(h);
-                }
-                h = (*links(h)).next;
-                scanned += 1;
-            }
+        if let Some(h) = self.best_in_bin(st, b, need) {
+            return Some(h);
         }
         let above = if b + 1 >= MAX_BINS {
             0
@@ -338,10 +324,39 @@ impl MediumTier {
         if above == 0 {
             return None;
         }
-        let h = st.bins[above.trailing_zeros() as usize];
-        // SAFETY: a non-empty bin's head is a free block of a live region.
-        unsafe { self.unlink(st, h) };
-        Some(h)
+        let h = self.best_in_bin(st, above.trailing_zeros() as usize, need);
+        debug_assert!(h.is_some(), "every block of a larger bin fits");
+        h
+    }
+
+    /// The best of the first `SCAN_LIMIT` blocks of bin `b` that hold `need` bytes (the
+    /// smallest, then the lowest address), unlinked.
+    fn best_in_bin(&self, st: &mut MediumState, b: usize, need: usize) -> Option<*mut Header> {
+        let limit = if self.segregated {
+            SCAN_LIMIT
+        } else {
+            usize::MAX
+        };
+        let mut h = st.bins[b];
+        let mut best: Option<(usize, *mut Header)> = None;
+        let mut scanned = 0;
+        // SAFETY: bin entries are free blocks of live regions; we hold the lock.
+        unsafe {
+            while !h.is_null() && scanned < limit {
+                let size = size_of_block(h);
+                if size >= need && best.is_none_or(|(bs, bh)| size < bs || (size == bs && h < bh)) {
+                    best = Some((size, h));
+                    if size == need {
+                        break;
+                    }
+                }
+                h = (*links(h)).next;
+                scanned += 1;
+            }
+            let (_, h) = best?;
+            self.unlink(st, h);
+            Some(h)
+        }
     }
 
     /// Allocates `size` bytes at `align`; returns the payload and its usable length.
@@ -679,7 +694,11 @@ mod tests {
             let r = cfg.resolve().unwrap();
             let tier = MediumTier::new(0, &r);
             for size in (MIN_BLOCK..=r.region_size).step_by(MEDIUM_QUANTUM) {
-                let want = MediumTier::compute_bin(&tier.bounds[..tier.bound_count], r.segregated_fit, size);
+                let want = MediumTier::compute_bin(
+                    &tier.bounds[..tier.bound_count],
+                    r.segregated_fit,
+                    size,
+                );
                 assert_eq!(tier.bin_of(size), want, "bin of {size}");
                 assert!(want < MAX_BINS);
             }
