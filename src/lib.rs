@@ -22,13 +22,22 @@
 //! # Ok::<(), neurostore::Error>(())
 //! ```
 
+#[cfg(not(loom))]
 pub mod error;
+#[cfg(not(loom))]
 pub mod pool;
 
+#[cfg(not(loom))]
 pub use error::{ConfigError, Error, OomReason};
+#[cfg(not(loom))]
 pub use pool::{
     Alert, AlertKind, HierarchicalPool, LeakReport, NeuroAlloc, PoolConfig, PoolRegistry, PoolStats,
 };
+
+/// Under `--cfg loom` the crate is only its lock-free pieces, for `tests/loom.rs`.
+#[cfg(loom)]
+#[path = "pool/lockfree.rs"]
+pub mod lockfree;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

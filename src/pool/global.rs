@@ -4,14 +4,10 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::config::ResolvedConfig;
 use super::hierarchical::HierarchicalPool;
-
-const UNINIT: u8 = 0;
-const INITIALISING: u8 = 1;
-const READY: u8 = 2;
+use super::lockfree::InitGate;
 
 thread_local! {
     // Const-initialised and without a destructor, so reading it never allocates.
@@ -38,13 +34,13 @@ thread_local! {
 /// }
 /// ```
 pub struct NeuroAlloc {
-    state: AtomicU8,
+    gate: InitGate,
     pool: UnsafeCell<MaybeUninit<HierarchicalPool>>,
 }
 
-// SAFETY: `pool` is written once, by the one thread that moves `state` from UNINIT to
-// INITIALISING, and read only after `state` is READY (release/acquire), after which it
-// is never written again; HierarchicalPool itself is Sync.
+// SAFETY: `pool` is written once, by the one thread that wins the gate's `try_begin`,
+// and read only after the gate is ready (release/acquire, checked with loom), after which
+// it is never written again; HierarchicalPool itself is Sync.
 unsafe impl Sync for NeuroAlloc {}
 
 impl Default for NeuroAlloc {
@@ -57,7 +53,7 @@ impl NeuroAlloc {
     /// A global allocator whose pool is built on first use.
     pub const fn new() -> Self {
         NeuroAlloc {
-            state: AtomicU8::new(UNINIT),
+            gate: InitGate::new(),
             pool: UnsafeCell::new(MaybeUninit::uninit()),
         }
     }
@@ -65,41 +61,31 @@ impl NeuroAlloc {
     /// The pool behind this allocator (built now if it was not yet).
     #[inline]
     pub fn pool(&self) -> &HierarchicalPool {
-        if self.state.load(Ordering::Acquire) != READY {
+        if !self.gate.is_ready() {
             self.initialise();
         }
-        // SAFETY: state is READY, so the pool was written and is never written again.
+        // SAFETY: the gate is ready, so the pool was written and is never written again.
         unsafe { (*self.pool.get()).assume_init_ref() }
     }
 
     #[cold]
     fn initialise(&self) {
-        match self.state.compare_exchange(
-            UNINIT,
-            INITIALISING,
-            Ordering::Acquire,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => {
-                INITIALISING_HERE.with(|f| f.set(true));
-                let pool = HierarchicalPool::from_resolved(ResolvedConfig::global_default());
-                // SAFETY: we won the UNINIT → INITIALISING race, so no one else writes or
-                // reads the cell until we publish READY below.
-                unsafe { (*self.pool.get()).write(pool) };
-                INITIALISING_HERE.with(|f| f.set(false));
-                self.state.store(READY, Ordering::Release);
+        if self.gate.try_begin() {
+            INITIALISING_HERE.with(|f| f.set(true));
+            let pool = HierarchicalPool::from_resolved(ResolvedConfig::global_default());
+            // SAFETY: we won the gate, so no one else writes or reads the cell until we
+            // publish it with `finish`.
+            unsafe { (*self.pool.get()).write(pool) };
+            INITIALISING_HERE.with(|f| f.set(false));
+            self.gate.finish();
+        } else if !self.gate.is_ready() {
+            if INITIALISING_HERE.with(|f| f.get()) {
+                // Building the pool allocated through the global allocator: a bug in the
+                // pool. Waiting would deadlock; abort with a message instead.
+                eprintln!("neurostore: NeuroAlloc allocated while initialising itself");
+                std::process::abort();
             }
-            Err(_) => {
-                if INITIALISING_HERE.with(|f| f.get()) {
-                    // Building the pool allocated through the global allocator: a bug in
-                    // the pool. Waiting would deadlock; abort with a message instead.
-                    eprintln!("neurostore: NeuroAlloc allocated while initialising itself");
-                    std::process::abort();
-                }
-                while self.state.load(Ordering::Acquire) != READY {
-                    std::thread::yield_now();
-                }
-            }
+            self.gate.wait_ready();
         }
     }
 }

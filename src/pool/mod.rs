@@ -38,6 +38,7 @@ pub mod config;
 mod global;
 mod hierarchical;
 mod large;
+pub(crate) mod lockfree;
 mod medium;
 mod os;
 mod page_map;

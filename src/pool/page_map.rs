@@ -12,6 +12,7 @@
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
+use super::lockfree::get_or_install;
 use super::os::{self, GRANULE};
 
 const GRANULE_SHIFT: u32 = GRANULE.trailing_zeros();
@@ -59,28 +60,17 @@ fn split(addr: usize) -> Option<(usize, usize)> {
 }
 
 fn leaf(root: usize, create: bool) -> Option<&'static Leaf> {
-    let mut p = ROOT[root].load(Ordering::Acquire);
-    if p.is_null() {
-        if !create {
-            return None;
-        }
-        let bytes = std::mem::size_of::<Leaf>();
-        let fresh = os::map(bytes, GRANULE, false)?.as_ptr().cast::<Leaf>();
-        match ROOT[root].compare_exchange(
-            ptr::null_mut(),
-            fresh,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => p = fresh,
-            Err(winner) => {
-                // SAFETY: `fresh` was mapped above with this length and lost the race, so
-                // no one else has seen it.
-                unsafe { os::unmap(NonNull::new_unchecked(fresh.cast()), bytes, GRANULE) };
-                p = winner;
-            }
-        }
-    }
+    let bytes = std::mem::size_of::<Leaf>();
+    let p = if create {
+        get_or_install(
+            &ROOT[root],
+            || os::map(bytes, GRANULE, false).map(|p| p.as_ptr().cast::<Leaf>()),
+            // SAFETY: the losing leaf was mapped by us with this length and never published.
+            |lost| unsafe { os::unmap(NonNull::new_unchecked(lost.cast()), bytes, GRANULE) },
+        )?
+    } else {
+        NonNull::new(ROOT[root].load(Ordering::Acquire))?.as_ptr()
+    };
     // SAFETY: leaves are zero-filled mappings (a valid array of null AtomicPtr) that are
     // never unmapped once published, so a 'static shared reference is sound.
     Some(unsafe { &*p })
