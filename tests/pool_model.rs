@@ -145,6 +145,9 @@ impl Model {
         );
         prop_assert!(st.reserved_bytes >= st.in_use_bytes);
         prop_assert_eq!(st.invalid_frees, 0);
+        if let Err(e) = pool.verify() {
+            return Err(TestCaseError::fail(format!("pool invariant broken: {e}")));
+        }
         Ok(())
     }
 }

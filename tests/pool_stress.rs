@@ -79,6 +79,7 @@ fn run(config: PoolConfig) {
         st.cached_threads, 0,
         "exited threads hand their caches back"
     );
+    pool.verify().unwrap();
 }
 
 fn check_and_free(pool: &HierarchicalPool, p: NonNull<u8>, l: Layout, tag: u8) {

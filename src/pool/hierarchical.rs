@@ -427,6 +427,31 @@ impl HierarchicalPool {
         }
     }
 
+    /// Checks the pool's internal invariants, tier by tier, taking each tier's locks in
+    /// turn: every chunk is on the right list with consistent counts, medium blocks tile
+    /// their regions with agreeing boundary tags and no two free neighbours, every free
+    /// block is binned exactly once, and the counters equal what a walk finds. For tests
+    /// and debugging: it walks all metadata, so it is slow on a large pool.
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use neurostore::{HierarchicalPool, PoolConfig};
+    ///
+    /// let pool = HierarchicalPool::new(PoolConfig::default())?;
+    /// let l = Layout::from_size_align(3000, 8).unwrap();
+    /// let b = pool.allocate(l)?;
+    /// assert_eq!(pool.verify(), Ok(()));
+    /// // SAFETY: allocated above with this layout.
+    /// unsafe { pool.deallocate(b.cast(), l) };
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn verify(&self) -> Result<(), String> {
+        let s = &*self.shared;
+        s.small.verify()?;
+        s.medium.verify()?;
+        s.large.verify()
+    }
+
     /// Whether this pool runs in checked mode.
     pub fn is_checked(&self) -> bool {
         self.shared.cfg.checked

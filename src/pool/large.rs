@@ -400,6 +400,48 @@ impl LargeTier {
         self.counters.regions.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Checks this tier's invariants under its lock: every arena and mapping is
+    /// registered, and the bytes in use are those of the allocated blocks.
+    pub(crate) fn verify(&self) -> Result<(), String> {
+        let st = lock(&self.state);
+        let (mut in_use, mut empties) = (0usize, 0usize);
+        let mut a = st.arenas;
+        // SAFETY: arenas and mappings on the lists are live; we hold the lock.
+        unsafe {
+            while let Some(arena) = a.as_ref() {
+                if page_map::lookup(arena.header.base).map(|p| p.as_ptr().cast::<Arena>())
+                    != Some(a)
+                {
+                    return Err(format!(
+                        "large arena {:#x}: the page map does not name it",
+                        arena.header.base
+                    ));
+                }
+                in_use += arena.buddy.allocated_bytes() as usize;
+                empties += usize::from(arena.buddy.is_empty());
+                a = arena.next;
+            }
+            let mut m = st.huge;
+            while let Some(map) = m.as_ref() {
+                if page_map::lookup(map.header.base).map(|p| p.as_ptr().cast::<Huge>()) != Some(m) {
+                    return Err(format!(
+                        "large mapping {:#x}: the page map does not name it",
+                        map.header.base
+                    ));
+                }
+                in_use += map.header.len;
+                m = map.next;
+            }
+        }
+        if in_use != st.in_use || empties != st.empty_arenas {
+            return Err(format!(
+                "large counters: in use {} (walked {in_use}), empty arenas {} ({empties})",
+                st.in_use, st.empty_arenas
+            ));
+        }
+        Ok(())
+    }
+
     /// Unmaps every arena and mapping; used when the pool is dropped.
     ///
     /// # Safety

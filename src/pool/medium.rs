@@ -662,6 +662,104 @@ impl MediumTier {
         v
     }
 
+    /// Checks this tier's invariants (module doc) under the tier lock: blocks tile each
+    /// region, tags agree, free blocks are exactly the binned ones, counters match.
+    pub(crate) fn verify(&self) -> Result<(), String> {
+        let st = lock(&self.state);
+        let (mut free_blocks, mut in_use, mut empties, mut regions) =
+            (0usize, 0usize, 0usize, 0usize);
+        let mut r = st.regions;
+        while !r.is_null() {
+            // SAFETY: regions on the list are live; we hold the lock.
+            let meta = unsafe { &*r };
+            let (base, len) = (meta.header.base, meta.header.len);
+            let end = base + len - HEADER;
+            let (mut h, mut prev_size, mut prev_free, mut blocks) = (base, 0usize, false, 0usize);
+            while h < end {
+                // SAFETY: `h` is a block header inside the region (checked against `end`).
+                let (ps, size, used) = unsafe {
+                    let hp = h as *mut Header;
+                    ((*hp).prev_size, size_of_block(hp), is_used(hp))
+                };
+                if ps != prev_size
+                    || size < MIN_BLOCK
+                    || size % MEDIUM_QUANTUM != 0
+                    || h + size > end
+                {
+                    return Err(format!(
+                        "medium block {h:#x}: prev {ps} (want {prev_size}), size {size}"
+                    ));
+                }
+                if used {
+                    in_use += self.usable(size);
+                } else {
+                    if prev_free && self.coalescing {
+                        return Err(format!("medium block {h:#x}: two free neighbours"));
+                    }
+                    free_blocks += 1;
+                }
+                prev_free = !used;
+                prev_size = size;
+                blocks += 1;
+                h += size;
+            }
+            // SAFETY: `end` is the sentinel's address inside the region.
+            let sentinel_ok = h == end
+                && unsafe {
+                    (*(end as *mut Header)).size_flags == USED
+                        && (*(end as *mut Header)).prev_size == prev_size
+                };
+            if !sentinel_ok {
+                return Err(format!(
+                    "medium region {base:#x}: blocks do not end at the sentinel"
+                ));
+            }
+            if blocks == 1 && prev_free {
+                empties += 1;
+            }
+            regions += 1;
+            r = meta.next;
+        }
+        let mut binned = 0;
+        for (b, &head) in st.bins.iter().enumerate() {
+            if head.is_null() != (st.nonempty & (1 << b) == 0) {
+                return Err(format!("medium bin {b}: bitmap disagrees with the list"));
+            }
+            let (mut h, mut prev) = (head, ptr::null_mut());
+            while !h.is_null() {
+                // SAFETY: binned blocks are free blocks of live regions; we hold the lock.
+                let (size, used, back, next) = unsafe {
+                    (
+                        size_of_block(h),
+                        is_used(h),
+                        (*links(h)).prev,
+                        (*links(h)).next,
+                    )
+                };
+                if used || self.bin_of(size) != b || back != prev || binned > free_blocks {
+                    return Err(format!(
+                        "medium bin {b}: bad entry {h:p} (size {size}, used {used})"
+                    ));
+                }
+                binned += 1;
+                prev = h;
+                h = next;
+            }
+        }
+        if binned != free_blocks {
+            return Err(format!(
+                "medium: {free_blocks} free blocks, {binned} binned"
+            ));
+        }
+        if in_use != st.in_use || empties != st.empty_regions || regions != st.region_count {
+            return Err(format!(
+                "medium counters: in use {} (walked {in_use}), empty regions {} ({empties}), regions {} ({regions})",
+                st.in_use, st.empty_regions, st.region_count
+            ));
+        }
+        Ok(())
+    }
+
     /// Unmaps every region; used when the pool is dropped.
     ///
     /// # Safety

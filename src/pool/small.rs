@@ -581,6 +581,99 @@ impl SmallTier {
         }
     }
 
+    /// Checks this tier's invariants (module doc), class by class under each class lock.
+    pub(crate) fn verify(&self) -> Result<(), String> {
+        for ci in 0..self.count {
+            let class = &self.classes[ci];
+            let st = lock(&class.state);
+            let lists = [
+                (&st.partial, ListId::Partial),
+                (&st.empty, ListId::Empty),
+                (&st.full, ListId::Full),
+                (&st.decommitted, ListId::Decommitted),
+            ];
+            let (mut live_chunks, mut handed_out) = (0, 0);
+            for (list, id) in lists {
+                let mut c = list.head;
+                let mut n = 0;
+                while !c.is_null() {
+                    // SAFETY: chunks on a class list are live; we hold the class lock.
+                    let m = unsafe { &*c };
+                    let at = format!("class {} chunk {:#x}", class.size, m.header.base);
+                    if m.list != id || m.class != ci || m.header.pool_id != self.pool_id {
+                        return Err(format!("{at}: on the {id:?} list but marked {:?}", m.list));
+                    }
+                    if page_map::lookup(m.header.base).map(|p| p.as_ptr().cast::<ChunkMeta>())
+                        != Some(c)
+                    {
+                        return Err(format!("{at}: the page map does not name it"));
+                    }
+                    n += 1;
+                    if id == ListId::Decommitted {
+                        c = m.next;
+                        continue;
+                    }
+                    let (a, cap) = (m.available, m.capacity);
+                    let fits = match id {
+                        ListId::Partial => 0 < a && a < cap,
+                        ListId::Empty => a == cap,
+                        _ => a == 0,
+                    };
+                    if !fits {
+                        return Err(format!(
+                            "{at}: {a} of {cap} blocks available on the {id:?} list"
+                        ));
+                    }
+                    let mut free = 0u32;
+                    let mut b = m.free;
+                    while !b.is_null() {
+                        let off = (b as usize).wrapping_sub(m.header.base);
+                        if off % class.size != 0
+                            || off / class.size >= m.carved as usize
+                            || free >= cap
+                        {
+                            return Err(format!(
+                                "{at}: free block {b:p} is not a carved block of it"
+                            ));
+                        }
+                        free += 1;
+                        // SAFETY: a block on the chunk's free list is free and linked.
+                        b = unsafe { (*b).next };
+                    }
+                    if free + (cap - m.carved) != a {
+                        return Err(format!(
+                            "{at}: {free} free + {} uncarved != {a} available",
+                            cap - m.carved
+                        ));
+                    }
+                    live_chunks += 1;
+                    handed_out += (cap - a) as usize;
+                    c = m.next;
+                }
+                if n != list.len {
+                    return Err(format!(
+                        "class {}: {id:?} list holds {n} chunks, counts {}",
+                        class.size, list.len
+                    ));
+                }
+            }
+            if live_chunks != st.chunks {
+                return Err(format!(
+                    "class {}: {live_chunks} chunks listed, {} counted",
+                    class.size, st.chunks
+                ));
+            }
+            let outstanding = class.outstanding.load(Ordering::Relaxed);
+            if handed_out != outstanding {
+                return Err(format!(
+                    "class {}: {handed_out} blocks handed out, {outstanding} counted",
+                    class.size
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Unmaps every chunk of every class; used when the pool is dropped.
     ///
     /// # Safety
