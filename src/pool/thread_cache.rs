@@ -342,12 +342,12 @@ fn bump(counter: &AtomicU64) {
 pub(crate) fn pop(id: u64, ci: usize) -> Option<NonNull<u8>> {
     CACHES
         .try_with(|c| {
-            if c.busy.get() {
-                return None;
-            }
-            // SAFETY: `busy` is false, so no other borrow of the entries exists on this
-            // thread, and this block calls nothing that could re-enter the allocator.
-            // `last` is always below ENTRIES (only `with_entry` sets it, to an index).
+            // SAFETY: no other borrow of the entries is alive: the only other one is held
+            // by `with_entry`'s closures, and nothing they run allocates through the
+            // global allocator (their metadata comes from `System`), so the fast paths
+            // cannot run inside them. `last` is always below ENTRIES (only `with_entry`
+            // sets it, to an index). After the exit guard ran, every entry is empty, so
+            // the id check below sends the caller to the slow (locked) path.
             let e = unsafe { (*c.entries.get()).get_unchecked_mut(c.last.get()) };
             if e.pool_id != id {
                 return None;
@@ -375,9 +375,6 @@ pub(crate) fn pop(id: u64, ci: usize) -> Option<NonNull<u8>> {
 pub(crate) unsafe fn push(id: u64, ci: usize, p: NonNull<u8>, limit: usize) -> bool {
     CACHES
         .try_with(|c| {
-            if c.busy.get() {
-                return false;
-            }
             // SAFETY: as in `pop`.
             let e = unsafe { (*c.entries.get()).get_unchecked_mut(c.last.get()) };
             // SAFETY: as in `pop`.
