@@ -551,3 +551,23 @@ fn empty_small_chunks_are_given_back_and_reused() {
         assert_eq!(st.reserved_bytes, st.small.reserved_bytes);
     }
 }
+
+#[test]
+fn absurd_layouts_are_errors_that_change_nothing() {
+    let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
+    for (size, align) in [
+        (isize::MAX as usize - 4095, 4096),
+        (1 << 62, 8),
+        (1 << 47, 1 << 20),
+    ] {
+        let l = layout(size, align);
+        match pool.allocate(l) {
+            Err(Error::OutOfMemory { requested, .. }) => assert_eq!(requested, size),
+            other => panic!("{size} bytes: expected OutOfMemory, got {other:?}"),
+        }
+    }
+    let st = pool.stats();
+    assert_eq!(st.reserved_bytes, 0);
+    assert_eq!(st.allocations, 0);
+    pool.verify().unwrap();
+}
