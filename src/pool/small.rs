@@ -5,9 +5,12 @@
 //! A chunk keeps its own free list (blocks linked through their first word) and carves
 //! fresh blocks lazily with a bump counter, so a new chunk costs no writes.
 //!
-//! Shared state per class (the partial and empty chunk lists) sits behind one mutex. The
-//! common path does not touch it: per-thread caches ([`super::thread_cache`]) take and
-//! return blocks in batches through [`SmallTier::take`] and [`SmallTier::give`].
+//! Shared state per class (the chunk lists and a transfer cache of whole batches) sits
+//! behind one mutex. The common path does not touch it: per-thread caches
+//! ([`super::thread_cache`]) take and return blocks in batches. A batch a cache gives back
+//! goes into the class's transfer cache and comes out whole at the next refill, so blocks
+//! that travel between threads (one allocates, another frees) cost O(1) per batch; only
+//! when the transfer cache is full do blocks go back to their chunks one by one.
 //!
 //! Invariants, under the class lock:
 //! - every chunk is on exactly one list: partial iff `0 < available < capacity`, empty
@@ -34,6 +37,9 @@ use super::os::{self, GRANULE};
 use super::page_map::{self, RegionHeader, RegionKind};
 use super::sync::lock;
 use crate::error::{Error, OomReason};
+
+/// Batches a class's transfer cache holds before batches go back to their chunks.
+const TRANSFER_SLOTS: usize = 16;
 
 /// Byte written over freed blocks in checked mode.
 pub(crate) const POISON: u8 = 0xDD;
@@ -120,6 +126,11 @@ struct ClassState {
     full: ChunkList,
     decommitted: ChunkList,
     chunks: usize,
+    /// Whole batches of free blocks that thread caches gave back, handed out again as
+    /// they are (the transfer cache): a refill or overflow costs O(1), not a chunk
+    /// update per block.
+    transfer: [(*mut FreeBlock, usize); TRANSFER_SLOTS],
+    transfer_len: usize,
 }
 
 // SAFETY: the raw chunk pointers in ClassState are only dereferenced under the class
@@ -187,6 +198,8 @@ impl SmallTier {
                     full: ChunkList::default(),
                     decommitted: ChunkList::default(),
                     chunks: 0,
+                    transfer: [(ptr::null_mut(), 0); TRANSFER_SLOTS],
+                    transfer_len: 0,
                 }),
                 outstanding: AtomicUsize::new(0),
                 chunks: AtomicUsize::new(0),
@@ -262,6 +275,12 @@ impl SmallTier {
     ) -> Result<(NonNull<FreeBlock>, usize), OomReason> {
         let class = &self.classes[ci];
         let mut st = lock(&class.state);
+        if st.transfer_len > 0 {
+            // Blocks in the transfer cache are already counted as handed out.
+            st.transfer_len -= 1;
+            let (head, count) = st.transfer[st.transfer_len];
+            return Ok((NonNull::new(head).expect("batches are non-empty"), count));
+        }
         let mut head: *mut FreeBlock = ptr::null_mut();
         let mut got = 0;
         while got < n {
@@ -325,8 +344,59 @@ impl SmallTier {
         count: usize,
         budget: &Budget,
     ) {
+        let mut st = lock(&self.classes[ci].state);
+        // SAFETY: forwarded contract; we hold the class lock.
+        unsafe { self.give_locked(ci, &mut st, head, count, budget) }
+    }
+
+    /// Gives a batch from a thread cache back: into the transfer cache while it has room
+    /// (to be handed out whole by the next refill), else to the chunks.
+    ///
+    /// # Safety
+    /// As [`give`](Self::give), with `count >= 1`.
+    pub(crate) unsafe fn give_batch(
+        &self,
+        ci: usize,
+        head: *mut FreeBlock,
+        count: usize,
+        budget: &Budget,
+    ) {
+        let mut st = lock(&self.classes[ci].state);
+        if st.transfer_len < TRANSFER_SLOTS {
+            let i = st.transfer_len;
+            st.transfer[i] = (head, count);
+            st.transfer_len += 1;
+            return;
+        }
+        // SAFETY: forwarded contract; we hold the class lock.
+        unsafe { self.give_locked(ci, &mut st, head, count, budget) }
+    }
+
+    /// Returns every batch of the transfer caches to the chunks, so that empty chunks can
+    /// go back to the OS.
+    pub(crate) fn drain_transfer(&self, budget: &Budget) {
+        for ci in 0..self.count {
+            let mut st = lock(&self.classes[ci].state);
+            while st.transfer_len > 0 {
+                st.transfer_len -= 1;
+                let (head, count) = st.transfer[st.transfer_len];
+                // SAFETY: a transfer batch is a list of `count` free blocks of this class.
+                unsafe { self.give_locked(ci, &mut st, head, count, budget) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`give`](Self::give); `st` is the guard of class `ci`'s lock.
+    unsafe fn give_locked(
+        &self,
+        ci: usize,
+        st: &mut ClassState,
+        head: *mut FreeBlock,
+        count: usize,
+        budget: &Budget,
+    ) {
         let class = &self.classes[ci];
-        let mut st = lock(&class.state);
         let mut b = head;
         for _ in 0..count {
             // SAFETY: by the caller's contract `b` is one of our blocks; the page map names
@@ -340,6 +410,10 @@ impl SmallTier {
                 c.free = b;
                 c.available += 1;
                 if c.available == c.capacity {
+                    // Every block is free: forget the (scattered) free list and carve
+                    // afresh, so the next blocks handed out are contiguous.
+                    c.free = ptr::null_mut();
+                    c.carved = 0;
                     match c.list {
                         ListId::Partial => st.partial.unlink(chunk),
                         ListId::Full => st.full.unlink(chunk),
@@ -362,7 +436,7 @@ impl SmallTier {
             // caller holds a block of it; we hold the lock.
             unsafe {
                 st.empty.unlink(c);
-                self.free_chunk(ci, c, &mut st, budget);
+                self.free_chunk(ci, c, st, budget);
             }
         }
     }
@@ -662,6 +736,29 @@ impl SmallTier {
                     "class {}: {live_chunks} chunks listed, {} counted",
                     class.size, st.chunks
                 ));
+            }
+            for &(head, count) in &st.transfer[..st.transfer_len] {
+                let (mut b, mut n) = (head, 0);
+                while !b.is_null() && n <= count {
+                    let owner =
+                        page_map::lookup(b as usize).map(|p| p.as_ptr().cast::<ChunkMeta>());
+                    // SAFETY: the page map names live chunks; `class` never changes.
+                    if owner.is_none_or(|c| unsafe { (*c).class } != ci) {
+                        return Err(format!(
+                            "class {}: transfer batch holds foreign block {b:p}",
+                            class.size
+                        ));
+                    }
+                    n += 1;
+                    // SAFETY: blocks of a transfer batch are free and linked.
+                    b = unsafe { (*b).next };
+                }
+                if n != count {
+                    return Err(format!(
+                        "class {}: transfer batch of {count} holds {n}",
+                        class.size
+                    ));
+                }
             }
             let outstanding = class.outstanding.load(Ordering::Relaxed);
             if handed_out != outstanding {

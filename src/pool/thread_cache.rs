@@ -463,13 +463,15 @@ pub(crate) unsafe fn free(pool: &PoolShared, ci: usize, p: NonNull<u8>) -> bool 
             };
             bin.count -= give_n;
             // SAFETY: the detached list holds exactly `give_n` blocks of class `ci` of this pool.
-            unsafe { pool.small.give(ci, give_head, give_n, &pool.budget) };
+            unsafe { pool.small.give_batch(ci, give_head, give_n, &pool.budget) };
         }
     })
     .is_some()
 }
 
-/// Returns every block this thread caches for `pool` to the pool's chunks.
+/// Returns every block this thread caches for `pool`, and the pool's transfer caches, to
+/// the pool's chunks.
 pub(crate) fn flush(pool: &PoolShared) {
     with_entry(pool, |e| e.flush_all(pool));
+    pool.small.drain_transfer(&pool.budget);
 }
