@@ -255,7 +255,7 @@ impl HierarchicalPool {
             // SAFETY: as in `allocate`.
             let ci = unsafe { *s.small.lut.get_unchecked((size + 7) >> 3) } as usize;
             // SAFETY: forwarded contract; `ci` is the class the block was allocated in.
-            if unsafe { thread_cache::push(s.id, ci, ptr, s.cfg.thread_cache_size) } {
+            if unsafe { thread_cache::push(s.id, ci, ptr) } {
                 return;
             }
         }
@@ -625,7 +625,7 @@ impl Drop for HierarchicalPool {
         // SAFETY: we are being dropped, so no caller holds a block it may still use
         // (blocks outliving their pool break `deallocate`'s contract).
         unsafe {
-            s.small.release_all(&s.budget);
+            s.small.release_all();
             s.medium.release_all(&s.budget);
             s.large.release_all(&s.budget);
         }

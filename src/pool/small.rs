@@ -1,27 +1,29 @@
 //! The small tier: one fixed-size pool per size class.
 //!
-//! Each class carves its blocks from chunks: regions of a whole number of 64 KiB
-//! granules, each registered in the [page map](super::page_map) with its [`ChunkMeta`].
-//! A chunk keeps its own free list (blocks linked through their first word) and carves
-//! fresh blocks lazily with a bump counter, so a new chunk costs no writes.
+//! Each class cuts its blocks from chunks: regions of a whole number of 64 KiB granules,
+//! each registered in the [page map](super::page_map) with its [`ChunkMeta`]. A chunk
+//! keeps a bitmap of its free blocks outside the blocks themselves, so the pool never
+//! reads or writes a block's memory: handing out and taking back blocks touches only the
+//! bitmaps (a few cache lines per chunk), and blocks come out of a chunk in address order.
 //!
-//! Shared state per class (the chunk lists and a transfer cache of whole batches) sits
-//! behind one mutex. The common path does not touch it: per-thread caches
-//! ([`super::thread_cache`]) take and return blocks in batches. A batch a cache gives back
-//! goes into the class's transfer cache and comes out whole at the next refill, so blocks
-//! that travel between threads (one allocates, another frees) cost O(1) per batch; only
-//! when the transfer cache is full do blocks go back to their chunks one by one.
+//! Shared state per class (the chunk lists and a transfer cache) sits behind one mutex.
+//! The common path does not touch it: per-thread caches ([`super::thread_cache`]) are
+//! arrays of block pointers that take and give back blocks in batches. A batch a cache
+//! gives back goes into the class's transfer cache and comes out whole at the next refill,
+//! so blocks that travel between threads (one allocates, another frees) cost a copy of
+//! pointers, not a bitmap update each; when the transfer cache is full, blocks go back to
+//! their chunks' bitmaps.
 //!
 //! Invariants, under the class lock:
 //! - every chunk is on exactly one list: partial iff `0 < available < capacity`, empty
 //!   iff `available == capacity`, full iff `available == 0`, or decommitted (its pages
 //!   given back to the OS, its mapping kept for reuse, not counted as reserved);
+//! - `available` is the number of set bits of the chunk's bitmap, all below `capacity`,
+//!   and every word before `cursor` is zero;
+//! - a block's bit is clear iff the block is handed out: to a caller, a thread cache or
+//!   the transfer cache (`outstanding` counts them);
 //! - empty chunks beyond `retain_empty` are decommitted (checked mode: unmapped, so that
-//!   a use after free faults);
-//! - `available` = blocks on the chunk's free list + blocks not yet carved;
-//! - every block on a chunk's free list lies in that chunk, at a multiple of the class
-//!   size from its base, and is on no other list;
-//! - in checked mode, a block's live bit is set iff it is handed out to a caller.
+//!   a use after free faults).
 
 use std::alloc::System;
 use std::ptr::{self, NonNull};
@@ -38,17 +40,11 @@ use super::page_map::{self, RegionHeader, RegionKind};
 use super::sync::lock;
 use crate::error::{Error, OomReason};
 
-/// Batches a class's transfer cache holds before batches go back to their chunks.
-const TRANSFER_SLOTS: usize = 16;
+/// Blocks a class's transfer cache holds before blocks go back to their chunks.
+const TRANSFER_BLOCKS: usize = 512;
 
 /// Byte written over freed blocks in checked mode.
 pub(crate) const POISON: u8 = 0xDD;
-
-/// A free block, linked through its first word.
-#[repr(C)]
-pub(crate) struct FreeBlock {
-    pub next: *mut FreeBlock,
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ListId {
@@ -65,15 +61,31 @@ enum ListId {
 pub(crate) struct ChunkMeta {
     header: RegionHeader,
     class: usize,
-    free: *mut FreeBlock,
+    /// Bit `i` set: block `i` is free.
+    free_bits: SysVec<u64, System>,
     available: u32,
-    carved: u32,
     capacity: u32,
+    /// Words before this one are all zero.
+    cursor: u32,
     list: ListId,
     next: *mut ChunkMeta,
     prev: *mut ChunkMeta,
-    /// Checked mode only: one bit per block, set while the block is handed out.
-    live: SysVec<u64, System>,
+}
+
+impl ChunkMeta {
+    fn reset_bits(&mut self) {
+        let cap = self.capacity as usize;
+        for (w, word) in self.free_bits.iter_mut().enumerate() {
+            let bits = (cap - w * 64).min(64);
+            *word = if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
+        }
+        self.available = self.capacity;
+        self.cursor = 0;
+    }
 }
 
 #[derive(Default)]
@@ -126,30 +138,74 @@ struct ClassState {
     full: ChunkList,
     decommitted: ChunkList,
     chunks: usize,
-    /// Whole batches of free blocks that thread caches gave back, handed out again as
-    /// they are (the transfer cache): a refill or overflow costs O(1), not a chunk
-    /// update per block.
-    transfer: [(*mut FreeBlock, usize); TRANSFER_SLOTS],
-    transfer_len: usize,
+    /// Free blocks that thread caches gave back, handed out again as they are.
+    transfer: SysVec<*mut u8, System>,
 }
 
-// SAFETY: the raw chunk pointers in ClassState are only dereferenced under the class
+// SAFETY: the raw chunk and block pointers in ClassState are only used under the class
 // mutex, and the chunks they name belong to the pool that owns this state.
 unsafe impl Send for ClassState {}
+
+impl ClassState {
+    fn list_mut(&mut self, id: ListId) -> &mut ChunkList {
+        match id {
+            ListId::Partial => &mut self.partial,
+            ListId::Empty => &mut self.empty,
+            ListId::Full => &mut self.full,
+            ListId::Decommitted => &mut self.decommitted,
+            ListId::None => unreachable!("a listed chunk has a list id"),
+        }
+    }
+
+    /// # Safety
+    /// `c` is a live chunk of this class on list `from`; lock held.
+    unsafe fn relist(&mut self, c: *mut ChunkMeta, from: ListId, to: ListId) {
+        if from != to {
+            // SAFETY: per the contract.
+            unsafe {
+                self.list_mut(from).unlink(c);
+                self.list_mut(to).push(c, to);
+            }
+        }
+    }
+}
 
 /// One size class.
 pub(crate) struct SmallClass {
     pub size: usize,
+    /// `log2(size)` when the size is a power of two, so block indices need no division.
+    shift: u32,
     chunk_span: usize,
     capacity: u32,
     state: Mutex<ClassState>,
-    /// Blocks handed out of chunks (to thread caches or callers).
+    /// Blocks handed out of chunks (to callers, thread caches or the transfer cache).
     outstanding: AtomicUsize,
     /// Chunks held, readable without the lock.
     chunks: AtomicUsize,
     /// Allocations and frees that took the locked path (no thread cache).
     pub shared_allocs: AtomicU64,
     pub shared_frees: AtomicU64,
+}
+
+impl SmallClass {
+    #[inline]
+    fn index(&self, offset: usize) -> usize {
+        if self.shift != u32::MAX {
+            offset >> self.shift
+        } else {
+            offset / self.size
+        }
+    }
+
+    fn list_state(available: u32, capacity: u32) -> ListId {
+        if available == 0 {
+            ListId::Full
+        } else if available == capacity {
+            ListId::Empty
+        } else {
+            ListId::Partial
+        }
+    }
 }
 
 /// The small tier of one pool.
@@ -190,6 +246,11 @@ impl SmallTier {
                 os::round_up(size * cfg.blocks_per_chunk, GRANULE).expect("validated sizes fit");
             SmallClass {
                 size,
+                shift: if size.is_power_of_two() {
+                    size.trailing_zeros()
+                } else {
+                    u32::MAX
+                },
                 chunk_span: span,
                 capacity: (span / size).min(u32::MAX as usize) as u32,
                 state: Mutex::new(ClassState {
@@ -198,8 +259,7 @@ impl SmallTier {
                     full: ChunkList::default(),
                     decommitted: ChunkList::default(),
                     chunks: 0,
-                    transfer: [(ptr::null_mut(), 0); TRANSFER_SLOTS],
-                    transfer_len: 0,
+                    transfer: SysVec::new_in(System),
                 }),
                 outstanding: AtomicUsize::new(0),
                 chunks: AtomicUsize::new(0),
@@ -247,7 +307,7 @@ impl SmallTier {
         })
     }
 
-    /// Blocks handed out of chunks, in bytes (thread caches count as handed out).
+    /// Blocks handed out of chunks, in bytes (cached blocks count as handed out).
     pub(crate) fn outstanding_bytes(&self) -> usize {
         self.classes[..self.count]
             .iter()
@@ -265,124 +325,105 @@ impl SmallTier {
         self.chunks(i) * self.classes[i].chunk_span
     }
 
-    /// Takes up to `n` (at least one) blocks of class `ci` as a linked list; returns the
-    /// head and the count. Maps a new chunk when none has a free block.
+    /// Fills `out` (at least its first slot) with free blocks of class `ci` and returns
+    /// how many: from the transfer cache if it has any, else from the chunks' bitmaps,
+    /// mapping a new chunk when none has a free block.
     pub(crate) fn take(
         &self,
         ci: usize,
-        n: usize,
+        out: &mut [*mut u8],
         budget: &Budget,
-    ) -> Result<(NonNull<FreeBlock>, usize), OomReason> {
+    ) -> Result<usize, OomReason> {
+        debug_assert!(!out.is_empty());
         let class = &self.classes[ci];
-        let mut st = lock(&class.state);
-        if st.transfer_len > 0 {
+        let mut guard = lock(&class.state);
+        let st = &mut *guard;
+        if !st.transfer.is_empty() {
             // Blocks in the transfer cache are already counted as handed out.
-            st.transfer_len -= 1;
-            let (head, count) = st.transfer[st.transfer_len];
-            return Ok((NonNull::new(head).expect("batches are non-empty"), count));
+            let n = out.len().min(st.transfer.len());
+            let from = st.transfer.len() - n;
+            out[..n].copy_from_slice(&st.transfer[from..]);
+            st.transfer.truncate(from);
+            return Ok(n);
         }
-        let mut head: *mut FreeBlock = ptr::null_mut();
         let mut got = 0;
-        while got < n {
+        while got < out.len() {
             let chunk = if !st.partial.head.is_null() {
                 st.partial.head
             } else if !st.empty.head.is_null() {
-                let c = st.empty.head;
-                // SAFETY: `c` is the head of the empty list, a live chunk of this class; lock held.
-                unsafe {
-                    st.empty.unlink(c);
-                    st.partial.push(c, ListId::Partial);
-                }
-                c
+                st.empty.head
             } else if got > 0 {
                 break; // serve what we have rather than map a chunk for a partial batch
             } else {
-                let c = self.new_chunk(ci, &mut st, budget)?;
+                let c = self.new_chunk(ci, st, budget)?;
                 // SAFETY: `c` is a fresh chunk on no list; lock held.
-                unsafe { st.partial.push(c, ListId::Partial) };
+                unsafe { st.empty.push(c, ListId::Empty) };
                 c
             };
-            // SAFETY: `chunk` is a live chunk of this class on the partial list, and we hold
-            // the class lock, so we have exclusive access to its metadata and free blocks.
-            unsafe {
-                let c = &mut *chunk;
-                while got < n && c.available > 0 {
-                    let b = if !c.free.is_null() {
-                        let b = c.free;
-                        c.free = (*b).next;
-                        b
-                    } else {
-                        let b = (c.header.base + c.carved as usize * class.size) as *mut FreeBlock;
-                        c.carved += 1;
-                        b
-                    };
-                    (*b).next = head;
-                    head = b;
-                    c.available -= 1;
-                    got += 1;
+            // SAFETY: `chunk` is a live chunk of this class on one of our lists, and we
+            // hold the class lock, so we have exclusive access to its metadata.
+            let c = unsafe { &mut *chunk };
+            let was = c.list;
+            let mut w = c.cursor as usize;
+            while got < out.len() && c.available > 0 {
+                let word = c.free_bits[w];
+                if word == 0 {
+                    w += 1;
+                    continue;
                 }
-                if c.available == 0 {
-                    st.partial.unlink(chunk);
-                    st.full.push(chunk, ListId::Full);
-                }
+                let i = w * 64 + word.trailing_zeros() as usize;
+                c.free_bits[w] = word & (word - 1);
+                out[got] = (c.header.base + i * class.size) as *mut u8;
+                got += 1;
+                c.available -= 1;
             }
+            c.cursor = w as u32;
+            let now = SmallClass::list_state(c.available, c.capacity);
+            // SAFETY: `chunk` is on list `was`; lock held.
+            unsafe { st.relist(chunk, was, now) };
         }
         class.outstanding.fetch_add(got, Ordering::Relaxed);
-        Ok((NonNull::new(head).expect("at least one block taken"), got))
+        Ok(got)
     }
 
-    /// Returns a linked list of `count` blocks of class `ci` to their chunks, and gives
-    /// empty chunks beyond the retention threshold back to the OS.
+    /// Returns blocks of class `ci` to their chunks, and gives empty chunks beyond the
+    /// retention threshold back to the OS.
     ///
     /// # Safety
-    /// `head` starts a list of exactly `count` blocks of class `ci` of this pool, each
-    /// handed out by [`take`](Self::take) and not on any other list or in use.
-    pub(crate) unsafe fn give(
-        &self,
-        ci: usize,
-        head: *mut FreeBlock,
-        count: usize,
-        budget: &Budget,
-    ) {
+    /// Each pointer is a block of class `ci` of this pool, handed out by
+    /// [`take`](Self::take), not freed since, and not used after this call.
+    pub(crate) unsafe fn give(&self, ci: usize, blocks: &[*mut u8], budget: &Budget) {
         let mut st = lock(&self.classes[ci].state);
         // SAFETY: forwarded contract; we hold the class lock.
-        unsafe { self.give_locked(ci, &mut st, head, count, budget) }
+        unsafe { self.give_locked(ci, &mut st, blocks, budget) }
     }
 
     /// Gives a batch from a thread cache back: into the transfer cache while it has room
     /// (to be handed out whole by the next refill), else to the chunks.
     ///
     /// # Safety
-    /// As [`give`](Self::give), with `count >= 1`.
-    pub(crate) unsafe fn give_batch(
-        &self,
-        ci: usize,
-        head: *mut FreeBlock,
-        count: usize,
-        budget: &Budget,
-    ) {
+    /// As [`give`](Self::give).
+    pub(crate) unsafe fn give_batch(&self, ci: usize, blocks: &[*mut u8], budget: &Budget) {
         let mut st = lock(&self.classes[ci].state);
-        if st.transfer_len < TRANSFER_SLOTS {
-            let i = st.transfer_len;
-            st.transfer[i] = (head, count);
-            st.transfer_len += 1;
+        if st.transfer.capacity() == 0 {
+            st.transfer.reserve_exact(TRANSFER_BLOCKS);
+        }
+        if st.transfer.len() + blocks.len() <= TRANSFER_BLOCKS {
+            st.transfer.extend_from_slice(blocks);
             return;
         }
         // SAFETY: forwarded contract; we hold the class lock.
-        unsafe { self.give_locked(ci, &mut st, head, count, budget) }
+        unsafe { self.give_locked(ci, &mut st, blocks, budget) }
     }
 
-    /// Returns every batch of the transfer caches to the chunks, so that empty chunks can
+    /// Returns every block of the transfer caches to the chunks, so that empty chunks can
     /// go back to the OS.
     pub(crate) fn drain_transfer(&self, budget: &Budget) {
         for ci in 0..self.count {
             let mut st = lock(&self.classes[ci].state);
-            while st.transfer_len > 0 {
-                st.transfer_len -= 1;
-                let (head, count) = st.transfer[st.transfer_len];
-                // SAFETY: a transfer batch is a list of `count` free blocks of this class.
-                unsafe { self.give_locked(ci, &mut st, head, count, budget) };
-            }
+            let blocks = std::mem::replace(&mut st.transfer, SysVec::new_in(System));
+            // SAFETY: the transfer cache holds free, handed-out blocks of this class.
+            unsafe { self.give_locked(ci, &mut st, &blocks, budget) };
         }
     }
 
@@ -392,44 +433,32 @@ impl SmallTier {
         &self,
         ci: usize,
         st: &mut ClassState,
-        head: *mut FreeBlock,
-        count: usize,
+        blocks: &[*mut u8],
         budget: &Budget,
     ) {
         let class = &self.classes[ci];
-        let mut b = head;
-        for _ in 0..count {
+        for &b in blocks {
             // SAFETY: by the caller's contract `b` is one of our blocks; the page map names
             // its chunk (a live chunk of this pool, the invariant of page_map), and the
             // class lock gives us exclusive access to that chunk's metadata.
-            unsafe {
-                let next = (*b).next;
-                let chunk = self.chunk_of(b as usize);
-                let c = &mut *chunk;
-                (*b).next = c.free;
-                c.free = b;
-                c.available += 1;
-                if c.available == c.capacity {
-                    // Every block is free: forget the (scattered) free list and carve
-                    // afresh, so the next blocks handed out are contiguous.
-                    c.free = ptr::null_mut();
-                    c.carved = 0;
-                    match c.list {
-                        ListId::Partial => st.partial.unlink(chunk),
-                        ListId::Full => st.full.unlink(chunk),
-                        ListId::Empty | ListId::None | ListId::Decommitted => {
-                            unreachable!("a chunk with a handed-out block is partial or full")
-                        }
-                    }
-                    st.empty.push(chunk, ListId::Empty);
-                } else if c.list == ListId::Full {
-                    st.full.unlink(chunk);
-                    st.partial.push(chunk, ListId::Partial);
-                }
-                b = next;
-            }
+            let chunk = unsafe { self.chunk_of(b as usize) };
+            // SAFETY: as above.
+            let c = unsafe { &mut *chunk };
+            let i = class.index(b as usize - c.header.base);
+            let w = i / 64;
+            debug_assert!(
+                c.free_bits[w] & (1 << (i % 64)) == 0,
+                "block given back twice"
+            );
+            c.free_bits[w] |= 1 << (i % 64);
+            c.cursor = c.cursor.min(w as u32);
+            let was = c.list;
+            c.available += 1;
+            let now = SmallClass::list_state(c.available, c.capacity);
+            // SAFETY: `chunk` is on list `was`; lock held.
+            unsafe { st.relist(chunk, was, now) };
         }
-        class.outstanding.fetch_sub(count, Ordering::Relaxed);
+        class.outstanding.fetch_sub(blocks.len(), Ordering::Relaxed);
         while st.empty.len > self.retain_empty {
             let c = st.empty.head;
             // SAFETY: `c` heads the empty list: a live chunk with every block free, so no
@@ -441,25 +470,18 @@ impl SmallTier {
         }
     }
 
-    /// One block on the locked path (no thread cache), with checked-mode bookkeeping.
+    /// One block on the locked path (no thread cache).
     pub(crate) fn alloc_locked(
         &self,
         ci: usize,
         budget: &Budget,
     ) -> Result<NonNull<u8>, OomReason> {
-        let (b, _) = self.take(ci, 1, budget)?;
-        let class = &self.classes[ci];
-        class.shared_allocs.fetch_add(1, Ordering::Relaxed);
-        if self.checked {
-            let _st = lock(&class.state);
-            // SAFETY: `b` is a block we just took; its chunk is live and we hold the lock.
-            unsafe {
-                let c = &mut *self.chunk_of(b.as_ptr() as usize);
-                let i = (b.as_ptr() as usize - c.header.base) / class.size;
-                c.live[i / 64] |= 1 << (i % 64);
-            }
-        }
-        Ok(b.cast())
+        let mut out = [ptr::null_mut(); 1];
+        self.take(ci, &mut out, budget)?;
+        self.classes[ci]
+            .shared_allocs
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(NonNull::new(out[0]).expect("take fills at least one slot"))
     }
 
     /// Frees one block on the locked path. In checked mode the pointer is validated first
@@ -475,16 +497,16 @@ impl SmallTier {
         budget: &Budget,
     ) -> Result<(), Error> {
         let class = &self.classes[ci];
+        let addr = p.as_ptr() as usize;
+        let mut st = lock(&class.state);
         if self.checked {
-            let addr = p.as_ptr() as usize;
-            let st = lock(&class.state);
             let chunk = self
                 .validate(addr)
                 .ok_or(Error::ForeignPointer { address: addr })?;
-            // SAFETY: `validate` found a live chunk of this pool holding `addr`; lock held...
-            let c = unsafe { &mut *chunk };
+            // SAFETY: `validate` found a live chunk of this pool holding `addr`; we hold
+            // the lock of class `ci`, and read only its immutable class before checking it.
+            let c = unsafe { &*chunk };
             if c.class != ci {
-                drop(st);
                 return Err(Error::LayoutMismatch {
                     address: addr,
                     block_size: self.classes[c.class].size,
@@ -493,25 +515,19 @@ impl SmallTier {
             }
             let off = addr - c.header.base;
             let i = off / class.size;
-            if !off.is_multiple_of(class.size) || i >= c.carved as usize {
+            if !off.is_multiple_of(class.size) || i >= c.capacity as usize {
                 return Err(Error::ForeignPointer { address: addr });
             }
-            if c.live[i / 64] & (1 << (i % 64)) == 0 {
+            if c.free_bits[i / 64] & (1 << (i % 64)) != 0 {
                 return Err(Error::DoubleFree { address: addr });
             }
-            c.live[i / 64] &= !(1 << (i % 64));
-            drop(st);
-            // SAFETY: the block is ours, was live, and is now owned by the pool alone.
+            // SAFETY: the block is ours and handed out; the caller gives it up.
             unsafe { ptr::write_bytes(p.as_ptr(), POISON, class.size) };
         }
         class.shared_frees.fetch_add(1, Ordering::Relaxed);
-        let b = p.as_ptr().cast::<FreeBlock>();
-        // SAFETY: `b` is one of our blocks of class `ci` (validated in checked mode, the
-        // caller's contract otherwise); a one-element list.
-        unsafe {
-            (*b).next = ptr::null_mut();
-            self.give(ci, b, 1, budget);
-        }
+        // SAFETY: `p` is one of our handed-out blocks of class `ci` (validated in checked
+        // mode, the caller's contract otherwise); we hold the lock.
+        unsafe { self.give_locked(ci, &mut st, &[p.as_ptr()], budget) };
         Ok(())
     }
 
@@ -555,11 +571,7 @@ impl SmallTier {
             // in use; we hold the lock.
             unsafe {
                 st.decommitted.unlink(c);
-                let m = &mut *c;
-                m.free = ptr::null_mut();
-                m.available = m.capacity;
-                m.carved = 0;
-                m.live.fill(0);
+                (*c).reset_bits();
             }
             st.chunks += 1;
             class.chunks.store(st.chunks, Ordering::Relaxed);
@@ -569,33 +581,26 @@ impl SmallTier {
             budget.release(class.chunk_span);
             return Err(OomReason::OsRefused);
         };
-        let live = if self.checked {
-            let mut v = SysVec::new_in(System);
-            v.resize((class.capacity as usize).div_ceil(64), 0);
-            v
-        } else {
-            SysVec::new_in(System)
-        };
-        let meta = SysBox::into_raw(SysBox::new_in(
-            ChunkMeta {
-                header: RegionHeader {
-                    pool_id: self.pool_id,
-                    kind: RegionKind::SmallChunk,
-                    base: base.as_ptr() as usize,
-                    len: class.chunk_span,
-                },
-                class: ci,
-                free: ptr::null_mut(),
-                available: class.capacity,
-                carved: 0,
-                capacity: class.capacity,
-                list: ListId::None,
-                next: ptr::null_mut(),
-                prev: ptr::null_mut(),
-                live,
+        let mut free_bits = SysVec::new_in(System);
+        free_bits.resize((class.capacity as usize).div_ceil(64), 0);
+        let mut meta = ChunkMeta {
+            header: RegionHeader {
+                pool_id: self.pool_id,
+                kind: RegionKind::SmallChunk,
+                base: base.as_ptr() as usize,
+                len: class.chunk_span,
             },
-            System,
-        ));
+            class: ci,
+            free_bits,
+            available: 0,
+            capacity: class.capacity,
+            cursor: 0,
+            list: ListId::None,
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+        };
+        meta.reset_bits();
+        let meta = SysBox::into_raw(SysBox::new_in(meta, System));
         if !page_map::register(base.as_ptr() as usize, class.chunk_span, meta.cast()) {
             // SAFETY: `meta` and `base` were made above and published nowhere.
             unsafe {
@@ -683,46 +688,30 @@ impl SmallTier {
                         return Err(format!("{at}: the page map does not name it"));
                     }
                     n += 1;
+                    c = m.next;
                     if id == ListId::Decommitted {
-                        c = m.next;
                         continue;
                     }
-                    let (a, cap) = (m.available, m.capacity);
-                    let fits = match id {
-                        ListId::Partial => 0 < a && a < cap,
-                        ListId::Empty => a == cap,
-                        _ => a == 0,
-                    };
-                    if !fits {
+                    if SmallClass::list_state(m.available, m.capacity) != id {
                         return Err(format!(
-                            "{at}: {a} of {cap} blocks available on the {id:?} list"
+                            "{at}: {} of {} blocks free on the {id:?} list",
+                            m.available, m.capacity
                         ));
                     }
-                    let mut free = 0u32;
-                    let mut b = m.free;
-                    while !b.is_null() {
-                        let off = (b as usize).wrapping_sub(m.header.base);
-                        if off % class.size != 0
-                            || off / class.size >= m.carved as usize
-                            || free >= cap
-                        {
-                            return Err(format!(
-                                "{at}: free block {b:p} is not a carved block of it"
-                            ));
-                        }
-                        free += 1;
-                        // SAFETY: a block on the chunk's free list is free and linked.
-                        b = unsafe { (*b).next };
-                    }
-                    if free + (cap - m.carved) != a {
+                    let set: u32 = m.free_bits.iter().map(|w| w.count_ones()).sum();
+                    let beyond = m.free_bits.len() * 64 - m.capacity as usize;
+                    let tail_clear =
+                        beyond == 0 || m.free_bits.last().is_some_and(|w| w >> (64 - beyond) == 0);
+                    let before_cursor_clear =
+                        m.free_bits[..m.cursor as usize].iter().all(|&w| w == 0);
+                    if set != m.available || !tail_clear || !before_cursor_clear {
                         return Err(format!(
-                            "{at}: {free} free + {} uncarved != {a} available",
-                            cap - m.carved
+                            "{at}: bitmap holds {set} free blocks, {} counted",
+                            m.available
                         ));
                     }
                     live_chunks += 1;
-                    handed_out += (cap - a) as usize;
-                    c = m.next;
+                    handed_out += (m.capacity - m.available) as usize;
                 }
                 if n != list.len {
                     return Err(format!(
@@ -737,25 +726,21 @@ impl SmallTier {
                     class.size, st.chunks
                 ));
             }
-            for &(head, count) in &st.transfer[..st.transfer_len] {
-                let (mut b, mut n) = (head, 0);
-                while !b.is_null() && n <= count {
-                    let owner =
-                        page_map::lookup(b as usize).map(|p| p.as_ptr().cast::<ChunkMeta>());
-                    // SAFETY: the page map names live chunks; `class` never changes.
-                    if owner.is_none_or(|c| unsafe { (*c).class } != ci) {
-                        return Err(format!(
-                            "class {}: transfer batch holds foreign block {b:p}",
-                            class.size
-                        ));
+            for &b in st.transfer.iter() {
+                let owner = page_map::lookup(b as usize).map(|p| p.as_ptr().cast::<ChunkMeta>());
+                // SAFETY: the page map names live chunks; we hold this class's lock, and
+                // only read the chunk if it is of this class.
+                let handed = owner.is_some_and(|c| unsafe {
+                    let m = &*c;
+                    if m.header.kind != RegionKind::SmallChunk || m.class != ci {
+                        return false;
                     }
-                    n += 1;
-                    // SAFETY: blocks of a transfer batch are free and linked.
-                    b = unsafe { (*b).next };
-                }
-                if n != count {
+                    let i = class.index(b as usize - m.header.base);
+                    m.free_bits[i / 64] & (1 << (i % 64)) == 0
+                });
+                if !handed {
                     return Err(format!(
-                        "class {}: transfer batch of {count} holds {n}",
+                        "class {}: transfer cache holds {b:p}, not a handed-out block of it",
                         class.size
                     ));
                 }
@@ -775,37 +760,30 @@ impl SmallTier {
     ///
     /// # Safety
     /// No block of this tier is used after this call.
-    pub(crate) unsafe fn release_all(&self, budget: &Budget) {
+    pub(crate) unsafe fn release_all(&self) {
         for ci in 0..self.count {
             let mut guard = lock(&self.classes[ci].state);
             let st = &mut *guard;
-            loop {
-                let c = [st.partial.head, st.empty.head, st.full.head]
-                    .into_iter()
-                    .find(|c| !c.is_null());
-                let Some(c) = c else { break };
-                // SAFETY: `c` heads one of this class's lists, so it is live; the lock is
-                // held, and by the caller's contract none of its blocks is used any more.
-                unsafe {
-                    match (*c).list {
-                        ListId::Partial => st.partial.unlink(c),
-                        ListId::Empty => st.empty.unlink(c),
-                        ListId::Full => st.full.unlink(c),
-                        ListId::None | ListId::Decommitted => {
-                            unreachable!("only live lists are drained here")
-                        }
+            st.transfer = SysVec::new_in(System);
+            for id in [
+                ListId::Partial,
+                ListId::Empty,
+                ListId::Full,
+                ListId::Decommitted,
+            ] {
+                let list = st.list_mut(id);
+                while !list.head.is_null() {
+                    let c = list.head;
+                    // SAFETY: `c` heads one of this class's lists, so it is live; the lock
+                    // is held, and by the caller's contract none of its blocks is used.
+                    unsafe {
+                        list.unlink(c);
+                        self.unmap_chunk(c);
                     }
-                    self.free_chunk(ci, c, st, budget);
                 }
             }
-            while !st.decommitted.head.is_null() {
-                let c = st.decommitted.head;
-                // SAFETY: `c` heads the decommitted list; no block of it is in use.
-                unsafe {
-                    st.decommitted.unlink(c);
-                    self.unmap_chunk(c);
-                }
-            }
+            st.chunks = 0;
+            self.classes[ci].chunks.store(0, Ordering::Relaxed);
         }
     }
 }

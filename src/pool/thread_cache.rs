@@ -28,7 +28,6 @@ use allocator_api2::vec::Vec as SysVec;
 
 use super::config::MAX_SMALL_CLASSES;
 use super::hierarchical::PoolShared;
-use super::small::FreeBlock;
 use super::sync::lock;
 use crate::error::OomReason;
 
@@ -127,17 +126,16 @@ impl ThreadList {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Bin {
-    head: *mut FreeBlock,
-    count: usize,
-}
-
+/// A thread's cache for one pool: per small class, a stack of free block pointers.
 struct Entry {
     pool_id: u64,
     pool: *const PoolShared,
     stats: *mut ThreadStats,
-    bins: [Bin; MAX_SMALL_CLASSES],
+    /// `classes * cap` block pointers (from `System`); class `ci` owns `[ci * cap, ci * cap + counts[ci])`.
+    slots: *mut *mut u8,
+    slots_len: usize,
+    cap: usize,
+    counts: [usize; MAX_SMALL_CLASSES],
 }
 
 impl Entry {
@@ -145,11 +143,27 @@ impl Entry {
         pool_id: 0,
         pool: ptr::null(),
         stats: ptr::null_mut(),
-        bins: [Bin {
-            head: ptr::null_mut(),
-            count: 0,
-        }; MAX_SMALL_CLASSES],
+        slots: ptr::null_mut(),
+        slots_len: 0,
+        cap: 0,
+        counts: [0; MAX_SMALL_CLASSES],
     };
+
+    /// The cached blocks of class `ci`.
+    fn bin(&mut self, ci: usize) -> &mut [*mut u8] {
+        // SAFETY: `slots` holds `slots_len` = classes * cap pointers made by `claim`, and
+        // `ci * cap + counts[ci]` never passes it (counts stay <= cap).
+        unsafe { std::slice::from_raw_parts_mut(self.slots.add(ci * self.cap), self.counts[ci]) }
+    }
+
+    /// Room for `n` blocks of class `ci` after the cached ones.
+    fn room(&mut self, ci: usize, n: usize) -> &mut [*mut u8] {
+        debug_assert!(self.counts[ci] + n <= self.cap);
+        // SAFETY: as in `bin`; the caller asks for no more than the free capacity.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.slots.add(ci * self.cap + self.counts[ci]), n)
+        }
+    }
 
     /// Drops the entry without touching its pool (which is gone or going).
     fn forget(&mut self) {
@@ -157,6 +171,15 @@ impl Entry {
             // SAFETY: `stats` was made by `claim` with SysBox and is unlinked from any
             // live pool's list (its pool is gone, or `retire` unlinked it).
             drop(unsafe { SysBox::from_raw_in(self.stats, System) });
+        }
+        if !self.slots.is_null() {
+            // SAFETY: `slots` was made by `claim` as a boxed slice of `slots_len` pointers.
+            drop(unsafe {
+                SysBox::from_raw_in(
+                    ptr::slice_from_raw_parts_mut(self.slots, self.slots_len),
+                    System,
+                )
+            });
         }
         *self = Entry::EMPTY;
     }
@@ -197,17 +220,14 @@ impl Entry {
         self.forget();
     }
 
+    /// Gives every cached block back to its chunk.
     fn flush_all(&mut self, pool: &PoolShared) {
         for ci in 0..pool.small.count {
-            let bin = &mut self.bins[ci];
-            if bin.count > 0 {
-                // SAFETY: the bin holds exactly `count` blocks of class `ci` of this pool,
-                // each taken from it and not in use.
-                unsafe { pool.small.give(ci, bin.head, bin.count, &pool.budget) };
-                *bin = Bin {
-                    head: ptr::null_mut(),
-                    count: 0,
-                };
+            if self.counts[ci] > 0 {
+                // SAFETY: the bin holds blocks of class `ci` of this pool, each taken from
+                // it and not in use.
+                unsafe { pool.small.give(ci, self.bin(ci), &pool.budget) };
+                self.counts[ci] = 0;
             }
         }
     }
@@ -317,11 +337,19 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
     }
     list.head = stats;
     drop(list);
+    let cap = pool.cfg.thread_cache_size;
+    let slots_len = cap * pool.small.count;
+    let mut slots = SysVec::with_capacity_in(slots_len, System);
+    slots.resize(slots_len, ptr::null_mut::<u8>());
+    let slots = SysBox::into_raw(slots.into_boxed_slice()).cast::<*mut u8>();
     entries[slot] = Entry {
         pool_id: pool.id,
         pool,
         stats,
-        bins: Entry::EMPTY.bins,
+        slots,
+        slots_len,
+        cap,
+        counts: [0; MAX_SMALL_CLASSES],
     };
     Some(slot)
 }
@@ -353,14 +381,17 @@ pub(crate) fn pop(id: u64, ci: usize) -> Option<NonNull<u8>> {
                 return None;
             }
             // SAFETY: callers pass a class index below the pool's class count <= MAX_SMALL_CLASSES.
-            let bin = unsafe { e.bins.get_unchecked_mut(ci) };
-            let b = NonNull::new(bin.head)?;
-            // SAFETY: `b` is a free block in this bin, linked through its first word.
-            bin.head = unsafe { (*b.as_ptr()).next };
-            bin.count -= 1;
+            let n = unsafe { e.counts.get_unchecked_mut(ci) };
+            if *n == 0 {
+                return None;
+            }
+            *n -= 1;
+            // SAFETY: slot `ci * cap + n` lies in the entry's slots and holds a cached block.
+            let b = unsafe { *e.slots.add(ci * e.cap + *n) };
             // SAFETY: `stats` is this entry's live counter block; `ci` is in range (above).
             bump(unsafe { (*e.stats).allocs.get_unchecked(ci) });
-            Some(b.cast())
+            // SAFETY: cached pointers are blocks, never null.
+            Some(unsafe { NonNull::new_unchecked(b) })
         })
         .ok()
         .flatten()
@@ -372,23 +403,21 @@ pub(crate) fn pop(id: u64, ci: usize) -> Option<NonNull<u8>> {
 /// # Safety
 /// `p` was allocated from pool `id`'s small tier in class `ci` and is not used afterwards.
 #[inline(always)]
-pub(crate) unsafe fn push(id: u64, ci: usize, p: NonNull<u8>, limit: usize) -> bool {
+pub(crate) unsafe fn push(id: u64, ci: usize, p: NonNull<u8>) -> bool {
     CACHES
         .try_with(|c| {
             // SAFETY: as in `pop`.
             let e = unsafe { (*c.entries.get()).get_unchecked_mut(c.last.get()) };
             // SAFETY: as in `pop`.
-            let bin = unsafe { e.bins.get_unchecked_mut(ci) };
-            if e.pool_id != id || bin.count >= limit {
+            let n = unsafe { *e.counts.get_unchecked(ci) };
+            if e.pool_id != id || n >= e.cap {
                 return false;
             }
-            let b = p.as_ptr().cast::<FreeBlock>();
-            // SAFETY: by the caller's contract the block is ours to reuse; it is at least 8
-            // bytes and 8-aligned (small classes are multiples of the alignment, >= 8).
-            unsafe { (*b).next = bin.head };
-            bin.head = b;
-            bin.count += 1;
-            // SAFETY: `stats` is this entry's live counter block; `ci` is in range (above).
+            // SAFETY: slot `ci * cap + n` lies in the entry's slots (n < cap).
+            unsafe { *e.slots.add(ci * e.cap + n) = p.as_ptr() };
+            // SAFETY: `ci` is in range (as in `pop`).
+            unsafe { *e.counts.get_unchecked_mut(ci) = n + 1 };
+            // SAFETY: `stats` is this entry's live counter block; `ci` is in range.
             bump(unsafe { (*e.stats).frees.get_unchecked(ci) });
             true
         })
@@ -399,72 +428,46 @@ pub(crate) unsafe fn push(id: u64, ci: usize, p: NonNull<u8>, limit: usize) -> b
 /// the thread has none for this pool). `None` when the thread has no cache for this pool.
 #[inline]
 pub(crate) fn alloc(pool: &PoolShared, ci: usize) -> Option<Result<NonNull<u8>, OomReason>> {
-    let batch = (pool.cfg.thread_cache_size / 2).max(1);
     with_entry(pool, |e| {
-        let bin = &mut e.bins[ci];
-        if bin.head.is_null() {
-            match pool.small.take(ci, batch, &pool.budget) {
-                Ok((head, n)) => {
-                    *bin = Bin {
-                        head: head.as_ptr(),
-                        count: n,
-                    }
-                }
+        if e.counts[ci] == 0 {
+            let batch = (e.cap / 2).max(1);
+            match pool.small.take(ci, e.room(ci, batch), &pool.budget) {
+                Ok(n) => e.counts[ci] = n,
                 Err(reason) => return Err(reason),
             }
         }
-        let b = bin.head;
-        // SAFETY: `b` is a free block in this bin, linked through its first word.
-        bin.head = unsafe { (*b).next };
-        bin.count -= 1;
+        e.counts[ci] -= 1;
+        let b = e.room(ci, 1)[0];
         // SAFETY: `stats` is this entry's live counter block.
         bump(unsafe { &(*e.stats).allocs[ci] });
-        // SAFETY: bins never hold null.
-        Ok(unsafe { NonNull::new_unchecked(b.cast()) })
+        // SAFETY: cached pointers are blocks, never null.
+        Ok(unsafe { NonNull::new_unchecked(b) })
     })
 }
 
-/// Frees a block of class `ci` into this thread's cache; false when the thread has no
-/// cache for this pool (the caller takes the locked path).
+/// Frees a block of class `ci` into this thread's cache, first giving the older half of
+/// a full cache back to the pool; false when the thread has no cache for this pool (the
+/// caller takes the locked path).
 ///
 /// # Safety
 /// `p` was allocated from `pool`'s small tier in class `ci` and is not used afterwards.
 #[inline]
 pub(crate) unsafe fn free(pool: &PoolShared, ci: usize, p: NonNull<u8>) -> bool {
-    let limit = pool.cfg.thread_cache_size;
     with_entry(pool, |e| {
-        let bin = &mut e.bins[ci];
-        let b = p.as_ptr().cast::<FreeBlock>();
-        // SAFETY: by the caller's contract the block is ours to reuse; it is at least 8
-        // bytes and 8-aligned (small classes are multiples of the alignment, >= 8).
-        unsafe { (*b).next = bin.head };
-        bin.head = b;
-        bin.count += 1;
+        if e.counts[ci] >= e.cap {
+            // Give back the older half (the bottom of the stack), keeping the most
+            // recently freed, cache-hot blocks.
+            let give = (e.cap / 2).max(1);
+            let bin = e.bin(ci);
+            // SAFETY: the bottom `give` entries are cached blocks of class `ci` of this pool.
+            unsafe { pool.small.give_batch(ci, &bin[..give], &pool.budget) };
+            bin.copy_within(give.., 0);
+            e.counts[ci] -= give;
+        }
+        e.room(ci, 1)[0] = p.as_ptr();
+        e.counts[ci] += 1;
         // SAFETY: `stats` is this entry's live counter block.
         bump(unsafe { &(*e.stats).frees[ci] });
-        if bin.count > limit {
-            // Give back the older half, keeping the most recently freed (cache-hot) blocks.
-            let keep = limit / 2;
-            let mut cut = bin.head;
-            for _ in 1..keep.max(1) {
-                // SAFETY: the bin holds more than `keep` linked blocks.
-                cut = unsafe { (*cut).next };
-            }
-            let (give_head, give_n) = if keep == 0 {
-                let h = bin.head;
-                bin.head = ptr::null_mut();
-                (h, bin.count)
-            } else {
-                // SAFETY: `cut` is the keep-th block, followed by the blocks to give back.
-                let h = unsafe { (*cut).next };
-                // SAFETY: as above.
-                unsafe { (*cut).next = ptr::null_mut() };
-                (h, bin.count - keep)
-            };
-            bin.count -= give_n;
-            // SAFETY: the detached list holds exactly `give_n` blocks of class `ci` of this pool.
-            unsafe { pool.small.give_batch(ci, give_head, give_n, &pool.budget) };
-        }
     })
     .is_some()
 }
