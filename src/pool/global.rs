@@ -68,7 +68,29 @@ impl NeuroAlloc {
         unsafe { (*self.pool.get()).assume_init_ref() }
     }
 
+    /// The slow path of `alloc`, out of line so that the fast path saves no registers
+    /// and carries no error handling.
     #[cold]
+    #[inline(never)]
+    fn alloc_slow(&self, layout: Layout) -> *mut u8 {
+        self.pool()
+            .allocate(layout)
+            .map_or(ptr::null_mut(), |p| p.as_ptr().cast())
+    }
+
+    /// The slow path of `dealloc`.
+    ///
+    /// # Safety
+    /// GlobalAlloc's contract for `dealloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_slow(&self, p: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { self.pool().deallocate_slow(p, layout) }
+    }
+
+    #[cold]
+    #[inline(never)]
     fn initialise(&self) {
         if self.gate.try_begin() {
             INITIALISING_HERE.with(|f| f.set(true));
@@ -95,9 +117,14 @@ impl NeuroAlloc {
 unsafe impl GlobalAlloc for NeuroAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.pool()
-            .allocate(layout)
-            .map_or(ptr::null_mut(), |p| p.as_ptr().cast())
+        if self.gate.is_ready() {
+            // SAFETY: the gate is ready, so the pool was written and is never written again.
+            let pool = unsafe { (*self.pool.get()).assume_init_ref() };
+            if let Some((p, _)) = pool.allocate_fast(layout) {
+                return p.as_ptr();
+            }
+        }
+        self.alloc_slow(layout)
     }
 
     #[inline]
@@ -113,10 +140,17 @@ unsafe impl GlobalAlloc for NeuroAlloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let Some(p) = NonNull::new(ptr) {
+        let Some(p) = NonNull::new(ptr) else { return };
+        if self.gate.is_ready() {
+            // SAFETY: the gate is ready, so the pool was written and is never written again.
+            let pool = unsafe { (*self.pool.get()).assume_init_ref() };
             // SAFETY: GlobalAlloc's contract is the one `deallocate` asks for.
-            unsafe { self.pool().deallocate(p, layout) };
+            if unsafe { pool.deallocate_fast(p, layout) } {
+                return;
+            }
         }
+        // SAFETY: forwarded contract.
+        unsafe { self.dealloc_slow(p, layout) }
     }
 
     #[inline]

@@ -166,20 +166,46 @@ impl HierarchicalPool {
     /// dangling, aligned pointer and takes no memory.
     #[inline]
     pub fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, Error> {
+        if let Some((p, len)) = self.allocate_fast(layout) {
+            return Ok(NonNull::slice_from_raw_parts(p, len));
+        }
+        self.allocate_slow(layout)
+    }
+
+    /// The fast path: a small request served from this thread's cache, with the block's
+    /// length. `None` sends the caller to [`allocate`](Self::allocate)'s slow path.
+    #[inline(always)]
+    pub(crate) fn allocate_fast(&self, layout: Layout) -> Option<(NonNull<u8>, usize)> {
         let s = &*self.shared;
         let size = layout.size();
-        // Fast path: a small request served from this thread's cache.
         if size.wrapping_sub(1) < s.small.max_size && layout.align() <= s.small.align {
             // SAFETY: 1 <= size <= max_size <= MAX_SMALL_CLASS_SIZE, so the index is
             // within the table, whose entries for such sizes are class indices (< 16).
             let ci = unsafe { *s.small.lut.get_unchecked((size + 7) >> 3) } as usize;
-            if let Some(p) = thread_cache::pop(s.id, ci) {
-                // SAFETY: `ci` is a class index, below MAX_SMALL_CLASSES.
-                let len = unsafe { *s.small.sizes.get_unchecked(ci) } as usize;
-                return Ok(NonNull::slice_from_raw_parts(p, len));
-            }
+            let p = thread_cache::pop(s.id, ci)?;
+            // SAFETY: `ci` is a class index, below MAX_SMALL_CLASSES.
+            let len = unsafe { *s.small.sizes.get_unchecked(ci) } as usize;
+            return Some((p, len));
         }
-        self.allocate_slow(layout)
+        None
+    }
+
+    /// The fast path of [`deallocate`](Self::deallocate): true when the block went onto
+    /// this thread's cache.
+    ///
+    /// # Safety
+    /// As [`deallocate`](Self::deallocate).
+    #[inline(always)]
+    pub(crate) unsafe fn deallocate_fast(&self, ptr: NonNull<u8>, layout: Layout) -> bool {
+        let s = &*self.shared;
+        let size = layout.size();
+        if size.wrapping_sub(1) < s.small.max_size && layout.align() <= s.small.align {
+            // SAFETY: as in `allocate_fast`.
+            let ci = unsafe { *s.small.lut.get_unchecked((size + 7) >> 3) } as usize;
+            // SAFETY: forwarded contract; `ci` is the class the block was allocated in.
+            return unsafe { thread_cache::push(s.id, ci, ptr) };
+        }
+        false
     }
 
     #[inline(never)]
@@ -248,16 +274,9 @@ impl HierarchicalPool {
     /// and it is not used afterwards.
     #[inline]
     pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        let s = &*self.shared;
-        let size = layout.size();
-        // Fast path: a small block pushed onto this thread's cache.
-        if size.wrapping_sub(1) < s.small.max_size && layout.align() <= s.small.align {
-            // SAFETY: as in `allocate`.
-            let ci = unsafe { *s.small.lut.get_unchecked((size + 7) >> 3) } as usize;
-            // SAFETY: forwarded contract; `ci` is the class the block was allocated in.
-            if unsafe { thread_cache::push(s.id, ci, ptr) } {
-                return;
-            }
+        // SAFETY: forwarded contract.
+        if unsafe { self.deallocate_fast(ptr, layout) } {
+            return;
         }
         // SAFETY: forwarded contract.
         unsafe { self.deallocate_slow(ptr, layout) }
@@ -266,7 +285,7 @@ impl HierarchicalPool {
     /// # Safety
     /// As [`deallocate`](Self::deallocate).
     #[inline(never)]
-    unsafe fn deallocate_slow(&self, ptr: NonNull<u8>, layout: Layout) {
+    pub(crate) unsafe fn deallocate_slow(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: forwarded contract.
         if let Err(e) = unsafe { self.free_routed(ptr, layout) } {
             self.shared.invalid_frees.fetch_add(1, Ordering::Relaxed);

@@ -136,6 +136,8 @@ struct Entry {
     slots_len: usize,
     cap: usize,
     counts: [usize; MAX_SMALL_CLASSES],
+    /// `slots + ci * cap` for each class, so the fast paths need no multiplication.
+    bases: [*mut *mut u8; MAX_SMALL_CLASSES],
 }
 
 impl Entry {
@@ -147,6 +149,7 @@ impl Entry {
         slots_len: 0,
         cap: 0,
         counts: [0; MAX_SMALL_CLASSES],
+        bases: [ptr::null_mut(); MAX_SMALL_CLASSES],
     };
 
     /// The cached blocks of class `ci`.
@@ -239,6 +242,8 @@ struct ThreadCaches {
     /// Set while a slow path borrows the entries, and for good once the thread's exit
     /// guard has run (later frees on the thread take the locked path).
     busy: Cell<bool>,
+    /// Byte offset of the entry used last (an index times the entry size, so the fast
+    /// paths add instead of multiply).
     last: Cell<usize>,
     entries: UnsafeCell<[Entry; ENTRIES]>,
 }
@@ -285,7 +290,7 @@ fn with_entry<R>(pool: &PoolShared, f: impl FnOnce(&mut Entry) -> R) -> Option<R
             // SAFETY: `busy` was false and is now true, so this is the only borrow of the
             // entries on this thread until we reset it below.
             let entries = unsafe { &mut *c.entries.get() };
-            let last = c.last.get();
+            let last = c.last.get() / std::mem::size_of::<Entry>();
             let idx = if entries[last].pool_id == pool.id {
                 Some(last)
             } else {
@@ -294,7 +299,7 @@ fn with_entry<R>(pool: &PoolShared, f: impl FnOnce(&mut Entry) -> R) -> Option<R
                     .position(|e| e.pool_id == pool.id)
                     .or_else(|| claim(entries, pool));
                 if let Some(i) = found {
-                    c.last.set(i);
+                    c.last.set(i * std::mem::size_of::<Entry>());
                 }
                 found
             };
@@ -350,6 +355,8 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
         slots_len,
         cap,
         counts: [0; MAX_SMALL_CLASSES],
+        // SAFETY: each class's region starts inside (or at the end of) the slots allocation.
+        bases: std::array::from_fn(|ci| unsafe { slots.add(ci.min(pool.small.count) * cap) }),
     };
     Some(slot)
 }
@@ -373,10 +380,17 @@ pub(crate) fn pop(id: u64, ci: usize) -> Option<NonNull<u8>> {
             // SAFETY: no other borrow of the entries is alive: the only other one is held
             // by `with_entry`'s closures, and nothing they run allocates through the
             // global allocator (their metadata comes from `System`), so the fast paths
-            // cannot run inside them. `last` is always below ENTRIES (only `with_entry`
+            // cannot run inside them. `last` is always the offset of an entry (only `with_entry`
             // sets it, to an index). After the exit guard ran, every entry is empty, so
             // the id check below sends the caller to the slow (locked) path.
-            let e = unsafe { (*c.entries.get()).get_unchecked_mut(c.last.get()) };
+            let e = unsafe {
+                &mut *c
+                    .entries
+                    .get()
+                    .cast::<u8>()
+                    .add(c.last.get())
+                    .cast::<Entry>()
+            };
             if e.pool_id != id {
                 return None;
             }
@@ -386,8 +400,8 @@ pub(crate) fn pop(id: u64, ci: usize) -> Option<NonNull<u8>> {
                 return None;
             }
             *n -= 1;
-            // SAFETY: slot `ci * cap + n` lies in the entry's slots and holds a cached block.
-            let b = unsafe { *e.slots.add(ci * e.cap + *n) };
+            // SAFETY: slot `n` of class `ci` lies in the entry's slots and holds a cached block.
+            let b = unsafe { *(*e.bases.get_unchecked(ci)).add(*n) };
             // SAFETY: `stats` is this entry's live counter block; `ci` is in range (above).
             bump(unsafe { (*e.stats).allocs.get_unchecked(ci) });
             // SAFETY: cached pointers are blocks, never null.
@@ -407,14 +421,21 @@ pub(crate) unsafe fn push(id: u64, ci: usize, p: NonNull<u8>) -> bool {
     CACHES
         .try_with(|c| {
             // SAFETY: as in `pop`.
-            let e = unsafe { (*c.entries.get()).get_unchecked_mut(c.last.get()) };
+            let e = unsafe {
+                &mut *c
+                    .entries
+                    .get()
+                    .cast::<u8>()
+                    .add(c.last.get())
+                    .cast::<Entry>()
+            };
             // SAFETY: as in `pop`.
             let n = unsafe { *e.counts.get_unchecked(ci) };
             if e.pool_id != id || n >= e.cap {
                 return false;
             }
-            // SAFETY: slot `ci * cap + n` lies in the entry's slots (n < cap).
-            unsafe { *e.slots.add(ci * e.cap + n) = p.as_ptr() };
+            // SAFETY: slot `n` of class `ci` lies in the entry's slots (n < cap).
+            unsafe { *(*e.bases.get_unchecked(ci)).add(n) = p.as_ptr() };
             // SAFETY: `ci` is in range (as in `pop`).
             unsafe { *e.counts.get_unchecked_mut(ci) = n + 1 };
             // SAFETY: `stats` is this entry's live counter block; `ci` is in range.
