@@ -3,7 +3,7 @@
 //!
 //! A config is checked as a whole before any memory is touched; every impossible value
 //! gives [`Error::Config`] naming its dotted TOML key. The checked config is turned into a
-//! fixed-size [`ResolvedConfig`] that the pool reads on its hot paths and that can be
+//! fixed-size `ResolvedConfig` that the pool reads on its hot paths and that can be
 //! built in a `const` context (the global allocator needs one before any heap exists).
 
 use std::path::Path;

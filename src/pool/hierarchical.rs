@@ -106,6 +106,20 @@ impl std::fmt::Debug for HierarchicalPool {
 
 /// Live allocations found when a pool is dropped (or asked with
 /// [`HierarchicalPool::leaks`]).
+///
+/// ```
+/// use std::alloc::Layout;
+/// use neurostore::{HierarchicalPool, LeakReport, PoolConfig};
+///
+/// let pool = HierarchicalPool::new(PoolConfig::debug())?;
+/// let l = Layout::from_size_align(24, 8).unwrap();
+/// let block = pool.allocate(l)?;
+/// assert_eq!(pool.leaks(), LeakReport { count: 1, bytes: 32 });
+/// // SAFETY: allocated above with this layout.
+/// unsafe { pool.deallocate(block.cast(), l) };
+/// assert_eq!(pool.leaks().count, 0);
+/// # Ok::<(), neurostore::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeakReport {
     /// Blocks handed out and never freed.

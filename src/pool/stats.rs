@@ -61,6 +61,25 @@ pub struct ClassStats {
 /// `peak_in_use_bytes` is sampled whenever blocks move between a tier and the thread
 /// caches, counting cached blocks as in use, so it may exceed the true peak by at most
 /// the cached blocks.
+///
+/// ```
+/// use std::alloc::Layout;
+/// use neurostore::pool::Tier;
+/// use neurostore::{HierarchicalPool, PoolConfig};
+///
+/// let pool = HierarchicalPool::new(PoolConfig::default())?;
+/// let l = Layout::from_size_align(100, 8).unwrap();
+/// let block = pool.allocate(l)?;
+/// let st = pool.stats();
+/// assert_eq!(st.live_allocations, 1);
+/// assert_eq!(st.in_use_bytes, 128); // the 128-byte class
+/// let class = st.classes.iter().find(|c| c.tier == Tier::Small && c.size == 128).unwrap();
+/// assert_eq!(class.allocations, 1);
+/// assert!(st.reserved_bytes >= st.in_use_bytes);
+/// // SAFETY: allocated above with this layout.
+/// unsafe { pool.deallocate(block.cast(), l) };
+/// # Ok::<(), neurostore::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolStats {
     /// Bytes mapped from the OS by all tiers.
