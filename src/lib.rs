@@ -9,6 +9,7 @@
 //!
 //! - [`pool`]: the hierarchical size-class memory pool ([`HierarchicalPool`]), also usable
 //!   as the global allocator ([`NeuroAlloc`]).
+//! - [`table`]: typed generational handles ([`Handle`]); tables follow.
 //!
 //! ```
 //! use std::alloc::Layout;
@@ -26,6 +27,8 @@
 pub mod error;
 #[cfg(not(loom))]
 pub mod pool;
+#[cfg(not(loom))]
+pub mod table;
 
 #[cfg(not(loom))]
 pub use error::{ConfigError, Error, OomReason};
@@ -33,6 +36,8 @@ pub use error::{ConfigError, Error, OomReason};
 pub use pool::{
     Alert, AlertKind, HierarchicalPool, LeakReport, NeuroAlloc, PoolConfig, PoolRegistry, PoolStats,
 };
+#[cfg(not(loom))]
+pub use table::Handle;
 
 /// Under `--cfg loom` the crate is only its lock-free pieces, for `tests/loom.rs`.
 #[cfg(loom)]
