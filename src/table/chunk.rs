@@ -1,0 +1,163 @@
+//! One chunk of a table: a fixed number of object places in one pool block, with an
+//! occupancy bitmap and, per place, the handle that owns it (the back-reference that
+//! iteration and defragmentation use).
+//!
+//! Invariants: bit `i` of `occupied` is set iff place `i` holds an initialised object,
+//! `owners[i]` is then the handle whose slot points here (else null), and `live` is the
+//! number of set bits. The block is `Layout::array::<T>(capacity)` from `pool` (no block
+//! for zero-sized `T`), and is returned exactly once, by [`Chunk::release`].
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+use super::handle::Handle;
+use crate::error::Error;
+use crate::pool::HierarchicalPool;
+
+pub(crate) struct Chunk<T> {
+    data: NonNull<T>,
+    occupied: Box<[u64]>,
+    owners: Box<[Handle<T>]>,
+    live: u32,
+    /// The table epoch of the last change to this chunk.
+    pub dirty: u64,
+}
+
+impl<T> Chunk<T> {
+    /// The layout of a chunk of `capacity` places.
+    pub(crate) fn layout(capacity: u32) -> Layout {
+        Layout::array::<T>(capacity as usize).expect("chunk capacity is bounded by the chunk size")
+    }
+
+    /// A chunk of `capacity` empty places, its memory from `pool`.
+    pub(crate) fn new(pool: &HierarchicalPool, capacity: u32, epoch: u64) -> Result<Self, Error> {
+        let layout = Self::layout(capacity);
+        let data = if layout.size() == 0 {
+            NonNull::dangling()
+        } else {
+            pool.allocate(layout)?.cast()
+        };
+        Ok(Chunk {
+            data,
+            occupied: vec![0; (capacity as usize).div_ceil(64)].into_boxed_slice(),
+            owners: vec![Handle::null(); capacity as usize].into_boxed_slice(),
+            live: 0,
+            dirty: epoch,
+        })
+    }
+
+    pub(crate) fn capacity(&self) -> u32 {
+        self.owners.len() as u32
+    }
+
+    pub(crate) fn live(&self) -> u32 {
+        self.live
+    }
+
+    pub(crate) fn is_occupied(&self, pos: u32) -> bool {
+        self.occupied[pos as usize / 64] & (1 << (pos % 64)) != 0
+    }
+
+    /// The lowest free place.
+    pub(crate) fn first_free(&self) -> Option<u32> {
+        self.occupied.iter().enumerate().find_map(|(w, &word)| {
+            let pos = w as u32 * 64 + (!word).trailing_zeros();
+            (word != u64::MAX && pos < self.capacity()).then_some(pos)
+        })
+    }
+
+    /// The highest occupied place.
+    pub(crate) fn last_occupied(&self) -> Option<u32> {
+        self.occupied
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, w)| **w != 0)
+            .map(|(w, &word)| w as u32 * 64 + 63 - word.leading_zeros())
+    }
+
+    /// Places `value` at the free place `pos`, owned by `owner`.
+    pub(crate) fn put(&mut self, pos: u32, value: T, owner: Handle<T>) {
+        assert!(
+            pos < self.capacity() && !self.is_occupied(pos),
+            "place {pos} is not free"
+        );
+        // SAFETY: `pos` is within the chunk's places (checked above) and free, so writing
+        // does not overwrite a live object.
+        unsafe { self.data.as_ptr().add(pos as usize).write(value) };
+        self.occupied[pos as usize / 64] |= 1 << (pos % 64);
+        self.owners[pos as usize] = owner;
+        self.live += 1;
+    }
+
+    /// Moves the object out of the occupied place `pos`.
+    pub(crate) fn take(&mut self, pos: u32) -> T {
+        assert!(
+            pos < self.capacity() && self.is_occupied(pos),
+            "place {pos} is empty"
+        );
+        self.occupied[pos as usize / 64] &= !(1 << (pos % 64));
+        self.owners[pos as usize] = Handle::null();
+        self.live -= 1;
+        // SAFETY: the place was occupied (checked above), so it holds an initialised
+        // object, which we move out; its bit is now clear, so it is never read again.
+        unsafe { self.data.as_ptr().add(pos as usize).read() }
+    }
+
+    pub(crate) fn get(&self, pos: u32) -> Option<&T> {
+        // SAFETY: an occupied place holds an initialised object; the shared borrow of the
+        // chunk keeps it from being moved or dropped.
+        self.is_occupied(pos)
+            .then(|| unsafe { &*self.data.as_ptr().add(pos as usize) })
+    }
+
+    pub(crate) fn get_mut(&mut self, pos: u32) -> Option<&mut T> {
+        // SAFETY: as in `get`, with the exclusive borrow of the chunk.
+        self.is_occupied(pos)
+            .then(|| unsafe { &mut *self.data.as_ptr().add(pos as usize) })
+    }
+
+    /// A raw pointer to place `pos` (for prefetching and disjoint borrows).
+    pub(crate) fn place_ptr(&self, pos: u32) -> *mut T {
+        debug_assert!(pos < self.capacity());
+        // SAFETY: `pos` is within the chunk's places, so the offset stays in the block.
+        unsafe { self.data.as_ptr().add(pos as usize) }
+    }
+
+    pub(crate) fn owner(&self, pos: u32) -> Handle<T> {
+        self.owners[pos as usize]
+    }
+
+    /// The occupied places, in order.
+    pub(crate) fn occupied_places(&self) -> impl Iterator<Item = u32> + '_ {
+        self.occupied.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let i = bits.trailing_zeros();
+                    bits &= bits - 1;
+                    w as u32 * 64 + i
+                })
+            })
+        })
+    }
+
+    /// Drops every object and returns the memory to `pool`.
+    pub(crate) fn release(mut self, pool: &HierarchicalPool) {
+        let places: Vec<u32> = self.occupied_places().collect();
+        for pos in places {
+            drop(self.take(pos));
+        }
+        let layout = Self::layout(self.capacity());
+        if layout.size() != 0 {
+            // SAFETY: `data` was allocated from `pool` with this layout in `new`, no object
+            // is left in it, and `self` is consumed, so it is freed exactly once.
+            unsafe { pool.deallocate(self.data.cast(), layout) };
+        }
+    }
+}
+
+// SAFETY: a chunk owns its objects (like a Vec<T>); moving it to another thread moves them.
+unsafe impl<T: Send> Send for Chunk<T> {}
+// SAFETY: shared access to a chunk only gives shared access to its objects.
+unsafe impl<T: Sync> Sync for Chunk<T> {}

@@ -1,0 +1,449 @@
+//! [`Table<T>`]: a typed slab of objects in pool-backed chunks, named by handles.
+
+use std::alloc::handle_alloc_error;
+use std::sync::{Arc, OnceLock};
+
+use slotmap::SlotMap;
+
+use super::chunk::Chunk;
+use super::handle::Handle;
+use crate::error::Error;
+use crate::pool::{HierarchicalPool, PoolConfig};
+
+/// Default bytes of object storage per chunk.
+pub const DEFAULT_CHUNK_BYTES: usize = 64 << 10;
+
+/// Where an object lives: which chunk and which place in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    /// Index of the chunk in the table.
+    pub chunk: u32,
+    /// Place within the chunk.
+    pub pos: u32,
+}
+
+/// The process-wide default pool that tables use unless given one.
+pub fn default_pool() -> Arc<HierarchicalPool> {
+    static POOL: OnceLock<Arc<HierarchicalPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        Arc::new(HierarchicalPool::new(PoolConfig::default()).expect("the default config is valid"))
+    })
+    .clone()
+}
+
+/// Figures of one table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableStats {
+    /// Live objects.
+    pub live: usize,
+    /// Places in all chunks.
+    pub capacity: usize,
+    /// Chunks held.
+    pub chunks: usize,
+    /// Bytes of chunk storage taken from the pool.
+    pub bytes_reserved: usize,
+    /// Free places below the highest occupied place (places a dense table would not have).
+    pub holes: usize,
+    /// `holes / (live + holes)`: 0 for a dense table.
+    pub fragmentation: f64,
+}
+
+/// A typed table: objects of type `T` in fixed-capacity chunks whose memory comes from a
+/// [`HierarchicalPool`], named by [`Handle<T>`].
+///
+/// The slot table is a `slotmap::SlotMap<Handle<T>, Loc>`: `get` goes slot → place →
+/// chunk → object. A new object takes the lowest free place, so a table stays dense.
+/// Iteration walks chunks in storage order. `Drop` runs exactly once for every object: on
+/// [`remove`](Self::remove), [`clear`](Self::clear), [`retain`](Self::retain) or when the
+/// table is dropped. Every mutation stamps its chunk with the table's current
+/// [epoch](Self::epoch), so device mirrors and incremental snapshots can find what changed.
+///
+/// ```
+/// use neurostore::table::Table;
+///
+/// let mut rates: Table<f32> = Table::new();
+/// let a = rates.insert(4.5);
+/// let b = rates.insert(7.25);
+/// assert_eq!(rates.get(a), Some(&4.5));
+/// *rates.get_mut(b).unwrap() += 1.0;
+/// assert_eq!(rates.remove(a), Some(4.5));
+/// assert_eq!(rates.get(a), None); // stale: never resolves again
+/// assert_eq!(rates.remove(a), None);
+/// assert_eq!(rates.iter().map(|(_, r)| *r).sum::<f32>(), 8.25);
+/// ```
+pub struct Table<T> {
+    slots: SlotMap<Handle<T>, Loc>,
+    chunks: Vec<Option<Chunk<T>>>,
+    /// Bit `i` set iff chunk `i` exists and has a free place.
+    non_full: Vec<u64>,
+    pool: Arc<HierarchicalPool>,
+    per_chunk: u32,
+    epoch: u64,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> std::fmt::Debug for Table<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("type", &super::handle::short_type_name::<T>())
+            .field("len", &self.len())
+            .field("chunks", &self.chunks.iter().flatten().count())
+            .finish()
+    }
+}
+
+impl<T> Table<T> {
+    /// An empty table in the [default pool](default_pool), with 64 KiB chunks.
+    pub fn new() -> Self {
+        Self::with_pool(default_pool())
+    }
+
+    /// An empty table whose chunks come from `pool`.
+    pub fn with_pool(pool: Arc<HierarchicalPool>) -> Self {
+        Self::with_pool_and_chunk_bytes(pool, DEFAULT_CHUNK_BYTES)
+    }
+
+    /// An empty table whose chunks come from `pool` and hold about `chunk_bytes` of
+    /// objects each (at least one object, at most 2^24).
+    pub fn with_pool_and_chunk_bytes(pool: Arc<HierarchicalPool>, chunk_bytes: usize) -> Self {
+        // Zero-sized objects take no memory; 4096 of them share a chunk.
+        let per_chunk = chunk_bytes
+            .checked_div(std::mem::size_of::<T>())
+            .map_or(4096, |n| n.clamp(1, 1 << 24));
+        Table {
+            slots: SlotMap::with_key(),
+            chunks: Vec::new(),
+            non_full: Vec::new(),
+            pool,
+            per_chunk: per_chunk as u32,
+            epoch: 0,
+        }
+    }
+
+    /// An empty table with chunks for `n` objects already taken from the default pool.
+    /// Aborts through [`handle_alloc_error`] if the pool cannot give them, as `Vec` does.
+    pub fn with_capacity(n: usize) -> Self {
+        let mut t = Self::new();
+        if t.try_reserve(n).is_err() {
+            handle_alloc_error(Chunk::<T>::layout(t.per_chunk));
+        }
+        t
+    }
+
+    /// Makes sure `additional` more objects fit without taking another chunk from the
+    /// pool; on error nothing changes beyond the chunks already taken.
+    pub fn try_reserve(&mut self, additional: usize) -> Result<(), Error> {
+        let free: usize = self
+            .chunks
+            .iter()
+            .flatten()
+            .map(|c| (c.capacity() - c.live()) as usize)
+            .sum();
+        let missing = additional
+            .saturating_sub(free)
+            .div_ceil(self.per_chunk as usize);
+        for _ in 0..missing {
+            let chunk = Chunk::new(&self.pool, self.per_chunk, self.epoch)?;
+            self.install_chunk(chunk);
+        }
+        self.slots.reserve(additional);
+        Ok(())
+    }
+
+    /// The pool the chunks come from.
+    pub fn pool(&self) -> &Arc<HierarchicalPool> {
+        &self.pool
+    }
+
+    /// Places per chunk.
+    pub fn chunk_capacity(&self) -> u32 {
+        self.per_chunk
+    }
+
+    /// Number of live objects.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when the table holds no object.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The current epoch: every mutation stamps its chunk with it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Starts a new epoch and returns the one that ended; a consumer that synced
+    /// everything up to now later asks for [`chunks_changed_since`](Self::chunks_changed_since)
+    /// that value.
+    pub fn advance_epoch(&mut self) -> u64 {
+        self.epoch += 1;
+        self.epoch - 1
+    }
+
+    /// Indices of the chunks changed in or after `epoch`.
+    pub fn chunks_changed_since(&self, epoch: u64) -> impl Iterator<Item = u32> + '_ {
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, c)| c.as_ref().filter(|c| c.dirty >= epoch).map(|_| i as u32))
+    }
+
+    /// Inserts `value` at the lowest free place. Aborts through
+    /// [`handle_alloc_error`] if the pool cannot give a new chunk, as `Vec` does; use
+    /// [`try_insert`](Self::try_insert) to get the error instead.
+    pub fn insert(&mut self, value: T) -> Handle<T> {
+        match self.try_insert(value) {
+            Ok(h) => h,
+            Err(_) => handle_alloc_error(Chunk::<T>::layout(self.per_chunk)),
+        }
+    }
+
+    /// Inserts `value` at the lowest free place, or returns the pool's error (and drops
+    /// nothing: the value is returned inside no error, so it is dropped here).
+    pub fn try_insert(&mut self, value: T) -> Result<Handle<T>, Error> {
+        let (ci, pos) = self.free_place()?;
+        let loc = Loc { chunk: ci, pos };
+        let h = self.slots.insert(loc);
+        let epoch = self.epoch;
+        let chunk = self.chunks[ci as usize]
+            .as_mut()
+            .expect("free_place returns a live chunk");
+        chunk.put(pos, value, h);
+        chunk.dirty = epoch;
+        if chunk.live() == chunk.capacity() {
+            self.set_non_full(ci as usize, false);
+        }
+        Ok(h)
+    }
+
+    fn set_non_full(&mut self, ci: usize, non_full: bool) {
+        if self.non_full.len() <= ci / 64 {
+            self.non_full.resize(ci / 64 + 1, 0);
+        }
+        if non_full {
+            self.non_full[ci / 64] |= 1 << (ci % 64);
+        } else {
+            self.non_full[ci / 64] &= !(1 << (ci % 64));
+        }
+    }
+
+    /// Puts a fresh chunk in the lowest free chunk index and returns that index.
+    fn install_chunk(&mut self, chunk: Chunk<T>) -> usize {
+        let ci = match self.chunks.iter().position(Option::is_none) {
+            Some(i) => {
+                self.chunks[i] = Some(chunk);
+                i
+            }
+            None => {
+                self.chunks.push(Some(chunk));
+                self.chunks.len() - 1
+            }
+        };
+        self.set_non_full(ci, true);
+        ci
+    }
+
+    /// The lowest free place, making a chunk if every chunk is full.
+    fn free_place(&mut self) -> Result<(u32, u32), Error> {
+        let found = self
+            .non_full
+            .iter()
+            .enumerate()
+            .find(|(_, w)| **w != 0)
+            .map(|(w, word)| w * 64 + word.trailing_zeros() as usize);
+        let ci = match found {
+            Some(ci) => ci,
+            None => {
+                let chunk = Chunk::new(&self.pool, self.per_chunk, self.epoch)?;
+                self.install_chunk(chunk)
+            }
+        };
+        let pos = self.chunks[ci]
+            .as_ref()
+            .and_then(|c| c.first_free())
+            .expect("a chunk marked non-full has a free place");
+        Ok((ci as u32, pos))
+    }
+
+    /// The object `h` names, if it is live.
+    #[inline]
+    pub fn get(&self, h: Handle<T>) -> Option<&T> {
+        let loc = self.slots.get(h)?;
+        self.chunks[loc.chunk as usize].as_ref()?.get(loc.pos)
+    }
+
+    /// The object `h` names, mutably, if it is live (stamps its chunk as changed).
+    #[inline]
+    pub fn get_mut(&mut self, h: Handle<T>) -> Option<&mut T> {
+        let loc = *self.slots.get(h)?;
+        let epoch = self.epoch;
+        let chunk = self.chunks[loc.chunk as usize].as_mut()?;
+        chunk.dirty = epoch;
+        chunk.get_mut(loc.pos)
+    }
+
+    /// Where `h`'s object lives, if it is live.
+    pub fn location(&self, h: Handle<T>) -> Option<Loc> {
+        self.slots.get(h).copied()
+    }
+
+    /// True when `h` names a live object.
+    pub fn contains(&self, h: Handle<T>) -> bool {
+        self.slots.contains_key(h)
+    }
+
+    /// Removes and returns the object `h` names. A stale or null handle returns `None`
+    /// and changes nothing.
+    pub fn remove(&mut self, h: Handle<T>) -> Option<T> {
+        let loc = self.slots.remove(h)?;
+        let epoch = self.epoch;
+        let chunk = self.chunks[loc.chunk as usize]
+            .as_mut()
+            .expect("a live slot names a live chunk");
+        let value = chunk.take(loc.pos);
+        chunk.dirty = epoch;
+        let empty = chunk.live() == 0;
+        self.set_non_full(loc.chunk as usize, true);
+        if empty {
+            self.release_empty_chunks(loc.chunk);
+        }
+        Some(value)
+    }
+
+    /// Returns empty chunks to the pool, keeping one (`keep`, just emptied) for reuse
+    /// unless another empty chunk is already kept.
+    fn release_empty_chunks(&mut self, keep: u32) {
+        let empty: Vec<usize> = self
+            .chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| *i != keep as usize && c.as_ref().is_some_and(|c| c.live() == 0))
+            .map(|(i, _)| i)
+            .collect();
+        for i in empty {
+            if let Some(c) = self.chunks[i].take() {
+                c.release(&self.pool);
+                self.set_non_full(i, false);
+            }
+        }
+        while matches!(self.chunks.last(), Some(None)) {
+            self.chunks.pop();
+        }
+    }
+
+    /// Every live object with its handle, in storage order (chunk by chunk, place by place).
+    pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> + '_ {
+        self.chunks.iter().flatten().flat_map(|c| {
+            c.occupied_places().map(move |pos| {
+                (
+                    c.owner(pos),
+                    c.get(pos).expect("occupied places hold objects"),
+                )
+            })
+        })
+    }
+
+    /// Every live object with its handle, mutably, in storage order. Stamps every chunk
+    /// as changed.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Handle<T>, &mut T)> + '_ {
+        let epoch = self.epoch;
+        self.chunks.iter_mut().flatten().flat_map(move |c| {
+            c.dirty = epoch;
+            let c: &Chunk<T> = c;
+            c.occupied_places().map(move |pos| {
+                // SAFETY: the place is occupied, so it holds an object; each place is
+                // visited once, so the `&mut T`s handed out are disjoint; the pointer comes
+                // from the chunk's block, not from a reference, and the table is borrowed
+                // exclusively for as long as the iterator and its items live.
+                (c.owner(pos), unsafe { &mut *c.place_ptr(pos) })
+            })
+        })
+    }
+
+    /// Keeps the objects for which `keep` returns true, dropping the others.
+    pub fn retain(&mut self, mut keep: impl FnMut(Handle<T>, &mut T) -> bool) {
+        let doomed: Vec<Handle<T>> = self
+            .iter_mut()
+            .filter_map(|(h, v)| (!keep(h, v)).then_some(h))
+            .collect();
+        for h in doomed {
+            drop(self.remove(h));
+        }
+    }
+
+    /// Drops every object and returns every chunk to the pool. Handles given out before
+    /// stay stale forever.
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.non_full.clear();
+        for c in self.chunks.drain(..).flatten() {
+            c.release(&self.pool);
+        }
+    }
+
+    /// Removes every object, yielding it with its handle.
+    pub fn drain(&mut self) -> impl Iterator<Item = (Handle<T>, T)> + '_ {
+        let handles: Vec<Handle<T>> = self.iter().map(|(h, _)| h).collect();
+        handles.into_iter().map(move |h| {
+            let v = self
+                .remove(h)
+                .expect("handles collected from a live iteration");
+            (h, v)
+        })
+    }
+
+    /// The table's figures.
+    pub fn stats(&self) -> TableStats {
+        let live = self.len();
+        let chunks = self.chunks.iter().flatten().count();
+        // Holes: free places before the highest occupied place, in chunks that exist.
+        let last = self
+            .chunks
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, c)| c.as_ref().and_then(|c| c.last_occupied()).map(|p| (i, p)));
+        let holes = match last {
+            None => 0,
+            Some((last_chunk, last_pos)) => self.chunks[..=last_chunk]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+                .map(|(i, c)| {
+                    let span = if i == last_chunk {
+                        last_pos + 1
+                    } else {
+                        c.capacity()
+                    };
+                    (span - c.live()) as usize
+                })
+                .sum(),
+        };
+        TableStats {
+            live,
+            capacity: chunks * self.per_chunk as usize,
+            chunks,
+            bytes_reserved: chunks * Chunk::<T>::layout(self.per_chunk).size(),
+            holes,
+            fragmentation: if live + holes == 0 {
+                0.0
+            } else {
+                holes as f64 / (live + holes) as f64
+            },
+        }
+    }
+}
+
+impl<T> Drop for Table<T> {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}

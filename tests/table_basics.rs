@@ -1,0 +1,166 @@
+//! `Table<T>` behaviour that the model test does not pin: placement, order, stale and
+//! null handles, epochs, stats, zero-sized types.
+
+use std::sync::Arc;
+
+use neurostore::table::{Handle, Table};
+use neurostore::{HierarchicalPool, PoolConfig};
+
+fn pool() -> Arc<HierarchicalPool> {
+    Arc::new(HierarchicalPool::new(PoolConfig::default()).unwrap())
+}
+
+#[test]
+fn new_objects_take_the_lowest_free_place() {
+    let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(pool(), 8 * 4);
+    assert_eq!(t.chunk_capacity(), 4);
+    let hs: Vec<_> = (0..10u64).map(|i| t.insert(i)).collect();
+    assert_eq!(t.stats().chunks, 3);
+    t.remove(hs[1]);
+    t.remove(hs[6]);
+    let a = t.insert(100);
+    let b = t.insert(101);
+    assert_eq!(
+        (t.location(a).unwrap().chunk, t.location(a).unwrap().pos),
+        (0, 1)
+    );
+    assert_eq!(
+        (t.location(b).unwrap().chunk, t.location(b).unwrap().pos),
+        (1, 2)
+    );
+    let order: Vec<u64> = t.iter().map(|(_, v)| *v).collect();
+    assert_eq!(
+        order,
+        vec![0, 100, 2, 3, 4, 5, 101, 7, 8, 9],
+        "iteration is storage order"
+    );
+}
+
+#[test]
+fn null_zero_and_stale_handles_never_resolve() {
+    let mut t: Table<u32> = Table::new();
+    let hs: Vec<_> = (0..100).map(|i| t.insert(i)).collect();
+    let zero: Handle<u32> = bytemuck::Zeroable::zeroed();
+    for h in [
+        Handle::null(),
+        zero,
+        Handle::from_bits(0),
+        Handle::from_bits(u64::MAX),
+    ] {
+        assert_eq!(t.get(h), None);
+        assert_eq!(t.get_mut(h), None);
+        assert_eq!(t.remove(h), None);
+        assert!(!t.contains(h));
+    }
+    assert_eq!(t.remove(hs[5]), Some(5));
+    let again = t.insert(555);
+    assert_ne!(again, hs[5], "the reused slot has a new generation");
+    assert_eq!(again.index(), hs[5].index());
+    assert_eq!(t.get(hs[5]), None);
+    assert_eq!(t.get(again), Some(&555));
+    assert_eq!(t.len(), 100);
+}
+
+#[test]
+fn epochs_name_the_changed_chunks() {
+    let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(pool(), 8 * 16);
+    let hs: Vec<_> = (0..64u64).map(|i| t.insert(i)).collect();
+    let synced = t.advance_epoch();
+    assert_eq!(t.chunks_changed_since(synced + 1).count(), 0);
+    *t.get_mut(hs[20]).unwrap() += 1; // chunk 1
+    t.remove(hs[50]); // chunk 3
+    let changed: Vec<u32> = t.chunks_changed_since(synced + 1).collect();
+    assert_eq!(changed, vec![1, 3]);
+    assert_eq!(t.chunks_changed_since(0).count(), 4);
+}
+
+#[test]
+fn stats_count_holes_and_chunks() {
+    let p = pool();
+    let mut t: Table<[u8; 32]> = Table::with_pool_and_chunk_bytes(p.clone(), 32 * 8);
+    let hs: Vec<_> = (0..32u8).map(|i| t.insert([i; 32])).collect();
+    let st = t.stats();
+    assert_eq!((st.live, st.chunks, st.capacity, st.holes), (32, 4, 32, 0));
+    assert_eq!(st.bytes_reserved, 4 * 256);
+    for h in hs.iter().step_by(2) {
+        t.remove(*h);
+    }
+    let st = t.stats();
+    // Places 0, 2, .., 30 are free below the last object (place 31).
+    assert_eq!((st.live, st.holes), (16, 16));
+    assert!((st.fragmentation - 0.5).abs() < 1e-12);
+    t.clear();
+    assert_eq!(t.stats().chunks, 0);
+    assert_eq!(
+        p.stats().live_allocations,
+        0,
+        "chunks went back to the pool"
+    );
+}
+
+#[test]
+fn emptied_chunks_go_back_to_the_pool() {
+    let p = pool();
+    let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(p.clone(), 8 * 4);
+    let hs: Vec<_> = (0..40u64).map(|i| t.insert(i)).collect();
+    assert_eq!(p.stats().live_allocations, 10);
+    for h in &hs[..36] {
+        t.remove(*h);
+    }
+    // One emptied chunk is kept for reuse; the rest went back.
+    assert_eq!(t.stats().chunks, 2);
+    assert_eq!(p.stats().live_allocations, 2);
+    assert_eq!(
+        t.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        vec![36, 37, 38, 39]
+    );
+}
+
+#[test]
+fn iter_mut_retain_and_drain() {
+    let mut t: Table<String> = Table::new();
+    let hs: Vec<_> = (0..50).map(|i| t.insert(format!("n{i}"))).collect();
+    for (_, s) in t.iter_mut() {
+        s.push('!');
+    }
+    assert_eq!(t.get(hs[7]).map(String::as_str), Some("n7!"));
+    t.retain(|_, s| s.len() == 3);
+    assert_eq!(t.len(), 10);
+    let drained: Vec<(Handle<String>, String)> = t.drain().collect();
+    assert_eq!(drained.len(), 10);
+    assert!(drained.iter().all(|(h, s)| hs.contains(h) && s.len() == 3));
+    assert!(t.is_empty());
+}
+
+#[test]
+fn zero_sized_types_work() {
+    let mut t: Table<()> = Table::new();
+    let hs: Vec<_> = (0..10_000).map(|_| t.insert(())).collect();
+    assert_eq!(t.len(), 10_000);
+    assert_eq!(t.get(hs[9_999]), Some(&()));
+    assert_eq!(t.stats().bytes_reserved, 0);
+    for h in hs {
+        assert_eq!(t.remove(h), Some(()));
+    }
+    assert!(t.is_empty());
+}
+
+#[test]
+fn tables_are_send_and_sync_when_their_objects_are() {
+    fn both<T: Send + Sync>() {}
+    both::<Table<u64>>();
+    both::<Table<String>>();
+}
+
+#[test]
+fn try_reserve_takes_chunks_up_front() {
+    let p = pool();
+    let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(p.clone(), 8 * 100);
+    t.try_reserve(250).unwrap();
+    assert_eq!(t.stats().chunks, 3);
+    let before = p.stats().allocations;
+    for i in 0..250 {
+        t.insert(i);
+    }
+    assert_eq!(p.stats().allocations, before, "no chunk was needed");
+}
