@@ -164,3 +164,87 @@ fn try_reserve_takes_chunks_up_front() {
     }
     assert_eq!(p.stats().allocations, before, "no chunk was needed");
 }
+
+#[test]
+fn get_many_agrees_with_get() {
+    let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(pool(), 8 * 50);
+    let hs: Vec<_> = (0..1000u64).map(|i| t.insert(i * 3)).collect();
+    for h in hs.iter().step_by(7) {
+        t.remove(*h);
+    }
+    let mut query: Vec<Handle<u64>> = hs.iter().rev().copied().collect();
+    query.push(Handle::null());
+    let many = t.get_many(&query);
+    assert_eq!(many.len(), query.len());
+    for (h, got) in query.iter().zip(&many) {
+        assert_eq!(*got, t.get(*h));
+    }
+    assert_eq!(
+        many.iter().filter(|x| x.is_none()).count(),
+        1000 / 7 + 1 + 1
+    );
+}
+
+#[test]
+fn get_disjoint_mut_refuses_duplicates_and_stale_handles() {
+    let mut t: Table<u32> = Table::new();
+    let a = t.insert(1);
+    let b = t.insert(2);
+    let c = t.insert(3);
+    if let Some([x, y, z]) = t.get_disjoint_mut([a, b, c]) {
+        std::mem::swap(x, z);
+        *y *= 10;
+    } else {
+        panic!("three live distinct handles");
+    }
+    assert_eq!(
+        (t.get(a), t.get(b), t.get(c)),
+        (Some(&3), Some(&20), Some(&1))
+    );
+    assert!(t.get_disjoint_mut([a, a]).is_none());
+    t.remove(b);
+    assert!(t.get_disjoint_mut([a, b]).is_none());
+}
+
+#[test]
+fn insert_batch_places_contiguously_after_the_last_object() {
+    let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(pool(), 8 * 8);
+    let first: Vec<_> = (0..5u64).map(|i| t.insert(i)).collect();
+    t.remove(first[1]); // a hole the batch must not use
+    let batch = t.insert_batch(100..120u64);
+    let places: Vec<(u32, u32)> = batch
+        .iter()
+        .map(|h| t.location(*h).map(|l| (l.chunk, l.pos)).unwrap())
+        .collect();
+    let want: Vec<(u32, u32)> = (5..25u32).map(|i| (i / 8, i % 8)).collect();
+    assert_eq!(places, want);
+    assert_eq!(
+        batch
+            .iter()
+            .map(|h| *t.get(*h).unwrap())
+            .collect::<Vec<_>>(),
+        (100..120).collect::<Vec<_>>()
+    );
+    assert_eq!(t.len(), 24);
+}
+
+#[test]
+fn parallel_iteration_sees_every_object_once() {
+    use rayon::prelude::*;
+    let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(pool(), 8 * 64);
+    let hs = t.insert_batch(0..10_000u64);
+    for h in hs.iter().step_by(3) {
+        t.remove(*h);
+    }
+    let serial: u64 = t.iter().map(|(_, v)| *v).sum();
+    let parallel: u64 = t.par_iter().map(|(_, v)| *v).sum();
+    assert_eq!(serial, parallel);
+    t.par_iter_mut().for_each(|(_, v)| *v += 1);
+    assert_eq!(
+        t.iter().map(|(_, v)| *v).sum::<u64>(),
+        serial + t.len() as u64
+    );
+    let handles: Vec<Handle<u64>> = t.par_iter().map(|(h, _)| h).collect();
+    assert!(handles.iter().all(|h| t.contains(*h)));
+    assert_eq!(handles.len(), t.len());
+}

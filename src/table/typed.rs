@@ -3,6 +3,7 @@
 use std::alloc::handle_alloc_error;
 use std::sync::{Arc, OnceLock};
 
+use rayon::prelude::*;
 use slotmap::SlotMap;
 
 use super::chunk::Chunk;
@@ -290,6 +291,107 @@ impl<T> Table<T> {
         chunk.get_mut(loc.pos)
     }
 
+    /// Resolves a batch of handles, prefetching the objects before reading them so that
+    /// their cache misses overlap. `None` for each stale or null handle.
+    pub fn get_many(&self, handles: &[Handle<T>]) -> Vec<Option<&T>> {
+        const BATCH: usize = 32;
+        let mut out = Vec::with_capacity(handles.len());
+        let mut locs = [None::<Loc>; BATCH];
+        for group in handles.chunks(BATCH) {
+            for (slot, h) in locs.iter_mut().zip(group) {
+                *slot = self.slots.get(*h).copied();
+                if let Some(loc) = slot
+                    && let Some(c) = &self.chunks[loc.chunk as usize]
+                {
+                    c.prefetch(loc.pos);
+                }
+            }
+            for loc in &locs[..group.len()] {
+                out.push(loc.and_then(|l| self.chunks[l.chunk as usize].as_ref()?.get(l.pos)));
+            }
+        }
+        out
+    }
+
+    /// Mutable references to `N` distinct live objects at once; `None` if any handle is
+    /// stale or two name the same object. Stamps their chunks as changed.
+    pub fn get_disjoint_mut<const N: usize>(
+        &mut self,
+        handles: [Handle<T>; N],
+    ) -> Option<[&mut T; N]> {
+        let mut locs = [Loc { chunk: 0, pos: 0 }; N];
+        for (i, h) in handles.iter().enumerate() {
+            locs[i] = *self.slots.get(*h)?;
+            if locs[..i].contains(&locs[i]) {
+                return None;
+            }
+        }
+        let epoch = self.epoch;
+        for loc in &locs {
+            self.chunks[loc.chunk as usize].as_mut()?.dirty = epoch;
+        }
+        let chunks = &self.chunks;
+        Some(locs.map(|loc| {
+            let c = chunks[loc.chunk as usize].as_ref().expect("checked above");
+            // SAFETY: every location is live (its slot resolved), so its place holds an
+            // object; the locations are pairwise distinct (checked above), so the `&mut T`s
+            // are disjoint; the pointers come from chunk blocks, not from references, and
+            // the table is borrowed exclusively for as long as they live.
+            unsafe { &mut *c.place_ptr(loc.pos) }
+        }))
+    }
+
+    /// Inserts every value, placing them contiguously after the highest occupied place
+    /// (taking new chunks as needed), and returns their handles in order. Aborts through
+    /// [`handle_alloc_error`] if the pool cannot give a chunk, as `Vec` does.
+    pub fn insert_batch(&mut self, values: impl IntoIterator<Item = T>) -> Vec<Handle<T>> {
+        let per = self.per_chunk;
+        let (mut ci, mut pos) = self
+            .chunks
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, c)| {
+                c.as_ref()
+                    .and_then(|c| c.last_occupied())
+                    .map(|p| (i, p + 1))
+            })
+            .unwrap_or((0, 0));
+        let epoch = self.epoch;
+        let mut out = Vec::new();
+        for value in values {
+            if pos == per {
+                ci += 1;
+                pos = 0;
+            }
+            if ci == self.chunks.len() {
+                self.chunks.push(None);
+            }
+            if self.chunks[ci].is_none() {
+                match Chunk::new(&self.pool, per, epoch) {
+                    Ok(c) => {
+                        self.chunks[ci] = Some(c);
+                        self.set_non_full(ci, true);
+                    }
+                    Err(_) => handle_alloc_error(Chunk::<T>::layout(per)),
+                }
+            }
+            let h = self.slots.insert(Loc {
+                chunk: ci as u32,
+                pos,
+            });
+            let chunk = self.chunks[ci].as_mut().expect("made above");
+            chunk.put(pos, value, h);
+            chunk.dirty = epoch;
+            if chunk.live() == chunk.capacity() {
+                self.set_non_full(ci, false);
+            }
+            out.push(h);
+            pos += 1;
+        }
+        out
+    }
+
     /// Where `h`'s object lives, if it is live.
     pub fn location(&self, h: Handle<T>) -> Option<Loc> {
         self.slots.get(h).copied()
@@ -366,6 +468,42 @@ impl<T> Table<T> {
                 (c.owner(pos), unsafe { &mut *c.place_ptr(pos) })
             })
         })
+    }
+
+    /// Every live object with its handle, in parallel over chunks (rayon).
+    pub fn par_iter(&self) -> impl ParallelIterator<Item = (Handle<T>, &T)> + '_
+    where
+        T: Sync,
+    {
+        self.chunks.par_iter().flatten().flat_map_iter(|c| {
+            c.occupied_places().map(move |pos| {
+                (
+                    c.owner(pos),
+                    c.get(pos).expect("occupied places hold objects"),
+                )
+            })
+        })
+    }
+
+    /// Every live object with its handle, mutably, in parallel over chunks (rayon).
+    /// Stamps every chunk as changed.
+    pub fn par_iter_mut(&mut self) -> impl ParallelIterator<Item = (Handle<T>, &mut T)> + '_
+    where
+        T: Send + Sync,
+    {
+        let epoch = self.epoch;
+        self.chunks
+            .par_iter_mut()
+            .flatten()
+            .flat_map_iter(move |c| {
+                c.dirty = epoch;
+                let c: &Chunk<T> = c;
+                c.occupied_places().map(move |pos| {
+                    // SAFETY: as in `iter_mut`: each occupied place of this chunk is visited
+                    // once by this one task, so the `&mut T`s are disjoint across all tasks.
+                    (c.owner(pos), unsafe { &mut *c.place_ptr(pos) })
+                })
+            })
     }
 
     /// Keeps the objects for which `keep` returns true, dropping the others.
