@@ -128,6 +128,12 @@ pub enum Error {
     /// A configuration value is impossible; the key names it.
     #[error("invalid configuration {0}")]
     Config(ConfigError),
+    /// A table cannot hold more objects: its slot table addresses at most `places` places.
+    #[error("the table is full: it can address at most {places} places")]
+    TableFull {
+        /// The most places a table can address.
+        places: u64,
+    },
     /// A named pool already exists in the registry.
     #[error("a pool named `{name}` already exists in the registry")]
     PoolExists {

@@ -73,12 +73,16 @@ pub struct TableStats {
 /// assert_eq!(rates.iter().map(|(_, r)| *r).sum::<f32>(), 8.25);
 /// ```
 pub struct Table<T> {
-    slots: SlotMap<Handle<T>, Loc>,
+    /// Slot table: each live slot holds its object's place, packed as
+    /// `chunk << shift | pos` in a `u32` (so a slot is 8 bytes).
+    slots: SlotMap<Handle<T>, u32>,
     chunks: Vec<Option<Chunk<T>>>,
     /// Bit `i` set iff chunk `i` exists and has a free place.
     non_full: Vec<u64>,
     pool: Arc<HierarchicalPool>,
     per_chunk: u32,
+    /// `log2(per_chunk)`.
+    shift: u32,
     epoch: u64,
 }
 
@@ -109,19 +113,24 @@ impl<T> Table<T> {
         Self::with_pool_and_chunk_bytes(pool, DEFAULT_CHUNK_BYTES)
     }
 
-    /// An empty table whose chunks come from `pool` and hold about `chunk_bytes` of
-    /// objects each (at least one object, at most 2^24).
+    /// An empty table whose chunks come from `pool` and hold at most `chunk_bytes` of
+    /// objects each: the largest power of two of objects that fits (at least one, at
+    /// most 2^24).
     pub fn with_pool_and_chunk_bytes(pool: Arc<HierarchicalPool>, chunk_bytes: usize) -> Self {
         // Zero-sized objects take no memory; 4096 of them share a chunk.
+        // Zero-sized objects take no memory; 4096 of them share a chunk. The capacity is a
+        // power of two so that a place packs into a slot as `chunk << shift | pos`.
         let per_chunk = chunk_bytes
             .checked_div(std::mem::size_of::<T>())
             .map_or(4096, |n| n.clamp(1, 1 << 24));
+        let per_chunk = 1usize << per_chunk.ilog2();
         Table {
             slots: SlotMap::with_key(),
             chunks: Vec::new(),
             non_full: Vec::new(),
             pool,
             per_chunk: per_chunk as u32,
+            shift: per_chunk.ilog2(),
             epoch: 0,
         }
     }
@@ -211,8 +220,8 @@ impl<T> Table<T> {
     /// nothing: the value is returned inside no error, so it is dropped here).
     pub fn try_insert(&mut self, value: T) -> Result<Handle<T>, Error> {
         let (ci, pos) = self.free_place()?;
-        let loc = Loc { chunk: ci, pos };
-        let h = self.slots.insert(loc);
+        let place = self.pack(Loc { chunk: ci, pos })?;
+        let h = self.slots.insert(place);
         let epoch = self.epoch;
         let chunk = self.chunks[ci as usize]
             .as_mut()
@@ -252,6 +261,23 @@ impl<T> Table<T> {
         ci
     }
 
+    /// The slot value of a place; `Error::TableFull` past 2^32 places.
+    #[inline]
+    fn pack(&self, loc: Loc) -> Result<u32, Error> {
+        if u64::from(loc.chunk) >= 1u64 << (32 - self.shift) {
+            return Err(Error::TableFull { places: 1u64 << 32 });
+        }
+        Ok((loc.chunk << self.shift) | loc.pos)
+    }
+
+    #[inline]
+    fn unpack(&self, place: u32) -> Loc {
+        Loc {
+            chunk: place >> self.shift,
+            pos: place & (self.per_chunk - 1),
+        }
+    }
+
     /// The lowest free place, making a chunk if every chunk is full.
     fn free_place(&mut self) -> Result<(u32, u32), Error> {
         let found = self
@@ -277,14 +303,14 @@ impl<T> Table<T> {
     /// The object `h` names, if it is live.
     #[inline]
     pub fn get(&self, h: Handle<T>) -> Option<&T> {
-        let loc = self.slots.get(h)?;
+        let loc = self.unpack(*self.slots.get(h)?);
         self.chunks[loc.chunk as usize].as_ref()?.get(loc.pos)
     }
 
     /// The object `h` names, mutably, if it is live (stamps its chunk as changed).
     #[inline]
     pub fn get_mut(&mut self, h: Handle<T>) -> Option<&mut T> {
-        let loc = *self.slots.get(h)?;
+        let loc = self.unpack(*self.slots.get(h)?);
         let epoch = self.epoch;
         let chunk = self.chunks[loc.chunk as usize].as_mut()?;
         chunk.dirty = epoch;
@@ -299,7 +325,7 @@ impl<T> Table<T> {
         let mut locs = [None::<Loc>; BATCH];
         for group in handles.chunks(BATCH) {
             for (slot, h) in locs.iter_mut().zip(group) {
-                *slot = self.slots.get(*h).copied();
+                *slot = self.slots.get(*h).map(|p| self.unpack(*p));
                 if let Some(loc) = slot
                     && let Some(c) = &self.chunks[loc.chunk as usize]
                 {
@@ -321,7 +347,7 @@ impl<T> Table<T> {
     ) -> Option<[&mut T; N]> {
         let mut locs = [Loc { chunk: 0, pos: 0 }; N];
         for (i, h) in handles.iter().enumerate() {
-            locs[i] = *self.slots.get(*h)?;
+            locs[i] = self.unpack(*self.slots.get(*h)?);
             if locs[..i].contains(&locs[i]) {
                 return None;
             }
@@ -376,10 +402,14 @@ impl<T> Table<T> {
                     Err(_) => handle_alloc_error(Chunk::<T>::layout(per)),
                 }
             }
-            let h = self.slots.insert(Loc {
+            let place = match self.pack(Loc {
                 chunk: ci as u32,
                 pos,
-            });
+            }) {
+                Ok(p) => p,
+                Err(_) => handle_alloc_error(Chunk::<T>::layout(per)),
+            };
+            let h = self.slots.insert(place);
             let chunk = self.chunks[ci].as_mut().expect("made above");
             chunk.put(pos, value, h);
             chunk.dirty = epoch;
@@ -394,7 +424,7 @@ impl<T> Table<T> {
 
     /// Where `h`'s object lives, if it is live.
     pub fn location(&self, h: Handle<T>) -> Option<Loc> {
-        self.slots.get(h).copied()
+        self.slots.get(h).map(|p| self.unpack(*p))
     }
 
     /// True when `h` names a live object.
@@ -405,7 +435,8 @@ impl<T> Table<T> {
     /// Removes and returns the object `h` names. A stale or null handle returns `None`
     /// and changes nothing.
     pub fn remove(&mut self, h: Handle<T>) -> Option<T> {
-        let loc = self.slots.remove(h)?;
+        let place = self.slots.remove(h)?;
+        let loc = self.unpack(place);
         let epoch = self.epoch;
         let chunk = self.chunks[loc.chunk as usize]
             .as_mut()
