@@ -9,7 +9,8 @@
 //!
 //! - [`pool`]: the hierarchical size-class memory pool ([`HierarchicalPool`]), also usable
 //!   as the global allocator ([`NeuroAlloc`]).
-//! - [`table`]: typed generational handles ([`Handle`]); tables follow.
+//! - [`table`]: typed generational handles ([`Handle`]) and pool-backed tables ([`Table`]).
+//! - [`store`]: one table per type ([`Store`], and [`SharedStore`] for many threads).
 //!
 //! ```
 //! use std::alloc::Layout;
@@ -28,6 +29,8 @@ pub mod error;
 #[cfg(not(loom))]
 pub mod pool;
 #[cfg(not(loom))]
+pub mod store;
+#[cfg(not(loom))]
 pub mod table;
 
 #[cfg(not(loom))]
@@ -37,7 +40,9 @@ pub use pool::{
     Alert, AlertKind, HierarchicalPool, LeakReport, NeuroAlloc, PoolConfig, PoolRegistry, PoolStats,
 };
 #[cfg(not(loom))]
-pub use table::Handle;
+pub use store::{SharedStore, Store};
+#[cfg(not(loom))]
+pub use table::{Handle, Table};
 
 /// Under `--cfg loom` the crate is only its lock-free pieces, for `tests/loom.rs`.
 #[cfg(loom)]

@@ -43,6 +43,8 @@ pub struct TableStats {
     pub chunks: usize,
     /// Bytes of chunk storage taken from the pool.
     pub bytes_reserved: usize,
+    /// Bytes of the slot table and the per-chunk metadata (occupancy bits, owner handles).
+    pub metadata_bytes: usize,
     /// Free places below the highest occupied place (places a dense table would not have).
     pub holes: usize,
     /// `holes / (live + holes)`: 0 for a dense table.
@@ -601,6 +603,12 @@ impl<T> Table<T> {
             capacity: chunks * self.per_chunk as usize,
             chunks,
             bytes_reserved: chunks * Chunk::<T>::layout(self.per_chunk).size(),
+            // A slotmap slot holding a u32 is 8 bytes: the value (or free-list link) and
+            // the version. Per place: an 8-byte owner handle and an occupancy bit.
+            metadata_bytes: self.slots.capacity() * 8
+                + chunks
+                    * (self.per_chunk as usize * 8 + (self.per_chunk as usize).div_ceil(64) * 8)
+                + self.chunks.capacity() * std::mem::size_of::<Option<Chunk<T>>>(),
             holes,
             fragmentation: if live + holes == 0 {
                 0.0

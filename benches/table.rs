@@ -1,0 +1,383 @@
+//! 1M objects of a 32-byte Pod struct in a neurostore `Table`, beside `slotmap::SlotMap`,
+//! `slotmap::DenseSlotMap` and a plain `Vec<T>` indexed by `u32`, in one run: insert,
+//! get of every handle in shuffled order, `get_many` of the same, iterate (sum a field),
+//! `iter_mut`, churn (remove a random 50 %, insert as many, iterate), remove all, and
+//! bytes per live object after churn. A summary with ratios to `SlotMap` follows
+//! criterion's output.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use neurostore::table::{Handle, Table};
+use slotmap::{DefaultKey, DenseSlotMap, SlotMap};
+
+const N: usize = 1_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Obj {
+    v: f64,
+    i: f64,
+    w: f64,
+    id: u64,
+}
+
+fn obj(i: usize) -> Obj {
+    Obj {
+        v: i as f64,
+        i: 0.5,
+        w: 1.0,
+        id: i as u64,
+    }
+}
+
+fn shuffled<K: Copy>(keys: &[K], seed: u64) -> Vec<K> {
+    let mut v = keys.to_vec();
+    let mut x = seed;
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+/// Times `f` once per criterion iteration on fresh state from `setup`, per element.
+fn per_element<S>(
+    c: &mut Criterion,
+    group: &str,
+    name: &str,
+    mut setup: impl FnMut() -> S,
+    mut f: impl FnMut(&mut S),
+) {
+    let mut g = c.benchmark_group(group);
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut s = setup();
+                let t = Instant::now();
+                f(&mut s);
+                total += t.elapsed();
+                drop(black_box(s));
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+fn table_full() -> (Table<Obj>, Vec<Handle<Obj>>) {
+    let mut t = Table::new();
+    let hs = (0..N).map(|i| t.insert(obj(i))).collect();
+    (t, hs)
+}
+fn slotmap_full() -> (SlotMap<DefaultKey, Obj>, Vec<DefaultKey>) {
+    let mut m = SlotMap::new();
+    let ks = (0..N).map(|i| m.insert(obj(i))).collect();
+    (m, ks)
+}
+fn dense_full() -> (DenseSlotMap<DefaultKey, Obj>, Vec<DefaultKey>) {
+    let mut m = DenseSlotMap::new();
+    let ks = (0..N).map(|i| m.insert(obj(i))).collect();
+    (m, ks)
+}
+fn vec_full() -> (Vec<Obj>, Vec<u32>) {
+    ((0..N).map(obj).collect(), (0..N as u32).collect())
+}
+
+fn bench(c: &mut Criterion) {
+    // insert
+    per_element(c, "insert", "table", Table::<Obj>::new, |t| {
+        for i in 0..N {
+            black_box(t.insert(obj(i)));
+        }
+    });
+    per_element(
+        c,
+        "insert",
+        "slotmap",
+        SlotMap::<DefaultKey, Obj>::new,
+        |m| {
+            for i in 0..N {
+                black_box(m.insert(obj(i)));
+            }
+        },
+    );
+    per_element(
+        c,
+        "insert",
+        "dense_slotmap",
+        DenseSlotMap::<DefaultKey, Obj>::new,
+        |m| {
+            for i in 0..N {
+                black_box(m.insert(obj(i)));
+            }
+        },
+    );
+    per_element(c, "insert", "vec", Vec::<Obj>::new, |v| {
+        for i in 0..N {
+            v.push(obj(i));
+        }
+    });
+
+    // shuffled get, get_many
+    {
+        let (t, hs) = table_full();
+        let q = shuffled(&hs, 1);
+        let (m, ks) = slotmap_full();
+        let mq = shuffled(&ks, 1);
+        let (d, dks) = dense_full();
+        let dq = shuffled(&dks, 1);
+        let (v, is) = vec_full();
+        let vq = shuffled(&is, 1);
+        let mut g = c.benchmark_group("get_shuffled");
+        g.sample_size(10).measurement_time(Duration::from_secs(3));
+        g.bench_function("table", |b| {
+            b.iter(|| {
+                q.iter()
+                    .map(|h| t.get(*h).map_or(0.0, |o| o.v))
+                    .sum::<f64>()
+            })
+        });
+        g.bench_function("slotmap", |b| {
+            b.iter(|| {
+                mq.iter()
+                    .map(|k| m.get(*k).map_or(0.0, |o| o.v))
+                    .sum::<f64>()
+            })
+        });
+        g.bench_function("dense_slotmap", |b| {
+            b.iter(|| {
+                dq.iter()
+                    .map(|k| d.get(*k).map_or(0.0, |o| o.v))
+                    .sum::<f64>()
+            })
+        });
+        g.bench_function("vec", |b| {
+            b.iter(|| {
+                vq.iter()
+                    .map(|i| v.get(*i as usize).map_or(0.0, |o| o.v))
+                    .sum::<f64>()
+            })
+        });
+        g.bench_function("table_get_many", |b| {
+            b.iter(|| {
+                t.get_many(&q)
+                    .iter()
+                    .map(|o| o.map_or(0.0, |o| o.v))
+                    .sum::<f64>()
+            })
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group("iterate_sum");
+        g.sample_size(20);
+        g.bench_function("table", |b| {
+            b.iter(|| t.iter().map(|(_, o)| o.v).sum::<f64>())
+        });
+        g.bench_function("slotmap", |b| {
+            b.iter(|| m.values().map(|o| o.v).sum::<f64>())
+        });
+        g.bench_function("dense_slotmap", |b| {
+            b.iter(|| d.values().map(|o| o.v).sum::<f64>())
+        });
+        g.bench_function("vec", |b| b.iter(|| v.iter().map(|o| o.v).sum::<f64>()));
+        g.finish();
+    }
+
+    // iter_mut
+    {
+        let (mut t, _) = table_full();
+        let (mut m, _) = slotmap_full();
+        let (mut d, _) = dense_full();
+        let (mut v, _) = vec_full();
+        let mut g = c.benchmark_group("iter_mut");
+        g.sample_size(20);
+        g.bench_function("table", |b| {
+            b.iter(|| t.iter_mut().for_each(|(_, o)| o.i += 1.0))
+        });
+        g.bench_function("slotmap", |b| {
+            b.iter(|| m.values_mut().for_each(|o| o.i += 1.0))
+        });
+        g.bench_function("dense_slotmap", |b| {
+            b.iter(|| d.values_mut().for_each(|o| o.i += 1.0))
+        });
+        g.bench_function("vec", |b| b.iter(|| v.iter_mut().for_each(|o| o.i += 1.0)));
+        g.finish();
+    }
+
+    // churn: remove a random half, insert as many, iterate
+    per_element(c, "churn", "table", table_full, |(t, hs)| {
+        let q = shuffled(hs, 2);
+        for h in &q[..N / 2] {
+            t.remove(*h);
+        }
+        for i in 0..N / 2 {
+            t.insert(obj(i));
+        }
+        black_box(t.iter().map(|(_, o)| o.v).sum::<f64>());
+    });
+    per_element(c, "churn", "slotmap", slotmap_full, |(m, ks)| {
+        let q = shuffled(ks, 2);
+        for k in &q[..N / 2] {
+            m.remove(*k);
+        }
+        for i in 0..N / 2 {
+            m.insert(obj(i));
+        }
+        black_box(m.values().map(|o| o.v).sum::<f64>());
+    });
+    per_element(c, "churn", "dense_slotmap", dense_full, |(m, ks)| {
+        let q = shuffled(ks, 2);
+        for k in &q[..N / 2] {
+            m.remove(*k);
+        }
+        for i in 0..N / 2 {
+            m.insert(obj(i));
+        }
+        black_box(m.values().map(|o| o.v).sum::<f64>());
+    });
+    per_element(c, "churn", "vec", vec_full, |(v, is)| {
+        // A Vec has no stable names: swap_remove at random positions, then push.
+        let q = shuffled(is, 2);
+        for i in &q[..N / 2] {
+            let i = *i as usize % v.len();
+            v.swap_remove(i);
+        }
+        for i in 0..N / 2 {
+            v.push(obj(i));
+        }
+        black_box(v.iter().map(|o| o.v).sum::<f64>());
+    });
+
+    // remove all
+    per_element(c, "remove_all", "table", table_full, |(t, hs)| {
+        for h in hs.iter() {
+            black_box(t.remove(*h));
+        }
+    });
+    per_element(c, "remove_all", "slotmap", slotmap_full, |(m, ks)| {
+        for k in ks.iter() {
+            black_box(m.remove(*k));
+        }
+    });
+    per_element(c, "remove_all", "dense_slotmap", dense_full, |(m, ks)| {
+        for k in ks.iter() {
+            black_box(m.remove(*k));
+        }
+    });
+    per_element(c, "remove_all", "vec", vec_full, |(v, _)| {
+        while let Some(o) = v.pop() {
+            black_box(o);
+        }
+    });
+}
+
+fn estimate(group: &str, id: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("target/criterion/{group}/{id}/new/estimates.json"))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["slope"]["point_estimate"]
+        .as_f64()
+        .or_else(|| v["mean"]["point_estimate"].as_f64())
+}
+
+fn bytes_after_churn() -> [f64; 4] {
+    let (mut t, hs) = table_full();
+    let q = shuffled(&hs, 2);
+    for h in &q[..N / 2] {
+        t.remove(*h);
+    }
+    for i in 0..N / 2 {
+        t.insert(obj(i));
+    }
+    let st = t.stats();
+    let table = (st.bytes_reserved + st.metadata_bytes) as f64 / t.len() as f64;
+    let (mut m, ks) = slotmap_full();
+    let q = shuffled(&ks, 2);
+    for k in &q[..N / 2] {
+        m.remove(*k);
+    }
+    for i in 0..N / 2 {
+        m.insert(obj(i));
+    }
+    // SlotMap's slot: the value (or a free-list link) and a u32 version, padded.
+    let slot = std::mem::size_of::<Obj>() + 8;
+    let slotmap = (m.capacity() * slot) as f64 / m.len() as f64;
+    // DenseSlotMap: values and keys side by side, plus 8-byte slots.
+    let (mut d, dks) = dense_full();
+    let q = shuffled(&dks, 2);
+    for k in &q[..N / 2] {
+        d.remove(*k);
+    }
+    for i in 0..N / 2 {
+        d.insert(obj(i));
+    }
+    let dense = (d.capacity() * (std::mem::size_of::<Obj>() + 8 + 8)) as f64 / d.len() as f64;
+    let vec = std::mem::size_of::<Obj>() as f64;
+    [table, slotmap, dense, vec]
+}
+
+fn summary() {
+    let peers = ["table", "slotmap", "dense_slotmap", "vec"];
+    println!("\nsummary: ns per element (ratio to SlotMap; below 1 means faster than SlotMap)");
+    println!(
+        "{:<22} {:>16} {:>12} {:>16} {:>16}",
+        "case", peers[0], peers[1], peers[2], peers[3]
+    );
+    // Every benchmark iteration touches N elements (churn: N/2 removes, N/2 inserts and
+    // one pass over N), so per element is the estimate over N.
+    let per_elem = |group: &str, p: &str| estimate(group, p).map(|ns| ns / N as f64);
+    for group in [
+        "insert",
+        "get_shuffled",
+        "iterate_sum",
+        "iter_mut",
+        "churn",
+        "remove_all",
+    ] {
+        let base = per_elem(group, "slotmap");
+        let cells: Vec<String> = peers
+            .iter()
+            .map(|p| match (per_elem(group, p), base) {
+                (Some(t), Some(b)) => format!("{t:.2} ({:.2}x)", t / b),
+                (Some(t), None) => format!("{t:.2}"),
+                _ => "-".into(),
+            })
+            .collect();
+        println!(
+            "{:<22} {:>16} {:>12} {:>16} {:>16}",
+            group, cells[0], cells[1], cells[2], cells[3]
+        );
+    }
+    if let (Some(t), Some(b)) = (
+        per_elem("get_shuffled", "table_get_many"),
+        per_elem("get_shuffled", "slotmap"),
+    ) {
+        println!(
+            "{:<22} {:>16}",
+            "get_many (table)",
+            format!("{t:.2} ({:.2}x)", t / b)
+        );
+    }
+    let bytes = bytes_after_churn();
+    println!(
+        "bytes per live object after churn: table {:.1}, slotmap {:.1}, dense_slotmap {:.1}, vec {:.1}",
+        bytes[0], bytes[1], bytes[2], bytes[3]
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+    if !std::env::args().any(|a| a == "--list" || a == "--test") {
+        summary();
+    }
+}

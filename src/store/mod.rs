@@ -1,0 +1,315 @@
+//! Layer 3, **store**: one owner for a table per type.
+//!
+//! [`Store`] holds one [`Table<T>`] per registered type, behind an object-safe erased
+//! interface ([`ErasedTable`]) so that later layers (defragmentation, GC, snapshots,
+//! device mirrors) can walk every table without knowing its type. [`SharedStore`] puts
+//! each table behind its own `parking_lot::RwLock` for many threads mutating at once.
+//!
+//! Invariants: at most one table per type; a handle of type `T` is only ever looked up
+//! in the table of `T` (the type system routes it), so it resolves exactly as in
+//! [`Table`]. This layer has no unsafe code.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::pool::{HierarchicalPool, PoolStats};
+use crate::table::{Handle, Table, TableStats, default_pool};
+
+/// What every table offers without its type: the interface later layers walk.
+pub trait ErasedTable: Send + Sync {
+    /// The stored type's name (`std::any::type_name`).
+    fn type_name(&self) -> &'static str;
+    /// Live objects.
+    fn len(&self) -> usize;
+    /// True when the table holds no object.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The table's figures.
+    fn stats(&self) -> TableStats;
+    /// Drops every object.
+    fn clear(&mut self);
+    /// The table's current epoch.
+    fn epoch(&self) -> u64;
+    /// The table as `Any`, to get the typed table back.
+    fn as_any(&self) -> &dyn Any;
+    /// The table as `Any`, mutably.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Send + Sync + 'static> ErasedTable for Table<T> {
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+    fn len(&self) -> usize {
+        Table::len(self)
+    }
+    fn stats(&self) -> TableStats {
+        Table::stats(self)
+    }
+    fn clear(&mut self) {
+        Table::clear(self)
+    }
+    fn epoch(&self) -> u64 {
+        Table::epoch(self)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Figures of a whole store.
+#[derive(Clone, Debug)]
+pub struct StoreStats {
+    /// Each table's type name and figures, sorted by type name.
+    pub tables: Vec<(&'static str, TableStats)>,
+    /// The figures of the pool the tables take their chunks from.
+    pub pool: PoolStats,
+}
+
+/// One table per type, owned together so they can be traced, defragmented, mirrored and
+/// snapshotted as a whole. `Send + Sync`.
+///
+/// ```
+/// use neurostore::store::Store;
+///
+/// struct Spike { time_ms: f32 }
+///
+/// let mut store = Store::new();
+/// let a = store.insert(1.5f64);
+/// let s = store.insert(Spike { time_ms: 12.5 });
+/// assert_eq!(store.get(a), Some(&1.5));
+/// store.get_mut(s).unwrap().time_ms += 0.1;
+/// assert_eq!(store.table::<Spike>().unwrap().len(), 1);
+/// assert_eq!(store.remove(a), Some(1.5));
+/// assert_eq!(store.get(a), None);
+/// assert_eq!(store.stats().tables.len(), 2);
+/// ```
+pub struct Store {
+    tables: HashMap<TypeId, Box<dyn ErasedTable>>,
+    pool: Arc<HierarchicalPool>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self
+            .tables
+            .values()
+            .map(|t| (t.type_name(), t.len()))
+            .collect();
+        names.sort();
+        f.debug_struct("Store").field("tables", &names).finish()
+    }
+}
+
+impl Store {
+    /// An empty store whose tables take chunks from the default pool.
+    pub fn new() -> Self {
+        Self::with_pool(default_pool())
+    }
+
+    /// An empty store whose tables take chunks from `pool`.
+    pub fn with_pool(pool: Arc<HierarchicalPool>) -> Self {
+        Store {
+            tables: HashMap::new(),
+            pool,
+        }
+    }
+
+    /// The pool the tables take chunks from.
+    pub fn pool(&self) -> &Arc<HierarchicalPool> {
+        &self.pool
+    }
+
+    /// The table of `T`, made empty if it was not registered yet.
+    pub fn register<T: Send + Sync + 'static>(&mut self) -> &mut Table<T> {
+        let pool = &self.pool;
+        self.tables
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(Table::<T>::with_pool(pool.clone())))
+            .as_any_mut()
+            .downcast_mut()
+            .expect("the table under TypeId::of::<T>() is a Table<T>")
+    }
+
+    /// Inserts `value` into the table of `T` (registering it if needed).
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Handle<T> {
+        self.register::<T>().insert(value)
+    }
+
+    /// The object `h` names.
+    pub fn get<T: Send + Sync + 'static>(&self, h: Handle<T>) -> Option<&T> {
+        self.table::<T>()?.get(h)
+    }
+
+    /// The object `h` names, mutably.
+    pub fn get_mut<T: Send + Sync + 'static>(&mut self, h: Handle<T>) -> Option<&mut T> {
+        self.table_mut::<T>()?.get_mut(h)
+    }
+
+    /// True when `h` names a live object.
+    pub fn contains<T: Send + Sync + 'static>(&self, h: Handle<T>) -> bool {
+        self.table::<T>().is_some_and(|t| t.contains(h))
+    }
+
+    /// Removes and returns the object `h` names; a stale handle changes nothing.
+    pub fn remove<T: Send + Sync + 'static>(&mut self, h: Handle<T>) -> Option<T> {
+        self.table_mut::<T>()?.remove(h)
+    }
+
+    /// The table of `T`, if registered.
+    pub fn table<T: Send + Sync + 'static>(&self) -> Option<&Table<T>> {
+        self.tables.get(&TypeId::of::<T>())?.as_any().downcast_ref()
+    }
+
+    /// The table of `T`, mutably, if registered.
+    pub fn table_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut Table<T>> {
+        self.tables
+            .get_mut(&TypeId::of::<T>())?
+            .as_any_mut()
+            .downcast_mut()
+    }
+
+    /// Every table, erased (for layers that walk them all).
+    pub fn tables(&self) -> impl Iterator<Item = &dyn ErasedTable> {
+        self.tables.values().map(|t| &**t)
+    }
+
+    /// Every table, erased and mutable.
+    pub fn tables_mut(&mut self) -> impl Iterator<Item = &mut dyn ErasedTable> {
+        self.tables
+            .values_mut()
+            .map(|t| &mut **t as &mut dyn ErasedTable)
+    }
+
+    /// The figures of every table and of the pool.
+    pub fn stats(&self) -> StoreStats {
+        let mut tables: Vec<_> = self
+            .tables
+            .values()
+            .map(|t| (t.type_name(), t.stats()))
+            .collect();
+        tables.sort_by(|a, b| a.0.cmp(b.0));
+        StoreStats {
+            tables,
+            pool: self.pool.stats(),
+        }
+    }
+}
+
+/// A store for many threads mutating at once: each table sits behind its own
+/// `parking_lot::RwLock`, so threads working on different types never wait for each
+/// other, and readers of one type share it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use neurostore::store::SharedStore;
+///
+/// let store = Arc::new(SharedStore::new());
+/// let workers: Vec<_> = (0..4u64)
+///     .map(|t| {
+///         let store = store.clone();
+///         std::thread::spawn(move || (0..100).map(|i| store.insert(t * 1000 + i)).collect::<Vec<_>>())
+///     })
+///     .collect();
+/// let handles: Vec<_> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+/// assert_eq!(store.table::<u64>().unwrap().read().len(), 400);
+/// assert_eq!(store.with(handles[0], |v| *v), Some(0));
+/// ```
+pub struct SharedStore {
+    tables: RwLock<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    pool: Arc<HierarchicalPool>,
+}
+
+impl Default for SharedStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStore")
+            .field("tables", &self.tables.read().len())
+            .finish()
+    }
+}
+
+impl SharedStore {
+    /// An empty shared store whose tables take chunks from the default pool.
+    pub fn new() -> Self {
+        Self::with_pool(default_pool())
+    }
+
+    /// An empty shared store whose tables take chunks from `pool`.
+    pub fn with_pool(pool: Arc<HierarchicalPool>) -> Self {
+        SharedStore {
+            tables: RwLock::new(HashMap::new()),
+            pool,
+        }
+    }
+
+    /// The lock-guarded table of `T`, made empty if it was not registered yet.
+    pub fn register<T: Send + Sync + 'static>(&self) -> Arc<RwLock<Table<T>>> {
+        if let Some(t) = self.table::<T>() {
+            return t;
+        }
+        let mut tables = self.tables.write();
+        let entry = tables
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(RwLock::new(Table::<T>::with_pool(self.pool.clone()))));
+        Arc::clone(entry)
+            .downcast()
+            .expect("the table under TypeId::of::<T>() is a RwLock<Table<T>>")
+    }
+
+    /// The lock-guarded table of `T`, if registered.
+    pub fn table<T: Send + Sync + 'static>(&self) -> Option<Arc<RwLock<Table<T>>>> {
+        let any = Arc::clone(self.tables.read().get(&TypeId::of::<T>())?);
+        any.downcast().ok()
+    }
+
+    /// Inserts `value` into the table of `T` (registering it if needed).
+    pub fn insert<T: Send + Sync + 'static>(&self, value: T) -> Handle<T> {
+        self.register::<T>().write().insert(value)
+    }
+
+    /// Runs `f` on the object `h` names, under the table's read lock.
+    pub fn with<T: Send + Sync + 'static, R>(
+        &self,
+        h: Handle<T>,
+        f: impl FnOnce(&T) -> R,
+    ) -> Option<R> {
+        let table = self.table::<T>()?;
+        let guard = table.read();
+        guard.get(h).map(f)
+    }
+
+    /// Runs `f` on the object `h` names, mutably, under the table's write lock.
+    pub fn with_mut<T: Send + Sync + 'static, R>(
+        &self,
+        h: Handle<T>,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Option<R> {
+        let table = self.table::<T>()?;
+        let mut guard = table.write();
+        guard.get_mut(h).map(f)
+    }
+
+    /// Removes and returns the object `h` names; a stale handle changes nothing.
+    pub fn remove<T: Send + Sync + 'static>(&self, h: Handle<T>) -> Option<T> {
+        self.table::<T>()?.write().remove(h)
+    }
+}
