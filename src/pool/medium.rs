@@ -21,7 +21,8 @@
 //! **Coalescing.** A freed block merges with a free successor and a free predecessor
 //! (found through the previous-size tag), so no two free blocks are ever adjacent. A
 //! region that becomes wholly free goes back to the OS when more than `retain_empty`
-//! regions are empty. Regions have a fixed size (`medium.region_size`): geometric growth
+//! regions are empty: its pages are decommitted and the mapping kept for the next region
+//! the tier needs (checked mode unmaps it, so that a use after free faults). Regions have a fixed size (`medium.region_size`): geometric growth
 //! would leave the newest, largest region mostly empty and reserved.
 //!
 //! Invariants, under the tier lock: the blocks of a region tile it exactly; each
@@ -110,6 +111,9 @@ struct MediumState {
     bins: [*mut Header; MAX_BINS],
     nonempty: u128,
     regions: *mut RegionMeta,
+    /// Regions given back to the OS (pages decommitted) but still mapped and registered,
+    /// singly linked through `next`, for cheap reuse.
+    decommitted: *mut RegionMeta,
     region_count: usize,
     empty_regions: usize,
     next_region_size: usize,
@@ -202,6 +206,7 @@ impl MediumTier {
                 bins: [ptr::null_mut(); MAX_BINS],
                 nonempty: 0,
                 regions: ptr::null_mut(),
+                decommitted: ptr::null_mut(),
                 region_count: 0,
                 empty_regions: 0,
                 next_region_size: cfg.region_size,
@@ -552,6 +557,16 @@ impl MediumTier {
         let len = os::round_up(need + HEADER, GRANULE)
             .ok_or(OomReason::LayoutTooLarge)?
             .max(st.next_region_size);
+        // SAFETY: decommitted regions are live metadata of ours, owned by this list; we
+        // hold the lock.
+        if let Some(r) = unsafe { st.decommitted.as_mut() }.filter(|r| r.header.len >= len) {
+            budget.reserve(r.header.len)?;
+            let meta: *mut RegionMeta = r;
+            st.decommitted = r.next;
+            // SAFETY: the region is mapped, registered and wholly ours.
+            unsafe { self.install_region(st, meta) };
+            return Ok(());
+        }
         budget.reserve(len)?;
         let Some(base) = os::map(len, GRANULE, self.huge_pages) else {
             budget.release(len);
@@ -590,28 +605,41 @@ impl MediumTier {
             budget.release(len);
             return Err(OomReason::OsRefused);
         }
-        // SAFETY: the region is fresh and ours; the old head (if any) is a live region.
+        // SAFETY: the region is fresh, mapped, registered and ours.
+        unsafe { self.install_region(st, meta) };
+        Ok(())
+    }
+
+    /// Links a region into the live list as one free block closed by a sentinel.
+    ///
+    /// # Safety
+    /// `meta` names a mapped, registered region of ours on no list, whose budget is
+    /// reserved; lock held.
+    unsafe fn install_region(&self, st: &mut MediumState, meta: *mut RegionMeta) {
+        // SAFETY: per the contract the region and its metadata are ours alone.
         unsafe {
+            let (base, len) = ((*meta).header.base as *mut u8, (*meta).header.len);
+            (*meta).prev = ptr::null_mut();
+            (*meta).next = st.regions;
             if let Some(old) = st.regions.as_mut() {
                 old.prev = meta;
             }
             st.regions = meta;
-            let first = base.as_ptr().cast::<Header>();
+            let first = base.cast::<Header>();
             let body = len - HEADER;
             (*first).prev_size = 0;
             (*first).size_flags = body;
-            let sentinel = base.as_ptr().add(body).cast::<Header>();
+            let sentinel = base.add(body).cast::<Header>();
             (*sentinel).prev_size = body;
             (*sentinel).size_flags = USED;
             self.insert(st, first);
+            st.region_count += 1;
+            st.empty_regions += 1;
+            self.counters.reserved.fetch_add(len, Ordering::Relaxed);
+            self.counters
+                .regions
+                .store(st.region_count, Ordering::Relaxed);
         }
-        st.region_count += 1;
-        st.empty_regions += 1;
-        self.counters.reserved.fetch_add(len, Ordering::Relaxed);
-        self.counters
-            .regions
-            .store(st.region_count, Ordering::Relaxed);
-        Ok(())
     }
 
     /// # Safety
@@ -628,9 +656,18 @@ impl MediumTier {
                 n.prev = p;
             }
             let (base, len) = ((*r).header.base, (*r).header.len);
-            page_map::unregister(base, len);
-            os::unmap(NonNull::new_unchecked(base as *mut u8), len, GRANULE);
-            drop(SysBox::from_raw_in(r, System));
+            if self.checked {
+                // Unmap, so that a use after free faults.
+                page_map::unregister(base, len);
+                os::unmap(NonNull::new_unchecked(base as *mut u8), len, GRANULE);
+                drop(SysBox::from_raw_in(r, System));
+            } else {
+                // Decommit but keep the mapping for reuse by `grow`.
+                os::decommit(NonNull::new_unchecked(base as *mut u8), len);
+                (*r).prev = ptr::null_mut();
+                (*r).next = st.decommitted;
+                st.decommitted = r;
+            }
             budget.release(len);
             st.region_count -= 1;
             self.counters.reserved.fetch_sub(len, Ordering::Relaxed);
@@ -770,6 +807,18 @@ impl MediumTier {
             let r = st.regions;
             // SAFETY: `r` heads the region list; per the contract nothing uses it.
             unsafe { self.free_region(&mut st, r, budget) };
+        }
+        while !st.decommitted.is_null() {
+            let r = st.decommitted;
+            // SAFETY: `r` heads the decommitted list: registered, mapped, unused metadata
+            // of ours; after unregistering, no lookup reaches it.
+            unsafe {
+                st.decommitted = (*r).next;
+                let (base, len) = ((*r).header.base, (*r).header.len);
+                page_map::unregister(base, len);
+                os::unmap(NonNull::new_unchecked(base as *mut u8), len, GRANULE);
+                drop(SysBox::from_raw_in(r, System));
+            }
         }
         st.bins = [ptr::null_mut(); MAX_BINS];
         st.nonempty = 0;

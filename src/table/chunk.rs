@@ -3,8 +3,8 @@
 //! iteration and defragmentation use).
 //!
 //! Invariants: bit `i` of `occupied` is set iff place `i` holds an initialised object,
-//! `owners[i]` is then the handle whose slot points here (else null), and `live` is the
-//! number of set bits. The block is `Layout::array::<T>(capacity)` from `pool` (no block
+//! `owners[i]` is then the handle whose slot points here (else null), `live` is the
+//! number of set bits, and every word before `free_cursor` is full. The block is `Layout::array::<T>(capacity)` from `pool` (no block
 //! for zero-sized `T`), and is returned exactly once, by [`Chunk::release`].
 
 use std::alloc::Layout;
@@ -19,6 +19,8 @@ pub(crate) struct Chunk<T> {
     occupied: Box<[u64]>,
     owners: Box<[Handle<T>]>,
     live: u32,
+    /// Words of `occupied` before this one are full.
+    free_cursor: u32,
     /// The table epoch of the last change to this chunk.
     pub dirty: u64,
 }
@@ -42,6 +44,7 @@ impl<T> Chunk<T> {
             occupied: vec![0; (capacity as usize).div_ceil(64)].into_boxed_slice(),
             owners: vec![Handle::null(); capacity as usize].into_boxed_slice(),
             live: 0,
+            free_cursor: 0,
             dirty: epoch,
         })
     }
@@ -60,10 +63,14 @@ impl<T> Chunk<T> {
 
     /// The lowest free place.
     pub(crate) fn first_free(&self) -> Option<u32> {
-        self.occupied.iter().enumerate().find_map(|(w, &word)| {
-            let pos = w as u32 * 64 + (!word).trailing_zeros();
-            (word != u64::MAX && pos < self.capacity()).then_some(pos)
-        })
+        let from = self.free_cursor as usize;
+        self.occupied[from..]
+            .iter()
+            .enumerate()
+            .find_map(|(w, &word)| {
+                let pos = (from + w) as u32 * 64 + (!word).trailing_zeros();
+                (word != u64::MAX && pos < self.capacity()).then_some(pos)
+            })
     }
 
     /// The highest occupied place.
@@ -85,9 +92,15 @@ impl<T> Chunk<T> {
         // SAFETY: `pos` is within the chunk's places (checked above) and free, so writing
         // does not overwrite a live object.
         unsafe { self.data.as_ptr().add(pos as usize).write(value) };
-        self.occupied[pos as usize / 64] |= 1 << (pos % 64);
+        let w = pos as usize / 64;
+        self.occupied[w] |= 1 << (pos % 64);
         self.owners[pos as usize] = owner;
         self.live += 1;
+        while (self.free_cursor as usize) < self.occupied.len()
+            && self.occupied[self.free_cursor as usize] == u64::MAX
+        {
+            self.free_cursor += 1;
+        }
     }
 
     /// Moves the object out of the occupied place `pos`.
@@ -99,6 +112,7 @@ impl<T> Chunk<T> {
         self.occupied[pos as usize / 64] &= !(1 << (pos % 64));
         self.owners[pos as usize] = Handle::null();
         self.live -= 1;
+        self.free_cursor = self.free_cursor.min(pos / 64);
         // SAFETY: the place was occupied (checked above), so it holds an initialised
         // object, which we move out; its bit is now clear, so it is never read again.
         unsafe { self.data.as_ptr().add(pos as usize).read() }
@@ -111,10 +125,58 @@ impl<T> Chunk<T> {
             .then(|| unsafe { &*self.data.as_ptr().add(pos as usize) })
     }
 
-    pub(crate) fn get_mut(&mut self, pos: u32) -> Option<&mut T> {
-        // SAFETY: as in `get`, with the exclusive borrow of the chunk.
-        self.is_occupied(pos)
-            .then(|| unsafe { &mut *self.data.as_ptr().add(pos as usize) })
+    /// The object at `pos`, without checking the occupancy bit.
+    ///
+    /// # Safety
+    /// Place `pos` is occupied (for example: a live slot names it).
+    #[inline]
+    pub(crate) unsafe fn get_unchecked(&self, pos: u32) -> &T {
+        debug_assert!(self.is_occupied(pos));
+        // SAFETY: per the contract the place holds an initialised object; the shared
+        // borrow of the chunk keeps it in place.
+        unsafe { &*self.data.as_ptr().add(pos as usize) }
+    }
+
+    /// The object at `pos`, mutably, without checking the occupancy bit.
+    ///
+    /// # Safety
+    /// As [`get_unchecked`](Self::get_unchecked).
+    #[inline]
+    pub(crate) unsafe fn get_unchecked_mut(&mut self, pos: u32) -> &mut T {
+        debug_assert!(self.is_occupied(pos));
+        // SAFETY: as in `get_unchecked`, with the exclusive borrow of the chunk.
+        unsafe { &mut *self.data.as_ptr().add(pos as usize) }
+    }
+
+    /// Every object in place order. A full chunk is walked as one slice.
+    pub(crate) fn values(&self) -> ChunkValues<'_, T> {
+        if self.live == self.capacity() {
+            // SAFETY: every place is occupied, so the block holds `capacity` initialised
+            // objects in a row; the shared borrow keeps them in place.
+            let all =
+                unsafe { std::slice::from_raw_parts(self.data.as_ptr(), self.capacity() as usize) };
+            ChunkValues::Full(all.iter())
+        } else {
+            ChunkValues::Sparse(self, self.occupied_places_vec())
+        }
+    }
+
+    fn occupied_places_vec(&self) -> std::vec::IntoIter<u32> {
+        self.occupied_places().collect::<Vec<u32>>().into_iter()
+    }
+
+    /// Every object in place order, mutably. A full chunk is walked as one slice.
+    pub(crate) fn values_mut(&mut self) -> ChunkValuesMut<'_, T> {
+        if self.live == self.capacity() {
+            // SAFETY: as in `values`, with the exclusive borrow.
+            let all = unsafe {
+                std::slice::from_raw_parts_mut(self.data.as_ptr(), self.capacity() as usize)
+            };
+            ChunkValuesMut::Full(all.iter_mut())
+        } else {
+            let places = self.occupied_places_vec();
+            ChunkValuesMut::Sparse(self.data.as_ptr(), places, std::marker::PhantomData)
+        }
     }
 
     /// A raw pointer to place `pos` (for prefetching and disjoint borrows).
@@ -175,3 +237,49 @@ impl<T> Chunk<T> {
 unsafe impl<T: Send> Send for Chunk<T> {}
 // SAFETY: shared access to a chunk only gives shared access to its objects.
 unsafe impl<T: Sync> Sync for Chunk<T> {}
+
+/// The objects of one chunk, in place order.
+pub(crate) enum ChunkValues<'a, T> {
+    Full(std::slice::Iter<'a, T>),
+    Sparse(&'a Chunk<T>, std::vec::IntoIter<u32>),
+}
+
+impl<'a, T> Iterator for ChunkValues<'a, T> {
+    type Item = &'a T;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a T> {
+        match self {
+            ChunkValues::Full(it) => it.next(),
+            // SAFETY: the places come from the occupancy bitmap of this chunk, which the
+            // shared borrow keeps unchanged.
+            ChunkValues::Sparse(c, places) => places.next().map(|p| unsafe { c.get_unchecked(p) }),
+        }
+    }
+}
+
+/// The objects of one chunk, mutably, in place order.
+pub(crate) enum ChunkValuesMut<'a, T> {
+    Full(std::slice::IterMut<'a, T>),
+    Sparse(
+        *mut T,
+        std::vec::IntoIter<u32>,
+        std::marker::PhantomData<&'a mut T>,
+    ),
+}
+
+impl<'a, T> Iterator for ChunkValuesMut<'a, T> {
+    type Item = &'a mut T;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a mut T> {
+        match self {
+            ChunkValuesMut::Full(it) => it.next(),
+            // SAFETY: each place comes once from the occupancy bitmap of a chunk that is
+            // exclusively borrowed for 'a, so the references are disjoint and live objects.
+            ChunkValuesMut::Sparse(data, places, _) => {
+                places.next().map(|p| unsafe { &mut *data.add(p as usize) })
+            }
+        }
+    }
+}

@@ -306,7 +306,9 @@ impl<T> Table<T> {
     #[inline]
     pub fn get(&self, h: Handle<T>) -> Option<&T> {
         let loc = self.unpack(*self.slots.get(h)?);
-        self.chunks[loc.chunk as usize].as_ref()?.get(loc.pos)
+        let chunk = self.chunks.get(loc.chunk as usize)?.as_ref()?;
+        // SAFETY: a live slot names an occupied place (module invariant).
+        Some(unsafe { chunk.get_unchecked(loc.pos) })
     }
 
     /// The object `h` names, mutably, if it is live (stamps its chunk as changed).
@@ -314,31 +316,43 @@ impl<T> Table<T> {
     pub fn get_mut(&mut self, h: Handle<T>) -> Option<&mut T> {
         let loc = self.unpack(*self.slots.get(h)?);
         let epoch = self.epoch;
-        let chunk = self.chunks[loc.chunk as usize].as_mut()?;
+        let chunk = self.chunks.get_mut(loc.chunk as usize)?.as_mut()?;
         chunk.dirty = epoch;
-        chunk.get_mut(loc.pos)
+        // SAFETY: a live slot names an occupied place (module invariant).
+        Some(unsafe { chunk.get_unchecked_mut(loc.pos) })
     }
 
     /// Resolves a batch of handles, prefetching the objects before reading them so that
     /// their cache misses overlap. `None` for each stale or null handle.
     pub fn get_many(&self, handles: &[Handle<T>]) -> Vec<Option<&T>> {
-        const BATCH: usize = 32;
         let mut out = Vec::with_capacity(handles.len());
-        let mut locs = [None::<Loc>; BATCH];
-        for group in handles.chunks(BATCH) {
-            for (slot, h) in locs.iter_mut().zip(group) {
-                *slot = self.slots.get(*h).map(|p| self.unpack(*p));
-                if let Some(loc) = slot
-                    && let Some(c) = &self.chunks[loc.chunk as usize]
-                {
-                    c.prefetch(loc.pos);
+        self.for_each_many(handles, |v| out.push(v));
+        out
+    }
+
+    /// Calls `f` with the object of each handle in turn (`None` for a stale or null one),
+    /// resolving them in groups: all slots of a group first, prefetching each object,
+    /// then the objects, so that the cache misses of a group overlap.
+    pub fn for_each_many<'a>(&'a self, handles: &[Handle<T>], mut f: impl FnMut(Option<&'a T>)) {
+        const GROUP: usize = 16;
+        let mut ptrs = [std::ptr::null::<T>(); GROUP];
+        for group in handles.chunks(GROUP) {
+            for (p, h) in ptrs.iter_mut().zip(group) {
+                *p = std::ptr::null();
+                if let Some(place) = self.slots.get(*h) {
+                    let loc = self.unpack(*place);
+                    if let Some(Some(c)) = self.chunks.get(loc.chunk as usize) {
+                        c.prefetch(loc.pos);
+                        *p = c.place_ptr(loc.pos);
+                    }
                 }
             }
-            for loc in &locs[..group.len()] {
-                out.push(loc.and_then(|l| self.chunks[l.chunk as usize].as_ref()?.get(l.pos)));
+            for p in &ptrs[..group.len()] {
+                // SAFETY: a non-null pointer was taken from a live slot's occupied place
+                // (module invariant) above, and `&'a self` keeps the table unchanged.
+                f(unsafe { p.as_ref() });
             }
         }
-        out
     }
 
     /// Mutable references to `N` distinct live objects at once; `None` if any handle is
@@ -483,6 +497,22 @@ impl<T> Table<T> {
                     c.get(pos).expect("occupied places hold objects"),
                 )
             })
+        })
+    }
+
+    /// Every live object, in storage order, without handles (the fastest walk: a full
+    /// chunk is one slice).
+    pub fn values(&self) -> impl Iterator<Item = &T> + '_ {
+        self.chunks.iter().flatten().flat_map(|c| c.values())
+    }
+
+    /// Every live object, mutably, in storage order, without handles. Stamps every
+    /// chunk as changed.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
+        let epoch = self.epoch;
+        self.chunks.iter_mut().flatten().flat_map(move |c| {
+            c.dirty = epoch;
+            c.values_mut()
         })
     }
 
