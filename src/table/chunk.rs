@@ -275,10 +275,12 @@ impl<'a, T> Iterator for ChunkValuesMut<'a, T> {
     fn next(&mut self) -> Option<&'a mut T> {
         match self {
             ChunkValuesMut::Full(it) => it.next(),
-            // SAFETY: each place comes once from the occupancy bitmap of a chunk that is
-            // exclusively borrowed for 'a, so the references are disjoint and live objects.
             ChunkValuesMut::Sparse(data, places, _) => {
-                places.next().map(|p| unsafe { &mut *data.add(p as usize) })
+                let p = places.next()?;
+                // SAFETY: each place comes once from the occupancy bitmap of a chunk that
+                // is exclusively borrowed for 'a, so the references are disjoint and name
+                // live objects.
+                Some(unsafe { &mut *data.add(p as usize) })
             }
         }
     }
