@@ -91,6 +91,54 @@ fn vec_full() -> (Vec<Obj>, Vec<u32>) {
     ((0..N).map(obj).collect(), (0..N as u32).collect())
 }
 
+/// What churn and removal need of a keyed container.
+trait Keyed {
+    type Key: Copy;
+    fn remove_key(&mut self, k: Self::Key) -> Option<Obj>;
+    fn insert_obj(&mut self, o: Obj);
+    fn sum(&self) -> f64;
+}
+
+/// The three keyed containers share method names, so one body serves them all.
+macro_rules! impl_keyed {
+    ($container:ty, $key:ty) => {
+        impl Keyed for $container {
+            type Key = $key;
+            fn remove_key(&mut self, k: $key) -> Option<Obj> {
+                self.remove(k)
+            }
+            fn insert_obj(&mut self, o: Obj) {
+                self.insert(o);
+            }
+            fn sum(&self) -> f64 {
+                self.values().map(|o| o.v).sum()
+            }
+        }
+    };
+}
+
+impl_keyed!(Table<Obj>, Handle<Obj>);
+impl_keyed!(SlotMap<DefaultKey, Obj>, DefaultKey);
+impl_keyed!(DenseSlotMap<DefaultKey, Obj>, DefaultKey);
+
+/// Removes a random half, inserts as many, iterates.
+fn churn<M: Keyed>(m: &mut M, keys: &[M::Key]) {
+    let q = shuffled(keys, 2);
+    for k in &q[..N / 2] {
+        black_box(m.remove_key(*k));
+    }
+    for i in 0..N / 2 {
+        m.insert_obj(obj(i));
+    }
+    black_box(m.sum());
+}
+
+fn remove_all<M: Keyed>(m: &mut M, keys: &[M::Key]) {
+    for k in keys {
+        black_box(m.remove_key(*k));
+    }
+}
+
 fn bench(c: &mut Criterion) {
     // insert
     per_element(c, "insert", "table", Table::<Obj>::new, |t| {
@@ -199,7 +247,7 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group("iter_mut");
         g.sample_size(20);
         g.bench_function("table", |b| {
-            b.iter(|| t.iter_mut().for_each(|(_, o)| o.i += 1.0))
+            b.iter(|| t.values_mut().for_each(|o| o.i += 1.0))
         });
         g.bench_function("slotmap", |b| {
             b.iter(|| m.values_mut().for_each(|o| o.i += 1.0))
@@ -212,35 +260,10 @@ fn bench(c: &mut Criterion) {
     }
 
     // churn: remove a random half, insert as many, iterate
-    per_element(c, "churn", "table", table_full, |(t, hs)| {
-        let q = shuffled(hs, 2);
-        for h in &q[..N / 2] {
-            t.remove(*h);
-        }
-        for i in 0..N / 2 {
-            t.insert(obj(i));
-        }
-        black_box(t.values().map(|o| o.v).sum::<f64>());
-    });
-    per_element(c, "churn", "slotmap", slotmap_full, |(m, ks)| {
-        let q = shuffled(ks, 2);
-        for k in &q[..N / 2] {
-            m.remove(*k);
-        }
-        for i in 0..N / 2 {
-            m.insert(obj(i));
-        }
-        black_box(m.values().map(|o| o.v).sum::<f64>());
-    });
+    per_element(c, "churn", "table", table_full, |(t, hs)| churn(t, hs));
+    per_element(c, "churn", "slotmap", slotmap_full, |(m, ks)| churn(m, ks));
     per_element(c, "churn", "dense_slotmap", dense_full, |(m, ks)| {
-        let q = shuffled(ks, 2);
-        for k in &q[..N / 2] {
-            m.remove(*k);
-        }
-        for i in 0..N / 2 {
-            m.insert(obj(i));
-        }
-        black_box(m.values().map(|o| o.v).sum::<f64>());
+        churn(m, ks)
     });
     per_element(c, "churn", "vec", vec_full, |(v, is)| {
         // A Vec has no stable names: swap_remove at random positions, then push.
@@ -257,19 +280,13 @@ fn bench(c: &mut Criterion) {
 
     // remove all
     per_element(c, "remove_all", "table", table_full, |(t, hs)| {
-        for h in hs.iter() {
-            black_box(t.remove(*h));
-        }
+        remove_all(t, hs)
     });
     per_element(c, "remove_all", "slotmap", slotmap_full, |(m, ks)| {
-        for k in ks.iter() {
-            black_box(m.remove(*k));
-        }
+        remove_all(m, ks)
     });
     per_element(c, "remove_all", "dense_slotmap", dense_full, |(m, ks)| {
-        for k in ks.iter() {
-            black_box(m.remove(*k));
-        }
+        remove_all(m, ks)
     });
     per_element(c, "remove_all", "vec", vec_full, |(v, _)| {
         while let Some(o) = v.pop() {
@@ -287,40 +304,31 @@ fn estimate(group: &str, id: &str) -> Option<f64> {
         .or_else(|| v["mean"]["point_estimate"].as_f64())
 }
 
-fn bytes_after_churn() -> [f64; 4] {
-    let (mut t, hs) = table_full();
-    let q = shuffled(&hs, 2);
-    for h in &q[..N / 2] {
-        t.remove(*h);
+/// Removes a random half and inserts as many, without the final pass.
+fn churn_only<M: Keyed>(m: &mut M, keys: &[M::Key]) {
+    let q = shuffled(keys, 2);
+    for k in &q[..N / 2] {
+        m.remove_key(*k);
     }
     for i in 0..N / 2 {
-        t.insert(obj(i));
+        m.insert_obj(obj(i));
     }
+}
+
+fn bytes_after_churn() -> [f64; 4] {
+    let (mut t, hs) = table_full();
+    churn_only(&mut t, &hs);
     let st = t.stats();
     let table = (st.bytes_reserved + st.metadata_bytes) as f64 / t.len() as f64;
     let (mut m, ks) = slotmap_full();
-    let q = shuffled(&ks, 2);
-    for k in &q[..N / 2] {
-        m.remove(*k);
-    }
-    for i in 0..N / 2 {
-        m.insert(obj(i));
-    }
+    churn_only(&mut m, &ks);
     // SlotMap's slot: the value (or a free-list link) and a u32 version, padded.
-    let slot = std::mem::size_of::<Obj>() + 8;
-    let slotmap = (m.capacity() * slot) as f64 / m.len() as f64;
+    let slotmap = (m.capacity() * (std::mem::size_of::<Obj>() + 8)) as f64 / m.len() as f64;
     // DenseSlotMap: values and keys side by side, plus 8-byte slots.
     let (mut d, dks) = dense_full();
-    let q = shuffled(&dks, 2);
-    for k in &q[..N / 2] {
-        d.remove(*k);
-    }
-    for i in 0..N / 2 {
-        d.insert(obj(i));
-    }
+    churn_only(&mut d, &dks);
     let dense = (d.capacity() * (std::mem::size_of::<Obj>() + 8 + 8)) as f64 / d.len() as f64;
-    let vec = std::mem::size_of::<Obj>() as f64;
-    [table, slotmap, dense, vec]
+    [table, slotmap, dense, std::mem::size_of::<Obj>() as f64]
 }
 
 fn summary() {

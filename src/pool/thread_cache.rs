@@ -370,6 +370,30 @@ fn bump(counter: &AtomicU64) {
     );
 }
 
+/// The entry this thread used last, for the fast paths.
+///
+/// # Safety
+/// The caller holds no other borrow of the entries, and drops the result before anything
+/// could borrow them again (the fast paths make no call while they hold it).
+#[inline(always)]
+#[allow(clippy::mut_from_ref)] // the entries live in an UnsafeCell; the contract rules out aliasing
+unsafe fn last_entry(c: &ThreadCaches) -> &mut Entry {
+    // SAFETY: no other borrow of the entries is alive: the only other one is held by
+    // `with_entry`'s closures, and nothing they run allocates through the global allocator
+    // (their metadata comes from `System`), so the fast paths cannot run inside them.
+    // `last` is always the byte offset of an entry (only `with_entry` sets it). After the
+    // exit guard ran, every entry is empty, so the callers' id checks send them to the
+    // slow (locked) path.
+    unsafe {
+        &mut *c
+            .entries
+            .get()
+            .cast::<u8>()
+            .add(c.last.get())
+            .cast::<Entry>()
+    }
+}
+
 /// The fast path: pops a cached block of class `ci` of pool `id` from the entry this
 /// thread used last. `None` sends the caller to the slow path (empty bin, another pool's
 /// entry, or thread-local storage unavailable).
@@ -377,20 +401,8 @@ fn bump(counter: &AtomicU64) {
 pub(crate) fn pop(id: u64, ci: usize) -> Option<NonNull<u8>> {
     CACHES
         .try_with(|c| {
-            // SAFETY: no other borrow of the entries is alive: the only other one is held
-            // by `with_entry`'s closures, and nothing they run allocates through the
-            // global allocator (their metadata comes from `System`), so the fast paths
-            // cannot run inside them. `last` is always the offset of an entry (only `with_entry`
-            // sets it, to an index). After the exit guard ran, every entry is empty, so
-            // the id check below sends the caller to the slow (locked) path.
-            let e = unsafe {
-                &mut *c
-                    .entries
-                    .get()
-                    .cast::<u8>()
-                    .add(c.last.get())
-                    .cast::<Entry>()
-            };
+            // SAFETY: this closure holds the entry only for the straight-line code below.
+            let e = unsafe { last_entry(c) };
             if e.pool_id != id {
                 return None;
             }
@@ -420,15 +432,8 @@ pub(crate) fn pop(id: u64, ci: usize) -> Option<NonNull<u8>> {
 pub(crate) unsafe fn push(id: u64, ci: usize, p: NonNull<u8>) -> bool {
     CACHES
         .try_with(|c| {
-            // SAFETY: as in `pop`.
-            let e = unsafe {
-                &mut *c
-                    .entries
-                    .get()
-                    .cast::<u8>()
-                    .add(c.last.get())
-                    .cast::<Entry>()
-            };
+            // SAFETY: this closure holds the entry only for the straight-line code below.
+            let e = unsafe { last_entry(c) };
             // SAFETY: as in `pop`.
             let n = unsafe { *e.counts.get_unchecked(ci) };
             if e.pool_id != id || n >= e.cap {
