@@ -55,7 +55,8 @@ pub struct ClassStats {
 
 /// A snapshot of a pool's figures.
 ///
-/// `in_use_bytes` counts whole blocks (a 40-byte request in the 64-byte class counts 64).
+/// `in_use_bytes` counts whole blocks as handed out (a 40-byte request in the 64-byte class
+/// counts 64; a medium block counts its payload, a large one its buddy block).
 /// Blocks sitting in per-thread caches are free. `fragmentation` is
 /// `1 - in_use_bytes / reserved_bytes` (0 when nothing is reserved).
 /// `peak_in_use_bytes` is sampled whenever blocks move between a tier and the thread

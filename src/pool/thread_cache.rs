@@ -1,15 +1,17 @@
-//! Per-thread caches in front of the small tier's shared free lists.
+//! Per-thread caches in front of the small tier's shared state.
 //!
-//! Each thread keeps, for up to [`ENTRIES`] pools, one bin of free blocks per small size
-//! class. Allocating pops a bin and freeing pushes one, with no lock and no atomic
-//! read-modify-write: the thread's allocation and free counters are atomics written only
-//! by their own thread (a relaxed load and store), which [`stats`](super::HierarchicalPool::stats)
-//! sums under the pool's thread-list lock. An empty bin is refilled with a batch taken
-//! from the class under its lock; a bin that passes `thread_cache_size` gives half back.
+//! Each thread keeps, for up to [`ENTRIES`] pools, one stack of free block pointers per
+//! small size class (`thread_cache_size` deep). Allocating pops a pointer and freeing
+//! pushes one, with no lock, no atomic read-modify-write and no access to the block's
+//! memory: the thread's allocation and free counters are atomics written only by their
+//! own thread (a relaxed load and store), which [`stats`](super::HierarchicalPool::stats)
+//! sums under the pool's thread-list lock. An empty stack is refilled with a batch from
+//! the class (its transfer cache or chunk bitmaps) under the class lock; a full one gives
+//! its older half back as a batch.
 //!
-//! A block freed by a thread other than the one that allocated it lands in the freeing
-//! thread's bin for the same pool and class, and from there goes back to its own chunk,
-//! which the page map names.
+//! A block freed by a thread other than the one that allocated it lands on the freeing
+//! thread's stack for the same pool and class, and from there goes back to the class,
+//! whose page-map lookup finds its chunk.
 //!
 //! Lifetimes: a cache entry names its pool by a process-unique id and a raw pointer.
 //! [`LIVE`] lists the ids of pools that exist; a pool removes its id before it tears
