@@ -20,6 +20,7 @@ use allocator_api2::boxed::Box as SysBox;
 use super::buddy::BuddyAllocator;
 use super::budget::Budget;
 use super::config::ResolvedConfig;
+use super::intrusive::unlink_node;
 use super::os::{self, GRANULE};
 use super::page_map::{self, RegionHeader, RegionKind};
 use super::small::POISON;
@@ -83,20 +84,6 @@ pub(crate) struct LargeTier {
     huge_pages: bool,
     retain_empty: usize,
     growth: usize,
-}
-
-macro_rules! unlink_node {
-    ($head:expr, $node:expr) => {{
-        let node = $node;
-        let (n, p) = ((*node).next, (*node).prev);
-        match p.as_mut() {
-            Some(p) => p.next = n,
-            None => $head = n,
-        }
-        if let Some(n) = n.as_mut() {
-            n.prev = p;
-        }
-    }};
 }
 
 impl LargeTier {

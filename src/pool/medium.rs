@@ -39,6 +39,7 @@ use allocator_api2::vec::Vec as SysVec;
 
 use super::budget::Budget;
 use super::config::{MAX_MEDIUM_CLASSES, MEDIUM_QUANTUM, ResolvedConfig};
+use super::intrusive::unlink_node;
 use super::os::{self, GRANULE};
 use super::page_map::{self, RegionHeader, RegionKind};
 use super::small::POISON;
@@ -647,14 +648,7 @@ impl MediumTier {
     unsafe fn free_region(&self, st: &mut MediumState, r: *mut RegionMeta, budget: &Budget) {
         // SAFETY: per the contract; after unregistering, no lookup reaches the region.
         unsafe {
-            let (n, p) = ((*r).next, (*r).prev);
-            match p.as_mut() {
-                Some(p) => p.next = n,
-                None => st.regions = n,
-            }
-            if let Some(n) = n.as_mut() {
-                n.prev = p;
-            }
+            unlink_node!(st.regions, r);
             let (base, len) = ((*r).header.base, (*r).header.len);
             if self.checked {
                 // Unmap, so that a use after free faults.

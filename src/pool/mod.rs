@@ -37,6 +37,7 @@ mod budget;
 pub mod config;
 mod global;
 mod hierarchical;
+mod intrusive;
 mod large;
 pub(crate) mod lockfree;
 mod medium;

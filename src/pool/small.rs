@@ -35,6 +35,7 @@ use allocator_api2::vec::Vec as SysVec;
 
 use super::budget::Budget;
 use super::config::{MAX_SMALL_CLASSES, ResolvedConfig};
+use super::intrusive::unlink_node;
 use super::os::{self, GRANULE};
 use super::page_map::{self, RegionHeader, RegionKind};
 use super::sync::lock;
@@ -116,14 +117,7 @@ impl ChunkList {
     unsafe fn unlink(&mut self, c: *mut ChunkMeta) {
         // SAFETY: the caller guarantees `c` and its neighbours are live chunks on this list.
         unsafe {
-            let (n, p) = ((*c).next, (*c).prev);
-            match p.as_mut() {
-                Some(p) => p.next = n,
-                None => self.head = n,
-            }
-            if let Some(n) = n.as_mut() {
-                n.prev = p;
-            }
+            unlink_node!(self.head, c);
             (*c).list = ListId::None;
             (*c).next = ptr::null_mut();
             (*c).prev = ptr::null_mut();

@@ -30,6 +30,7 @@ use allocator_api2::vec::Vec as SysVec;
 
 use super::config::MAX_SMALL_CLASSES;
 use super::hierarchical::PoolShared;
+use super::intrusive::unlink_node;
 use super::sync::lock;
 use crate::error::OomReason;
 
@@ -211,14 +212,7 @@ impl Entry {
                     list.retired_frees[i] =
                         list.retired_frees[i].wrapping_add(t.frees[i].load(Ordering::Relaxed));
                 }
-                let (n, p) = (t.next, t.prev);
-                match p.as_mut() {
-                    Some(p) => p.next = n,
-                    None => list.head = n,
-                }
-                if let Some(n) = n.as_mut() {
-                    n.prev = p;
-                }
+                unlink_node!(list.head, self.stats);
             }
         }
         drop(live);
