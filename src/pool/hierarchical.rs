@@ -251,11 +251,7 @@ impl HierarchicalPool {
             Route::Large => {
                 let r = s.large.allocate(size, align, &s.budget);
                 s.after_slow_path();
-                let p = r.map_err(oom)?;
-                let len = s
-                    .large
-                    .block_size_for(size, align)
-                    .expect("served, so representable");
+                let (p, len) = r.map_err(oom)?;
                 Ok(NonNull::slice_from_raw_parts(p, len))
             }
         }

@@ -121,12 +121,13 @@ impl LargeTier {
         }
     }
 
+    /// Allocates `size` bytes at `align`; returns the block and its length.
     pub(crate) fn allocate(
         &self,
         size: usize,
         align: usize,
         budget: &Budget,
-    ) -> Result<NonNull<u8>, OomReason> {
+    ) -> Result<(NonNull<u8>, usize), OomReason> {
         let align = align.max(self.alignment);
         let block = self
             .block_size_for(size, align)
@@ -140,7 +141,7 @@ impl LargeTier {
         st.allocs += 1;
         st.in_use += block;
         self.publish(&st);
-        Ok(p)
+        Ok((p, block))
     }
 
     fn alloc_in_arena(
