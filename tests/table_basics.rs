@@ -249,3 +249,20 @@ fn parallel_iteration_sees_every_object_once() {
     assert!(handles.iter().all(|h| t.contains(*h)));
     assert_eq!(handles.len(), t.len());
 }
+
+#[test]
+fn values_walk_sparse_and_full_chunks_like_iter() {
+    let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(pool(), 8 * 128);
+    let hs = t.insert_batch(0..1000u64);
+    for h in hs.iter().skip(130).step_by(3) {
+        t.remove(*h); // chunk 0 stays full, the rest become sparse
+    }
+    let by_iter: Vec<u64> = t.iter().map(|(_, v)| *v).collect();
+    let by_values: Vec<u64> = t.values().copied().collect();
+    assert_eq!(by_values, by_iter);
+    for v in t.values_mut() {
+        *v += 1;
+    }
+    let after: Vec<u64> = t.values().copied().collect();
+    assert_eq!(after, by_iter.iter().map(|v| v + 1).collect::<Vec<_>>());
+}

@@ -157,12 +157,8 @@ impl<T> Chunk<T> {
                 unsafe { std::slice::from_raw_parts(self.data.as_ptr(), self.capacity() as usize) };
             ChunkValues::Full(all.iter())
         } else {
-            ChunkValues::Sparse(self, self.occupied_places_vec())
+            ChunkValues::Sparse(self, self.occupied_places())
         }
-    }
-
-    fn occupied_places_vec(&self) -> std::vec::IntoIter<u32> {
-        self.occupied_places().collect::<Vec<u32>>().into_iter()
     }
 
     /// Every object in place order, mutably. A full chunk is walked as one slice.
@@ -174,7 +170,9 @@ impl<T> Chunk<T> {
             };
             ChunkValuesMut::Full(all.iter_mut())
         } else {
-            let places = self.occupied_places_vec();
+            // The bitmap and the objects are separate allocations: reading the one while
+            // handing out `&mut` into the other does not alias.
+            let places = OccupiedPlaces::new(&self.occupied);
             ChunkValuesMut::Sparse(self.data.as_ptr(), places, std::marker::PhantomData)
         }
     }
@@ -205,17 +203,8 @@ impl<T> Chunk<T> {
     }
 
     /// The occupied places, in order.
-    pub(crate) fn occupied_places(&self) -> impl Iterator<Item = u32> + '_ {
-        self.occupied.iter().enumerate().flat_map(|(w, &word)| {
-            let mut bits = word;
-            std::iter::from_fn(move || {
-                (bits != 0).then(|| {
-                    let i = bits.trailing_zeros();
-                    bits &= bits - 1;
-                    w as u32 * 64 + i
-                })
-            })
-        })
+    pub(crate) fn occupied_places(&self) -> OccupiedPlaces<'_> {
+        OccupiedPlaces::new(&self.occupied)
     }
 
     /// Drops every object and returns the memory to `pool`.
@@ -238,10 +227,42 @@ unsafe impl<T: Send> Send for Chunk<T> {}
 // SAFETY: shared access to a chunk only gives shared access to its objects.
 unsafe impl<T: Sync> Sync for Chunk<T> {}
 
+/// The set bits of an occupancy bitmap, in order, without allocating.
+pub(crate) struct OccupiedPlaces<'a> {
+    words: &'a [u64],
+    word: usize,
+    bits: u64,
+}
+
+impl<'a> OccupiedPlaces<'a> {
+    fn new(words: &'a [u64]) -> Self {
+        OccupiedPlaces {
+            words,
+            word: 0,
+            bits: words.first().copied().unwrap_or(0),
+        }
+    }
+}
+
+impl Iterator for OccupiedPlaces<'_> {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        while self.bits == 0 {
+            self.word += 1;
+            self.bits = *self.words.get(self.word)?;
+        }
+        let i = self.bits.trailing_zeros();
+        self.bits &= self.bits - 1;
+        Some(self.word as u32 * 64 + i)
+    }
+}
+
 /// The objects of one chunk, in place order.
 pub(crate) enum ChunkValues<'a, T> {
     Full(std::slice::Iter<'a, T>),
-    Sparse(&'a Chunk<T>, std::vec::IntoIter<u32>),
+    Sparse(&'a Chunk<T>, OccupiedPlaces<'a>),
 }
 
 impl<'a, T> Iterator for ChunkValues<'a, T> {
@@ -263,7 +284,7 @@ pub(crate) enum ChunkValuesMut<'a, T> {
     Full(std::slice::IterMut<'a, T>),
     Sparse(
         *mut T,
-        std::vec::IntoIter<u32>,
+        OccupiedPlaces<'a>,
         std::marker::PhantomData<&'a mut T>,
     ),
 }
