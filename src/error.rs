@@ -140,6 +140,22 @@ pub enum Error {
         /// The name that was asked for.
         name: String,
     },
+    /// A handle that names no live object was passed where a live one is needed.
+    #[error("{type_name} handle {handle:#x} is stale or null: it names no live object")]
+    InvalidHandle {
+        /// The short name of the handle's target type (`Neuron`).
+        type_name: &'static str,
+        /// The handle's stable 64-bit form (`Handle::to_bits`).
+        handle: u64,
+    },
+    /// An argument is outside what the operation accepts; nothing was changed.
+    #[error("invalid argument `{name}`: {message}")]
+    InvalidArgument {
+        /// The argument or field that is wrong (`dt`, `tau_m`).
+        name: &'static str,
+        /// What is wrong with it and what would be accepted.
+        message: String,
+    },
     /// An I/O error, for example while reading a configuration file.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -148,5 +164,23 @@ pub enum Error {
 impl From<ConfigError> for Error {
     fn from(e: ConfigError) -> Self {
         Error::Config(e)
+    }
+}
+
+impl Error {
+    /// The [`Error::InvalidHandle`] for `handle`.
+    pub(crate) fn invalid_handle<T>(handle: crate::table::Handle<T>) -> Self {
+        Error::InvalidHandle {
+            type_name: crate::table::short_type_name::<T>(),
+            handle: handle.to_bits(),
+        }
+    }
+
+    /// An [`Error::InvalidArgument`].
+    pub(crate) fn invalid_argument(name: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            name,
+            message: message.into(),
+        }
     }
 }

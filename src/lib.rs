@@ -5,12 +5,14 @@
 //! snapshot them while every handle stays valid or is reliably reported stale.
 //!
 //! The crate is built in layers (see `DESIGN.md` of the project); this release holds the
-//! bottom one:
+//! bottom ones:
 //!
 //! - [`pool`]: the hierarchical size-class memory pool ([`HierarchicalPool`]), also usable
 //!   as the global allocator ([`NeuroAlloc`]).
 //! - [`table`]: typed generational handles ([`Handle`]) and pool-backed tables ([`Table`]).
 //! - [`store`]: one table per type ([`Store`], and [`SharedStore`] for many threads).
+//! - [`neural`]: the built-in neuron and synapse types, [`NeuralGraph`] and the reference
+//!   simulation step.
 //!
 //! ```
 //! use std::alloc::Layout;
@@ -27,6 +29,8 @@
 #[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
+pub mod neural;
+#[cfg(not(loom))]
 pub mod pool;
 #[cfg(not(loom))]
 pub mod store;
@@ -35,6 +39,8 @@ pub mod table;
 
 #[cfg(not(loom))]
 pub use error::{ConfigError, Error, OomReason};
+#[cfg(not(loom))]
+pub use neural::{NeuralGraph, Neuron, NeuronId, Synapse, SynapseId};
 #[cfg(not(loom))]
 pub use pool::{
     Alert, AlertKind, HierarchicalPool, LeakReport, NeuroAlloc, PoolConfig, PoolRegistry, PoolStats,

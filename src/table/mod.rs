@@ -21,4 +21,5 @@ mod handle;
 mod typed;
 
 pub use handle::Handle;
+pub(crate) use handle::short_type_name;
 pub use typed::{DEFAULT_CHUNK_BYTES, Loc, Table, TableStats, default_pool};

@@ -1,0 +1,636 @@
+//! [`NeuralGraph`]: neurons and synapses in a [`Store`], their connectivity, and the
+//! reference simulation step.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::lif::{PropagatorCache, advance};
+use super::ring::{MAX_RING_SLOTS, SpikeRing};
+use super::types::{Neuron, NeuronId, NeuronParams, Synapse, SynapseId};
+use crate::Error;
+use crate::pool::HierarchicalPool;
+use crate::store::Store;
+use crate::table::Table;
+
+/// Below this many neurons a step updates them on the calling thread: rayon's fork and
+/// join would cost more than the work.
+const PARALLEL_NEURONS: usize = 4096;
+/// Below this many synaptic events a step propagates them on the calling thread.
+const PARALLEL_EVENTS: usize = 8192;
+
+/// The synapses leaving and entering one neuron. `owner` is the neuron the entry belongs
+/// to (null when the slot index holds no neuron), so an entry is never read for a later
+/// neuron that reuses the slot index.
+#[derive(Debug, Default)]
+struct Adjacency {
+    owner: NeuronId,
+    outgoing: Vec<SynapseId>,
+    incoming: Vec<SynapseId>,
+}
+
+/// A delay in milliseconds as whole steps of `dt`: rounded to nearest, at least one.
+fn delay_steps(delay_ms: f32, dt: f64) -> u64 {
+    let steps = (f64::from(delay_ms) / dt).round();
+    if steps >= 1.0 {
+        // Saturating for absurd ratios; the ring's size check refuses those first.
+        steps.min(u64::MAX as f64) as u64
+    } else {
+        1
+    }
+}
+
+fn check_delay(delay: f32) -> Result<(), Error> {
+    if delay.is_finite() && delay > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(
+            "delay",
+            format!("{delay} ms: a delay must be a finite number of milliseconds above zero"),
+        ))
+    }
+}
+
+fn check_weight(weight: f32) -> Result<(), Error> {
+    if weight.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(
+            "weight",
+            format!("{weight} is not a finite number of picoamperes"),
+        ))
+    }
+}
+
+/// Converts a list length to the `u32` position kept in a synapse.
+fn position(len: usize) -> Result<u32, Error> {
+    u32::try_from(len).map_err(|_| {
+        Error::invalid_argument(
+            "pre/post",
+            "a neuron can have at most 2^32 - 1 outgoing and incoming synapses",
+        )
+    })
+}
+
+/// A network of [`Neuron`]s and [`Synapse`]s kept in a [`Store`], with exact outgoing and
+/// incoming synapse lists per neuron and a reference CPU simulation step.
+///
+/// Every synapse knows where it sits in its neurons' lists, so [`connect`](Self::connect),
+/// [`disconnect`](Self::disconnect) and each synapse removed by
+/// [`remove_neuron`](Self::remove_neuron) cost O(1). Removing a neuron removes every
+/// synapse that touches it: no synapse ever names a removed neuron.
+///
+/// [`step`](Self::step) advances every neuron by `dt` milliseconds with NEST's exact
+/// `iaf_psc_exp` integration and propagates the spikes of the step through their synapses,
+/// each arriving `round(delay / dt)` steps later (at least one). Results are deterministic:
+/// they do not depend on the number of threads.
+///
+/// ```
+/// use neurostore::neural::{NeuralGraph, NeuronParams};
+///
+/// let mut graph = NeuralGraph::new();
+/// let driven = NeuronParams { i_e: 600.0, ..NeuronParams::default() };
+/// let a = graph.add_neuron(&driven)?;
+/// let b = graph.add_neuron(&NeuronParams::default())?;
+/// let s = graph.connect(a, b, 2000.0, 1.0)?;
+/// assert_eq!(graph.outgoing(a), Some(&[s][..]));
+/// assert_eq!(graph.incoming(b), Some(&[s][..]));
+///
+/// let mut fired = Vec::new();
+/// for _ in 0..1000 {
+///     fired.extend_from_slice(graph.step(0.1)?);
+/// }
+/// assert!(fired.contains(&a) && fired.contains(&b), "a drives b over threshold");
+///
+/// graph.remove_neuron(a);
+/// assert!(graph.synapse(s).is_none());
+/// assert_eq!(graph.incoming(b), Some(&[][..]));
+/// # Ok::<(), neurostore::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct NeuralGraph {
+    store: Store,
+    adjacency: Vec<Adjacency>,
+    ring: SpikeRing,
+    /// The step length of the last `step`, which the ring's pending input is timed in.
+    dt: Option<f64>,
+    /// The longest delay of any synapse (ms), or at least of any live one: it may stay
+    /// above the live maximum after removals until `max_delay_stale` has it recomputed.
+    max_delay_ms: f32,
+    /// Set when the synapse with the longest delay was removed or shortened.
+    max_delay_stale: bool,
+    step: u64,
+    time_ms: f64,
+    spikes: Vec<NeuronId>,
+}
+
+impl Default for NeuralGraph {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NeuralGraph {
+    /// An empty graph whose tables take memory from the process-wide default pool.
+    pub fn new() -> Self {
+        Self::over(Store::new())
+    }
+
+    /// An empty graph whose tables take memory from `pool`.
+    pub fn with_pool(pool: Arc<HierarchicalPool>) -> Self {
+        Self::over(Store::with_pool(pool))
+    }
+
+    fn over(mut store: Store) -> Self {
+        store.register::<Neuron>();
+        store.register::<Synapse>();
+        NeuralGraph {
+            store,
+            adjacency: Vec::new(),
+            ring: SpikeRing::default(),
+            dt: None,
+            max_delay_ms: 0.0,
+            max_delay_stale: false,
+            step: 0,
+            time_ms: 0.0,
+            spikes: Vec::new(),
+        }
+    }
+
+    /// The store that holds the neuron and synapse tables, for statistics and for the
+    /// layers that walk every table.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The neuron table.
+    pub fn neurons(&self) -> &Table<Neuron> {
+        self.store
+            .table()
+            .expect("NeuralGraph registers Neuron when it is made")
+    }
+
+    fn neurons_table_mut(&mut self) -> &mut Table<Neuron> {
+        self.store
+            .table_mut()
+            .expect("NeuralGraph registers Neuron when it is made")
+    }
+
+    /// The synapse table.
+    pub fn synapses(&self) -> &Table<Synapse> {
+        self.store
+            .table()
+            .expect("NeuralGraph registers Synapse when it is made")
+    }
+
+    /// Every neuron with its handle, mutably, to set state or parameters. (Neurons are
+    /// added and removed through the graph, so that synapses follow.)
+    pub fn neurons_mut(&mut self) -> impl Iterator<Item = (NeuronId, &mut Neuron)> + '_ {
+        self.neurons_table_mut().iter_mut()
+    }
+
+    /// Live neurons.
+    pub fn neuron_count(&self) -> usize {
+        self.neurons().len()
+    }
+
+    /// Live synapses.
+    pub fn synapse_count(&self) -> usize {
+        self.synapses().len()
+    }
+
+    /// The neuron `n` names, if it is live.
+    pub fn neuron(&self, n: NeuronId) -> Option<&Neuron> {
+        self.neurons().get(n)
+    }
+
+    /// The neuron `n` names, mutably, if it is live.
+    pub fn neuron_mut(&mut self, n: NeuronId) -> Option<&mut Neuron> {
+        self.neurons_table_mut().get_mut(n)
+    }
+
+    /// The synapse `s` names, if it is live.
+    pub fn synapse(&self, s: SynapseId) -> Option<&Synapse> {
+        self.synapses().get(s)
+    }
+
+    fn adjacency_of(&self, n: NeuronId) -> Option<&Adjacency> {
+        self.adjacency
+            .get(n.index() as usize)
+            .filter(|a| a.owner == n && !n.is_null())
+    }
+
+    /// The synapses leaving `n` (in no particular order), or `None` when `n` is stale.
+    pub fn outgoing(&self, n: NeuronId) -> Option<&[SynapseId]> {
+        self.adjacency_of(n).map(|a| &a.outgoing[..])
+    }
+
+    /// The synapses entering `n` (in no particular order), or `None` when `n` is stale.
+    pub fn incoming(&self, n: NeuronId) -> Option<&[SynapseId]> {
+        self.adjacency_of(n).map(|a| &a.incoming[..])
+    }
+
+    fn track(&mut self, n: NeuronId) {
+        let i = n.index() as usize;
+        if self.adjacency.len() <= i {
+            self.adjacency.resize_with(i + 1, Adjacency::default);
+        }
+        self.adjacency[i] = Adjacency {
+            owner: n,
+            outgoing: Vec::new(),
+            incoming: Vec::new(),
+        };
+    }
+
+    /// Adds one neuron made from `params`; an invalid parameter is an
+    /// [`Error::InvalidArgument`] naming it.
+    pub fn add_neuron(&mut self, params: &NeuronParams) -> Result<NeuronId, Error> {
+        params.validate()?;
+        let n = self.neurons_table_mut().try_insert(Neuron::new(params))?;
+        self.track(n);
+        Ok(n)
+    }
+
+    /// Adds `count` neurons made from `params`, placed contiguously, and returns their
+    /// handles in order.
+    pub fn add_neurons(
+        &mut self,
+        count: usize,
+        params: &NeuronParams,
+    ) -> Result<Vec<NeuronId>, Error> {
+        params.validate()?;
+        let table = self.neurons_table_mut();
+        table.try_reserve(count)?;
+        let handles = table.insert_batch(std::iter::repeat_n(Neuron::new(params), count));
+        for &n in &handles {
+            self.track(n);
+        }
+        Ok(handles)
+    }
+
+    /// Connects `pre` to `post` with `weight` (pA, finite; negative inhibits) and `delay`
+    /// (ms, finite, above zero). Multapses and self-connections are allowed. A stale neuron
+    /// is an [`Error::InvalidHandle`]; on any error nothing changes.
+    pub fn connect(
+        &mut self,
+        pre: NeuronId,
+        post: NeuronId,
+        weight: f32,
+        delay: f32,
+    ) -> Result<SynapseId, Error> {
+        let out_pos = position(
+            self.adjacency_of(pre)
+                .ok_or_else(|| Error::invalid_handle(pre))?
+                .outgoing
+                .len(),
+        )?;
+        let in_pos = position(
+            self.adjacency_of(post)
+                .ok_or_else(|| Error::invalid_handle(post))?
+                .incoming
+                .len(),
+        )?;
+        check_weight(weight)?;
+        check_delay(delay)?;
+        let synapse = Synapse {
+            out_pos,
+            in_pos,
+            ..Synapse::new(pre, post, weight, delay)
+        };
+        let s = self.synapses_table_mut().try_insert(synapse)?;
+        self.adjacency[pre.index() as usize].outgoing.push(s);
+        self.adjacency[post.index() as usize].incoming.push(s);
+        self.max_delay_ms = self.max_delay_ms.max(delay);
+        Ok(s)
+    }
+
+    fn synapses_table_mut(&mut self) -> &mut Table<Synapse> {
+        self.store
+            .table_mut()
+            .expect("NeuralGraph registers Synapse when it is made")
+    }
+
+    /// Sets the weight of `s`. A stale synapse or a weight that is not finite is an error
+    /// and changes nothing.
+    pub fn set_weight(&mut self, s: SynapseId, weight: f32) -> Result<(), Error> {
+        check_weight(weight)?;
+        let syn = self
+            .synapses_table_mut()
+            .get_mut(s)
+            .ok_or_else(|| Error::invalid_handle(s))?;
+        syn.weight = weight;
+        Ok(())
+    }
+
+    /// Sets the delay of `s` (ms, finite, above zero). Spikes already in flight keep
+    /// their arrival step. A stale synapse or a bad delay is an error and changes nothing.
+    pub fn set_delay(&mut self, s: SynapseId, delay: f32) -> Result<(), Error> {
+        check_delay(delay)?;
+        let syn = self
+            .synapses_table_mut()
+            .get_mut(s)
+            .ok_or_else(|| Error::invalid_handle(s))?;
+        let old = std::mem::replace(&mut syn.delay, delay);
+        self.note_delay_gone(old);
+        self.max_delay_ms = self.max_delay_ms.max(delay);
+        Ok(())
+    }
+
+    /// Records that a synapse of `delay` left (or changed its delay): if it may have been
+    /// the longest, the maximum is recomputed before the next step.
+    fn note_delay_gone(&mut self, delay: f32) {
+        if delay >= self.max_delay_ms {
+            self.max_delay_stale = true;
+        }
+    }
+
+    /// Removes synapse `s` and returns it, or `None` when `s` is stale.
+    pub fn disconnect(&mut self, s: SynapseId) -> Option<Synapse> {
+        let syn = self.synapses_table_mut().remove(s)?;
+        self.note_delay_gone(syn.delay);
+        self.unlist(s, &syn, List::Outgoing);
+        self.unlist(s, &syn, List::Incoming);
+        Some(syn)
+    }
+
+    /// Takes removed synapse `s` out of one of its neurons' lists in O(1): the list's last
+    /// entry moves into its place and that synapse's position is updated.
+    fn unlist(&mut self, s: SynapseId, syn: &Synapse, which: List) {
+        let (neuron, pos) = match which {
+            List::Outgoing => (syn.pre, syn.out_pos as usize),
+            List::Incoming => (syn.post, syn.in_pos as usize),
+        };
+        let Some(adjacency) = self
+            .adjacency
+            .get_mut(neuron.index() as usize)
+            .filter(|a| a.owner == neuron)
+        else {
+            return;
+        };
+        let list = match which {
+            List::Outgoing => &mut adjacency.outgoing,
+            List::Incoming => &mut adjacency.incoming,
+        };
+        // The position is exact by construction; the search is a guard, never the path.
+        let pos = if list.get(pos) == Some(&s) {
+            pos
+        } else {
+            debug_assert!(false, "synapse {s:?} not at its recorded position");
+            match list.iter().position(|&x| x == s) {
+                Some(p) => p,
+                None => return,
+            }
+        };
+        list.swap_remove(pos);
+        if let Some(&moved) = list.get(pos) {
+            let table: &mut Table<Synapse> = self
+                .store
+                .table_mut()
+                .expect("NeuralGraph registers Synapse when it is made");
+            if let Some(m) = table.get_mut(moved) {
+                match which {
+                    List::Outgoing => m.out_pos = pos as u32,
+                    List::Incoming => m.in_pos = pos as u32,
+                }
+            }
+        }
+    }
+
+    /// Removes neuron `n` and every synapse that leaves or enters it, and drops the input
+    /// still in flight to it. Returns the neuron, or `None` when `n` is stale.
+    pub fn remove_neuron(&mut self, n: NeuronId) -> Option<Neuron> {
+        self.adjacency_of(n)?;
+        let i = n.index() as usize;
+        let outgoing = std::mem::take(&mut self.adjacency[i].outgoing);
+        for s in outgoing {
+            if let Some(syn) = self.synapses_table_mut().remove(s) {
+                self.note_delay_gone(syn.delay);
+                // A self-connection is also in n's own incoming list, still in place.
+                self.unlist(s, &syn, List::Incoming);
+            }
+        }
+        let incoming = std::mem::take(&mut self.adjacency[i].incoming);
+        for s in incoming {
+            if let Some(syn) = self.synapses_table_mut().remove(s) {
+                self.note_delay_gone(syn.delay);
+                self.unlist(s, &syn, List::Outgoing);
+            }
+        }
+        self.adjacency[i] = Adjacency::default();
+        self.ring.clear_column(i);
+        self.neurons_table_mut().remove(n)
+    }
+
+    /// Steps simulated so far.
+    pub fn current_step(&self) -> u64 {
+        self.step
+    }
+
+    /// Model time simulated so far (ms): the sum of every step's `dt`.
+    pub fn time_ms(&self) -> f64 {
+        self.time_ms
+    }
+
+    /// The step length (ms) of the last [`step`](Self::step); `None` before the first.
+    pub fn resolution(&self) -> Option<f64> {
+        self.dt
+    }
+
+    /// The neurons that fired in the last step, in ascending slot-index order.
+    pub fn last_spikes(&self) -> &[NeuronId] {
+        &self.spikes
+    }
+
+    /// Advances the network by `dt` milliseconds and returns the neurons that fired in
+    /// this step, in ascending slot-index order.
+    ///
+    /// Each neuron is integrated exactly (NEST's `iaf_psc_exp`): its membrane relaxes
+    /// under the synaptic currents it had at the start of the step and its constant input,
+    /// then the currents decay and take up the spikes arriving in this step, then it fires
+    /// if it reached threshold, and is clamped at reset for `round(t_ref / dt)` steps. A
+    /// spike travels through each outgoing synapse and arrives `round(delay / dt)` steps
+    /// later, at least one. Neurons are updated in parallel (rayon) when there are many,
+    /// and spikes propagated in parallel when there are many events; the results are the
+    /// same either way.
+    ///
+    /// `dt` may change between steps: input already in flight keeps its arrival time,
+    /// rounded to the new step. A `dt` that is not a finite positive number, or so small
+    /// that the longest delay spans more than 2^20 steps, is an [`Error::InvalidArgument`]
+    /// and changes nothing.
+    pub fn step(&mut self, dt: f64) -> Result<&[NeuronId], Error> {
+        if !(dt.is_finite() && dt > 0.0) {
+            return Err(Error::invalid_argument(
+                "dt",
+                format!("{dt} ms: a step must be a finite number of milliseconds above zero"),
+            ));
+        }
+        self.shape_ring(dt)?;
+        let now = self.step;
+        self.update_neurons(dt, now);
+        self.ring.clear_slot(now);
+        self.propagate(dt, now);
+        self.step += 1;
+        self.time_ms += dt;
+        Ok(&self.spikes)
+    }
+
+    /// Makes the ring span the longest delay in steps of `dt` and hold every neuron column,
+    /// re-timing pending input when `dt` changed.
+    fn shape_ring(&mut self, dt: f64) -> Result<(), Error> {
+        if self.max_delay_stale {
+            self.max_delay_ms = self
+                .synapses()
+                .values()
+                .map(|s| s.delay)
+                .fold(0.0, f32::max);
+            self.max_delay_stale = false;
+        }
+        let longest = delay_steps(self.max_delay_ms, dt);
+        let slots = usize::try_from(longest)
+            .ok()
+            .and_then(|s| s.checked_add(1))
+            .filter(|&s| s <= MAX_RING_SLOTS)
+            .ok_or_else(|| {
+                Error::invalid_argument(
+                    "dt",
+                    format!(
+                        "the longest delay, {} ms, is {longest} steps of {dt} ms; \
+                         the spike ring spans at most {} steps",
+                        self.max_delay_ms,
+                        MAX_RING_SLOTS - 1
+                    ),
+                )
+            })?;
+        let columns = self.adjacency.len();
+        let retimed = self.dt.is_some_and(|old| old != dt);
+        if slots == self.ring.slots() && columns <= self.ring.stride() && !retimed {
+            return Ok(());
+        }
+        let stride = if columns > self.ring.stride() {
+            columns.max(self.ring.stride() + self.ring.stride() / 2)
+        } else {
+            self.ring.stride()
+        };
+        let scale = self.dt.map_or(1.0, |old| old / dt);
+        let remap = |k: usize| (k as f64 * scale).round().min(usize::MAX as f64) as usize;
+        // Input already in flight keeps its time even if the synapse that sent it is gone.
+        let in_flight = self.ring.last_pending_offset(self.step).map_or(0, remap);
+        let slots = slots.max(in_flight.saturating_add(1)).min(MAX_RING_SLOTS);
+        let slots = if retimed {
+            slots
+        } else {
+            slots.max(self.ring.slots())
+        };
+        self.ring.reshape(stride, slots, self.step, remap)?;
+        self.dt = Some(dt);
+        Ok(())
+    }
+
+    /// Integrates every neuron over one step, collecting the ones that fire into
+    /// `self.spikes` in ascending slot-index order.
+    fn update_neurons(&mut self, dt: f64, now: u64) {
+        let NeuralGraph {
+            store,
+            ring,
+            spikes,
+            ..
+        } = self;
+        let (input_ex, input_in) = ring.slot(now);
+        let update = |cache: &mut PropagatorCache, n: NeuronId, neuron: &mut Neuron| {
+            let column = n.index() as usize;
+            let ex = input_ex.get(column).copied().unwrap_or(0.0);
+            let inh = input_in.get(column).copied().unwrap_or(0.0);
+            let p = cache.get(neuron);
+            advance(neuron, &p, ex, inh, now).then_some(n)
+        };
+        let table: &mut Table<Neuron> = store
+            .table_mut()
+            .expect("NeuralGraph registers Neuron when it is made");
+        spikes.clear();
+        if table.len() < PARALLEL_NEURONS {
+            let mut cache = PropagatorCache::new(dt);
+            spikes.extend(
+                table
+                    .iter_mut()
+                    .filter_map(|(n, neuron)| update(&mut cache, n, neuron)),
+            );
+        } else {
+            spikes.par_extend(
+                table
+                    .par_iter_mut()
+                    .map_init(
+                        || PropagatorCache::new(dt),
+                        |cache, (n, neuron)| update(cache, n, neuron),
+                    )
+                    .flatten_iter(),
+            );
+        }
+        spikes.sort_unstable_by_key(|n| n.index());
+    }
+
+    /// Sends this step's spikes through their outgoing synapses into the ring, in spike
+    /// order and list order, so that sums of inputs are the same however many threads ran.
+    fn propagate(&mut self, dt: f64, now: u64) {
+        let NeuralGraph {
+            store,
+            adjacency,
+            ring,
+            spikes,
+            ..
+        } = self;
+        let synapses: &Table<Synapse> = store
+            .table()
+            .expect("NeuralGraph registers Synapse when it is made");
+        let last_offset = ring.slots() as u64 - 1;
+        let outgoing = |n: &NeuronId| -> &[SynapseId] {
+            adjacency
+                .get(n.index() as usize)
+                .filter(|a| a.owner == *n)
+                .map_or(&[], |a| &a.outgoing[..])
+        };
+        let events: usize = spikes.iter().map(|n| outgoing(n).len()).sum();
+        let ring_ref: &SpikeRing = ring;
+        let event = |s: &Synapse| -> Option<(usize, f32)> {
+            let offset = delay_steps(s.delay, dt).min(last_offset);
+            ring_ref
+                .position(now, offset, s.post.index() as usize)
+                .map(|p| (p, s.weight))
+        };
+        if events < PARALLEL_EVENTS {
+            let mut pending = Vec::with_capacity(events);
+            for n in spikes.iter() {
+                synapses.for_each_many(outgoing(n), |s| {
+                    if let Some(e) = s.and_then(event) {
+                        pending.push(e);
+                    }
+                });
+            }
+            for (p, w) in pending {
+                ring.add(p, w);
+            }
+        } else {
+            let batches: Vec<Vec<(usize, f32)>> = spikes
+                .par_iter()
+                .map(|n| {
+                    let out = outgoing(n);
+                    let mut batch = Vec::with_capacity(out.len());
+                    synapses.for_each_many(out, |s| {
+                        if let Some(e) = s.and_then(event) {
+                            batch.push(e);
+                        }
+                    });
+                    batch
+                })
+                .collect();
+            for (p, w) in batches.into_iter().flatten() {
+                ring.add(p, w);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum List {
+    Outgoing,
+    Incoming,
+}

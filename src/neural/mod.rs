@@ -1,0 +1,49 @@
+//! Layer 3, **neural**: the built-in neural types, [`NeuralGraph`] and the reference step.
+//!
+//! This layer owns:
+//! - the `#[repr(C)]` Pod types [`Neuron`] (leaky integrate-and-fire state and parameters),
+//!   [`Synapse`], [`Weight`] and [`Signal`], with the handle aliases [`NeuronId`],
+//!   [`SynapseId`], [`WeightId`] and [`SignalId`] (`types.rs`);
+//! - [`NeuralGraph`], neurons and synapses in a [`Store`](crate::Store) with exact outgoing
+//!   and incoming lists per neuron (`graph.rs`);
+//! - the reference CPU step: exact integration of NEST's `iaf_psc_exp` (`lif.rs`) and spike
+//!   propagation through per-neuron ring buffers of future input (`ring.rs`).
+//!
+//! Invariants kept here:
+//! - every live synapse is in exactly its presynaptic neuron's outgoing list and its
+//!   postsynaptic neuron's incoming list, at the positions it records; no synapse names a
+//!   removed neuron;
+//! - a spike emitted in step `t` through a synapse of delay `d` is added to its target's
+//!   current in step `t + max(1, round(d / dt))`, and no input survives its target's
+//!   removal;
+//! - a step's result does not depend on the number of threads.
+//!
+//! This layer has no unsafe code.
+//!
+//! ```
+//! use neurostore::neural::{NeuralGraph, NeuronParams};
+//!
+//! let mut graph = NeuralGraph::new();
+//! let population = graph.add_neurons(100, &NeuronParams { i_e: 500.0, ..Default::default() })?;
+//! for pair in population.windows(2) {
+//!     graph.connect(pair[0], pair[1], 50.0, 1.5)?;
+//! }
+//! let mut spikes = 0;
+//! for _ in 0..1000 {
+//!     spikes += graph.step(0.1)?.len();
+//! }
+//! assert!(spikes > 0);
+//! assert_eq!(graph.synapse_count(), 99);
+//! # Ok::<(), neurostore::Error>(())
+//! ```
+
+mod graph;
+mod lif;
+mod ring;
+mod types;
+
+pub use graph::NeuralGraph;
+pub use types::{
+    NEVER_SPIKED, Neuron, NeuronId, NeuronParams, Signal, SignalId, Synapse, SynapseId, Weight,
+    WeightId,
+};
