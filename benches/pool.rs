@@ -10,11 +10,14 @@
 //! peer's time beside ours with the ratio, and the pool's reserved / in-use ratio in the
 //! steady state of (c).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{Rng, estimate};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use mimalloc::MiMalloc;
 use neurostore::NeuroAlloc;
@@ -34,24 +37,17 @@ fn with_alloc<R>(name: &str, f: impl FnOnce(&'static (dyn GlobalAlloc + Sync)) -
     }
 }
 
-/// xorshift64*: deterministic and allocation-free.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// Sizes for the log-uniform cases.
+trait LogUniform {
     /// Log-uniform over 8 B ..= 64 KiB.
+    fn log_uniform_size(&mut self) -> usize;
+}
+
+impl LogUniform for Rng {
     fn log_uniform_size(&mut self) -> usize {
         let lo = 8f64.ln();
         let hi = 65536f64.ln();
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        ((lo + u * (hi - lo)).exp() as usize).clamp(8, 65536)
+        ((lo + self.unit() * (hi - lo)).exp() as usize).clamp(8, 65536)
     }
 }
 
@@ -247,17 +243,6 @@ fn producer_consumer(c: &mut Criterion) {
         });
     }
     g.finish();
-}
-
-/// Reads criterion's point estimate (ns) for one benchmark of this run.
-fn estimate(group: &str, id: &str) -> Option<f64> {
-    let path = format!("target/criterion/{group}/{id}/new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    // Criterion reports the slope for linearly sampled benchmarks, else the mean.
-    v["slope"]["point_estimate"]
-        .as_f64()
-        .or_else(|| v["mean"]["point_estimate"].as_f64())
 }
 
 fn summary() {

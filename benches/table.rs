@@ -5,9 +5,12 @@
 //! bytes per live object after churn. A summary with ratios to `SlotMap` follows
 //! criterion's output.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use common::{estimate, shuffled};
 use criterion::Criterion;
 use neurostore::table::{Handle, Table};
 use slotmap::{DefaultKey, DenseSlotMap, SlotMap};
@@ -30,18 +33,6 @@ fn obj(i: usize) -> Obj {
         w: 1.0,
         id: i as u64,
     }
-}
-
-fn shuffled<K: Copy>(keys: &[K], seed: u64) -> Vec<K> {
-    let mut v = keys.to_vec();
-    let mut x = seed;
-    for i in (1..v.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    v
 }
 
 /// Times `f` once per criterion iteration on fresh state from `setup`, per element.
@@ -293,15 +284,6 @@ fn bench(c: &mut Criterion) {
             black_box(o);
         }
     });
-}
-
-fn estimate(group: &str, id: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("target/criterion/{group}/{id}/new/estimates.json"))
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["slope"]["point_estimate"]
-        .as_f64()
-        .or_else(|| v["mean"]["point_estimate"].as_f64())
 }
 
 /// Removes a random half and inserts as many, without the final pass.

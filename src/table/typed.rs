@@ -331,12 +331,12 @@ impl<T> Table<T> {
     }
 
     /// Calls `f` with the object of each handle in turn (`None` for a stale or null one),
-    /// resolving them in groups: all slots of a group first, prefetching each object,
-    /// then the objects, so that the cache misses of a group overlap.
+    /// resolving them in a software pipeline: the slots of the next group of handles are
+    /// read and their objects prefetched before the objects of the current group are
+    /// handed to `f`, so that the cache misses of two groups overlap.
     pub fn for_each_many<'a>(&'a self, handles: &[Handle<T>], mut f: impl FnMut(Option<&'a T>)) {
-        const GROUP: usize = 16;
-        let mut ptrs = [std::ptr::null::<T>(); GROUP];
-        for group in handles.chunks(GROUP) {
+        const GROUP: usize = 64;
+        let resolve = |group: &[Handle<T>], ptrs: &mut [*const T; GROUP]| {
             for (p, h) in ptrs.iter_mut().zip(group) {
                 *p = std::ptr::null();
                 if let Some(place) = self.slots.get(*h) {
@@ -347,10 +347,30 @@ impl<T> Table<T> {
                     }
                 }
             }
-            for p in &ptrs[..group.len()] {
+        };
+        let mut groups = handles.chunks(GROUP);
+        let Some(mut current) = groups.next() else {
+            return;
+        };
+        let mut ptrs = [std::ptr::null::<T>(); GROUP];
+        let mut next_ptrs = [std::ptr::null::<T>(); GROUP];
+        resolve(current, &mut ptrs);
+        loop {
+            let next = groups.next();
+            if let Some(next) = next {
+                resolve(next, &mut next_ptrs);
+            }
+            for p in &ptrs[..current.len()] {
                 // SAFETY: a non-null pointer was taken from a live slot's occupied place
-                // (module invariant) above, and `&'a self` keeps the table unchanged.
+                // (module invariant) by `resolve`, and `&'a self` keeps the table unchanged.
                 f(unsafe { p.as_ref() });
+            }
+            match next {
+                Some(next) => {
+                    current = next;
+                    std::mem::swap(&mut ptrs, &mut next_ptrs);
+                }
+                None => return,
             }
         }
     }
