@@ -216,7 +216,8 @@ fn bench(c: &mut Criterion) {
 
         let mut g = c.benchmark_group("iterate_sum");
         g.sample_size(20);
-        g.bench_function("table", |b| {
+        g.bench_function("table", |b| b.iter(|| t.values().map(|o| o.v).sum::<f64>()));
+        g.bench_function("table_iter_with_handles", |b| {
             b.iter(|| t.iter().map(|(_, o)| o.v).sum::<f64>())
         });
         g.bench_function("slotmap", |b| {
@@ -352,6 +353,16 @@ fn summary() {
         println!(
             "{:<22} {:>16}",
             "get_many (table)",
+            format!("{t:.2} ({:.2}x)", t / b)
+        );
+    }
+    if let (Some(t), Some(b)) = (
+        per_elem("iterate_sum", "table_iter_with_handles"),
+        per_elem("iterate_sum", "slotmap"),
+    ) {
+        println!(
+            "{:<22} {:>16}",
+            "iter with handles",
             format!("{t:.2} ({:.2}x)", t / b)
         );
     }

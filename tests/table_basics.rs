@@ -265,4 +265,16 @@ fn values_walk_sparse_and_full_chunks_like_iter() {
     }
     let after: Vec<u64> = t.values().copied().collect();
     assert_eq!(after, by_iter.iter().map(|v| v + 1).collect::<Vec<_>>());
+    // Internal iteration (fold, for_each, sum) walks full chunks as slices: same objects,
+    // same order.
+    let mut folded = Vec::new();
+    t.values().for_each(|v| folded.push(*v));
+    assert_eq!(folded, after);
+    assert_eq!(t.values().sum::<u64>(), after.iter().sum::<u64>());
+    t.values_mut().for_each(|v| *v *= 2);
+    let doubled = t.values().fold(Vec::new(), |mut acc, v| {
+        acc.push(*v);
+        acc
+    });
+    assert_eq!(doubled, after.iter().map(|v| v * 2).collect::<Vec<_>>());
 }

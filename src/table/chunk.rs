@@ -277,6 +277,19 @@ impl<'a, T> Iterator for ChunkValues<'a, T> {
             ChunkValues::Sparse(c, places) => places.next().map(|p| unsafe { c.get_unchecked(p) }),
         }
     }
+
+    /// A full chunk folds as a slice, so internal iteration (`sum`, `for_each`) runs the
+    /// slice's own tight loop instead of one `next` per object.
+    #[inline]
+    fn fold<B, F: FnMut(B, &'a T) -> B>(self, init: B, mut f: F) -> B {
+        match self {
+            ChunkValues::Full(it) => it.fold(init, f),
+            ChunkValues::Sparse(c, places) => places.fold(init, |acc, p| {
+                // SAFETY: as in `next`.
+                f(acc, unsafe { c.get_unchecked(p) })
+            }),
+        }
+    }
 }
 
 /// The objects of one chunk, mutably, in place order.
@@ -303,6 +316,18 @@ impl<'a, T> Iterator for ChunkValuesMut<'a, T> {
                 // live objects.
                 Some(unsafe { &mut *data.add(p as usize) })
             }
+        }
+    }
+
+    /// As for `ChunkValues`: a full chunk folds as a slice.
+    #[inline]
+    fn fold<B, F: FnMut(B, &'a mut T) -> B>(self, init: B, mut f: F) -> B {
+        match self {
+            ChunkValuesMut::Full(it) => it.fold(init, f),
+            ChunkValuesMut::Sparse(data, places, _) => places.fold(init, |acc, p| {
+                // SAFETY: as in `next`.
+                f(acc, unsafe { &mut *data.add(p as usize) })
+            }),
         }
     }
 }
