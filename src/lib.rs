@@ -13,6 +13,7 @@
 //! - [`store`]: one table per type ([`Store`], and [`SharedStore`] for many threads).
 //! - [`neural`]: the built-in neuron and synapse types, [`NeuralGraph`] and the reference
 //!   simulation step.
+//! - [`defrag`]: moving objects to close holes or to reorder them, handles unchanged.
 //!
 //! ```
 //! use std::alloc::Layout;
@@ -27,6 +28,8 @@
 //! ```
 
 #[cfg(not(loom))]
+pub mod defrag;
+#[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
 pub mod neural;
@@ -38,6 +41,8 @@ pub mod store;
 pub mod table;
 
 #[cfg(not(loom))]
+pub use defrag::{DefragBudget, DefragPolicy, DefragReport, FragmentationReport};
+#[cfg(not(loom))]
 pub use error::{ConfigError, Error, OomReason};
 #[cfg(not(loom))]
 pub use neural::{NeuralGraph, Neuron, NeuronId, Synapse, SynapseId};
@@ -46,7 +51,7 @@ pub use pool::{
     Alert, AlertKind, HierarchicalPool, LeakReport, NeuroAlloc, PoolConfig, PoolRegistry, PoolStats,
 };
 #[cfg(not(loom))]
-pub use store::{SharedStore, Store};
+pub use store::{SharedStore, Store, StoreDefragReport};
 #[cfg(not(loom))]
 pub use table::{Handle, Table};
 

@@ -9,8 +9,9 @@ use super::lif::{PropagatorCache, advance};
 use super::ring::{MAX_RING_SLOTS, SpikeRing};
 use super::types::{Neuron, NeuronId, NeuronParams, Synapse, SynapseId};
 use crate::Error;
+use crate::defrag::{DefragPolicy, DefragReport};
 use crate::pool::HierarchicalPool;
-use crate::store::Store;
+use crate::store::{Store, StoreDefragReport};
 use crate::table::Table;
 
 /// Below this many neurons a step updates them on the calling thread: rayon's fork and
@@ -29,6 +30,16 @@ struct Adjacency {
     incoming: Vec<SynapseId>,
 }
 
+/// Where each neuron's outgoing synapses lie in the synapse table's storage, as made by
+/// [`NeuralGraph::optimize_layout`]: valid while the table's layout version is `version`,
+/// and per neuron until its outgoing synapses change.
+#[derive(Debug)]
+struct OutgoingLayout {
+    version: u64,
+    /// Per neuron slot index: the first storage place and the count of its synapses.
+    ranges: Vec<Option<(u64, u32)>>,
+}
+
 /// A delay in milliseconds as whole steps of `dt`: rounded to nearest, at least one.
 fn delay_steps(delay_ms: f32, dt: f64) -> u64 {
     let steps = (f64::from(delay_ms) / dt).round();
@@ -37,6 +48,17 @@ fn delay_steps(delay_ms: f32, dt: f64) -> u64 {
         steps.min(u64::MAX as f64) as u64
     } else {
         1
+    }
+}
+
+fn check_dt(dt: f64) -> Result<(), Error> {
+    if dt.is_finite() && dt > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(
+            "dt",
+            format!("{dt} ms: a step must be a finite number of milliseconds above zero"),
+        ))
     }
 }
 
@@ -122,6 +144,7 @@ pub struct NeuralGraph {
     step: u64,
     time_ms: f64,
     spikes: Vec<NeuronId>,
+    layout: Option<OutgoingLayout>,
 }
 
 impl Default for NeuralGraph {
@@ -154,6 +177,7 @@ impl NeuralGraph {
             step: 0,
             time_ms: 0.0,
             spikes: Vec::new(),
+            layout: None,
         }
     }
 
@@ -299,6 +323,7 @@ impl NeuralGraph {
         };
         let s = self.synapses_table_mut().try_insert(synapse)?;
         self.adjacency[pre.index() as usize].outgoing.push(s);
+        self.forget_range(pre);
         self.adjacency[post.index() as usize].incoming.push(s);
         self.max_delay_ms = self.max_delay_ms.max(delay);
         Ok(s)
@@ -350,6 +375,7 @@ impl NeuralGraph {
         self.note_delay_gone(syn.delay);
         self.unlist(s, &syn, List::Outgoing);
         self.unlist(s, &syn, List::Incoming);
+        self.store.note_removals::<Synapse>(1);
         Some(syn)
     }
 
@@ -360,6 +386,9 @@ impl NeuralGraph {
             List::Outgoing => (syn.pre, syn.out_pos as usize),
             List::Incoming => (syn.post, syn.in_pos as usize),
         };
+        if let List::Outgoing = which {
+            self.forget_range(neuron);
+        }
         let Some(adjacency) = self
             .adjacency
             .get_mut(neuron.index() as usize)
@@ -402,6 +431,8 @@ impl NeuralGraph {
         self.adjacency_of(n)?;
         let i = n.index() as usize;
         let outgoing = std::mem::take(&mut self.adjacency[i].outgoing);
+        self.forget_range(n);
+        let mut removed = outgoing.len();
         for s in outgoing {
             if let Some(syn) = self.synapses_table_mut().remove(s) {
                 self.note_delay_gone(syn.delay);
@@ -410,6 +441,7 @@ impl NeuralGraph {
             }
         }
         let incoming = std::mem::take(&mut self.adjacency[i].incoming);
+        removed += incoming.len();
         for s in incoming {
             if let Some(syn) = self.synapses_table_mut().remove(s) {
                 self.note_delay_gone(syn.delay);
@@ -418,7 +450,107 @@ impl NeuralGraph {
         }
         self.adjacency[i] = Adjacency::default();
         self.ring.clear_column(i);
-        self.neurons_table_mut().remove(n)
+        let neuron = self.neurons_table_mut().remove(n);
+        self.store.note_removals::<Synapse>(removed);
+        self.store.note_removals::<Neuron>(1);
+        neuron
+    }
+
+    /// Defragments the neuron and synapse tables ([`Store::defragment`]). Handles stay
+    /// valid; the layout of [`optimize_layout`](Self::optimize_layout) is out of date
+    /// afterwards if synapses moved (propagation stays correct, and the next
+    /// `optimize_layout` restores it).
+    pub fn defragment(&mut self) -> StoreDefragReport {
+        self.store.defragment()
+    }
+
+    /// The store's automatic defragmentation after removals ([`Store::set_defrag_policy`]).
+    pub fn set_defrag_policy(&mut self, policy: Option<DefragPolicy>) {
+        self.store.set_defrag_policy(policy);
+    }
+
+    /// Marks `n`'s outgoing range of the layout as out of date.
+    fn forget_range(&mut self, n: NeuronId) {
+        if let Some(range) = self
+            .layout
+            .as_mut()
+            .and_then(|l| l.ranges.get_mut(n.index() as usize))
+        {
+            *range = None;
+        }
+    }
+
+    /// Lays the synapse table out for spike propagation: synapses sorted by presynaptic
+    /// neuron (then postsynaptic), so each neuron's outgoing synapses sit together and a
+    /// step walks them as one run of storage, without slot lookups; and neurons grouped by
+    /// population. Handles do not change. The layout stays exact for every neuron whose
+    /// outgoing synapses are not changed afterwards; a neuron that gains or loses one, or
+    /// any later move of synapses (a defragmentation), falls back to its handle list:
+    /// still correct, only slower, until the next `optimize_layout`.
+    ///
+    /// Returns the synapse table's compaction report. Fails, with nothing moved, only if
+    /// the pool cannot give a chunk the compaction needs.
+    ///
+    /// ```
+    /// use neurostore::neural::{NeuralGraph, NeuronParams};
+    ///
+    /// let mut graph = NeuralGraph::new();
+    /// let ns = graph.add_neurons(100, &NeuronParams::default())?;
+    /// for k in 0..1000 {
+    ///     graph.connect(ns[k * 37 % 100], ns[k % 100], 10.0, 1.0)?;
+    /// }
+    /// let report = graph.optimize_layout()?;
+    /// assert!(report.moved > 0);
+    /// assert_eq!(graph.outgoing(ns[0]).unwrap().len(), 10); // same synapses, same handles
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn optimize_layout(&mut self) -> Result<DefragReport, Error> {
+        self.neurons_table_mut().compact_by_key(|n| n.population)?;
+        let synapses = self.synapses_table_mut();
+        let report = synapses.compact_by_key(|s| (s.pre.index(), s.post.index()))?;
+        let mut ranges: Vec<Option<(u64, u32)>> = vec![None; self.adjacency.len()];
+        // After the compaction the table is dense from place 0 in this order.
+        for (place, s) in self.synapses().values().enumerate() {
+            if let Some(range) = ranges.get_mut(s.pre.index() as usize) {
+                match range {
+                    Some((_, len)) => *len += 1,
+                    None => *range = Some((place as u64, 1)),
+                }
+            }
+        }
+        self.layout = Some(OutgoingLayout {
+            version: self.synapses().layout_version(),
+            ranges,
+        });
+        Ok(report)
+    }
+
+    /// Sends a spike from each of `sources` through its outgoing synapses as if it fired
+    /// in the current step: each arrives after its synapse's delay in steps of `dt`. For
+    /// stimulation, replayed spike trains and input populations; the sources' own state
+    /// does not change. Stale sources are skipped. Returns the number of synaptic events.
+    /// A bad `dt` is an error, as for [`step`](Self::step), and changes nothing.
+    ///
+    /// ```
+    /// use neurostore::neural::{NeuralGraph, NeuronParams};
+    ///
+    /// let mut graph = NeuralGraph::new();
+    /// let input = graph.add_neuron(&NeuronParams::default())?;
+    /// let target = graph.add_neuron(&NeuronParams::default())?;
+    /// graph.connect(input, target, 300.0, 0.5)?;
+    /// assert_eq!(graph.inject_spikes(&[input], 0.1)?, 1);
+    /// for _ in 0..5 {
+    ///     graph.step(0.1)?;
+    /// }
+    /// assert_eq!(graph.neuron(target).unwrap().i_syn_ex, 0.0);
+    /// graph.step(0.1)?; // the 5th step after the injection: the spike arrives
+    /// assert_eq!(graph.neuron(target).unwrap().i_syn_ex, 300.0);
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn inject_spikes(&mut self, sources: &[NeuronId], dt: f64) -> Result<usize, Error> {
+        check_dt(dt)?;
+        self.shape_ring(dt)?;
+        Ok(self.propagate(sources, dt, self.step))
     }
 
     /// Steps simulated so far.
@@ -458,17 +590,14 @@ impl NeuralGraph {
     /// that the longest delay spans more than 2^20 steps, is an [`Error::InvalidArgument`]
     /// and changes nothing.
     pub fn step(&mut self, dt: f64) -> Result<&[NeuronId], Error> {
-        if !(dt.is_finite() && dt > 0.0) {
-            return Err(Error::invalid_argument(
-                "dt",
-                format!("{dt} ms: a step must be a finite number of milliseconds above zero"),
-            ));
-        }
+        check_dt(dt)?;
         self.shape_ring(dt)?;
         let now = self.step;
         self.update_neurons(dt, now);
         self.ring.clear_slot(now);
-        self.propagate(dt, now);
+        let spikes = std::mem::take(&mut self.spikes);
+        self.propagate(&spikes, dt, now);
+        self.spikes = spikes;
         self.step += 1;
         self.time_ms += dt;
         Ok(&self.spikes)
@@ -568,57 +697,71 @@ impl NeuralGraph {
         spikes.sort_unstable_by_key(|n| n.index());
     }
 
-    /// Sends this step's spikes through their outgoing synapses into the ring, in spike
-    /// order and list order, so that sums of inputs are the same however many threads ran.
-    fn propagate(&mut self, dt: f64, now: u64) {
+    /// Sends the spikes of `sources` through their outgoing synapses into the ring, in
+    /// source order and synapse order, so that sums of inputs are the same however many
+    /// threads ran. Returns the number of synaptic events.
+    fn propagate(&mut self, sources: &[NeuronId], dt: f64, now: u64) -> usize {
         let NeuralGraph {
             store,
             adjacency,
             ring,
-            spikes,
+            layout,
             ..
         } = self;
         let synapses: &Table<Synapse> = store
             .table()
             .expect("NeuralGraph registers Synapse when it is made");
-        let last_offset = ring.slots() as u64 - 1;
-        let outgoing = |n: &NeuronId| -> &[SynapseId] {
-            adjacency
-                .get(n.index() as usize)
-                .filter(|a| a.owner == *n)
-                .map_or(&[], |a| &a.outgoing[..])
-        };
-        let events: usize = spikes.iter().map(|n| outgoing(n).len()).sum();
-        let ring_ref: &SpikeRing = ring;
-        let event = |s: &Synapse| -> Option<(usize, f32)> {
-            let offset = delay_steps(s.delay, dt).min(last_offset);
-            ring_ref
-                .position(now, offset, s.post.index() as usize)
+        // The layout's ranges hold only while no synapse moved since it was made.
+        let ranges = layout
+            .as_ref()
+            .filter(|l| l.version == synapses.layout_version())
+            .map(|l| &l.ranges[..]);
+        let geometry = ring.geometry();
+        let event = move |s: &Synapse| -> Option<(usize, f32)> {
+            geometry
+                .position(now, delay_steps(s.delay, dt), s.post.index() as usize)
                 .map(|p| (p, s.weight))
         };
-        if events < PARALLEL_EVENTS {
-            let mut pending = Vec::with_capacity(events);
-            for n in spikes.iter() {
-                synapses.for_each_many(outgoing(n), |s| {
-                    if let Some(e) = s.and_then(event) {
-                        pending.push(e);
-                    }
-                });
-            }
-            for (p, w) in pending {
-                ring.add(p, w);
-            }
-        } else {
-            let batches: Vec<Vec<(usize, f32)>> = spikes
-                .par_iter()
-                .map(|n| {
-                    let out = outgoing(n);
-                    let mut batch = Vec::with_capacity(out.len());
-                    synapses.for_each_many(out, |s| {
-                        if let Some(e) = s.and_then(event) {
-                            batch.push(e);
+        // Walks one source's outgoing synapses: a storage range after `optimize_layout`
+        // (no slot lookups), else the handle list (slot lookups, prefetched).
+        let walk = |n: &NeuronId, sink: &mut dyn FnMut((usize, f32))| {
+            let Some(a) = adjacency.get(n.index() as usize).filter(|a| a.owner == *n) else {
+                return;
+            };
+            match ranges
+                .and_then(|r| r.get(n.index() as usize))
+                .copied()
+                .flatten()
+            {
+                Some((start, len)) => {
+                    synapses.for_each_in_places(start, u64::from(len), |s| {
+                        if let Some(e) = event(s) {
+                            sink(e);
                         }
                     });
+                }
+                None => synapses.for_each_many(&a.outgoing, |s| {
+                    if let Some(e) = s.and_then(event) {
+                        sink(e);
+                    }
+                }),
+            }
+        };
+        let events: usize = sources
+            .iter()
+            .filter_map(|n| adjacency.get(n.index() as usize).filter(|a| a.owner == *n))
+            .map(|a| a.outgoing.len())
+            .sum();
+        if events < PARALLEL_EVENTS {
+            let mut deliver = |(p, w): (usize, f32)| ring.add(p, w);
+            for n in sources {
+                walk(n, &mut deliver);
+            }
+        } else {
+            let batches: Vec<Vec<(usize, f32)>> = sources
+                .par_iter()
+                .fold(Vec::new, |mut batch, n| {
+                    walk(n, &mut |e| batch.push(e));
                     batch
                 })
                 .collect();
@@ -626,6 +769,7 @@ impl NeuralGraph {
                 ring.add(p, w);
             }
         }
+        events
     }
 }
 

@@ -12,6 +12,26 @@ use crate::error::OomReason;
 /// The most slots a ring may have: the longest delay, in steps, plus one.
 pub(crate) const MAX_RING_SLOTS: usize = 1 << 20;
 
+/// The shape of a [`SpikeRing`]: neuron columns per slot, and slots.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RingGeometry {
+    stride: usize,
+    slots: u64,
+}
+
+impl RingGeometry {
+    /// The position of `column`'s input `offset` steps after `now` (`offset` is clamped
+    /// to the ring's span), or `None` for a column outside the ring or an unshaped ring.
+    #[inline]
+    pub(crate) fn position(&self, now: u64, offset: u64, column: usize) -> Option<usize> {
+        if column >= self.stride || self.slots == 0 {
+            return None;
+        }
+        let offset = offset.min(self.slots - 1);
+        Some(((now + offset) % self.slots) as usize * self.stride + column)
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct SpikeRing {
     ex: Vec<f32>,
@@ -133,11 +153,13 @@ impl SpikeRing {
         }
     }
 
-    /// The position of `column`'s input `offset` steps after `now` (`offset < slots`), or
-    /// `None` for a column outside the ring.
-    #[inline]
-    pub(crate) fn position(&self, now: u64, offset: u64, column: usize) -> Option<usize> {
-        (column < self.stride).then(|| self.slot_start_of(now + offset) + column)
+    /// The ring's shape, detached from its storage (so positions can be computed while
+    /// the ring is being written).
+    pub(crate) fn geometry(&self) -> RingGeometry {
+        RingGeometry {
+            stride: self.stride,
+            slots: self.slots as u64,
+        }
     }
 
     /// Adds a spike of `weight` at `position`: to the excitatory input when `weight >= 0`,
@@ -164,9 +186,9 @@ mod tests {
         let mut ring = SpikeRing::default();
         ring.reshape(4, 3, 0, |k| k).unwrap();
         let now = 7;
-        let p = ring.position(now, 2, 1).unwrap();
+        let p = ring.geometry().position(now, 2, 1).unwrap();
         ring.add(p, 5.0);
-        ring.add(ring.position(now, 1, 3).unwrap(), -2.0);
+        ring.add(ring.geometry().position(now, 1, 3).unwrap(), -2.0);
         ring.reshape(10, 8, now, |k| k).unwrap();
         assert_eq!(ring.slot(now + 2).0[1], 5.0);
         assert_eq!(ring.slot(now + 1).1[3], -2.0);

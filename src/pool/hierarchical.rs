@@ -456,6 +456,30 @@ impl HierarchicalPool {
         }
     }
 
+    /// Returns the medium tier's wholly free regions to the OS, including the ones that
+    /// `retain_empty` keeps for reuse, and returns the bytes released. Their pages are
+    /// decommitted and they no longer count as reserved, so after a defragmentation gave
+    /// chunks back, the pool's fragmentation falls too.
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use neurostore::{HierarchicalPool, PoolConfig};
+    ///
+    /// let pool = HierarchicalPool::new(PoolConfig::default())?;
+    /// let layout = Layout::from_size_align(32 << 10, 16).unwrap();
+    /// let block = pool.allocate(layout)?;
+    /// // SAFETY: allocated above with this layout, not used afterwards.
+    /// unsafe { pool.deallocate(block.cast(), layout) };
+    /// assert!(pool.stats().medium.reserved_bytes > 0); // an empty region is retained
+    /// assert!(pool.trim() > 0);
+    /// assert_eq!(pool.stats().medium.reserved_bytes, 0);
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn trim(&self) -> usize {
+        let s = &*self.shared;
+        s.medium.trim(&s.budget)
+    }
+
     /// Checks the pool's internal invariants, tier by tier, taking each tier's locks in
     /// turn: every chunk is on the right list with consistent counts, medium blocks tile
     /// their regions with agreeing boundary tags and no two free neighbours, every free

@@ -515,6 +515,34 @@ impl MediumTier {
         Ok(())
     }
 
+    /// Returns every wholly free region to the OS, however many `retain_empty` would keep
+    /// (decommitted with the mapping kept for reuse; unmapped in checked mode). Returns the
+    /// bytes released.
+    pub(crate) fn trim(&self, budget: &Budget) -> usize {
+        let mut st = lock(&self.state);
+        let mut released = 0;
+        let mut r = st.regions;
+        while !r.is_null() {
+            // SAFETY: `r` is a live region on our list and we hold the lock; its first
+            // block starts at the region base and the sentinel closes it.
+            unsafe {
+                let next = (*r).next;
+                let first = ((*r).header.base as *mut u8).cast::<Header>();
+                let after = next_block(first);
+                if !is_used(first) && is_used(after) && size_of_block(after) == 0 {
+                    // Wholly free: take its one block off its bin, then the region goes.
+                    self.unlink(&mut st, first);
+                    st.empty_regions -= 1;
+                    released += (*r).header.len;
+                    self.free_region(&mut st, r, budget);
+                }
+                r = next;
+            }
+        }
+        self.publish(&st);
+        released
+    }
+
     /// Checked mode: `addr` must start a live block of ours whose size fits `size`.
     fn validate(&self, addr: usize, size: usize) -> Result<(), Error> {
         let foreign = Error::ForeignPointer { address: addr };

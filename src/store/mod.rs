@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::defrag::{DefragPolicy, DefragReport, FragmentationReport};
 use crate::pool::{HierarchicalPool, PoolStats};
 use crate::table::{Handle, Table, TableStats, default_pool};
 
@@ -34,6 +35,13 @@ pub trait ErasedTable: Send + Sync {
     fn clear(&mut self);
     /// The table's current epoch.
     fn epoch(&self) -> u64;
+    /// The table's holes ([`Table::fragmentation`]).
+    fn fragmentation(&self) -> FragmentationReport;
+    /// Closes the table's holes ([`Table::defragment`]).
+    fn defragment(&mut self) -> DefragReport;
+    /// Chunk indices in use or free below the last chunk (bounds the cost of
+    /// [`fragmentation`](Self::fragmentation)).
+    fn chunk_slots(&self) -> usize;
     /// The table as `Any`, to get the typed table back.
     fn as_any(&self) -> &dyn Any;
     /// The table as `Any`, mutably.
@@ -55,6 +63,15 @@ impl<T: Send + Sync + 'static> ErasedTable for Table<T> {
     }
     fn epoch(&self) -> u64 {
         Table::epoch(self)
+    }
+    fn fragmentation(&self) -> FragmentationReport {
+        Table::fragmentation(self)
+    }
+    fn defragment(&mut self) -> DefragReport {
+        Table::defragment(self)
+    }
+    fn chunk_slots(&self) -> usize {
+        Table::chunk_slots(self)
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -94,6 +111,22 @@ pub struct StoreStats {
 pub struct Store {
     tables: HashMap<TypeId, Box<dyn ErasedTable>>,
     pool: Arc<HierarchicalPool>,
+    defrag_policy: Option<DefragPolicy>,
+    /// Removals per table since its fragmentation was last looked at.
+    removals: HashMap<TypeId, usize>,
+}
+
+/// What [`Store::defragment`] did, table by table.
+#[derive(Clone, Debug)]
+pub struct StoreDefragReport {
+    /// Each table's type name and report, sorted by type name.
+    pub tables: Vec<(&'static str, DefragReport)>,
+    /// Objects moved in all tables.
+    pub moved: usize,
+    /// Bytes moved in all tables.
+    pub bytes_moved: usize,
+    /// Chunks returned to the pool by all tables.
+    pub chunks_released: usize,
 }
 
 impl Default for Store {
@@ -125,6 +158,73 @@ impl Store {
         Store {
             tables: HashMap::new(),
             pool,
+            defrag_policy: Some(DefragPolicy::default()),
+            removals: HashMap::new(),
+        }
+    }
+
+    /// When tables are defragmented on their own: after removals, once a table's
+    /// fragmentation ratio passes the policy's threshold. `None` turns it off. The default
+    /// is `Some(DefragPolicy::default())` (threshold 0.3).
+    pub fn set_defrag_policy(&mut self, policy: Option<DefragPolicy>) {
+        self.defrag_policy = policy;
+    }
+
+    /// The current defragmentation policy.
+    pub fn defrag_policy(&self) -> Option<DefragPolicy> {
+        self.defrag_policy
+    }
+
+    /// Defragments every table ([`Table::defragment`]).
+    ///
+    /// ```
+    /// use neurostore::Store;
+    ///
+    /// let mut store = Store::new();
+    /// store.set_defrag_policy(None);
+    /// let hs: Vec<_> = (0..50_000u64).map(|i| store.insert(i)).collect();
+    /// for h in hs.iter().step_by(2) {
+    ///     store.remove(*h);
+    /// }
+    /// let report = store.defragment();
+    /// assert_eq!(report.moved, 12_500);
+    /// assert_eq!(store.get(hs[1]), Some(&1));
+    /// ```
+    pub fn defragment(&mut self) -> StoreDefragReport {
+        let mut tables: Vec<_> = self
+            .tables
+            .values_mut()
+            .map(|t| (t.type_name(), t.defragment()))
+            .collect();
+        tables.sort_by(|a, b| a.0.cmp(b.0));
+        self.removals.clear();
+        StoreDefragReport {
+            moved: tables.iter().map(|(_, r)| r.moved).sum(),
+            bytes_moved: tables.iter().map(|(_, r)| r.bytes_moved).sum(),
+            chunks_released: tables.iter().map(|(_, r)| r.chunks_released).sum(),
+            tables,
+        }
+    }
+
+    /// Applies the [`DefragPolicy`] after `count` removals from the table of `T`. The
+    /// table's fragmentation is looked at once per about as many removals as it has
+    /// chunks, so the check costs O(1) per removal.
+    pub(crate) fn note_removals<T: Send + Sync + 'static>(&mut self, count: usize) {
+        let Some(policy) = self.defrag_policy else {
+            return;
+        };
+        let id = TypeId::of::<T>();
+        let Some(table) = self.tables.get_mut(&id) else {
+            return;
+        };
+        let pending = self.removals.entry(id).or_insert(0);
+        *pending += count;
+        if *pending < table.chunk_slots().max(1) {
+            return;
+        }
+        *pending = 0;
+        if table.fragmentation().ratio > policy.threshold {
+            table.defragment();
         }
     }
 
@@ -164,9 +264,12 @@ impl Store {
         self.table::<T>().is_some_and(|t| t.contains(h))
     }
 
-    /// Removes and returns the object `h` names; a stale handle changes nothing.
+    /// Removes and returns the object `h` names; a stale handle changes nothing. The
+    /// store's [`DefragPolicy`] may defragment the table afterwards (handles stay valid).
     pub fn remove<T: Send + Sync + 'static>(&mut self, h: Handle<T>) -> Option<T> {
-        self.table_mut::<T>()?.remove(h)
+        let value = self.table_mut::<T>()?.remove(h)?;
+        self.note_removals::<T>(1);
+        Some(value)
     }
 
     /// The table of `T`, if registered.

@@ -83,6 +83,25 @@ impl<T> Chunk<T> {
             .map(|(w, &word)| w as u32 * 64 + 63 - word.leading_zeros())
     }
 
+    /// The highest occupied place below `limit`.
+    pub(crate) fn last_occupied_below(&self, limit: u32) -> Option<u32> {
+        let limit = limit.min(self.capacity());
+        if limit == 0 {
+            return None;
+        }
+        let top = (limit - 1) as usize / 64;
+        let bits_in_top = (limit - 1) % 64 + 1;
+        let mask = if bits_in_top == 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits_in_top) - 1
+        };
+        std::iter::once((top, self.occupied[top] & mask))
+            .chain((0..top).rev().map(|w| (w, self.occupied[w])))
+            .find(|(_, word)| *word != 0)
+            .map(|(w, word)| w as u32 * 64 + 63 - word.leading_zeros())
+    }
+
     /// Places `value` at the free place `pos`, owned by `owner`.
     pub(crate) fn put(&mut self, pos: u32, value: T, owner: Handle<T>) {
         assert!(

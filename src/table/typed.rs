@@ -86,6 +86,8 @@ pub struct Table<T> {
     /// `log2(per_chunk)`.
     shift: u32,
     epoch: u64,
+    /// Bumped by every pass that moves objects (defragmentation, `compact_by_key`).
+    layout_version: u64,
 }
 
 impl<T> Default for Table<T> {
@@ -134,6 +136,7 @@ impl<T> Table<T> {
             per_chunk: per_chunk as u32,
             shift: per_chunk.ilog2(),
             epoch: 0,
+            layout_version: 0,
         }
     }
 
@@ -665,6 +668,308 @@ impl<T> Table<T> {
             } else {
                 holes as f64 / (live + holes) as f64
             },
+        }
+    }
+}
+
+/// Moving objects: the primitives the defragmentation layer (`crate::defrag`) builds on.
+///
+/// A move is `Chunk::take` then `Chunk::put`: a Rust move of the value (a bitwise copy
+/// after which the source place counts as free and is never read or dropped), the owner
+/// handle travels with it and the owner's slot is rewritten to the new place. Handles
+/// therefore never change, and no object is dropped or duplicated.
+impl<T> Table<T> {
+    /// Bumped by every pass that moves objects: a [`Loc`] read before a bump may be out
+    /// of date after it. Handles are never affected.
+    pub fn layout_version(&self) -> u64 {
+        self.layout_version
+    }
+
+    /// Chunk indices in use or free below the last chunk.
+    pub fn chunk_slots(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// The place number of `loc` in storage order (`chunk * chunk_capacity + pos`).
+    #[inline]
+    pub(crate) fn global_place(&self, loc: Loc) -> u64 {
+        (u64::from(loc.chunk) << self.shift) | u64::from(loc.pos)
+    }
+
+    #[inline]
+    fn loc_of_global(&self, g: u64) -> Loc {
+        Loc {
+            chunk: (g >> self.shift) as u32,
+            pos: (g & u64::from(self.per_chunk - 1)) as u32,
+        }
+    }
+
+    /// Moves the object at the occupied place `from` to the free place `to`, rewriting its
+    /// slot. Both places must be in existing chunks (checked before anything changes).
+    fn move_object(&mut self, from: Loc, to: Loc) {
+        let packed = self.pack(to).expect("an existing chunk's place packs");
+        let free = self.chunks[to.chunk as usize]
+            .as_ref()
+            .is_some_and(|c| to.pos < c.capacity() && !c.is_occupied(to.pos));
+        let occupied = self.chunks[from.chunk as usize]
+            .as_ref()
+            .is_some_and(|c| from.pos < c.capacity() && c.is_occupied(from.pos));
+        assert!(
+            free && occupied,
+            "move from {from:?} to {to:?}: not an object to a hole"
+        );
+        let epoch = self.epoch;
+        let source = self.chunks[from.chunk as usize].as_mut().expect("checked");
+        let owner = source.owner(from.pos);
+        let value = source.take(from.pos);
+        source.dirty = epoch;
+        self.set_non_full(from.chunk as usize, true);
+        let target = self.chunks[to.chunk as usize].as_mut().expect("checked");
+        target.put(to.pos, value, owner);
+        target.dirty = epoch;
+        if target.live() == target.capacity() {
+            self.set_non_full(to.chunk as usize, false);
+        }
+        *self
+            .slots
+            .get_mut(owner)
+            .expect("an occupied place's owner is live") = packed;
+    }
+
+    /// The lowest free place in the existing chunks.
+    fn lowest_free_place(&self) -> Option<Loc> {
+        let ci = self
+            .non_full
+            .iter()
+            .enumerate()
+            .find(|(_, w)| **w != 0)
+            .map(|(w, word)| w * 64 + word.trailing_zeros() as usize)?;
+        let pos = self.chunks.get(ci)?.as_ref()?.first_free()?;
+        Some(Loc {
+            chunk: ci as u32,
+            pos,
+        })
+    }
+
+    /// The highest occupied place strictly below `below` in storage order.
+    fn highest_occupied_below(&self, below: Loc) -> Option<Loc> {
+        let mut ci = below.chunk as usize;
+        let mut limit = below.pos;
+        loop {
+            if let Some(Some(c)) = self.chunks.get(ci)
+                && c.live() > 0
+                && let Some(pos) = c.last_occupied_below(limit)
+            {
+                return Some(Loc {
+                    chunk: ci as u32,
+                    pos,
+                });
+            }
+            ci = ci.checked_sub(1)?;
+            limit = self.per_chunk;
+        }
+    }
+
+    /// The place just past the highest occupied one, as a `Loc` bound for
+    /// [`highest_occupied_below`](Self::highest_occupied_below).
+    fn end_of_storage(&self) -> Loc {
+        Loc {
+            chunk: self.chunks.len() as u32,
+            pos: 0,
+        }
+    }
+
+    /// Fills the lowest holes with the highest objects, at most `max_moves` of them.
+    /// Returns the moves made and whether no hole is left below the highest object.
+    pub(crate) fn fill_holes_from_top(&mut self, max_moves: usize) -> (usize, bool) {
+        let mut moved = 0;
+        let mut high = self.end_of_storage();
+        loop {
+            let Some(hole) = self.lowest_free_place() else {
+                return (moved, true);
+            };
+            let Some(object) = self.highest_occupied_below(high) else {
+                return (moved, true);
+            };
+            if self.global_place(hole) > self.global_place(object) {
+                return (moved, true);
+            }
+            if moved == max_moves {
+                return (moved, false);
+            }
+            if moved == 0 {
+                self.layout_version += 1;
+            }
+            self.move_object(object, hole);
+            moved += 1;
+            high = object;
+        }
+    }
+
+    /// Returns every empty chunk to the pool (none is kept for reuse) and returns how many.
+    pub(crate) fn release_all_empty_chunks(&mut self) -> usize {
+        let mut released = 0;
+        for i in 0..self.chunks.len() {
+            if self.chunks[i].as_ref().is_some_and(|c| c.live() == 0)
+                && let Some(c) = self.chunks[i].take()
+            {
+                c.release(&self.pool);
+                self.set_non_full(i, false);
+                released += 1;
+            }
+        }
+        while matches!(self.chunks.last(), Some(None)) {
+            self.chunks.pop();
+        }
+        released
+    }
+
+    /// Every object with its place, in storage order.
+    pub(crate) fn objects_with_locs(&self) -> impl Iterator<Item = (Loc, &T)> + '_ {
+        self.chunks.iter().enumerate().flat_map(|(ci, c)| {
+            c.iter().flat_map(move |c| {
+                c.occupied_places().map(move |pos| {
+                    let loc = Loc {
+                        chunk: ci as u32,
+                        pos,
+                    };
+                    (loc, c.get(pos).expect("occupied places hold objects"))
+                })
+            })
+        })
+    }
+
+    /// `(live, capacity)` of each chunk index, `None` where no chunk is held.
+    pub(crate) fn chunk_occupancy(&self) -> impl Iterator<Item = Option<(u32, u32)>> + '_ {
+        self.chunks
+            .iter()
+            .map(|c| c.as_ref().map(|c| (c.live(), c.capacity())))
+    }
+
+    /// The highest occupied place.
+    pub(crate) fn highest_occupied(&self) -> Option<Loc> {
+        self.highest_occupied_below(self.end_of_storage())
+    }
+
+    /// Moves the object at `order[k]` to storage place `k` for every `k`, so that the
+    /// objects end up dense, in that order. `order` must list every object's place exactly
+    /// once. Chunks missing below `order.len()` are taken from the pool first; if that
+    /// fails nothing has moved. Returns the number of objects that changed place.
+    pub(crate) fn permute(&mut self, order: &[Loc]) -> Result<usize, Error> {
+        assert_eq!(order.len(), self.len(), "permute lists every object once");
+        let n = order.len() as u64;
+        let chunks_needed = n.div_ceil(u64::from(self.per_chunk)) as usize;
+        while self.chunks.len() < chunks_needed {
+            self.chunks.push(None);
+        }
+        for ci in 0..chunks_needed {
+            if self.chunks[ci].is_none() {
+                let chunk = Chunk::new(&self.pool, self.per_chunk, self.epoch)?;
+                self.chunks[ci] = Some(chunk);
+                self.set_non_full(ci, true);
+            }
+        }
+        self.layout_version += 1;
+        let places = (self.chunks.len() as u64) << self.shift;
+        // dest[g]: where the object now at global place g goes; u32::MAX for none.
+        let mut dest = vec![u32::MAX; places as usize];
+        for (k, &loc) in order.iter().enumerate() {
+            let g = self.global_place(loc) as usize;
+            assert_eq!(dest[g], u32::MAX, "permute lists a place twice");
+            dest[g] = k as u32;
+        }
+        let mut settled = vec![false; places as usize];
+        let mut moved = 0;
+        for &start in order {
+            let g0 = self.global_place(start) as usize;
+            if settled[g0] || !self.is_occupied_at(start) {
+                continue; // holds its final object, or its object already left
+            }
+            if dest[g0] as usize == g0 {
+                settled[g0] = true;
+                continue;
+            }
+            // Follow the chain: carry the object to its place, pick up whoever waits there.
+            let (mut value, mut owner) = self.take_at(start);
+            let mut d = dest[g0] as usize;
+            loop {
+                let to = self.loc_of_global(d as u64);
+                let displaced = if self.is_occupied_at(to) {
+                    Some(self.take_at(to))
+                } else {
+                    None
+                };
+                self.put_at(to, value, owner);
+                settled[d] = true;
+                moved += 1;
+                match displaced {
+                    Some((v, o)) => {
+                        value = v;
+                        owner = o;
+                        d = dest[d] as usize;
+                    }
+                    None => break,
+                }
+            }
+        }
+        for ci in 0..self.chunks.len() {
+            let non_full = self.chunks[ci]
+                .as_ref()
+                .is_some_and(|c| c.live() < c.capacity());
+            self.set_non_full(ci, non_full);
+        }
+        Ok(moved)
+    }
+
+    fn is_occupied_at(&self, loc: Loc) -> bool {
+        self.chunks[loc.chunk as usize]
+            .as_ref()
+            .is_some_and(|c| c.is_occupied(loc.pos))
+    }
+
+    /// Takes the object at `loc` out with its owner (its slot still names `loc` until
+    /// `put_at` rewrites it).
+    fn take_at(&mut self, loc: Loc) -> (T, Handle<T>) {
+        let epoch = self.epoch;
+        let c = self.chunks[loc.chunk as usize]
+            .as_mut()
+            .expect("existing chunk");
+        let owner = c.owner(loc.pos);
+        c.dirty = epoch;
+        (c.take(loc.pos), owner)
+    }
+
+    /// Puts `value` at the free place `loc` and points its owner's slot there.
+    fn put_at(&mut self, loc: Loc, value: T, owner: Handle<T>) {
+        let packed = self.pack(loc).expect("an existing chunk's place packs");
+        let epoch = self.epoch;
+        let c = self.chunks[loc.chunk as usize]
+            .as_mut()
+            .expect("existing chunk");
+        c.put(loc.pos, value, owner);
+        c.dirty = epoch;
+        *self
+            .slots
+            .get_mut(owner)
+            .expect("an object's owner is live") = packed;
+    }
+
+    /// Calls `f` with each object in the storage places `start .. start + len` (a place
+    /// without an object is skipped), walking chunk memory in order without slot lookups.
+    pub(crate) fn for_each_in_places<'a>(&'a self, start: u64, len: u64, mut f: impl FnMut(&'a T)) {
+        let mut g = start;
+        let end = start.saturating_add(len);
+        while g < end {
+            let loc = self.loc_of_global(g);
+            let in_chunk = (u64::from(self.per_chunk - loc.pos)).min(end - g);
+            if let Some(Some(c)) = self.chunks.get(loc.chunk as usize) {
+                for pos in loc.pos..loc.pos + in_chunk as u32 {
+                    if let Some(v) = c.get(pos) {
+                        f(v);
+                    }
+                }
+            }
+            g += in_chunk;
         }
     }
 }
