@@ -83,6 +83,20 @@ impl<T> Chunk<T> {
             .map(|(w, &word)| w as u32 * 64 + 63 - word.leading_zeros())
     }
 
+    /// The lowest free place at or after `from`.
+    pub(crate) fn first_free_from(&self, from: u32) -> Option<u32> {
+        if from >= self.capacity() {
+            return None;
+        }
+        let first = from as usize / 64;
+        let mask = !((1u64 << (from % 64)) - 1);
+        std::iter::once((first, !self.occupied[first] & mask))
+            .chain((first + 1..self.occupied.len()).map(|w| (w, !self.occupied[w])))
+            .find(|(_, free)| *free != 0)
+            .map(|(w, free)| w as u32 * 64 + free.trailing_zeros())
+            .filter(|&pos| pos < self.capacity())
+    }
+
     /// The highest occupied place below `limit`.
     pub(crate) fn last_occupied_below(&self, limit: u32) -> Option<u32> {
         let limit = limit.min(self.capacity());

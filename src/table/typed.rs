@@ -736,21 +736,6 @@ impl<T> Table<T> {
             .expect("an occupied place's owner is live") = packed;
     }
 
-    /// The lowest free place in the existing chunks.
-    fn lowest_free_place(&self) -> Option<Loc> {
-        let ci = self
-            .non_full
-            .iter()
-            .enumerate()
-            .find(|(_, w)| **w != 0)
-            .map(|(w, word)| w * 64 + word.trailing_zeros() as usize)?;
-        let pos = self.chunks.get(ci)?.as_ref()?.first_free()?;
-        Some(Loc {
-            chunk: ci as u32,
-            pos,
-        })
-    }
-
     /// The highest occupied place strictly below `below` in storage order.
     fn highest_occupied_below(&self, below: Loc) -> Option<Loc> {
         let mut ci = below.chunk as usize;
@@ -779,30 +764,91 @@ impl<T> Table<T> {
         }
     }
 
+    /// The lowest free place at or after `from`, in the existing chunks.
+    fn free_place_from(&self, from: Loc) -> Option<Loc> {
+        let mut pos = from.pos;
+        for ci in from.chunk as usize..self.chunks.len() {
+            if let Some(c) = &self.chunks[ci]
+                && c.live() < c.capacity()
+                && let Some(p) = c.first_free_from(pos)
+            {
+                return Some(Loc {
+                    chunk: ci as u32,
+                    pos: p,
+                });
+            }
+            pos = 0;
+        }
+        None
+    }
+
+    /// The place after `loc` in storage order.
+    fn next_place(&self, loc: Loc) -> Loc {
+        if loc.pos + 1 < self.per_chunk {
+            Loc {
+                chunk: loc.chunk,
+                pos: loc.pos + 1,
+            }
+        } else {
+            Loc {
+                chunk: loc.chunk + 1,
+                pos: 0,
+            }
+        }
+    }
+
     /// Fills the lowest holes with the highest objects, at most `max_moves` of them.
     /// Returns the moves made and whether no hole is left below the highest object.
+    ///
+    /// Works in batches: it pairs up to 64 holes (ascending, from a cursor that only
+    /// moves up) with as many objects (descending), then moves. Pairing ahead is sound: a
+    /// move fills a hole below every object still to move and frees a place above every
+    /// hole still to fill.
     pub(crate) fn fill_holes_from_top(&mut self, max_moves: usize) -> (usize, bool) {
+        const BATCH: usize = 64;
         let mut moved = 0;
+        let mut low = Loc { chunk: 0, pos: 0 };
         let mut high = self.end_of_storage();
+        let mut pairs = [(low, low); BATCH];
         loop {
-            let Some(hole) = self.lowest_free_place() else {
-                return (moved, true);
-            };
-            let Some(object) = self.highest_occupied_below(high) else {
-                return (moved, true);
-            };
-            if self.global_place(hole) > self.global_place(object) {
+            let mut n = 0;
+            let mut exhausted = false;
+            while n < BATCH {
+                let next = self
+                    .free_place_from(low)
+                    .zip(self.highest_occupied_below(high))
+                    .filter(|(hole, object)| self.global_place(*hole) < self.global_place(*object));
+                let Some((hole, object)) = next else {
+                    exhausted = true;
+                    break;
+                };
+                if moved + n == max_moves {
+                    break;
+                }
+                pairs[n] = (object, hole);
+                n += 1;
+                low = self.next_place(hole);
+                high = object;
+            }
+            if n > 0 && moved == 0 {
+                self.layout_version += 1;
+            }
+            for &(object, hole) in &pairs[..n] {
+                self.move_object(object, hole);
+            }
+            moved += n;
+            if exhausted {
                 return (moved, true);
             }
             if moved == max_moves {
-                return (moved, false);
+                let more = self
+                    .free_place_from(low)
+                    .zip(self.highest_occupied_below(high))
+                    .is_some_and(|(hole, object)| {
+                        self.global_place(hole) < self.global_place(object)
+                    });
+                return (moved, !more);
             }
-            if moved == 0 {
-                self.layout_version += 1;
-            }
-            self.move_object(object, hole);
-            moved += 1;
-            high = object;
         }
     }
 
