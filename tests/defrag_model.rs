@@ -314,3 +314,25 @@ fn the_store_policy_defragments_after_removals() {
     let version = store.table::<u32>().unwrap().layout_version();
     assert_eq!(version, 0, "no policy, no moves");
 }
+
+#[test]
+fn moves_mark_both_chunks_changed() {
+    let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(
+        Arc::new(HierarchicalPool::new(PoolConfig::default()).unwrap()),
+        8 * 64,
+    );
+    let hs = t.insert_batch(0..640u64); // ten chunks of 64
+    t.remove(hs[3]); // a hole in chunk 0
+    let synced = t.advance_epoch() + 1;
+    assert_eq!(t.chunks_changed_since(synced).count(), 0);
+    let report = t.defragment();
+    assert_eq!(report.moved, 1);
+    let changed: Vec<u32> = t.chunks_changed_since(synced).collect();
+    assert_eq!(
+        changed,
+        vec![0, 9],
+        "the hole's chunk and the moved object's chunk"
+    );
+    assert_eq!(t.get(hs[639]), Some(&639));
+    assert_eq!(t.location(hs[639]).map(|l| (l.chunk, l.pos)), Some((0, 3)));
+}
