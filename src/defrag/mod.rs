@@ -245,24 +245,9 @@ impl<T> Table<T> {
     /// }
     /// ```
     pub fn defragment(&mut self) -> DefragReport {
-        let start = Instant::now();
-        let fragmentation_before = self.fragmentation().ratio;
-        let pool_fragmentation_before = self.pool().stats().fragmentation;
+        let before = Before::take(self);
         let (moved, _) = self.fill_holes_from_top(usize::MAX);
-        let chunks_released = self.release_all_empty_chunks();
-        if chunks_released > 0 {
-            self.pool().trim();
-        }
-        DefragReport {
-            moved,
-            bytes_moved: moved * size_of::<T>(),
-            chunks_released,
-            fragmentation_before,
-            fragmentation_after: self.fragmentation().ratio,
-            pool_fragmentation_before,
-            pool_fragmentation_after: self.pool().stats().fragmentation,
-            duration: start.elapsed(),
-        }
+        before.report(self, moved)
     }
 
     /// One bounded piece of [`defragment`](Self::defragment): at most `budget`'s moves,
@@ -320,9 +305,7 @@ impl<T> Table<T> {
         &mut self,
         mut key: impl FnMut(&T) -> K,
     ) -> Result<DefragReport, crate::Error> {
-        let start = Instant::now();
-        let fragmentation_before = self.fragmentation().ratio;
-        let pool_fragmentation_before = self.pool().stats().fragmentation;
+        let before = Before::take(self);
         let mut keyed: Vec<(K, crate::table::Loc)> = self
             .objects_with_locs()
             .map(|(loc, value)| (key(value), loc))
@@ -331,19 +314,42 @@ impl<T> Table<T> {
         let order: Vec<crate::table::Loc> = keyed.into_iter().map(|(_, loc)| loc).collect();
         let moved = self.permute(&order)?;
         drop(order);
-        let chunks_released = self.release_all_empty_chunks();
-        if chunks_released > 0 {
-            self.pool().trim();
+        Ok(before.report(self, moved))
+    }
+}
+
+/// The figures a full pass reports as "before", taken when it starts.
+struct Before {
+    start: Instant,
+    fragmentation: f64,
+    pool_fragmentation: f64,
+}
+
+impl Before {
+    fn take<T>(table: &Table<T>) -> Self {
+        Before {
+            start: Instant::now(),
+            fragmentation: table.fragmentation().ratio,
+            pool_fragmentation: table.pool().stats().fragmentation,
         }
-        Ok(DefragReport {
+    }
+
+    /// Ends a full pass that moved `moved` objects: returns the emptied chunks to the
+    /// pool, has the pool give wholly free regions back, and reports.
+    fn report<T>(self, table: &mut Table<T>, moved: usize) -> DefragReport {
+        let chunks_released = table.release_all_empty_chunks();
+        if chunks_released > 0 {
+            table.pool().trim();
+        }
+        DefragReport {
             moved,
             bytes_moved: moved * size_of::<T>(),
             chunks_released,
-            fragmentation_before,
-            fragmentation_after: self.fragmentation().ratio,
-            pool_fragmentation_before,
-            pool_fragmentation_after: self.pool().stats().fragmentation,
-            duration: start.elapsed(),
-        })
+            fragmentation_before: self.fragmentation,
+            fragmentation_after: table.fragmentation().ratio,
+            pool_fragmentation_before: self.pool_fragmentation,
+            pool_fragmentation_after: table.pool().stats().fragmentation,
+            duration: self.start.elapsed(),
+        }
     }
 }

@@ -40,6 +40,21 @@ struct OutgoingLayout {
     ranges: Vec<Option<(u64, u32)>>,
 }
 
+/// The table of `T` in a graph's store: the graph registers `Neuron` and `Synapse` when it
+/// is made and never unregisters them.
+fn table_of<T: Send + Sync + 'static>(store: &Store) -> &Table<T> {
+    store
+        .table()
+        .expect("NeuralGraph registers its tables when it is made")
+}
+
+/// [`table_of`], mutably.
+fn table_of_mut<T: Send + Sync + 'static>(store: &mut Store) -> &mut Table<T> {
+    store
+        .table_mut()
+        .expect("NeuralGraph registers its tables when it is made")
+}
+
 /// A delay in milliseconds as whole steps of `dt`: rounded to nearest, at least one.
 fn delay_steps(delay_ms: f32, dt: f64) -> u64 {
     let steps = (f64::from(delay_ms) / dt).round();
@@ -189,22 +204,16 @@ impl NeuralGraph {
 
     /// The neuron table.
     pub fn neurons(&self) -> &Table<Neuron> {
-        self.store
-            .table()
-            .expect("NeuralGraph registers Neuron when it is made")
+        table_of(&self.store)
     }
 
     fn neurons_table_mut(&mut self) -> &mut Table<Neuron> {
-        self.store
-            .table_mut()
-            .expect("NeuralGraph registers Neuron when it is made")
+        table_of_mut(&mut self.store)
     }
 
     /// The synapse table.
     pub fn synapses(&self) -> &Table<Synapse> {
-        self.store
-            .table()
-            .expect("NeuralGraph registers Synapse when it is made")
+        table_of(&self.store)
     }
 
     /// Every neuron with its handle, mutably, to set state or parameters. (Neurons are
@@ -330,9 +339,7 @@ impl NeuralGraph {
     }
 
     fn synapses_table_mut(&mut self) -> &mut Table<Synapse> {
-        self.store
-            .table_mut()
-            .expect("NeuralGraph registers Synapse when it is made")
+        table_of_mut(&mut self.store)
     }
 
     /// Sets the weight of `s`. A stale synapse or a weight that is not finite is an error
@@ -411,16 +418,12 @@ impl NeuralGraph {
             }
         };
         list.swap_remove(pos);
-        if let Some(&moved) = list.get(pos) {
-            let table: &mut Table<Synapse> = self
-                .store
-                .table_mut()
-                .expect("NeuralGraph registers Synapse when it is made");
-            if let Some(m) = table.get_mut(moved) {
-                match which {
-                    List::Outgoing => m.out_pos = pos as u32,
-                    List::Incoming => m.in_pos = pos as u32,
-                }
+        if let Some(&moved) = list.get(pos)
+            && let Some(m) = table_of_mut::<Synapse>(&mut self.store).get_mut(moved)
+        {
+            match which {
+                List::Outgoing => m.out_pos = pos as u32,
+                List::Incoming => m.in_pos = pos as u32,
             }
         }
     }
@@ -672,9 +675,7 @@ impl NeuralGraph {
             let p = cache.get(neuron);
             advance(neuron, &p, ex, inh, now).then_some(n)
         };
-        let table: &mut Table<Neuron> = store
-            .table_mut()
-            .expect("NeuralGraph registers Neuron when it is made");
+        let table = table_of_mut::<Neuron>(store);
         spikes.clear();
         if table.len() < PARALLEL_NEURONS {
             let mut cache = PropagatorCache::new(dt);
@@ -708,9 +709,7 @@ impl NeuralGraph {
             layout,
             ..
         } = self;
-        let synapses: &Table<Synapse> = store
-            .table()
-            .expect("NeuralGraph registers Synapse when it is made");
+        let synapses = table_of::<Synapse>(store);
         // The layout's ranges hold only while no synapse moved since it was made.
         let ranges = layout
             .as_ref()
