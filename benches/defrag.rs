@@ -17,7 +17,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::{Rng, estimate, shuffled};
+use common::{Obj, Rng, estimate, shuffled};
 use criterion::{BatchSize, Criterion, Throughput};
 use neurostore::defrag::DefragBudget;
 use neurostore::neural::{NeuralGraph, NeuronId, NeuronParams};
@@ -27,15 +27,6 @@ const OBJECTS: usize = 1_000_000;
 const NEURONS: usize = 100_000;
 const SYNAPSES: usize = 10_000_000;
 const DT: f64 = 0.1;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct Obj {
-    v: f64,
-    i: f64,
-    w: f64,
-    id: u64,
-}
 
 /// 1M objects with a random half removed, and the survivors' handles.
 fn fragmented() -> (Table<Obj>, Vec<Handle<Obj>>) {

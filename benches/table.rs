@@ -10,21 +10,12 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::{estimate, shuffled};
+use common::{Obj, estimate, shuffled};
 use criterion::Criterion;
 use neurostore::table::{Handle, Table};
 use slotmap::{DefaultKey, DenseSlotMap, SlotMap};
 
 const N: usize = 1_000_000;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct Obj {
-    v: f64,
-    i: f64,
-    w: f64,
-    id: u64,
-}
 
 fn obj(i: usize) -> Obj {
     Obj {

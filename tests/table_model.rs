@@ -12,18 +12,8 @@ use neurostore::table::{Handle, Table};
 use neurostore::{HierarchicalPool, PoolConfig};
 use proptest::prelude::*;
 
-/// A value that counts its drops.
-#[derive(Debug)]
-struct Counted {
-    id: u64,
-    drops: Rc<Cell<u64>>,
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.drops.set(self.drops.get() + 1);
-    }
-}
+mod common;
+use common::Counted;
 
 #[derive(Clone, Debug)]
 enum Op {

@@ -45,3 +45,13 @@ pub fn estimate(group: &str, id: &str) -> Option<f64> {
         .as_f64()
         .or_else(|| v["mean"]["point_estimate"].as_f64())
 }
+
+/// The 32-byte object of the table benches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Obj {
+    pub v: f64,
+    pub i: f64,
+    pub w: f64,
+    pub id: u64,
+}
