@@ -66,26 +66,24 @@ fn delay_steps(delay_ms: f32, dt: f64) -> u64 {
     }
 }
 
-fn check_dt(dt: f64) -> Result<(), Error> {
-    if dt.is_finite() && dt > 0.0 {
+/// A duration (`dt`, a delay) must be a finite number of milliseconds above zero.
+fn check_duration(name: &'static str, ms: f64) -> Result<(), Error> {
+    if ms.is_finite() && ms > 0.0 {
         Ok(())
     } else {
         Err(Error::invalid_argument(
-            "dt",
-            format!("{dt} ms: a step must be a finite number of milliseconds above zero"),
+            name,
+            format!("{ms} ms: must be a finite number of milliseconds above zero"),
         ))
     }
 }
 
+fn check_dt(dt: f64) -> Result<(), Error> {
+    check_duration("dt", dt)
+}
+
 fn check_delay(delay: f32) -> Result<(), Error> {
-    if delay.is_finite() && delay > 0.0 {
-        Ok(())
-    } else {
-        Err(Error::invalid_argument(
-            "delay",
-            format!("{delay} ms: a delay must be a finite number of milliseconds above zero"),
-        ))
-    }
+    check_duration("delay", f64::from(delay))
 }
 
 fn check_weight(weight: f32) -> Result<(), Error> {
