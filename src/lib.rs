@@ -27,6 +27,11 @@
 //! # Ok::<(), neurostore::Error>(())
 //! ```
 
+// The derive's generated code names `::neurostore::...`; this makes those paths work
+// inside the crate too, where the built-in types use the derive.
+#[cfg(not(loom))]
+extern crate self as neurostore;
+
 #[cfg(not(loom))]
 pub mod defrag;
 #[cfg(not(loom))]
@@ -35,6 +40,8 @@ pub mod error;
 pub mod neural;
 #[cfg(not(loom))]
 pub mod pool;
+#[cfg(not(loom))]
+pub mod pooled;
 #[cfg(not(loom))]
 pub mod store;
 #[cfg(not(loom))]
@@ -46,9 +53,17 @@ pub use defrag::{DefragBudget, DefragPolicy, DefragReport, FragmentationReport};
 pub use error::{ConfigError, Error, OomReason};
 #[cfg(not(loom))]
 pub use neural::{NeuralGraph, Neuron, NeuronId, Synapse, SynapseId};
+/// `#[derive(Pooled)]`: implements [`Pooled`](trait@Pooled) and [`Trace`] (see the trait
+/// for the attributes).
+#[cfg(not(loom))]
+pub use neurostore_derive::Pooled;
 #[cfg(not(loom))]
 pub use pool::{
     Alert, AlertKind, HierarchicalPool, LeakReport, NeuroAlloc, PoolConfig, PoolRegistry, PoolStats,
+};
+#[cfg(not(loom))]
+pub use pooled::{
+    AnyHandle, Lifetime, ObjectKind, PoolHints, Pooled, Retention, Trace, Tracer, trace_handles,
 };
 #[cfg(not(loom))]
 pub use store::{SharedStore, Store, StoreDefragReport};

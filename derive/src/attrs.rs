@@ -1,0 +1,195 @@
+//! `#[pooled(...)]` attributes: parsed, checked, and turned into errors with spans.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Attribute, LitInt, LitStr};
+
+/// Keys accepted on the type.
+const CONTAINER_KEYS: &str = "`name`, `retention`, `align`, `kind`, `lifetime`, `pod`";
+/// Largest `align` accepted: the pool aligns chunks to at most a page.
+pub(crate) const MAX_ALIGN: u64 = 4096;
+
+/// What the type-level attributes asked for.
+#[derive(Default)]
+pub(crate) struct ContainerAttrs {
+    /// `name = "..."`.
+    pub name: Option<LitStr>,
+    /// `retention = "manual" | "traced"`, as the variant name of `neurostore::Retention`.
+    pub retention: Option<&'static str>,
+    /// `align = N`, with the literal's span.
+    pub align: Option<(u64, Span)>,
+    /// `kind = "..."`, as the variant name of `neurostore::ObjectKind`.
+    pub kind: Option<&'static str>,
+    /// `lifetime = "..."`, as the variant name of `neurostore::Lifetime`.
+    pub lifetime: Option<&'static str>,
+    /// `pod`, with its span.
+    pub pod: Option<Span>,
+}
+
+/// Parses every `#[pooled(...)]` on the type.
+pub(crate) fn container(attrs: &[Attribute]) -> syn::Result<ContainerAttrs> {
+    let mut out = ContainerAttrs::default();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("pooled")) {
+        attr.parse_nested_meta(|meta| {
+            let key = meta
+                .path
+                .get_ident()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let duplicate = || meta.error(format!("duplicate pooled attribute `{key}`"));
+            match key.as_str() {
+                "name" => {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    let value = lit.value();
+                    if value.is_empty() || value.chars().any(char::is_whitespace) {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "`name` must be a non-empty name without whitespace, such as \"Neuron\"",
+                        ));
+                    }
+                    if out.name.replace(lit).is_some() {
+                        return Err(duplicate());
+                    }
+                }
+                "retention" => {
+                    let v = choice(&meta, "retention", &[("manual", "Manual"), ("traced", "Traced")])?;
+                    if out.retention.replace(v).is_some() {
+                        return Err(duplicate());
+                    }
+                }
+                "kind" => {
+                    let v = choice(
+                        &meta,
+                        "kind",
+                        &[
+                            ("neuron", "Neuron"),
+                            ("synapse", "Synapse"),
+                            ("weight", "Weight"),
+                            ("signal", "Signal"),
+                            ("activation", "Activation"),
+                            ("gradient", "Gradient"),
+                        ],
+                    )?;
+                    if out.kind.replace(v).is_some() {
+                        return Err(duplicate());
+                    }
+                }
+                "lifetime" => {
+                    let v = choice(
+                        &meta,
+                        "lifetime",
+                        &[("short", "Short"), ("medium", "Medium"), ("long", "Long")],
+                    )?;
+                    if out.lifetime.replace(v).is_some() {
+                        return Err(duplicate());
+                    }
+                }
+                "align" => {
+                    let lit: LitInt = meta.value()?.parse()?;
+                    let value: u64 = lit.base10_parse().unwrap_or(0);
+                    if !value.is_power_of_two() || value > MAX_ALIGN {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!(
+                                "`align` must be a power of two from 1 to {MAX_ALIGN}, such as 64"
+                            ),
+                        ));
+                    }
+                    if out.align.replace((value, lit.span())).is_some() {
+                        return Err(duplicate());
+                    }
+                }
+                "pod" => {
+                    if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                        return Err(meta.error("`pod` takes no value: write #[pooled(pod)]"));
+                    }
+                    if out.pod.replace(meta.path.span()).is_some() {
+                        return Err(duplicate());
+                    }
+                }
+                "skip" => {
+                    return Err(meta.error(
+                        "`skip` goes on a field: #[pooled(skip)] before the field to leave out of tracing",
+                    ));
+                }
+                _ => {
+                    return Err(meta.error(format!(
+                        "unknown pooled attribute `{}`; expected one of {CONTAINER_KEYS}",
+                        path_text(&meta.path)
+                    )));
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
+
+/// Parses every `#[pooled(...)]` on a field: true when it says `skip`.
+pub(crate) fn field_skipped(attrs: &[Attribute]) -> syn::Result<bool> {
+    let mut skip = false;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("pooled")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("skip") {
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    return Err(meta.error("`skip` takes no value: write #[pooled(skip)]"));
+                }
+                if skip {
+                    return Err(meta.error("duplicate pooled attribute `skip`"));
+                }
+                skip = true;
+                Ok(())
+            } else {
+                Err(meta.error(format!(
+                    "unknown pooled field attribute `{}`; the only field attribute is `skip` \
+                     (type attributes such as {CONTAINER_KEYS} go on the type)",
+                    path_text(&meta.path)
+                )))
+            }
+        })?;
+    }
+    Ok(skip)
+}
+
+/// Refuses `#[pooled(...)]` on an enum variant.
+pub(crate) fn no_variant_attrs(attrs: &[Attribute]) -> syn::Result<()> {
+    match attrs.iter().find(|a| a.path().is_ident("pooled")) {
+        Some(attr) => Err(syn::Error::new(
+            attr.span(),
+            "pooled attributes go on the type or on fields, not on enum variants",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A string value that must be one of `options` (attribute spelling, Rust variant name).
+fn choice(
+    meta: &syn::meta::ParseNestedMeta<'_>,
+    key: &str,
+    options: &[(&str, &'static str)],
+) -> syn::Result<&'static str> {
+    let lit: LitStr = meta.value()?.parse()?;
+    let value = lit.value();
+    options
+        .iter()
+        .find(|(spelling, _)| *spelling == value)
+        .map(|(_, variant)| *variant)
+        .ok_or_else(|| {
+            let expected: Vec<String> = options.iter().map(|(s, _)| format!("\"{s}\"")).collect();
+            syn::Error::new(
+                lit.span(),
+                format!(
+                    "unknown {key} \"{value}\"; expected one of {}",
+                    expected.join(", ")
+                ),
+            )
+        })
+}
+
+fn path_text(path: &syn::Path) -> String {
+    path.segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::")
+}

@@ -1,0 +1,228 @@
+//! Layer 8's runtime half, **pooled**: what `#[derive(Pooled)]` implements, and the
+//! tracing every later layer walks handles with.
+//!
+//! This module owns the [`Pooled`] trait (a stable type name, a schema fingerprint and
+//! the hints a table is built from: [`PoolHints`], [`Retention`], [`ObjectKind`],
+//! [`Lifetime`]) and the [`Trace`] trait with its [`Tracer`], [`AnyHandle`] and
+//! [`trace_handles`]. The derive itself lives in the `neurostore-derive` crate
+//! (`derive/` in the workspace) and is re-exported as [`neurostore::Pooled`](crate::Pooled).
+//!
+//! Invariants kept here:
+//! - `SCHEMA` depends only on the type's source tokens (name, shape, field names, field
+//!   type tokens) and its size and alignment, through FNV-1a: never on `TypeId`, a seeded
+//!   hasher, the compiler or the machine, so snapshots written by one build are checked
+//!   against another ([`schema_fingerprint`] documents the exact recipe);
+//! - `HINTS.align` is a power of two, at least the type's own alignment, and divides its
+//!   size, so that every object in a chunk aligned to it is aligned to it too;
+//! - a derived `trace` visits every handle in every field that is not `#[pooled(skip)]`,
+//!   and the null handle is never passed to the tracer.
+//!
+//! This module has no unsafe code.
+
+mod trace;
+
+pub use trace::{AnyHandle, Trace, Tracer, trace_handles};
+
+/// How the objects of a table stay alive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Retention {
+    /// Objects live until removed, and are roots of tracing (the default).
+    #[default]
+    Manual,
+    /// Objects live while a root or a manual object reaches them through handles; the
+    /// garbage collector frees the others.
+    Traced,
+}
+
+/// What an object is, for reports and for choosing where it lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// A neuron's state and parameters.
+    Neuron,
+    /// A connection between two neurons.
+    Synapse,
+    /// A learnable weight.
+    Weight,
+    /// A message in flight (a spike, an event).
+    Signal,
+    /// A unit's activation in a rate-based network.
+    Activation,
+    /// A gradient of a learnable quantity.
+    Gradient,
+}
+
+/// How long objects of a type are expected to live, for reports and policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lifetime {
+    /// Made and removed within a few simulation steps (spikes in flight).
+    Short,
+    /// Made and removed during a run (plastic synapses).
+    Medium,
+    /// Live for the whole run (neurons).
+    Long,
+}
+
+/// The hints a table is built from, given by `#[pooled(...)]` attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolHints {
+    /// `retention = "manual" | "traced"`: whether the garbage collector may free objects.
+    pub retention: Retention,
+    /// The alignment of every object in the table's chunks: `align = N`, or the type's own
+    /// alignment when that is larger or `align` is absent. A power of two that divides
+    /// the type's size.
+    pub align: usize,
+    /// `kind = "..."`.
+    pub kind: Option<ObjectKind>,
+    /// `lifetime = "..."`.
+    pub lifetime: Option<Lifetime>,
+    /// `pod`: the type is `bytemuck::Pod` (checked when it compiles), so mirrors and
+    /// snapshots may copy its bytes.
+    pub pod: bool,
+}
+
+impl PoolHints {
+    /// The hints of a type without the derive: manual, its own alignment, no kind, no
+    /// lifetime, not known to be Pod.
+    pub const fn of<T>() -> PoolHints {
+        PoolHints {
+            retention: Retention::Manual,
+            align: std::mem::align_of::<T>(),
+            kind: None,
+            lifetime: None,
+            pod: false,
+        }
+    }
+}
+
+/// A type whose objects the store knows by a stable name and schema. Implement it with
+/// `#[derive(Pooled)]`, which also implements [`Trace`].
+///
+/// Attributes, all optional, on the type:
+///
+/// | attribute | effect |
+/// | --- | --- |
+/// | `#[pooled(name = "Cell")]` | [`TYPE_NAME`](Self::TYPE_NAME) (default: the type's name) |
+/// | `#[pooled(retention = "traced")]` | [`Retention::Traced`] (default `"manual"`) |
+/// | `#[pooled(align = 64)]` | every object aligned to 64 bytes; the size must be a multiple |
+/// | `#[pooled(kind = "neuron")]` | [`ObjectKind`]: `neuron`, `synapse`, `weight`, `signal`, `activation`, `gradient` |
+/// | `#[pooled(lifetime = "short")]` | [`Lifetime`]: `short`, `medium`, `long` |
+/// | `#[pooled(pod)]` | checks that the type is `bytemuck::Pod` when it compiles |
+///
+/// and on a field, `#[pooled(skip)]` leaves it out of [`Trace`]. Keys combine:
+/// `#[pooled(kind = "synapse", pod)]`.
+///
+/// ```
+/// use neurostore::{Handle, Pooled, Retention, trace_handles};
+///
+/// #[derive(Pooled)]
+/// struct Cell {
+///     potential: f32,
+///     partner: Option<Handle<Cell>>,
+/// }
+///
+/// #[derive(Pooled)]
+/// #[pooled(name = "Message", retention = "traced", lifetime = "short")]
+/// struct Msg {
+///     to: Handle<Cell>,
+///     #[pooled(skip)]
+///     cached_from: Handle<Cell>,
+/// }
+///
+/// assert_eq!(Cell::TYPE_NAME, "Cell");
+/// assert_eq!(Msg::TYPE_NAME, "Message");
+/// assert_eq!(Msg::HINTS.retention, Retention::Traced);
+/// assert_ne!(Cell::SCHEMA, Msg::SCHEMA);
+///
+/// let to = Handle::<Cell>::from_bits(7 | 1 << 32);
+/// let msg = Msg { to, cached_from: to };
+/// let seen = trace_handles(&msg);
+/// assert_eq!(seen.len(), 1); // the skipped field is not visited
+/// assert_eq!(seen[0].typed::<Cell>(), Some(to));
+/// ```
+pub trait Pooled: 'static {
+    /// The type's stable name: the same in every build, used by snapshots and reports.
+    const TYPE_NAME: &'static str;
+    /// A fingerprint of the name, the shape, the field names and field type tokens, and
+    /// the size and alignment ([`schema_fingerprint`]). Any change to the layout a
+    /// snapshot relies on changes it.
+    const SCHEMA: u64;
+    /// What tables of this type are built from.
+    const HINTS: PoolHints;
+}
+
+/// FNV-1a, 64 bits: the prime. The offset basis starts the derive's token hash.
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The schema fingerprint of a type: `token_hash` (64-bit FNV-1a of the canonical text
+/// the derive builds from the type's name, shape, field names and field type tokens)
+/// continued, FNV-1a, over the size and then the alignment, each as 8 little-endian bytes.
+///
+/// The canonical text of `struct Pair { a: u32, b: Handle<Pair> }` is
+/// `neurostore-schema-v1|Pair|struct{a:u32;b:Handle<Pair>;}`: words separated by one space
+/// only where two meet, no other whitespace; tuple fields are named by index, enum
+/// variants are listed with their fields and explicit discriminants.
+///
+/// ```
+/// use neurostore::pooled::schema_fingerprint;
+///
+/// assert_ne!(schema_fingerprint(1, 8, 4), schema_fingerprint(1, 8, 8));
+/// assert_ne!(schema_fingerprint(1, 8, 4), schema_fingerprint(1, 16, 4));
+/// ```
+pub const fn schema_fingerprint(token_hash: u64, size: usize, align: usize) -> u64 {
+    let mut h = token_hash;
+    let words = [size as u64, align as u64];
+    let mut w = 0;
+    while w < words.len() {
+        let bytes = words[w].to_le_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            h = (h ^ bytes[i] as u64).wrapping_mul(FNV_PRIME);
+            i += 1;
+        }
+        w += 1;
+    }
+    h
+}
+
+/// The alignment objects of `T` get from `#[pooled(align = requested)]` (0: none asked):
+/// the larger of `requested` and `T`'s own alignment. Fails to compile (when evaluated in
+/// a constant, as the derive does) if `requested` is not a power of two or does not
+/// divide `T`'s size, since then objects packed in a chunk could not all be aligned.
+///
+/// ```
+/// use neurostore::pooled::hint_align;
+///
+/// assert_eq!(hint_align::<[f32; 16]>(64), 64);
+/// assert_eq!(hint_align::<u64>(0), 8);
+/// assert_eq!(hint_align::<u64>(2), 8);
+/// ```
+pub const fn hint_align<T>(requested: usize) -> usize {
+    let natural = std::mem::align_of::<T>();
+    if requested <= natural {
+        return natural;
+    }
+    assert!(
+        requested.is_power_of_two(),
+        "#[pooled(align = N)]: N must be a power of two"
+    );
+    assert!(
+        std::mem::size_of::<T>().is_multiple_of(requested),
+        "#[pooled(align = N)] needs the type's size to be a multiple of N, so that every \
+         object in a chunk is aligned: add #[repr(align(N))] or padding fields"
+    );
+    requested
+}
+
+/// Items the derive's generated code names. Not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    /// Implemented for every `bytemuck::Pod` type; `#[pooled(pod)]` requires it.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is marked #[pooled(pod)] but is not `bytemuck::Pod`",
+        label = "not Pod",
+        note = "derive `bytemuck::Pod` and `bytemuck::Zeroable` on it with #[repr(C)], or remove `pod`"
+    )]
+    pub trait RequiresPod: bytemuck::Pod {}
+
+    impl<T: bytemuck::Pod> RequiresPod for T {}
+}

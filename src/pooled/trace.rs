@@ -1,0 +1,349 @@
+//! [`Trace`]: visiting every handle a value holds.
+
+use std::any::TypeId;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::table::{Handle, short_type_name};
+
+/// A handle of any type: the target type and the handle's [`to_bits`](Handle::to_bits).
+///
+/// Two `AnyHandle`s are equal when they name the same slot and generation of the same
+/// type.
+///
+/// ```
+/// use neurostore::{AnyHandle, Handle};
+///
+/// struct Neuron;
+/// let h = Handle::<Neuron>::from_bits(5 | 3 << 32);
+/// let any = AnyHandle::new(h);
+/// assert_eq!(any.type_name(), "Neuron");
+/// assert_eq!(any.to_bits(), h.to_bits());
+/// assert_eq!(any.typed::<Neuron>(), Some(h));
+/// assert_eq!(any.typed::<u32>(), None);
+/// assert_eq!(format!("{any:?}"), "Neuron#5v3");
+/// ```
+#[derive(Clone, Copy)]
+pub struct AnyHandle {
+    type_id: TypeId,
+    bits: u64,
+    name: fn() -> &'static str,
+}
+
+impl AnyHandle {
+    /// The type-erased form of `handle`.
+    #[inline]
+    pub fn new<T: 'static>(handle: Handle<T>) -> AnyHandle {
+        AnyHandle {
+            type_id: TypeId::of::<T>(),
+            bits: handle.to_bits(),
+            name: short_type_name::<T>,
+        }
+    }
+
+    /// The target type's short name (`Neuron`, `Synapse`).
+    pub fn type_name(&self) -> &'static str {
+        (self.name)()
+    }
+
+    /// The target type's `TypeId`.
+    #[inline]
+    pub fn type_id(&self) -> TypeId {
+        self.type_id
+    }
+
+    /// The handle's stable 64-bit form ([`Handle::to_bits`]).
+    #[inline]
+    pub fn to_bits(&self) -> u64 {
+        self.bits
+    }
+
+    /// The handle again, if it is a handle of `T`.
+    #[inline]
+    pub fn typed<T: 'static>(&self) -> Option<Handle<T>> {
+        (self.type_id == TypeId::of::<T>()).then(|| Handle::from_bits(self.bits))
+    }
+
+    /// True if this is a handle of `T`.
+    #[inline]
+    pub fn is<T: 'static>(&self) -> bool {
+        self.type_id == TypeId::of::<T>()
+    }
+}
+
+impl PartialEq for AnyHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.type_id == other.type_id && self.bits == other.bits
+    }
+}
+
+impl Eq for AnyHandle {}
+
+impl Hash for AnyHandle {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.type_id.hash(state);
+        self.bits.hash(state);
+    }
+}
+
+impl fmt::Debug for AnyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}#{}v{}",
+            self.type_name(),
+            self.bits as u32,
+            (self.bits >> 32) as u32
+        )
+    }
+}
+
+/// Receives the handles a [`Trace`] implementation visits.
+///
+/// ```
+/// use neurostore::{AnyHandle, Handle, Trace, Tracer};
+///
+/// struct Neuron;
+/// let pair = (Handle::<Neuron>::from_bits(1 | 1 << 32), 2.5f32);
+/// let mut seen = Vec::new();
+/// let mut sink = |h: AnyHandle| seen.push(h);
+/// pair.trace(&mut Tracer::new(&mut sink));
+/// assert_eq!(seen.len(), 1);
+/// ```
+pub struct Tracer<'a> {
+    sink: &'a mut dyn FnMut(AnyHandle),
+}
+
+impl fmt::Debug for Tracer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracer").finish_non_exhaustive()
+    }
+}
+
+impl<'a> Tracer<'a> {
+    /// A tracer that hands every visited handle to `sink`.
+    pub fn new(sink: &'a mut dyn FnMut(AnyHandle)) -> Tracer<'a> {
+        Tracer { sink }
+    }
+
+    /// Visits `handle`; the null handle is skipped (it names nothing).
+    #[inline]
+    pub fn handle<T: 'static>(&mut self, handle: Handle<T>) {
+        if !handle.is_null() {
+            (self.sink)(AnyHandle::new(handle));
+        }
+    }
+}
+
+/// Visits every [`Handle`] a value holds. `#[derive(Pooled)]` implements it by visiting
+/// every field not marked `#[pooled(skip)]`; the crate implements it for handles, for
+/// types that hold none (numbers, `bool`, `char`, `String`, ...) and for the standard
+/// containers (`Option`, `Result`, arrays, slices, tuples, `Vec`, `VecDeque`, `Box`,
+/// `Rc`, `Arc`, maps and sets), which visit what they contain.
+///
+/// The garbage collector follows exactly what `trace` visits: a handle left out is not
+/// kept alive through this value.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `neurostore::Trace`",
+    label = "the derive visits this field to find the handles it holds",
+    note = "derive `neurostore::Pooled` on the field's type, or put #[pooled(skip)] on the field if it holds no handle"
+)]
+pub trait Trace {
+    /// Hands every handle this value holds to `tracer`.
+    fn trace(&self, tracer: &mut Tracer<'_>);
+}
+
+/// The handles `value` holds, in the order [`Trace`] visits them: for debugging and tests.
+///
+/// ```
+/// use neurostore::{Handle, trace_handles};
+///
+/// struct Neuron;
+/// let a = Handle::<Neuron>::from_bits(1 | 1 << 32);
+/// let b = Handle::<Neuron>::from_bits(2 | 1 << 32);
+/// let held = vec![Some(a), None, Some(Handle::null()), Some(b)];
+/// let seen: Vec<_> = trace_handles(&held).iter().map(|h| h.to_bits()).collect();
+/// assert_eq!(seen, [a.to_bits(), b.to_bits()]);
+/// ```
+pub fn trace_handles<T: Trace + ?Sized>(value: &T) -> Vec<AnyHandle> {
+    let mut out = Vec::new();
+    let mut sink = |h: AnyHandle| out.push(h);
+    value.trace(&mut Tracer::new(&mut sink));
+    out
+}
+
+impl<T: 'static> Trace for Handle<T> {
+    #[inline]
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        tracer.handle(*self);
+    }
+}
+
+/// `Trace` for types that hold no handle.
+macro_rules! trace_nothing {
+    ($($t:ty),* $(,)?) => {
+        $(
+            impl Trace for $t {
+                #[inline]
+                fn trace(&self, _: &mut Tracer<'_>) {}
+            }
+        )*
+    };
+}
+
+trace_nothing!(
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    bool,
+    char,
+    (),
+    str,
+    String,
+    std::time::Duration,
+    std::num::NonZeroU8,
+    std::num::NonZeroU16,
+    std::num::NonZeroU32,
+    std::num::NonZeroU64,
+    std::num::NonZeroUsize,
+    std::num::NonZeroI32,
+    std::num::NonZeroI64,
+);
+
+impl<T: ?Sized> Trace for std::marker::PhantomData<T> {
+    #[inline]
+    fn trace(&self, _: &mut Tracer<'_>) {}
+}
+
+impl<T: Trace> Trace for Option<T> {
+    #[inline]
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        if let Some(v) = self {
+            v.trace(tracer);
+        }
+    }
+}
+
+impl<T: Trace, E: Trace> Trace for Result<T, E> {
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        match self {
+            Ok(v) => v.trace(tracer),
+            Err(e) => e.trace(tracer),
+        }
+    }
+}
+
+impl<T: Trace, const N: usize> Trace for [T; N] {
+    #[inline]
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        self.as_slice().trace(tracer);
+    }
+}
+
+impl<T: Trace> Trace for [T] {
+    #[inline]
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        for v in self {
+            v.trace(tracer);
+        }
+    }
+}
+
+impl<T: Trace> Trace for Vec<T> {
+    #[inline]
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        self.as_slice().trace(tracer);
+    }
+}
+
+impl<T: Trace> Trace for VecDeque<T> {
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        self.iter().for_each(|v| v.trace(tracer));
+    }
+}
+
+impl<T: Trace + ?Sized> Trace for Box<T> {
+    #[inline]
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        (**self).trace(tracer);
+    }
+}
+
+impl<T: Trace + ?Sized> Trace for Arc<T> {
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        (**self).trace(tracer);
+    }
+}
+
+impl<T: Trace + ?Sized> Trace for Rc<T> {
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        (**self).trace(tracer);
+    }
+}
+
+impl<K: Trace, V: Trace, S> Trace for HashMap<K, V, S> {
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        for (k, v) in self {
+            k.trace(tracer);
+            v.trace(tracer);
+        }
+    }
+}
+
+impl<K: Trace, V: Trace> Trace for BTreeMap<K, V> {
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        for (k, v) in self {
+            k.trace(tracer);
+            v.trace(tracer);
+        }
+    }
+}
+
+impl<T: Trace, S> Trace for HashSet<T, S> {
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        self.iter().for_each(|v| v.trace(tracer));
+    }
+}
+
+impl<T: Trace> Trace for BTreeSet<T> {
+    fn trace(&self, tracer: &mut Tracer<'_>) {
+        self.iter().for_each(|v| v.trace(tracer));
+    }
+}
+
+/// `Trace` for tuples: each element in order.
+macro_rules! trace_tuple {
+    ($($name:ident)+) => {
+        impl<$($name: Trace),+> Trace for ($($name,)+) {
+            #[inline]
+            fn trace(&self, tracer: &mut Tracer<'_>) {
+                #[allow(non_snake_case)]
+                let ($($name,)+) = self;
+                $($name.trace(tracer);)+
+            }
+        }
+    };
+}
+
+trace_tuple!(A);
+trace_tuple!(A B);
+trace_tuple!(A B C);
+trace_tuple!(A B C D);
+trace_tuple!(A B C D E);
+trace_tuple!(A B C D E F);
+trace_tuple!(A B C D E F G);
+trace_tuple!(A B C D E F G H);
