@@ -63,10 +63,23 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
     // Pooled: every type parameter is 'static (Pooled: 'static), and `pod` asks for Pod.
     let mut pooled_bounds: Vec<TokenStream> =
         type_params.iter().map(|p| quote!(#p: 'static)).collect();
+    // `pod`: a generic type is Pooled only where it is Pod; a concrete one is checked by
+    // a function that must type-check (one error, at the attribute, if it is not Pod).
+    let mut pod_check = None;
     if let Some(span) = container.pod {
-        pooled_bounds.push(quote_spanned!(span=>
-            #ident #ty_generics: ::neurostore::pooled::__private::RequiresPod
-        ));
+        if input.generics.params.is_empty() {
+            // The type named with the attribute's span: the error points at `pod`.
+            let at_pod = syn::Ident::new(&ident.to_string(), span);
+            pod_check = Some(quote_spanned! {span=>
+                const _: fn() = || {
+                    ::neurostore::pooled::__private::pod_attribute_needs_bytemuck_pod::<#at_pod>()
+                };
+            });
+        } else {
+            pooled_bounds.push(quote_spanned!(span=>
+                #ident #ty_generics: ::neurostore::pooled::__private::Pod
+            ));
+        }
     }
     let pooled_where = merge_where(where_clause, &pooled_bounds);
     let trace_bounds: Vec<TokenStream> = type_params
@@ -117,6 +130,7 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
         }
 
         #eager_check
+        #pod_check
 
         #[automatically_derived]
         impl #impl_generics ::neurostore::Trace for #ident #ty_generics #trace_where {
@@ -131,7 +145,11 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
 
 /// The body of `trace`: one call per kept field, through a `match` for enums.
 fn trace_body(input: &DeriveInput, kept: &[Vec<bool>]) -> TokenStream {
-    let visit = |field: &syn::Field, access: TokenStream| quote_spanned!(field.ty.span()=> ::neurostore::Trace::trace(#access, tracer););
+    // Names the field's type as written, so a type that lacks `Trace` is blamed there.
+    let visit = |field: &syn::Field, access: TokenStream| {
+        let ty = &field.ty;
+        quote_spanned!(ty.span()=> <#ty as ::neurostore::Trace>::trace(#access, tracer);)
+    };
     match &input.data {
         Data::Struct(s) => {
             let calls = s
@@ -211,13 +229,13 @@ fn all_fields(input: &DeriveInput) -> Vec<Vec<&syn::Field>> {
 /// Refuses raw pointers and references anywhere in a field's type.
 fn check_owned(ty: &Type, errors: &mut Errors) {
     match ty {
-        Type::Ptr(p) => errors.push(syn::Error::new(
-            p.span(),
+        Type::Ptr(p) => errors.push(syn::Error::new_spanned(
+            p,
             "a raw pointer cannot be stored in a Pooled type: the store moves objects and \
              snapshots them to disk, so the pointer would dangle; store a Handle instead",
         )),
-        Type::Reference(r) => errors.push(syn::Error::new(
-            r.span(),
+        Type::Reference(r) => errors.push(syn::Error::new_spanned(
+            r,
             "a reference cannot be stored in a Pooled type: objects live in the store, not \
              on a borrow; store a Handle instead",
         )),

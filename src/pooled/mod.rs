@@ -216,13 +216,9 @@ pub const fn hint_align<T>(requested: usize) -> usize {
 /// Items the derive's generated code names. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    /// Implemented for every `bytemuck::Pod` type; `#[pooled(pod)]` requires it.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` is marked #[pooled(pod)] but is not `bytemuck::Pod`",
-        label = "not Pod",
-        note = "derive `bytemuck::Pod` and `bytemuck::Zeroable` on it with #[repr(C)], or remove `pod`"
-    )]
-    pub trait RequiresPod: bytemuck::Pod {}
+    pub use bytemuck::Pod;
 
-    impl<T: bytemuck::Pod> RequiresPod for T {}
+    /// Compiles only for `bytemuck::Pod` types: the check behind `#[pooled(pod)]`.
+    #[inline]
+    pub fn pod_attribute_needs_bytemuck_pod<T: Pod>() {}
 }

@@ -1,0 +1,9 @@
+use neurostore::Pooled;
+
+#[derive(Pooled)]
+#[pooled(pod)]
+struct Cell {
+    name: String,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use neurostore::Pooled;
+
+#[derive(Pooled)]
+union Bits {
+    word: u32,
+    bytes: [u8; 4],
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use neurostore::Pooled;
+
+#[derive(Pooled)]
+#[pooled(retain = "traced")]
+struct Cell {
+    v: f32,
+}
+
+fn main() {}
