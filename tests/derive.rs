@@ -472,3 +472,195 @@ fn trace_is_callable_through_the_trait_object_free_api() {
         1
     );
 }
+
+mod tables {
+    //! Tables built from the hints: retention, alignment, and types without the derive.
+
+    use super::*;
+    use neurostore::table::{Table, default_pool};
+    use neurostore::{Error, NeuralGraph, Neuron, Store, Synapse};
+
+    #[derive(Pooled, Clone, Copy, Debug, PartialEq)]
+    #[pooled(align = 64, retention = "traced", kind = "activation")]
+    #[repr(C)]
+    struct Line {
+        values: [f32; 16],
+    }
+
+    #[derive(Pooled, Clone, Copy, Debug, PartialEq)]
+    #[pooled(align = 32)]
+    struct Half([u8; 32]);
+
+    fn addr<T>(r: &T) -> usize {
+        r as *const T as usize
+    }
+
+    #[test]
+    fn every_object_of_an_aligned_type_is_aligned_across_chunks_and_moves() {
+        let mut t: Table<Line> = Table::pooled();
+        assert_eq!(t.hints(), Line::HINTS);
+        assert_eq!(t.retention(), Retention::Traced);
+        let hs: Vec<_> = (0..5000)
+            .map(|i| {
+                t.insert(Line {
+                    values: [i as f32; 16],
+                })
+            })
+            .collect();
+        assert!(t.stats().chunks > 1);
+        assert!(t.iter().all(|(_, v)| addr(v) % 64 == 0));
+        for h in hs.iter().step_by(3) {
+            t.remove(*h);
+        }
+        t.defragment();
+        for (i, h) in hs.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
+            let v = t.get(*h).expect("live");
+            assert_eq!(v.values[0], i as f32);
+            assert_eq!(addr(v) % 64, 0);
+        }
+        // Another alignment, in a pool of its own.
+        let pool =
+            Arc::new(neurostore::HierarchicalPool::new(neurostore::PoolConfig::default()).unwrap());
+        let mut halves: Table<Half> = Table::pooled_in(pool);
+        let hs: Vec<_> = (0..3000u32)
+            .map(|i| halves.insert(Half([i as u8; 32])))
+            .collect();
+        assert!(
+            hs.iter()
+                .all(|h| addr(halves.get(*h).unwrap()).is_multiple_of(32))
+        );
+    }
+
+    #[test]
+    fn impossible_hints_are_errors() {
+        let odd = PoolHints {
+            align: 48,
+            ..PoolHints::of::<[u8; 96]>()
+        };
+        let too_big = PoolHints {
+            align: 8192,
+            ..PoolHints::of::<[u8; 8192]>()
+        };
+        let not_multiple = PoolHints {
+            align: 64,
+            ..PoolHints::of::<[u8; 96]>()
+        };
+        for (hints, size_ok) in [(odd, true), (not_multiple, true)] {
+            let r = Table::<[u8; 96]>::with_hints(default_pool(), hints);
+            assert!(
+                matches!(r, Err(Error::InvalidArgument { name: "align", .. })),
+                "{hints:?} {size_ok}"
+            );
+        }
+        assert!(matches!(
+            Table::<[u8; 8192]>::with_hints(default_pool(), too_big),
+            Err(Error::InvalidArgument { name: "align", .. })
+        ));
+        // Below the type's own alignment: raised to it.
+        let low = PoolHints {
+            align: 1,
+            ..PoolHints::of::<u64>()
+        };
+        assert_eq!(
+            Table::<u64>::with_hints(default_pool(), low)
+                .unwrap()
+                .hints()
+                .align,
+            8
+        );
+    }
+
+    #[test]
+    fn types_without_the_derive_get_manual_tables() {
+        let mut t: Table<String> = Table::new();
+        assert_eq!(t.hints(), PoolHints::of::<String>());
+        assert_eq!(t.retention(), Retention::Manual);
+        let h = t.insert("plain".to_string());
+        assert_eq!(t.get(h).map(String::as_str), Some("plain"));
+        let mut store = Store::new();
+        store.insert(1.5f32);
+        assert!(
+            store
+                .tables()
+                .all(|t| t.hints().retention == Retention::Manual)
+        );
+    }
+
+    #[test]
+    fn register_builds_the_table_from_the_hints_once() {
+        let mut store = Store::new();
+        // An empty default table is rebuilt with the hints.
+        store.ensure_table::<Line>();
+        assert_eq!(store.table::<Line>().unwrap().hints().align, 4);
+        let t = store.register::<Line>().unwrap();
+        assert_eq!(t.hints(), Line::HINTS);
+        let h = t.insert(Line { values: [1.0; 16] });
+        assert!(store.register::<Line>().is_ok(), "again: a no-op");
+        assert_eq!(store.get(h).map(|l| l.values[0]), Some(1.0));
+
+        // A table that already holds objects with other hints is refused, unchanged.
+        let mut store = Store::new();
+        let early = store.insert(Line { values: [2.0; 16] });
+        let err = store.register::<Line>().unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { name: "hints", .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("register the type before its first insert")
+        );
+        assert_eq!(
+            store.table::<Line>().unwrap().retention(),
+            Retention::Manual
+        );
+        assert_eq!(store.get(early).map(|l| l.values[0]), Some(2.0));
+
+        // The shared store does the same.
+        let shared = neurostore::SharedStore::new();
+        let t = shared.register::<Line>().unwrap();
+        assert_eq!(t.read().retention(), Retention::Traced);
+    }
+
+    #[test]
+    fn the_built_in_types_use_the_derive() {
+        assert_eq!(Neuron::TYPE_NAME, "Neuron");
+        assert_eq!(Synapse::TYPE_NAME, "Synapse");
+        assert_eq!(Neuron::HINTS.kind, Some(ObjectKind::Neuron));
+        assert_eq!(Neuron::HINTS.align, 64);
+        const { assert!(Neuron::HINTS.pod && Synapse::HINTS.pod) };
+        assert_eq!(Synapse::HINTS.kind, Some(ObjectKind::Synapse));
+        assert_eq!(
+            neurostore::neural::Signal::HINTS.lifetime,
+            Some(Lifetime::Short)
+        );
+        assert_eq!(
+            neurostore::neural::Weight::HINTS.kind,
+            Some(ObjectKind::Weight)
+        );
+
+        let mut g = NeuralGraph::new();
+        let a = g.add_neuron(&Default::default()).unwrap();
+        let b = g.add_neuron(&Default::default()).unwrap();
+        let s = g.connect(a, b, 1.0, 1.5).unwrap();
+        assert_eq!(g.neurons().hints(), Neuron::HINTS);
+        assert!(g.neurons().iter().all(|(_, n)| addr(n) % 64 == 0));
+        let seen = trace_handles(g.synapse(s).unwrap());
+        assert_eq!(
+            seen.iter().map(|h| h.typed::<Neuron>()).collect::<Vec<_>>(),
+            [Some(a), Some(b)]
+        );
+    }
+
+    #[test]
+    #[allow(clippy::multiple_bound_locations)] // bytemuck's derive repeats `T: Pod`
+    fn a_generic_pod_type_is_pooled_where_its_instance_is_pod() {
+        #[derive(Pooled, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        #[pooled(pod)]
+        #[repr(transparent)]
+        struct Cell<T: bytemuck::Pod>(T);
+        const { assert!(Cell::<u32>::HINTS.pod) };
+        let t: Table<Cell<f64>> = Table::pooled();
+        assert!(t.hints().pod);
+    }
+}

@@ -56,10 +56,10 @@ fn one_table_per_type_routed_by_handle_type() {
 }
 
 #[test]
-fn register_is_idempotent() {
+fn ensure_table_is_idempotent() {
     let mut store = Store::new();
-    store.register::<u32>().insert(7);
-    let t = store.register::<u32>();
+    store.ensure_table::<u32>().insert(7);
+    let t = store.ensure_table::<u32>();
     assert_eq!(t.len(), 1, "registering again keeps the table");
 }
 

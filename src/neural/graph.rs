@@ -178,8 +178,13 @@ impl NeuralGraph {
     }
 
     fn over(mut store: Store) -> Self {
-        store.register::<Neuron>();
-        store.register::<Synapse>();
+        // The built-in types' hints: neurons one per cache line.
+        store
+            .register::<Neuron>()
+            .expect("a new store has no table of neurons yet");
+        store
+            .register::<Synapse>()
+            .expect("a new store has no table of synapses yet");
         NeuralGraph {
             store,
             adjacency: Vec::new(),

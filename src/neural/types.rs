@@ -1,13 +1,14 @@
 //! The built-in Pod types of the neural layer and their handle aliases.
 //!
 //! All four are `#[repr(C)]`, padding-free and [`bytemuck::Pod`], so tables of them can be
-//! mirrored to a GPU and snapshotted as raw bytes. Units follow NEST: millivolts,
+//! mirrored to a GPU and snapshotted as raw bytes. They derive [`Pooled`] like any user
+//! type: `#[pooled(pod, kind = ...)]`, and `Neuron` is aligned to a 64-byte cache line. Units follow NEST: millivolts,
 //! milliseconds, picoamperes and picofarads.
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::Error;
 use crate::table::Handle;
+use crate::{Error, Pooled};
 
 /// The handle of a [`Neuron`].
 pub type NeuronId = Handle<Neuron>;
@@ -39,7 +40,8 @@ pub const NEVER_SPIKED: u64 = u64::MAX;
 /// assert_eq!(std::mem::size_of::<Neuron>(), 64);
 /// ```
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable, Pooled)]
+#[pooled(pod, kind = "neuron", lifetime = "long", align = 64)]
 pub struct Neuron {
     /// Membrane potential (mV).
     pub v_m: f32,
@@ -232,7 +234,8 @@ impl NeuronParams {
 /// assert_eq!(std::mem::size_of::<Synapse>(), 32);
 /// ```
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable, Pooled)]
+#[pooled(pod, kind = "synapse", lifetime = "medium")]
 pub struct Synapse {
     /// The presynaptic (sending) neuron.
     pub pre: NeuronId,
@@ -275,7 +278,8 @@ impl Synapse {
 /// assert_eq!((w.value, w.trace, w.gradient), (0.5, 0.0, 0.0));
 /// ```
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable, Pooled)]
+#[pooled(pod, kind = "weight", lifetime = "medium")]
 pub struct Weight {
     /// The weight itself.
     pub value: f32,
@@ -308,7 +312,8 @@ impl Weight {
 /// assert_eq!(std::mem::size_of::<Signal>(), 32);
 /// ```
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable, Pooled)]
+#[pooled(pod, kind = "signal", lifetime = "short")]
 pub struct Signal {
     /// The step in which the signal reaches its target.
     pub delivery_step: u64,

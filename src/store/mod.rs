@@ -16,7 +16,9 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::defrag::{DefragPolicy, DefragReport, FragmentationReport};
+use crate::error::Error;
 use crate::pool::{HierarchicalPool, PoolStats};
+use crate::pooled::{PoolHints, Pooled, Trace};
 use crate::table::{Handle, Table, TableStats, default_pool};
 
 /// What every table offers without its type: the interface later layers walk.
@@ -42,6 +44,8 @@ pub trait ErasedTable: Send + Sync {
     /// Chunk indices in use or free below the last chunk (bounds the cost of
     /// [`fragmentation`](Self::fragmentation)).
     fn chunk_slots(&self) -> usize;
+    /// The hints the table was built with ([`Table::hints`]).
+    fn hints(&self) -> PoolHints;
     /// The table as `Any`, to get the typed table back.
     fn as_any(&self) -> &dyn Any;
     /// The table as `Any`, mutably.
@@ -72,6 +76,9 @@ impl<T: Send + Sync + 'static> ErasedTable for Table<T> {
     }
     fn chunk_slots(&self) -> usize {
         Table::chunk_slots(self)
+    }
+    fn hints(&self) -> PoolHints {
+        Table::hints(self)
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -233,8 +240,37 @@ impl Store {
         &self.pool
     }
 
-    /// The table of `T`, made empty if it was not registered yet.
-    pub fn register<T: Send + Sync + 'static>(&mut self) -> &mut Table<T> {
+    /// The table of a `#[derive(Pooled)]` type, built from its hints ([`Table::pooled`]):
+    /// its [`Retention`](crate::Retention) and object alignment. Call it before the first
+    /// insert of `T`; [`insert`](Self::insert) alone makes a table with the defaults
+    /// (manual, natural alignment), as for any type without the derive.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the table of `T` already holds objects and was built
+    /// with other hints; nothing changes. Registering again is a no-op.
+    ///
+    /// ```
+    /// use neurostore::{Handle, Pooled, Retention, Store};
+    ///
+    /// #[derive(Pooled)]
+    /// #[pooled(retention = "traced")]
+    /// struct Spike { source: Handle<Spike>, time_ms: f32 }
+    ///
+    /// let mut store = Store::new();
+    /// assert_eq!(store.register::<Spike>()?.retention(), Retention::Traced);
+    /// store.insert(Spike { source: Handle::null(), time_ms: 1.0 });
+    /// store.register::<Spike>()?; // again: nothing changes
+    /// assert_eq!(store.table::<Spike>().unwrap().len(), 1);
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn register<T: Pooled + Trace + Send + Sync>(&mut self) -> Result<&mut Table<T>, Error> {
+        let table = self.ensure_table::<T>();
+        table.adopt_hints(T::HINTS)?;
+        Ok(table)
+    }
+
+    /// The table of `T`, made empty (with the default hints) if there is none yet.
+    pub fn ensure_table<T: Send + Sync + 'static>(&mut self) -> &mut Table<T> {
         let pool = &self.pool;
         self.tables
             .entry(TypeId::of::<T>())
@@ -246,7 +282,7 @@ impl Store {
 
     /// Inserts `value` into the table of `T` (registering it if needed).
     pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Handle<T> {
-        self.register::<T>().insert(value)
+        self.ensure_table::<T>().insert(value)
     }
 
     /// The object `h` names.
@@ -364,8 +400,22 @@ impl SharedStore {
         }
     }
 
-    /// The lock-guarded table of `T`, made empty if it was not registered yet.
-    pub fn register<T: Send + Sync + 'static>(&self) -> Arc<RwLock<Table<T>>> {
+    /// The lock-guarded table of a `#[derive(Pooled)]` type, built from its hints, as
+    /// [`Store::register`].
+    ///
+    /// # Errors
+    /// As [`Store::register`].
+    pub fn register<T: Pooled + Trace + Send + Sync>(
+        &self,
+    ) -> Result<Arc<RwLock<Table<T>>>, Error> {
+        let table = self.ensure_table::<T>();
+        table.write().adopt_hints(T::HINTS)?;
+        Ok(table)
+    }
+
+    /// The lock-guarded table of `T`, made empty (with the default hints) if there is
+    /// none yet.
+    pub fn ensure_table<T: Send + Sync + 'static>(&self) -> Arc<RwLock<Table<T>>> {
         if let Some(t) = self.table::<T>() {
             return t;
         }
@@ -386,7 +436,7 @@ impl SharedStore {
 
     /// Inserts `value` into the table of `T` (registering it if needed).
     pub fn insert<T: Send + Sync + 'static>(&self, value: T) -> Handle<T> {
-        self.register::<T>().write().insert(value)
+        self.ensure_table::<T>().write().insert(value)
     }
 
     /// Runs `f` on the object `h` names, under the table's read lock.

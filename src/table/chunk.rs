@@ -4,7 +4,7 @@
 //!
 //! Invariants: bit `i` of `occupied` is set iff place `i` holds an initialised object,
 //! `owners[i]` is then the handle whose slot points here (else null), `live` is the
-//! number of set bits, and every word before `free_cursor` is full. The block is `Layout::array::<T>(capacity)` from `pool` (no block
+//! number of set bits, and every word before `free_cursor` is full. The block is `Layout::array::<T>(capacity)`, aligned to the table's alignment, from `pool` (no block
 //! for zero-sized `T`), and is returned exactly once, by [`Chunk::release`].
 
 use std::alloc::Layout;
@@ -23,17 +23,27 @@ pub(crate) struct Chunk<T> {
     free_cursor: u32,
     /// The table epoch of the last change to this chunk.
     pub dirty: u64,
+    /// Alignment of the block (at least `T`'s): part of its layout.
+    align: u32,
 }
 
 impl<T> Chunk<T> {
-    /// The layout of a chunk of `capacity` places.
-    pub(crate) fn layout(capacity: u32) -> Layout {
-        Layout::array::<T>(capacity as usize).expect("chunk capacity is bounded by the chunk size")
+    /// The layout of a chunk of `capacity` places whose block is aligned to `align` (a
+    /// power of two; `T`'s own alignment if larger).
+    pub(crate) fn layout(capacity: u32, align: usize) -> Layout {
+        Layout::array::<T>(capacity as usize)
+            .and_then(|l| l.align_to(align))
+            .expect("chunk capacity is bounded by the chunk size, align is a power of two")
     }
 
-    /// A chunk of `capacity` empty places, its memory from `pool`.
-    pub(crate) fn new(pool: &HierarchicalPool, capacity: u32, epoch: u64) -> Result<Self, Error> {
-        let layout = Self::layout(capacity);
+    /// A chunk of `capacity` empty places, its memory from `pool`, aligned to `align`.
+    pub(crate) fn new(
+        pool: &HierarchicalPool,
+        capacity: u32,
+        align: usize,
+        epoch: u64,
+    ) -> Result<Self, Error> {
+        let layout = Self::layout(capacity, align);
         let data = if layout.size() == 0 {
             NonNull::dangling()
         } else {
@@ -46,6 +56,7 @@ impl<T> Chunk<T> {
             live: 0,
             free_cursor: 0,
             dirty: epoch,
+            align: layout.align() as u32,
         })
     }
 
@@ -246,7 +257,7 @@ impl<T> Chunk<T> {
         for pos in places {
             drop(self.take(pos));
         }
-        let layout = Self::layout(self.capacity());
+        let layout = Self::layout(self.capacity(), self.align as usize);
         if layout.size() != 0 {
             // SAFETY: `data` was allocated from `pool` with this layout in `new`, no object
             // is left in it, and `self` is consumed, so it is freed exactly once.

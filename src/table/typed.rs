@@ -10,9 +10,14 @@ use super::chunk::Chunk;
 use super::handle::Handle;
 use crate::error::Error;
 use crate::pool::{HierarchicalPool, PoolConfig};
+use crate::pooled::{PoolHints, Pooled, Retention};
 
 /// Default bytes of object storage per chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 64 << 10;
+
+/// The largest object alignment a table accepts: chunks come from the pool at most page
+/// aligned.
+pub const MAX_ALIGN: usize = 4096;
 
 /// Where an object lives: which chunk and which place in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +93,8 @@ pub struct Table<T> {
     epoch: u64,
     /// Bumped by every pass that moves objects (defragmentation, `compact_by_key`).
     layout_version: u64,
+    /// Retention, chunk alignment and the other hints the table was built with.
+    hints: PoolHints,
 }
 
 impl<T> Default for Table<T> {
@@ -137,7 +144,136 @@ impl<T> Table<T> {
             shift: per_chunk.ilog2(),
             epoch: 0,
             layout_version: 0,
+            hints: PoolHints::of::<T>(),
         }
+    }
+
+    /// An empty table in the [default pool](default_pool) built from `T`'s
+    /// `#[pooled(...)]` hints: its [`Retention`] and the alignment of every object.
+    ///
+    /// ```
+    /// use neurostore::{Pooled, Retention, table::Table};
+    ///
+    /// #[derive(Pooled)]
+    /// #[pooled(align = 64, retention = "traced")]
+    /// struct Row([f32; 16]);
+    ///
+    /// let mut rows: Table<Row> = Table::pooled();
+    /// assert_eq!(rows.retention(), Retention::Traced);
+    /// let h = rows.insert(Row([0.0; 16]));
+    /// assert_eq!(rows.get(h).map(|r| r as *const Row as usize % 64), Some(0));
+    /// ```
+    pub fn pooled() -> Self
+    where
+        T: Pooled,
+    {
+        Self::pooled_in(default_pool())
+    }
+
+    /// As [`pooled`](Self::pooled), with chunks from `pool`.
+    pub fn pooled_in(pool: Arc<HierarchicalPool>) -> Self
+    where
+        T: Pooled,
+    {
+        Self::with_hints(pool, T::HINTS)
+            .expect("the derive checks the hints when the type compiles")
+    }
+
+    /// An empty table whose chunks come from `pool`, built from `hints` (for types
+    /// without the derive, or to override it). `hints.align` is raised to `T`'s own
+    /// alignment; every object is aligned to the result.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `hints.align` is not a power of two, exceeds 4096,
+    /// or does not divide `T`'s size (objects packed in a chunk could not all be aligned).
+    ///
+    /// ```
+    /// use neurostore::{PoolHints, table::{Table, default_pool}};
+    ///
+    /// let hints = PoolHints { align: 64, ..PoolHints::of::<[u64; 8]>() };
+    /// let t = Table::<[u64; 8]>::with_hints(default_pool(), hints)?;
+    /// assert_eq!(t.hints().align, 64);
+    /// let bad = PoolHints { align: 64, ..PoolHints::of::<[u64; 3]>() };
+    /// assert!(Table::<[u64; 3]>::with_hints(default_pool(), bad).is_err());
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn with_hints(pool: Arc<HierarchicalPool>, hints: PoolHints) -> Result<Self, Error> {
+        let size = std::mem::size_of::<T>();
+        let align = hints.align.max(std::mem::align_of::<T>());
+        if !align.is_power_of_two() || align > MAX_ALIGN {
+            return Err(Error::invalid_argument(
+                "align",
+                format!(
+                    "must be a power of two from 1 to {MAX_ALIGN}, got {}",
+                    hints.align
+                ),
+            ));
+        }
+        if !size.is_multiple_of(align) {
+            return Err(Error::invalid_argument(
+                "align",
+                format!(
+                    "{} is {size} bytes, not a multiple of {align}: objects packed in a \
+                     chunk could not all be aligned",
+                    super::handle::short_type_name::<T>()
+                ),
+            ));
+        }
+        let mut table = Self::with_pool(pool);
+        table.hints = PoolHints { align, ..hints };
+        Ok(table)
+    }
+
+    /// The hints the table was built with ([`pooled`](Self::pooled),
+    /// [`with_hints`](Self::with_hints); [`PoolHints::of`] otherwise).
+    pub fn hints(&self) -> PoolHints {
+        self.hints
+    }
+
+    /// Makes this table one built from `hints`, if it already is or is empty (an empty
+    /// table is rebuilt in the same pool, with the same chunk capacity).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the table holds objects and was built with other
+    /// hints, or `hints` are invalid ([`with_hints`](Self::with_hints)); nothing changes.
+    pub(crate) fn adopt_hints(&mut self, hints: PoolHints) -> Result<(), Error> {
+        let mut rebuilt = Self::with_hints(self.pool.clone(), hints)?;
+        if rebuilt.hints == self.hints {
+            return Ok(());
+        }
+        if !self.is_empty() {
+            return Err(Error::invalid_argument(
+                "hints",
+                format!(
+                    "the table of {} holds {} objects built with {:?}; it cannot take {:?} \
+                     (register the type before its first insert)",
+                    super::handle::short_type_name::<T>(),
+                    self.len(),
+                    self.hints,
+                    rebuilt.hints
+                ),
+            ));
+        }
+        rebuilt.per_chunk = self.per_chunk;
+        rebuilt.shift = self.shift;
+        rebuilt.epoch = self.epoch;
+        *self = rebuilt;
+        Ok(())
+    }
+
+    /// Whether the garbage collector may free this table's objects.
+    pub fn retention(&self) -> Retention {
+        self.hints.retention
+    }
+
+    /// A new empty chunk from the pool, with this table's capacity and alignment.
+    fn new_chunk(&self) -> Result<Chunk<T>, Error> {
+        Chunk::new(&self.pool, self.per_chunk, self.hints.align, self.epoch)
+    }
+
+    /// The layout of one chunk's block.
+    fn chunk_layout(&self) -> std::alloc::Layout {
+        Chunk::<T>::layout(self.per_chunk, self.hints.align)
     }
 
     /// An empty table with chunks for `n` objects already taken from the default pool.
@@ -145,7 +281,7 @@ impl<T> Table<T> {
     pub fn with_capacity(n: usize) -> Self {
         let mut t = Self::new();
         if t.try_reserve(n).is_err() {
-            handle_alloc_error(Chunk::<T>::layout(t.per_chunk));
+            handle_alloc_error(t.chunk_layout());
         }
         t
     }
@@ -163,7 +299,7 @@ impl<T> Table<T> {
             .saturating_sub(free)
             .div_ceil(self.per_chunk as usize);
         for _ in 0..missing {
-            let chunk = Chunk::new(&self.pool, self.per_chunk, self.epoch)?;
+            let chunk = self.new_chunk()?;
             self.install_chunk(chunk);
         }
         self.slots.reserve(additional);
@@ -217,7 +353,7 @@ impl<T> Table<T> {
     pub fn insert(&mut self, value: T) -> Handle<T> {
         match self.try_insert(value) {
             Ok(h) => h,
-            Err(_) => handle_alloc_error(Chunk::<T>::layout(self.per_chunk)),
+            Err(_) => handle_alloc_error(self.chunk_layout()),
         }
     }
 
@@ -294,7 +430,7 @@ impl<T> Table<T> {
         let ci = match found {
             Some(ci) => ci,
             None => {
-                let chunk = Chunk::new(&self.pool, self.per_chunk, self.epoch)?;
+                let chunk = self.new_chunk()?;
                 self.install_chunk(chunk)
             }
         };
@@ -433,12 +569,12 @@ impl<T> Table<T> {
                 self.chunks.push(None);
             }
             if self.chunks[ci].is_none() {
-                match Chunk::new(&self.pool, per, epoch) {
+                match self.new_chunk() {
                     Ok(c) => {
                         self.chunks[ci] = Some(c);
                         self.set_non_full(ci, true);
                     }
-                    Err(_) => handle_alloc_error(Chunk::<T>::layout(per)),
+                    Err(_) => handle_alloc_error(self.chunk_layout()),
                 }
             }
             let place = match self.pack(Loc {
@@ -446,7 +582,7 @@ impl<T> Table<T> {
                 pos,
             }) {
                 Ok(p) => p,
-                Err(_) => handle_alloc_error(Chunk::<T>::layout(per)),
+                Err(_) => handle_alloc_error(self.chunk_layout()),
             };
             let h = self.slots.insert(place);
             let chunk = self.chunks[ci].as_mut().expect("made above");
@@ -655,7 +791,7 @@ impl<T> Table<T> {
             live,
             capacity: chunks * self.per_chunk as usize,
             chunks,
-            bytes_reserved: chunks * Chunk::<T>::layout(self.per_chunk).size(),
+            bytes_reserved: chunks * self.chunk_layout().size(),
             // A slotmap slot holding a u32 is 8 bytes: the value (or free-list link) and
             // the version. Per place: an 8-byte owner handle and an occupancy bit.
             metadata_bytes: self.slots.capacity() * 8
@@ -910,7 +1046,7 @@ impl<T> Table<T> {
         }
         for ci in 0..chunks_needed {
             if self.chunks[ci].is_none() {
-                let chunk = Chunk::new(&self.pool, self.per_chunk, self.epoch)?;
+                let chunk = self.new_chunk()?;
                 self.chunks[ci] = Some(chunk);
                 self.set_non_full(ci, true);
             }
