@@ -14,6 +14,8 @@
 //! - [`neural`]: the built-in neuron and synapse types, [`NeuralGraph`] and the reference
 //!   simulation step.
 //! - [`defrag`]: moving objects to close holes or to reorder them, handles unchanged.
+//! - [`pooled`]: what `#[derive(Pooled)]` implements: stable names, schema fingerprints,
+//!   table hints ([`Pooled`](trait@Pooled)) and the handles a value holds ([`Trace`]).
 //!
 //! ```
 //! use std::alloc::Layout;
