@@ -14,6 +14,8 @@
 //! - [`neural`]: the built-in neuron and synapse types, [`NeuralGraph`] and the reference
 //!   simulation step.
 //! - [`defrag`]: moving objects to close holes or to reorder them, handles unchanged.
+//! - [`gc`]: tracing garbage collection over handles: parallel, or incremental in
+//!   bounded steps.
 //! - [`pooled`]: what `#[derive(Pooled)]` implements: stable names, schema fingerprints,
 //!   table hints ([`Pooled`](trait@Pooled)) and the handles a value holds ([`Trace`]).
 //!
@@ -39,6 +41,8 @@ pub mod defrag;
 #[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
+pub mod gc;
+#[cfg(not(loom))]
 pub mod neural;
 #[cfg(not(loom))]
 pub mod pool;
@@ -53,6 +57,8 @@ pub mod table;
 pub use defrag::{DefragBudget, DefragPolicy, DefragReport, FragmentationReport};
 #[cfg(not(loom))]
 pub use error::{ConfigError, Error, OomReason};
+#[cfg(not(loom))]
+pub use gc::{Dangling, DanglingPolicy, GcPolicy, GcProgress, GcReport, Root};
 #[cfg(not(loom))]
 pub use neural::{NeuralGraph, Neuron, NeuronId, Synapse, SynapseId};
 /// `#[derive(Pooled)]`: implements [`Pooled`](trait@Pooled) and [`Trace`] (see the trait

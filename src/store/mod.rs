@@ -17,6 +17,7 @@ use parking_lot::RwLock;
 
 use crate::defrag::{DefragPolicy, DefragReport, FragmentationReport};
 use crate::error::Error;
+use crate::gc::GcState;
 use crate::pool::{HierarchicalPool, PoolStats};
 use crate::pooled::{PoolHints, Pooled, Trace};
 use crate::table::{Handle, Table, TableStats, default_pool};
@@ -46,6 +47,21 @@ pub trait ErasedTable: Send + Sync {
     fn chunk_slots(&self) -> usize;
     /// The hints the table was built with ([`Table::hints`]).
     fn hints(&self) -> PoolHints;
+    /// Bytes of one object (`size_of`).
+    fn element_size(&self) -> usize;
+    /// How many moving passes ran over the table ([`Table::layout_version`]).
+    fn layout_version(&self) -> u64;
+    /// True when the handle with these bits ([`Handle::to_bits`]) names a live object.
+    fn contains_bits(&self, bits: u64) -> bool;
+    /// Removes (and drops) the object the bits name; false if none.
+    fn remove_bits(&mut self, bits: u64) -> bool;
+    /// One more than the largest slot index of a handle of this table.
+    fn slot_bound(&self) -> usize;
+    /// The handles (as bits) of the objects from global place `start` on, in storage
+    /// order, at most `max` into `out`; the place to go on from, or `None` at the end.
+    fn owners_from_bits(&self, start: u64, max: usize, out: &mut Vec<u64>) -> Option<u64>;
+    /// Removes (and drops) every object whose slot index `keep` refuses; how many.
+    fn sweep_unmarked(&mut self, keep: &dyn Fn(u32) -> bool) -> usize;
     /// The table as `Any`, to get the typed table back.
     fn as_any(&self) -> &dyn Any;
     /// The table as `Any`, mutably.
@@ -79,6 +95,32 @@ impl<T: Send + Sync + 'static> ErasedTable for Table<T> {
     }
     fn hints(&self) -> PoolHints {
         Table::hints(self)
+    }
+    fn element_size(&self) -> usize {
+        std::mem::size_of::<T>()
+    }
+    fn layout_version(&self) -> u64 {
+        Table::layout_version(self)
+    }
+    fn contains_bits(&self, bits: u64) -> bool {
+        self.contains(Handle::from_bits(bits))
+    }
+    fn remove_bits(&mut self, bits: u64) -> bool {
+        self.remove(Handle::from_bits(bits)).is_some()
+    }
+    fn slot_bound(&self) -> usize {
+        Table::slot_bound(self)
+    }
+    fn owners_from_bits(&self, start: u64, max: usize, out: &mut Vec<u64>) -> Option<u64> {
+        let mut handles = Vec::with_capacity(max.min(4096));
+        let next = self.owners_from(start, max, &mut handles);
+        out.extend(handles.iter().map(Handle::to_bits));
+        next
+    }
+    fn sweep_unmarked(&mut self, keep: &dyn Fn(u32) -> bool) -> usize {
+        let before = self.len();
+        self.retain(|h, _| keep(h.index()));
+        before - self.len()
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -116,8 +158,10 @@ pub struct StoreStats {
 /// assert_eq!(store.stats().tables.len(), 2);
 /// ```
 pub struct Store {
-    tables: HashMap<TypeId, Box<dyn ErasedTable>>,
-    pool: Arc<HierarchicalPool>,
+    pub(crate) tables: HashMap<TypeId, Box<dyn ErasedTable>>,
+    pub(crate) pool: Arc<HierarchicalPool>,
+    /// Roots, tracing entry points, policies and an open cycle (the gc layer).
+    pub(crate) gc: GcState,
     defrag_policy: Option<DefragPolicy>,
     /// Removals per table since its fragmentation was last looked at.
     removals: HashMap<TypeId, usize>,
@@ -167,6 +211,7 @@ impl Store {
             pool,
             defrag_policy: Some(DefragPolicy::default()),
             removals: HashMap::new(),
+            gc: GcState::default(),
         }
     }
 
@@ -264,13 +309,22 @@ impl Store {
     /// # Ok::<(), neurostore::Error>(())
     /// ```
     pub fn register<T: Pooled + Trace + Send + Sync>(&mut self) -> Result<&mut Table<T>, Error> {
-        let table = self.ensure_table::<T>();
-        table.adopt_hints(T::HINTS)?;
-        Ok(table)
+        self.table_entry::<T>().adopt_hints(T::HINTS)?;
+        self.gc
+            .ops
+            .insert(TypeId::of::<T>(), crate::gc::GcOps::of::<T>());
+        self.gc_touch::<T>();
+        Ok(self.table_entry::<T>())
     }
 
     /// The table of `T`, made empty (with the default hints) if there is none yet.
     pub fn ensure_table<T: Send + Sync + 'static>(&mut self) -> &mut Table<T> {
+        self.gc_touch::<T>();
+        self.table_entry::<T>()
+    }
+
+    /// As [`ensure_table`](Self::ensure_table), without telling an open collection cycle.
+    fn table_entry<T: Send + Sync + 'static>(&mut self) -> &mut Table<T> {
         let pool = &self.pool;
         self.tables
             .entry(TypeId::of::<T>())
@@ -282,7 +336,10 @@ impl Store {
 
     /// Inserts `value` into the table of `T` (registering it if needed).
     pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Handle<T> {
-        self.ensure_table::<T>().insert(value)
+        let h = self.table_entry::<T>().insert(value);
+        self.gc_barrier::<T>(h.to_bits(), true);
+        self.gc_after_insert();
+        h
     }
 
     /// The object `h` names.
@@ -292,7 +349,8 @@ impl Store {
 
     /// The object `h` names, mutably.
     pub fn get_mut<T: Send + Sync + 'static>(&mut self, h: Handle<T>) -> Option<&mut T> {
-        self.table_mut::<T>()?.get_mut(h)
+        self.gc_barrier::<T>(h.to_bits(), false);
+        self.table_mut_untouched::<T>()?.get_mut(h)
     }
 
     /// True when `h` names a live object.
@@ -303,7 +361,7 @@ impl Store {
     /// Removes and returns the object `h` names; a stale handle changes nothing. The
     /// store's [`DefragPolicy`] may defragment the table afterwards (handles stay valid).
     pub fn remove<T: Send + Sync + 'static>(&mut self, h: Handle<T>) -> Option<T> {
-        let value = self.table_mut::<T>()?.remove(h)?;
+        let value = self.table_mut_untouched::<T>()?.remove(h)?;
         self.note_removals::<T>(1);
         Some(value)
     }
@@ -313,8 +371,18 @@ impl Store {
         self.tables.get(&TypeId::of::<T>())?.as_any().downcast_ref()
     }
 
-    /// The table of `T`, mutably, if registered.
+    /// The table of `T`, mutably, if registered. During an incremental collection cycle
+    /// every object of the table is kept and scanned again at its finish, since anything
+    /// in the table may change.
     pub fn table_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut Table<T>> {
+        self.gc_touch::<T>();
+        self.table_mut_untouched()
+    }
+
+    /// As [`table_mut`](Self::table_mut), without telling an open collection cycle.
+    pub(crate) fn table_mut_untouched<T: Send + Sync + 'static>(
+        &mut self,
+    ) -> Option<&mut Table<T>> {
         self.tables
             .get_mut(&TypeId::of::<T>())?
             .as_any_mut()

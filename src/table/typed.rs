@@ -821,6 +821,40 @@ impl<T> Table<T> {
         self.layout_version
     }
 
+    /// One more than the largest slot index a handle of this table can have: the size of
+    /// a per-slot side table (the collector's mark bits).
+    pub(crate) fn slot_bound(&self) -> usize {
+        // slotmap keeps a sentinel slot at index 0 and reports one less than its Vec's
+        // capacity; every index is below the Vec's length.
+        self.slots.capacity() + 1
+    }
+
+    /// The owners of the occupied places from global place `start` on, in storage order,
+    /// until `max` are in `out`. Returns the place to go on from, or `None` when every
+    /// place has been looked at.
+    pub(crate) fn owners_from(
+        &self,
+        start: u64,
+        max: usize,
+        out: &mut Vec<Handle<T>>,
+    ) -> Option<u64> {
+        let first = self.loc_of_global(start);
+        for ci in first.chunk as usize..self.chunks.len() {
+            let Some(c) = &self.chunks[ci] else { continue };
+            let from = if ci == first.chunk as usize { first.pos } else { 0 };
+            for pos in c.occupied_places().skip_while(|p| *p < from) {
+                if out.len() == max {
+                    return Some(self.global_place(Loc {
+                        chunk: ci as u32,
+                        pos,
+                    }));
+                }
+                out.push(c.owner(pos));
+            }
+        }
+        None
+    }
+
     /// Chunk indices in use or free below the last chunk.
     pub fn chunk_slots(&self) -> usize {
         self.chunks.len()

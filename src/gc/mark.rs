@@ -1,0 +1,235 @@
+//! The marking engine shared by the stop-the-world and the incremental collector.
+//!
+//! A [`Marker`] sees every table of a store in a fixed order, with one atomic mark bit
+//! per slot index for each traced table. An edge (a handle some object holds) is
+//! checked against its target table first: a handle that does not resolve is dangling,
+//! recorded and never followed. A live target in a traced table is marked with one
+//! `fetch_or`; the thread that set the bit owns the object and pushes it on its grey
+//! stack. Stacks that grow past [`SPLIT_AT`] give half of their work to a new rayon task,
+//! so idle threads steal from busy ones.
+
+use std::any::TypeId;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::{Dangling, GcOps};
+use crate::pooled::{AnyHandle, Trace, Tracer};
+use crate::store::ErasedTable;
+
+/// A grey object: its table's position in the marker, and its handle's bits.
+pub(crate) type Grey = (u32, u64);
+
+/// A grey stack longer than this hands half of itself to another task.
+const SPLIT_AT: usize = 512;
+
+/// One table as the marker sees it.
+pub(crate) struct MarkTable<'a> {
+    pub type_id: TypeId,
+    pub table: &'a dyn ErasedTable,
+    pub ops: Option<GcOps>,
+    /// True for a traced table: its objects are marked; a manual table's are all roots.
+    pub traced: bool,
+    /// One bit per slot index (traced tables; empty otherwise).
+    pub marks: &'a [AtomicU64],
+}
+
+/// Counters a drain adds to the marker's totals when it ends.
+#[derive(Default)]
+struct Tally {
+    scanned: usize,
+    marked: usize,
+}
+
+/// The last table a handle's type was found in: the common case is a run of handles of
+/// one type.
+#[derive(Default)]
+pub(crate) struct Lookup {
+    last: Option<(TypeId, u32)>,
+}
+
+/// Marks what is reachable, over the tables of one store.
+pub(crate) struct Marker<'a> {
+    pub tables: Vec<MarkTable<'a>>,
+    /// Keep each dangling edge (else only count them).
+    pub record_dangling: bool,
+    pub dangling: Mutex<Vec<Dangling>>,
+    pub dangling_count: AtomicUsize,
+    pub marked: AtomicUsize,
+    pub scanned: AtomicUsize,
+}
+
+/// Sets bit `index`; true if this call set it. An index past the bitmap (a slot made
+/// after the bitmap was sized) counts as newly marked, and the sweep keeps such slots.
+#[inline]
+pub(crate) fn set_mark(marks: &[AtomicU64], index: usize) -> bool {
+    let Some(word) = marks.get(index / 64) else {
+        return true;
+    };
+    let bit = 1u64 << (index % 64);
+    // A plain load first: most edges of a dense graph find their target marked already,
+    // and a load does not take the cache line exclusively.
+    if word.load(Ordering::Relaxed) & bit != 0 {
+        return false;
+    }
+    word.fetch_or(bit, Ordering::Relaxed) & bit == 0
+}
+
+/// True if bit `index` is set, or lies past the bitmap (kept: see [`set_mark`]).
+#[inline]
+pub(crate) fn is_marked(marks: &[AtomicU64], index: usize) -> bool {
+    marks
+        .get(index / 64)
+        .is_none_or(|w| w.load(Ordering::Relaxed) & (1u64 << (index % 64)) != 0)
+}
+
+impl<'a> Marker<'a> {
+    pub(crate) fn new(tables: Vec<MarkTable<'a>>, record_dangling: bool) -> Self {
+        Marker {
+            tables,
+            record_dangling,
+            dangling: Mutex::new(Vec::new()),
+            dangling_count: AtomicUsize::new(0),
+            marked: AtomicUsize::new(0),
+            scanned: AtomicUsize::new(0),
+        }
+    }
+
+    fn index_of(&self, type_id: TypeId, lookup: &mut Lookup) -> Option<u32> {
+        if let Some((t, i)) = lookup.last
+            && t == type_id
+        {
+            return Some(i);
+        }
+        let i = self.tables.iter().position(|t| t.type_id == type_id)? as u32;
+        lookup.last = Some((type_id, i));
+        Some(i)
+    }
+
+    fn dangle(&self, holder: Option<AnyHandle>, target: AnyHandle) {
+        self.dangling_count.fetch_add(1, Ordering::Relaxed);
+        if self.record_dangling {
+            self.dangling.lock().push(Dangling { holder, target });
+        }
+    }
+
+    /// One edge from `holder` to `target`: recorded if dangling; marked and pushed on
+    /// `grey` if it is a live, unmarked object of a traced table. True if it was marked.
+    #[inline]
+    pub(crate) fn visit(
+        &self,
+        holder: Option<AnyHandle>,
+        target: AnyHandle,
+        lookup: &mut Lookup,
+        grey: &mut Vec<Grey>,
+    ) -> bool {
+        let Some(ti) = self.index_of(target.type_id(), lookup) else {
+            self.dangle(holder, target);
+            return false;
+        };
+        let t = &self.tables[ti as usize];
+        let bits = target.to_bits();
+        if !t.table.contains_bits(bits) {
+            self.dangle(holder, target);
+            return false;
+        }
+        if t.traced && set_mark(t.marks, bits as u32 as usize) {
+            grey.push((ti, bits));
+            return true;
+        }
+        false
+    }
+
+    /// Visits every handle the object `g` holds. Returns how many it newly marked.
+    #[inline]
+    pub(crate) fn scan(&self, g: Grey, lookup: &mut Lookup, grey: &mut Vec<Grey>) -> usize {
+        let t = &self.tables[g.0 as usize];
+        let Some(ops) = t.ops else { return 0 };
+        let holder = (ops.any_handle)(g.1);
+        let mut marked = 0;
+        let mut sink = |h: AnyHandle| marked += usize::from(self.visit(Some(holder), h, lookup, grey));
+        (ops.trace_one)(t.table, g.1, &mut Tracer::new(&mut sink));
+        marked
+    }
+
+    /// Visits every handle `value` (the object `holder`, already known live) holds.
+    fn scan_value(
+        &self,
+        holder: AnyHandle,
+        value: &dyn Trace,
+        lookup: &mut Lookup,
+        grey: &mut Vec<Grey>,
+    ) -> usize {
+        let mut marked = 0;
+        let mut sink = |h: AnyHandle| marked += usize::from(self.visit(Some(holder), h, lookup, grey));
+        value.trace(&mut Tracer::new(&mut sink));
+        marked
+    }
+
+    fn add(&self, tally: Tally) {
+        self.scanned.fetch_add(tally.scanned, Ordering::Relaxed);
+        self.marked.fetch_add(tally.marked, Ordering::Relaxed);
+    }
+
+    /// Scans `grey` and everything it leads to, splitting off work for other threads.
+    pub(crate) fn drain_parallel<'s>(&'s self, scope: &rayon::Scope<'s>, mut grey: Vec<Grey>) {
+        let mut lookup = Lookup::default();
+        let mut tally = Tally::default();
+        while let Some(g) = grey.pop() {
+            tally.scanned += 1;
+            tally.marked += self.scan(g, &mut lookup, &mut grey);
+            if grey.len() >= SPLIT_AT {
+                let half = grey.split_off(grey.len() / 2);
+                scope.spawn(move |s| self.drain_parallel(s, half));
+            }
+        }
+        self.add(tally);
+    }
+
+    /// Marks from every root, in parallel: `roots` (explicit roots, handles), then every
+    /// object of every manual table that can be traced; then everything they reach.
+    pub(crate) fn mark_from_roots(&self, roots: &[AnyHandle], extra_grey: Vec<Grey>) {
+        rayon::scope(|s| {
+            let mut grey = extra_grey;
+            let mut lookup = Lookup::default();
+            let mut marked = 0;
+            for r in roots {
+                marked += usize::from(self.visit(None, *r, &mut lookup, &mut grey));
+            }
+            self.marked.fetch_add(marked, Ordering::Relaxed);
+            s.spawn(move |s| self.drain_parallel(s, grey));
+            for t in self.tables.iter().filter(|t| !t.traced) {
+                let Some(ops) = t.ops else { continue };
+                let visit_root = |holder: AnyHandle, value: &dyn Trace| {
+                    let mut grey = Vec::new();
+                    let mut lookup = Lookup::default();
+                    let marked = self.scan_value(holder, value, &mut lookup, &mut grey);
+                    self.add(Tally { scanned: 1, marked });
+                    if !grey.is_empty() {
+                        self.drain_parallel(s, grey);
+                    }
+                };
+                (ops.par_for_each)(t.table, &visit_root);
+            }
+        });
+    }
+
+    /// Scans from `grey` on this thread until it is empty or `deadline` passes; true
+    /// when it emptied. Looks at the clock every 64 objects.
+    pub(crate) fn drain_until(&self, grey: &mut Vec<Grey>, deadline: Instant) -> bool {
+        let mut lookup = Lookup::default();
+        let mut tally = Tally::default();
+        let mut done = true;
+        while let Some(g) = grey.pop() {
+            tally.scanned += 1;
+            tally.marked += self.scan(g, &mut lookup, grey);
+            if tally.scanned % 64 == 0 && Instant::now() >= deadline {
+                done = grey.is_empty();
+                break;
+            }
+        }
+        self.add(tally);
+        done
+    }
+}

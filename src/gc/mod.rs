@@ -1,0 +1,796 @@
+//! Layer 5, **gc**: tracing garbage collection over handle graphs.
+//!
+//! This layer owns the collector's state in a [`Store`]: the roots ([`Store::add_root`],
+//! [`Root`]), the policies ([`GcPolicy`], [`DanglingPolicy`]), the per-type tracing
+//! entry points a table gets when its type is [registered](Store::register), and an
+//! open incremental cycle. Marking itself is `mark.rs`.
+//!
+//! What lives: every object of a [manual](crate::Retention::Manual) table (a root), every
+//! explicit root, and every object of a [traced](crate::Retention::Traced) table that
+//! one of those reaches through the handles [`Trace`] visits. Everything else in a traced
+//! table is freed by a collection.
+//!
+//! Invariants kept here:
+//! - a collection frees exactly the traced objects unreachable from the roots, and drops
+//!   each once (the sweep removes them from their tables);
+//! - a handle that does not resolve (dangling) is never followed; it is counted and, per
+//!   [`DanglingPolicy`], reported with its holder or has its holder removed;
+//! - during an incremental cycle, an object inserted is marked and scanned, an object
+//!   reached through [`Store::get_mut`] is scanned again if it was already scanned, and
+//!   a table handed out mutably ([`Store::table_mut`]) has all of its objects kept and
+//!   scanned at [`gc_finish`](Store::gc_finish): no object reachable at the finish is
+//!   ever freed.
+//!
+//! Types stored without the derive (no [`Trace`]) are opaque: their objects live as
+//! manual roots, but the handles they hold are not seen, so they keep nothing alive.
+//!
+//! Why no generational nursery: a nursery pays when most objects die young and old
+//! objects rarely point at young ones. Neural graphs are the opposite (neurons and
+//! synapses live for the whole run and point at each other); the short-lived objects
+//! (spikes in flight) are usually removed by hand. The parallel and incremental
+//! collectors mark at memory speed (see `benches/gc.rs`), and a nursery would add a
+//! remembered set to every `get_mut`. We will add one only if a benchmark shows it pays.
+//!
+//! This layer has no unsafe code.
+
+mod mark;
+
+use std::any::TypeId;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::error::Error;
+use crate::pool::AlertKind;
+use crate::pooled::{AnyHandle, Retention, Trace, Tracer};
+use crate::store::{ErasedTable, Store};
+use crate::table::{Handle, Table};
+use mark::{Grey, MarkTable, Marker, is_marked, set_mark};
+
+/// What to do with a handle that names no live object (its object was removed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DanglingPolicy {
+    /// Count them only.
+    Ignore,
+    /// Count them and list each with its holder in [`GcReport::dangling`] (the default).
+    #[default]
+    Report,
+    /// As `Report`, and remove each holder object (for example a synapse whose neuron
+    /// was removed). A dangling explicit root has no holder and is only reported.
+    RemoveHolder,
+}
+
+/// A dangling handle and the object that holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Dangling {
+    /// The object holding the handle; `None` for an explicit root.
+    pub holder: Option<AnyHandle>,
+    /// The handle that does not resolve.
+    pub target: AnyHandle,
+}
+
+/// When the store collects on its own ([`Store::set_gc_policy`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GcPolicy {
+    /// Collect when the pool's reserved memory passes this fraction of its
+    /// `total_memory` cap (the pool's memory-pressure alert; pools without a cap never
+    /// raise it). Default 0.8.
+    pub trigger_ratio: f64,
+    /// Collect after this many inserts through the store; `None` (the default) for never.
+    pub every_n_inserts: Option<usize>,
+}
+
+impl Default for GcPolicy {
+    fn default() -> Self {
+        GcPolicy {
+            trigger_ratio: 0.8,
+            every_n_inserts: None,
+        }
+    }
+}
+
+/// What a collection did.
+#[derive(Clone, Debug, Default)]
+pub struct GcReport {
+    /// Traced objects found reachable.
+    pub marked: usize,
+    /// Objects whose handles were followed (roots and reachable traced objects).
+    pub scanned: usize,
+    /// Objects freed, per table (type name, count), sorted by type name; tables that
+    /// lost nothing are left out.
+    pub freed: Vec<(&'static str, usize)>,
+    /// Objects freed in all tables.
+    pub freed_total: usize,
+    /// Bytes of objects freed (`size_of` each).
+    pub bytes_freed: usize,
+    /// Dangling handles seen.
+    pub dangling_count: usize,
+    /// The dangling handles with their holders, unless the policy is
+    /// [`DanglingPolicy::Ignore`].
+    pub dangling: Vec<Dangling>,
+    /// Holders removed under [`DanglingPolicy::RemoveHolder`].
+    pub holders_removed: usize,
+    /// Wall time of the collection (for an incremental cycle: from `gc_begin` to the end
+    /// of `gc_finish`).
+    pub duration: Duration,
+    /// Wall time the store was stopped: the whole collection, or for an incremental
+    /// cycle the sum of its steps and finish.
+    pub paused: Duration,
+}
+
+/// Where an incremental cycle stands after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcProgress {
+    /// Objects scanned by this step.
+    pub scanned: usize,
+    /// Traced objects marked so far in the cycle.
+    pub marked: usize,
+    /// Objects waiting to be scanned.
+    pub grey: usize,
+    /// True when marking has nothing left; [`gc_finish`](Store::gc_finish) is then short.
+    pub done: bool,
+    /// Wall time of this step.
+    pub duration: Duration,
+}
+
+/// The roots of a store: handles with a count each, shared with [`Root`] guards.
+#[derive(Debug, Default)]
+pub(crate) struct RootSet {
+    counts: Mutex<HashMap<AnyHandle, usize>>,
+}
+
+impl RootSet {
+    fn add(&self, h: AnyHandle) {
+        *self.counts.lock().entry(h).or_insert(0) += 1;
+    }
+
+    fn remove(&self, h: AnyHandle) -> bool {
+        let mut counts = self.counts.lock();
+        match counts.get_mut(&h) {
+            Some(1) => {
+                counts.remove(&h);
+                true
+            }
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn list(&self) -> Vec<AnyHandle> {
+        self.counts.lock().keys().copied().collect()
+    }
+}
+
+/// A root that lasts as long as the guard: the object stays alive (if its table is
+/// traced) until the guard is dropped. From [`Store::root`].
+///
+/// ```
+/// use neurostore::{Handle, Pooled, Store};
+///
+/// #[derive(Pooled)]
+/// #[pooled(retention = "traced")]
+/// struct Blob(Vec<u8>);
+///
+/// let mut store = Store::new();
+/// store.register::<Blob>()?;
+/// let h = store.insert(Blob(vec![1, 2, 3]));
+/// let guard = store.root(h);
+/// store.collect();
+/// assert!(store.contains(h));
+/// drop(guard);
+/// store.collect();
+/// assert!(!store.contains(h));
+/// # Ok::<(), neurostore::Error>(())
+/// ```
+#[must_use = "the root lasts only as long as the guard"]
+pub struct Root<T: 'static> {
+    handle: Handle<T>,
+    roots: Arc<RootSet>,
+}
+
+impl<T: 'static> Root<T> {
+    /// The rooted handle.
+    pub fn handle(&self) -> Handle<T> {
+        self.handle
+    }
+}
+
+impl<T: 'static> std::fmt::Debug for Root<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Root").field(&self.handle).finish()
+    }
+}
+
+impl<T: 'static> Drop for Root<T> {
+    fn drop(&mut self) {
+        self.roots.remove(AnyHandle::new(self.handle));
+    }
+}
+
+/// What a parallel walk over a table calls for each object: its handle and the object.
+type RootVisitor<'a> = dyn Fn(AnyHandle, &dyn Trace) + Sync + 'a;
+
+/// The tracing entry points of one type, made where `T: Trace` is known
+/// ([`Store::register`]) and kept beside its erased table.
+#[derive(Clone, Copy)]
+pub(crate) struct GcOps {
+    /// Traces the object the bits name; false if it is not live.
+    trace_one: fn(&dyn ErasedTable, u64, &mut Tracer<'_>) -> bool,
+    /// Calls the visitor on every object, in parallel over chunks.
+    par_for_each: fn(&dyn ErasedTable, &RootVisitor<'_>),
+    /// The erased handle of the bits.
+    any_handle: fn(u64) -> AnyHandle,
+}
+
+impl GcOps {
+    pub(crate) fn of<T: Trace + Send + Sync + 'static>() -> GcOps {
+        fn table<T: Send + Sync + 'static>(t: &dyn ErasedTable) -> &Table<T> {
+            t.as_any()
+                .downcast_ref()
+                .expect("GcOps of T are kept beside the table of T")
+        }
+        GcOps {
+            trace_one: |t, bits, tracer| match table::<T>(t).get(Handle::from_bits(bits)) {
+                Some(v) => {
+                    v.trace(tracer);
+                    true
+                }
+                None => false,
+            },
+            par_for_each: |t, visit| {
+                use rayon::prelude::*;
+                table::<T>(t)
+                    .par_iter()
+                    .for_each(|(h, v)| visit(AnyHandle::new(h), v));
+            },
+            any_handle: |bits| AnyHandle::new(Handle::<T>::from_bits(bits)),
+        }
+    }
+}
+
+/// The collector's part of a store.
+#[derive(Default)]
+pub(crate) struct GcState {
+    pub(crate) ops: HashMap<TypeId, GcOps>,
+    roots: Arc<RootSet>,
+    cycle: Option<Box<Cycle>>,
+    policy: Option<GcPolicy>,
+    dangling_policy: DanglingPolicy,
+    inserts: usize,
+    /// Set by the pool's memory-pressure alert; read on insert.
+    pressure: Arc<AtomicBool>,
+    pressure_hooked: bool,
+}
+
+impl std::fmt::Debug for GcState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcState")
+            .field("traceable_types", &self.ops.len())
+            .field("cycle_open", &self.cycle.is_some())
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An open incremental cycle.
+struct Cycle {
+    /// The tables in marker order.
+    types: Vec<TypeId>,
+    marks: Vec<Vec<AtomicU64>>,
+    grey: Vec<Grey>,
+    /// Manual tables still to be scanned as roots: marker index and where to go on from
+    /// (global place), with the layout version the place belongs to.
+    root_cursor: Vec<(u32, u64, u64)>,
+    /// Explicit roots are visited in the first step.
+    explicit_roots_done: bool,
+    /// Tables handed out mutably during the cycle.
+    touched: HashSet<TypeId>,
+    dangling: Vec<Dangling>,
+    dangling_count: usize,
+    marked: usize,
+    scanned: usize,
+    started: Instant,
+    paused: Duration,
+}
+
+impl Cycle {
+    fn index_of(&mut self, type_id: TypeId) -> u32 {
+        match self.types.iter().position(|t| *t == type_id) {
+            Some(i) => i as u32,
+            None => {
+                self.types.push(type_id);
+                self.marks.push(Vec::new());
+                (self.types.len() - 1) as u32
+            }
+        }
+    }
+}
+
+/// A bitmap of `bits` zeroed bits.
+fn bitmap(bits: usize) -> Vec<AtomicU64> {
+    (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl Store {
+    /// Makes `h` a root: its object stays alive while the root is held (counted: as
+    /// many [`remove_root`](Self::remove_root) calls as `add_root` calls end it). A root
+    /// that does not resolve is reported as dangling by collections.
+    pub fn add_root<T: 'static>(&mut self, h: Handle<T>) {
+        self.gc.roots.add(AnyHandle::new(h));
+        self.gc_barrier::<T>(h.to_bits(), true);
+    }
+
+    /// Drops one count of the root `h`; false if `h` was not a root.
+    pub fn remove_root<T: 'static>(&mut self, h: Handle<T>) -> bool {
+        self.gc.roots.remove(AnyHandle::new(h))
+    }
+
+    /// Roots `h` until the returned guard is dropped.
+    pub fn root<T: 'static>(&mut self, h: Handle<T>) -> Root<T> {
+        self.add_root(h);
+        Root {
+            handle: h,
+            roots: Arc::clone(&self.gc.roots),
+        }
+    }
+
+    /// The explicit roots, each once.
+    pub fn roots(&self) -> Vec<AnyHandle> {
+        self.gc.roots.list()
+    }
+
+    /// What to do with dangling handles ([`DanglingPolicy::Report`] by default).
+    pub fn set_dangling_policy(&mut self, policy: DanglingPolicy) {
+        self.gc.dangling_policy = policy;
+    }
+
+    /// When the store collects on its own: `None` (the default) for never. With a
+    /// policy, a collection runs on insert once `every_n_inserts` inserts have happened
+    /// since the last, or once the pool has raised its memory-pressure alert at
+    /// `trigger_ratio` (only pools with a `total_memory` cap raise it). Never during an
+    /// open incremental cycle.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if `trigger_ratio` is not in `0.0..=1.0`; nothing changes.
+    pub fn set_gc_policy(&mut self, policy: Option<GcPolicy>) -> Result<(), Error> {
+        if let Some(p) = policy {
+            self.pool
+                .set_alert_threshold(AlertKind::MemoryPressure, p.trigger_ratio)?;
+            if !self.gc.pressure_hooked {
+                let flag = Arc::clone(&self.gc.pressure);
+                self.pool.on_alert(move |alert| {
+                    if alert.kind == AlertKind::MemoryPressure {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                });
+                self.gc.pressure_hooked = true;
+            }
+        }
+        self.gc.policy = policy;
+        Ok(())
+    }
+
+    /// The current collection policy.
+    pub fn gc_policy(&self) -> Option<GcPolicy> {
+        self.gc.policy
+    }
+
+    /// True while an incremental cycle is open.
+    pub fn gc_in_progress(&self) -> bool {
+        self.gc.cycle.is_some()
+    }
+
+    /// Frees every object of a traced table that no root reaches: stop the world, mark
+    /// in parallel (rayon), sweep. An open incremental cycle is finished instead.
+    ///
+    /// ```
+    /// use neurostore::{Handle, Pooled, Store};
+    ///
+    /// #[derive(Pooled)]
+    /// #[pooled(retention = "traced")]
+    /// struct Node { next: Option<Handle<Node>> }
+    ///
+    /// #[derive(Pooled)]
+    /// struct Owner { first: Handle<Node> } // manual: a root
+    ///
+    /// let mut store = Store::new();
+    /// store.register::<Node>()?;
+    /// store.register::<Owner>()?;
+    /// let b = store.insert(Node { next: None });
+    /// let a = store.insert(Node { next: Some(b) });
+    /// let lost = store.insert(Node { next: None });
+    /// store.insert(Owner { first: a });
+    /// let report = store.collect();
+    /// assert_eq!((report.marked, report.freed_total), (2, 1));
+    /// assert!(store.contains(b) && !store.contains(lost));
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn collect(&mut self) -> GcReport {
+        if self.gc.cycle.is_some() {
+            return self.gc_finish();
+        }
+        let started = Instant::now();
+        let types: Vec<TypeId> = self.tables.keys().copied().collect();
+        let marks: Vec<Vec<AtomicU64>> = types
+            .iter()
+            .map(|t| {
+                let table = &self.tables[t];
+                if table.hints().retention == Retention::Traced {
+                    bitmap(table.slot_bound())
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        let policy = self.gc.dangling_policy;
+        let roots = self.gc.roots.list();
+        let (marked, scanned, dangling_count, dangling) = {
+            let marker = self.marker(&types, &marks, policy != DanglingPolicy::Ignore);
+            marker.mark_from_roots(&roots, Vec::new());
+            Self::marker_totals(marker)
+        };
+        let mut report = GcReport {
+            marked,
+            scanned,
+            dangling_count,
+            dangling,
+            ..GcReport::default()
+        };
+        self.sweep(&types, &marks, &mut report);
+        report.duration = started.elapsed();
+        report.paused = report.duration;
+        self.gc.inserts = 0;
+        self.gc.pressure.store(false, Ordering::Relaxed);
+        report
+    }
+
+    /// Opens an incremental cycle: marking then proceeds in [`gc_step`](Self::gc_step)s
+    /// of bounded length while the program goes on using the store, and
+    /// [`gc_finish`](Self::gc_finish) sweeps. Taking no time itself.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if a cycle is already open; nothing changes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use neurostore::{Handle, Pooled, Store};
+    ///
+    /// #[derive(Pooled)]
+    /// #[pooled(retention = "traced")]
+    /// struct Node { next: Option<Handle<Node>> }
+    ///
+    /// let mut store = Store::new();
+    /// store.register::<Node>()?;
+    /// let kept = store.insert(Node { next: None });
+    /// store.add_root(kept);
+    /// let lost = store.insert(Node { next: None });
+    /// store.gc_begin()?;
+    /// while !store.gc_step(Duration::from_micros(500)).done {
+    ///     // the program runs between steps
+    /// }
+    /// let late = store.insert(Node { next: Some(kept) }); // made during the cycle: kept
+    /// let report = store.gc_finish();
+    /// assert_eq!(report.freed_total, 1);
+    /// assert!(store.contains(kept) && store.contains(late) && !store.contains(lost));
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn gc_begin(&mut self) -> Result<(), Error> {
+        if self.gc.cycle.is_some() {
+            return Err(Error::invalid_argument(
+                "gc_begin",
+                "a collection cycle is already open: step it or finish it first",
+            ));
+        }
+        let types: Vec<TypeId> = self.tables.keys().copied().collect();
+        let mut cycle = Cycle {
+            marks: types.iter().map(|_| Vec::new()).collect(),
+            root_cursor: Vec::new(),
+            types,
+            grey: Vec::new(),
+            explicit_roots_done: false,
+            touched: HashSet::new(),
+            dangling: Vec::new(),
+            dangling_count: 0,
+            marked: 0,
+            scanned: 0,
+            started: Instant::now(),
+            paused: Duration::ZERO,
+        };
+        for (i, t) in cycle.types.iter().enumerate() {
+            let table = &self.tables[t];
+            if table.hints().retention != Retention::Traced && self.gc.ops.contains_key(t) {
+                cycle.root_cursor.push((i as u32, 0, table.layout_version()));
+            }
+        }
+        self.gc.cycle = Some(Box::new(cycle));
+        Ok(())
+    }
+
+    /// Marks for at most about `budget` (the clock is read every 64 objects), then
+    /// returns so the program can go on. Without an open cycle, reports done.
+    pub fn gc_step(&mut self, budget: Duration) -> GcProgress {
+        let started = Instant::now();
+        let deadline = started + budget;
+        let Some(mut cycle) = self.gc.cycle.take() else {
+            return GcProgress {
+                scanned: 0,
+                marked: 0,
+                grey: 0,
+                done: true,
+                duration: Duration::ZERO,
+            };
+        };
+        let scanned_before = cycle.scanned;
+        let done = self.mark_some(&mut cycle, Some(deadline));
+        let progress = GcProgress {
+            scanned: cycle.scanned - scanned_before,
+            marked: cycle.marked,
+            grey: cycle.grey.len(),
+            done,
+            duration: started.elapsed(),
+        };
+        cycle.paused += progress.duration;
+        self.gc.cycle = Some(cycle);
+        progress
+    }
+
+    /// Ends the open cycle: marks what is left (in parallel), keeps and scans every
+    /// object of the tables handed out mutably during the cycle, and sweeps. Without an
+    /// open cycle, runs a whole [`collect`](Self::collect).
+    pub fn gc_finish(&mut self) -> GcReport {
+        let Some(mut cycle) = self.gc.cycle.take() else {
+            return self.collect();
+        };
+        let started = Instant::now();
+        // Tables handed out mutably: anything may have changed, so every object of them
+        // is kept for this cycle and scanned.
+        let touched: Vec<TypeId> = cycle.touched.drain().collect();
+        for type_id in touched {
+            let ti = cycle.index_of(type_id);
+            let table = &self.tables[&type_id];
+            let traced = table.hints().retention == Retention::Traced;
+            if traced {
+                cycle.marks[ti as usize] = bitmap(table.slot_bound());
+            }
+            let mut place = Some(0);
+            let mut owners = Vec::new();
+            while let Some(p) = place {
+                owners.clear();
+                place = table.owners_from_bits(p, 4096, &mut owners);
+                for &bits in &owners {
+                    if traced {
+                        set_mark(&cycle.marks[ti as usize], bits as u32 as usize);
+                        cycle.marked += 1;
+                    }
+                    cycle.grey.push((ti, bits));
+                }
+            }
+        }
+        // Everything else, as far as it goes, in parallel.
+        self.mark_some(&mut cycle, None);
+        let types = cycle.types.clone();
+        let marks = std::mem::take(&mut cycle.marks);
+        let mut report = GcReport {
+            marked: cycle.marked,
+            scanned: cycle.scanned,
+            dangling_count: cycle.dangling_count,
+            dangling: std::mem::take(&mut cycle.dangling),
+            ..GcReport::default()
+        };
+        self.sweep(&types, &marks, &mut report);
+        report.duration = cycle.started.elapsed();
+        report.paused = cycle.paused + started.elapsed();
+        self.gc.inserts = 0;
+        self.gc.pressure.store(false, Ordering::Relaxed);
+        report
+    }
+
+    /// Marks the cycle's work until `deadline` (or all of it, in parallel, for `None`).
+    /// True when nothing is left.
+    fn mark_some(&mut self, cycle: &mut Cycle, deadline: Option<Instant>) -> bool {
+        // Tables made since the cycle began join it; bitmaps grow with their tables.
+        for t in self.tables.keys() {
+            cycle.index_of(*t);
+        }
+        for (i, t) in cycle.types.iter().enumerate() {
+            let table = &self.tables[t];
+            let m = &mut cycle.marks[i];
+            if table.hints().retention == Retention::Traced && m.len() * 64 < table.slot_bound() {
+                m.resize_with(table.slot_bound().div_ceil(64), || AtomicU64::new(0));
+            }
+        }
+        let record = self.gc.dangling_policy != DanglingPolicy::Ignore;
+        let roots = if cycle.explicit_roots_done {
+            Vec::new()
+        } else {
+            cycle.explicit_roots_done = true;
+            self.gc.roots.list()
+        };
+        let marker = self.marker(&cycle.types, &cycle.marks, record);
+        let mut grey = std::mem::take(&mut cycle.grey);
+        let mut lookup = mark::Lookup::default();
+        let mut root_marked = 0;
+        for r in &roots {
+            root_marked += usize::from(marker.visit(None, *r, &mut lookup, &mut grey));
+        }
+        marker
+            .marked
+            .fetch_add(root_marked, std::sync::atomic::Ordering::Relaxed);
+        let done = match deadline {
+            None => {
+                // The manual tables' roots not yet scanned, then everything, in parallel.
+                let mut owners = Vec::new();
+                for (ti, place, version) in std::mem::take(&mut cycle.root_cursor) {
+                    let table = marker.tables[ti as usize].table;
+                    let mut place = Some(if table.layout_version() == version { place } else { 0 });
+                    while let Some(p) = place {
+                        owners.clear();
+                        place = table.owners_from_bits(p, 4096, &mut owners);
+                        grey.extend(owners.iter().map(|&bits| (ti, bits)));
+                    }
+                }
+                rayon::scope(|s| marker.drain_parallel(s, grey));
+                grey = Vec::new();
+                true
+            }
+            Some(deadline) => loop {
+                if !marker.drain_until(&mut grey, deadline) {
+                    break false;
+                }
+                // The grey stack is empty: scan the next batch of manual roots.
+                let Some(cursor) = cycle.root_cursor.last_mut() else {
+                    break true;
+                };
+                if Instant::now() >= deadline {
+                    break false;
+                }
+                let (ti, place, version) = *cursor;
+                let table = marker.tables[ti as usize].table;
+                let from = if table.layout_version() == version { place } else { 0 };
+                let mut owners = Vec::new();
+                match table.owners_from_bits(from, 256, &mut owners) {
+                    Some(next) => *cursor = (ti, next, table.layout_version()),
+                    None => {
+                        cycle.root_cursor.pop();
+                    }
+                }
+                grey.extend(owners.iter().map(|&bits| (ti, bits)));
+            },
+        };
+        let (marked, scanned, dangling_count, dangling) = Self::marker_totals(marker);
+        cycle.grey = grey;
+        cycle.marked += marked;
+        cycle.scanned += scanned;
+        cycle.dangling_count += dangling_count;
+        cycle.dangling.extend(dangling);
+        done && cycle.root_cursor.is_empty() && cycle.grey.is_empty()
+    }
+
+    /// A marker over the tables `types`, in that order.
+    fn marker<'a>(
+        &'a self,
+        types: &[TypeId],
+        marks: &'a [Vec<AtomicU64>],
+        record_dangling: bool,
+    ) -> Marker<'a> {
+        let tables = types
+            .iter()
+            .zip(marks)
+            .map(|(t, m)| {
+                let table = &*self.tables[t];
+                MarkTable {
+                    type_id: *t,
+                    table,
+                    ops: self.gc.ops.get(t).copied(),
+                    traced: table.hints().retention == Retention::Traced,
+                    marks: m,
+                }
+            })
+            .collect();
+        Marker::new(tables, record_dangling)
+    }
+
+    fn marker_totals(marker: Marker<'_>) -> (usize, usize, usize, Vec<Dangling>) {
+        (
+            marker.marked.into_inner(),
+            marker.scanned.into_inner(),
+            marker.dangling_count.into_inner(),
+            marker.dangling.into_inner(),
+        )
+    }
+
+    /// Frees the unmarked objects of every traced table, then applies the dangling
+    /// policy.
+    fn sweep(&mut self, types: &[TypeId], marks: &[Vec<AtomicU64>], report: &mut GcReport) {
+        for (t, m) in types.iter().zip(marks) {
+            let table = self.tables.get_mut(t).expect("tables are never dropped");
+            if table.hints().retention != Retention::Traced {
+                continue;
+            }
+            let freed = table.sweep_unmarked(&|index| is_marked(m, index as usize));
+            if freed > 0 {
+                report.freed.push((table.type_name(), freed));
+                report.freed_total += freed;
+                report.bytes_freed += freed * table.element_size();
+            }
+        }
+        report.freed.sort_by(|a, b| a.0.cmp(b.0));
+        if self.gc.dangling_policy == DanglingPolicy::RemoveHolder {
+            let holders: HashSet<AnyHandle> =
+                report.dangling.iter().filter_map(|d| d.holder).collect();
+            for h in holders {
+                if let Some(table) = self.tables.get_mut(&h.type_id())
+                    && table.remove_bits(h.to_bits())
+                {
+                    report.holders_removed += 1;
+                }
+            }
+        }
+        if self.gc.dangling_policy == DanglingPolicy::Ignore {
+            report.dangling.clear();
+        }
+    }
+
+    /// The write barrier of an open cycle, for the object `bits` of `T`: an inserted
+    /// object (`fresh`) is marked; a marked or manual object is queued to be scanned
+    /// (again).
+    pub(crate) fn gc_barrier<T: 'static>(&mut self, bits: u64, fresh: bool) {
+        let Some(cycle) = self.gc.cycle.as_deref_mut() else {
+            return;
+        };
+        let type_id = TypeId::of::<T>();
+        let Some(table) = self.tables.get(&type_id) else {
+            return;
+        };
+        if !table.contains_bits(bits) {
+            return;
+        }
+        let ti = cycle.index_of(type_id);
+        let index = bits as u32 as usize;
+        let queue = if table.hints().retention == Retention::Traced {
+            let m = &mut cycle.marks[ti as usize];
+            if m.len() * 64 < table.slot_bound() {
+                m.resize_with(table.slot_bound().div_ceil(64), || AtomicU64::new(0));
+            }
+            if fresh {
+                if set_mark(m, index) {
+                    cycle.marked += 1;
+                }
+                true
+            } else {
+                is_marked(m, index)
+            }
+        } else {
+            true
+        };
+        if queue && self.gc.ops.contains_key(&type_id) {
+            cycle.grey.push((ti, bits));
+        }
+    }
+
+    /// Notes that the table of `T` was handed out mutably during an open cycle.
+    pub(crate) fn gc_touch<T: 'static>(&mut self) {
+        if let Some(cycle) = self.gc.cycle.as_deref_mut() {
+            cycle.touched.insert(TypeId::of::<T>());
+        }
+    }
+
+    /// Counts an insert and collects if the policy says so.
+    pub(crate) fn gc_after_insert(&mut self) {
+        let Some(policy) = self.gc.policy else { return };
+        self.gc.inserts += 1;
+        if self.gc.cycle.is_some() {
+            return;
+        }
+        let by_count = policy.every_n_inserts.is_some_and(|n| self.gc.inserts >= n);
+        if by_count || self.gc.pressure.load(Ordering::Relaxed) {
+            self.collect();
+        }
+    }
+}
