@@ -148,7 +148,8 @@ impl<'a> Marker<'a> {
         let Some(ops) = t.ops else { return 0 };
         let holder = (ops.any_handle)(g.1);
         let mut marked = 0;
-        let mut sink = |h: AnyHandle| marked += usize::from(self.visit(Some(holder), h, lookup, grey));
+        let mut sink =
+            |h: AnyHandle| marked += usize::from(self.visit(Some(holder), h, lookup, grey));
         (ops.trace_one)(t.table, g.1, &mut Tracer::new(&mut sink));
         marked
     }
@@ -162,7 +163,8 @@ impl<'a> Marker<'a> {
         grey: &mut Vec<Grey>,
     ) -> usize {
         let mut marked = 0;
-        let mut sink = |h: AnyHandle| marked += usize::from(self.visit(Some(holder), h, lookup, grey));
+        let mut sink =
+            |h: AnyHandle| marked += usize::from(self.visit(Some(holder), h, lookup, grey));
         value.trace(&mut Tracer::new(&mut sink));
         marked
     }

@@ -505,15 +505,19 @@ impl Store {
         for (i, t) in cycle.types.iter().enumerate() {
             let table = &self.tables[t];
             if table.hints().retention != Retention::Traced && self.gc.ops.contains_key(t) {
-                cycle.root_cursor.push((i as u32, 0, table.layout_version()));
+                cycle
+                    .root_cursor
+                    .push((i as u32, 0, table.layout_version()));
             }
         }
         self.gc.cycle = Some(Box::new(cycle));
         Ok(())
     }
 
-    /// Marks for at most about `budget` (the clock is read every 64 objects), then
-    /// returns so the program can go on. Without an open cycle, reports done.
+    /// Marks for at most about `budget`, then returns so the program can go on. The clock
+    /// is read every 64 objects scanned, and a step always does some work (at least one
+    /// object, or one batch of 256 manual roots), so a zero budget scans 64 objects at
+    /// most. Without an open cycle, reports done.
     pub fn gc_step(&mut self, budget: Duration) -> GcProgress {
         let started = Instant::now();
         let deadline = started + budget;
@@ -619,16 +623,18 @@ impl Store {
         for r in &roots {
             root_marked += usize::from(marker.visit(None, *r, &mut lookup, &mut grey));
         }
-        marker
-            .marked
-            .fetch_add(root_marked, std::sync::atomic::Ordering::Relaxed);
+        marker.marked.fetch_add(root_marked, Ordering::Relaxed);
         let done = match deadline {
             None => {
                 // The manual tables' roots not yet scanned, then everything, in parallel.
                 let mut owners = Vec::new();
                 for (ti, place, version) in std::mem::take(&mut cycle.root_cursor) {
                     let table = marker.tables[ti as usize].table;
-                    let mut place = Some(if table.layout_version() == version { place } else { 0 });
+                    let mut place = Some(if table.layout_version() == version {
+                        place
+                    } else {
+                        0
+                    });
                     while let Some(p) = place {
                         owners.clear();
                         place = table.owners_from_bits(p, 4096, &mut owners);
@@ -643,16 +649,22 @@ impl Store {
                 if !marker.drain_until(&mut grey, deadline) {
                     break false;
                 }
-                // The grey stack is empty: scan the next batch of manual roots.
+                // The grey stack is empty: scan the next batch of manual roots (always
+                // in a step that has done nothing yet, so every step makes progress).
                 let Some(cursor) = cycle.root_cursor.last_mut() else {
                     break true;
                 };
-                if Instant::now() >= deadline {
+                let idle = marker.scanned.load(Ordering::Relaxed) == 0;
+                if Instant::now() >= deadline && !idle {
                     break false;
                 }
                 let (ti, place, version) = *cursor;
                 let table = marker.tables[ti as usize].table;
-                let from = if table.layout_version() == version { place } else { 0 };
+                let from = if table.layout_version() == version {
+                    place
+                } else {
+                    0
+                };
                 let mut owners = Vec::new();
                 match table.owners_from_bits(from, 256, &mut owners) {
                     Some(next) => *cursor = (ti, next, table.layout_version()),

@@ -841,7 +841,11 @@ impl<T> Table<T> {
         let first = self.loc_of_global(start);
         for ci in first.chunk as usize..self.chunks.len() {
             let Some(c) = &self.chunks[ci] else { continue };
-            let from = if ci == first.chunk as usize { first.pos } else { 0 };
+            let from = if ci == first.chunk as usize {
+                first.pos
+            } else {
+                0
+            };
             for pos in c.occupied_places().skip_while(|p| *p < from) {
                 if out.len() == max {
                     return Some(self.global_place(Loc {

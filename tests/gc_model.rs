@@ -1,0 +1,738 @@
+//! The collector against a reference: random graphs over traced and manual types, random
+//! roots and removals; the reference computes reachability by BFS over a `HashMap` graph.
+//! A full collection frees exactly the unreachable traced objects (cycles included) and
+//! drops each once; an incremental cycle with random mutations between its steps never
+//! frees an object reachable at its finish.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use proptest::prelude::*;
+
+use neurostore::{
+    AnyHandle, DanglingPolicy, GcPolicy, Handle, Pooled, Retention, Store, trace_handles,
+};
+
+/// Records its id when dropped.
+#[derive(Debug)]
+struct DropLog {
+    id: u64,
+    log: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Drop for DropLog {
+    fn drop(&mut self) {
+        self.log.lock().push(self.id);
+    }
+}
+
+#[derive(Pooled)]
+#[pooled(retention = "traced")]
+struct Node {
+    edges: Vec<Handle<Node>>,
+    leaf: Option<Handle<Leaf>>,
+    #[pooled(skip)]
+    #[allow(dead_code)] // only ever dropped
+    log: DropLog,
+}
+
+#[derive(Pooled)]
+#[pooled(retention = "traced")]
+struct Leaf {
+    back: Option<Handle<Node>>,
+    #[pooled(skip)]
+    #[allow(dead_code)] // only ever dropped
+    log: DropLog,
+}
+
+/// Manual: every anchor is a root.
+#[derive(Pooled)]
+struct Anchor {
+    nodes: Vec<Handle<Node>>,
+    leaves: Vec<Handle<Leaf>>,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Node {
+        edges: Vec<usize>,
+        leaf: Option<usize>,
+    },
+    Leaf {
+        back: Option<usize>,
+    },
+    Anchor {
+        nodes: Vec<usize>,
+        leaves: Vec<usize>,
+    },
+    AddEdge {
+        from: usize,
+        to: usize,
+    },
+    RemoveNode(usize),
+    RemoveAnchor(usize),
+    AddRoot(usize),
+    RemoveRoot(usize),
+    Collect,
+    Incremental {
+        steps: Vec<Vec<Op>>,
+    },
+}
+
+fn leaf_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (prop::collection::vec(any::<usize>(), 0..4), prop::option::of(any::<usize>()))
+            .prop_map(|(edges, leaf)| Op::Node { edges, leaf }),
+        2 => prop::option::of(any::<usize>()).prop_map(|back| Op::Leaf { back }),
+        1 => (prop::collection::vec(any::<usize>(), 0..3), prop::collection::vec(any::<usize>(), 0..2))
+            .prop_map(|(nodes, leaves)| Op::Anchor { nodes, leaves }),
+        3 => (any::<usize>(), any::<usize>()).prop_map(|(from, to)| Op::AddEdge { from, to }),
+        1 => any::<usize>().prop_map(Op::RemoveNode),
+        1 => any::<usize>().prop_map(Op::RemoveAnchor),
+        1 => any::<usize>().prop_map(Op::AddRoot),
+        1 => any::<usize>().prop_map(Op::RemoveRoot),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => leaf_op(),
+        1 => Just(Op::Collect),
+        1 => prop::collection::vec(prop::collection::vec(leaf_op(), 0..6), 1..5)
+            .prop_map(|steps| Op::Incremental { steps }),
+    ]
+}
+
+/// The reference: every object with the handles it holds, the roots, the drops.
+struct Model {
+    store: Store,
+    log: Arc<Mutex<Vec<u64>>>,
+    next_id: u64,
+    /// Every node, leaf and anchor handle ever made (live or not), for picking.
+    nodes: Vec<Handle<Node>>,
+    leaves: Vec<Handle<Leaf>>,
+    anchors: Vec<Handle<Anchor>>,
+    /// Live objects: handle → (id, held handles).
+    live: HashMap<AnyHandle, (Option<u64>, Vec<AnyHandle>)>,
+    roots: Vec<AnyHandle>,
+}
+
+impl Model {
+    fn new(policy: DanglingPolicy) -> Model {
+        let mut store = Store::new();
+        store.register::<Node>().unwrap();
+        store.register::<Leaf>().unwrap();
+        store.register::<Anchor>().unwrap();
+        store.set_dangling_policy(policy);
+        Model {
+            store,
+            log: Arc::new(Mutex::new(Vec::new())),
+            next_id: 0,
+            nodes: Vec::new(),
+            leaves: Vec::new(),
+            anchors: Vec::new(),
+            live: HashMap::new(),
+            roots: Vec::new(),
+        }
+    }
+
+    fn pick<T>(list: &[Handle<T>], i: usize) -> Option<Handle<T>> {
+        (!list.is_empty()).then(|| list[i % list.len()])
+    }
+
+    fn log(&mut self) -> DropLog {
+        self.next_id += 1;
+        DropLog {
+            id: self.next_id,
+            log: self.log.clone(),
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Node { edges, leaf } => {
+                let edges: Vec<_> = edges
+                    .iter()
+                    .filter_map(|&i| Self::pick(&self.nodes, i))
+                    .collect();
+                let leaf = leaf.and_then(|i| Self::pick(&self.leaves, i));
+                let log = self.log();
+                let id = log.id;
+                let node = Node { edges, leaf, log };
+                let held = trace_handles(&node);
+                let h = self.store.insert(node);
+                self.nodes.push(h);
+                self.live.insert(AnyHandle::new(h), (Some(id), held));
+            }
+            Op::Leaf { back } => {
+                let back = back.and_then(|i| Self::pick(&self.nodes, i));
+                let log = self.log();
+                let id = log.id;
+                let leaf = Leaf { back, log };
+                let held = trace_handles(&leaf);
+                let h = self.store.insert(leaf);
+                self.leaves.push(h);
+                self.live.insert(AnyHandle::new(h), (Some(id), held));
+            }
+            Op::Anchor { nodes, leaves } => {
+                let anchor = Anchor {
+                    nodes: nodes
+                        .iter()
+                        .filter_map(|&i| Self::pick(&self.nodes, i))
+                        .collect(),
+                    leaves: leaves
+                        .iter()
+                        .filter_map(|&i| Self::pick(&self.leaves, i))
+                        .collect(),
+                };
+                let held = trace_handles(&anchor);
+                let h = self.store.insert(anchor);
+                self.anchors.push(h);
+                self.live.insert(AnyHandle::new(h), (None, held));
+            }
+            Op::AddEdge { from, to } => {
+                let (Some(from), Some(to)) =
+                    (Self::pick(&self.nodes, *from), Self::pick(&self.nodes, *to))
+                else {
+                    return;
+                };
+                if let Some(n) = self.store.get_mut(from) {
+                    n.edges.push(to);
+                    self.live
+                        .get_mut(&AnyHandle::new(from))
+                        .unwrap()
+                        .1
+                        .push(AnyHandle::new(to));
+                } else {
+                    assert!(!self.live.contains_key(&AnyHandle::new(from)));
+                }
+            }
+            Op::RemoveNode(i) => {
+                let Some(h) = Self::pick(&self.nodes, *i) else {
+                    return;
+                };
+                let removed = self.store.remove(h).is_some();
+                assert_eq!(removed, self.live.remove(&AnyHandle::new(h)).is_some());
+            }
+            Op::RemoveAnchor(i) => {
+                let Some(h) = Self::pick(&self.anchors, *i) else {
+                    return;
+                };
+                let removed = self.store.remove(h).is_some();
+                assert_eq!(removed, self.live.remove(&AnyHandle::new(h)).is_some());
+            }
+            Op::AddRoot(i) => {
+                if let Some(h) = Self::pick(&self.nodes, *i) {
+                    self.store.add_root(h);
+                    self.roots.push(AnyHandle::new(h));
+                }
+            }
+            Op::RemoveRoot(i) => {
+                if self.roots.is_empty() {
+                    return;
+                }
+                let r = self.roots.remove(i % self.roots.len());
+                let h = r.typed::<Node>().unwrap();
+                assert!(self.store.remove_root(h));
+            }
+            Op::Collect => self.collect_and_check(),
+            Op::Incremental { steps } => self.incremental(steps),
+        }
+    }
+
+    /// Reachable live objects and the dangling edges of reachable holders, by BFS.
+    fn reachable(&self) -> (HashSet<AnyHandle>, usize) {
+        let mut seen = HashSet::new();
+        let mut queue = VecDeque::new();
+        let mut dangling = 0;
+        for (h, _) in self.live.iter().filter(|(h, _)| h.is::<Anchor>()) {
+            seen.insert(*h);
+            queue.push_back(*h);
+        }
+        for r in &self.roots {
+            if self.live.contains_key(r) {
+                if seen.insert(*r) {
+                    queue.push_back(*r);
+                }
+            } else {
+                dangling += 1;
+            }
+        }
+        // Each distinct root is visited once by the collector; count each once.
+        let distinct_dangling_roots: HashSet<_> = self
+            .roots
+            .iter()
+            .filter(|r| !self.live.contains_key(r))
+            .collect();
+        dangling = distinct_dangling_roots.len() + (dangling - dangling);
+        while let Some(h) = queue.pop_front() {
+            for t in &self.live[&h].1 {
+                if self.live.contains_key(t) {
+                    if seen.insert(*t) {
+                        queue.push_back(*t);
+                    }
+                } else {
+                    dangling += 1;
+                }
+            }
+        }
+        (seen, dangling)
+    }
+
+    fn check_drops(&self, expected: HashSet<u64>) {
+        let mut log = self.log.lock();
+        let dropped: Vec<u64> = log.drain(..).collect();
+        let unique: HashSet<u64> = dropped.iter().copied().collect();
+        assert_eq!(unique.len(), dropped.len(), "an object dropped twice");
+        assert_eq!(unique, expected, "dropped exactly the freed objects");
+    }
+
+    fn collect_and_check(&mut self) {
+        self.log.lock().clear();
+        let (reachable, dangling) = self.reachable();
+        let doomed: Vec<AnyHandle> = self
+            .live
+            .keys()
+            .filter(|h| !h.is::<Anchor>() && !reachable.contains(h))
+            .copied()
+            .collect();
+        let report = self.store.collect();
+        assert_eq!(
+            report.freed_total,
+            doomed.len(),
+            "frees exactly the unreachable"
+        );
+        assert_eq!(
+            report.marked,
+            reachable.iter().filter(|h| !h.is::<Anchor>()).count()
+        );
+        assert_eq!(report.dangling_count, dangling);
+        let ids: HashSet<u64> = doomed.iter().filter_map(|h| self.live[h].0).collect();
+        for h in &doomed {
+            self.live.remove(h);
+        }
+        self.check_drops(ids);
+        self.check_store();
+    }
+
+    fn incremental(&mut self, steps: &[Vec<Op>]) {
+        // Mutations between steps are logged by the model too; drops from removals are
+        // not the collector's, so only the collector's frees are checked below.
+        self.store.gc_begin().unwrap();
+        for ops in steps {
+            // A zero budget scans at most 64 objects: marking interleaves with the ops.
+            self.store.gc_step(Duration::ZERO);
+            for op in ops {
+                self.apply(op);
+            }
+        }
+        self.log.lock().clear();
+        let (reachable, _) = self.reachable();
+        let report = self.store.gc_finish();
+        // Nothing reachable at the finish was freed; everything freed was unreachable.
+        let freed: Vec<AnyHandle> = self
+            .live
+            .keys()
+            .filter(|h| !self.contains(h))
+            .copied()
+            .collect();
+        assert_eq!(freed.len(), report.freed_total);
+        for h in &freed {
+            assert!(!reachable.contains(h), "freed a reachable object {h:?}");
+        }
+        let ids: HashSet<u64> = freed.iter().filter_map(|h| self.live[h].0).collect();
+        for h in &freed {
+            self.live.remove(h);
+        }
+        self.check_drops(ids);
+        self.check_store();
+    }
+
+    fn contains(&self, h: &AnyHandle) -> bool {
+        if let Some(n) = h.typed::<Node>() {
+            self.store.contains(n)
+        } else if let Some(l) = h.typed::<Leaf>() {
+            self.store.contains(l)
+        } else {
+            self.store.contains(h.typed::<Anchor>().unwrap())
+        }
+    }
+
+    /// Every live object of the model resolves, to the same handles, and nothing else.
+    fn check_store(&self) {
+        for (h, (_, held)) in &self.live {
+            assert!(self.contains(h), "{h:?} is live in the model");
+            let actual = if let Some(n) = h.typed::<Node>() {
+                trace_handles(self.store.get(n).unwrap())
+            } else if let Some(l) = h.typed::<Leaf>() {
+                trace_handles(self.store.get(l).unwrap())
+            } else {
+                trace_handles(self.store.get(h.typed::<Anchor>().unwrap()).unwrap())
+            };
+            let key = |v: &[AnyHandle]| {
+                let mut k: Vec<_> = v.iter().map(|a| (a.type_name(), a.to_bits())).collect();
+                k.sort();
+                k
+            };
+            assert_eq!(key(&actual), key(held));
+        }
+        let store_len: usize = self.store.tables().map(|t| t.len()).sum();
+        assert_eq!(store_len, self.live.len());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn collection_frees_exactly_the_unreachable(ops in prop::collection::vec(op(), 1..80)) {
+        let mut m = Model::new(DanglingPolicy::Report);
+        for op in &ops {
+            m.apply(op);
+        }
+        m.collect_and_check();
+        // A second collection finds nothing more.
+        let again = m.store.collect();
+        prop_assert_eq!(again.freed_total, 0);
+    }
+}
+
+#[test]
+fn cycles_are_collected() {
+    let mut m = Model::new(DanglingPolicy::Report);
+    // a <-> b, c -> c, all unreachable; d reachable from an anchor and points into the cycle.
+    for _ in 0..4 {
+        m.apply(&Op::Node {
+            edges: vec![],
+            leaf: None,
+        });
+    }
+    m.apply(&Op::AddEdge { from: 0, to: 1 });
+    m.apply(&Op::AddEdge { from: 1, to: 0 });
+    m.apply(&Op::AddEdge { from: 2, to: 2 });
+    m.collect_and_check();
+    assert_eq!(m.live.len(), 0);
+    for _ in 0..3 {
+        m.apply(&Op::Node {
+            edges: vec![],
+            leaf: None,
+        });
+    }
+    m.apply(&Op::AddEdge { from: 4, to: 5 });
+    m.apply(&Op::AddEdge { from: 5, to: 4 });
+    m.apply(&Op::AddEdge { from: 6, to: 4 });
+    m.apply(&Op::Anchor {
+        nodes: vec![6],
+        leaves: vec![],
+    });
+    m.collect_and_check();
+    assert_eq!(m.live.len(), 4, "the anchored cycle survives");
+    m.apply(&Op::RemoveAnchor(0));
+    m.collect_and_check();
+    assert_eq!(m.live.len(), 0);
+}
+
+#[test]
+fn dangling_handles_are_reported_with_their_holders_or_remove_them() {
+    for policy in [
+        DanglingPolicy::Ignore,
+        DanglingPolicy::Report,
+        DanglingPolicy::RemoveHolder,
+    ] {
+        let mut store = Store::new();
+        store.register::<Node>().unwrap();
+        store.register::<Anchor>().unwrap();
+        store.set_dangling_policy(policy);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let node = |edges| Node {
+            edges,
+            leaf: None,
+            log: DropLog {
+                id: 0,
+                log: log.clone(),
+            },
+        };
+        let gone = store.insert(node(vec![]));
+        let holder = store.insert(node(vec![gone]));
+        let anchor = store.insert(Anchor {
+            nodes: vec![holder, gone],
+            leaves: vec![],
+        });
+        store.remove(gone);
+        store.add_root(gone);
+        let report = store.collect();
+        assert_eq!(report.dangling_count, 3, "{policy:?}");
+        match policy {
+            DanglingPolicy::Ignore => assert!(report.dangling.is_empty()),
+            _ => {
+                let holders: HashSet<_> = report.dangling.iter().map(|d| d.holder).collect();
+                let expected: HashSet<_> = [
+                    Some(AnyHandle::new(holder)),
+                    Some(AnyHandle::new(anchor)),
+                    None,
+                ]
+                .into();
+                assert_eq!(holders, expected);
+                assert!(
+                    report
+                        .dangling
+                        .iter()
+                        .all(|d| d.target == AnyHandle::new(gone))
+                );
+            }
+        }
+        if policy == DanglingPolicy::RemoveHolder {
+            assert_eq!(report.holders_removed, 2);
+            assert!(!store.contains(holder) && !store.contains(anchor));
+        } else {
+            assert_eq!(report.holders_removed, 0);
+            assert!(store.contains(holder) && store.contains(anchor));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn incremental_cycles_never_free_a_reachable_object(
+        before in prop::collection::vec(leaf_op(), 0..250),
+        steps in prop::collection::vec(prop::collection::vec(leaf_op(), 0..8), 1..8),
+        after in prop::collection::vec(leaf_op(), 0..20),
+    ) {
+        let mut m = Model::new(DanglingPolicy::Report);
+        for op in &before {
+            m.apply(op);
+        }
+        m.apply(&Op::Incremental { steps });
+        for op in &after {
+            m.apply(op);
+        }
+        // A full collection afterwards is exact again.
+        m.collect_and_check();
+    }
+}
+
+#[test]
+fn incremental_steps_respect_their_budget_and_finish_like_a_full_collection() {
+    let mut m = Model::new(DanglingPolicy::Report);
+    for i in 0..20_000usize {
+        // Node i points at node i - 1 (and at a pseudo-random earlier one): anchors
+        // every 1,000 nodes reach everything below them.
+        m.apply(&Op::Node {
+            edges: vec![i.wrapping_sub(1), i.wrapping_mul(7919)],
+            leaf: None,
+        });
+        if i % 1000 == 999 && i < 15_000 {
+            m.apply(&Op::Anchor {
+                nodes: vec![i],
+                leaves: vec![],
+            });
+        }
+    }
+    let (reachable, _) = m.reachable();
+    m.store.gc_begin().unwrap();
+    assert!(m.store.gc_begin().is_err(), "one cycle at a time");
+    let mut steps = 0;
+    loop {
+        // A zero budget: the clock is read every 64 objects, so a step scans at most 64.
+        let p = m.store.gc_step(Duration::ZERO);
+        steps += 1;
+        assert!(p.scanned <= 64, "{p:?}");
+        if p.done {
+            break;
+        }
+        assert!(steps < 100_000, "steps make progress");
+    }
+    assert!(
+        steps >= 15_000 / 64,
+        "{steps} steps for 15,000 reachable objects"
+    );
+    let report = m.store.gc_finish();
+    let unreachable = m
+        .live
+        .keys()
+        .filter(|h| !h.is::<Anchor>() && !reachable.contains(h))
+        .count();
+    assert_eq!(report.freed_total, unreachable);
+    assert_eq!(unreachable, 5_000);
+    assert!(!m.store.gc_in_progress());
+}
+
+#[test]
+fn the_policy_collects_every_n_inserts() {
+    let mut store = Store::new();
+    store.register::<Node>().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    store
+        .set_gc_policy(Some(GcPolicy {
+            every_n_inserts: Some(10),
+            ..GcPolicy::default()
+        }))
+        .unwrap();
+    for i in 0..25u64 {
+        store.insert(Node {
+            edges: vec![],
+            leaf: None,
+            log: DropLog {
+                id: i,
+                log: log.clone(),
+            },
+        });
+    }
+    // Collections ran after the 10th and the 20th insert; nothing was rooted.
+    assert_eq!(log.lock().len(), 20);
+    assert_eq!(store.table::<Node>().unwrap().len(), 5);
+    assert!(
+        store
+            .set_gc_policy(Some(GcPolicy {
+                trigger_ratio: 1.5,
+                every_n_inserts: None
+            }))
+            .is_err()
+    );
+}
+
+#[test]
+fn memory_pressure_starts_a_collection() {
+    let mut config = neurostore::PoolConfig::default();
+    config.total_memory = Some(64 << 20);
+    let pool = Arc::new(neurostore::HierarchicalPool::new(config).unwrap());
+    let mut store = Store::with_pool(pool);
+    store.register::<Node>().unwrap();
+    store
+        .set_gc_policy(Some(GcPolicy {
+            trigger_ratio: 0.25,
+            every_n_inserts: None,
+        }))
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // Unrooted traced nodes with big edge lists: the chunks alone pass 16 MiB soon.
+    let mut inserted = 0;
+    while log.lock().is_empty() && inserted < 400_000 {
+        store.insert(Node {
+            edges: vec![],
+            leaf: None,
+            log: DropLog {
+                id: inserted,
+                log: log.clone(),
+            },
+        });
+        inserted += 1;
+    }
+    assert!(
+        !log.lock().is_empty(),
+        "the pressure alert started a collection"
+    );
+}
+
+#[test]
+fn root_guards_and_retention() {
+    let mut store = Store::new();
+    store.register::<Node>().unwrap();
+    assert_eq!(
+        store.table::<Node>().unwrap().retention(),
+        Retention::Traced
+    );
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let h = store.insert(Node {
+        edges: vec![],
+        leaf: None,
+        log: DropLog {
+            id: 1,
+            log: log.clone(),
+        },
+    });
+    let g1 = store.root(h);
+    store.add_root(h);
+    assert_eq!(g1.handle(), h);
+    assert_eq!(store.roots(), vec![AnyHandle::new(h)]);
+    drop(g1);
+    store.collect();
+    assert!(store.contains(h), "one count of the root is left");
+    assert!(store.remove_root(h));
+    assert!(!store.remove_root(h));
+    store.collect();
+    assert!(!store.contains(h));
+    assert_eq!(*log.lock(), vec![1]);
+}
+
+#[test]
+fn a_handle_moved_into_a_scanned_object_during_a_cycle_keeps_its_target() {
+    let mut store = Store::new();
+    store.register::<Node>().unwrap();
+    store.register::<Anchor>().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let node = |edges, id| Node {
+        edges,
+        leaf: None,
+        log: DropLog {
+            id,
+            log: log.clone(),
+        },
+    };
+    let target = store.insert(node(vec![], 0));
+    // A chain of 1,000 nodes whose far end alone holds `target`.
+    let mut next = store.insert(node(vec![target], 1));
+    let far_end = next;
+    for id in 2..1000 {
+        next = store.insert(node(vec![next], id));
+    }
+    let anchor = store.insert(Anchor {
+        nodes: vec![next],
+        leaves: vec![],
+    });
+    store.gc_begin().unwrap();
+    let first = store.gc_step(Duration::ZERO);
+    assert!(!first.done && first.scanned <= 64, "{first:?}");
+    // The anchor was scanned; the far end was not. Move the handle across.
+    store.get_mut(anchor).unwrap().nodes.push(target);
+    store.get_mut(far_end).unwrap().edges.clear();
+    while !store.gc_step(Duration::ZERO).done {}
+    let report = store.gc_finish();
+    assert!(
+        store.contains(target),
+        "the barrier kept the moved handle's target"
+    );
+    assert_eq!(report.freed_total, 0);
+    assert_eq!(store.table::<Node>().unwrap().len(), 1000);
+}
+
+#[test]
+fn objects_inserted_or_handed_out_during_a_cycle_survive_it() {
+    let mut store = Store::new();
+    store.register::<Node>().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let node = |edges, id| Node {
+        edges,
+        leaf: None,
+        log: DropLog {
+            id,
+            log: log.clone(),
+        },
+    };
+    let old = store.insert(node(vec![], 0));
+    store.gc_begin().unwrap();
+    let fresh = store.insert(node(vec![old], 1));
+    let report = store.gc_finish();
+    assert!(
+        store.contains(fresh) && store.contains(old),
+        "allocated black, scanned"
+    );
+    assert_eq!(report.freed_total, 0);
+    // Next cycle: nothing roots them.
+    store.gc_begin().unwrap();
+    let through_table = store.table_mut::<Node>().unwrap().insert(node(vec![], 2));
+    let report = store.gc_finish();
+    assert_eq!(
+        report.freed_total, 0,
+        "a table handed out mutably is kept whole"
+    );
+    assert!(store.contains(through_table));
+    assert_eq!(store.collect().freed_total, 3);
+    let mut dropped = log.lock().clone();
+    dropped.sort();
+    assert_eq!(dropped, vec![0, 1, 2]);
+}
