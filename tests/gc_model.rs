@@ -251,22 +251,17 @@ impl Model {
             seen.insert(*h);
             queue.push_back(*h);
         }
-        for r in &self.roots {
-            if self.live.contains_key(r) {
-                if seen.insert(*r) {
-                    queue.push_back(*r);
+        // Each distinct root is visited once by the collector: a dangling one counts once.
+        let distinct_roots: HashSet<AnyHandle> = self.roots.iter().copied().collect();
+        for r in distinct_roots {
+            if self.live.contains_key(&r) {
+                if seen.insert(r) {
+                    queue.push_back(r);
                 }
             } else {
                 dangling += 1;
             }
         }
-        // Each distinct root is visited once by the collector; count each once.
-        let distinct_dangling_roots: HashSet<_> = self
-            .roots
-            .iter()
-            .filter(|r| !self.live.contains_key(r))
-            .collect();
-        dangling = distinct_dangling_roots.len() + (dangling - dangling);
         while let Some(h) = queue.pop_front() {
             for t in &self.live[&h].1 {
                 if self.live.contains_key(t) {
@@ -597,8 +592,10 @@ fn the_policy_collects_every_n_inserts() {
 
 #[test]
 fn memory_pressure_starts_a_collection() {
-    let mut config = neurostore::PoolConfig::default();
-    config.total_memory = Some(64 << 20);
+    let config = neurostore::PoolConfig {
+        total_memory: Some(64 << 20),
+        ..Default::default()
+    };
     let pool = Arc::new(neurostore::HierarchicalPool::new(config).unwrap());
     let mut store = Store::with_pool(pool);
     store.register::<Node>().unwrap();
