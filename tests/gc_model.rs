@@ -317,7 +317,7 @@ impl Model {
         // not the collector's, so only the collector's frees are checked below.
         self.store.gc_begin().unwrap();
         for ops in steps {
-            // A zero budget scans at most 64 objects: marking interleaves with the ops.
+            // A zero budget scans at most 16 objects: marking interleaves with the ops.
             self.store.gc_step(Duration::ZERO);
             for op in ops {
                 self.apply(op);
@@ -532,17 +532,17 @@ fn incremental_steps_respect_their_budget_and_finish_like_a_full_collection() {
     assert!(m.store.gc_begin().is_err(), "one cycle at a time");
     let mut steps = 0;
     loop {
-        // A zero budget: the clock is read every 64 objects, so a step scans at most 64.
+        // A zero budget: the clock is read every 16 objects, so a step scans at most 16.
         let p = m.store.gc_step(Duration::ZERO);
         steps += 1;
-        assert!(p.scanned <= 64, "{p:?}");
+        assert!(p.scanned <= 16, "{p:?}");
         if p.done {
             break;
         }
         assert!(steps < 100_000, "steps make progress");
     }
     assert!(
-        steps >= 15_000 / 64,
+        steps >= 15_000 / 16,
         "{steps} steps for 15,000 reachable objects"
     );
     let report = m.store.gc_finish();
@@ -683,7 +683,7 @@ fn a_handle_moved_into_a_scanned_object_during_a_cycle_keeps_its_target() {
     });
     store.gc_begin().unwrap();
     let first = store.gc_step(Duration::ZERO);
-    assert!(!first.done && first.scanned <= 64, "{first:?}");
+    assert!(!first.done && first.scanned <= 16, "{first:?}");
     // The anchor was scanned; the far end was not. Move the handle across.
     store.get_mut(anchor).unwrap().nodes.push(target);
     store.get_mut(far_end).unwrap().edges.clear();

@@ -48,7 +48,7 @@ use crate::pool::AlertKind;
 use crate::pooled::{AnyHandle, Retention, Trace, Tracer};
 use crate::store::{ErasedTable, Store};
 use crate::table::{Handle, Table};
-use mark::{Grey, MarkTable, Marker, is_marked, set_mark};
+use mark::{GreyStack, MarkTable, Marker, Push, is_marked, set_mark};
 
 /// What to do with a handle that names no live object (its object was removed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -283,7 +283,7 @@ struct Cycle {
     /// The tables in marker order.
     types: Vec<TypeId>,
     marks: Vec<Vec<AtomicU64>>,
-    grey: Vec<Grey>,
+    grey: GreyStack,
     /// Manual tables still to be scanned as roots: marker index and where to go on from
     /// (global place), with the layout version the place belongs to.
     root_cursor: Vec<(u32, u64, u64)>,
@@ -292,7 +292,6 @@ struct Cycle {
     /// Tables handed out mutably during the cycle.
     touched: HashSet<TypeId>,
     dangling: Vec<Dangling>,
-    dangling_count: usize,
     marked: usize,
     scanned: usize,
     started: Instant,
@@ -492,11 +491,10 @@ impl Store {
             marks: types.iter().map(|_| Vec::new()).collect(),
             root_cursor: Vec::new(),
             types,
-            grey: Vec::new(),
+            grey: GreyStack::default(),
             explicit_roots_done: false,
             touched: HashSet::new(),
             dangling: Vec::new(),
-            dangling_count: 0,
             marked: 0,
             scanned: 0,
             started: Instant::now(),
@@ -515,8 +513,8 @@ impl Store {
     }
 
     /// Marks for at most about `budget`, then returns so the program can go on. The clock
-    /// is read every 64 objects scanned, and a step always does some work (at least one
-    /// object, or one batch of 256 manual roots), so a zero budget scans 64 objects at
+    /// is read every 16 objects scanned, and a step always does some work (at least one
+    /// object, or one batch of 256 manual roots), so a zero budget scans 16 objects at
     /// most. Without an open cycle, reports done.
     pub fn gc_step(&mut self, budget: Duration) -> GcProgress {
         let started = Instant::now();
@@ -578,13 +576,16 @@ impl Store {
         }
         // Everything else, as far as it goes, in parallel.
         self.mark_some(&mut cycle, None);
+        // A handle seen dangling during the cycle stays dangling (generations only grow);
+        // the list is kept whole until here so that the policy applies once.
+        let dangling = std::mem::take(&mut cycle.dangling);
         let types = cycle.types.clone();
         let marks = std::mem::take(&mut cycle.marks);
         let mut report = GcReport {
             marked: cycle.marked,
             scanned: cycle.scanned,
-            dangling_count: cycle.dangling_count,
-            dangling: std::mem::take(&mut cycle.dangling),
+            dangling_count: dangling.len(),
+            dangling,
             ..GcReport::default()
         };
         self.sweep(&types, &marks, &mut report);
@@ -609,7 +610,8 @@ impl Store {
                 m.resize_with(table.slot_bound().div_ceil(64), || AtomicU64::new(0));
             }
         }
-        let record = self.gc.dangling_policy != DanglingPolicy::Ignore;
+        // A cycle keeps every dangling edge until its finish looks at them again.
+        let record = true;
         let roots = if cycle.explicit_roots_done {
             Vec::new()
         } else {
@@ -641,8 +643,12 @@ impl Store {
                         grey.extend(owners.iter().map(|&bits| (ti, bits)));
                     }
                 }
-                rayon::scope(|s| marker.drain_parallel(s, grey));
-                grey = Vec::new();
+                let segments = std::mem::take(&mut grey).into_segments();
+                rayon::scope(|s| {
+                    for segment in segments {
+                        s.spawn(|s| marker.drain_parallel(s, segment));
+                    }
+                });
                 true
             }
             Some(deadline) => loop {
@@ -675,11 +681,10 @@ impl Store {
                 grey.extend(owners.iter().map(|&bits| (ti, bits)));
             },
         };
-        let (marked, scanned, dangling_count, dangling) = Self::marker_totals(marker);
+        let (marked, scanned, _, dangling) = Self::marker_totals(marker);
         cycle.grey = grey;
         cycle.marked += marked;
         cycle.scanned += scanned;
-        cycle.dangling_count += dangling_count;
         cycle.dangling.extend(dangling);
         done && cycle.root_cursor.is_empty() && cycle.grey.is_empty()
     }
