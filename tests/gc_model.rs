@@ -345,32 +345,32 @@ impl Model {
         self.check_store();
     }
 
-    fn contains(&self, h: &AnyHandle) -> bool {
+    /// What the store holds for `h`: the handles its object holds, if it is live.
+    fn held_now(&self, h: &AnyHandle) -> Option<Vec<AnyHandle>> {
         if let Some(n) = h.typed::<Node>() {
-            self.store.contains(n)
+            self.store.get(n).map(trace_handles)
         } else if let Some(l) = h.typed::<Leaf>() {
-            self.store.contains(l)
+            self.store.get(l).map(trace_handles)
         } else {
-            self.store.contains(h.typed::<Anchor>().unwrap())
+            self.store.get(h.typed::<Anchor>()?).map(trace_handles)
         }
+    }
+
+    fn contains(&self, h: &AnyHandle) -> bool {
+        self.held_now(h).is_some()
     }
 
     /// Every live object of the model resolves, to the same handles, and nothing else.
     fn check_store(&self) {
+        let key = |v: &[AnyHandle]| {
+            let mut k: Vec<_> = v.iter().map(|a| (a.type_name(), a.to_bits())).collect();
+            k.sort();
+            k
+        };
         for (h, (_, held)) in &self.live {
-            assert!(self.contains(h), "{h:?} is live in the model");
-            let actual = if let Some(n) = h.typed::<Node>() {
-                trace_handles(self.store.get(n).unwrap())
-            } else if let Some(l) = h.typed::<Leaf>() {
-                trace_handles(self.store.get(l).unwrap())
-            } else {
-                trace_handles(self.store.get(h.typed::<Anchor>().unwrap()).unwrap())
-            };
-            let key = |v: &[AnyHandle]| {
-                let mut k: Vec<_> = v.iter().map(|a| (a.type_name(), a.to_bits())).collect();
-                k.sort();
-                k
-            };
+            let actual = self
+                .held_now(h)
+                .expect("live in the model, live in the store");
             assert_eq!(key(&actual), key(held));
         }
         let store_len: usize = self.store.tables().map(|t| t.len()).sum();
@@ -397,24 +397,22 @@ proptest! {
 #[test]
 fn cycles_are_collected() {
     let mut m = Model::new(DanglingPolicy::Report);
-    // a <-> b, c -> c, all unreachable; d reachable from an anchor and points into the cycle.
-    for _ in 0..4 {
-        m.apply(&Op::Node {
-            edges: vec![],
-            leaf: None,
-        });
-    }
+    // 0 <-> 1, 2 -> 2 and a lone 3: all unreachable. Then 4 <-> 5 with 6 -> 4 anchored.
+    let add_nodes = |m: &mut Model, n| {
+        for _ in 0..n {
+            m.apply(&Op::Node {
+                edges: vec![],
+                leaf: None,
+            });
+        }
+    };
+    add_nodes(&mut m, 4);
     m.apply(&Op::AddEdge { from: 0, to: 1 });
     m.apply(&Op::AddEdge { from: 1, to: 0 });
     m.apply(&Op::AddEdge { from: 2, to: 2 });
     m.collect_and_check();
     assert_eq!(m.live.len(), 0);
-    for _ in 0..3 {
-        m.apply(&Op::Node {
-            edges: vec![],
-            leaf: None,
-        });
-    }
+    add_nodes(&mut m, 3);
     m.apply(&Op::AddEdge { from: 4, to: 5 });
     m.apply(&Op::AddEdge { from: 5, to: 4 });
     m.apply(&Op::AddEdge { from: 6, to: 4 });

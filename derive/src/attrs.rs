@@ -36,7 +36,6 @@ pub(crate) fn container(attrs: &[Attribute]) -> syn::Result<ContainerAttrs> {
                 .get_ident()
                 .map(ToString::to_string)
                 .unwrap_or_default();
-            let duplicate = || meta.error(format!("duplicate pooled attribute `{key}`"));
             match key.as_str() {
                 "name" => {
                     let lit: LitStr = meta.value()?.parse()?;
@@ -47,15 +46,11 @@ pub(crate) fn container(attrs: &[Attribute]) -> syn::Result<ContainerAttrs> {
                             "`name` must be a non-empty name without whitespace, such as \"Neuron\"",
                         ));
                     }
-                    if out.name.replace(lit).is_some() {
-                        return Err(duplicate());
-                    }
+                    set_once(&meta, &key, &mut out.name, lit)?;
                 }
                 "retention" => {
                     let v = choice(&meta, "retention", &[("manual", "Manual"), ("traced", "Traced")])?;
-                    if out.retention.replace(v).is_some() {
-                        return Err(duplicate());
-                    }
+                    set_once(&meta, &key, &mut out.retention, v)?;
                 }
                 "kind" => {
                     let v = choice(
@@ -70,9 +65,7 @@ pub(crate) fn container(attrs: &[Attribute]) -> syn::Result<ContainerAttrs> {
                             ("gradient", "Gradient"),
                         ],
                     )?;
-                    if out.kind.replace(v).is_some() {
-                        return Err(duplicate());
-                    }
+                    set_once(&meta, &key, &mut out.kind, v)?;
                 }
                 "lifetime" => {
                     let v = choice(
@@ -80,9 +73,7 @@ pub(crate) fn container(attrs: &[Attribute]) -> syn::Result<ContainerAttrs> {
                         "lifetime",
                         &[("short", "Short"), ("medium", "Medium"), ("long", "Long")],
                     )?;
-                    if out.lifetime.replace(v).is_some() {
-                        return Err(duplicate());
-                    }
+                    set_once(&meta, &key, &mut out.lifetime, v)?;
                 }
                 "align" => {
                     let lit: LitInt = meta.value()?.parse()?;
@@ -95,17 +86,13 @@ pub(crate) fn container(attrs: &[Attribute]) -> syn::Result<ContainerAttrs> {
                             ),
                         ));
                     }
-                    if out.align.replace((value, lit.span())).is_some() {
-                        return Err(duplicate());
-                    }
+                    set_once(&meta, &key, &mut out.align, (value, lit.span()))?;
                 }
                 "pod" => {
                     if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
                         return Err(meta.error("`pod` takes no value: write #[pooled(pod)]"));
                     }
-                    if out.pod.replace(meta.path.span()).is_some() {
-                        return Err(duplicate());
-                    }
+                    set_once(&meta, &key, &mut out.pod, meta.path.span())?;
                 }
                 "skip" => {
                     return Err(meta.error(
@@ -123,6 +110,19 @@ pub(crate) fn container(attrs: &[Attribute]) -> syn::Result<ContainerAttrs> {
         })?;
     }
     Ok(out)
+}
+
+/// Sets an attribute's value; a key given twice is an error at the second one.
+fn set_once<T>(
+    meta: &syn::meta::ParseNestedMeta<'_>,
+    key: &str,
+    slot: &mut Option<T>,
+    value: T,
+) -> syn::Result<()> {
+    match slot.replace(value) {
+        Some(_) => Err(meta.error(format!("duplicate pooled attribute `{key}`"))),
+        None => Ok(()),
+    }
 }
 
 /// Parses every `#[pooled(...)]` on a field: true when it says `skip`.
