@@ -54,6 +54,18 @@ struct Anchor {
     leaves: Vec<Handle<Leaf>>,
 }
 
+/// A node holding `edges`, whose drop is logged in `log` as `id`.
+fn node(edges: Vec<Handle<Node>>, id: u64, log: &Arc<Mutex<Vec<u64>>>) -> Node {
+    Node {
+        edges,
+        leaf: None,
+        log: DropLog {
+            id,
+            log: log.clone(),
+        },
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Node {
@@ -439,14 +451,7 @@ fn dangling_handles_are_reported_with_their_holders_or_remove_them() {
         store.register::<Anchor>().unwrap();
         store.set_dangling_policy(policy);
         let log = Arc::new(Mutex::new(Vec::new()));
-        let node = |edges| Node {
-            edges,
-            leaf: None,
-            log: DropLog {
-                id: 0,
-                log: log.clone(),
-            },
-        };
+        let node = |edges| node(edges, 0, &log);
         let gone = store.insert(node(vec![]));
         let holder = store.insert(node(vec![gone]));
         let anchor = store.insert(Anchor {
@@ -566,14 +571,7 @@ fn the_policy_collects_every_n_inserts() {
         }))
         .unwrap();
     for i in 0..25u64 {
-        store.insert(Node {
-            edges: vec![],
-            leaf: None,
-            log: DropLog {
-                id: i,
-                log: log.clone(),
-            },
-        });
+        store.insert(node(vec![], i, &log));
     }
     // Collections ran after the 10th and the 20th insert; nothing was rooted.
     assert_eq!(log.lock().len(), 20);
@@ -607,14 +605,7 @@ fn memory_pressure_starts_a_collection() {
     // Unrooted traced nodes with big edge lists: the chunks alone pass 16 MiB soon.
     let mut inserted = 0;
     while log.lock().is_empty() && inserted < 400_000 {
-        store.insert(Node {
-            edges: vec![],
-            leaf: None,
-            log: DropLog {
-                id: inserted,
-                log: log.clone(),
-            },
-        });
+        store.insert(node(vec![], inserted, &log));
         inserted += 1;
     }
     assert!(
@@ -632,14 +623,7 @@ fn root_guards_and_retention() {
         Retention::Traced
     );
     let log = Arc::new(Mutex::new(Vec::new()));
-    let h = store.insert(Node {
-        edges: vec![],
-        leaf: None,
-        log: DropLog {
-            id: 1,
-            log: log.clone(),
-        },
-    });
+    let h = store.insert(node(vec![], 1, &log));
     let g1 = store.root(h);
     store.add_root(h);
     assert_eq!(g1.handle(), h);
@@ -660,14 +644,7 @@ fn a_handle_moved_into_a_scanned_object_during_a_cycle_keeps_its_target() {
     store.register::<Node>().unwrap();
     store.register::<Anchor>().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let node = |edges, id| Node {
-        edges,
-        leaf: None,
-        log: DropLog {
-            id,
-            log: log.clone(),
-        },
-    };
+    let node = |edges, id| node(edges, id, &log);
     let target = store.insert(node(vec![], 0));
     // A chain of 1,000 nodes whose far end alone holds `target`.
     let mut next = store.insert(node(vec![target], 1));
@@ -700,14 +677,7 @@ fn objects_inserted_or_handed_out_during_a_cycle_survive_it() {
     let mut store = Store::new();
     store.register::<Node>().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let node = |edges, id| Node {
-        edges,
-        leaf: None,
-        log: DropLog {
-            id,
-            log: log.clone(),
-        },
-    };
+    let node = |edges, id| node(edges, id, &log);
     let old = store.insert(node(vec![], 0));
     store.gc_begin().unwrap();
     let fresh = store.insert(node(vec![old], 1));
