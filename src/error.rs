@@ -159,6 +159,211 @@ pub enum Error {
     /// An I/O error, for example while reading a configuration file.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// A snapshot could not be written or read: the file is corrupt, truncated, foreign,
+    /// or names types the reader does not know. See [`SnapshotError`].
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// A snapshot holds a type under this name whose schema fingerprint differs from the
+    /// one compiled into this program: the struct changed (a field was added, renamed,
+    /// retyped or reordered) since the file was written. Nothing was loaded.
+    #[error(
+        "schema mismatch for `{type_name}`: this program expects schema {expected:#018x}, \
+         the snapshot holds {found:#018x} (the type changed since the file was written)"
+    )]
+    SchemaMismatch {
+        /// The type's [`Pooled::TYPE_NAME`](crate::Pooled::TYPE_NAME).
+        type_name: String,
+        /// The fingerprint of the type in this program.
+        expected: u64,
+        /// The fingerprint the snapshot was written with.
+        found: u64,
+    },
+}
+
+/// Why a snapshot could not be written or read. Every way a file can be wrong has its
+/// own variant; a load that returns one has built nothing the caller can see.
+///
+/// Offsets count bytes from the start of the file (or stream).
+///
+/// ```
+/// use neurostore::{Error, SnapshotError, Store, snapshot::TypeRegistry};
+///
+/// let err = Store::load_from(&b"not a snapshot"[..], &TypeRegistry::new()).unwrap_err();
+/// assert!(matches!(err, Error::Snapshot(SnapshotError::BadMagic { .. })));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The file does not start with the snapshot magic: it is not a neurostore snapshot.
+    #[error("not a neurostore snapshot: the file starts with {found:02x?}")]
+    BadMagic {
+        /// The first bytes read (fewer than 8 if the file is shorter).
+        found: Vec<u8>,
+    },
+    /// The file was written in a format version this build cannot read.
+    #[error("format version {found} is not supported (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// The byte-order mark is not the little-endian one every v1 file carries.
+    #[error("byte-order mark {found:#010x} is not the little-endian mark 0x0a0b0c0d")]
+    ByteOrder {
+        /// The mark as read.
+        found: u32,
+    },
+    /// The file ends inside a section.
+    #[error("truncated: the file ends at byte {offset}, inside the {section} section")]
+    Truncated {
+        /// The section being read.
+        section: String,
+        /// Where the data ran out.
+        offset: u64,
+    },
+    /// A section's bytes do not match its checksum.
+    #[error(
+        "checksum mismatch in the {section} section at byte {offset}: stored {stored:#010x}, \
+         computed {computed:#010x}"
+    )]
+    ChecksumMismatch {
+        /// The section whose checksum failed (`file` for the footer's whole-file checksum).
+        section: String,
+        /// Where the section starts.
+        offset: u64,
+        /// The checksum written in the file.
+        stored: u32,
+        /// The checksum of the bytes read.
+        computed: u32,
+    },
+    /// A section other than the one the format requires at this point.
+    #[error("expected a {expected} section at byte {offset}, found tag {found:?}")]
+    UnexpectedSection {
+        /// The tag the format requires here.
+        expected: String,
+        /// The tag read, as text where printable.
+        found: String,
+        /// Where the section starts.
+        offset: u64,
+    },
+    /// A field holds a value the format does not allow (a length that does not add up,
+    /// a string that is not UTF-8, a chunk size that is not a power of two, ...).
+    #[error("malformed {section} section at byte {offset}: {message}")]
+    Malformed {
+        /// The section holding the field.
+        section: String,
+        /// Where the section starts.
+        offset: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// Bytes follow the footer.
+    #[error("{extra} unexpected byte(s) after the footer at byte {offset}")]
+    TrailingBytes {
+        /// Where the footer ends.
+        offset: u64,
+        /// At least this many bytes follow (reading stops at the first).
+        extra: u64,
+    },
+    /// The file holds a table of a type the [`TypeRegistry`](crate::snapshot::TypeRegistry)
+    /// does not list.
+    #[error("the snapshot holds a table of `{type_name}`, which the type registry does not list")]
+    UnknownType {
+        /// The type's name in the file.
+        type_name: String,
+    },
+    /// The file's objects have another size or alignment than the type in this program.
+    #[error(
+        "`{type_name}` objects are {found_size} bytes aligned to {found_align} in the snapshot, \
+         but {expected_size} bytes aligned to {expected_align} here"
+    )]
+    ElementSize {
+        /// The type's name.
+        type_name: String,
+        /// Size of the type in this program.
+        expected_size: u64,
+        /// Alignment of the type's table in this program.
+        expected_align: u64,
+        /// Size in the file.
+        found_size: u64,
+        /// Alignment in the file.
+        found_align: u64,
+    },
+    /// The file encodes the type's objects otherwise than this program does (raw `Pod`
+    /// bytes against serde + bincode).
+    #[error("`{type_name}` objects are encoded as {found} in the snapshot, but as {expected} here")]
+    EncodingMismatch {
+        /// The type's name.
+        type_name: String,
+        /// This program's encoding.
+        expected: String,
+        /// The file's encoding.
+        found: String,
+    },
+    /// The slot table contradicts itself or the objects: a live slot without an object,
+    /// two slots at one place, a place outside every chunk, a free list that is not the
+    /// vacant slots.
+    #[error("inconsistent slot table of `{type_name}`: {message}")]
+    InconsistentSlots {
+        /// The table's type name.
+        type_name: String,
+        /// What contradicts what.
+        message: String,
+    },
+    /// An object's bytes could not be decoded (serde + bincode).
+    #[error("object {index} of `{type_name}` does not decode: {message}")]
+    Decode {
+        /// The table's type name.
+        type_name: String,
+        /// The object's position in storage order.
+        index: u64,
+        /// The decoder's message.
+        message: String,
+    },
+    /// An object could not be encoded (serde + bincode) while saving.
+    #[error("an object of `{type_name}` does not encode: {message}")]
+    Encode {
+        /// The table's type name.
+        type_name: String,
+        /// The encoder's message.
+        message: String,
+    },
+    /// The type declares no snapshot encoding: derive it with `#[pooled(pod)]` (raw bytes)
+    /// or `#[pooled(serde)]` (serde + bincode).
+    #[error(
+        "`{type_name}` has no snapshot encoding: derive Pooled with #[pooled(pod)] or \
+         #[pooled(serde)]"
+    )]
+    NotPersistable {
+        /// The type's name.
+        type_name: String,
+    },
+    /// A table of the store was made without [`Store::register`](crate::Store::register),
+    /// so the store has no name, schema or encoding to save it under.
+    #[error(
+        "the store's table of `{type_name}` was not made with Store::register, so it cannot be \
+         saved (register the type before inserting)"
+    )]
+    Unregistered {
+        /// The table's Rust type name.
+        type_name: String,
+    },
+    /// Two types under one name: in a registry, in a store being saved, or in a file.
+    #[error("two types are named `{type_name}`: snapshot type names must be unique")]
+    DuplicateType {
+        /// The name.
+        type_name: String,
+    },
+    /// The file holds another kind of snapshot (a single table where a store was asked
+    /// for, or a table of another type).
+    #[error("the snapshot holds {found}, not {expected}")]
+    WrongContent {
+        /// What the caller asked to load.
+        expected: String,
+        /// What the file holds.
+        found: String,
+    },
 }
 
 impl From<ConfigError> for Error {

@@ -251,6 +251,96 @@ impl<T> Chunk<T> {
         OccupiedPlaces::new(&self.occupied)
     }
 
+    /// Maximal runs of consecutive occupied places, as `(first place, count)`, in order.
+    pub(crate) fn occupied_runs(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        occupied_runs_of(&self.occupied, self.capacity())
+    }
+
+    /// The `count` objects from place `first` on, as one slice; `None` unless every one of
+    /// those places is occupied.
+    pub(crate) fn run(&self, first: u32, count: u32) -> Option<&[T]> {
+        let end = first.checked_add(count)?;
+        if end > self.capacity() || !(first..end).all(|p| self.is_occupied(p)) {
+            return None;
+        }
+        // SAFETY: every place in `first..end` is occupied (checked above), so the block
+        // holds `count` initialised objects in a row there; the shared borrow of the chunk
+        // keeps them in place and unchanged.
+        Some(unsafe { std::slice::from_raw_parts(self.data.as_ptr().add(first as usize), count as usize) })
+    }
+
+    /// Names `owner` as the object that a snapshot load will put at free place `pos`
+    /// (see [`pending_runs`](Self::pending_runs)); the place stays free.
+    pub(crate) fn expect_owner(&mut self, pos: u32, owner: Handle<T>) {
+        assert!(
+            pos < self.capacity() && !self.is_occupied(pos),
+            "place {pos} is not free"
+        );
+        self.owners[pos as usize] = owner;
+    }
+
+    /// Maximal runs of free places that have an expected owner, as `(first, count)`.
+    pub(crate) fn pending_runs(&self) -> Vec<(u32, u32)> {
+        let mut runs = Vec::new();
+        let mut start = None;
+        for pos in 0..=self.capacity() {
+            let pending = pos < self.capacity()
+                && !self.is_occupied(pos)
+                && !self.owners[pos as usize].is_null();
+            match (pending, start) {
+                (true, None) => start = Some(pos),
+                (false, Some(s)) => {
+                    runs.push((s, pos - s));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        runs
+    }
+
+    /// Fills the free places `first..first + count` with objects read as raw bytes by
+    /// `read` (which gets exactly `count * size_of::<T>()` bytes to fill), each owned by
+    /// the handle set with [`expect_owner`](Self::expect_owner). If `read` fails the
+    /// places stay free. Any bytes make valid objects because `T` is `Pod`.
+    pub(crate) fn fill_run_with<E>(
+        &mut self,
+        first: u32,
+        count: u32,
+        read: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E>
+    where
+        T: bytemuck::Pod,
+    {
+        let end = first.checked_add(count).expect("run within the chunk");
+        assert!(
+            end <= self.capacity() && (first..end).all(|p| !self.is_occupied(p)),
+            "places {first}..{end} are not all free"
+        );
+        let bytes = count as usize * std::mem::size_of::<T>();
+        let start = self.place_ptr(first).cast::<u8>();
+        // SAFETY: places `first..end` lie inside the block (checked above) and are free,
+        // so no live object is overwritten and no reference to them exists; zeroing makes
+        // the bytes initialised before they are lent out as a `&mut [u8]`, which the
+        // exclusive borrow of the chunk keeps unique while `read` runs.
+        let buf = unsafe {
+            std::ptr::write_bytes(start, 0, bytes);
+            std::slice::from_raw_parts_mut(start, bytes)
+        };
+        read(buf)?;
+        // The places now hold `count` objects: `T` is Pod, so every byte pattern is one.
+        for pos in first..end {
+            self.occupied[pos as usize / 64] |= 1 << (pos % 64);
+        }
+        self.live += count;
+        while (self.free_cursor as usize) < self.occupied.len()
+            && self.occupied[self.free_cursor as usize] == u64::MAX
+        {
+            self.free_cursor += 1;
+        }
+        Ok(())
+    }
+
     /// Drops every object and returns the memory to `pool`.
     pub(crate) fn release(mut self, pool: &HierarchicalPool) {
         let places: Vec<u32> = self.occupied_places().collect();
@@ -270,6 +360,27 @@ impl<T> Chunk<T> {
 unsafe impl<T: Send> Send for Chunk<T> {}
 // SAFETY: shared access to a chunk only gives shared access to its objects.
 unsafe impl<T: Sync> Sync for Chunk<T> {}
+
+/// Maximal runs of set bits among the first `capacity` bits of `words`.
+fn occupied_runs_of(words: &[u64], capacity: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let set = move |p: u32| words[p as usize / 64] >> (p % 64) & 1 == 1;
+    // A whole word can be skipped (or taken) at once when it is all clear (or all set).
+    let word_is = move |p: u32, all: u64| p % 64 == 0 && p + 64 <= capacity && words[p as usize / 64] == all;
+    let mut pos = 0u32;
+    std::iter::from_fn(move || {
+        while pos < capacity && !set(pos) {
+            pos += if word_is(pos, 0) { 64 } else { 1 };
+        }
+        if pos >= capacity {
+            return None;
+        }
+        let first = pos;
+        while pos < capacity && set(pos) {
+            pos += if word_is(pos, u64::MAX) { 64 } else { 1 };
+        }
+        Some((first, pos - first))
+    })
+}
 
 /// The set bits of an occupancy bitmap, in order, without allocating.
 pub(crate) struct OccupiedPlaces<'a> {

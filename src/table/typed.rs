@@ -82,19 +82,24 @@ pub struct TableStats {
 pub struct Table<T> {
     /// Slot table: each live slot holds its object's place, packed as
     /// `chunk << shift | pos` in a `u32` (so a slot is 8 bytes).
-    slots: SlotMap<Handle<T>, u32>,
-    chunks: Vec<Option<Chunk<T>>>,
+    pub(super) slots: SlotMap<Handle<T>, u32>,
+    /// slotmap's free list, mirrored: `(index, version)` of every vacant slot, the list's
+    /// head last. slotmap keeps its free list private; snapshots need its order (it decides
+    /// which handle the next insert returns) and the versions of vacant slots (so stale
+    /// handles stay stale after a load).
+    pub(super) free: Vec<(u32, u32)>,
+    pub(super) chunks: Vec<Option<Chunk<T>>>,
     /// Bit `i` set iff chunk `i` exists and has a free place.
-    non_full: Vec<u64>,
-    pool: Arc<HierarchicalPool>,
-    per_chunk: u32,
+    pub(super) non_full: Vec<u64>,
+    pub(super) pool: Arc<HierarchicalPool>,
+    pub(super) per_chunk: u32,
     /// `log2(per_chunk)`.
-    shift: u32,
-    epoch: u64,
+    pub(super) shift: u32,
+    pub(super) epoch: u64,
     /// Bumped by every pass that moves objects (defragmentation, `compact_by_key`).
-    layout_version: u64,
+    pub(super) layout_version: u64,
     /// Retention, chunk alignment and the other hints the table was built with.
-    hints: PoolHints,
+    pub(super) hints: PoolHints,
 }
 
 impl<T> Default for Table<T> {
@@ -137,6 +142,7 @@ impl<T> Table<T> {
         let per_chunk = 1usize << per_chunk.ilog2();
         Table {
             slots: SlotMap::with_key(),
+            free: Vec::new(),
             chunks: Vec::new(),
             non_full: Vec::new(),
             pool,
@@ -257,6 +263,9 @@ impl<T> Table<T> {
         rebuilt.per_chunk = self.per_chunk;
         rebuilt.shift = self.shift;
         rebuilt.epoch = self.epoch;
+        // An empty table may have vacant slots: their versions keep stale handles stale.
+        rebuilt.slots = std::mem::take(&mut self.slots);
+        rebuilt.free = std::mem::take(&mut self.free);
         *self = rebuilt;
         Ok(())
     }
@@ -267,7 +276,7 @@ impl<T> Table<T> {
     }
 
     /// A new empty chunk from the pool, with this table's capacity and alignment.
-    fn new_chunk(&self) -> Result<Chunk<T>, Error> {
+    pub(super) fn new_chunk(&self) -> Result<Chunk<T>, Error> {
         Chunk::new(&self.pool, self.per_chunk, self.hints.align, self.epoch)
     }
 
@@ -363,6 +372,7 @@ impl<T> Table<T> {
         let (ci, pos) = self.free_place()?;
         let place = self.pack(Loc { chunk: ci, pos })?;
         let h = self.slots.insert(place);
+        self.note_slot_taken(h);
         let epoch = self.epoch;
         let chunk = self.chunks[ci as usize]
             .as_mut()
@@ -375,7 +385,20 @@ impl<T> Table<T> {
         Ok(h)
     }
 
-    fn set_non_full(&mut self, ci: usize, non_full: bool) {
+    /// Keeps the free-list mirror in step with an insert: slotmap takes the head of its
+    /// free list, or a new slot when the list is empty.
+    #[inline]
+    fn note_slot_taken(&mut self, h: Handle<T>) {
+        if let Some((index, _)) = self.free.pop() {
+            assert_eq!(
+                index,
+                h.index(),
+                "slotmap reused a slot other than the head of its free list"
+            );
+        }
+    }
+
+    pub(super) fn set_non_full(&mut self, ci: usize, non_full: bool) {
         if self.non_full.len() <= ci / 64 {
             self.non_full.resize(ci / 64 + 1, 0);
         }
@@ -404,7 +427,7 @@ impl<T> Table<T> {
 
     /// The slot value of a place; `Error::TableFull` past 2^32 places.
     #[inline]
-    fn pack(&self, loc: Loc) -> Result<u32, Error> {
+    pub(super) fn pack(&self, loc: Loc) -> Result<u32, Error> {
         if u64::from(loc.chunk) >= 1u64 << (32 - self.shift) {
             return Err(Error::TableFull { places: 1u64 << 32 });
         }
@@ -412,7 +435,7 @@ impl<T> Table<T> {
     }
 
     #[inline]
-    fn unpack(&self, place: u32) -> Loc {
+    pub(super) fn unpack(&self, place: u32) -> Loc {
         Loc {
             chunk: place >> self.shift,
             pos: place & (self.per_chunk - 1),
@@ -585,6 +608,7 @@ impl<T> Table<T> {
                 Err(_) => handle_alloc_error(self.chunk_layout()),
             };
             let h = self.slots.insert(place);
+            self.note_slot_taken(h);
             let chunk = self.chunks[ci].as_mut().expect("made above");
             chunk.put(pos, value, h);
             chunk.dirty = epoch;
@@ -611,6 +635,7 @@ impl<T> Table<T> {
     /// and changes nothing.
     pub fn remove(&mut self, h: Handle<T>) -> Option<T> {
         let place = self.slots.remove(h)?;
+        self.free.push((h.index(), h.generation().wrapping_add(1)));
         let loc = self.unpack(place);
         let epoch = self.epoch;
         let chunk = self.chunks[loc.chunk as usize]
@@ -742,7 +767,10 @@ impl<T> Table<T> {
     /// Drops every object and returns every chunk to the pool. Handles given out before
     /// stay stale forever.
     pub fn clear(&mut self) {
-        self.slots.clear();
+        // slotmap's `clear` empties slots in index order, each pushed on its free list.
+        for (h, _) in self.slots.drain() {
+            self.free.push((h.index(), h.generation().wrapping_add(1)));
+        }
         self.non_full.clear();
         for c in self.chunks.drain(..).flatten() {
             c.release(&self.pool);
@@ -795,6 +823,7 @@ impl<T> Table<T> {
             // A slotmap slot holding a u32 is 8 bytes: the value (or free-list link) and
             // the version. Per place: an 8-byte owner handle and an occupancy bit.
             metadata_bytes: self.slots.capacity() * 8
+                + self.free.capacity() * 8
                 + chunks
                     * (self.per_chunk as usize * 8 + (self.per_chunk as usize).div_ceil(64) * 8)
                 + self.chunks.capacity() * std::mem::size_of::<Option<Chunk<T>>>(),

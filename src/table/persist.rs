@@ -1,0 +1,621 @@
+//! A table's image for snapshots: its slot table (every slot's version, vacant slots
+//! included), the order of slotmap's free list, and which chunks exist; taken from a live
+//! table and rebuilt into a new one.
+//!
+//! slotmap's own serde support keeps versions but rebuilds the free list in index order,
+//! so the handle the next insert returns would change across a save and load. The table
+//! therefore mirrors the free list (`Table::free`), and [`Table::restore`] rebuilds it
+//! exactly: it gives slotmap the image through slotmap's `Deserialize` (with each vacant
+//! slot's version lowered by 2), then takes every vacant slot with one insert and frees
+//! them again, last of the list first, which raises each version by 2 back to the image's
+//! and leaves the list in the image's order.
+//!
+//! Objects come after the skeleton: [`Table::restore`] names the owner of every place
+//! that will hold an object, and the codec fills those places in storage order
+//! ([`Table::fill_pending`], [`Table::fill_pending_pod`]). A place is marked occupied
+//! only once its object is in it, so dropping a half-filled table is sound.
+
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use slotmap::SlotMap;
+
+use super::handle::Handle;
+use super::typed::Table;
+use crate::error::{Error, SnapshotError};
+use crate::pool::HierarchicalPool;
+use crate::pooled::PoolHints;
+
+/// The largest chunk capacity a table uses (and a snapshot may claim).
+pub(crate) const MAX_PER_CHUNK: u32 = 1 << 24;
+
+/// A table's slot table and free-position state, as a snapshot stores it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TableImage {
+    /// Places per chunk: a power of two from 1 to 2^24.
+    pub per_chunk: u32,
+    /// `(version, place)` of every slot in index order, slotmap's sentinel at index 0
+    /// (`(0, 0)`). An odd version is a live slot and `place` is its object's place
+    /// (`chunk << log2(per_chunk) | position`); an even one is vacant and `place` is 0.
+    pub slots: Vec<(u32, u32)>,
+    /// The vacant slots' indices, the head of the free list (the next insert's slot) first.
+    pub free_order: Vec<u32>,
+    /// Which chunk indices hold a chunk (the free places are those of existing chunks that
+    /// no live slot names).
+    pub chunks_present: Vec<bool>,
+}
+
+/// Figures of a checked [`TableImage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// Live slots (objects).
+    pub live: u64,
+    /// Vacant slots, the sentinel not counted.
+    pub vacant: u64,
+    /// Chunks that exist.
+    pub chunks: u64,
+    /// Free places below the highest occupied place ([`TableStats::holes`](super::TableStats)).
+    pub holes: u64,
+}
+
+impl ImageSummary {
+    /// `holes / (live + holes)`, as [`TableStats::fragmentation`](super::TableStats).
+    pub fn fragmentation(&self) -> f64 {
+        if self.live + self.holes == 0 {
+            0.0
+        } else {
+            self.holes as f64 / (self.live + self.holes) as f64
+        }
+    }
+}
+
+impl TableImage {
+    /// Checks everything a table needs of an image: the sentinel, that live slots have
+    /// odd versions and name distinct places inside existing chunks, that vacant slots
+    /// have even versions, and that the free list holds each vacant slot exactly once.
+    ///
+    /// # Errors
+    /// [`SnapshotError::InconsistentSlots`] saying what contradicts what.
+    pub(crate) fn check(&self, type_name: &str) -> Result<ImageSummary, SnapshotError> {
+        let bad = |message: String| SnapshotError::InconsistentSlots {
+            type_name: type_name.to_owned(),
+            message,
+        };
+        let per_chunk = self.per_chunk;
+        if !per_chunk.is_power_of_two() || per_chunk > MAX_PER_CHUNK {
+            return Err(bad(format!(
+                "{per_chunk} places per chunk is not a power of two from 1 to {MAX_PER_CHUNK}"
+            )));
+        }
+        let shift = per_chunk.ilog2();
+        if self.chunks_present.len() as u64 > 1u64 << (32 - shift) {
+            return Err(bad(format!(
+                "{} chunks of {per_chunk} places exceed the 2^32 places a table addresses",
+                self.chunks_present.len()
+            )));
+        }
+        if self.slots.len() as u64 >= u64::from(u32::MAX) {
+            return Err(bad(format!("{} slots exceed slotmap's limit", self.slots.len())));
+        }
+        match self.slots.first() {
+            Some((0, 0)) => {}
+            other => return Err(bad(format!("slot 0 is the sentinel (0, 0), not {other:?}"))),
+        }
+        let places = (self.chunks_present.len() as u64) << shift;
+        let mut taken = vec![0u64; places.div_ceil(64) as usize];
+        let mut vacant = vec![false; self.slots.len()];
+        let mut live = 0u64;
+        let mut per_chunk_live = vec![0u32; self.chunks_present.len()];
+        let mut highest: Option<u64> = None;
+        for (index, &(version, place)) in self.slots.iter().enumerate().skip(1) {
+            if version % 2 == 0 {
+                if place != 0 {
+                    return Err(bad(format!("vacant slot {index} names place {place}")));
+                }
+                vacant[index] = true;
+                continue;
+            }
+            let chunk = place >> shift;
+            if !self.chunks_present.get(chunk as usize).copied().unwrap_or(false) {
+                return Err(bad(format!(
+                    "live slot {index} names place {place} in chunk {chunk}, which does not exist"
+                )));
+            }
+            let word = &mut taken[place as usize / 64];
+            if *word & (1 << (place % 64)) != 0 {
+                return Err(bad(format!("two live slots name place {place} (one is slot {index})")));
+            }
+            *word |= 1 << (place % 64);
+            per_chunk_live[chunk as usize] += 1;
+            live += 1;
+            highest = highest.max(Some(u64::from(place)));
+        }
+        let vacant_count = self.slots.len() as u64 - 1 - live;
+        if self.free_order.len() as u64 != vacant_count {
+            return Err(bad(format!(
+                "the free list holds {} slots, but {vacant_count} slots are vacant",
+                self.free_order.len()
+            )));
+        }
+        for &index in &self.free_order {
+            match vacant.get_mut(index as usize) {
+                Some(v @ true) => *v = false,
+                _ => {
+                    return Err(bad(format!(
+                        "the free list names slot {index}, which is not vacant or is listed twice"
+                    )));
+                }
+            }
+        }
+        let holes = highest.map_or(0, |top| {
+            (0..=(top >> shift) as usize)
+                .filter(|&c| self.chunks_present[c])
+                .map(|c| {
+                    let span = if c as u64 == top >> shift {
+                        (top & u64::from(per_chunk - 1)) + 1
+                    } else {
+                        u64::from(per_chunk)
+                    };
+                    span - u64::from(per_chunk_live[c])
+                })
+                .sum()
+        });
+        Ok(ImageSummary {
+            live,
+            vacant: vacant_count,
+            chunks: self.chunks_present.iter().filter(|p| **p).count() as u64,
+            holes,
+        })
+    }
+}
+
+impl<T> Table<T> {
+    /// Slots slotmap holds, its sentinel at index 0 included.
+    pub(crate) fn slot_count(&self) -> usize {
+        1 + self.slots.len() + self.free.len()
+    }
+
+    /// `(version, place)` of every slot in index order, as [`TableImage::slots`].
+    pub(crate) fn slot_records(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let mut vacant = self.free.clone();
+        vacant.sort_unstable();
+        let mut vacant = vacant.into_iter().peekable();
+        let mut live = self.slots.iter().peekable();
+        let mut index = 0u32;
+        std::iter::from_fn(move || {
+            let i = index;
+            if i as usize >= self.slot_count() {
+                return None;
+            }
+            index += 1;
+            if i == 0 {
+                return Some((0, 0));
+            }
+            if let Some(&(v_index, version)) = vacant.peek()
+                && v_index == i
+            {
+                vacant.next();
+                return Some((version, 0));
+            }
+            let (h, place) = live.next().expect("every slot is live or vacant");
+            debug_assert_eq!(h.index(), i);
+            Some((h.generation(), *place))
+        })
+    }
+
+    /// The image of this table's slot table and free-position state.
+    pub(crate) fn image(&self) -> TableImage {
+        TableImage {
+            per_chunk: self.per_chunk,
+            slots: self.slot_records().collect(),
+            free_order: self.free.iter().rev().map(|&(i, _)| i).collect(),
+            chunks_present: self.chunks.iter().map(Option::is_some).collect(),
+        }
+    }
+
+    /// Every live object in storage order, as runs of objects that lie next to each other.
+    pub(crate) fn object_runs(&self) -> impl Iterator<Item = &[T]> + '_ {
+        self.chunks.iter().flatten().flat_map(|c| {
+            c.occupied_runs()
+                .map(move |(first, count)| c.run(first, count).expect("a run of occupied places"))
+        })
+    }
+
+    /// A table with `image`'s slot table, free list and chunks, whose objects are still
+    /// to come: every place a live slot names is pending until a `fill_pending*` call puts
+    /// its object there. `image` must have passed [`TableImage::check`].
+    ///
+    /// # Errors
+    /// The pool's error when it cannot give the chunks; nothing is kept.
+    pub(crate) fn restore(
+        pool: Arc<HierarchicalPool>,
+        hints: PoolHints,
+        image: &TableImage,
+    ) -> Result<Table<T>, Error> {
+        let mut table = Table::with_hints(pool, hints)?;
+        table.per_chunk = image.per_chunk;
+        table.shift = image.per_chunk.ilog2();
+        table.slots = slot_map_from(&image.slots)?;
+        // Reorder slotmap's free list (vacant slots in descending index order) into the
+        // image's, raising each vacant version by the 2 that `slot_map_from` took off.
+        for _ in 0..image.free_order.len() {
+            table.slots.insert(0);
+        }
+        for &index in image.free_order.iter().rev() {
+            let version = image.slots[index as usize].0;
+            let occupied = Handle::<T>::from_bits(
+                u64::from(index) | u64::from(version.wrapping_sub(1)) << 32,
+            );
+            table
+                .slots
+                .remove(occupied)
+                .expect("the slot was taken by the inserts above");
+            table.free.push((index, version));
+        }
+        table.chunks.reserve_exact(image.chunks_present.len());
+        for (ci, &present) in image.chunks_present.iter().enumerate() {
+            if present {
+                let chunk = table.new_chunk()?;
+                table.chunks.push(Some(chunk));
+                table.set_non_full(ci, true);
+            } else {
+                table.chunks.push(None);
+            }
+        }
+        for (h, &place) in table.slots.iter() {
+            let loc = table.unpack(place);
+            table.chunks[loc.chunk as usize]
+                .as_mut()
+                .expect("a checked image names existing chunks")
+                .expect_owner(loc.pos, h);
+        }
+        Ok(table)
+    }
+
+    /// Puts objects made by `next` into the pending places, in storage order, then checks
+    /// that none is left.
+    ///
+    /// # Errors
+    /// The first error of `next`; [`SnapshotError::InconsistentSlots`] if `next` runs out
+    /// (returns `None`) before every live slot has its object, or has objects left.
+    pub(crate) fn fill_pending(
+        &mut self,
+        type_name: &str,
+        mut next: impl FnMut() -> Option<Result<T, Error>>,
+    ) -> Result<(), Error> {
+        let mut filled = 0u64;
+        for ci in 0..self.chunks.len() {
+            let Some(chunk) = self.chunks[ci].as_mut() else {
+                continue;
+            };
+            for (first, count) in chunk.pending_runs() {
+                for pos in first..first + count {
+                    let value = next().ok_or_else(|| missing_objects(type_name, filled, self.len()))??;
+                    let chunk = self.chunks[ci].as_mut().expect("checked above");
+                    let owner = chunk.owner(pos);
+                    chunk.put(pos, value, owner);
+                    filled += 1;
+                }
+            }
+        }
+        if next().is_some() {
+            return Err(SnapshotError::InconsistentSlots {
+                type_name: type_name.to_owned(),
+                message: format!("the snapshot holds more objects than its {filled} live slots"),
+            }
+            .into());
+        }
+        self.finish_restore();
+        Ok(())
+    }
+
+    /// As [`fill_pending`](Self::fill_pending) for `Pod` objects: `read` fills each run
+    /// of pending places straight in chunk memory with exactly the run's bytes.
+    pub(crate) fn fill_pending_pod(
+        &mut self,
+        mut read: impl FnMut(&mut [u8]) -> Result<(), Error>,
+    ) -> Result<(), Error>
+    where
+        T: bytemuck::Pod,
+    {
+        for chunk in self.chunks.iter_mut().flatten() {
+            for (first, count) in chunk.pending_runs() {
+                chunk.fill_run_with(first, count, &mut read)?;
+            }
+        }
+        self.finish_restore();
+        Ok(())
+    }
+
+    /// Marks full chunks as such once every object is in place.
+    fn finish_restore(&mut self) {
+        for ci in 0..self.chunks.len() {
+            let non_full = self.chunks[ci]
+                .as_ref()
+                .is_some_and(|c| c.live() < c.capacity());
+            self.set_non_full(ci, non_full);
+        }
+    }
+}
+
+fn missing_objects(type_name: &str, filled: u64, live: usize) -> Error {
+    SnapshotError::InconsistentSlots {
+        type_name: type_name.to_owned(),
+        message: format!("{live} live slots, but the snapshot holds only {filled} objects"),
+    }
+    .into()
+}
+
+/// A slot map holding `records` exactly, but each vacant slot's version lowered by 2 (see
+/// the module doc), built through slotmap's `Deserialize` from the records in memory.
+fn slot_map_from<T>(records: &[(u32, u32)]) -> Result<SlotMap<Handle<T>, u32>, Error> {
+    serde::Deserialize::deserialize(SlotsDeserializer { records }).map_err(|e: de::value::Error| {
+        Error::from(SnapshotError::InconsistentSlots {
+            type_name: super::short_type_name::<T>().to_owned(),
+            message: e.to_string(),
+        })
+    })
+}
+
+/// Presents slot records as the sequence of `{ value: Option<u32>, version: u32 }` that
+/// slotmap's `Deserialize` reads.
+struct SlotsDeserializer<'a> {
+    records: &'a [(u32, u32)],
+}
+
+impl<'de> Deserializer<'de> for SlotsDeserializer<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_seq(SlotSeq {
+            records: self.records.iter().enumerate(),
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+        identifier ignored_any
+    }
+}
+
+struct SlotSeq<'a> {
+    records: std::iter::Enumerate<std::slice::Iter<'a, (u32, u32)>>,
+}
+
+impl<'de> SeqAccess<'de> for SlotSeq<'_> {
+    type Error = de::value::Error;
+
+    fn next_element_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, Self::Error> {
+        let Some((index, &(version, place))) = self.records.next() else {
+            return Ok(None);
+        };
+        let occupied = version % 2 == 1;
+        let version = if occupied || index == 0 {
+            version
+        } else {
+            version.wrapping_sub(2)
+        };
+        seed.deserialize(SlotFields {
+            value: occupied.then_some(place),
+            version,
+            field: 0,
+        })
+        .map(Some)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.records.len())
+    }
+}
+
+/// One slot: a struct of two fields, read as a sequence.
+struct SlotFields {
+    value: Option<u32>,
+    version: u32,
+    field: u8,
+}
+
+impl<'de> Deserializer<'de> for SlotFields {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_seq(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+        identifier ignored_any
+    }
+}
+
+impl<'de> SeqAccess<'de> for SlotFields {
+    type Error = de::value::Error;
+
+    fn next_element_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, Self::Error> {
+        self.field += 1;
+        match self.field {
+            1 => seed.deserialize(OptionU32(self.value)).map(Some),
+            2 => seed
+                .deserialize(de::value::U32Deserializer::new(self.version))
+                .map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// An `Option<u32>` for serde.
+struct OptionU32(Option<u32>);
+
+impl<'de> Deserializer<'de> for OptionU32 {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Some(v) => visitor.visit_some(de::value::U32Deserializer::new(v)),
+            None => visitor.visit_none(),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+        identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::default_pool;
+
+    /// Rebuilds `t` from its image and objects, as a snapshot load does.
+    fn rebuilt(t: &Table<u64>) -> Table<u64> {
+        let image = t.image();
+        image.check("u64").expect("a live table's image is consistent");
+        let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
+        let mut objects = t.object_runs().flatten().copied();
+        r.fill_pending("u64", || objects.next().map(Ok)).unwrap();
+        r
+    }
+
+    fn churned() -> (Table<u64>, Vec<Handle<u64>>) {
+        let mut t = Table::<u64>::with_pool_and_chunk_bytes(default_pool(), 64 * 8);
+        let hs: Vec<_> = (0..300u64).map(|i| t.insert(i)).collect();
+        for (k, h) in hs.iter().enumerate() {
+            if k % 3 != 1 {
+                t.remove(*h);
+            }
+        }
+        // Reuse some slots (versions beyond 2), in an order unlike index order.
+        for i in 0..40u64 {
+            t.insert(1000 + i);
+        }
+        for h in hs.iter().rev().step_by(7) {
+            t.remove(*h);
+        }
+        (t, hs)
+    }
+
+    #[test]
+    fn image_round_trip_keeps_slots_free_order_and_objects() {
+        let (t, hs) = churned();
+        let mut r = rebuilt(&t);
+        assert_eq!(r.image(), t.image());
+        assert_eq!(r.len(), t.len());
+        for (h, v) in t.iter() {
+            assert_eq!(r.get(h), Some(v));
+            assert_eq!(r.location(h), t.location(h));
+        }
+        for h in &hs {
+            assert_eq!(r.contains(*h), t.contains(*h));
+        }
+        // The next inserts name the same handles and places in both.
+        let mut t = t;
+        for i in 0..200u64 {
+            let (a, b) = (t.insert(i), r.insert(i));
+            assert_eq!(a, b);
+            assert_eq!(t.location(a), r.location(b));
+        }
+    }
+
+    #[test]
+    fn vacant_versions_wrap_like_slotmap() {
+        let mut t = Table::<u64>::new();
+        let h = t.insert(1);
+        t.remove(h);
+        let mut image = t.image();
+        // Pretend the slot was freed after its version wrapped: version 0 is vacant.
+        image.slots[1].0 = 0;
+        image.check("u64").unwrap();
+        let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
+        r.fill_pending("u64", || None).unwrap();
+        assert_eq!(r.image(), image);
+        let next = r.insert(5);
+        assert_eq!((next.index(), next.generation()), (1, 1));
+    }
+
+    #[test]
+    fn check_refuses_inconsistent_images() {
+        let (t, _) = churned();
+        let good = t.image();
+        good.check("u64").unwrap();
+        let live = good.slots.iter().position(|s| s.0 % 2 == 1).unwrap();
+        let other_live = good.slots.iter().rposition(|s| s.0 % 2 == 1).unwrap();
+        let vacant = good.slots.iter().skip(1).position(|s| s.0 % 2 == 0).unwrap() + 1;
+        let mut cases: Vec<(&str, TableImage)> = Vec::new();
+        let mut i = good.clone();
+        i.slots[live].1 = i.slots[other_live].1;
+        cases.push(("two live slots", i));
+        let mut i = good.clone();
+        i.slots[live].1 = (i.chunks_present.len() as u32) * i.per_chunk;
+        cases.push(("does not exist", i));
+        let mut i = good.clone();
+        i.slots[vacant].0 += 1; // made live, naming place 0, which another slot holds
+        cases.push(("two live slots", i));
+        let mut i = good.clone();
+        i.free_order.swap_remove(0);
+        cases.push(("free list holds", i));
+        let mut i = good.clone();
+        let first = i.free_order[0];
+        i.free_order[1] = first;
+        cases.push(("listed twice", i));
+        let mut i = good.clone();
+        i.slots[0] = (1, 0);
+        cases.push(("sentinel", i));
+        let mut i = good.clone();
+        i.per_chunk = 48;
+        cases.push(("power of two", i));
+        let mut i = good.clone();
+        i.slots[vacant].1 = 9;
+        cases.push(("vacant slot", i));
+        for (want, image) in cases {
+            let err = image.check("u64").unwrap_err().to_string();
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn fill_pending_counts_objects() {
+        let (t, _) = churned();
+        let image = t.image();
+        let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
+        let err = r.fill_pending("u64", || None).unwrap_err();
+        assert!(err.to_string().contains("holds only 0 objects"), "{err}");
+        let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
+        let mut endless = 0u64..;
+        let err = r.fill_pending("u64", || endless.next().map(Ok)).unwrap_err();
+        assert!(err.to_string().contains("more objects"), "{err}");
+    }
+
+    #[test]
+    fn pod_fill_reads_runs_into_chunks() {
+        let (t, _) = churned();
+        let image = t.image();
+        let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
+        let bytes: Vec<u8> = t
+            .object_runs()
+            .flat_map(|run| bytemuck::cast_slice::<u64, u8>(run).to_vec())
+            .collect();
+        let mut at = 0;
+        r.fill_pending_pod(|buf| {
+            buf.copy_from_slice(&bytes[at..at + buf.len()]);
+            at += buf.len();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(at, bytes.len());
+        for (h, v) in t.iter() {
+            assert_eq!(r.get(h), Some(v));
+        }
+        let (a, b) = (r.stats(), t.stats());
+        assert_eq!((a.live, a.chunks, a.holes), (b.live, b.chunks, b.holes));
+    }
+}
