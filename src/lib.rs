@@ -49,6 +49,8 @@ pub mod pool;
 #[cfg(not(loom))]
 pub mod pooled;
 #[cfg(not(loom))]
+pub mod snapshot;
+#[cfg(not(loom))]
 pub mod store;
 #[cfg(not(loom))]
 pub mod table;
@@ -56,7 +58,7 @@ pub mod table;
 #[cfg(not(loom))]
 pub use defrag::{DefragBudget, DefragPolicy, DefragReport, FragmentationReport};
 #[cfg(not(loom))]
-pub use error::{ConfigError, Error, OomReason};
+pub use error::{ConfigError, Error, OomReason, SnapshotError};
 #[cfg(not(loom))]
 pub use gc::{Dangling, DanglingPolicy, GcPolicy, GcProgress, GcReport, Root};
 #[cfg(not(loom))]
@@ -73,6 +75,8 @@ pub use pool::{
 pub use pooled::{
     AnyHandle, Lifetime, ObjectKind, PoolHints, Pooled, Retention, Trace, Tracer, trace_handles,
 };
+#[cfg(not(loom))]
+pub use snapshot::{SnapshotReport, TypeRegistry};
 #[cfg(not(loom))]
 pub use store::{SharedStore, Store, StoreDefragReport};
 #[cfg(not(loom))]

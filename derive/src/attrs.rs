@@ -5,7 +5,7 @@ use syn::spanned::Spanned;
 use syn::{Attribute, LitInt, LitStr};
 
 /// Keys accepted on the type.
-const CONTAINER_KEYS: &str = "`name`, `retention`, `align`, `kind`, `lifetime`, `pod`";
+const CONTAINER_KEYS: &str = "`name`, `retention`, `align`, `kind`, `lifetime`, `pod`, `serde`";
 /// Largest `align` accepted: the pool aligns chunks to at most a page.
 pub(crate) const MAX_ALIGN: u64 = 4096;
 
@@ -24,6 +24,8 @@ pub(crate) struct ContainerAttrs {
     pub lifetime: Option<&'static str>,
     /// `pod`, with its span.
     pub pod: Option<Span>,
+    /// `serde`, with its span.
+    pub serde: Option<Span>,
 }
 
 /// Parses every `#[pooled(...)]` on the type.
@@ -88,11 +90,24 @@ pub(crate) fn container(attrs: &[Attribute]) -> syn::Result<ContainerAttrs> {
                     }
                     set_once(&meta, &key, &mut out.align, (value, lit.span()))?;
                 }
-                "pod" => {
+                "pod" | "serde" => {
                     if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                        return Err(meta.error("`pod` takes no value: write #[pooled(pod)]"));
+                        return Err(meta.error(format!(
+                            "`{key}` takes no value: write #[pooled({key})]"
+                        )));
                     }
-                    set_once(&meta, &key, &mut out.pod, meta.path.span())?;
+                    let (this, other, other_key) = if key == "pod" {
+                        (&mut out.pod, &out.serde, "serde")
+                    } else {
+                        (&mut out.serde, &out.pod, "pod")
+                    };
+                    if other.is_some() {
+                        return Err(meta.error(format!(
+                            "`pod` and `serde` are two snapshot encodings: choose one \
+                             (`{other_key}` is already given)"
+                        )));
+                    }
+                    set_once(&meta, &key, this, meta.path.span())?;
                 }
                 "skip" => {
                     return Err(meta.error(

@@ -81,6 +81,26 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
             ));
         }
     }
+    // Snapshot encoding: raw bytes for `pod`, serde + bincode for `serde`, else none (the
+    // trait's default). The constant names the attribute's span, so a type that lacks
+    // the traits is blamed there.
+    let codec = if let Some(span) = container.pod {
+        Some(quote_spanned!(span=>
+            const CODEC: ::neurostore::snapshot::Codec<Self> = ::neurostore::snapshot::Codec::pod();
+        ))
+    } else if let Some(span) = container.serde {
+        if !input.generics.params.is_empty() {
+            pooled_bounds.push(quote_spanned!(span=>
+                #ident #ty_generics: ::neurostore::pooled::__private::Serialize
+                    + ::neurostore::pooled::__private::DeserializeOwned
+            ));
+        }
+        Some(quote_spanned!(span=>
+            const CODEC: ::neurostore::snapshot::Codec<Self> = ::neurostore::snapshot::Codec::serde();
+        ))
+    } else {
+        None
+    };
     let pooled_where = merge_where(where_clause, &pooled_bounds);
     let trace_bounds: Vec<TokenStream> = type_params
         .iter()
@@ -127,6 +147,7 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
                 lifetime: #lifetime,
                 pod: #pod,
             };
+            #codec
         }
 
         #eager_check

@@ -165,6 +165,16 @@ impl RootSet {
     fn list(&self) -> Vec<AnyHandle> {
         self.counts.lock().keys().copied().collect()
     }
+
+    /// Every root with how many times it was added.
+    pub(crate) fn counts(&self) -> Vec<(AnyHandle, usize)> {
+        self.counts.lock().iter().map(|(h, n)| (*h, *n)).collect()
+    }
+
+    /// Adds `h` as a root `n` more times.
+    pub(crate) fn add_n(&self, h: AnyHandle, n: usize) {
+        *self.counts.lock().entry(h).or_insert(0) += n;
+    }
 }
 
 /// A root that lasts as long as the guard: the object stays alive (if its table is
@@ -258,7 +268,7 @@ impl GcOps {
 #[derive(Default)]
 pub(crate) struct GcState {
     pub(crate) ops: HashMap<TypeId, GcOps>,
-    roots: Arc<RootSet>,
+    pub(crate) roots: Arc<RootSet>,
     cycle: Option<Box<Cycle>>,
     policy: Option<GcPolicy>,
     dangling_policy: DanglingPolicy,

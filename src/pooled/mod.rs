@@ -106,7 +106,8 @@ impl PoolHints {
 /// | `#[pooled(align = 64)]` | every object aligned to 64 bytes; the size must be a multiple |
 /// | `#[pooled(kind = "neuron")]` | [`ObjectKind`]: `neuron`, `synapse`, `weight`, `signal`, `activation`, `gradient` |
 /// | `#[pooled(lifetime = "short")]` | [`Lifetime`]: `short`, `medium`, `long` |
-/// | `#[pooled(pod)]` | checks that the type is `bytemuck::Pod` when it compiles |
+/// | `#[pooled(pod)]` | checks that the type is `bytemuck::Pod` when it compiles; snapshots write its raw bytes ([`Codec::pod`](crate::snapshot::Codec::pod)) |
+/// | `#[pooled(serde)]` | snapshots encode it with serde + bincode ([`Codec::serde`](crate::snapshot::Codec::serde)); the type must implement `Serialize` and `Deserialize` |
 ///
 /// and on a field, `#[pooled(skip)]` leaves it out of [`Trace`]. Keys combine:
 /// `#[pooled(kind = "synapse", pod)]`.
@@ -139,7 +140,7 @@ impl PoolHints {
 /// assert_eq!(seen.len(), 1); // the skipped field is not visited
 /// assert_eq!(seen[0].typed::<Cell>(), Some(to));
 /// ```
-pub trait Pooled: 'static {
+pub trait Pooled: Sized + 'static {
     /// The type's stable name: the same in every build, used by snapshots and reports.
     const TYPE_NAME: &'static str;
     /// A fingerprint of the name, the shape, the field names and field type tokens, and
@@ -148,6 +149,10 @@ pub trait Pooled: 'static {
     const SCHEMA: u64;
     /// What tables of this type are built from.
     const HINTS: PoolHints;
+    /// How snapshots encode the type's objects: raw bytes with `#[pooled(pod)]`, serde +
+    /// bincode with `#[pooled(serde)]`, none otherwise (tables of the type cannot be
+    /// saved).
+    const CODEC: crate::snapshot::Codec<Self> = crate::snapshot::Codec::unsupported();
 }
 
 /// FNV-1a, 64 bits: the prime. The offset basis starts the derive's token hash.
@@ -217,6 +222,8 @@ pub const fn hint_align<T>(requested: usize) -> usize {
 #[doc(hidden)]
 pub mod __private {
     pub use bytemuck::Pod;
+    pub use serde::Serialize;
+    pub use serde::de::DeserializeOwned;
 
     /// Compiles only for `bytemuck::Pod` types: the check behind `#[pooled(pod)]`.
     #[inline]

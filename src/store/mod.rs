@@ -57,6 +57,9 @@ pub trait ErasedTable: Send + Sync {
     fn remove_bits(&mut self, bits: u64) -> bool;
     /// One more than the largest slot index of a handle of this table.
     fn slot_bound(&self) -> usize;
+    /// Slots the slot table holds, live and vacant, its sentinel included: 1 for a table
+    /// that never held an object.
+    fn slot_count(&self) -> usize;
     /// The handles (as bits) of the objects from global place `start` on, in storage
     /// order, at most `max` into `out`; the place to go on from, or `None` at the end.
     fn owners_from_bits(&self, start: u64, max: usize, out: &mut Vec<u64>) -> Option<u64>;
@@ -111,6 +114,9 @@ impl<T: Send + Sync + 'static> ErasedTable for Table<T> {
     fn slot_bound(&self) -> usize {
         Table::slot_bound(self)
     }
+    fn slot_count(&self) -> usize {
+        Table::slot_count(self)
+    }
     fn owners_from_bits(&self, start: u64, max: usize, out: &mut Vec<u64>) -> Option<u64> {
         let mut handles = Vec::with_capacity(max.min(4096));
         let next = self.owners_from(start, max, &mut handles);
@@ -162,6 +168,8 @@ pub struct Store {
     pub(crate) pool: Arc<HierarchicalPool>,
     /// Roots, tracing entry points, policies and an open cycle (the gc layer).
     pub(crate) gc: GcState,
+    /// How to save each registered type's table (filled by `register`).
+    pub(crate) persist: HashMap<TypeId, crate::snapshot::StoreTableOps>,
     defrag_policy: Option<DefragPolicy>,
     /// Removals per table since its fragmentation was last looked at.
     removals: HashMap<TypeId, usize>,
@@ -212,6 +220,7 @@ impl Store {
             defrag_policy: Some(DefragPolicy::default()),
             removals: HashMap::new(),
             gc: GcState::default(),
+            persist: HashMap::new(),
         }
     }
 
@@ -313,8 +322,19 @@ impl Store {
         self.gc
             .ops
             .insert(TypeId::of::<T>(), crate::gc::GcOps::of::<T>());
+        self.persist
+            .insert(TypeId::of::<T>(), crate::snapshot::StoreTableOps::of::<T>());
         self.gc_touch::<T>();
         Ok(self.table_entry::<T>())
+    }
+
+    /// Puts a loaded table into this (new) store as `register` would have made it.
+    pub(crate) fn install_table<T: Pooled + Trace + Send + Sync>(&mut self, table: Table<T>) {
+        let id = TypeId::of::<T>();
+        self.tables.insert(id, Box::new(table));
+        self.gc.ops.insert(id, crate::gc::GcOps::of::<T>());
+        self.persist
+            .insert(id, crate::snapshot::StoreTableOps::of::<T>());
     }
 
     /// The table of `T`, made empty (with the default hints) if there is none yet.

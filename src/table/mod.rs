@@ -23,6 +23,6 @@ mod typed;
 
 pub use handle::Handle;
 pub use persist::ImageSummary;
-pub(crate) use persist::{MAX_PER_CHUNK, TableImage};
+pub(crate) use persist::TableImage;
 pub(crate) use handle::short_type_name;
 pub use typed::{DEFAULT_CHUNK_BYTES, Loc, Table, TableStats, default_pool};

@@ -203,13 +203,24 @@ impl<T> Table<T> {
         })
     }
 
+    /// The vacant slots' indices, the head of the free list first.
+    pub(crate) fn free_order(&self) -> impl Iterator<Item = u32> + '_ {
+        self.free.iter().rev().map(|&(i, _)| i)
+    }
+
+    /// Whether each chunk index holds a chunk.
+    pub(crate) fn chunks_present(&self) -> impl Iterator<Item = bool> + '_ {
+        self.chunks.iter().map(Option::is_some)
+    }
+
     /// The image of this table's slot table and free-position state.
+    #[cfg(test)]
     pub(crate) fn image(&self) -> TableImage {
         TableImage {
             per_chunk: self.per_chunk,
             slots: self.slot_records().collect(),
-            free_order: self.free.iter().rev().map(|&(i, _)| i).collect(),
-            chunks_present: self.chunks.iter().map(Option::is_some).collect(),
+            free_order: self.free_order().collect(),
+            chunks_present: self.chunks_present().collect(),
         }
     }
 

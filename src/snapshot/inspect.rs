@@ -1,0 +1,175 @@
+//! Reading a snapshot without its Rust types: what `neurostore inspect` and
+//! `neurostore verify` print. Every section is read and checksummed, every table's slot
+//! table checked; objects are only checksummed (and, when raw, their length checked),
+//! since decoding them needs the types.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use super::format::{self, FieldReader, Reader, tag_text};
+use super::{Content, Encoding, read_head, read_image, read_table_header};
+use crate::error::Error;
+use crate::pooled::Retention;
+
+/// One section of a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectionInfo {
+    /// The section's tag (`HEAD`, `TABL`, `SLOT`, `FREE`, `OBJS`, `ROOT`, `DONE`).
+    pub tag: String,
+    /// Where the section starts.
+    pub offset: u64,
+    /// Bytes of its body.
+    pub len: u64,
+    /// Its CRC-32, as stored and verified.
+    pub crc: u32,
+}
+
+/// One table of a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableInfo {
+    /// [`Pooled::TYPE_NAME`](crate::Pooled::TYPE_NAME) of its type.
+    pub type_name: String,
+    /// The schema fingerprint it was written with.
+    pub schema: u64,
+    /// Bytes per object in memory.
+    pub element_size: u64,
+    /// Alignment of objects in the table's chunks.
+    pub element_align: u64,
+    /// How its objects are encoded.
+    pub encoding: Encoding,
+    /// Whether the garbage collector frees its objects.
+    pub retention: Retention,
+    /// Places per chunk.
+    pub chunk_capacity: u32,
+    /// Chunks held.
+    pub chunks: u64,
+    /// Live objects.
+    pub live: u64,
+    /// Vacant slots (handles that stay stale).
+    pub vacant: u64,
+    /// Free places below the highest occupied place.
+    pub holes: u64,
+    /// `holes / (live + holes)`.
+    pub fragmentation: f64,
+    /// Bytes of encoded objects.
+    pub object_bytes: u64,
+}
+
+/// What a snapshot file holds, from [`inspect`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotInfo {
+    /// The format version.
+    pub format_version: u32,
+    /// The neurostore version that wrote it.
+    pub crate_version: String,
+    /// A store or a single table.
+    pub content: Content,
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// Its tables, in file order.
+    pub tables: Vec<TableInfo>,
+    /// GC roots saved with a store (distinct handles).
+    pub roots: u64,
+    /// Every section, in file order.
+    pub sections: Vec<SectionInfo>,
+}
+
+/// Reads a whole snapshot and checks everything that can be checked without the Rust
+/// types: structure, checksums, slot tables, raw object lengths.
+///
+/// ```
+/// use neurostore::{Neuron, Store, neural::NeuronParams, snapshot};
+///
+/// let mut store = Store::new();
+/// store.register::<Neuron>()?;
+/// store.insert(Neuron::new(&NeuronParams::default()));
+/// let mut file = Vec::new();
+/// store.save_to(&mut file)?;
+/// let info = snapshot::inspect(&file[..])?;
+/// assert_eq!(info.tables[0].type_name, "Neuron");
+/// assert_eq!(info.tables[0].live, 1);
+/// assert_eq!(info.bytes, file.len() as u64);
+/// # Ok::<(), neurostore::Error>(())
+/// ```
+///
+/// # Errors
+/// The [`SnapshotError`](crate::SnapshotError) that says what is wrong, or [`Error::Io`].
+pub fn inspect(mut input: impl Read) -> Result<SnapshotInfo, Error> {
+    let mut reader = Reader::new(&mut input, None);
+    let mut sections = Vec::new();
+    let head = read_head(&mut reader)?;
+    let mut tables = Vec::new();
+    for _ in 0..head.tables {
+        let header = read_table_header(&mut reader)?;
+        let image = read_image(&mut reader, &header)?;
+        let summary = image.check(&header.type_name)?;
+        drop(image);
+        let start = reader.open(format::OBJS)?;
+        if start.len != header.objects_len {
+            return Err(reader.malformed(
+                start,
+                format!("the header gives {} bytes of objects, the section {}", header.objects_len, start.len),
+            ));
+        }
+        reader.skip_body()?;
+        reader.close()?;
+        tables.push(TableInfo {
+            type_name: header.type_name.clone(),
+            schema: header.schema,
+            element_size: header.element_size,
+            element_align: header.element_align,
+            encoding: header.encoding,
+            retention: header.retention,
+            chunk_capacity: header.per_chunk,
+            chunks: summary.chunks,
+            live: summary.live,
+            vacant: summary.vacant,
+            holes: summary.holes,
+            fragmentation: summary.fragmentation(),
+            object_bytes: header.objects_len,
+        });
+    }
+    let mut roots = 0;
+    if head.content == Content::Store {
+        let start = reader.open(format::ROOT)?;
+        let body = reader.rest_of_body()?;
+        reader.close()?;
+        let mut fields = FieldReader::new(&body, start);
+        let count = fields.u32("the root count")?;
+        for _ in 0..count {
+            fields.str("a root's type name")?;
+            fields.u64("a root's handle")?;
+            fields.u64("a root's count")?;
+        }
+        fields.end()?;
+        roots = u64::from(count);
+    }
+    let bytes = super::finish(&mut reader, &head)?;
+    sections.extend(reader.take_sections());
+    Ok(SnapshotInfo {
+        format_version: format::VERSION,
+        crate_version: head.crate_version,
+        content: head.content,
+        bytes,
+        tables,
+        roots,
+        sections: sections
+            .into_iter()
+            .map(|(tag, offset, len, crc)| SectionInfo {
+                tag: tag_text(tag),
+                offset,
+                len,
+                crc,
+            })
+            .collect(),
+    })
+}
+
+/// [`inspect`] of the file at `path`.
+///
+/// # Errors
+/// As [`inspect`].
+pub fn inspect_file(path: impl AsRef<Path>) -> Result<SnapshotInfo, Error> {
+    inspect(BufReader::with_capacity(1 << 20, File::open(path)?))
+}

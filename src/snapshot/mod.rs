@@ -1,0 +1,1090 @@
+//! Layer 6, **snapshot**: stores and tables to disk and back.
+//!
+//! [`Store::save`] writes every table of a store (and its GC roots) to one file;
+//! [`Store::load`] rebuilds an equal store in any process that lists the same types in a
+//! [`TypeRegistry`]. [`Table::save`] and [`Table::load`] do the same for one table. Every
+//! handle means after a load what it meant before: a live handle resolves to an equal
+//! object, a stale one stays stale, and the next inserts return the same handles as they
+//! would have without the save and load (the slot table is rebuilt with each slot's
+//! version and slotmap's free-list order, see `table/persist.rs`).
+//!
+//! The format (v1, `docs/FORMAT.md`): a preamble (magic, version, byte order), then
+//! length-prefixed sections, each with a CRC-32 of its bytes, then a footer with the
+//! CRC-32 of the whole file. Per table: its type name, schema fingerprint, element size
+//! and alignment, slot table, free list and chunk map, and objects, encoded by the type's
+//! [`Codec`] (`codec.rs`, the one module that knows encodings): `Pod` types as raw bytes
+//! read straight into chunk memory, others through serde and bincode 2.
+//!
+//! Invariants kept here:
+//! - saving to a path is atomic and durable: the file is written to `<path>.tmp`, fsynced,
+//!   renamed over `<path>`, and the directory fsynced; any error on the way, fsync
+//!   included, is returned and leaves the previous file as it was;
+//! - loading validates every byte it uses (magic, version, lengths, checksums, type names
+//!   and schemas, the slot table's consistency) and builds into new tables that the caller
+//!   sees only when the whole file has been read and checked; a bad file is a typed
+//!   [`SnapshotError`] (or [`Error::SchemaMismatch`]), never a panic;
+//! - the loaded store keeps the saved GC roots; its policies (GC, defragmentation,
+//!   dangling handles) are the defaults, as a new store's, and an open incremental GC
+//!   cycle is not saved.
+//!
+//! This layer has no unsafe code.
+//!
+//! ```
+//! use neurostore::{Neuron, Store, Synapse, neural::NeuronParams, snapshot::TypeRegistry};
+//!
+//! let mut store = Store::new();
+//! store.register::<Neuron>()?;
+//! let n = store.insert(Neuron::new(&NeuronParams::default()));
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("net.nsnap");
+//! let report = store.save(&path)?;
+//! assert_eq!(report.objects, 1);
+//!
+//! let mut registry = TypeRegistry::new();
+//! registry.register::<Neuron>()?.register::<Synapse>()?;
+//! let loaded = Store::load(&path, &registry)?;
+//! assert_eq!(loaded.get(n), store.get(n));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod codec;
+mod format;
+mod inspect;
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use codec::{Codec, Encoding, MAX_DECODED_OBJECT_BYTES};
+pub use format::{MAGIC, Progress, ProgressFn, VERSION};
+pub use inspect::{SectionInfo, SnapshotInfo, TableInfo, inspect, inspect_file};
+
+use crate::error::{Error, SnapshotError};
+use crate::pool::HierarchicalPool;
+use crate::pooled::{AnyHandle, Pooled, Retention, Trace};
+use crate::store::{ErasedTable, Store};
+use crate::table::{Handle, Table, TableImage, default_pool};
+use codec::{Decoder, Encoded};
+use format::{FieldReader, Fields, Reader, SECTION_OVERHEAD, Writer};
+
+/// What a save wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotReport {
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// Tables written.
+    pub tables: usize,
+    /// Objects written, all tables together.
+    pub objects: u64,
+    /// Bytes of object data (the objects sections' bodies).
+    pub object_bytes: u64,
+    /// Wall time of the whole save (for a path: fsyncs and rename included).
+    pub duration: Duration,
+}
+
+impl SnapshotReport {
+    /// File bytes per second.
+    pub fn bytes_per_second(&self) -> f64 {
+        self.bytes as f64 / self.duration.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What a file holds: a whole store or one table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// A [`Store`]: its tables and GC roots.
+    Store,
+    /// One [`Table`].
+    Table,
+}
+
+impl Content {
+    fn code(self) -> u8 {
+        match self {
+            Content::Store => 0,
+            Content::Table => 1,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Content::Store => "a store",
+            Content::Table => "a single table",
+        }
+    }
+}
+
+/// Options for saving and loading: a progress callback and, for loads, the pool that
+/// the new tables take their memory from (the default pool otherwise).
+///
+/// ```
+/// use neurostore::{Neuron, Store, neural::NeuronParams, snapshot::{Options, TypeRegistry}};
+///
+/// let mut store = Store::new();
+/// store.register::<Neuron>()?;
+/// store.insert(Neuron::new(&NeuronParams::default()));
+/// let mut file = Vec::new();
+/// let mut seen = Vec::new();
+/// Options::new()
+///     .progress(|p| seen.push(p))
+///     .save_store_to(&store, &mut file)?;
+/// assert_eq!(seen.last().map(|p| (p.done, p.total)), Some((file.len() as u64, file.len() as u64)));
+///
+/// let registry = TypeRegistry::new().with::<Neuron>()?;
+/// let loaded = Options::new().load_store_from(&file[..], &registry)?;
+/// assert_eq!(loaded.table::<Neuron>().map(|t| t.len()), Some(1));
+/// # Ok::<(), neurostore::Error>(())
+/// ```
+#[derive(Default)]
+pub struct Options<'a> {
+    progress: Option<Box<ProgressFn<'a>>>,
+    pool: Option<Arc<HierarchicalPool>>,
+}
+
+impl std::fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("progress", &self.progress.is_some())
+            .field("pool", &self.pool.is_some())
+            .finish()
+    }
+}
+
+impl<'a> Options<'a> {
+    /// No progress callback, the default pool.
+    pub fn new() -> Self {
+        Options::default()
+    }
+
+    /// Calls `f` as the save or load moves on (about once per MiB, and at the end).
+    pub fn progress(mut self, f: impl FnMut(Progress) + 'a) -> Self {
+        self.progress = Some(Box::new(f));
+        self
+    }
+
+    /// Loaded tables take their chunks from `pool`.
+    pub fn pool(mut self, pool: Arc<HierarchicalPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The callback, with its lifetime shortened to this borrow.
+    fn progress_fn(&mut self) -> Option<&mut ProgressFn<'_>> {
+        match self.progress.as_deref_mut() {
+            Some(p) => Some(p),
+            None => None,
+        }
+    }
+
+    fn pool_or_default(&self) -> Arc<HierarchicalPool> {
+        self.pool.clone().unwrap_or_else(default_pool)
+    }
+
+    /// [`Store::save`] with these options.
+    ///
+    /// # Errors
+    /// As [`Store::save`].
+    pub fn save_store(&mut self, store: &Store, path: impl AsRef<Path>) -> Result<SnapshotReport, Error> {
+        let started = Instant::now();
+        let mut file = AtomicFile::create(path)?;
+        let mut report = self.save_store_to(store, &mut file)?;
+        file.commit()?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// [`Store::save_to`] with these options.
+    ///
+    /// # Errors
+    /// As [`Store::save_to`].
+    pub fn save_store_to(&mut self, store: &Store, out: impl Write) -> Result<SnapshotReport, Error> {
+        let started = Instant::now();
+        let mut prepared = Vec::new();
+        for (id, table) in &store.tables {
+            match store.persist.get(id) {
+                Some(ops) => prepared.push((ops.prepare)(&**table)?),
+                // A table that never held an object has no state to lose.
+                None if table.slot_count() <= 1 => {}
+                None => {
+                    return Err(SnapshotError::Unregistered {
+                        type_name: table.type_name().to_owned(),
+                    }
+                    .into());
+                }
+            }
+        }
+        prepared.sort_by(|a, b| a.header().type_name.cmp(&b.header().type_name));
+        if let Some(w) = prepared.windows(2).find(|w| w[0].header().type_name == w[1].header().type_name) {
+            return Err(SnapshotError::DuplicateType {
+                type_name: w[0].header().type_name.clone(),
+            }
+            .into());
+        }
+        let names: HashMap<TypeId, &str> = store
+            .persist
+            .iter()
+            .map(|(id, ops)| (*id, ops.type_name))
+            .collect();
+        let mut roots = Fields::default();
+        let mut counts = store.gc.roots.counts();
+        counts.sort_by_key(|(h, _)| (h.type_name(), h.to_bits()));
+        roots.u32(counts.len() as u32);
+        for (h, n) in counts {
+            let name = names.get(&h.type_id()).ok_or_else(|| SnapshotError::Unregistered {
+                type_name: h.type_name().to_owned(),
+            })?;
+            roots.str(name).u64(h.to_bits()).u64(n as u64);
+        }
+        let tables: Vec<&dyn PreparedTable> = prepared.iter().map(|p| &**p).collect();
+        let mut report = self.write(Content::Store, &tables, Some(&roots.0), out)?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// [`Store::load`] with these options.
+    ///
+    /// # Errors
+    /// As [`Store::load`].
+    pub fn load_store(&mut self, path: impl AsRef<Path>, registry: &TypeRegistry) -> Result<Store, Error> {
+        let file = File::open(path)?;
+        self.load_store_from(BufReader::with_capacity(1 << 20, file), registry)
+    }
+
+    /// [`Store::load_from`] with these options.
+    ///
+    /// # Errors
+    /// As [`Store::load_from`].
+    pub fn load_store_from(&mut self, mut input: impl Read, registry: &TypeRegistry) -> Result<Store, Error> {
+        let pool = self.pool_or_default();
+        let mut reader = Reader::new(&mut input, self.progress_fn());
+        let head = read_head(&mut reader)?;
+        if head.content != Content::Store {
+            return Err(SnapshotError::WrongContent {
+                expected: Content::Store.describe().to_owned(),
+                found: head.content.describe().to_owned(),
+            }
+            .into());
+        }
+        let mut store = Store::with_pool(pool.clone());
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..head.tables {
+            let header = read_table_header(&mut reader)?;
+            if !seen.insert(header.type_name.clone()) {
+                return Err(SnapshotError::DuplicateType {
+                    type_name: header.type_name,
+                }
+                .into());
+            }
+            let entry = registry.entries.get(header.type_name.as_str()).ok_or_else(|| {
+                SnapshotError::UnknownType {
+                    type_name: header.type_name.clone(),
+                }
+            })?;
+            (entry.load_into)(&mut reader, &header, &pool, &mut store)?;
+        }
+        let start = reader.open(format::ROOT)?;
+        let body = reader.rest_of_body()?;
+        reader.close()?;
+        let mut fields = FieldReader::new(&body, start);
+        let count = fields.u32("the root count")?;
+        let mut roots = Vec::new();
+        for _ in 0..count {
+            let name = fields.str("a root's type name")?;
+            let bits = fields.u64("a root's handle")?;
+            let n = fields.u64("a root's count")?;
+            let entry = registry
+                .entries
+                .get(name.as_str())
+                .filter(|_| seen.contains(&name))
+                .ok_or_else(|| reader.malformed(start, format!("a root names `{name}`, which has no table in the file")))?;
+            let n = usize::try_from(n).map_err(|_| reader.malformed(start, "a root count overflows"))?;
+            roots.push(((entry.any_handle)(bits), n));
+        }
+        fields.end()?;
+        finish(&mut reader, &head)?;
+        for (h, n) in roots {
+            store.gc.roots.add_n(h, n);
+        }
+        Ok(store)
+    }
+
+    /// [`Table::save`] with these options.
+    ///
+    /// # Errors
+    /// As [`Table::save`].
+    pub fn save_table<T: Pooled>(&mut self, table: &Table<T>, path: impl AsRef<Path>) -> Result<SnapshotReport, Error> {
+        let started = Instant::now();
+        let mut file = AtomicFile::create(path)?;
+        let mut report = self.save_table_to(table, &mut file)?;
+        file.commit()?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// [`Table::save_to`] with these options.
+    ///
+    /// # Errors
+    /// As [`Table::save_to`].
+    pub fn save_table_to<T: Pooled>(&mut self, table: &Table<T>, out: impl Write) -> Result<SnapshotReport, Error> {
+        let started = Instant::now();
+        let prepared = Prepared::new(table)?;
+        let mut report = self.write(Content::Table, &[&prepared], None, out)?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// [`Table::load`] with these options.
+    ///
+    /// # Errors
+    /// As [`Table::load`].
+    pub fn load_table<T: Pooled>(&mut self, path: impl AsRef<Path>) -> Result<Table<T>, Error> {
+        let file = File::open(path)?;
+        self.load_table_from(BufReader::with_capacity(1 << 20, file))
+    }
+
+    /// [`Table::load_from`] with these options.
+    ///
+    /// # Errors
+    /// As [`Table::load_from`].
+    pub fn load_table_from<T: Pooled>(&mut self, mut input: impl Read) -> Result<Table<T>, Error> {
+        let pool = self.pool_or_default();
+        let mut reader = Reader::new(&mut input, self.progress_fn());
+        let head = read_head(&mut reader)?;
+        if head.content != Content::Table || head.tables != 1 {
+            return Err(SnapshotError::WrongContent {
+                expected: Content::Table.describe().to_owned(),
+                found: head.content.describe().to_owned(),
+            }
+            .into());
+        }
+        let header = read_table_header(&mut reader)?;
+        if header.type_name != T::TYPE_NAME {
+            return Err(SnapshotError::WrongContent {
+                expected: format!("a table of `{}`", T::TYPE_NAME),
+                found: format!("a table of `{}`", header.type_name),
+            }
+            .into());
+        }
+        let table = read_table::<T>(&mut reader, &header, pool)?;
+        finish(&mut reader, &head)?;
+        Ok(table)
+    }
+
+    /// Writes a whole file: preamble, header, tables, roots (stores), footer.
+    fn write(
+        &mut self,
+        content: Content,
+        tables: &[&dyn PreparedTable],
+        roots: Option<&[u8]>,
+        mut out: impl Write,
+    ) -> Result<SnapshotReport, Error> {
+        let mut head = Fields::default();
+        head.str(env!("CARGO_PKG_VERSION"))
+            .u8(content.code())
+            .u32(tables.len() as u32);
+        let head_len = head.0.len() as u64 + 8;
+        let total = format::PREAMBLE_LEN
+            + SECTION_OVERHEAD
+            + head_len
+            + tables.iter().map(|t| t.file_len()).sum::<u64>()
+            + roots.map_or(0, |r| SECTION_OVERHEAD + r.len() as u64)
+            + format::FOOTER_LEN;
+        head.u64(total);
+        let mut writer = Writer::new(&mut out, total, self.progress_fn());
+        writer.preamble()?;
+        writer.section_bytes(format::HEAD, &head.0)?;
+        for t in tables {
+            t.write(&mut writer)?;
+        }
+        if let Some(roots) = roots {
+            writer.section_bytes(format::ROOT, roots)?;
+        }
+        let bytes = writer.footer()?;
+        debug_assert_eq!(bytes, total);
+        Ok(SnapshotReport {
+            bytes,
+            tables: tables.len(),
+            objects: tables.iter().map(|t| t.header().live).sum(),
+            object_bytes: tables.iter().map(|t| t.header().objects_len).sum(),
+            duration: Duration::ZERO,
+        })
+    }
+}
+
+/// The fields of a file's HEAD section.
+#[derive(Clone, Debug)]
+pub(crate) struct Head {
+    pub crate_version: String,
+    pub content: Content,
+    pub tables: u32,
+    pub total: u64,
+}
+
+pub(crate) fn read_head(reader: &mut Reader<'_>) -> Result<Head, Error> {
+    reader.preamble()?;
+    let start = reader.open(format::HEAD)?;
+    if start.len > 1 << 16 {
+        return Err(reader.malformed(start, format!("a {}-byte header is too long", start.len)));
+    }
+    let body = reader.rest_of_body()?;
+    reader.close()?;
+    let mut f = FieldReader::new(&body, start);
+    let crate_version = f.str("the crate version")?;
+    let content = match f.u8("the content")? {
+        0 => Content::Store,
+        1 => Content::Table,
+        other => return Err(reader.malformed(start, format!("unknown content code {other}"))),
+    };
+    let tables = f.u32("the table count")?;
+    let total = f.u64("the file length")?;
+    f.end()?;
+    reader.set_total(total);
+    Ok(Head {
+        crate_version,
+        content,
+        tables,
+        total,
+    })
+}
+
+/// Reads the footer; the file must be as long as its header said.
+pub(crate) fn finish(reader: &mut Reader<'_>, head: &Head) -> Result<u64, Error> {
+    let bytes = reader.footer()?;
+    if bytes != head.total {
+        return Err(SnapshotError::Malformed {
+            section: "HEAD".to_owned(),
+            offset: format::PREAMBLE_LEN,
+            message: format!("the header gives a {}-byte file, but it has {bytes} bytes", head.total),
+        }
+        .into());
+    }
+    Ok(bytes)
+}
+
+/// The fields of a TABL section.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TableHeader {
+    pub type_name: String,
+    pub schema: u64,
+    pub element_size: u64,
+    pub element_align: u64,
+    pub encoding: Encoding,
+    pub retention: Retention,
+    pub per_chunk: u32,
+    pub chunk_count: u32,
+    pub slot_count: u32,
+    pub live: u64,
+    pub objects_len: u64,
+}
+
+impl TableHeader {
+    fn fields(&self) -> Fields {
+        let mut f = Fields::default();
+        f.str(&self.type_name)
+            .u64(self.schema)
+            .u64(self.element_size)
+            .u64(self.element_align)
+            .u8(self.encoding.code())
+            .u8(match self.retention {
+                Retention::Manual => 0,
+                Retention::Traced => 1,
+            })
+            .u32(self.per_chunk)
+            .u32(self.chunk_count)
+            .u32(self.slot_count)
+            .u64(self.live)
+            .u64(self.objects_len);
+        f
+    }
+
+    fn vacant(&self) -> u64 {
+        u64::from(self.slot_count) - 1 - self.live
+    }
+
+    fn slot_len(&self) -> u64 {
+        u64::from(self.slot_count) * 8
+    }
+
+    fn free_len(&self) -> u64 {
+        self.vacant() * 4 + u64::from(self.chunk_count).div_ceil(8)
+    }
+}
+
+pub(crate) fn read_table_header(reader: &mut Reader<'_>) -> Result<TableHeader, Error> {
+    let start = reader.open(format::TABL)?;
+    if start.len > 1 << 17 {
+        return Err(reader.malformed(start, format!("a {}-byte table header is too long", start.len)));
+    }
+    let body = reader.rest_of_body()?;
+    reader.close()?;
+    let mut f = FieldReader::new(&body, start);
+    let type_name = f.str("the type name")?;
+    let schema = f.u64("the schema")?;
+    let element_size = f.u64("the element size")?;
+    let element_align = f.u64("the element alignment")?;
+    let code = f.u8("the encoding")?;
+    let encoding = Encoding::from_code(code)
+        .ok_or_else(|| reader.malformed(start, format!("unknown encoding code {code}")))?;
+    let retention = match f.u8("the retention")? {
+        0 => Retention::Manual,
+        1 => Retention::Traced,
+        other => return Err(reader.malformed(start, format!("unknown retention code {other}"))),
+    };
+    let header = TableHeader {
+        type_name,
+        schema,
+        element_size,
+        element_align,
+        encoding,
+        retention,
+        per_chunk: f.u32("the chunk capacity")?,
+        chunk_count: f.u32("the chunk count")?,
+        slot_count: f.u32("the slot count")?,
+        live: f.u64("the live count")?,
+        objects_len: f.u64("the objects length")?,
+    };
+    f.end()?;
+    if header.slot_count == 0 || header.live > u64::from(header.slot_count) - 1 {
+        return Err(reader.malformed(
+            start,
+            format!("{} live objects in {} slots (the first is slotmap's sentinel)", header.live, header.slot_count),
+        ));
+    }
+    if header.encoding == Encoding::RawPod && header.element_size.checked_mul(header.live) != Some(header.objects_len) {
+        return Err(reader.malformed(
+            start,
+            format!(
+                "{} raw objects of {} bytes cannot take {} bytes",
+                header.live, header.element_size, header.objects_len
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+/// Reads a table's SLOT and FREE sections and checks them.
+pub(crate) fn read_image(reader: &mut Reader<'_>, header: &TableHeader) -> Result<TableImage, Error> {
+    let start = reader.open(format::SLOT)?;
+    if start.len != header.slot_len() {
+        return Err(reader.malformed(start, format!("{} slots need {} bytes, not {}", header.slot_count, header.slot_len(), start.len)));
+    }
+    let raw: Vec<[u32; 2]> = reader.pod_values(u64::from(header.slot_count))?;
+    reader.close()?;
+    let slots: Vec<(u32, u32)> = raw.into_iter().map(|[v, p]| (u32::from_le(v), u32::from_le(p))).collect();
+    let start = reader.open(format::FREE)?;
+    if start.len != header.free_len() {
+        return Err(reader.malformed(
+            start,
+            format!(
+                "{} vacant slots and {} chunks need {} bytes, not {}",
+                header.vacant(),
+                header.chunk_count,
+                header.free_len(),
+                start.len
+            ),
+        ));
+    }
+    let free: Vec<u32> = reader.pod_values(header.vacant())?;
+    let present: Vec<u8> = reader.pod_values(u64::from(header.chunk_count).div_ceil(8))?;
+    reader.close()?;
+    let image = TableImage {
+        per_chunk: header.per_chunk,
+        slots,
+        free_order: free.into_iter().map(u32::from_le).collect(),
+        chunks_present: (0..header.chunk_count as usize)
+            .map(|c| present[c / 8] >> (c % 8) & 1 == 1)
+            .collect(),
+    };
+    let summary = image.check(&header.type_name)?;
+    if summary.live != header.live {
+        return Err(SnapshotError::InconsistentSlots {
+            type_name: header.type_name.clone(),
+            message: format!("the header counts {} live objects, the slot table {}", header.live, summary.live),
+        }
+        .into());
+    }
+    Ok(image)
+}
+
+/// Checks that the file's table fits `T` as this program compiled it.
+fn check_type<T: Pooled>(header: &TableHeader, align: usize) -> Result<(), Error> {
+    if header.schema != T::SCHEMA {
+        return Err(Error::SchemaMismatch {
+            type_name: header.type_name.clone(),
+            expected: T::SCHEMA,
+            found: header.schema,
+        });
+    }
+    let size = std::mem::size_of::<T>() as u64;
+    if header.element_size != size || header.element_align != align as u64 {
+        return Err(SnapshotError::ElementSize {
+            type_name: header.type_name.clone(),
+            expected_size: size,
+            expected_align: align as u64,
+            found_size: header.element_size,
+            found_align: header.element_align,
+        }
+        .into());
+    }
+    let ours = T::CODEC.encoding();
+    if header.encoding != ours {
+        return Err(SnapshotError::EncodingMismatch {
+            type_name: header.type_name.clone(),
+            expected: ours.to_string(),
+            found: header.encoding.to_string(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Reads one table of `T` (after its TABL section): checks, image, objects.
+fn read_table<T: Pooled>(reader: &mut Reader<'_>, header: &TableHeader, pool: Arc<HierarchicalPool>) -> Result<Table<T>, Error> {
+    let empty = Table::<T>::pooled_in(pool.clone());
+    check_type::<T>(header, empty.hints().align)?;
+    let image = read_image(reader, header)?;
+    let mut table = Table::<T>::restore(pool, empty.hints(), &image)?;
+    drop(image);
+    let start = reader.open(format::OBJS)?;
+    if start.len != header.objects_len {
+        return Err(reader.malformed(start, format!("the header gives {} bytes of objects, the section {}", header.objects_len, start.len)));
+    }
+    match T::CODEC.decoder() {
+        Some(Decoder::Raw(decode)) => {
+            decode(&mut table, &mut |buf| reader.body(buf))?;
+            reader.close()?;
+        }
+        Some(Decoder::Bytes(decode)) => {
+            let body = reader.rest_of_body()?;
+            reader.close()?;
+            decode(&mut table, &body, &header.type_name)?;
+        }
+        None => {
+            return Err(SnapshotError::NotPersistable {
+                type_name: header.type_name.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(table)
+}
+
+/// A table ready to write: its header and encoded objects.
+pub(crate) trait PreparedTable {
+    fn header(&self) -> &TableHeader;
+    /// Bytes its four sections take.
+    fn file_len(&self) -> u64;
+    fn write(&self, writer: &mut Writer<'_>) -> Result<(), Error>;
+}
+
+struct Prepared<'a, T> {
+    table: &'a Table<T>,
+    header: TableHeader,
+    fields: Fields,
+    objects: Encoded<'a>,
+}
+
+impl<'a, T: Pooled> Prepared<'a, T> {
+    fn new(table: &'a Table<T>) -> Result<Self, Error> {
+        let objects = T::CODEC.encode(table, T::TYPE_NAME)?;
+        let header = TableHeader {
+            type_name: T::TYPE_NAME.to_owned(),
+            schema: T::SCHEMA,
+            element_size: std::mem::size_of::<T>() as u64,
+            element_align: table.hints().align as u64,
+            encoding: T::CODEC.encoding(),
+            retention: table.retention(),
+            per_chunk: table.chunk_capacity(),
+            chunk_count: u32::try_from(table.chunk_slots()).expect("chunk indices are u32"),
+            slot_count: u32::try_from(table.slot_count()).expect("slotmap holds fewer than 2^32 slots"),
+            live: table.len() as u64,
+            objects_len: objects.len(),
+        };
+        let fields = header.fields();
+        Ok(Prepared {
+            table,
+            header,
+            fields,
+            objects,
+        })
+    }
+}
+
+impl<T: Pooled> PreparedTable for Prepared<'_, T> {
+    fn header(&self) -> &TableHeader {
+        &self.header
+    }
+
+    fn file_len(&self) -> u64 {
+        4 * SECTION_OVERHEAD
+            + self.fields.0.len() as u64
+            + self.header.slot_len()
+            + self.header.free_len()
+            + self.header.objects_len
+    }
+
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), Error> {
+        const BATCH: usize = 8192;
+        w.section_bytes(format::TABL, &self.fields.0)?;
+        w.section(format::SLOT, self.header.slot_len(), |b| {
+            let mut buf: Vec<u8> = Vec::with_capacity(BATCH * 8);
+            for (version, place) in self.table.slot_records() {
+                buf.extend_from_slice(&version.to_le_bytes());
+                buf.extend_from_slice(&place.to_le_bytes());
+                if buf.len() == BATCH * 8 {
+                    b.write(&buf)?;
+                    buf.clear();
+                }
+            }
+            b.write(&buf)
+        })?;
+        w.section(format::FREE, self.header.free_len(), |b| {
+            let image_free: Vec<u8> = self
+                .table
+                .free_order()
+                .flat_map(u32::to_le_bytes)
+                .collect();
+            b.write(&image_free)?;
+            let mut present = vec![0u8; (self.header.chunk_count as usize).div_ceil(8)];
+            for (c, p) in self.table.chunks_present().enumerate() {
+                present[c / 8] |= u8::from(p) << (c % 8);
+            }
+            b.write(&present)
+        })?;
+        w.section(format::OBJS, self.header.objects_len, |b| {
+            for piece in self.objects.pieces() {
+                b.write(piece)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// What the store keeps per registered type to save its table.
+#[derive(Clone, Copy)]
+pub(crate) struct StoreTableOps {
+    pub type_name: &'static str,
+    pub prepare: for<'a> fn(&'a dyn ErasedTable) -> Result<Box<dyn PreparedTable + 'a>, Error>,
+}
+
+impl StoreTableOps {
+    pub(crate) fn of<T: Pooled + Send + Sync>() -> Self {
+        fn prepare<T: Pooled + Send + Sync>(t: &dyn ErasedTable) -> Result<Box<dyn PreparedTable + '_>, Error> {
+            let table: &Table<T> = t.as_any().downcast_ref().expect("the ops of T are stored under T's TypeId");
+            Ok(Box::new(Prepared::new(table)?))
+        }
+        StoreTableOps {
+            type_name: T::TYPE_NAME,
+            prepare: prepare::<T>,
+        }
+    }
+}
+
+type LoadInto = fn(&mut Reader<'_>, &TableHeader, &Arc<HierarchicalPool>, &mut Store) -> Result<(), Error>;
+
+struct RegistryEntry {
+    type_id: TypeId,
+    load_into: LoadInto,
+    any_handle: fn(u64) -> AnyHandle,
+}
+
+/// The Rust types a snapshot may contain, by their [`Pooled::TYPE_NAME`]: a load finds
+/// each table's type here, checks its schema fingerprint and layout, and decodes its
+/// objects with the type's [`Codec`].
+///
+/// ```
+/// use neurostore::{Neuron, Synapse, snapshot::TypeRegistry};
+///
+/// let mut registry = TypeRegistry::new();
+/// registry.register::<Neuron>()?.register::<Synapse>()?;
+/// assert!(registry.contains("Neuron"));
+/// registry.register::<Neuron>()?; // again: no change
+/// assert_eq!(registry.len(), 2);
+/// # Ok::<(), neurostore::Error>(())
+/// ```
+#[derive(Default)]
+pub struct TypeRegistry {
+    entries: HashMap<&'static str, RegistryEntry>,
+}
+
+impl std::fmt::Debug for TypeRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.entries.keys().collect();
+        names.sort();
+        f.debug_struct("TypeRegistry").field("types", &names).finish()
+    }
+}
+
+impl TypeRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        TypeRegistry::default()
+    }
+
+    /// Lists `T` under its [`TYPE_NAME`](Pooled::TYPE_NAME). `T` must have a snapshot
+    /// encoding (`#[pooled(pod)]` or `#[pooled(serde)]`): a type without one does not
+    /// compile here.
+    ///
+    /// # Errors
+    /// [`SnapshotError::DuplicateType`] if another type is listed under the same name
+    /// (every instantiation of a generic type shares its name); the registry is unchanged.
+    pub fn register<T: Pooled + Trace + Send + Sync>(&mut self) -> Result<&mut Self, Error> {
+        const {
+            assert!(
+                !matches!(T::CODEC.encoding(), Encoding::Unsupported),
+                "a type in a TypeRegistry needs a snapshot encoding: derive Pooled with #[pooled(pod)] or #[pooled(serde)]"
+            )
+        };
+        fn load_into<T: Pooled + Trace + Send + Sync>(
+            reader: &mut Reader<'_>,
+            header: &TableHeader,
+            pool: &Arc<HierarchicalPool>,
+            store: &mut Store,
+        ) -> Result<(), Error> {
+            let table = read_table::<T>(reader, header, pool.clone())?;
+            store.install_table(table);
+            Ok(())
+        }
+        fn any_handle<T: 'static>(bits: u64) -> AnyHandle {
+            AnyHandle::new(Handle::<T>::from_bits(bits))
+        }
+        match self.entries.get(T::TYPE_NAME) {
+            Some(e) if e.type_id != TypeId::of::<T>() => Err(SnapshotError::DuplicateType {
+                type_name: T::TYPE_NAME.to_owned(),
+            }
+            .into()),
+            Some(_) => Ok(self),
+            None => {
+                self.entries.insert(
+                    T::TYPE_NAME,
+                    RegistryEntry {
+                        type_id: TypeId::of::<T>(),
+                        load_into: load_into::<T>,
+                        any_handle: any_handle::<T>,
+                    },
+                );
+                Ok(self)
+            }
+        }
+    }
+
+    /// [`register`](Self::register), by value, for chaining from [`new`](Self::new).
+    ///
+    /// # Errors
+    /// As [`register`](Self::register).
+    pub fn with<T: Pooled + Trace + Send + Sync>(mut self) -> Result<Self, Error> {
+        self.register::<T>()?;
+        Ok(self)
+    }
+
+    /// Whether a type is listed under `type_name`.
+    pub fn contains(&self, type_name: &str) -> bool {
+        self.entries.contains_key(type_name)
+    }
+
+    /// Number of types listed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no type is listed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A file written atomically: bytes go to `<path>.tmp`; [`commit`](Self::commit) flushes
+/// and fsyncs it, renames it over `<path>` and fsyncs the directory. Dropped without a
+/// commit (after an error), it removes the temporary file and leaves `<path>` as it was.
+///
+/// ```
+/// use std::io::Write;
+/// use neurostore::snapshot::AtomicFile;
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("notes.txt");
+/// std::fs::write(&path, "old")?;
+/// let mut f = AtomicFile::create(&path)?;
+/// f.write_all(b"new")?;
+/// drop(f); // no commit: the old file stays
+/// assert_eq!(std::fs::read_to_string(&path)?, "old");
+/// let mut f = AtomicFile::create(&path)?;
+/// f.write_all(b"new")?;
+/// f.commit()?;
+/// assert_eq!(std::fs::read_to_string(&path)?, "new");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    /// Creates (or truncates) `<path>.tmp`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the temporary file cannot be created.
+    pub fn create(path: impl AsRef<Path>) -> Result<AtomicFile, Error> {
+        let path = path.as_ref().to_path_buf();
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let file = File::create(&tmp)?;
+        Ok(AtomicFile {
+            path,
+            tmp,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
+    }
+
+    /// The temporary file's path.
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Flushes and fsyncs the temporary file, renames it over the target, and fsyncs
+    /// the directory, so the new file survives a crash.
+    ///
+    /// # Errors
+    /// [`Error::Io`] from any step; the target is then the old file (or, if only the
+    /// directory fsync failed, the new one, not yet durable).
+    pub fn commit(mut self) -> Result<(), Error> {
+        let file = self.file.take().expect("commit runs once");
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        let result = file.sync_all().and_then(|()| {
+            drop(file);
+            std::fs::rename(&self.tmp, &self.path)
+        });
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e.into());
+        }
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.as_mut().expect("open until commit").write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().expect("open until commit").flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Store {
+    /// Saves the whole store (every table, the GC roots) to `path`, atomically and
+    /// durably (see [`AtomicFile`]). Every table must have been made by
+    /// [`register`](Store::register) of a type with a snapshot encoding.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Unregistered`], [`SnapshotError::NotPersistable`],
+    /// [`SnapshotError::Encode`], [`SnapshotError::DuplicateType`], [`Error::Io`]; on any
+    /// error the file at `path` is as it was.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<SnapshotReport, Error> {
+        Options::new().save_store(self, path)
+    }
+
+    /// Writes the store as a snapshot to `out` (streaming; no atomicity of its own).
+    ///
+    /// # Errors
+    /// As [`save`](Self::save).
+    pub fn save_to(&self, out: impl Write) -> Result<SnapshotReport, Error> {
+        Options::new().save_store_to(self, out)
+    }
+
+    /// Loads a store saved by [`save`](Self::save), in the default pool; `registry` lists
+    /// the types the file may hold.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::SchemaMismatch`], or the [`SnapshotError`] that says what
+    /// is wrong with the file; nothing is built.
+    pub fn load(path: impl AsRef<Path>, registry: &TypeRegistry) -> Result<Store, Error> {
+        Options::new().load_store(path, registry)
+    }
+
+    /// Loads a store from a stream written by [`save_to`](Self::save_to).
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn load_from(input: impl Read, registry: &TypeRegistry) -> Result<Store, Error> {
+        Options::new().load_store_from(input, registry)
+    }
+}
+
+impl<T: Pooled> Table<T> {
+    /// Saves this table alone to `path`, atomically and durably (see [`AtomicFile`]).
+    ///
+    /// ```
+    /// use neurostore::{Neuron, neural::NeuronParams, table::Table};
+    ///
+    /// let params = NeuronParams::default();
+    /// let mut t: Table<Neuron> = Table::pooled();
+    /// let a = t.insert(Neuron::new(&params));
+    /// let b = t.insert(Neuron::new(&params));
+    /// t.remove(b);
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("neurons.nsnap");
+    /// t.save(&path)?;
+    ///
+    /// let mut back: Table<Neuron> = Table::load(&path)?;
+    /// assert_eq!(back.get(a), t.get(a));
+    /// assert_eq!(back.get(b), None); // stale stays stale
+    /// assert_eq!(back.insert(Neuron::new(&params)), t.insert(Neuron::new(&params)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SnapshotError::NotPersistable`] for a type without an encoding,
+    /// [`SnapshotError::Encode`], [`Error::Io`]; the file at `path` is then as it was.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<SnapshotReport, Error> {
+        Options::new().save_table(self, path)
+    }
+
+    /// Writes this table as a snapshot to `out`.
+    ///
+    /// # Errors
+    /// As [`save`](Self::save).
+    pub fn save_to(&self, out: impl Write) -> Result<SnapshotReport, Error> {
+        Options::new().save_table_to(self, out)
+    }
+
+    /// Loads a table saved by [`save`](Self::save), into the default pool.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::SchemaMismatch`], or the [`SnapshotError`] that says what
+    /// is wrong with the file (also [`SnapshotError::WrongContent`] for a store's file or
+    /// another type's table).
+    pub fn load(path: impl AsRef<Path>) -> Result<Table<T>, Error> {
+        Options::new().load_table(path)
+    }
+
+    /// Loads a table from a stream written by [`save_to`](Self::save_to).
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn load_from(input: impl Read) -> Result<Table<T>, Error> {
+        Options::new().load_table_from(input)
+    }
+}
