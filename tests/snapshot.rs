@@ -1,0 +1,584 @@
+//! Snapshots: round trips against a reference model, determinism of later handles, and
+//! refusal of every corrupt, truncated or foreign file with a typed error.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use neurostore::snapshot::{AtomicFile, Content, Encoding, Options, TypeRegistry, inspect};
+use neurostore::table::Table;
+use neurostore::{Error, Handle, Neuron, Pooled, SnapshotError, Store, Synapse};
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// A Pod type of the test's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, Pooled)]
+#[pooled(pod)]
+struct Spike {
+    at: u64,
+    from: Handle<Neuron>,
+}
+
+/// A type with heap data, through serde + bincode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Pooled)]
+#[pooled(serde)]
+struct Note {
+    text: String,
+    next: Option<Handle<Note>>,
+    tags: Vec<u16>,
+}
+
+/// A zero-sized serde type: objects encode to no bytes at all.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Pooled)]
+#[pooled(serde)]
+struct Marker;
+
+fn registry() -> TypeRegistry {
+    let mut r = TypeRegistry::new();
+    r.register::<Spike>()
+        .and_then(|r| r.register::<Note>())
+        .and_then(|r| r.register::<Marker>())
+        .and_then(|r| r.register::<Neuron>())
+        .expect("distinct names");
+    r
+}
+
+fn new_store() -> Store {
+    let mut s = Store::new();
+    s.register::<Spike>().unwrap();
+    s.register::<Note>().unwrap();
+    s.register::<Marker>().unwrap();
+    s
+}
+
+fn spike(i: u64) -> Spike {
+    Spike {
+        at: i * 3 + 1,
+        from: Handle::from_bits(i << 8 | 1 << 32),
+    }
+}
+
+fn note(i: u64) -> Note {
+    Note {
+        text: format!("note {i}").repeat((i % 4) as usize),
+        next: (i % 3 == 0).then(|| Handle::from_bits(i | 1 << 32)),
+        tags: (0..(i % 5) as u16).collect(),
+    }
+}
+
+/// One step of a random history.
+#[derive(Clone, Debug)]
+enum Op {
+    InsertSpike(u64),
+    InsertNote(u64),
+    InsertMarker,
+    /// Removes the k-th handle ever issued (modulo their number), live or not.
+    Remove(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => any::<u64>().prop_map(|i| Op::InsertSpike(i % 1000)),
+        3 => any::<u64>().prop_map(|i| Op::InsertNote(i % 1000)),
+        1 => Just(Op::InsertMarker),
+        4 => any::<usize>().prop_map(Op::Remove),
+    ]
+}
+
+/// A handle of any of the three types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Any {
+    S(Handle<Spike>),
+    N(Handle<Note>),
+    M(Handle<Marker>),
+}
+
+/// The store under test and the reference: what each issued handle should resolve to.
+#[derive(Default)]
+struct Model {
+    issued: Vec<Any>,
+    spikes: HashMap<Handle<Spike>, Spike>,
+    notes: HashMap<Handle<Note>, Note>,
+    markers: HashMap<Handle<Marker>, Marker>,
+}
+
+impl Model {
+    /// Applies `op` to `store` and the reference; returns the handle an insert gave.
+    fn apply(&mut self, store: &mut Store, op: &Op) -> Option<Any> {
+        match *op {
+            Op::InsertSpike(i) => {
+                let h = store.insert(spike(i));
+                assert!(self.spikes.insert(h, spike(i)).is_none(), "a live handle reused");
+                self.issued.push(Any::S(h));
+                Some(Any::S(h))
+            }
+            Op::InsertNote(i) => {
+                let h = store.insert(note(i));
+                assert!(self.notes.insert(h, note(i)).is_none(), "a live handle reused");
+                self.issued.push(Any::N(h));
+                Some(Any::N(h))
+            }
+            Op::InsertMarker => {
+                let h = store.insert(Marker);
+                assert!(self.markers.insert(h, Marker).is_none(), "a live handle reused");
+                self.issued.push(Any::M(h));
+                Some(Any::M(h))
+            }
+            Op::Remove(k) => {
+                if !self.issued.is_empty() {
+                    match self.issued[k % self.issued.len()] {
+                        Any::S(h) => assert_eq!(store.remove(h), self.spikes.remove(&h)),
+                        Any::N(h) => assert_eq!(store.remove(h), self.notes.remove(&h)),
+                        Any::M(h) => assert_eq!(store.remove(h), self.markers.remove(&h)),
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Every issued handle resolves in `store` exactly as the reference says.
+    fn check(&self, store: &Store) {
+        for h in &self.issued {
+            match *h {
+                Any::S(h) => assert_eq!(store.get(h), self.spikes.get(&h), "{h:?}"),
+                Any::N(h) => assert_eq!(store.get(h), self.notes.get(&h), "{h:?}"),
+                Any::M(h) => assert_eq!(store.get(h), self.markers.get(&h), "{h:?}"),
+            }
+        }
+        assert_eq!(store.table::<Spike>().map_or(0, Table::len), self.spikes.len());
+        assert_eq!(store.table::<Note>().map_or(0, Table::len), self.notes.len());
+        assert_eq!(store.table::<Marker>().map_or(0, Table::len), self.markers.len());
+    }
+}
+
+fn save(store: &Store) -> Vec<u8> {
+    let mut file = Vec::new();
+    store.save_to(&mut file).expect("saving to memory works");
+    file
+}
+
+fn load(file: &[u8]) -> Result<Store, Error> {
+    Store::load_from(file, &registry())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Save, load, and the loaded store resolves every handle ever issued as the original
+    /// does; then the same further operations give the same handles in both.
+    #[test]
+    fn round_trip_and_determinism(
+        before in prop::collection::vec(op(), 0..300),
+        after in prop::collection::vec(op(), 0..100),
+        defrag in any::<bool>(),
+    ) {
+        let mut store = new_store();
+        let mut model = Model::default();
+        for op in &before {
+            model.apply(&mut store, op);
+        }
+        if defrag {
+            store.defragment();
+        }
+        let file = save(&store);
+        let mut loaded = load(&file).expect("a saved store loads");
+        model.check(&store);
+        model.check(&loaded);
+        let info = inspect(&file[..]).expect("a saved store inspects");
+        prop_assert_eq!(info.bytes, file.len() as u64);
+        // Placement is kept too: the loaded tables have the same figures.
+        for (a, b) in store.stats().tables.iter().zip(loaded.stats().tables.iter()) {
+            prop_assert_eq!((a.0, a.1.live, a.1.chunks, a.1.holes), (b.0, b.1.live, b.1.chunks, b.1.holes));
+        }
+        let mut twin = Model {
+            issued: model.issued.clone(),
+            spikes: model.spikes.clone(),
+            notes: model.notes.clone(),
+            markers: model.markers.clone(),
+        };
+        for op in &after {
+            let a = model.apply(&mut store, op);
+            let b = twin.apply(&mut loaded, op);
+            prop_assert_eq!(a, b, "the loaded store returned another handle");
+        }
+        model.check(&store);
+        twin.check(&loaded);
+        // A second round trip of the continued store gives the same bytes.
+        prop_assert_eq!(save(&store), save(&loaded));
+    }
+}
+
+fn small_store() -> Store {
+    let mut store = new_store();
+    let a = store.insert(spike(1));
+    store.insert(spike(2));
+    store.remove(a);
+    store.insert(note(3));
+    let n = store.insert(note(4));
+    store.insert(Marker);
+    store.add_root(n);
+    store
+}
+
+#[test]
+fn every_flipped_byte_and_every_truncation_is_refused() {
+    let file = save(&small_store());
+    assert!(load(&file).is_ok());
+    for i in 0..file.len() {
+        let mut bad = file.clone();
+        bad[i] ^= 0xff;
+        assert!(load(&bad).is_err(), "flipping byte {i} of {} went unnoticed", file.len());
+        assert!(inspect(&bad[..]).is_err(), "inspect missed a flip at {i}");
+        for bit in [0x01, 0x80] {
+            let mut bad = file.clone();
+            bad[i] ^= bit;
+            assert!(load(&bad).is_err(), "flipping bit {bit:#x} of byte {i} went unnoticed");
+        }
+    }
+    for len in 0..file.len() {
+        let err = load(&file[..len]).expect_err("a truncated file loads");
+        assert!(
+            matches!(
+                err,
+                Error::Snapshot(SnapshotError::Truncated { .. } | SnapshotError::BadMagic { .. })
+            ),
+            "truncated at {len}: {err}"
+        );
+    }
+    let mut longer = file.clone();
+    longer.push(0);
+    assert!(matches!(
+        load(&longer),
+        Err(Error::Snapshot(SnapshotError::TrailingBytes { .. }))
+    ));
+}
+
+#[test]
+fn random_flips_in_a_large_snapshot_are_refused() {
+    let mut store = new_store();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut spikes = Vec::new();
+    for i in 0..60_000 {
+        spikes.push(store.insert(spike(i)));
+        if i % 7 == 0 {
+            store.insert(note(i));
+        }
+    }
+    for _ in 0..20_000 {
+        let k = (next() % spikes.len() as u64) as usize;
+        store.remove(spikes[k]);
+    }
+    let file = save(&store);
+    assert!(file.len() > 1 << 20, "{} bytes", file.len());
+    load(&file).expect("the intact file loads");
+    for _ in 0..60 {
+        let mut bad = file.clone();
+        for _ in 0..1 + next() % 3 {
+            let at = (next() % file.len() as u64) as usize;
+            bad[at] ^= 1 << (next() % 8);
+        }
+        assert!(load(&bad).is_err(), "random flips went unnoticed");
+    }
+}
+
+/// A writer that fails once `limit` bytes have gone through it.
+struct FailAfter<W> {
+    inner: W,
+    limit: usize,
+    written: usize,
+}
+
+impl<W: Write> Write for FailAfter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written >= self.limit {
+            return Err(io::Error::other("disk full (test)"));
+        }
+        let n = buf.len().min(self.limit - self.written);
+        let n = self.inner.write(&buf[..n])?;
+        self.written += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn a_save_that_fails_after_n_bytes_leaves_the_previous_file_loadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.nsnap");
+    let old = small_store();
+    old.save(&path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let mut new = small_store();
+    for i in 0..500 {
+        new.insert(spike(i));
+    }
+    let size = save(&new).len();
+    for limit in (0..size).step_by(97).chain([size - 1]) {
+        let file = AtomicFile::create(&path).unwrap();
+        let tmp = file.temp_path().to_path_buf();
+        let mut failing = FailAfter {
+            inner: file,
+            limit,
+            written: 0,
+        };
+        let err = Options::new()
+            .save_store_to(&new, &mut failing)
+            .expect_err("the writer fails");
+        assert!(matches!(err, Error::Io(_)), "{err}");
+        drop(failing); // no commit: the temporary file goes
+        assert!(!tmp.exists(), "the temporary file is left behind");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "limit {limit}");
+        let back = Store::load(&path, &registry()).unwrap();
+        assert_eq!(back.table::<Spike>().map(Table::len), Some(1));
+    }
+    // A save that cannot even create its temporary file reports it and changes nothing.
+    let missing = dir.path().join("no-such-dir").join("store.nsnap");
+    assert!(matches!(new.save(&missing), Err(Error::Io(_))));
+    new.save(&path).unwrap();
+    let back = Store::load(&path, &registry()).unwrap();
+    assert_eq!(back.table::<Spike>().map(Table::len), Some(501));
+    assert!(!dir.path().join("store.nsnap.tmp").exists());
+}
+
+#[test]
+fn roots_survive_and_keep_their_counts() {
+    let mut store = small_store();
+    let extra = store.insert(spike(9));
+    store.add_root(extra);
+    store.add_root(extra);
+    let loaded = load(&save(&store)).unwrap();
+    let mut a = store.roots();
+    let mut b = loaded.roots();
+    a.sort_by_key(|h| h.to_bits());
+    b.sort_by_key(|h| h.to_bits());
+    assert_eq!(a, b);
+    let mut loaded = loaded;
+    assert!(loaded.remove_root(extra));
+    assert!(loaded.remove_root(extra));
+    assert!(!loaded.remove_root(extra));
+}
+
+#[test]
+fn loading_refuses_unknown_types_and_changed_schemas() {
+    let file = save(&small_store());
+    let partial = TypeRegistry::new().with::<Spike>().unwrap();
+    let err = Store::load_from(&file[..], &partial).unwrap_err();
+    assert!(
+        matches!(&err, Error::Snapshot(SnapshotError::UnknownType { type_name }) if type_name == "Marker"),
+        "{err}"
+    );
+
+    mod changed {
+        use super::*;
+        /// The test's `Spike` with one more field, under the same name.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, Pooled)]
+        #[pooled(pod, name = "Spike")]
+        pub struct Spike {
+            pub at: u64,
+            pub from: Handle<Neuron>,
+            pub weight: u64,
+        }
+        /// The same fields as the test's `Spike`, but 64-byte aligned chunks.
+        #[repr(C, align(16))]
+        #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, Pooled)]
+        #[pooled(pod, name = "Spike", align = 16)]
+        pub struct Aligned {
+            pub at: u64,
+            pub from: Handle<Neuron>,
+        }
+    }
+    let mut spikes: Table<Spike> = Table::pooled();
+    spikes.insert(spike(5));
+    let mut file = Vec::new();
+    spikes.save_to(&mut file).unwrap();
+    let err = Table::<changed::Spike>::load_from(&file[..]).unwrap_err();
+    match err {
+        Error::SchemaMismatch {
+            type_name,
+            expected,
+            found,
+        } => {
+            assert_eq!(type_name, "Spike");
+            assert_eq!(expected, changed::Spike::SCHEMA);
+            assert_eq!(found, Spike::SCHEMA);
+        }
+        other => panic!("{other}"),
+    }
+    // A table file is not a store, and a store file is not a table.
+    assert!(matches!(
+        load(&file),
+        Err(Error::Snapshot(SnapshotError::WrongContent { .. }))
+    ));
+    assert!(matches!(
+        Table::<Spike>::load_from(&save(&small_store())[..]),
+        Err(Error::Snapshot(SnapshotError::WrongContent { .. }))
+    ));
+    assert!(matches!(
+        Table::<Note>::load_from(&file[..]),
+        Err(Error::Snapshot(SnapshotError::WrongContent { .. }))
+    ));
+}
+
+#[test]
+fn element_layout_and_encoding_are_checked() {
+    // Same name and field list (so the same schema text), other size: the schema
+    // catches it.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, Pooled)]
+    #[pooled(pod, name = "Wide")]
+    struct Wide {
+        v: [u32; 2],
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, Pooled)]
+    #[pooled(pod, name = "Wide", align = 8)]
+    struct WideAligned {
+        v: [u32; 2],
+    }
+    #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Pooled)]
+    #[pooled(serde, name = "Wide")]
+    #[repr(C)]
+    struct WideSerde {
+        v: [u32; 2],
+    }
+    let mut t: Table<Wide> = Table::pooled();
+    t.insert(Wide { v: [1, 2] });
+    let mut file = Vec::new();
+    t.save_to(&mut file).unwrap();
+    assert_eq!(Wide::SCHEMA, WideAligned::SCHEMA, "hints do not change the schema");
+    let err = Table::<WideAligned>::load_from(&file[..]).unwrap_err();
+    assert!(
+        matches!(err, Error::Snapshot(SnapshotError::ElementSize { found_align: 4, expected_align: 8, .. })),
+        "{err}"
+    );
+    let err = Table::<WideSerde>::load_from(&file[..]).unwrap_err();
+    assert!(
+        matches!(err, Error::Snapshot(SnapshotError::EncodingMismatch { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn saving_refuses_tables_it_cannot_name_or_encode() {
+    #[derive(Debug, PartialEq, Pooled)]
+    struct Opaque(u32);
+    assert_eq!(Opaque::CODEC.encoding(), Encoding::Unsupported);
+
+    let mut store = new_store();
+    store.register::<Opaque>().unwrap();
+    store.insert(Opaque(1));
+    let err = store.save_to(Vec::new()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Snapshot(SnapshotError::NotPersistable { type_name }) if type_name == "Opaque"),
+        "{err}"
+    );
+    let mut t: Table<Opaque> = Table::pooled();
+    t.insert(Opaque(2));
+    assert!(t.save_to(Vec::new()).is_err());
+
+    let mut store = new_store();
+    store.insert(7u32); // a table made by insert, not register
+    let err = store.save_to(Vec::new()).unwrap_err();
+    assert!(
+        matches!(err, Error::Snapshot(SnapshotError::Unregistered { .. })),
+        "{err}"
+    );
+    // An unregistered table that never held an object is left out.
+    let mut store = new_store();
+    store.ensure_table::<u32>();
+    assert!(store.save_to(Vec::new()).is_ok());
+}
+
+#[test]
+fn registry_refuses_two_types_under_one_name() {
+    #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, Pooled)]
+    #[repr(C)]
+    #[pooled(pod, name = "Neuron")]
+    struct Impostor(u32);
+    let mut r = TypeRegistry::new();
+    r.register::<Neuron>().unwrap();
+    let err = r.register::<Impostor>().unwrap_err();
+    assert!(
+        matches!(&err, Error::Snapshot(SnapshotError::DuplicateType { type_name }) if type_name == "Neuron"),
+        "{err}"
+    );
+    assert_eq!(r.len(), 1);
+    r.register::<Synapse>().unwrap();
+    assert_eq!(r.len(), 2);
+}
+
+#[test]
+fn single_tables_round_trip_with_progress() {
+    let mut t: Table<Spike> = Table::pooled();
+    let hs: Vec<_> = (0..50_000).map(|i| t.insert(spike(i))).collect();
+    for h in hs.iter().step_by(3) {
+        t.remove(*h);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spikes.nsnap");
+    let mut saw = Vec::new();
+    let report = Options::new()
+        .progress(|p| saw.push(p))
+        .save_table(&t, &path)
+        .unwrap();
+    assert_eq!(report.bytes, std::fs::metadata(&path).unwrap().len());
+    assert_eq!(report.objects, t.len() as u64);
+    assert_eq!(report.object_bytes, (t.len() * std::mem::size_of::<Spike>()) as u64);
+    assert!(saw.windows(2).all(|w| w[0].done < w[1].done));
+    assert_eq!(saw.last().map(|p| (p.done, p.total)), Some((report.bytes, report.bytes)));
+
+    let mut loaded_progress = Vec::new();
+    let mut back: Table<Spike> = Options::new()
+        .progress(|p| loaded_progress.push(p))
+        .load_table(&path)
+        .unwrap();
+    assert_eq!(
+        loaded_progress.last().map(|p| (p.done, p.total)),
+        Some((report.bytes, report.bytes))
+    );
+    for h in &hs {
+        assert_eq!(back.get(*h), t.get(*h));
+    }
+    assert_eq!(back.insert(spike(1)), t.insert(spike(1)));
+    let info = neurostore::snapshot::inspect_file(&path).unwrap();
+    assert_eq!(info.content, Content::Table);
+    assert_eq!(info.tables[0].live, t.len() as u64 - 1);
+    let tags: Vec<_> = info.sections.iter().map(|s| s.tag.as_str()).collect();
+    assert_eq!(tags, ["HEAD", "TABL", "SLOT", "FREE", "OBJS", "DONE"]);
+}
+
+#[test]
+fn foreign_files_get_typed_errors() {
+    let cases: [(&[u8], fn(&SnapshotError) -> bool); 3] = [
+        (b"", |e| matches!(e, SnapshotError::BadMagic { .. })),
+        (b"PK\x03\x04 a zip file, not a snapshot", |e| {
+            matches!(e, SnapshotError::BadMagic { .. })
+        }),
+        (b"\x89NSNAP\r\n\x02\x00\x00\x00\x0d\x0c\x0b\x0a", |e| {
+            matches!(e, SnapshotError::UnsupportedVersion { found: 2, supported: 1 })
+        }),
+    ];
+    for (bytes, expected) in cases {
+        match load(bytes) {
+            Err(Error::Snapshot(e)) => assert!(expected(&e), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let big_endian = b"\x89NSNAP\r\n\x01\x00\x00\x00\x0a\x0b\x0c\x0d";
+    assert!(matches!(
+        load(big_endian),
+        Err(Error::Snapshot(SnapshotError::ByteOrder { found: 0x0d0c_0b0a }))
+    ));
+}
