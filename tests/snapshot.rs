@@ -487,6 +487,10 @@ fn saving_refuses_tables_it_cannot_name_or_encode() {
     let mut t: Table<Opaque> = Table::pooled();
     t.insert(Opaque(2));
     assert!(t.save_to(Vec::new()).is_err());
+    assert!(matches!(
+        TypeRegistry::new().register::<Opaque>(),
+        Err(Error::Snapshot(SnapshotError::NotPersistable { .. }))
+    ));
 
     let mut store = new_store();
     store.insert(7u32); // a table made by insert, not register

@@ -64,22 +64,13 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
     let mut pooled_bounds: Vec<TokenStream> =
         type_params.iter().map(|p| quote!(#p: 'static)).collect();
     // `pod`: a generic type is Pooled only where it is Pod; a concrete one is checked by
-    // a function that must type-check (one error, at the attribute, if it is not Pod).
-    let mut pod_check = None;
-    if let Some(span) = container.pod {
-        if input.generics.params.is_empty() {
-            // The type named with the attribute's span: the error points at `pod`.
-            let at_pod = syn::Ident::new(&ident.to_string(), span);
-            pod_check = Some(quote_spanned! {span=>
-                const _: fn() = || {
-                    ::neurostore::pooled::__private::pod_attribute_needs_bytemuck_pod::<#at_pod>()
-                };
-            });
-        } else {
-            pooled_bounds.push(quote_spanned!(span=>
-                #ident #ty_generics: ::neurostore::pooled::__private::Pod
-            ));
-        }
+    // the `CODEC` constant below (one error, at the attribute, if it is not Pod).
+    if let Some(span) = container.pod
+        && !input.generics.params.is_empty()
+    {
+        pooled_bounds.push(quote_spanned!(span=>
+            #ident #ty_generics: ::neurostore::pooled::__private::Pod
+        ));
     }
     // Snapshot encoding: raw bytes for `pod`, serde + bincode for `serde`, else none (the
     // trait's default). The constant names the attribute's span, so a type that lacks
@@ -151,7 +142,6 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
         }
 
         #eager_check
-        #pod_check
 
         #[automatically_derived]
         impl #impl_generics ::neurostore::Trace for #ident #ty_generics #trace_where {

@@ -225,7 +225,4 @@ pub mod __private {
     pub use serde::Serialize;
     pub use serde::de::DeserializeOwned;
 
-    /// Compiles only for `bytemuck::Pod` types: the check behind `#[pooled(pod)]`.
-    #[inline]
-    pub fn pod_attribute_needs_bytemuck_pod<T: Pod>() {}
 }

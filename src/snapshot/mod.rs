@@ -826,20 +826,20 @@ impl TypeRegistry {
         TypeRegistry::default()
     }
 
-    /// Lists `T` under its [`TYPE_NAME`](Pooled::TYPE_NAME). `T` must have a snapshot
-    /// encoding (`#[pooled(pod)]` or `#[pooled(serde)]`): a type without one does not
-    /// compile here.
+    /// Lists `T` under its [`TYPE_NAME`](Pooled::TYPE_NAME).
     ///
     /// # Errors
-    /// [`SnapshotError::DuplicateType`] if another type is listed under the same name
-    /// (every instantiation of a generic type shares its name); the registry is unchanged.
+    /// [`SnapshotError::NotPersistable`] if `T` has no snapshot encoding (derive it with
+    /// `#[pooled(pod)]` or `#[pooled(serde)]`); [`SnapshotError::DuplicateType`] if
+    /// another type is listed under the same name (every instantiation of a generic type
+    /// shares its name). On error the registry is unchanged.
     pub fn register<T: Pooled + Trace + Send + Sync>(&mut self) -> Result<&mut Self, Error> {
-        const {
-            assert!(
-                !matches!(T::CODEC.encoding(), Encoding::Unsupported),
-                "a type in a TypeRegistry needs a snapshot encoding: derive Pooled with #[pooled(pod)] or #[pooled(serde)]"
-            )
-        };
+        if T::CODEC.encoding() == Encoding::Unsupported {
+            return Err(SnapshotError::NotPersistable {
+                type_name: T::TYPE_NAME.to_owned(),
+            }
+            .into());
+        }
         fn load_into<T: Pooled + Trace + Send + Sync>(
             reader: &mut Reader<'_>,
             header: &TableHeader,
