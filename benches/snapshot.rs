@@ -1,1 +1,206 @@
-fn main() {}
+//! Snapshot save and load of a 1 GB Pod store: 32M 32-byte neurons in one table, written
+//! to a temporary file (fsync and rename included) and read back into a new store.
+//!
+//! Beside it, from the same run: the same 32M objects in a `slotmap::SlotMap` through
+//! serde + bincode 2 (buffered file, fsync included), and the raw rate of the same disk
+//! (one 1 GB buffer written with `write_all` + fsync, and read back with `read_exact`).
+//!
+//! Loads read a file that the save just wrote, so it is in the page cache: the figures
+//! are of the software path (parsing, checking, building), not of the disk's read rate.
+//! The file lives next to the build output (`target/snapshot-bench/`), on the disk the
+//! project is on. `NEUROSTORE_SNAPSHOT_OBJECTS` overrides the object count.
+
+mod common;
+
+use std::fs::File;
+use std::hint::black_box;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::estimate;
+use criterion::{Criterion, SamplingMode, Throughput};
+use neurostore::snapshot::TypeRegistry;
+use neurostore::{Pooled, Store};
+use serde::{Deserialize, Serialize};
+
+/// A 32-byte neuron: membrane state and parameters.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable, Pooled, Serialize, Deserialize,
+)]
+#[pooled(pod, kind = "neuron")]
+struct Cell {
+    v_m: f32,
+    i_syn: f32,
+    v_th: f32,
+    tau: f32,
+    c_m: f32,
+    refractory: u32,
+    last_spike: u64,
+}
+
+fn objects() -> usize {
+    std::env::var("NEUROSTORE_SNAPSHOT_OBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32 << 20)
+}
+
+fn cell(i: usize) -> Cell {
+    Cell {
+        v_m: -65.0 + (i % 15) as f32,
+        i_syn: i as f32 * 1e-6,
+        v_th: -50.0,
+        tau: 10.0,
+        c_m: 250.0,
+        refractory: (i % 20) as u32,
+        last_spike: i as u64,
+    }
+}
+
+fn dir() -> PathBuf {
+    let d = PathBuf::from("target/snapshot-bench");
+    std::fs::create_dir_all(&d).expect("a bench directory under target/");
+    d
+}
+
+fn fsync_dir(path: &Path) {
+    File::open(path.parent().expect("a file in a directory"))
+        .and_then(|d| d.sync_all())
+        .expect("fsync of the directory");
+}
+
+/// Runs `f` once per iteration and sums its own timings.
+fn timed<F: FnMut() -> Duration>(mut f: F) -> impl FnMut(u64) -> Duration {
+    move |iters| (0..iters).map(|_| f()).sum()
+}
+
+fn main() {
+    let n = objects();
+    let bytes = (n * size_of::<Cell>()) as u64;
+    let mut c = Criterion::default().configure_from_args();
+    let path = dir().join("store.nsnap");
+    let peer_path = dir().join("slotmap.bincode");
+    let raw_path = dir().join("raw.bin");
+
+    eprintln!("building {n} cells ({:.2} GB)...", bytes as f64 / 1e9);
+    let mut store = Store::new();
+    store.register::<Cell>().expect("Cell registers");
+    store
+        .table_mut::<Cell>()
+        .expect("registered")
+        .insert_batch((0..n).map(cell));
+    let registry = TypeRegistry::new().with::<Cell>().expect("Cell is Pod");
+    let mut peer: slotmap::SlotMap<slotmap::DefaultKey, Cell> = slotmap::SlotMap::with_capacity(n);
+    for i in 0..n {
+        peer.insert(cell(i));
+    }
+    let raw: Vec<u8> = store
+        .table::<Cell>()
+        .expect("registered")
+        .values()
+        .flat_map(|c| bytemuck::bytes_of(c).to_vec())
+        .collect();
+
+    let mut file_bytes = 0;
+    let mut g = c.benchmark_group("snapshot_1GB");
+    // One save or load per sample: at 1 GB each is a second or so.
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1))
+        .throughput(Throughput::Bytes(bytes));
+    g.bench_function("neurostore_save", |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            let report = store.save(&path).expect("save");
+            file_bytes = report.bytes;
+            t.elapsed()
+        }))
+    });
+    g.bench_function("neurostore_load", |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            let loaded = Store::load(&path, &registry).expect("load");
+            let took = t.elapsed();
+            assert_eq!(loaded.table::<Cell>().map(|t| t.len()), Some(n));
+            drop(black_box(loaded));
+            took
+        }))
+    });
+    g.bench_function("slotmap_bincode_save", |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            let file = File::create(&peer_path).expect("create");
+            let mut w = BufWriter::with_capacity(1 << 20, file);
+            bincode::serde::encode_into_std_write(&peer, &mut w, bincode::config::standard())
+                .expect("encode");
+            let file = w.into_inner().expect("flush");
+            file.sync_all().expect("fsync");
+            fsync_dir(&peer_path);
+            t.elapsed()
+        }))
+    });
+    g.bench_function("slotmap_bincode_load", |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            let mut r = BufReader::with_capacity(1 << 20, File::open(&peer_path).expect("open"));
+            let loaded: slotmap::SlotMap<slotmap::DefaultKey, Cell> =
+                bincode::serde::decode_from_std_read(&mut r, bincode::config::standard())
+                    .expect("decode");
+            let took = t.elapsed();
+            assert_eq!(loaded.len(), n);
+            drop(black_box(loaded));
+            took
+        }))
+    });
+    g.bench_function("raw_disk_write", |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            let mut f = File::create(&raw_path).expect("create");
+            f.write_all(&raw).expect("write");
+            f.sync_all().expect("fsync");
+            fsync_dir(&raw_path);
+            t.elapsed()
+        }))
+    });
+    g.bench_function("raw_disk_read", |b| {
+        let mut buf = vec![0u8; raw.len()];
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            File::open(&raw_path)
+                .and_then(|mut f| f.read_exact(&mut buf))
+                .expect("read");
+            let took = t.elapsed();
+            black_box(&buf);
+            took
+        }))
+    });
+    g.finish();
+
+    let peer_bytes = std::fs::metadata(&peer_path).map_or(0, |m| m.len());
+    let rate = |id: &str| estimate("snapshot_1GB", id).map(|ns| bytes as f64 / ns);
+    let show = |r: Option<f64>| r.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2} GB/s"));
+    let ratio = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b).map_or_else(|| "n/a".to_owned(), |(a, b)| format!("{:.1}x", a / b))
+    };
+    let (save, load) = (rate("neurostore_save"), rate("neurostore_load"));
+    let (psave, pload) = (rate("slotmap_bincode_save"), rate("slotmap_bincode_load"));
+    let (wr, rd) = (rate("raw_disk_write"), rate("raw_disk_read"));
+    println!();
+    println!("snapshot of {n} 32-byte Pod objects ({:.2} GB of objects; rates are object bytes per second)", bytes as f64 / 1e9);
+    println!("  file: neurostore {file_bytes} bytes, slotmap+bincode {peer_bytes} bytes");
+    println!("  {:<26} {:>12} {:>12}", "", "save", "load");
+    println!("  {:<26} {:>12} {:>12}", "neurostore (target >= 1)", show(save), show(load));
+    println!("  {:<26} {:>12} {:>12}", "slotmap + serde + bincode", show(psave), show(pload));
+    println!("  {:<26} {:>12} {:>12}", "raw disk write/read", show(wr), show(rd));
+    println!(
+        "  neurostore vs slotmap+bincode (target >= 5x): save {}, load {}",
+        ratio(save, psave),
+        ratio(load, pload)
+    );
+    for p in [&path, &peer_path, &raw_path] {
+        let _ = std::fs::remove_file(p);
+    }
+}

@@ -98,9 +98,16 @@ impl<'w> Writer<'w> {
         }
     }
 
+    /// Writes bytes outside any section (preamble, section checksums): they go into the
+    /// whole-file checksum here. A section's own bytes go in through its checksum, which
+    /// is combined into the file's when the section ends, so each byte is hashed once.
     fn raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.out.write_all(bytes)?;
         self.file_crc.update(bytes);
+        self.raw_in_section(bytes)
+    }
+
+    fn raw_in_section(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.out.write_all(bytes)?;
         self.offset += bytes.len() as u64;
         if self.offset - self.reported >= REPORT_EVERY || self.offset == self.total {
             self.reported = self.offset;
@@ -134,7 +141,7 @@ impl<'w> Writer<'w> {
         head[..4].copy_from_slice(&tag);
         head[4..].copy_from_slice(&len.to_le_bytes());
         crc.update(&head);
-        self.raw(&head)?;
+        self.raw_in_section(&head)?;
         let mut bw = BodyWriter {
             writer: self,
             crc,
@@ -142,8 +149,9 @@ impl<'w> Writer<'w> {
         };
         body(&mut bw)?;
         assert_eq!(bw.left, 0, "section {} wrote less than its length", tag_text(tag));
-        let sum = bw.crc.finalize();
-        self.raw(&sum.to_le_bytes())
+        let crc = bw.crc;
+        self.file_crc.combine(&crc);
+        self.raw(&crc.finalize().to_le_bytes())
     }
 
     /// Writes a section whose body is in memory.
@@ -170,7 +178,7 @@ impl BodyWriter<'_, '_> {
         assert!(bytes.len() as u64 <= self.left, "section body longer than its length");
         self.left -= bytes.len() as u64;
         self.crc.update(bytes);
-        self.writer.raw(bytes)
+        self.writer.raw_in_section(bytes)
     }
 }
 
@@ -229,8 +237,18 @@ impl<'r> Reader<'r> {
         }
     }
 
-    /// Reads exactly `buf.len()` bytes; `section` names where, for a truncation error.
+    /// Reads exactly `buf.len()` bytes outside any section's checksum (preamble, section
+    /// checksums) into the whole-file checksum; `section` names where, for a truncation
+    /// error.
     fn raw(&mut self, buf: &mut [u8], section: &str) -> Result<(), Error> {
+        self.raw_in_section(buf, section)?;
+        self.file_crc.update(buf);
+        Ok(())
+    }
+
+    /// As [`raw`](Self::raw) for a section's own bytes, which reach the whole-file
+    /// checksum through the section's when it closes.
+    fn raw_in_section(&mut self, buf: &mut [u8], section: &str) -> Result<(), Error> {
         let mut got = 0;
         while got < buf.len() {
             match self.input.read(&mut buf[got..]) {
@@ -246,7 +264,6 @@ impl<'r> Reader<'r> {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.file_crc.update(buf);
         self.offset += buf.len() as u64;
         self.report();
         Ok(())
@@ -283,7 +300,7 @@ impl<'r> Reader<'r> {
         assert!(self.open.is_none(), "a section is already open");
         let offset = self.offset;
         let mut head = [0u8; 12];
-        self.raw(&mut head, &tag_text(tag))?;
+        self.raw_in_section(&mut head, &tag_text(tag))?;
         let found: [u8; 4] = head[..4].try_into().expect("4 bytes");
         if found != tag {
             return Err(SnapshotError::UnexpectedSection {
@@ -308,7 +325,7 @@ impl<'r> Reader<'r> {
         if buf.len() as u64 > *left {
             return Err(self.malformed(start, "a field runs past the end of the section"));
         }
-        self.raw(buf, &tag_text(start.tag))?;
+        self.raw_in_section(buf, &tag_text(start.tag))?;
         let (_, crc, left) = self.open.as_mut().expect("a section is open");
         crc.update(buf);
         *left -= buf.len() as u64;
@@ -355,6 +372,7 @@ impl<'r> Reader<'r> {
         if left != 0 {
             return Err(self.malformed(start, format!("{left} bytes of the body were not used")));
         }
+        self.file_crc.combine(&crc);
         let mut stored = [0u8; 4];
         self.raw(&mut stored, &tag_text(start.tag))?;
         let stored = u32::from_le_bytes(stored);
