@@ -27,7 +27,16 @@ use serde::{Deserialize, Serialize};
 /// A 32-byte neuron: membrane state and parameters.
 #[repr(C)]
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable, Pooled, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    bytemuck::Pod,
+    bytemuck::Zeroable,
+    Pooled,
+    Serialize,
+    Deserialize,
 )]
 #[pooled(pod, kind = "neuron")]
 struct Cell {
@@ -183,18 +192,37 @@ fn main() {
     let rate = |id: &str| estimate("snapshot_1GB", id).map(|ns| bytes as f64 / ns);
     let show = |r: Option<f64>| r.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2} GB/s"));
     let ratio = |a: Option<f64>, b: Option<f64>| {
-        a.zip(b).map_or_else(|| "n/a".to_owned(), |(a, b)| format!("{:.1}x", a / b))
+        a.zip(b)
+            .map_or_else(|| "n/a".to_owned(), |(a, b)| format!("{:.1}x", a / b))
     };
     let (save, load) = (rate("neurostore_save"), rate("neurostore_load"));
     let (psave, pload) = (rate("slotmap_bincode_save"), rate("slotmap_bincode_load"));
     let (wr, rd) = (rate("raw_disk_write"), rate("raw_disk_read"));
     println!();
-    println!("snapshot of {n} 32-byte Pod objects ({:.2} GB of objects; rates are object bytes per second)", bytes as f64 / 1e9);
+    println!(
+        "snapshot of {n} 32-byte Pod objects ({:.2} GB of objects; rates are object bytes per second)",
+        bytes as f64 / 1e9
+    );
     println!("  file: neurostore {file_bytes} bytes, slotmap+bincode {peer_bytes} bytes");
     println!("  {:<26} {:>12} {:>12}", "", "save", "load");
-    println!("  {:<26} {:>12} {:>12}", "neurostore (target >= 1)", show(save), show(load));
-    println!("  {:<26} {:>12} {:>12}", "slotmap + serde + bincode", show(psave), show(pload));
-    println!("  {:<26} {:>12} {:>12}", "raw disk write/read", show(wr), show(rd));
+    println!(
+        "  {:<26} {:>12} {:>12}",
+        "neurostore (target >= 1)",
+        show(save),
+        show(load)
+    );
+    println!(
+        "  {:<26} {:>12} {:>12}",
+        "slotmap + serde + bincode",
+        show(psave),
+        show(pload)
+    );
+    println!(
+        "  {:<26} {:>12} {:>12}",
+        "raw disk write/read",
+        show(wr),
+        show(rd)
+    );
     println!(
         "  neurostore vs slotmap+bincode (target >= 5x): save {}, load {}",
         ratio(save, psave),

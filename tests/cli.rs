@@ -38,12 +38,18 @@ fn inspect_and_verify_a_good_file_and_refuse_a_bad_one() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Neuron") && out.contains("Synapse"), "{out}");
     assert!(out.contains("raw Pod bytes"), "{out}");
-    assert!(out.contains(&format!("{:#018x}", <Neuron as neurostore::Pooled>::SCHEMA)), "{out}");
+    assert!(
+        out.contains(&format!("{:#018x}", <Neuron as neurostore::Pooled>::SCHEMA)),
+        "{out}"
+    );
     for tag in ["HEAD", "TABL", "SLOT", "FREE", "OBJS", "ROOT", "DONE"] {
         assert!(out.contains(tag), "{tag} missing from {out}");
     }
     let neuron_row = out.lines().find(|l| l.starts_with("Neuron")).unwrap();
-    assert!(neuron_row.contains(" 75 ") && neuron_row.contains(" 25 "), "{neuron_row}");
+    assert!(
+        neuron_row.contains(" 75 ") && neuron_row.contains(" 25 "),
+        "{neuron_row}"
+    );
 
     let (code, out, _) = run(&["verify", file]);
     assert_eq!(code, 0);
@@ -56,7 +62,10 @@ fn inspect_and_verify_a_good_file_and_refuse_a_bad_one() {
     std::fs::write(&bad, &bytes).unwrap();
     let (code, out, err) = run(&["verify", bad.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(err.contains("checksum") || err.contains("malformed"), "{err}");
+    assert!(
+        err.contains("checksum") || err.contains("malformed"),
+        "{err}"
+    );
     let (code, _, err) = run(&["inspect", dir.path().join("none").to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("i/o error"), "{err}");

@@ -61,7 +61,7 @@ fn spike(i: u64) -> Spike {
 fn note(i: u64) -> Note {
     Note {
         text: format!("note {i}").repeat((i % 4) as usize),
-        next: (i % 3 == 0).then(|| Handle::from_bits(i | 1 << 32)),
+        next: i.is_multiple_of(3).then(|| Handle::from_bits(i | 1 << 32)),
         tags: (0..(i % 5) as u16).collect(),
     }
 }
@@ -108,19 +108,28 @@ impl Model {
         match *op {
             Op::InsertSpike(i) => {
                 let h = store.insert(spike(i));
-                assert!(self.spikes.insert(h, spike(i)).is_none(), "a live handle reused");
+                assert!(
+                    self.spikes.insert(h, spike(i)).is_none(),
+                    "a live handle reused"
+                );
                 self.issued.push(Any::S(h));
                 Some(Any::S(h))
             }
             Op::InsertNote(i) => {
                 let h = store.insert(note(i));
-                assert!(self.notes.insert(h, note(i)).is_none(), "a live handle reused");
+                assert!(
+                    self.notes.insert(h, note(i)).is_none(),
+                    "a live handle reused"
+                );
                 self.issued.push(Any::N(h));
                 Some(Any::N(h))
             }
             Op::InsertMarker => {
                 let h = store.insert(Marker);
-                assert!(self.markers.insert(h, Marker).is_none(), "a live handle reused");
+                assert!(
+                    self.markers.insert(h, Marker).is_none(),
+                    "a live handle reused"
+                );
                 self.issued.push(Any::M(h));
                 Some(Any::M(h))
             }
@@ -146,9 +155,18 @@ impl Model {
                 Any::M(h) => assert_eq!(store.get(h), self.markers.get(&h), "{h:?}"),
             }
         }
-        assert_eq!(store.table::<Spike>().map_or(0, Table::len), self.spikes.len());
-        assert_eq!(store.table::<Note>().map_or(0, Table::len), self.notes.len());
-        assert_eq!(store.table::<Marker>().map_or(0, Table::len), self.markers.len());
+        assert_eq!(
+            store.table::<Spike>().map_or(0, Table::len),
+            self.spikes.len()
+        );
+        assert_eq!(
+            store.table::<Note>().map_or(0, Table::len),
+            self.notes.len()
+        );
+        assert_eq!(
+            store.table::<Marker>().map_or(0, Table::len),
+            self.markers.len()
+        );
     }
 }
 
@@ -228,12 +246,19 @@ fn every_flipped_byte_and_every_truncation_is_refused() {
     for i in 0..file.len() {
         let mut bad = file.clone();
         bad[i] ^= 0xff;
-        assert!(load(&bad).is_err(), "flipping byte {i} of {} went unnoticed", file.len());
+        assert!(
+            load(&bad).is_err(),
+            "flipping byte {i} of {} went unnoticed",
+            file.len()
+        );
         assert!(inspect(&bad[..]).is_err(), "inspect missed a flip at {i}");
         for bit in [0x01, 0x80] {
             let mut bad = file.clone();
             bad[i] ^= bit;
-            assert!(load(&bad).is_err(), "flipping bit {bit:#x} of byte {i} went unnoticed");
+            assert!(
+                load(&bad).is_err(),
+                "flipping bit {bit:#x} of byte {i} went unnoticed"
+            );
         }
     }
     for len in 0..file.len() {
@@ -457,10 +482,21 @@ fn element_layout_and_encoding_are_checked() {
     t.insert(Wide { v: [1, 2] });
     let mut file = Vec::new();
     t.save_to(&mut file).unwrap();
-    assert_eq!(Wide::SCHEMA, WideAligned::SCHEMA, "hints do not change the schema");
+    assert_eq!(
+        Wide::SCHEMA,
+        WideAligned::SCHEMA,
+        "hints do not change the schema"
+    );
     let err = Table::<WideAligned>::load_from(&file[..]).unwrap_err();
     assert!(
-        matches!(err, Error::Snapshot(SnapshotError::ElementSize { found_align: 4, expected_align: 8, .. })),
+        matches!(
+            err,
+            Error::Snapshot(SnapshotError::ElementSize {
+                found_align: 4,
+                expected_align: 8,
+                ..
+            })
+        ),
         "{err}"
     );
     let err = Table::<WideSerde>::load_from(&file[..]).unwrap_err();
@@ -539,9 +575,15 @@ fn single_tables_round_trip_with_progress() {
         .unwrap();
     assert_eq!(report.bytes, std::fs::metadata(&path).unwrap().len());
     assert_eq!(report.objects, t.len() as u64);
-    assert_eq!(report.object_bytes, (t.len() * std::mem::size_of::<Spike>()) as u64);
+    assert_eq!(
+        report.object_bytes,
+        (t.len() * std::mem::size_of::<Spike>()) as u64
+    );
     assert!(saw.windows(2).all(|w| w[0].done < w[1].done));
-    assert_eq!(saw.last().map(|p| (p.done, p.total)), Some((report.bytes, report.bytes)));
+    assert_eq!(
+        saw.last().map(|p| (p.done, p.total)),
+        Some((report.bytes, report.bytes))
+    );
 
     let mut loaded_progress = Vec::new();
     let mut back: Table<Spike> = Options::new()
@@ -565,13 +607,20 @@ fn single_tables_round_trip_with_progress() {
 
 #[test]
 fn foreign_files_get_typed_errors() {
-    let cases: [(&[u8], fn(&SnapshotError) -> bool); 3] = [
+    type Expect = fn(&SnapshotError) -> bool;
+    let cases: [(&[u8], Expect); 3] = [
         (b"", |e| matches!(e, SnapshotError::BadMagic { .. })),
         (b"PK\x03\x04 a zip file, not a snapshot", |e| {
             matches!(e, SnapshotError::BadMagic { .. })
         }),
         (b"\x89NSNAP\r\n\x02\x00\x00\x00\x0d\x0c\x0b\x0a", |e| {
-            matches!(e, SnapshotError::UnsupportedVersion { found: 2, supported: 1 })
+            matches!(
+                e,
+                SnapshotError::UnsupportedVersion {
+                    found: 2,
+                    supported: 1
+                }
+            )
         }),
     ];
     for (bytes, expected) in cases {
@@ -583,6 +632,8 @@ fn foreign_files_get_typed_errors() {
     let big_endian = b"\x89NSNAP\r\n\x01\x00\x00\x00\x0a\x0b\x0c\x0d";
     assert!(matches!(
         load(big_endian),
-        Err(Error::Snapshot(SnapshotError::ByteOrder { found: 0x0d0c_0b0a }))
+        Err(Error::Snapshot(SnapshotError::ByteOrder {
+            found: 0x0d0c_0b0a
+        }))
     ));
 }

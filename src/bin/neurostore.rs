@@ -66,7 +66,16 @@ fn describe(path: &str, info: &SnapshotInfo) -> String {
     let _ = writeln!(
         out,
         "\n{:<20} {:>18} {:>6} {:>5} {:<14} {:>12} {:>10} {:>8} {:>7} {:>13}",
-        "type", "schema", "size", "align", "encoding", "objects", "stale", "chunks", "frag", "object bytes"
+        "type",
+        "schema",
+        "size",
+        "align",
+        "encoding",
+        "objects",
+        "stale",
+        "chunks",
+        "frag",
+        "object bytes"
     );
     for t in &info.tables {
         let _ = writeln!(
@@ -87,9 +96,17 @@ fn describe(path: &str, info: &SnapshotInfo) -> String {
     if info.content == neurostore::snapshot::Content::Store {
         let _ = writeln!(out, "\nGC roots: {}", info.roots);
     }
-    let _ = writeln!(out, "\n{:<6} {:>14} {:>14} {:>10}", "section", "offset", "length", "crc32");
+    let _ = writeln!(
+        out,
+        "\n{:<6} {:>14} {:>14} {:>10}",
+        "section", "offset", "length", "crc32"
+    );
     for s in &info.sections {
-        let _ = writeln!(out, "{:<6} {:>14} {:>14} {:#010x}", s.tag, s.offset, s.len, s.crc);
+        let _ = writeln!(
+            out,
+            "{:<6} {:>14} {:>14} {:#010x}",
+            s.tag, s.offset, s.len, s.crc
+        );
     }
     out
 }

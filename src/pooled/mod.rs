@@ -224,5 +224,4 @@ pub mod __private {
     pub use bytemuck::Pod;
     pub use serde::Serialize;
     pub use serde::de::DeserializeOwned;
-
 }

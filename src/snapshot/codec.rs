@@ -93,12 +93,17 @@ impl Encoded<'_> {
 /// Reads exactly `buf.len()` bytes of the objects section into `buf`.
 pub(crate) type Fill<'a> = dyn FnMut(&mut [u8]) -> Result<(), Error> + 'a;
 
+/// Decodes a whole objects section (checksum verified) into a restored table.
+type DecodeBytes<T> = fn(&mut Table<T>, &[u8], &str) -> Result<(), Error>;
+/// Encodes a table's objects.
+type EncodeFn<T> = for<'a> fn(&'a Table<T>, &str) -> Result<Encoded<'a>, Error>;
+
 /// How objects come back from an objects section.
 pub(crate) enum Decoder<T> {
     /// Streamed straight into chunk memory through a [`Fill`].
     Raw(fn(&mut Table<T>, &mut Fill<'_>) -> Result<(), Error>),
     /// Decoded from the whole section, once its checksum has been verified.
-    Bytes(fn(&mut Table<T>, &[u8], &str) -> Result<(), Error>),
+    Bytes(DecodeBytes<T>),
 }
 
 /// The snapshot encoding of a type: [`Pooled::CODEC`](crate::Pooled::CODEC), set by
@@ -126,7 +131,7 @@ pub(crate) enum Decoder<T> {
 /// ```
 pub struct Codec<T> {
     encoding: Encoding,
-    encode: Option<for<'a> fn(&'a Table<T>, &str) -> Result<Encoded<'a>, Error>>,
+    encode: Option<EncodeFn<T>>,
     decode: Option<Decoder<T>>,
 }
 
@@ -194,7 +199,11 @@ impl<T> Codec<T> {
     }
 
     /// Encodes every live object of `table` in storage order.
-    pub(crate) fn encode<'a>(&self, table: &'a Table<T>, type_name: &str) -> Result<Encoded<'a>, Error> {
+    pub(crate) fn encode<'a>(
+        &self,
+        table: &'a Table<T>,
+        type_name: &str,
+    ) -> Result<Encoded<'a>, Error> {
         match self.encode {
             Some(encode) => encode(table, type_name),
             None => Err(SnapshotError::NotPersistable {
@@ -212,7 +221,10 @@ impl<T> Codec<T> {
 
 fn encode_pod<'a, T: bytemuck::Pod>(table: &'a Table<T>, _: &str) -> Result<Encoded<'a>, Error> {
     Ok(Encoded::Runs(
-        table.object_runs().map(bytemuck::cast_slice::<T, u8>).collect(),
+        table
+            .object_runs()
+            .map(bytemuck::cast_slice::<T, u8>)
+            .collect(),
     ))
 }
 

@@ -87,7 +87,11 @@ pub(crate) struct BodyWriter<'a, 'w> {
 }
 
 impl<'w> Writer<'w> {
-    pub(crate) fn new(out: &'w mut dyn Write, total: u64, progress: Option<&'w mut ProgressFn<'w>>) -> Self {
+    pub(crate) fn new(
+        out: &'w mut dyn Write,
+        total: u64,
+        progress: Option<&'w mut ProgressFn<'w>>,
+    ) -> Self {
         Writer {
             out,
             offset: 0,
@@ -148,7 +152,12 @@ impl<'w> Writer<'w> {
             left: len,
         };
         body(&mut bw)?;
-        assert_eq!(bw.left, 0, "section {} wrote less than its length", tag_text(tag));
+        assert_eq!(
+            bw.left,
+            0,
+            "section {} wrote less than its length",
+            tag_text(tag)
+        );
         let crc = bw.crc;
         self.file_crc.combine(&crc);
         self.raw(&crc.finalize().to_le_bytes())
@@ -175,7 +184,10 @@ impl<'w> Writer<'w> {
 impl BodyWriter<'_, '_> {
     /// Appends bytes to the body.
     pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        assert!(bytes.len() as u64 <= self.left, "section body longer than its length");
+        assert!(
+            bytes.len() as u64 <= self.left,
+            "section body longer than its length"
+        );
         self.left -= bytes.len() as u64;
         self.crc.update(bytes);
         self.writer.raw_in_section(bytes)
@@ -386,7 +398,8 @@ impl<'r> Reader<'r> {
             }
             .into());
         }
-        self.closed.push((start.tag, start.offset, start.len, computed));
+        self.closed
+            .push((start.tag, start.offset, start.len, computed));
         Ok(computed)
     }
 
@@ -423,7 +436,10 @@ impl<'r> Reader<'r> {
         let file_crc = self.file_crc.clone().finalize();
         let start = self.open(DONE)?;
         if start.len != 12 {
-            return Err(self.malformed(start, format!("the footer body is {} bytes, not 12", start.len)));
+            return Err(self.malformed(
+                start,
+                format!("the footer body is {} bytes, not 12", start.len),
+            ));
         }
         let mut body = [0u8; 12];
         self.body(&mut body)?;
@@ -524,10 +540,14 @@ impl<'a> FieldReader<'a> {
         Ok(self.take(1, what)?[0])
     }
     pub(crate) fn u32(&mut self, what: &str) -> Result<u32, Error> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
     pub(crate) fn u64(&mut self, what: &str) -> Result<u64, Error> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
     pub(crate) fn str(&mut self, what: &str) -> Result<String, Error> {
         let len = u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes"));
@@ -540,7 +560,10 @@ impl<'a> FieldReader<'a> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(self.err(format!("{} bytes left after the last field", self.bytes.len())))
+            Err(self.err(format!(
+                "{} bytes left after the last field",
+                self.bytes.len()
+            )))
         }
     }
 }

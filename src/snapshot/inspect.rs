@@ -109,7 +109,10 @@ pub fn inspect(mut input: impl Read) -> Result<SnapshotInfo, Error> {
         if start.len != header.objects_len {
             return Err(reader.malformed(
                 start,
-                format!("the header gives {} bytes of objects, the section {}", header.objects_len, start.len),
+                format!(
+                    "the header gives {} bytes of objects, the section {}",
+                    header.objects_len, start.len
+                ),
             ));
         }
         reader.skip_body()?;

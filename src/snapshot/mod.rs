@@ -189,7 +189,11 @@ impl<'a> Options<'a> {
     ///
     /// # Errors
     /// As [`Store::save`].
-    pub fn save_store(&mut self, store: &Store, path: impl AsRef<Path>) -> Result<SnapshotReport, Error> {
+    pub fn save_store(
+        &mut self,
+        store: &Store,
+        path: impl AsRef<Path>,
+    ) -> Result<SnapshotReport, Error> {
         let started = Instant::now();
         let mut file = AtomicFile::create(path)?;
         let mut report = self.save_store_to(store, &mut file)?;
@@ -202,7 +206,11 @@ impl<'a> Options<'a> {
     ///
     /// # Errors
     /// As [`Store::save_to`].
-    pub fn save_store_to(&mut self, store: &Store, out: impl Write) -> Result<SnapshotReport, Error> {
+    pub fn save_store_to(
+        &mut self,
+        store: &Store,
+        out: impl Write,
+    ) -> Result<SnapshotReport, Error> {
         let started = Instant::now();
         let mut prepared = Vec::new();
         for (id, table) in &store.tables {
@@ -219,7 +227,10 @@ impl<'a> Options<'a> {
             }
         }
         prepared.sort_by(|a, b| a.header().type_name.cmp(&b.header().type_name));
-        if let Some(w) = prepared.windows(2).find(|w| w[0].header().type_name == w[1].header().type_name) {
+        if let Some(w) = prepared
+            .windows(2)
+            .find(|w| w[0].header().type_name == w[1].header().type_name)
+        {
             return Err(SnapshotError::DuplicateType {
                 type_name: w[0].header().type_name.clone(),
             }
@@ -235,9 +246,11 @@ impl<'a> Options<'a> {
         counts.sort_by_key(|(h, _)| (h.type_name(), h.to_bits()));
         roots.u32(counts.len() as u32);
         for (h, n) in counts {
-            let name = names.get(&h.type_id()).ok_or_else(|| SnapshotError::Unregistered {
-                type_name: h.type_name().to_owned(),
-            })?;
+            let name = names
+                .get(&h.type_id())
+                .ok_or_else(|| SnapshotError::Unregistered {
+                    type_name: h.type_name().to_owned(),
+                })?;
             roots.str(name).u64(h.to_bits()).u64(n as u64);
         }
         let tables: Vec<&dyn PreparedTable> = prepared.iter().map(|p| &**p).collect();
@@ -250,7 +263,11 @@ impl<'a> Options<'a> {
     ///
     /// # Errors
     /// As [`Store::load`].
-    pub fn load_store(&mut self, path: impl AsRef<Path>, registry: &TypeRegistry) -> Result<Store, Error> {
+    pub fn load_store(
+        &mut self,
+        path: impl AsRef<Path>,
+        registry: &TypeRegistry,
+    ) -> Result<Store, Error> {
         let file = File::open(path)?;
         self.load_store_from(BufReader::with_capacity(1 << 20, file), registry)
     }
@@ -259,7 +276,11 @@ impl<'a> Options<'a> {
     ///
     /// # Errors
     /// As [`Store::load_from`].
-    pub fn load_store_from(&mut self, mut input: impl Read, registry: &TypeRegistry) -> Result<Store, Error> {
+    pub fn load_store_from(
+        &mut self,
+        mut input: impl Read,
+        registry: &TypeRegistry,
+    ) -> Result<Store, Error> {
         let pool = self.pool_or_default();
         let mut reader = Reader::new(&mut input, self.progress_fn());
         let head = read_head(&mut reader)?;
@@ -280,11 +301,12 @@ impl<'a> Options<'a> {
                 }
                 .into());
             }
-            let entry = registry.entries.get(header.type_name.as_str()).ok_or_else(|| {
-                SnapshotError::UnknownType {
+            let entry = registry
+                .entries
+                .get(header.type_name.as_str())
+                .ok_or_else(|| SnapshotError::UnknownType {
                     type_name: header.type_name.clone(),
-                }
-            })?;
+                })?;
             (entry.load_into)(&mut reader, &header, &pool, &mut store)?;
         }
         let start = reader.open(format::ROOT)?;
@@ -301,8 +323,14 @@ impl<'a> Options<'a> {
                 .entries
                 .get(name.as_str())
                 .filter(|_| seen.contains(&name))
-                .ok_or_else(|| reader.malformed(start, format!("a root names `{name}`, which has no table in the file")))?;
-            let n = usize::try_from(n).map_err(|_| reader.malformed(start, "a root count overflows"))?;
+                .ok_or_else(|| {
+                    reader.malformed(
+                        start,
+                        format!("a root names `{name}`, which has no table in the file"),
+                    )
+                })?;
+            let n = usize::try_from(n)
+                .map_err(|_| reader.malformed(start, "a root count overflows"))?;
             roots.push(((entry.any_handle)(bits), n));
         }
         fields.end()?;
@@ -317,7 +345,11 @@ impl<'a> Options<'a> {
     ///
     /// # Errors
     /// As [`Table::save`].
-    pub fn save_table<T: Pooled>(&mut self, table: &Table<T>, path: impl AsRef<Path>) -> Result<SnapshotReport, Error> {
+    pub fn save_table<T: Pooled>(
+        &mut self,
+        table: &Table<T>,
+        path: impl AsRef<Path>,
+    ) -> Result<SnapshotReport, Error> {
         let started = Instant::now();
         let mut file = AtomicFile::create(path)?;
         let mut report = self.save_table_to(table, &mut file)?;
@@ -330,7 +362,11 @@ impl<'a> Options<'a> {
     ///
     /// # Errors
     /// As [`Table::save_to`].
-    pub fn save_table_to<T: Pooled>(&mut self, table: &Table<T>, out: impl Write) -> Result<SnapshotReport, Error> {
+    pub fn save_table_to<T: Pooled>(
+        &mut self,
+        table: &Table<T>,
+        out: impl Write,
+    ) -> Result<SnapshotReport, Error> {
         let started = Instant::now();
         let prepared = Prepared::new(table)?;
         let mut report = self.write(Content::Table, &[&prepared], None, out)?;
@@ -459,7 +495,10 @@ pub(crate) fn finish(reader: &mut Reader<'_>, head: &Head) -> Result<u64, Error>
         return Err(SnapshotError::Malformed {
             section: "HEAD".to_owned(),
             offset: format::PREAMBLE_LEN,
-            message: format!("the header gives a {}-byte file, but it has {bytes} bytes", head.total),
+            message: format!(
+                "the header gives a {}-byte file, but it has {bytes} bytes",
+                head.total
+            ),
         }
         .into());
     }
@@ -518,7 +557,10 @@ impl TableHeader {
 pub(crate) fn read_table_header(reader: &mut Reader<'_>) -> Result<TableHeader, Error> {
     let start = reader.open(format::TABL)?;
     if start.len > 1 << 17 {
-        return Err(reader.malformed(start, format!("a {}-byte table header is too long", start.len)));
+        return Err(reader.malformed(
+            start,
+            format!("a {}-byte table header is too long", start.len),
+        ));
     }
     let body = reader.rest_of_body()?;
     reader.close()?;
@@ -552,10 +594,15 @@ pub(crate) fn read_table_header(reader: &mut Reader<'_>) -> Result<TableHeader, 
     if header.slot_count == 0 || header.live > u64::from(header.slot_count) - 1 {
         return Err(reader.malformed(
             start,
-            format!("{} live objects in {} slots (the first is slotmap's sentinel)", header.live, header.slot_count),
+            format!(
+                "{} live objects in {} slots (the first is slotmap's sentinel)",
+                header.live, header.slot_count
+            ),
         ));
     }
-    if header.encoding == Encoding::RawPod && header.element_size.checked_mul(header.live) != Some(header.objects_len) {
+    if header.encoding == Encoding::RawPod
+        && header.element_size.checked_mul(header.live) != Some(header.objects_len)
+    {
         return Err(reader.malformed(
             start,
             format!(
@@ -568,14 +615,28 @@ pub(crate) fn read_table_header(reader: &mut Reader<'_>) -> Result<TableHeader, 
 }
 
 /// Reads a table's SLOT and FREE sections and checks them.
-pub(crate) fn read_image(reader: &mut Reader<'_>, header: &TableHeader) -> Result<TableImage, Error> {
+pub(crate) fn read_image(
+    reader: &mut Reader<'_>,
+    header: &TableHeader,
+) -> Result<TableImage, Error> {
     let start = reader.open(format::SLOT)?;
     if start.len != header.slot_len() {
-        return Err(reader.malformed(start, format!("{} slots need {} bytes, not {}", header.slot_count, header.slot_len(), start.len)));
+        return Err(reader.malformed(
+            start,
+            format!(
+                "{} slots need {} bytes, not {}",
+                header.slot_count,
+                header.slot_len(),
+                start.len
+            ),
+        ));
     }
     let raw: Vec<[u32; 2]> = reader.pod_values(u64::from(header.slot_count))?;
     reader.close()?;
-    let slots: Vec<(u32, u32)> = raw.into_iter().map(|[v, p]| (u32::from_le(v), u32::from_le(p))).collect();
+    let slots: Vec<(u32, u32)> = raw
+        .into_iter()
+        .map(|[v, p]| (u32::from_le(v), u32::from_le(p)))
+        .collect();
     let start = reader.open(format::FREE)?;
     if start.len != header.free_len() {
         return Err(reader.malformed(
@@ -604,7 +665,10 @@ pub(crate) fn read_image(reader: &mut Reader<'_>, header: &TableHeader) -> Resul
     if summary.live != header.live {
         return Err(SnapshotError::InconsistentSlots {
             type_name: header.type_name.clone(),
-            message: format!("the header counts {} live objects, the slot table {}", header.live, summary.live),
+            message: format!(
+                "the header counts {} live objects, the slot table {}",
+                header.live, summary.live
+            ),
         }
         .into());
     }
@@ -644,7 +708,11 @@ fn check_type<T: Pooled>(header: &TableHeader, align: usize) -> Result<(), Error
 }
 
 /// Reads one table of `T` (after its TABL section): checks, image, objects.
-fn read_table<T: Pooled>(reader: &mut Reader<'_>, header: &TableHeader, pool: Arc<HierarchicalPool>) -> Result<Table<T>, Error> {
+fn read_table<T: Pooled>(
+    reader: &mut Reader<'_>,
+    header: &TableHeader,
+    pool: Arc<HierarchicalPool>,
+) -> Result<Table<T>, Error> {
     let empty = Table::<T>::pooled_in(pool.clone());
     check_type::<T>(header, empty.hints().align)?;
     let image = read_image(reader, header)?;
@@ -652,7 +720,13 @@ fn read_table<T: Pooled>(reader: &mut Reader<'_>, header: &TableHeader, pool: Ar
     drop(image);
     let start = reader.open(format::OBJS)?;
     if start.len != header.objects_len {
-        return Err(reader.malformed(start, format!("the header gives {} bytes of objects, the section {}", header.objects_len, start.len)));
+        return Err(reader.malformed(
+            start,
+            format!(
+                "the header gives {} bytes of objects, the section {}",
+                header.objects_len, start.len
+            ),
+        ));
     }
     match T::CODEC.decoder() {
         Some(Decoder::Raw(decode)) => {
@@ -701,7 +775,8 @@ impl<'a, T: Pooled> Prepared<'a, T> {
             retention: table.retention(),
             per_chunk: table.chunk_capacity(),
             chunk_count: u32::try_from(table.chunk_slots()).expect("chunk indices are u32"),
-            slot_count: u32::try_from(table.slot_count()).expect("slotmap holds fewer than 2^32 slots"),
+            slot_count: u32::try_from(table.slot_count())
+                .expect("slotmap holds fewer than 2^32 slots"),
             live: table.len() as u64,
             objects_len: objects.len(),
         };
@@ -744,11 +819,7 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
             b.write(&buf)
         })?;
         w.section(format::FREE, self.header.free_len(), |b| {
-            let image_free: Vec<u8> = self
-                .table
-                .free_order()
-                .flat_map(u32::to_le_bytes)
-                .collect();
+            let image_free: Vec<u8> = self.table.free_order().flat_map(u32::to_le_bytes).collect();
             b.write(&image_free)?;
             let mut present = vec![0u8; (self.header.chunk_count as usize).div_ceil(8)];
             for (c, p) in self.table.chunks_present().enumerate() {
@@ -765,17 +836,25 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
     }
 }
 
+/// Prepares a store's erased table for writing.
+type PrepareFn = for<'a> fn(&'a dyn ErasedTable) -> Result<Box<dyn PreparedTable + 'a>, Error>;
+
 /// What the store keeps per registered type to save its table.
 #[derive(Clone, Copy)]
 pub(crate) struct StoreTableOps {
     pub type_name: &'static str,
-    pub prepare: for<'a> fn(&'a dyn ErasedTable) -> Result<Box<dyn PreparedTable + 'a>, Error>,
+    pub prepare: PrepareFn,
 }
 
 impl StoreTableOps {
     pub(crate) fn of<T: Pooled + Send + Sync>() -> Self {
-        fn prepare<T: Pooled + Send + Sync>(t: &dyn ErasedTable) -> Result<Box<dyn PreparedTable + '_>, Error> {
-            let table: &Table<T> = t.as_any().downcast_ref().expect("the ops of T are stored under T's TypeId");
+        fn prepare<T: Pooled + Send + Sync>(
+            t: &dyn ErasedTable,
+        ) -> Result<Box<dyn PreparedTable + '_>, Error> {
+            let table: &Table<T> = t
+                .as_any()
+                .downcast_ref()
+                .expect("the ops of T are stored under T's TypeId");
             Ok(Box::new(Prepared::new(table)?))
         }
         StoreTableOps {
@@ -785,7 +864,8 @@ impl StoreTableOps {
     }
 }
 
-type LoadInto = fn(&mut Reader<'_>, &TableHeader, &Arc<HierarchicalPool>, &mut Store) -> Result<(), Error>;
+type LoadInto =
+    fn(&mut Reader<'_>, &TableHeader, &Arc<HierarchicalPool>, &mut Store) -> Result<(), Error>;
 
 struct RegistryEntry {
     type_id: TypeId,
@@ -816,7 +896,9 @@ impl std::fmt::Debug for TypeRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<_> = self.entries.keys().collect();
         names.sort();
-        f.debug_struct("TypeRegistry").field("types", &names).finish()
+        f.debug_struct("TypeRegistry")
+            .field("types", &names)
+            .finish()
     }
 }
 

@@ -266,7 +266,9 @@ impl<T> Chunk<T> {
         // SAFETY: every place in `first..end` is occupied (checked above), so the block
         // holds `count` initialised objects in a row there; the shared borrow of the chunk
         // keeps them in place and unchanged.
-        Some(unsafe { std::slice::from_raw_parts(self.data.as_ptr().add(first as usize), count as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.data.as_ptr().add(first as usize), count as usize)
+        })
     }
 
     /// Names `owner` as the object that a snapshot load will put at free place `pos`
@@ -365,7 +367,9 @@ unsafe impl<T: Sync> Sync for Chunk<T> {}
 fn occupied_runs_of(words: &[u64], capacity: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
     let set = move |p: u32| words[p as usize / 64] >> (p % 64) & 1 == 1;
     // A whole word can be skipped (or taken) at once when it is all clear (or all set).
-    let word_is = move |p: u32, all: u64| p % 64 == 0 && p + 64 <= capacity && words[p as usize / 64] == all;
+    let word_is = move |p: u32, all: u64| {
+        p.is_multiple_of(64) && p + 64 <= capacity && words[p as usize / 64] == all
+    };
     let mut pos = 0u32;
     std::iter::from_fn(move || {
         while pos < capacity && !set(pos) {

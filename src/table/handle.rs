@@ -182,6 +182,29 @@ unsafe impl<T> bytemuck::Zeroable for Handle<T> {}
 // for every `T`, and `'static` when `T` is.
 unsafe impl<T: 'static> bytemuck::Pod for Handle<T> {}
 
+/// A handle serializes as its 64-bit form ([`to_bits`](Handle::to_bits)), so objects
+/// that hold handles keep them through serde (and `#[pooled(serde)]` snapshots).
+///
+/// ```
+/// use neurostore::Handle;
+///
+/// let h = Handle::<u8>::from_bits(5 | 3 << 32);
+/// assert_eq!(serde_json::to_string(&h)?, "12884901893");
+/// assert_eq!(serde_json::from_str::<Handle<u8>>("12884901893")?, h);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+impl<T> serde::Serialize for Handle<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.to_bits())
+    }
+}
+
+impl<'de, T> serde::Deserialize<'de> for Handle<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(deserializer).map(Handle::from_bits)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,28 +283,5 @@ mod tests {
         assert_eq!(format!("{a:?}"), "Neuron#5v1");
         assert_eq!(format!("{:?}", Handle::<Vec<u8>>::null()), "Vec#null");
         assert_eq!(a.cast::<u8>().to_bits(), a.to_bits());
-    }
-}
-
-/// A handle serializes as its 64-bit form ([`to_bits`](Handle::to_bits)), so objects
-/// that hold handles keep them through serde (and `#[pooled(serde)]` snapshots).
-///
-/// ```
-/// use neurostore::Handle;
-///
-/// let h = Handle::<u8>::from_bits(5 | 3 << 32);
-/// assert_eq!(serde_json::to_string(&h)?, "12884901893");
-/// assert_eq!(serde_json::from_str::<Handle<u8>>("12884901893")?, h);
-/// # Ok::<(), serde_json::Error>(())
-/// ```
-impl<T> serde::Serialize for Handle<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_u64(self.to_bits())
-    }
-}
-
-impl<'de, T> serde::Deserialize<'de> for Handle<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        <u64 as serde::Deserialize>::deserialize(deserializer).map(Handle::from_bits)
     }
 }

@@ -14,7 +14,8 @@
 //!   `KeyData` exactly.
 //!
 //! Unsafe code of this layer is confined to `chunk.rs` (placing, moving and borrowing
-//! objects in raw chunk memory) and `typed.rs`'s `iter_mut`.
+//! objects in raw chunk memory) and `typed.rs`'s `iter_mut`. `persist.rs` gives a table's
+//! slot table as an image for snapshots and rebuilds a table from one (no unsafe code).
 
 mod chunk;
 mod handle;
@@ -22,7 +23,6 @@ mod persist;
 mod typed;
 
 pub use handle::Handle;
-pub use persist::ImageSummary;
-pub(crate) use persist::TableImage;
 pub(crate) use handle::short_type_name;
+pub(crate) use persist::TableImage;
 pub use typed::{DEFAULT_CHUNK_BYTES, Loc, Table, TableStats, default_pool};

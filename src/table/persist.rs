@@ -47,7 +47,7 @@ pub(crate) struct TableImage {
 
 /// Figures of a checked [`TableImage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ImageSummary {
+pub(crate) struct ImageSummary {
     /// Live slots (objects).
     pub live: u64,
     /// Vacant slots, the sentinel not counted.
@@ -60,7 +60,7 @@ pub struct ImageSummary {
 
 impl ImageSummary {
     /// `holes / (live + holes)`, as [`TableStats::fragmentation`](super::TableStats).
-    pub fn fragmentation(&self) -> f64 {
+    pub(crate) fn fragmentation(&self) -> f64 {
         if self.live + self.holes == 0 {
             0.0
         } else {
@@ -95,7 +95,10 @@ impl TableImage {
             )));
         }
         if self.slots.len() as u64 >= u64::from(u32::MAX) {
-            return Err(bad(format!("{} slots exceed slotmap's limit", self.slots.len())));
+            return Err(bad(format!(
+                "{} slots exceed slotmap's limit",
+                self.slots.len()
+            )));
         }
         match self.slots.first() {
             Some((0, 0)) => {}
@@ -116,14 +119,21 @@ impl TableImage {
                 continue;
             }
             let chunk = place >> shift;
-            if !self.chunks_present.get(chunk as usize).copied().unwrap_or(false) {
+            if !self
+                .chunks_present
+                .get(chunk as usize)
+                .copied()
+                .unwrap_or(false)
+            {
                 return Err(bad(format!(
                     "live slot {index} names place {place} in chunk {chunk}, which does not exist"
                 )));
             }
             let word = &mut taken[place as usize / 64];
             if *word & (1 << (place % 64)) != 0 {
-                return Err(bad(format!("two live slots name place {place} (one is slot {index})")));
+                return Err(bad(format!(
+                    "two live slots name place {place} (one is slot {index})"
+                )));
             }
             *word |= 1 << (place % 64);
             per_chunk_live[chunk as usize] += 1;
@@ -254,9 +264,8 @@ impl<T> Table<T> {
         }
         for &index in image.free_order.iter().rev() {
             let version = image.slots[index as usize].0;
-            let occupied = Handle::<T>::from_bits(
-                u64::from(index) | u64::from(version.wrapping_sub(1)) << 32,
-            );
+            let occupied =
+                Handle::<T>::from_bits(u64::from(index) | u64::from(version.wrapping_sub(1)) << 32);
             table
                 .slots
                 .remove(occupied)
@@ -301,7 +310,8 @@ impl<T> Table<T> {
             };
             for (first, count) in chunk.pending_runs() {
                 for pos in first..first + count {
-                    let value = next().ok_or_else(|| missing_objects(type_name, filled, self.len()))??;
+                    let value =
+                        next().ok_or_else(|| missing_objects(type_name, filled, self.len()))??;
                     let chunk = self.chunks[ci].as_mut().expect("checked above");
                     let owner = chunk.owner(pos);
                     chunk.put(pos, value, owner);
@@ -490,7 +500,9 @@ mod tests {
     /// Rebuilds `t` from its image and objects, as a snapshot load does.
     fn rebuilt(t: &Table<u64>) -> Table<u64> {
         let image = t.image();
-        image.check("u64").expect("a live table's image is consistent");
+        image
+            .check("u64")
+            .expect("a live table's image is consistent");
         let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
         let mut objects = t.object_runs().flatten().copied();
         r.fill_pending("u64", || objects.next().map(Ok)).unwrap();
@@ -560,7 +572,13 @@ mod tests {
         good.check("u64").unwrap();
         let live = good.slots.iter().position(|s| s.0 % 2 == 1).unwrap();
         let other_live = good.slots.iter().rposition(|s| s.0 % 2 == 1).unwrap();
-        let vacant = good.slots.iter().skip(1).position(|s| s.0 % 2 == 0).unwrap() + 1;
+        let vacant = good
+            .slots
+            .iter()
+            .skip(1)
+            .position(|s| s.0 % 2 == 0)
+            .unwrap()
+            + 1;
         let mut cases: Vec<(&str, TableImage)> = Vec::new();
         let mut i = good.clone();
         i.slots[live].1 = i.slots[other_live].1;
@@ -602,7 +620,9 @@ mod tests {
         assert!(err.to_string().contains("holds only 0 objects"), "{err}");
         let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
         let mut endless = 0u64..;
-        let err = r.fill_pending("u64", || endless.next().map(Ok)).unwrap_err();
+        let err = r
+            .fill_pending("u64", || endless.next().map(Ok))
+            .unwrap_err();
         assert!(err.to_string().contains("more objects"), "{err}");
     }
 
