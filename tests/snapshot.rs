@@ -239,9 +239,58 @@ fn small_store() -> Store {
     store
 }
 
+/// A store whose tables are dense, so their slot tables are written as runs.
+fn dense_store() -> Store {
+    let mut store = new_store();
+    for i in 0..40 {
+        store.insert(spike(i));
+    }
+    store.insert(note(1));
+    store
+}
+
+/// The body length of each SLOT section of a file.
+fn slot_section_lengths(file: &[u8]) -> Vec<u64> {
+    inspect(file)
+        .unwrap()
+        .sections
+        .iter()
+        .filter(|s| s.tag == "SLOT")
+        .map(|s| s.len)
+        .collect()
+}
+
+#[test]
+fn slot_tables_are_written_as_runs_when_shorter() {
+    let mut store = new_store();
+    let hs: Vec<_> = (0..10_000).map(|i| store.insert(spike(i))).collect();
+    let dense = save(&store);
+    // One run for the sentinel, one for the 10,000 live slots.
+    assert_eq!(slot_section_lengths(&dense)[2], 1 + 2 * 12);
+    for h in hs.iter().step_by(2) {
+        store.remove(*h);
+    }
+    let sparse = save(&store);
+    // Alternating live and vacant slots: plain records are shorter.
+    assert_eq!(slot_section_lengths(&sparse)[2], 1 + 10_001 * 8);
+    let (dense, sparse) = (load(&dense).unwrap(), load(&sparse).unwrap());
+    for (i, h) in hs.iter().enumerate() {
+        assert_eq!(dense.get(*h), Some(&spike(i as u64)));
+        assert_eq!(
+            sparse.get(*h),
+            (i % 2 == 1).then(|| spike(i as u64)).as_ref()
+        );
+    }
+}
+
 #[test]
 fn every_flipped_byte_and_every_truncation_is_refused() {
-    let file = save(&small_store());
+    every_flip_and_truncation_of(&save(&small_store()));
+    every_flip_and_truncation_of(&save(&dense_store()));
+}
+
+fn every_flip_and_truncation_of(file: &[u8]) {
+    let file = file.to_vec();
     assert!(load(&file).is_ok());
     for i in 0..file.len() {
         let mut bad = file.clone();

@@ -545,8 +545,9 @@ impl TableHeader {
         u64::from(self.slot_count) - 1 - self.live
     }
 
-    fn slot_len(&self) -> u64 {
-        u64::from(self.slot_count) * 8
+    /// Bytes of a SLOT body written as plain records.
+    fn slot_records_len(&self) -> u64 {
+        1 + u64::from(self.slot_count) * 8
     }
 
     fn free_len(&self) -> u64 {
@@ -620,23 +621,79 @@ pub(crate) fn read_image(
     header: &TableHeader,
 ) -> Result<TableImage, Error> {
     let start = reader.open(format::SLOT)?;
-    if start.len != header.slot_len() {
-        return Err(reader.malformed(
-            start,
-            format!(
-                "{} slots need {} bytes, not {}",
-                header.slot_count,
-                header.slot_len(),
-                start.len
-            ),
-        ));
+    let mut form = [0u8; 1];
+    if start.len == 0 {
+        return Err(reader.malformed(start, "an empty slot section"));
     }
-    let raw: Vec<[u32; 2]> = reader.pod_values(u64::from(header.slot_count))?;
+    reader.body(&mut form)?;
+    let slots = match form[0] {
+        SLOTS_AS_RECORDS => {
+            if start.len != header.slot_records_len() {
+                return Err(reader.malformed(
+                    start,
+                    format!(
+                        "{} slots need {} bytes, not {}",
+                        header.slot_count,
+                        header.slot_records_len(),
+                        start.len
+                    ),
+                ));
+            }
+            let raw: Vec<[u32; 2]> = reader.pod_values(u64::from(header.slot_count))?;
+            raw.into_iter()
+                .map(|[v, p]| (u32::from_le(v), u32::from_le(p)))
+                .collect()
+        }
+        SLOTS_AS_RUNS => {
+            if (start.len - 1) % 12 != 0 || (start.len - 1) / 12 > u64::from(header.slot_count) {
+                return Err(reader.malformed(
+                    start,
+                    format!(
+                        "{} bytes are not runs of the {} slots",
+                        start.len - 1,
+                        header.slot_count
+                    ),
+                ));
+            }
+            let runs: Vec<[u32; 3]> = reader.pod_values((start.len - 1) / 12)?;
+            let mut slots = Vec::with_capacity(header.slot_count as usize);
+            for [version, place, count] in runs {
+                let (version, place, count) = (
+                    u32::from_le(version),
+                    u32::from_le(place),
+                    u32::from_le(count),
+                );
+                let live = version % 2 == 1;
+                let fits = count > 0
+                    && slots.len() as u64 + u64::from(count) <= u64::from(header.slot_count)
+                    && (live || place == 0)
+                    && (!live || u64::from(place) + u64::from(count) <= 1 << 32);
+                if !fits {
+                    return Err(reader.malformed(
+                        start,
+                        format!(
+                            "the run ({version}, {place}, {count}) does not fit the {} slots",
+                            header.slot_count
+                        ),
+                    ));
+                }
+                slots.extend((0..count).map(|k| (version, if live { place + k } else { 0 })));
+            }
+            if slots.len() != header.slot_count as usize {
+                return Err(reader.malformed(
+                    start,
+                    format!(
+                        "the runs cover {} of the {} slots",
+                        slots.len(),
+                        header.slot_count
+                    ),
+                ));
+            }
+            slots
+        }
+        other => return Err(reader.malformed(start, format!("unknown slot encoding {other}"))),
+    };
     reader.close()?;
-    let slots: Vec<(u32, u32)> = raw
-        .into_iter()
-        .map(|[v, p]| (u32::from_le(v), u32::from_le(p)))
-        .collect();
     let start = reader.open(format::FREE)?;
     if start.len != header.free_len() {
         return Err(reader.malformed(
@@ -756,10 +813,42 @@ pub(crate) trait PreparedTable {
     fn write(&self, writer: &mut Writer<'_>) -> Result<(), Error>;
 }
 
+/// SLOT body form: every slot as `(version, place)`.
+const SLOTS_AS_RECORDS: u8 = 0;
+/// SLOT body form: runs `(version, first place, count)` of consecutive slots with one
+/// version and consecutive places (vacant slots: place 0).
+const SLOTS_AS_RUNS: u8 = 1;
+
+/// The runs of `records`, unless they would take more bytes than the records.
+fn slot_runs(records: impl Iterator<Item = (u32, u32)>, slot_count: u64) -> Option<Vec<[u32; 3]>> {
+    let budget = (slot_count * 8 / 12) as usize;
+    let mut runs: Vec<[u32; 3]> = Vec::new();
+    for (version, place) in records {
+        if let Some([v, p, n]) = runs.last_mut()
+            && *v == version
+            && (if version % 2 == 1 {
+                p.checked_add(*n) == Some(place)
+            } else {
+                place == 0
+            })
+        {
+            *n += 1;
+            continue;
+        }
+        if runs.len() == budget {
+            return None;
+        }
+        runs.push([version, place, 1]);
+    }
+    Some(runs)
+}
+
 struct Prepared<'a, T> {
     table: &'a Table<T>,
     header: TableHeader,
     fields: Fields,
+    /// The slot table as runs, when that is shorter than plain records.
+    slot_runs: Option<Vec<[u32; 3]>>,
     objects: Encoded<'a>,
 }
 
@@ -781,12 +870,24 @@ impl<'a, T: Pooled> Prepared<'a, T> {
             objects_len: objects.len(),
         };
         let fields = header.fields();
+        let slot_runs = slot_runs(table.slot_records(), u64::from(header.slot_count));
         Ok(Prepared {
             table,
             header,
             fields,
+            slot_runs,
             objects,
         })
+    }
+}
+
+impl<T> Prepared<'_, T> {
+    /// Bytes of the SLOT body.
+    fn slot_len(&self) -> u64 {
+        match &self.slot_runs {
+            Some(runs) => 1 + runs.len() as u64 * 12,
+            None => self.header.slot_records_len(),
+        }
     }
 }
 
@@ -798,7 +899,7 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
     fn file_len(&self) -> u64 {
         4 * SECTION_OVERHEAD
             + self.fields.0.len() as u64
-            + self.header.slot_len()
+            + self.slot_len()
             + self.header.free_len()
             + self.header.objects_len
     }
@@ -806,7 +907,17 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
     fn write(&self, w: &mut Writer<'_>) -> Result<(), Error> {
         const BATCH: usize = 8192;
         w.section_bytes(format::TABL, &self.fields.0)?;
-        w.section(format::SLOT, self.header.slot_len(), |b| {
+        w.section(format::SLOT, self.slot_len(), |b| {
+            if let Some(runs) = &self.slot_runs {
+                b.write(&[SLOTS_AS_RUNS])?;
+                let bytes: Vec<u8> = runs
+                    .iter()
+                    .flatten()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect();
+                return b.write(&bytes);
+            }
+            b.write(&[SLOTS_AS_RECORDS])?;
             let mut buf: Vec<u8> = Vec::with_capacity(BATCH * 8);
             for (version, place) in self.table.slot_records() {
                 buf.extend_from_slice(&version.to_le_bytes());
