@@ -11,102 +11,119 @@
 
 use std::process::ExitCode;
 
-use neurostore::snapshot::{SnapshotInfo, inspect_file};
-
-const USAGE: &str = "usage: neurostore inspect FILE | neurostore verify FILE";
-
+/// Under `--cfg loom` the library is only its lock-free pieces (for `tests/loom.rs`), so
+/// the tool has nothing to run.
+#[cfg(loom)]
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (command, path) = match args.as_slice() {
-        [c, p] if c == "inspect" || c == "verify" => (c.as_str(), p.as_str()),
-        [h] if h == "-h" || h == "--help" || h == "help" => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match inspect_file(path) {
-        Ok(info) if command == "inspect" => {
-            print!("{}", describe(path, &info));
-            ExitCode::SUCCESS
-        }
-        Ok(info) => {
-            let objects: u64 = info.tables.iter().map(|t| t.live).sum();
-            println!(
-                "{path}: ok ({} bytes, {} tables, {objects} objects, {} sections checksummed)",
-                info.bytes,
-                info.tables.len(),
-                info.sections.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{path}: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    ExitCode::SUCCESS
 }
 
-/// The `inspect` report.
-fn describe(path: &str, info: &SnapshotInfo) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let content = match info.content {
-        neurostore::snapshot::Content::Store => "store",
-        neurostore::snapshot::Content::Table => "single table",
-    };
-    let _ = writeln!(
-        out,
-        "{path}: neurostore snapshot v{}, written by neurostore {}, {content}, {} bytes",
-        info.format_version, info.crate_version, info.bytes
-    );
-    let _ = writeln!(
-        out,
-        "\n{:<20} {:>18} {:>6} {:>5} {:<14} {:>12} {:>10} {:>8} {:>7} {:>13}",
-        "type",
-        "schema",
-        "size",
-        "align",
-        "encoding",
-        "objects",
-        "stale",
-        "chunks",
-        "frag",
-        "object bytes"
-    );
-    for t in &info.tables {
+#[cfg(not(loom))]
+fn main() -> ExitCode {
+    cli::main()
+}
+
+#[cfg(not(loom))]
+mod cli {
+    use std::process::ExitCode;
+
+    use neurostore::snapshot::{SnapshotInfo, inspect_file};
+
+    const USAGE: &str = "usage: neurostore inspect FILE | neurostore verify FILE";
+
+    pub fn main() -> ExitCode {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let (command, path) = match args.as_slice() {
+            [c, p] if c == "inspect" || c == "verify" => (c.as_str(), p.as_str()),
+            [h] if h == "-h" || h == "--help" || h == "help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        match inspect_file(path) {
+            Ok(info) if command == "inspect" => {
+                print!("{}", describe(path, &info));
+                ExitCode::SUCCESS
+            }
+            Ok(info) => {
+                let objects: u64 = info.tables.iter().map(|t| t.live).sum();
+                println!(
+                    "{path}: ok ({} bytes, {} tables, {objects} objects, {} sections checksummed)",
+                    info.bytes,
+                    info.tables.len(),
+                    info.sections.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{path}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// The `inspect` report.
+    fn describe(path: &str, info: &SnapshotInfo) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let content = match info.content {
+            neurostore::snapshot::Content::Store => "store",
+            neurostore::snapshot::Content::Table => "single table",
+        };
         let _ = writeln!(
             out,
-            "{:<20} {:#018x} {:>6} {:>5} {:<14} {:>12} {:>10} {:>8} {:>6.2}% {:>13}",
-            t.type_name,
-            t.schema,
-            t.element_size,
-            t.element_align,
-            t.encoding.to_string(),
-            t.live,
-            t.vacant,
-            t.chunks,
-            t.fragmentation * 100.0,
-            t.object_bytes
+            "{path}: neurostore snapshot v{}, written by neurostore {}, {content}, {} bytes",
+            info.format_version, info.crate_version, info.bytes
         );
-    }
-    if info.content == neurostore::snapshot::Content::Store {
-        let _ = writeln!(out, "\nGC roots: {}", info.roots);
-    }
-    let _ = writeln!(
-        out,
-        "\n{:<6} {:>14} {:>14} {:>10}",
-        "section", "offset", "length", "crc32"
-    );
-    for s in &info.sections {
         let _ = writeln!(
             out,
-            "{:<6} {:>14} {:>14} {:#010x}",
-            s.tag, s.offset, s.len, s.crc
+            "\n{:<20} {:>18} {:>6} {:>5} {:<14} {:>12} {:>10} {:>8} {:>7} {:>13}",
+            "type",
+            "schema",
+            "size",
+            "align",
+            "encoding",
+            "objects",
+            "stale",
+            "chunks",
+            "frag",
+            "object bytes"
         );
+        for t in &info.tables {
+            let _ = writeln!(
+                out,
+                "{:<20} {:#018x} {:>6} {:>5} {:<14} {:>12} {:>10} {:>8} {:>6.2}% {:>13}",
+                t.type_name,
+                t.schema,
+                t.element_size,
+                t.element_align,
+                t.encoding.to_string(),
+                t.live,
+                t.vacant,
+                t.chunks,
+                t.fragmentation * 100.0,
+                t.object_bytes
+            );
+        }
+        if info.content == neurostore::snapshot::Content::Store {
+            let _ = writeln!(out, "\nGC roots: {}", info.roots);
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<6} {:>14} {:>14} {:>10}",
+            "section", "offset", "length", "crc32"
+        );
+        for s in &info.sections {
+            let _ = writeln!(
+                out,
+                "{:<6} {:>14} {:>14} {:#010x}",
+                s.tag, s.offset, s.len, s.crc
+            );
+        }
+        out
     }
-    out
 }
