@@ -7,8 +7,10 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use super::format::{self, FieldReader, Reader, tag_text};
-use super::{Content, Encoding, read_head, read_image, read_table_header};
+use super::format::{self, Reader, tag_text};
+use super::{
+    Content, Encoding, open_objects, read_head, read_image, read_roots, read_table_header,
+};
 use crate::error::Error;
 use crate::pooled::Retention;
 
@@ -105,16 +107,7 @@ pub fn inspect(mut input: impl Read) -> Result<SnapshotInfo, Error> {
         let image = read_image(&mut reader, &header)?;
         let summary = image.check(&header.type_name)?;
         drop(image);
-        let start = reader.open(format::OBJS)?;
-        if start.len != header.objects_len {
-            return Err(reader.malformed(
-                start,
-                format!(
-                    "the header gives {} bytes of objects, the section {}",
-                    header.objects_len, start.len
-                ),
-            ));
-        }
+        open_objects(&mut reader, &header)?;
         reader.skip_body()?;
         reader.close()?;
         tables.push(TableInfo {
@@ -135,18 +128,7 @@ pub fn inspect(mut input: impl Read) -> Result<SnapshotInfo, Error> {
     }
     let mut roots = 0;
     if head.content == Content::Store {
-        let start = reader.open(format::ROOT)?;
-        let body = reader.rest_of_body()?;
-        reader.close()?;
-        let mut fields = FieldReader::new(&body, start);
-        let count = fields.u32("the root count")?;
-        for _ in 0..count {
-            fields.str("a root's type name")?;
-            fields.u64("a root's handle")?;
-            fields.u64("a root's count")?;
-        }
-        fields.end()?;
-        roots = u64::from(count);
+        roots = read_roots(&mut reader)?.1.len() as u64;
     }
     let bytes = super::finish(&mut reader, &head)?;
     sections.extend(reader.take_sections());

@@ -309,16 +309,9 @@ impl<'a> Options<'a> {
                 })?;
             (entry.load_into)(&mut reader, &header, &pool, &mut store)?;
         }
-        let start = reader.open(format::ROOT)?;
-        let body = reader.rest_of_body()?;
-        reader.close()?;
-        let mut fields = FieldReader::new(&body, start);
-        let count = fields.u32("the root count")?;
-        let mut roots = Vec::new();
-        for _ in 0..count {
-            let name = fields.str("a root's type name")?;
-            let bits = fields.u64("a root's handle")?;
-            let n = fields.u64("a root's count")?;
+        let (start, listed) = read_roots(&mut reader)?;
+        let mut roots = Vec::with_capacity(listed.len());
+        for (name, bits, n) in listed {
             let entry = registry
                 .entries
                 .get(name.as_str())
@@ -333,7 +326,6 @@ impl<'a> Options<'a> {
                 .map_err(|_| reader.malformed(start, "a root count overflows"))?;
             roots.push(((entry.any_handle)(bits), n));
         }
-        fields.end()?;
         finish(&mut reader, &head)?;
         for (h, n) in roots {
             store.gc.roots.add_n(h, n);
@@ -503,6 +495,44 @@ pub(crate) fn finish(reader: &mut Reader<'_>, head: &Head) -> Result<u64, Error>
         .into());
     }
     Ok(bytes)
+}
+
+/// A saved root: its type name, handle bits and count.
+pub(crate) type SavedRoot = (String, u64, u64);
+
+/// Reads the ROOT section.
+pub(crate) fn read_roots(
+    reader: &mut Reader<'_>,
+) -> Result<(format::SectionStart, Vec<SavedRoot>), Error> {
+    let start = reader.open(format::ROOT)?;
+    let body = reader.rest_of_body()?;
+    reader.close()?;
+    let mut fields = FieldReader::new(&body, start);
+    let count = fields.u32("the root count")?;
+    let mut roots = Vec::new();
+    for _ in 0..count {
+        let name = fields.str("a root's type name")?;
+        let bits = fields.u64("a root's handle")?;
+        let n = fields.u64("a root's count")?;
+        roots.push((name, bits, n));
+    }
+    fields.end()?;
+    Ok((start, roots))
+}
+
+/// Opens a table's OBJS section, which must be as long as its header says.
+pub(crate) fn open_objects(reader: &mut Reader<'_>, header: &TableHeader) -> Result<(), Error> {
+    let start = reader.open(format::OBJS)?;
+    if start.len != header.objects_len {
+        return Err(reader.malformed(
+            start,
+            format!(
+                "the header gives {} bytes of objects, the section {}",
+                header.objects_len, start.len
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The fields of a TABL section.
@@ -775,16 +805,7 @@ fn read_table<T: Pooled>(
     let image = read_image(reader, header)?;
     let mut table = Table::<T>::restore(pool, empty.hints(), &image)?;
     drop(image);
-    let start = reader.open(format::OBJS)?;
-    if start.len != header.objects_len {
-        return Err(reader.malformed(
-            start,
-            format!(
-                "the header gives {} bytes of objects, the section {}",
-                header.objects_len, start.len
-            ),
-        ));
-    }
+    open_objects(reader, header)?;
     match T::CODEC.decoder() {
         Some(Decoder::Raw(decode)) => {
             decode(&mut table, &mut |buf| reader.body(buf))?;
