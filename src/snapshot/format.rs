@@ -69,14 +69,45 @@ pub(crate) fn tag_text(tag: [u8; 4]) -> String {
     }
 }
 
+/// Bytes done so far of a file being written or read, and the progress callback that
+/// hears of them (about once per [`REPORT_EVERY`] bytes, and at the end).
+struct Meter<'p> {
+    offset: u64,
+    total: u64,
+    reported: u64,
+    progress: Option<&'p mut ProgressFn<'p>>,
+}
+
+impl<'p> Meter<'p> {
+    fn new(total: u64, progress: Option<&'p mut ProgressFn<'p>>) -> Self {
+        Meter {
+            offset: 0,
+            total,
+            reported: 0,
+            progress,
+        }
+    }
+
+    /// Counts `n` more bytes and reports when due.
+    fn advance(&mut self, n: u64) {
+        self.offset += n;
+        if self.offset - self.reported >= REPORT_EVERY || self.offset == self.total {
+            self.reported = self.offset;
+            if let Some(p) = self.progress.as_mut() {
+                p(Progress {
+                    done: self.offset,
+                    total: self.total.max(self.offset),
+                });
+            }
+        }
+    }
+}
+
 /// Writes a file: tracks the offset and the whole-file checksum, reports progress.
 pub(crate) struct Writer<'w> {
     out: &'w mut dyn Write,
-    offset: u64,
     file_crc: Hasher,
-    total: u64,
-    reported: u64,
-    progress: Option<&'w mut ProgressFn<'w>>,
+    meter: Meter<'w>,
 }
 
 /// The body of one section being written.
@@ -94,11 +125,8 @@ impl<'w> Writer<'w> {
     ) -> Self {
         Writer {
             out,
-            offset: 0,
             file_crc: Hasher::new(),
-            total,
-            reported: 0,
-            progress,
+            meter: Meter::new(total, progress),
         }
     }
 
@@ -112,16 +140,7 @@ impl<'w> Writer<'w> {
 
     fn raw_in_section(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.out.write_all(bytes)?;
-        self.offset += bytes.len() as u64;
-        if self.offset - self.reported >= REPORT_EVERY || self.offset == self.total {
-            self.reported = self.offset;
-            if let Some(p) = self.progress.as_mut() {
-                p(Progress {
-                    done: self.offset,
-                    total: self.total,
-                });
-            }
-        }
+        self.meter.advance(bytes.len() as u64);
         Ok(())
     }
 
@@ -170,14 +189,14 @@ impl<'w> Writer<'w> {
 
     /// Writes the footer and returns the file's length.
     pub(crate) fn footer(mut self) -> Result<u64, Error> {
-        let before = self.offset;
+        let before = self.meter.offset;
         let file_crc = self.file_crc.clone().finalize();
         let mut body = Vec::with_capacity(12);
         body.extend_from_slice(&before.to_le_bytes());
         body.extend_from_slice(&file_crc.to_le_bytes());
         self.section_bytes(DONE, &body)?;
         self.out.flush()?;
-        Ok(self.offset)
+        Ok(self.meter.offset)
     }
 }
 
@@ -207,11 +226,8 @@ pub(crate) struct SectionStart {
 /// turns short reads into [`SnapshotError::Truncated`].
 pub(crate) struct Reader<'r> {
     input: &'r mut dyn Read,
-    offset: u64,
     file_crc: Hasher,
-    total: u64,
-    reported: u64,
-    progress: Option<&'r mut ProgressFn<'r>>,
+    meter: Meter<'r>,
     /// The open section: its start, the checksum so far, body bytes left.
     open: Option<(SectionStart, Hasher, u64)>,
     /// Every closed section: tag, offset, body length, checksum.
@@ -222,11 +238,8 @@ impl<'r> Reader<'r> {
     pub(crate) fn new(input: &'r mut dyn Read, progress: Option<&'r mut ProgressFn<'r>>) -> Self {
         Reader {
             input,
-            offset: 0,
             file_crc: Hasher::new(),
-            total: 0,
-            reported: 0,
-            progress,
+            meter: Meter::new(0, progress),
             open: None,
             closed: Vec::new(),
         }
@@ -234,19 +247,7 @@ impl<'r> Reader<'r> {
 
     /// The file length the header announced, for progress.
     pub(crate) fn set_total(&mut self, total: u64) {
-        self.total = total;
-    }
-
-    fn report(&mut self) {
-        if self.offset - self.reported >= REPORT_EVERY || self.offset == self.total {
-            self.reported = self.offset;
-            if let Some(p) = self.progress.as_mut() {
-                p(Progress {
-                    done: self.offset,
-                    total: self.total.max(self.offset),
-                });
-            }
-        }
+        self.meter.total = total;
     }
 
     /// Reads exactly `buf.len()` bytes outside any section's checksum (preamble, section
@@ -267,7 +268,7 @@ impl<'r> Reader<'r> {
                 Ok(0) => {
                     return Err(SnapshotError::Truncated {
                         section: section.to_owned(),
-                        offset: self.offset + got as u64,
+                        offset: self.meter.offset + got as u64,
                     }
                     .into());
                 }
@@ -276,8 +277,7 @@ impl<'r> Reader<'r> {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.offset += buf.len() as u64;
-        self.report();
+        self.meter.advance(buf.len() as u64);
         Ok(())
     }
 
@@ -286,7 +286,7 @@ impl<'r> Reader<'r> {
         let mut magic = Vec::with_capacity(8);
         (&mut *self.input).take(8).read_to_end(&mut magic)?;
         self.file_crc.update(&magic);
-        self.offset += magic.len() as u64;
+        self.meter.advance(magic.len() as u64);
         if magic != MAGIC {
             return Err(SnapshotError::BadMagic { found: magic }.into());
         }
@@ -310,7 +310,7 @@ impl<'r> Reader<'r> {
     /// Opens the next section, which must be tagged `tag`.
     pub(crate) fn open(&mut self, tag: [u8; 4]) -> Result<SectionStart, Error> {
         assert!(self.open.is_none(), "a section is already open");
-        let offset = self.offset;
+        let offset = self.meter.offset;
         let mut head = [0u8; 12];
         self.raw_in_section(&mut head, &tag_text(tag))?;
         let found: [u8; 4] = head[..4].try_into().expect("4 bytes");
@@ -432,7 +432,7 @@ impl<'r> Reader<'r> {
 
     /// Reads the footer, checks the whole-file checksum, and that nothing follows.
     pub(crate) fn footer(&mut self) -> Result<u64, Error> {
-        let before = self.offset;
+        let before = self.meter.offset;
         let file_crc = self.file_crc.clone().finalize();
         let start = self.open(DONE)?;
         if start.len != 12 {
@@ -467,7 +467,7 @@ impl<'r> Reader<'r> {
                 Ok(0) => break,
                 Ok(_) => {
                     return Err(SnapshotError::TrailingBytes {
-                        offset: self.offset,
+                        offset: self.meter.offset,
                         extra: 1,
                     }
                     .into());
@@ -476,7 +476,7 @@ impl<'r> Reader<'r> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(self.offset)
+        Ok(self.meter.offset)
     }
 }
 
