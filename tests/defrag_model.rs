@@ -327,3 +327,27 @@ fn moves_mark_both_chunks_changed() {
     assert_eq!(t.get(hs[639]), Some(&639));
     assert_eq!(t.location(hs[639]).map(|l| (l.chunk, l.pos)), Some((0, 3)));
 }
+
+#[test]
+fn compaction_of_a_dense_sorted_table_moves_nothing_and_a_hole_is_still_closed() {
+    let mut t: Table<(u32, u32)> = Table::new();
+    let hs = t.insert_batch((0..10_000u32).map(|i| (i / 100, i)));
+    let layout_before = t.layout_version();
+    let report = t.compact_by_key(|&(k, _)| k).unwrap();
+    assert_eq!(report.moved, 0, "already dense and in key order");
+    assert_eq!(t.layout_version(), layout_before, "nothing moved");
+    assert_eq!(t.get(hs[1234]), Some(&(12, 1234)));
+
+    // In key order but with a hole: the objects after it must move down.
+    t.remove(hs[10]);
+    let report = t.compact_by_key(|&(k, _)| k).unwrap();
+    assert_eq!(report.moved, 10_000 - 1 - 10);
+    assert_eq!(t.fragmentation().holes, 0);
+    assert_eq!(t.get(hs[9999]), Some(&(99, 9999)));
+
+    // Dense but out of order: sorted.
+    let mut u: Table<u32> = Table::new();
+    u.insert_batch([3, 1, 2]);
+    assert!(u.compact_by_key(|&v| v).unwrap().moved > 0);
+    assert_eq!(u.values().copied().collect::<Vec<_>>(), [1, 2, 3]);
+}

@@ -286,9 +286,14 @@ impl<T> Table<T> {
 
     /// Reorders every object by `key` (stable: objects with equal keys keep their storage
     /// order) into a dense run from the first place, then returns emptied chunks to the
-    /// pool. `key` is called once per object before anything moves, so a panic in it
-    /// leaves the table unchanged. Fails, with nothing moved, only if a chunk missing
-    /// below the new end cannot be taken from the pool.
+    /// pool. `key` is called before anything moves (at most twice per object), so a panic
+    /// in it leaves the table unchanged. Fails, with nothing moved, only if a chunk
+    /// missing below the new end cannot be taken from the pool.
+    ///
+    /// A table that is already dense and in key order (say, filled in that order) is
+    /// recognised in one pass that allocates nothing, and nothing moves: the sort's
+    /// working memory (16 bytes per object and more) is only taken when there is sorting
+    /// to do.
     ///
     /// ```
     /// use neurostore::table::Table;
@@ -306,6 +311,9 @@ impl<T> Table<T> {
         mut key: impl FnMut(&T) -> K,
     ) -> Result<DefragReport, crate::Error> {
         let before = Before::take(self);
+        if self.is_dense_and_sorted_by(&mut key) {
+            return Ok(before.report(self, 0));
+        }
         let mut keyed: Vec<(K, crate::table::Loc)> = self
             .objects_with_locs()
             .map(|(loc, value)| (key(value), loc))
@@ -315,6 +323,26 @@ impl<T> Table<T> {
         let moved = self.permute(&order)?;
         drop(order);
         Ok(before.report(self, moved))
+    }
+}
+
+impl<T> Table<T> {
+    /// True when the objects fill places `0..len` and their keys never fall in storage
+    /// order: the stable sort of [`compact_by_key`](Self::compact_by_key) would move
+    /// nothing.
+    fn is_dense_and_sorted_by<K: Ord>(&self, key: &mut impl FnMut(&T) -> K) -> bool {
+        let mut previous: Option<K> = None;
+        for (expected, (loc, value)) in self.objects_with_locs().enumerate() {
+            if self.global_place(loc) != expected as u64 {
+                return false;
+            }
+            let k = key(value);
+            if previous.as_ref().is_some_and(|p| *p > k) {
+                return false;
+            }
+            previous = Some(k);
+        }
+        true
     }
 }
 
