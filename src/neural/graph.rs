@@ -304,6 +304,124 @@ impl NeuralGraph {
         Ok(handles)
     }
 
+    /// Makes room for `outgoing` more synapses leaving `n` and `incoming` more entering
+    /// it, exactly: a network built by [`connect`](Self::connect) after its neurons'
+    /// degrees were reserved holds no spare list capacity (a list grown one `connect` at
+    /// a time keeps up to half of its memory unused). A stale `n` is an
+    /// [`Error::InvalidHandle`]; memory that cannot be had is an [`Error::OutOfMemory`];
+    /// either way nothing changes.
+    ///
+    /// ```
+    /// use neurostore::neural::{NeuralGraph, NeuronParams};
+    ///
+    /// let mut graph = NeuralGraph::new();
+    /// let ns = graph.add_neurons(3, &NeuronParams::default())?;
+    /// graph.reserve_synapses(ns[0], 2, 0)?;
+    /// graph.reserve_synapses(ns[1], 0, 1)?;
+    /// graph.reserve_synapses(ns[2], 0, 1)?;
+    /// let before = graph.memory().adjacency_bytes;
+    /// graph.connect(ns[0], ns[1], 10.0, 1.0)?;
+    /// graph.connect(ns[0], ns[2], 10.0, 1.0)?;
+    /// assert_eq!(graph.memory().adjacency_bytes, before); // no list grew
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn reserve_synapses(
+        &mut self,
+        n: NeuronId,
+        outgoing: usize,
+        incoming: usize,
+    ) -> Result<(), Error> {
+        self.adjacency_of(n)
+            .ok_or_else(|| Error::invalid_handle(n))?;
+        let oom = |count: usize| Error::OutOfMemory {
+            requested: count.saturating_mul(size_of::<SynapseId>()),
+            align: align_of::<SynapseId>(),
+            reason: crate::error::OomReason::OsRefused,
+        };
+        let a = &mut self.adjacency[n.index() as usize];
+        // Incoming first: if outgoing then fails, the extra incoming capacity changes no
+        // observable state.
+        a.incoming
+            .try_reserve_exact(incoming)
+            .map_err(|_| oom(incoming))?;
+        a.outgoing
+            .try_reserve_exact(outgoing)
+            .map_err(|_| oom(outgoing))
+    }
+
+    /// Makes room in the synapse table for `additional` more synapses: chunks from the
+    /// pool and slots, so that a network whose size is known ahead takes its table's
+    /// memory once instead of growing it (a slot table grown by doubling may hold up to
+    /// twice the slots it needs). Memory that cannot be had is an
+    /// [`Error::OutOfMemory`].
+    ///
+    /// ```
+    /// use neurostore::neural::{NeuralGraph, NeuronParams};
+    ///
+    /// let mut graph = NeuralGraph::new();
+    /// let ns = graph.add_neurons(2, &NeuronParams::default())?;
+    /// graph.reserve_synapse_table(1000)?;
+    /// let before = graph.memory();
+    /// for _ in 0..1000 {
+    ///     graph.connect(ns[0], ns[1], 1.0, 1.0)?;
+    /// }
+    /// assert_eq!(graph.memory().object_bytes, before.object_bytes);
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn reserve_synapse_table(&mut self, additional: usize) -> Result<(), Error> {
+        self.synapses_table_mut().try_reserve(additional)
+    }
+
+    /// Runs the store's garbage collector over the graph ([`Store::collect`]). Neurons
+    /// and synapses are manual objects, so nothing of the graph is freed; the collection
+    /// follows every synapse's handles and reports any that dangle
+    /// ([`GcReport::dangling_count`](crate::gc::GcReport::dangling_count)), which the
+    /// graph's invariants say never happens: a consistency audit of the whole network.
+    ///
+    /// ```
+    /// use neurostore::neural::{NeuralGraph, NeuronParams};
+    ///
+    /// let mut graph = NeuralGraph::new();
+    /// let ns = graph.add_neurons(3, &NeuronParams::default())?;
+    /// graph.connect(ns[0], ns[1], 10.0, 1.0)?;
+    /// graph.connect(ns[1], ns[2], 10.0, 1.0)?;
+    /// graph.remove_neuron(ns[2]);
+    /// let report = graph.collect();
+    /// assert_eq!((report.scanned, report.dangling_count, report.freed_total), (3, 0, 0));
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn collect(&mut self) -> crate::gc::GcReport {
+        self.store.collect()
+    }
+
+    /// The bytes the graph holds: its tables (object chunks from the pool, slot tables
+    /// and per-chunk metadata) and its adjacency lists.
+    ///
+    /// ```
+    /// use neurostore::neural::{NeuralGraph, NeuronParams};
+    ///
+    /// let mut graph = NeuralGraph::new();
+    /// let ns = graph.add_neurons(2, &NeuronParams::default())?;
+    /// graph.connect(ns[0], ns[1], 10.0, 1.0)?;
+    /// let memory = graph.memory();
+    /// assert!(memory.object_bytes >= 2 * 64 + 32);
+    /// assert_eq!(memory.total(), memory.object_bytes + memory.metadata_bytes + memory.adjacency_bytes);
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn memory(&self) -> GraphMemory {
+        let (neurons, synapses) = (self.neurons().stats(), self.synapses().stats());
+        let lists: usize = self
+            .adjacency
+            .iter()
+            .map(|a| (a.outgoing.capacity() + a.incoming.capacity()) * size_of::<SynapseId>())
+            .sum();
+        GraphMemory {
+            object_bytes: neurons.bytes_reserved + synapses.bytes_reserved,
+            metadata_bytes: neurons.metadata_bytes + synapses.metadata_bytes,
+            adjacency_bytes: lists + self.adjacency.capacity() * size_of::<Adjacency>(),
+        }
+    }
+
     /// Connects `pre` to `post` with `weight` (pA, finite; negative inhibits) and `delay`
     /// (ms, finite, above zero). Multapses and self-connections are allowed. A stale neuron
     /// is an [`Error::InvalidHandle`]; on any error nothing changes.
@@ -772,6 +890,24 @@ impl NeuralGraph {
             }
         }
         events
+    }
+}
+
+/// The bytes a [`NeuralGraph`] holds, from [`NeuralGraph::memory`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphMemory {
+    /// Chunk storage of the neuron and synapse tables, taken from the pool.
+    pub object_bytes: usize,
+    /// The tables' slot tables and per-chunk metadata (owner handles, occupancy bits).
+    pub metadata_bytes: usize,
+    /// The outgoing and incoming synapse lists, by capacity.
+    pub adjacency_bytes: usize,
+}
+
+impl GraphMemory {
+    /// All of it.
+    pub fn total(&self) -> usize {
+        self.object_bytes + self.metadata_bytes + self.adjacency_bytes
     }
 }
 

@@ -42,7 +42,7 @@ mod lif;
 mod ring;
 mod types;
 
-pub use graph::NeuralGraph;
+pub use graph::{GraphMemory, NeuralGraph};
 pub use types::{
     NEVER_SPIKED, Neuron, NeuronId, NeuronParams, Signal, SignalId, Synapse, SynapseId, Weight,
     WeightId,

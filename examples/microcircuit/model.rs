@@ -1,0 +1,716 @@
+//! The Potjans & Diesmann (2014) cortical microcircuit on neurostore: the model's
+//! parameters, the network's construction, the simulation with spike recording, and the
+//! snapshot round trip with its verification. `main.rs` wraps this in a command line with
+//! progress bars, a report and plots; `tests/microcircuit.rs` runs it at a tiny scale.
+//!
+//! The numbers are those of the current reference implementation (INM-6
+//! `microcircuit-PD14-model`, PyNEST, `network_params.py` and `helpers.py`; copied from
+//! `shared/data/potjans_diesmann_2014.json`, which names the sources and commits):
+//! 8 populations, 77,169 neurons at full scale, connection probabilities turned into
+//! synapse counts with the fixed-total-number rule (multapses and autapses allowed),
+//! normally distributed weights (87.8 pA excitatory, -4 times that inhibitory, L4E to
+//! L2/3E doubled, 10 % relative spread, redrawn when of the wrong sign) and delays (1.5 ms
+//! from excitatory, 0.75 ms from inhibitory sources, 50 % spread, redrawn below one step),
+//! DC background input equivalent to 8 Hz Poisson input through the external in-degrees,
+//! `iaf_psc_exp` neurons, and the "optimized" per-population initial potentials.
+//! Scaling the network keeps the in-degrees (as the reference's `N_scaling` with
+//! `K_scaling = 1`), so synapse counts scale with the neuron counts.
+
+// This file is compiled into both the example and the integration test, each of which
+// uses a different part of it.
+#![allow(dead_code)]
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use neurostore::neural::{NeuralGraph, NeuronId, NeuronParams};
+use neurostore::snapshot::{Options, Progress, SnapshotReport, TypeRegistry};
+use neurostore::{Error, Neuron, Store, Synapse};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+
+/// Population names, in the model's order (rows and columns of the tables below).
+pub const POPULATIONS: [&str; 8] = ["L2/3E", "L2/3I", "L4E", "L4I", "L5E", "L5I", "L6E", "L6I"];
+
+/// Neurons per population at full scale.
+pub const FULL_SIZES: [u32; 8] = [20683, 5834, 21915, 5479, 4850, 1065, 14395, 2948];
+
+/// Connection probabilities, `[target][source]`.
+pub const CONNECTION_PROBABILITY: [[f64; 8]; 8] = [
+    [0.1009, 0.1689, 0.0437, 0.0818, 0.0323, 0.0, 0.0076, 0.0],
+    [0.1346, 0.1371, 0.0316, 0.0515, 0.0755, 0.0, 0.0042, 0.0],
+    [0.0077, 0.0059, 0.0497, 0.135, 0.0067, 0.0003, 0.0453, 0.0],
+    [0.0691, 0.0029, 0.0794, 0.1597, 0.0033, 0.0, 0.1057, 0.0],
+    [0.1004, 0.0622, 0.0505, 0.0057, 0.0831, 0.3726, 0.0204, 0.0],
+    [0.0548, 0.0269, 0.0257, 0.0022, 0.06, 0.3158, 0.0086, 0.0],
+    [
+        0.0156, 0.0066, 0.0211, 0.0166, 0.0572, 0.0197, 0.0396, 0.2252,
+    ],
+    [0.0364, 0.001, 0.0034, 0.0005, 0.0277, 0.008, 0.0658, 0.1443],
+];
+
+/// External (background) in-degree per population.
+pub const EXTERNAL_INDEGREE: [f64; 8] = [
+    1600.0, 1500.0, 2100.0, 1900.0, 2000.0, 1900.0, 2900.0, 2100.0,
+];
+
+/// Published mean rates (Hz) of the reference implementation (`full_mean_rates`).
+pub const PUBLISHED_RATES_HZ: [f64; 8] = [0.903, 2.965, 4.414, 5.876, 7.569, 8.633, 1.105, 7.829];
+
+/// Mean and standard deviation of the initial membrane potential (mV), "optimized".
+const V0_MEAN_MV: [f64; 8] = [
+    -68.28, -63.16, -63.33, -63.45, -63.11, -61.66, -66.72, -61.43,
+];
+const V0_STD_MV: [f64; 8] = [5.36, 4.57, 4.74, 4.94, 4.94, 4.55, 5.46, 4.48];
+
+/// Rate of each background input (Hz).
+const BACKGROUND_RATE_HZ: f64 = 8.0;
+/// Mean excitatory postsynaptic potential (mV) and the inhibitory factor.
+const PSP_EXCITATORY_MV: f64 = 0.15;
+const INHIBITORY_FACTOR: f64 = -4.0;
+/// L4E to L2/3E synapses are twice as strong.
+const L4E_TO_L23E_FACTOR: f64 = 2.0;
+const WEIGHT_RELATIVE_SD: f64 = 0.1;
+const DELAY_EXCITATORY_MS: f64 = 1.5;
+const DELAY_INHIBITORY_MS: f64 = 0.75;
+const DELAY_RELATIVE_SD: f64 = 0.5;
+
+/// Neuron parameters (NEST `iaf_psc_exp`).
+const TAU_M_MS: f64 = 10.0;
+const C_M_PF: f64 = 250.0;
+const TAU_SYN_MS: f64 = 0.5;
+
+/// The simulation's step (ms).
+pub const DT_MS: f64 = 0.1;
+
+/// What to build and how long to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Population sizes times this; in-degrees are kept.
+    pub scale: f64,
+    /// Model time measured after the transient (ms).
+    pub time_ms: f64,
+    /// Model time simulated and discarded first (ms).
+    pub transient_ms: f64,
+    /// Seed of every random draw.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            scale: 0.1,
+            time_ms: 1000.0,
+            transient_ms: 500.0,
+            seed: 55,
+        }
+    }
+}
+
+fn is_excitatory(population: usize) -> bool {
+    population % 2 == 0
+}
+
+/// PSC amplitude (pA) per mV of PSP amplitude for `iaf_psc_exp` (the reference's
+/// `postsynaptic_potential_to_current`).
+fn psc_per_psp() -> f64 {
+    let sub = 1.0 / (TAU_SYN_MS - TAU_M_MS);
+    let pre = TAU_M_MS * TAU_SYN_MS / C_M_PF * sub;
+    let frac = (TAU_M_MS / TAU_SYN_MS).powf(sub);
+    1.0 / (pre * (frac.powf(TAU_M_MS) - frac.powf(TAU_SYN_MS)))
+}
+
+/// Mean weight (pA) of synapses from `source` to `target`.
+pub fn mean_weight(target: usize, source: usize) -> f64 {
+    let excitatory = PSP_EXCITATORY_MV * psc_per_psp();
+    let mut w = if is_excitatory(source) {
+        excitatory
+    } else {
+        excitatory * INHIBITORY_FACTOR
+    };
+    if target == 0 && source == 2 {
+        w *= L4E_TO_L23E_FACTOR;
+    }
+    w
+}
+
+/// The DC current (pA) that stands in for the background Poisson input of `population`:
+/// rate times in-degree times the charge of one PSC.
+pub fn background_current(population: usize) -> f64 {
+    let excitatory = PSP_EXCITATORY_MV * psc_per_psp();
+    BACKGROUND_RATE_HZ * EXTERNAL_INDEGREE[population] * excitatory * TAU_SYN_MS * 1e-3
+}
+
+/// Neurons per population at `scale` (at least one each).
+pub fn population_sizes(scale: f64) -> [u32; 8] {
+    FULL_SIZES.map(|n| ((f64::from(n) * scale).round() as u32).max(1))
+}
+
+/// Synapses per projection, `[target][source]`: the full-scale count
+/// `ln(1 - C) / ln(1 - 1 / (N_source N_target))` as a mean in-degree, times the target's
+/// size at this scale.
+pub fn synapse_counts(sizes: &[u32; 8]) -> [[u64; 8]; 8] {
+    let mut counts = [[0; 8]; 8];
+    for (t, row) in counts.iter_mut().enumerate() {
+        for (s, count) in row.iter_mut().enumerate() {
+            let p = CONNECTION_PROBABILITY[t][s];
+            if p == 0.0 {
+                continue;
+            }
+            let pairs = f64::from(FULL_SIZES[s]) * f64::from(FULL_SIZES[t]);
+            let full = (1.0 - p).ln() / (1.0 - 1.0 / pairs).ln();
+            let indegree = full / f64::from(FULL_SIZES[t]);
+            *count = (indegree * f64::from(sizes[t])).round() as u64;
+        }
+    }
+    counts
+}
+
+/// A random stream for one purpose, independent of every other one of the same seed.
+fn stream(seed: u64, purpose: u64) -> SmallRng {
+    // SplitMix64's finaliser spreads (seed, purpose) over the whole seed space.
+    let mut z = seed ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    SmallRng::seed_from_u64(z ^ (z >> 31))
+}
+
+/// The (source, target) pairs of one projection, drawn with replacement: calls `f` with
+/// the indices of both within their populations.
+fn draw_pairs(
+    seed: u64,
+    target: usize,
+    source: usize,
+    count: u64,
+    sizes: &[u32; 8],
+    mut f: impl FnMut(u32, u32),
+) {
+    let mut rng = stream(seed, 1 + (target * 8 + source) as u64);
+    for _ in 0..count {
+        let s = rng.random_range(0..sizes[source]);
+        let t = rng.random_range(0..sizes[target]);
+        f(s, t);
+    }
+}
+
+/// A draw from `normal`, redrawn until `accept` takes it.
+fn redraw(normal: &Normal<f64>, rng: &mut SmallRng, accept: impl Fn(f64) -> bool) -> f64 {
+    loop {
+        let x = normal.sample(rng);
+        if accept(x) {
+            return x;
+        }
+    }
+}
+
+/// How far the construction has come.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildProgress {
+    /// Synapses made so far.
+    pub synapses: u64,
+    /// Synapses to make.
+    pub total: u64,
+}
+
+/// The network: the graph and where each population's neurons are.
+pub struct Network {
+    /// Neurons and synapses.
+    pub graph: NeuralGraph,
+    /// Each population's neurons, in order.
+    pub populations: Vec<Vec<NeuronId>>,
+    /// Synapses made per projection, `[target][source]`.
+    pub synapse_counts: [[u64; 8]; 8],
+    /// Wall time of the construction, `optimize_layout` included.
+    pub build_time: Duration,
+    /// Wall time of `optimize_layout` alone.
+    pub layout_time: Duration,
+}
+
+/// Builds the network at `config.scale`. `progress` is called every million synapses
+/// and at the end.
+pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result<Network, Error> {
+    if !(config.scale.is_finite() && config.scale > 0.0) {
+        return Err(Error::InvalidArgument {
+            name: "scale",
+            message: format!("{} must be a finite number above zero", config.scale),
+        });
+    }
+    let started = Instant::now();
+    let sizes = population_sizes(config.scale);
+    let counts = synapse_counts(&sizes);
+    let total: u64 = counts.iter().flatten().sum();
+    let mut graph = NeuralGraph::new();
+    let mut populations = Vec::with_capacity(8);
+    // Neurons: population by population, so handle indices grow with the population.
+    let mut first = Vec::with_capacity(8);
+    let mut rng = stream(config.seed, 0);
+    for (p, &size) in sizes.iter().enumerate() {
+        let params = NeuronParams {
+            c_m: C_M_PF as f32,
+            tau_m: TAU_M_MS as f32,
+            tau_syn_ex: TAU_SYN_MS as f32,
+            tau_syn_in: TAU_SYN_MS as f32,
+            t_ref: 2.0,
+            e_l: -65.0,
+            v_reset: -65.0,
+            v_th: -50.0,
+            i_e: background_current(p) as f32,
+            v_init: V0_MEAN_MV[p] as f32,
+            population: p as u32,
+        };
+        let ids = graph.add_neurons(size as usize, &params)?;
+        let v0 = Normal::new(V0_MEAN_MV[p], V0_STD_MV[p]).expect("a positive deviation");
+        for &n in &ids {
+            let neuron = graph.neuron_mut(n).expect("just added");
+            neuron.v_m = v0.sample(&mut rng) as f32;
+        }
+        first.push(ids[0]);
+        populations.push(ids);
+    }
+    let offsets: Vec<usize> = sizes
+        .iter()
+        .scan(0usize, |acc, &n| {
+            let start = *acc;
+            *acc += n as usize;
+            Some(start)
+        })
+        .collect();
+    let all: Vec<NeuronId> = populations.iter().flatten().copied().collect();
+    let population_of: Vec<u8> = (0..8u8)
+        .flat_map(|p| std::iter::repeat_n(p, sizes[p as usize] as usize))
+        .collect();
+
+    // Pass 1: every neuron's exact in- and out-degree, so that its synapse lists are
+    // allocated once, to size.
+    let mut out_degree = vec![0u32; all.len()];
+    let mut in_degree = vec![0u32; all.len()];
+    for t in 0..8 {
+        for s in 0..8 {
+            draw_pairs(config.seed, t, s, counts[t][s], &sizes, |src, tgt| {
+                out_degree[offsets[s] + src as usize] += 1;
+                in_degree[offsets[t] + tgt as usize] += 1;
+            });
+        }
+    }
+    for (i, &n) in all.iter().enumerate() {
+        graph.reserve_synapses(n, out_degree[i] as usize, in_degree[i] as usize)?;
+    }
+    graph.reserve_synapse_table(usize::try_from(total).unwrap_or(usize::MAX))?;
+    drop(in_degree);
+
+    // Pass 2, one source population at a time: the same pairs again, bucketed by source
+    // (targets sorted within a bucket), then connected source by source. Synapses thus
+    // enter the table in (pre, post) order, which is the order `optimize_layout` wants,
+    // and it finds nothing to move.
+    let mut made = 0u64;
+    let mut next_report = 0u64;
+    for s in 0..8 {
+        let range: Range<usize> = offsets[s]..offsets[s] + sizes[s] as usize;
+        let mut starts: Vec<usize> = Vec::with_capacity(range.len() + 1);
+        let mut acc = 0usize;
+        for i in range.clone() {
+            starts.push(acc);
+            acc += out_degree[i] as usize;
+        }
+        starts.push(acc);
+        let mut cursor = starts.clone();
+        let mut targets = vec![0u32; acc];
+        for t in 0..8 {
+            draw_pairs(config.seed, t, s, counts[t][s], &sizes, |src, tgt| {
+                let c = &mut cursor[src as usize];
+                targets[*c] = (offsets[t] + tgt as usize) as u32;
+                *c += 1;
+            });
+        }
+        let mut rng = stream(config.seed, 100 + s as u64);
+        let delay_mean = if is_excitatory(s) {
+            DELAY_EXCITATORY_MS
+        } else {
+            DELAY_INHIBITORY_MS
+        };
+        let delay = Normal::new(delay_mean, delay_mean * DELAY_RELATIVE_SD).expect("positive");
+        let weights: Vec<Normal<f64>> = (0..8)
+            .map(|t| {
+                let mean = mean_weight(t, s);
+                Normal::new(mean, mean.abs() * WEIGHT_RELATIVE_SD).expect("positive")
+            })
+            .collect();
+        for (k, i) in range.enumerate() {
+            let bucket = &mut targets[starts[k]..starts[k + 1]];
+            bucket.sort_unstable();
+            let pre = all[i];
+            for &post in bucket.iter() {
+                let t = population_of[post as usize] as usize;
+                let w = if is_excitatory(s) {
+                    redraw(&weights[t], &mut rng, |w| w >= 0.0)
+                } else {
+                    redraw(&weights[t], &mut rng, |w| w <= 0.0)
+                };
+                let d = redraw(&delay, &mut rng, |d| d >= DT_MS);
+                graph.connect(pre, all[post as usize], w as f32, d as f32)?;
+            }
+            made += bucket.len() as u64;
+            if made >= next_report {
+                progress(BuildProgress {
+                    synapses: made,
+                    total,
+                });
+                next_report = made + 1_000_000;
+            }
+        }
+    }
+    progress(BuildProgress {
+        synapses: made,
+        total,
+    });
+    let layout_started = Instant::now();
+    graph.optimize_layout()?;
+    let layout_time = layout_started.elapsed();
+    Ok(Network {
+        graph,
+        populations,
+        synapse_counts: counts,
+        build_time: started.elapsed(),
+        layout_time,
+    })
+}
+
+/// Spikes recorded in the measured window.
+#[derive(Clone, Debug, Default)]
+pub struct SpikeRecord {
+    /// `(time since the window opened (ms), population, neuron)`, in time order.
+    pub spikes: Vec<(f32, u8, NeuronId)>,
+    /// Measured model time (ms).
+    pub time_ms: f64,
+}
+
+/// The simulation's figures.
+#[derive(Clone, Debug, Default)]
+pub struct SimulationReport {
+    /// Wall time of the transient.
+    pub transient_wall: Duration,
+    /// Wall time of the measured window.
+    pub measured_wall: Duration,
+    /// Synaptic events delivered in the measured window.
+    pub events: u64,
+    /// Spikes in the measured window.
+    pub spikes: u64,
+}
+
+impl SimulationReport {
+    /// Wall seconds per model second in the measured window.
+    pub fn real_time_factor(&self, time_ms: f64) -> f64 {
+        self.measured_wall.as_secs_f64() / (time_ms / 1000.0)
+    }
+
+    /// Synaptic events per wall second in the measured window.
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.measured_wall.as_secs_f64().max(1e-12)
+    }
+}
+
+/// How far the simulation has come, in steps.
+#[derive(Clone, Copy, Debug)]
+pub struct SimulationProgress {
+    /// Steps done.
+    pub steps: u64,
+    /// Steps to do.
+    pub total: u64,
+}
+
+/// Simulates the transient, then the measured window, recording its spikes. `progress`
+/// is called every 100 steps and at the end.
+pub fn simulate(
+    network: &mut Network,
+    config: &Config,
+    progress: &mut dyn FnMut(SimulationProgress),
+) -> Result<(SpikeRecord, SimulationReport), Error> {
+    let transient_steps = (config.transient_ms / DT_MS).round() as u64;
+    let measured_steps = (config.time_ms / DT_MS).round() as u64;
+    let total = transient_steps + measured_steps;
+    let graph = &mut network.graph;
+    let mut report = SimulationReport::default();
+    let mut record = SpikeRecord {
+        spikes: Vec::new(),
+        time_ms: measured_steps as f64 * DT_MS,
+    };
+    let started = Instant::now();
+    for k in 0..total {
+        if k == transient_steps {
+            report.transient_wall = started.elapsed();
+        }
+        let spikes = graph.step(DT_MS)?;
+        if k >= transient_steps {
+            let t = ((k - transient_steps) as f64 * DT_MS) as f32;
+            let spikes: Vec<NeuronId> = spikes.to_vec();
+            for n in spikes {
+                let population = graph.neuron(n).map_or(0, |x| x.population) as u8;
+                report.events += graph.outgoing(n).map_or(0, |o| o.len()) as u64;
+                record.spikes.push((t, population, n));
+            }
+        }
+        if k % 100 == 99 || k + 1 == total {
+            progress(SimulationProgress {
+                steps: k + 1,
+                total,
+            });
+        }
+    }
+    if transient_steps == total {
+        report.transient_wall = started.elapsed();
+    }
+    report.measured_wall = started.elapsed() - report.transient_wall;
+    report.spikes = record.spikes.len() as u64;
+    Ok((record, report))
+}
+
+/// Mean rate (Hz) of each population over the measured window.
+pub fn population_rates(record: &SpikeRecord, sizes: &[usize; 8]) -> [f64; 8] {
+    let mut counts = [0u64; 8];
+    for &(_, p, _) in &record.spikes {
+        counts[p as usize] += 1;
+    }
+    let seconds = record.time_ms / 1000.0;
+    std::array::from_fn(|p| {
+        if sizes[p] == 0 || seconds <= 0.0 {
+            0.0
+        } else {
+            counts[p] as f64 / (sizes[p] as f64 * seconds)
+        }
+    })
+}
+
+/// Removes `fraction` of the neurons, chosen at random, with their synapses. Returns
+/// the removed handles and the number of synapses that went with them.
+pub fn remove_random_neurons(
+    network: &mut Network,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<NeuronId>, usize) {
+    let mut rng = stream(seed, 1000);
+    let before = network.graph.synapse_count();
+    let mut removed = Vec::new();
+    for population in &mut network.populations {
+        population.retain(|&n| {
+            if rng.random_bool(fraction) {
+                removed.push(n);
+                false
+            } else {
+                true
+            }
+        });
+    }
+    for &n in &removed {
+        network.graph.remove_neuron(n);
+    }
+    (removed, before - network.graph.synapse_count())
+}
+
+/// An order-independent digest of a table's `(handle, object bytes)` pairs: equal
+/// digests (and counts) mean, but for a 2^-128 chance, equal sets of pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Digest {
+    /// Pairs seen.
+    pub count: u64,
+    sum: u64,
+    xor: u64,
+}
+
+impl Digest {
+    fn add(&mut self, handle_bits: u64, bytes: &[u8]) {
+        // FNV-1a over the bytes, then two different finalisers for the two lanes.
+        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ handle_bits.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(word)).wrapping_mul(0x0000_0100_0000_01b3);
+            h ^= h >> 29;
+        }
+        let a = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let b = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(a ^ (a >> 32));
+        self.xor ^= b ^ (b >> 29);
+    }
+
+    /// The digest of every object of `T` in `store`.
+    pub fn of<T: bytemuck::Pod + Send + Sync>(store: &Store) -> Digest {
+        let mut d = Digest::default();
+        if let Some(table) = store.table::<T>() {
+            for (h, x) in table.iter() {
+                d.add(h.to_bits(), bytemuck::bytes_of(x));
+            }
+        }
+        d
+    }
+}
+
+/// What the snapshot step did and found.
+#[derive(Clone, Debug)]
+pub struct RoundTrip {
+    /// The save's report.
+    pub saved: SnapshotReport,
+    /// Wall time of the load.
+    pub load_time: Duration,
+    /// Wall time of the verification.
+    pub verify_time: Duration,
+    /// Handles checked to resolve to equal objects in the loaded store.
+    pub handles_checked: u64,
+    /// Removed handles checked to stay stale.
+    pub stale_checked: u64,
+    /// True when the original stayed in memory and was compared object by object; false
+    /// when it was dropped before the load to make room, and the comparison went through
+    /// digests of every (handle, object) pair.
+    pub compared_directly: bool,
+}
+
+/// The round trip failed to verify.
+#[derive(Debug)]
+pub struct VerifyError(pub String);
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "snapshot round trip: {}", self.0)
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+/// Saves the network's store to `path`, loads it into a new store and verifies that
+/// every handle resolves to an equal object there and every removed handle stays stale.
+///
+/// When `keep_original` is false the network is dropped before the load (for runs whose
+/// network and its copy do not fit in memory together), and the objects are compared
+/// through [`Digest`]s taken before the save; `network` is `None` afterwards.
+pub fn snapshot_round_trip(
+    network: &mut Option<Network>,
+    removed: &[NeuronId],
+    path: &Path,
+    keep_original: bool,
+    save_progress: &mut dyn FnMut(Progress),
+    load_progress: &mut dyn FnMut(Progress),
+) -> Result<RoundTrip, Box<dyn std::error::Error>> {
+    let store = network.as_ref().ok_or("no network to save")?.graph.store();
+    let neuron_digest = Digest::of::<Neuron>(store);
+    let synapse_digest = Digest::of::<Synapse>(store);
+    let saved = Options::new()
+        .progress(&mut *save_progress)
+        .save_store(store, path)?;
+    if !keep_original {
+        *network = None;
+    }
+    let registry = TypeRegistry::new().with::<Neuron>()?.with::<Synapse>()?;
+    let started = Instant::now();
+    let loaded = Options::new()
+        .progress(&mut *load_progress)
+        .load_store(path, &registry)?;
+    let load_time = started.elapsed();
+
+    let started = Instant::now();
+    let mut handles_checked = 0u64;
+    // In the loaded store every object's handle resolves to it...
+    handles_checked += check_resolves::<Neuron>(&loaded)?;
+    handles_checked += check_resolves::<Synapse>(&loaded)?;
+    // ...and the (handle, object) pairs are the saved ones.
+    for (what, before, after) in [
+        ("neurons", neuron_digest, Digest::of::<Neuron>(&loaded)),
+        ("synapses", synapse_digest, Digest::of::<Synapse>(&loaded)),
+    ] {
+        if before != after {
+            return Err(VerifyError(format!(
+                "the {what} differ: {} saved, {} loaded, digests {before:?} and {after:?}",
+                before.count, after.count
+            ))
+            .into());
+        }
+    }
+    let compared_directly = network.is_some();
+    if let Some(network) = network {
+        let original = network.graph.store();
+        handles_checked += compare::<Neuron>(original, &loaded)?;
+        handles_checked += compare::<Synapse>(original, &loaded)?;
+    }
+    let mut stale_checked = 0;
+    for &n in removed {
+        if loaded.get(n).is_some() {
+            return Err(
+                VerifyError(format!("removed neuron {n:?} resolves after the load")).into(),
+            );
+        }
+        stale_checked += 1;
+    }
+    Ok(RoundTrip {
+        saved,
+        load_time,
+        verify_time: started.elapsed(),
+        handles_checked,
+        stale_checked,
+        compared_directly,
+    })
+}
+
+/// Every object of `T` in `store` is what its own handle resolves to.
+fn check_resolves<T: PartialEq + std::fmt::Debug + Send + Sync + 'static>(
+    store: &Store,
+) -> Result<u64, VerifyError> {
+    let Some(table) = store.table::<T>() else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for (h, x) in table.iter() {
+        if table.get(h) != Some(x) {
+            return Err(VerifyError(format!(
+                "{h:?} does not resolve to its own object"
+            )));
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Every handle of `T` in `original` resolves in `loaded` to an equal object, and the
+/// two hold as many.
+fn compare<T: PartialEq + std::fmt::Debug + Send + Sync + 'static>(
+    original: &Store,
+    loaded: &Store,
+) -> Result<u64, VerifyError> {
+    let (Some(a), Some(b)) = (original.table::<T>(), loaded.table::<T>()) else {
+        return Err(VerifyError(format!(
+            "a table of {} is missing",
+            std::any::type_name::<T>()
+        )));
+    };
+    if a.len() != b.len() {
+        return Err(VerifyError(format!(
+            "{} objects saved, {} loaded",
+            a.len(),
+            b.len()
+        )));
+    }
+    let mut n = 0;
+    for (h, x) in a.iter() {
+        match b.get(h) {
+            Some(y) if y == x => n += 1,
+            other => {
+                return Err(VerifyError(format!(
+                    "{h:?} was {x:?}, after the load {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Synapses entering each population's live neurons.
+pub fn synapses_into(network: &Network) -> [u64; 8] {
+    let mut into = [0u64; 8];
+    for (t, population) in network.populations.iter().enumerate() {
+        into[t] = population
+            .iter()
+            .map(|&n| network.graph.incoming(n).map_or(0, |i| i.len()) as u64)
+            .sum();
+    }
+    into
+}
