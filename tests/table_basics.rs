@@ -37,6 +37,36 @@ fn new_objects_take_the_lowest_free_place() {
 }
 
 #[test]
+fn holes_and_released_chunks_far_below_the_end_are_filled_first() {
+    // 100 chunks of 4: the free-place and vacant-chunk searches span several bitmap words.
+    let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(pool(), 8 * 4);
+    let hs: Vec<_> = (0..400u64).map(|i| t.insert(i)).collect();
+    let chunk_of = |t: &Table<u64>, h| t.location(h).unwrap().chunk;
+    for i in [90 * 4 + 2, 70 * 4 + 1, 10 * 4 + 3] {
+        t.remove(hs[i]);
+    }
+    let refill: Vec<_> = (0..3).map(|i| t.insert(1000 + i)).collect();
+    let chunks: Vec<u32> = refill.iter().map(|&h| chunk_of(&t, h)).collect();
+    assert_eq!(chunks, [10, 70, 90], "lowest holes first");
+
+    // Empty chunks 20 and 30 entirely: the table keeps one empty chunk (30, the last to
+    // empty) and gives the other back to the pool. The kept one fills first, then a new
+    // chunk takes the lowest vacant index.
+    for i in (20 * 4..21 * 4).chain(30 * 4..31 * 4) {
+        t.remove(hs[i]);
+    }
+    let refill: Vec<_> = (0..9).map(|i| t.insert(2000 + i)).collect();
+    let chunks: Vec<u32> = refill.iter().map(|&h| chunk_of(&t, h)).collect();
+    assert_eq!(chunks, [30, 30, 30, 30, 20, 20, 20, 20, 100]);
+    assert_eq!(t.fragmentation().holes, 0);
+    assert_eq!(
+        t.stats().capacity - t.len(),
+        3,
+        "only the new last chunk has room"
+    );
+}
+
+#[test]
 fn null_zero_and_stale_handles_never_resolve() {
     let mut t: Table<u32> = Table::new();
     let hs: Vec<_> = (0..100).map(|i| t.insert(i)).collect();

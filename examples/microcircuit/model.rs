@@ -110,7 +110,7 @@ impl Default for Config {
 }
 
 fn is_excitatory(population: usize) -> bool {
-    population % 2 == 0
+    population.is_multiple_of(2)
 }
 
 /// PSC amplitude (pA) per mV of PSP amplitude for `iaf_psc_exp` (the reference's

@@ -91,6 +91,13 @@ pub struct Table<T> {
     pub(super) chunks: Vec<Option<Chunk<T>>>,
     /// Bit `i` set iff chunk `i` exists and has a free place.
     pub(super) non_full: Vec<u64>,
+    /// Every word of `non_full` below this index is zero: the search for the lowest free
+    /// place starts here, so filling a large table in order costs O(1) per insert, not a
+    /// scan over the full chunks below.
+    pub(super) non_full_floor: usize,
+    /// Every chunk index below this one holds a chunk (a lower bound of the first vacant
+    /// index), so making chunks one after another does not rescan the ones made before.
+    pub(super) chunk_floor: usize,
     pub(super) pool: Arc<HierarchicalPool>,
     pub(super) per_chunk: u32,
     /// `log2(per_chunk)`.
@@ -145,6 +152,8 @@ impl<T> Table<T> {
             free: Vec::new(),
             chunks: Vec::new(),
             non_full: Vec::new(),
+            non_full_floor: 0,
+            chunk_floor: 0,
             pool,
             per_chunk: per_chunk as u32,
             shift: per_chunk.ilog2(),
@@ -404,6 +413,7 @@ impl<T> Table<T> {
         }
         if non_full {
             self.non_full[ci / 64] |= 1 << (ci % 64);
+            self.non_full_floor = self.non_full_floor.min(ci / 64);
         } else {
             self.non_full[ci / 64] &= !(1 << (ci % 64));
         }
@@ -411,18 +421,35 @@ impl<T> Table<T> {
 
     /// Puts a fresh chunk in the lowest free chunk index and returns that index.
     fn install_chunk(&mut self, chunk: Chunk<T>) -> usize {
-        let ci = match self.chunks.iter().position(Option::is_none) {
+        let floor = self.chunk_floor.min(self.chunks.len());
+        let ci = match self.chunks[floor..].iter().position(Option::is_none) {
             Some(i) => {
-                self.chunks[i] = Some(chunk);
-                i
+                self.chunks[floor + i] = Some(chunk);
+                floor + i
             }
             None => {
                 self.chunks.push(Some(chunk));
                 self.chunks.len() - 1
             }
         };
+        // Everything below `floor` held a chunk, and so does everything up to `ci` now.
+        self.chunk_floor = ci + 1;
         self.set_non_full(ci, true);
         ci
+    }
+
+    /// Takes chunk `i` out (leaving its index vacant), keeping `chunk_floor` a lower bound.
+    fn take_chunk(&mut self, i: usize) -> Option<Chunk<T>> {
+        self.chunk_floor = self.chunk_floor.min(i);
+        self.chunks[i].take()
+    }
+
+    /// Drops the vacant indices at the end of the chunk list.
+    fn pop_vacant_chunks(&mut self) {
+        while matches!(self.chunks.last(), Some(None)) {
+            self.chunks.pop();
+        }
+        self.chunk_floor = self.chunk_floor.min(self.chunks.len());
     }
 
     /// The slot value of a place; `Error::TableFull` past 2^32 places.
@@ -444,12 +471,13 @@ impl<T> Table<T> {
 
     /// The lowest free place, making a chunk if every chunk is full.
     fn free_place(&mut self) -> Result<(u32, u32), Error> {
-        let found = self
-            .non_full
+        let floor = self.non_full_floor.min(self.non_full.len());
+        let found = self.non_full[floor..]
             .iter()
-            .enumerate()
-            .find(|(_, w)| **w != 0)
-            .map(|(w, word)| w * 64 + word.trailing_zeros() as usize);
+            .position(|w| *w != 0)
+            .map(|w| floor + w);
+        self.non_full_floor = found.unwrap_or(self.non_full.len());
+        let found = found.map(|w| w * 64 + self.non_full[w].trailing_zeros() as usize);
         let ci = match found {
             Some(ci) => ci,
             None => {
@@ -662,14 +690,12 @@ impl<T> Table<T> {
             .map(|(i, _)| i)
             .collect();
         for i in empty {
-            if let Some(c) = self.chunks[i].take() {
+            if let Some(c) = self.take_chunk(i) {
                 c.release(&self.pool);
                 self.set_non_full(i, false);
             }
         }
-        while matches!(self.chunks.last(), Some(None)) {
-            self.chunks.pop();
-        }
+        self.pop_vacant_chunks();
     }
 
     /// Every live object with its handle, in storage order (chunk by chunk, place by place).
@@ -772,6 +798,8 @@ impl<T> Table<T> {
             self.free.push((h.index(), h.generation().wrapping_add(1)));
         }
         self.non_full.clear();
+        self.non_full_floor = 0;
+        self.chunk_floor = 0;
         for c in self.chunks.drain(..).flatten() {
             c.release(&self.pool);
         }
@@ -1060,16 +1088,14 @@ impl<T> Table<T> {
         let mut released = 0;
         for i in 0..self.chunks.len() {
             if self.chunks[i].as_ref().is_some_and(|c| c.live() == 0)
-                && let Some(c) = self.chunks[i].take()
+                && let Some(c) = self.take_chunk(i)
             {
                 c.release(&self.pool);
                 self.set_non_full(i, false);
                 released += 1;
             }
         }
-        while matches!(self.chunks.last(), Some(None)) {
-            self.chunks.pop();
-        }
+        self.pop_vacant_chunks();
         released
     }
 
