@@ -267,7 +267,7 @@ impl GcOps {
 /// The collector's part of a store.
 #[derive(Default)]
 pub(crate) struct GcState {
-    pub(crate) ops: HashMap<TypeId, GcOps>,
+    pub(crate) ops: crate::store::TypeMap<GcOps>,
     pub(crate) roots: Arc<RootSet>,
     cycle: Option<Box<Cycle>>,
     policy: Option<GcPolicy>,
