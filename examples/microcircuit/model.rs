@@ -220,8 +220,6 @@ pub struct Network {
     pub graph: NeuralGraph,
     /// Each population's neurons, in order.
     pub populations: Vec<Vec<NeuronId>>,
-    /// Synapses made per projection, `[target][source]`.
-    pub synapse_counts: [[u64; 8]; 8],
     /// Wall time of the construction, `optimize_layout` included.
     pub build_time: Duration,
     /// Wall time of `optimize_layout` alone.
@@ -244,7 +242,6 @@ pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result
     let mut graph = NeuralGraph::new();
     let mut populations = Vec::with_capacity(8);
     // Neurons: population by population, so handle indices grow with the population.
-    let mut first = Vec::with_capacity(8);
     let mut rng = stream(config.seed, 0);
     for (p, &size) in sizes.iter().enumerate() {
         let params = NeuronParams {
@@ -266,7 +263,6 @@ pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result
             let neuron = graph.neuron_mut(n).expect("just added");
             neuron.v_m = v0.sample(&mut rng) as f32;
         }
-        first.push(ids[0]);
         populations.push(ids);
     }
     let offsets: Vec<usize> = sizes
@@ -371,7 +367,6 @@ pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result
     Ok(Network {
         graph,
         populations,
-        synapse_counts: counts,
         build_time: started.elapsed(),
         layout_time,
     })
@@ -441,11 +436,10 @@ pub fn simulate(
         if k == transient_steps {
             report.transient_wall = started.elapsed();
         }
-        let spikes = graph.step(DT_MS)?;
+        graph.step(DT_MS)?;
         if k >= transient_steps {
             let t = ((k - transient_steps) as f64 * DT_MS) as f32;
-            let spikes: Vec<NeuronId> = spikes.to_vec();
-            for n in spikes {
+            for &n in graph.last_spikes() {
                 let population = graph.neuron(n).map_or(0, |x| x.population) as u8;
                 report.events += graph.outgoing(n).map_or(0, |o| o.len()) as u64;
                 record.spikes.push((t, population, n));
