@@ -268,6 +268,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         gib(memory.metadata_bytes),
         gib(memory.adjacency_bytes)
     );
+    let pool = network.graph.store().pool().stats();
+    println!(
+        "{:<40} {} reserved, {} in use (the tables' chunks)",
+        "pool",
+        gib(pool.reserved_bytes),
+        gib(pool.in_use_bytes)
+    );
     if let Some(rss) = rss {
         println!(
             "{:<40} {:.1} B ({} peak resident)",
