@@ -316,6 +316,19 @@ impl Model {
             reachable.iter().filter(|h| !h.is::<Anchor>()).count()
         );
         assert_eq!(report.dangling_count, dangling);
+        for d in &report.dangling {
+            assert!(
+                !self.live.contains_key(&d.target),
+                "{d:?} names a live object"
+            );
+            match d.holder {
+                Some(holder) => assert!(
+                    self.live[&holder].1.contains(&d.target),
+                    "{d:?}: the holder holds the target"
+                ),
+                None => assert!(self.roots.contains(&d.target), "{d:?} is a root"),
+            }
+        }
         let ids: HashSet<u64> = doomed.iter().filter_map(|h| self.live[h].0).collect();
         for h in &doomed {
             self.live.remove(h);
@@ -403,6 +416,62 @@ proptest! {
         // A second collection finds nothing more.
         let again = m.store.collect();
         prop_assert_eq!(again.freed_total, 0);
+    }
+}
+
+/// A graph far larger than one marking batch, with edges into two traced types,
+/// dangling edges and removed roots, collected on pools of 1, 2 and 4 threads: the
+/// batches, the runs of one target type and the work split between threads all agree
+/// with the reference.
+#[test]
+fn large_random_graphs_match_the_reference_on_any_number_of_threads() {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    for threads in [1, 2, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut m = Model::new(DanglingPolicy::Report);
+        for i in 0..6_000 {
+            m.apply(&Op::Leaf {
+                back: (i % 3 == 0).then(|| next(1 << 20)),
+            });
+        }
+        for _ in 0..30_000 {
+            let degree = next(5);
+            m.apply(&Op::Node {
+                edges: (0..degree).map(|_| next(1 << 20)).collect(),
+                leaf: (next(4) == 0).then(|| next(1 << 20)),
+            });
+        }
+        for _ in 0..30_000 {
+            m.apply(&Op::AddEdge {
+                from: next(1 << 20),
+                to: next(1 << 20),
+            });
+        }
+        for _ in 0..300 {
+            m.apply(&Op::Anchor {
+                nodes: (0..3).map(|_| next(1 << 20)).collect(),
+                leaves: vec![next(1 << 20)],
+            });
+        }
+        for _ in 0..50 {
+            m.apply(&Op::AddRoot(next(1 << 20)));
+        }
+        // Removals leave dangling edges (and dangling roots) behind.
+        for _ in 0..2_000 {
+            m.apply(&Op::RemoveNode(next(1 << 20)));
+        }
+        pool.install(|| m.collect_and_check());
+        assert!(m.live.len() > 1_000, "{} objects survive", m.live.len());
+        pool.install(|| m.collect_and_check());
     }
 }
 

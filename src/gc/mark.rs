@@ -7,6 +7,21 @@
 //! `fetch_or`; the thread that set the bit owns the object and pushes it on its grey
 //! stack. Stacks that grow past [`SPLIT_AT`] give half of their work to a new rayon task,
 //! so idle threads steal from busy ones.
+//!
+//! Marking a large random graph is a chain of cache misses: the slot of every edge's
+//! target, its mark bit, then the object of every grey one. The marker works in batches
+//! so that the misses overlap instead of following one another. It pops up to
+//! [`BATCH`] grey objects of one table and traces them together: the table reads every
+//! slot and prefetches every object before tracing any
+//! ([`Table::for_each_many`](crate::table::Table::for_each_many)), and the tracer
+//! appends each handle to an [`EdgeBuffer`] (no call and no `AnyHandle` per handle).
+//! Then, for each run of edges into one table, one call reads all their slots
+//! ([`ErasedTable::live_many`]) and a branch-free pass loads all their mark bits, so
+//! that only the last, branchy pass (dangling or newly marked?) runs over cached data.
+//!
+//! On the 10M-object graph of `benches/gc.rs` this took one thread's marking from
+//! 8M to about 31M handles per second; what is left is the memory system (the slot
+//! table alone is 80 MB of random reads).
 
 use std::any::TypeId;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,18 +30,21 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::{Dangling, GcOps};
-use crate::pooled::{AnyHandle, Trace, Tracer};
+use crate::pooled::{AnyHandle, EdgeBuffer};
 use crate::store::ErasedTable;
 
 /// A grey object: its table's position in the marker, and its handle's bits.
 pub(crate) type Grey = (u32, u64);
 
 /// A grey stack longer than this hands half of itself to another task.
-const SPLIT_AT: usize = 512;
+const SPLIT_AT: usize = 1024;
 
-/// A budgeted drain reads the clock after this many objects: a step overshoots its
-/// budget by at most this many scans (tens of microseconds on a graph that misses the
-/// cache at every object), and the clock costs well under 1 % of the scanning.
+/// Grey objects scanned together by the parallel drain.
+const BATCH: usize = 256;
+
+/// A budgeted drain scans batches of this many objects and reads the clock after each:
+/// a step overshoots its budget by at most one batch (a few microseconds), and the
+/// clock costs well under 1 % of the scanning.
 pub(crate) const CLOCK_EVERY: usize = 16;
 
 /// Where a scan puts the objects it greys.
@@ -38,6 +56,35 @@ impl Push for Vec<Grey> {
     #[inline]
     fn push(&mut self, g: Grey) {
         Vec::push(self, g);
+    }
+}
+
+/// A stack the drains take their batches from.
+trait Pop: Push {
+    fn pop(&mut self) -> Option<Grey>;
+    /// The table of the top entry.
+    fn top_table(&self) -> Option<u32>;
+
+    /// Pops up to `max` entries of the top entry's table into `out` (cleared first);
+    /// that table, or `None` when the stack is empty.
+    fn pop_batch(&mut self, max: usize, out: &mut Vec<u64>) -> Option<u32> {
+        out.clear();
+        let ti = self.top_table()?;
+        while out.len() < max && self.top_table() == Some(ti) {
+            out.push(self.pop()?.1);
+        }
+        Some(ti)
+    }
+}
+
+impl Pop for Vec<Grey> {
+    #[inline]
+    fn pop(&mut self) -> Option<Grey> {
+        Vec::pop(self)
+    }
+    #[inline]
+    fn top_table(&self) -> Option<u32> {
+        self.last().map(|g| g.0)
     }
 }
 
@@ -74,6 +121,20 @@ impl GreyStack {
         let mut all = self.full;
         all.push(self.top);
         all
+    }
+}
+
+impl Pop for GreyStack {
+    #[inline]
+    fn pop(&mut self) -> Option<Grey> {
+        GreyStack::pop(self)
+    }
+    #[inline]
+    fn top_table(&self) -> Option<u32> {
+        self.top
+            .last()
+            .or_else(|| self.full.last().and_then(|s| s.last()))
+            .map(|g| g.0)
     }
 }
 
@@ -215,31 +276,56 @@ impl<'a> Marker<'a> {
         false
     }
 
-    /// Visits every handle the object `g` holds. Returns how many it newly marked.
-    #[inline]
-    pub(crate) fn scan(&self, g: Grey, lookup: &mut Lookup, grey: &mut impl Push) -> usize {
-        let t = &self.tables[g.0 as usize];
-        let Some(ops) = t.ops else { return 0 };
-        let holder = (ops.any_handle)(g.1);
-        let mut marked = 0;
-        let mut sink =
-            |h: AnyHandle| marked += usize::from(self.visit(Some(holder), h, lookup, grey));
-        (ops.trace_one)(t.table, g.1, &mut Tracer::new(&mut sink));
-        marked
-    }
-
-    /// Visits every handle `value` (the object `holder`, already known live) holds.
-    fn scan_value(
+    /// Scans the objects `batch` of table `ti`: traces them all, then checks their
+    /// edges one target table at a time, and marks and greys what is new. Returns how
+    /// many it newly marked.
+    fn scan_batch(
         &self,
-        holder: AnyHandle,
-        value: &dyn Trace,
+        ti: u32,
+        batch: &[u64],
         lookup: &mut Lookup,
-        grey: &mut Vec<Grey>,
+        scratch: &mut Scratch,
+        grey: &mut impl Push,
     ) -> usize {
+        let t = &self.tables[ti as usize];
+        let Some(ops) = t.ops else { return 0 };
+        let Scratch { edges, live, seen } = scratch;
+        edges.clear();
+        (ops.trace_many)(t.table, batch, edges);
+        let holder = |at: u32| Some((ops.any_handle)(batch[at as usize]));
         let mut marked = 0;
-        let mut sink =
-            |h: AnyHandle| marked += usize::from(self.visit(Some(holder), h, lookup, grey));
-        value.trace(&mut Tracer::new(&mut sink));
+        // One run of edges into one table at a time (most objects hold handles of one
+        // type, so most batches are one run).
+        for (run, like) in edges.runs() {
+            let bits = &edges.bits[run.clone()];
+            let holders = &edges.holders[run];
+            let Some(tj) = self.index_of(like.type_id(), lookup) else {
+                for (&b, &at) in bits.iter().zip(holders) {
+                    self.dangle(holder(at), like.with_bits(b));
+                }
+                continue;
+            };
+            let target = &self.tables[tj as usize];
+            target.table.live_many(bits, live);
+            if target.traced {
+                // The targets' mark bits first, in a loop with no branch on them, so
+                // that their loads overlap; then the branchy pass, over cached words.
+                seen.clear();
+                seen.extend(
+                    bits.iter()
+                        .map(|&b| is_marked(target.marks, b as u32 as usize)),
+                );
+            }
+            for (k, ((&b, &at), &is_live)) in bits.iter().zip(holders).zip(live.iter()).enumerate()
+            {
+                if !is_live {
+                    self.dangle(holder(at), like.with_bits(b));
+                } else if target.traced && !seen[k] && set_mark(target.marks, b as u32 as usize) {
+                    grey.push((tj, b));
+                    marked += 1;
+                }
+            }
+        }
         marked
     }
 
@@ -252,9 +338,11 @@ impl<'a> Marker<'a> {
     pub(crate) fn drain_parallel<'s>(&'s self, scope: &rayon::Scope<'s>, mut grey: Vec<Grey>) {
         let mut lookup = Lookup::default();
         let mut tally = Tally::default();
-        while let Some(g) = grey.pop() {
-            tally.scanned += 1;
-            tally.marked += self.scan(g, &mut lookup, &mut grey);
+        let mut scratch = Scratch::default();
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(ti) = grey.pop_batch(BATCH, &mut batch) {
+            tally.scanned += batch.len();
+            tally.marked += self.scan_batch(ti, &batch, &mut lookup, &mut scratch, &mut grey);
             if grey.len() >= SPLIT_AT {
                 let half = grey.split_off(grey.len() / 2);
                 scope.spawn(move |s| self.drain_parallel(s, half));
@@ -265,9 +353,9 @@ impl<'a> Marker<'a> {
 
     /// Marks from every root, in parallel: `roots` (explicit roots, handles), then every
     /// object of every manual table that can be traced; then everything they reach.
-    pub(crate) fn mark_from_roots(&self, roots: &[AnyHandle], extra_grey: Vec<Grey>) {
+    pub(crate) fn mark_from_roots(&self, roots: &[AnyHandle]) {
         rayon::scope(|s| {
-            let mut grey = extra_grey;
+            let mut grey = Vec::new();
             let mut lookup = Lookup::default();
             let mut marked = 0;
             for r in roots {
@@ -275,32 +363,34 @@ impl<'a> Marker<'a> {
             }
             self.marked.fetch_add(marked, Ordering::Relaxed);
             s.spawn(move |s| self.drain_parallel(s, grey));
-            for t in self.tables.iter().filter(|t| !t.traced) {
-                let Some(ops) = t.ops else { continue };
-                let visit_root = |holder: AnyHandle, value: &dyn Trace| {
-                    let mut grey = Vec::new();
-                    let mut lookup = Lookup::default();
-                    let marked = self.scan_value(holder, value, &mut lookup, &mut grey);
-                    self.add(Tally { scanned: 1, marked });
-                    if !grey.is_empty() {
-                        self.drain_parallel(s, grey);
-                    }
-                };
-                (ops.par_for_each)(t.table, &visit_root);
+            // The manual tables' objects, in blocks of storage order, each block a task.
+            for (ti, t) in self.tables.iter().enumerate() {
+                if t.traced || t.ops.is_none() {
+                    continue;
+                }
+                let mut place = Some(0);
+                while let Some(p) = place {
+                    let mut owners = Vec::with_capacity(ROOT_BLOCK);
+                    place = t.table.owners_from_bits(p, ROOT_BLOCK, &mut owners);
+                    let block: Vec<Grey> = owners.iter().map(|&b| (ti as u32, b)).collect();
+                    s.spawn(move |s| self.drain_parallel(s, block));
+                }
             }
         });
     }
 
     /// Scans from `grey` on this thread until it is empty or `deadline` passes; true
-    /// when it emptied. Looks at the clock every [`CLOCK_EVERY`] objects.
+    /// when it emptied. Scans [`CLOCK_EVERY`] objects between looks at the clock.
     pub(crate) fn drain_until(&self, grey: &mut GreyStack, deadline: Instant) -> bool {
         let mut lookup = Lookup::default();
         let mut tally = Tally::default();
+        let mut scratch = Scratch::default();
+        let mut batch = Vec::with_capacity(CLOCK_EVERY);
         let mut done = true;
-        while let Some(g) = grey.pop() {
-            tally.scanned += 1;
-            tally.marked += self.scan(g, &mut lookup, grey);
-            if tally.scanned.is_multiple_of(CLOCK_EVERY) && Instant::now() >= deadline {
+        while let Some(ti) = grey.pop_batch(CLOCK_EVERY, &mut batch) {
+            tally.scanned += batch.len();
+            tally.marked += self.scan_batch(ti, &batch, &mut lookup, &mut scratch, grey);
+            if Instant::now() >= deadline {
                 done = grey.is_empty();
                 break;
             }
@@ -308,4 +398,18 @@ impl<'a> Marker<'a> {
         self.add(tally);
         done
     }
+}
+
+/// Manual objects per root-scanning task.
+const ROOT_BLOCK: usize = 4096;
+
+/// Buffers a drain reuses from batch to batch.
+#[derive(Default)]
+struct Scratch {
+    /// The batch's edges.
+    edges: EdgeBuffer,
+    /// Whether each handle of one run of edges is live.
+    live: Vec<bool>,
+    /// Whether each handle of one run of edges was marked before the run.
+    seen: Vec<bool>,
 }

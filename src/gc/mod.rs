@@ -45,7 +45,7 @@ use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::pool::AlertKind;
-use crate::pooled::{AnyHandle, Retention, Trace, Tracer};
+use crate::pooled::{AnyHandle, EdgeBuffer, Retention, Trace, Tracer};
 use crate::store::{ErasedTable, Store};
 use crate::table::{Handle, Table};
 use mark::{GreyStack, MarkTable, Marker, Push, is_marked, set_mark};
@@ -223,17 +223,15 @@ impl<T: 'static> Drop for Root<T> {
     }
 }
 
-/// What a parallel walk over a table calls for each object: its handle and the object.
-type RootVisitor<'a> = dyn Fn(AnyHandle, &dyn Trace) + Sync + 'a;
-
 /// The tracing entry points of one type, made where `T: Trace` is known
 /// ([`Store::register`]) and kept beside its erased table.
 #[derive(Clone, Copy)]
 pub(crate) struct GcOps {
-    /// Traces the object the bits name; false if it is not live.
-    trace_one: fn(&dyn ErasedTable, u64, &mut Tracer<'_>) -> bool,
-    /// Calls the visitor on every object, in parallel over chunks.
-    par_for_each: fn(&dyn ErasedTable, &RootVisitor<'_>),
+    /// Traces the objects the bits name, in order, appending each handle they hold to
+    /// the buffer with the object's position in the batch; a handle that is not live is
+    /// skipped. The objects are resolved in a software pipeline
+    /// ([`Table::for_each_many`]): their cache misses overlap.
+    trace_many: fn(&dyn ErasedTable, &[u64], &mut EdgeBuffer),
     /// The erased handle of the bits.
     any_handle: fn(u64) -> AnyHandle,
 }
@@ -246,18 +244,22 @@ impl GcOps {
                 .expect("GcOps of T are kept beside the table of T")
         }
         GcOps {
-            trace_one: |t, bits, tracer| match table::<T>(t).get(Handle::from_bits(bits)) {
-                Some(v) => {
-                    v.trace(tracer);
-                    true
+            trace_many: |t, bits, edges| {
+                const GROUP: usize = 64;
+                let table = table::<T>(t);
+                let mut handles = [Handle::<T>::null(); GROUP];
+                for (g, group) in bits.chunks(GROUP).enumerate() {
+                    for (h, b) in handles.iter_mut().zip(group) {
+                        *h = Handle::from_bits(*b);
+                    }
+                    edges.holder = (g * GROUP) as u32;
+                    table.for_each_many(&handles[..group.len()], |v| {
+                        if let Some(v) = v {
+                            v.trace(&mut Tracer::edges(edges));
+                        }
+                        edges.holder += 1;
+                    });
                 }
-                None => false,
-            },
-            par_for_each: |t, visit| {
-                use rayon::prelude::*;
-                table::<T>(t)
-                    .par_iter()
-                    .for_each(|(h, v)| visit(AnyHandle::new(h), v));
             },
             any_handle: |bits| AnyHandle::new(Handle::<T>::from_bits(bits)),
         }
@@ -441,7 +443,7 @@ impl Store {
         let roots = self.gc.roots.list();
         let (marked, scanned, dangling_count, dangling) = {
             let marker = self.marker(&types, &marks, policy != DanglingPolicy::Ignore);
-            marker.mark_from_roots(&roots, Vec::new());
+            marker.mark_from_roots(&roots);
             Self::marker_totals(marker)
         };
         let mut report = GcReport {

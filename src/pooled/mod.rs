@@ -21,6 +21,7 @@
 
 mod trace;
 
+pub(crate) use trace::EdgeBuffer;
 pub use trace::{AnyHandle, Trace, Tracer, trace_handles};
 
 /// How the objects of a table stay alive.

@@ -114,7 +114,15 @@ impl fmt::Debug for AnyHandle {
 /// assert_eq!(seen.len(), 1);
 /// ```
 pub struct Tracer<'a> {
-    sink: &'a mut dyn FnMut(AnyHandle),
+    sink: Sink<'a>,
+}
+
+/// Where a [`Tracer`] sends the handles it is shown.
+enum Sink<'a> {
+    /// A caller's closure ([`Tracer::new`]).
+    Closure(&'a mut dyn FnMut(AnyHandle)),
+    /// The collector's edge buffer: no call and no `AnyHandle` per handle.
+    Edges(&'a mut EdgeBuffer),
 }
 
 impl fmt::Debug for Tracer<'_> {
@@ -126,15 +134,77 @@ impl fmt::Debug for Tracer<'_> {
 impl<'a> Tracer<'a> {
     /// A tracer that hands every visited handle to `sink`.
     pub fn new(sink: &'a mut dyn FnMut(AnyHandle)) -> Tracer<'a> {
-        Tracer { sink }
+        Tracer {
+            sink: Sink::Closure(sink),
+        }
+    }
+
+    /// A tracer that appends every visited handle to `edges`, as held by object
+    /// `edges.holder`.
+    pub(crate) fn edges(edges: &'a mut EdgeBuffer) -> Tracer<'a> {
+        Tracer {
+            sink: Sink::Edges(edges),
+        }
     }
 
     /// Visits `handle`; the null handle is skipped (it names nothing).
     #[inline]
     pub fn handle<T: 'static>(&mut self, handle: Handle<T>) {
-        if !handle.is_null() {
-            (self.sink)(AnyHandle::new(handle));
+        if handle.is_null() {
+            return;
         }
+        match &mut self.sink {
+            Sink::Closure(sink) => sink(AnyHandle::new(handle)),
+            Sink::Edges(edges) => edges.push(handle),
+        }
+    }
+}
+
+/// The handles a batch of objects holds, as the collector reads them: the handles' bits
+/// and their holders' positions side by side, and the runs of one target type.
+#[derive(Debug, Default)]
+pub(crate) struct EdgeBuffer {
+    /// Each handle's [`to_bits`](Handle::to_bits).
+    pub(crate) bits: Vec<u64>,
+    /// Each handle's holder: its position in the batch being traced.
+    pub(crate) holders: Vec<u32>,
+    /// Where each run of handles of one type starts in `bits`, with one handle of the
+    /// run (its type and name).
+    pub(crate) runs: Vec<(usize, AnyHandle)>,
+    /// The holder of the handles pushed next.
+    pub(crate) holder: u32,
+}
+
+impl EdgeBuffer {
+    pub(crate) fn clear(&mut self) {
+        self.bits.clear();
+        self.holders.clear();
+        self.runs.clear();
+    }
+
+    #[inline]
+    fn push<T: 'static>(&mut self, handle: Handle<T>) {
+        if !self.runs.last().is_some_and(|r| r.1.is::<T>()) {
+            self.runs.push((self.bits.len(), AnyHandle::new(handle)));
+        }
+        self.bits.push(handle.to_bits());
+        self.holders.push(self.holder);
+    }
+
+    /// The runs as `(range in bits, a handle of the run's type)`.
+    pub(crate) fn runs(&self) -> impl Iterator<Item = (std::ops::Range<usize>, AnyHandle)> + '_ {
+        self.runs.iter().enumerate().map(|(i, &(start, h))| {
+            let end = self.runs.get(i + 1).map_or(self.bits.len(), |r| r.0);
+            (start..end, h)
+        })
+    }
+}
+
+impl AnyHandle {
+    /// A handle of the same type with other bits.
+    #[inline]
+    pub(crate) fn with_bits(self, bits: u64) -> AnyHandle {
+        AnyHandle { bits, ..self }
     }
 }
 

@@ -54,6 +54,10 @@ pub trait ErasedTable: Send + Sync {
     fn layout_version(&self) -> u64;
     /// True when the handle with these bits ([`Handle::to_bits`]) names a live object.
     fn contains_bits(&self, bits: u64) -> bool;
+    /// For each handle (as bits) in `bits`, whether it names a live object, into `live`
+    /// (cleared first). One call for a batch: the slot reads do not depend on one
+    /// another, so their cache misses overlap.
+    fn live_many(&self, bits: &[u64], live: &mut Vec<bool>);
     /// Removes (and drops) the object the bits name; false if none.
     fn remove_bits(&mut self, bits: u64) -> bool;
     /// One more than the largest slot index of a handle of this table.
@@ -108,6 +112,10 @@ impl<T: Send + Sync + 'static> ErasedTable for Table<T> {
     }
     fn contains_bits(&self, bits: u64) -> bool {
         self.contains(Handle::from_bits(bits))
+    }
+    fn live_many(&self, bits: &[u64], live: &mut Vec<bool>) {
+        live.clear();
+        live.extend(bits.iter().map(|&b| self.contains(Handle::from_bits(b))));
     }
     fn remove_bits(&mut self, bits: u64) -> bool {
         self.remove(Handle::from_bits(bits)).is_some()
