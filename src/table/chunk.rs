@@ -343,11 +343,18 @@ impl<T> Chunk<T> {
         Ok(())
     }
 
-    /// Drops every object and returns the memory to `pool`.
-    pub(crate) fn release(mut self, pool: &HierarchicalPool) {
-        let places: Vec<u32> = self.occupied_places().collect();
-        for pos in places {
-            drop(self.take(pos));
+    /// Drops every object and returns the memory to `pool`. The chunk is consumed, so
+    /// its bookkeeping is not updated object by object, and a type without drop glue
+    /// (a `Pod` neuron or synapse) costs no pass over its objects at all.
+    pub(crate) fn release(self, pool: &HierarchicalPool) {
+        if std::mem::needs_drop::<T>() {
+            for pos in self.occupied_places() {
+                // SAFETY: an occupied place holds an initialised object; each place is
+                // visited once, and the chunk is consumed here, so nothing reads or drops
+                // the object again. The bitmap being walked is a separate allocation from
+                // the objects being dropped.
+                unsafe { std::ptr::drop_in_place(self.data.as_ptr().add(pos as usize)) };
+            }
         }
         let layout = Self::layout(self.capacity(), self.align as usize);
         if layout.size() != 0 {
