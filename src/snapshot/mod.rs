@@ -68,7 +68,7 @@ use crate::error::{Error, SnapshotError};
 use crate::pool::HierarchicalPool;
 use crate::pooled::{AnyHandle, Pooled, Retention, Trace};
 use crate::store::{ErasedTable, Store};
-use crate::table::{Handle, Table, TableImage, default_pool};
+use crate::table::{Handle, SlotImage, Table, TableImage, default_pool};
 use codec::{Decoder, Encoded};
 use format::{FieldReader, Fields, Reader, SECTION_OVERHEAD, Writer};
 
@@ -670,9 +670,11 @@ pub(crate) fn read_image(
                 ));
             }
             let raw: Vec<[u32; 2]> = reader.pod_values(u64::from(header.slot_count))?;
-            raw.into_iter()
-                .map(|[v, p]| (u32::from_le(v), u32::from_le(p)))
-                .collect()
+            SlotImage::Records(
+                raw.into_iter()
+                    .map(|[v, p]| (u32::from_le(v), u32::from_le(p)))
+                    .collect(),
+            )
         }
         SLOTS_AS_RUNS => {
             if (start.len - 1) % 12 != 0 || (start.len - 1) / 12 > u64::from(header.slot_count) {
@@ -685,17 +687,13 @@ pub(crate) fn read_image(
                     ),
                 ));
             }
-            let runs: Vec<[u32; 3]> = reader.pod_values((start.len - 1) / 12)?;
-            let mut slots = Vec::with_capacity(header.slot_count as usize);
-            for [version, place, count] in runs {
-                let (version, place, count) = (
-                    u32::from_le(version),
-                    u32::from_le(place),
-                    u32::from_le(count),
-                );
+            let mut runs: Vec<[u32; 3]> = reader.pod_values((start.len - 1) / 12)?;
+            let mut covered = 0u64;
+            for run in &mut runs {
+                let [version, place, count] = run.map(u32::from_le);
                 let live = version % 2 == 1;
                 let fits = count > 0
-                    && slots.len() as u64 + u64::from(count) <= u64::from(header.slot_count)
+                    && covered + u64::from(count) <= u64::from(header.slot_count)
                     && (live || place == 0)
                     && (!live || u64::from(place) + u64::from(count) <= 1 << 32);
                 if !fits {
@@ -707,19 +705,20 @@ pub(crate) fn read_image(
                         ),
                     ));
                 }
-                slots.extend((0..count).map(|k| (version, if live { place + k } else { 0 })));
+                covered += u64::from(count);
+                *run = [version, place, count];
             }
-            if slots.len() != header.slot_count as usize {
+            if covered != u64::from(header.slot_count) {
                 return Err(reader.malformed(
                     start,
                     format!(
-                        "the runs cover {} of the {} slots",
-                        slots.len(),
+                        "the runs cover {covered} of the {} slots",
                         header.slot_count
                     ),
                 ));
             }
-            slots
+            // Kept as runs: a filled, never churned table is one run, whatever its size.
+            SlotImage::from_runs(runs)
         }
         other => return Err(reader.malformed(start, format!("unknown slot encoding {other}"))),
     };

@@ -331,8 +331,18 @@ impl<T> Chunk<T> {
         };
         read(buf)?;
         // The places now hold `count` objects: `T` is Pod, so every byte pattern is one.
-        for pos in first..end {
-            self.occupied[pos as usize / 64] |= 1 << (pos % 64);
+        // Set bits first..end, a word at a time.
+        let mut pos = first;
+        while pos < end {
+            let (word, bit) = (pos as usize / 64, pos % 64);
+            let n = (64 - bit).min(end - pos);
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
+            self.occupied[word] |= mask;
+            pos += n;
         }
         self.live += count;
         while (self.free_cursor as usize) < self.occupied.len()

@@ -24,5 +24,5 @@ mod typed;
 
 pub use handle::Handle;
 pub(crate) use handle::short_type_name;
-pub(crate) use persist::TableImage;
+pub(crate) use persist::{SlotImage, TableImage};
 pub use typed::{DEFAULT_CHUNK_BYTES, Loc, Table, TableStats, default_pool};

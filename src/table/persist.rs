@@ -37,7 +37,7 @@ pub(crate) struct TableImage {
     /// `(version, place)` of every slot in index order, slotmap's sentinel at index 0
     /// (`(0, 0)`). An odd version is a live slot and `place` is its object's place
     /// (`chunk << log2(per_chunk) | position`); an even one is vacant and `place` is 0.
-    pub slots: Vec<(u32, u32)>,
+    pub slots: SlotImage,
     /// The vacant slots' indices, the head of the free list (the next insert's slot) first.
     pub free_order: Vec<u32>,
     /// Which chunk indices hold a chunk (the free places are those of existing chunks that
@@ -67,6 +67,127 @@ impl ImageSummary {
             self.holes as f64 / (self.live + self.holes) as f64
         }
     }
+}
+
+/// Every slot's `(version, place)` in index order, as a snapshot holds them: one record
+/// per slot, or runs of consecutive slots with one version and consecutive places
+/// (vacant slots: place 0). A table that was filled and never churned is one run, so
+/// its image costs nothing to hold or check, however many slots it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SlotImage {
+    /// One `(version, place)` per slot.
+    Records(Vec<(u32, u32)>),
+    /// `[version, first place, count]` runs (counts above 0), with the index of each
+    /// run's first slot.
+    Runs {
+        runs: Vec<[u32; 3]>,
+        starts: Vec<u64>,
+    },
+}
+
+impl Default for SlotImage {
+    fn default() -> Self {
+        SlotImage::Records(Vec::new())
+    }
+}
+
+impl SlotImage {
+    /// Runs `[version, first place, count]` (counts above 0, vacant runs at place 0).
+    pub(crate) fn from_runs(runs: Vec<[u32; 3]>) -> SlotImage {
+        let mut next = 0u64;
+        let starts = runs
+            .iter()
+            .map(|r| {
+                let at = next;
+                next += u64::from(r[2]);
+                at
+            })
+            .collect();
+        SlotImage::Runs { runs, starts }
+    }
+
+    /// Slots, the sentinel included.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            SlotImage::Records(r) => r.len(),
+            SlotImage::Runs { runs, starts } => match (runs.last(), starts.last()) {
+                (Some(r), Some(&s)) => (s + u64::from(r[2])) as usize,
+                _ => 0,
+            },
+        }
+    }
+
+    /// The runs `(first index, version, first place, count)`: a record is a run of one.
+    fn runs(&self) -> Box<dyn Iterator<Item = (u64, u32, u32, u32)> + '_> {
+        match self {
+            SlotImage::Records(r) => {
+                Box::new(r.iter().enumerate().map(|(i, &(v, p))| (i as u64, v, p, 1)))
+            }
+            SlotImage::Runs { runs, starts } => Box::new(
+                runs.iter()
+                    .zip(starts)
+                    .map(|(&[v, p, n], &at)| (at, v, p, n)),
+            ),
+        }
+    }
+
+    /// Every slot's `(version, place)`, in index order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.runs().flat_map(|(_, v, p, n)| {
+            let live = v % 2 == 1;
+            (0..n).map(move |k| (v, if live { p + k } else { p }))
+        })
+    }
+
+    /// The version of slot `index`.
+    pub(crate) fn version(&self, index: usize) -> Option<u32> {
+        match self {
+            SlotImage::Records(r) => r.get(index).map(|s| s.0),
+            SlotImage::Runs { runs, starts } => {
+                let run = starts
+                    .partition_point(|&s| s <= index as u64)
+                    .checked_sub(1)?;
+                (index < self.len()).then(|| runs[run][0])
+            }
+        }
+    }
+
+    /// The records, to edit (tests build broken images this way).
+    #[cfg(test)]
+    pub(crate) fn records_mut(&mut self) -> &mut Vec<(u32, u32)> {
+        if let SlotImage::Runs { .. } = self {
+            *self = SlotImage::Records(self.iter().collect());
+        }
+        match self {
+            SlotImage::Records(r) => r,
+            SlotImage::Runs { .. } => unreachable!("converted above"),
+        }
+    }
+}
+
+/// Sets bits `start..end` of `words`; the first of them that was set already, if any
+/// (then nothing is changed). Whole words at a time.
+fn set_range(words: &mut [u64], start: u64, end: u64) -> Option<u64> {
+    let mask = |w: u64| {
+        let lo = start.max(w * 64) - w * 64;
+        let hi = end.min(w * 64 + 64) - w * 64;
+        if hi - lo == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << (hi - lo)) - 1) << lo
+        }
+    };
+    let (first, last) = (start / 64, (end - 1) / 64);
+    for w in first..=last {
+        let clash = words[w as usize] & mask(w);
+        if clash != 0 {
+            return Some(w * 64 + u64::from(clash.trailing_zeros()));
+        }
+    }
+    for w in first..=last {
+        words[w as usize] |= mask(w);
+    }
+    None
 }
 
 impl TableImage {
@@ -100,45 +221,63 @@ impl TableImage {
                 self.slots.len()
             )));
         }
-        match self.slots.first() {
+        match self.slots.iter().next() {
             Some((0, 0)) => {}
             other => return Err(bad(format!("slot 0 is the sentinel (0, 0), not {other:?}"))),
         }
         let places = (self.chunks_present.len() as u64) << shift;
         let mut taken = vec![0u64; places.div_ceil(64) as usize];
-        let mut vacant = vec![false; self.slots.len()];
+        let mut vacant = vec![0u64; self.slots.len().div_ceil(64)];
         let mut live = 0u64;
         let mut per_chunk_live = vec![0u32; self.chunks_present.len()];
         let mut highest: Option<u64> = None;
-        for (index, &(version, place)) in self.slots.iter().enumerate().skip(1) {
+        // Run by run (a record is a run of one): a run of live slots takes a range of
+        // places, checked and marked a word at a time.
+        for (index, version, place, count) in self.slots.runs() {
+            let (from, to) = (index.max(1), index + u64::from(count));
+            if from >= to {
+                continue; // the sentinel, checked above
+            }
+            let place = place + (from - index) as u32;
+            let n = to - from;
             if version % 2 == 0 {
                 if place != 0 {
-                    return Err(bad(format!("vacant slot {index} names place {place}")));
+                    return Err(bad(format!("vacant slot {from} names place {place}")));
                 }
-                vacant[index] = true;
+                set_range(&mut vacant, from, to);
                 continue;
             }
-            let chunk = place >> shift;
-            if !self
-                .chunks_present
-                .get(chunk as usize)
-                .copied()
-                .unwrap_or(false)
+            let (first, last) = (u64::from(place), u64::from(place) + n - 1);
+            // The first place of the run in a chunk that does not exist, if any.
+            if let Some(p) = ((first >> shift)..=(last >> shift))
+                .find(|&c| {
+                    !self
+                        .chunks_present
+                        .get(c as usize)
+                        .copied()
+                        .unwrap_or(false)
+                })
+                .map(|c| first.max(c << shift))
             {
                 return Err(bad(format!(
-                    "live slot {index} names place {place} in chunk {chunk}, which does not exist"
+                    "live slot {} names place {p} in chunk {}, which does not exist",
+                    from + (p - first),
+                    p >> shift
                 )));
             }
-            let word = &mut taken[place as usize / 64];
-            if *word & (1 << (place % 64)) != 0 {
+            if let Some(p) = set_range(&mut taken, first, last + 1) {
                 return Err(bad(format!(
-                    "two live slots name place {place} (one is slot {index})"
+                    "two live slots name place {p} (one is slot {})",
+                    from + (p - first)
                 )));
             }
-            *word |= 1 << (place % 64);
-            per_chunk_live[chunk as usize] += 1;
-            live += 1;
-            highest = highest.max(Some(u64::from(place)));
+            for c in (first >> shift)..=(last >> shift) {
+                let lo = first.max(c << shift);
+                let hi = last.min(((c + 1) << shift) - 1);
+                per_chunk_live[c as usize] += (hi - lo + 1) as u32;
+            }
+            live += n;
+            highest = highest.max(Some(last));
         }
         let vacant_count = self.slots.len() as u64 - 1 - live;
         if self.free_order.len() as u64 != vacant_count {
@@ -148,8 +287,9 @@ impl TableImage {
             )));
         }
         for &index in &self.free_order {
-            match vacant.get_mut(index as usize) {
-                Some(v @ true) => *v = false,
+            let (word, bit) = (index as usize / 64, 1u64 << (index % 64));
+            match vacant.get_mut(word) {
+                Some(w) if *w & bit != 0 => *w &= !bit,
                 _ => {
                     return Err(bad(format!(
                         "the free list names slot {index}, which is not vacant or is listed twice"
@@ -228,7 +368,7 @@ impl<T> Table<T> {
     pub(crate) fn image(&self) -> TableImage {
         TableImage {
             per_chunk: self.per_chunk,
-            slots: self.slot_records().collect(),
+            slots: SlotImage::Records(self.slot_records().collect()),
             free_order: self.free_order().collect(),
             chunks_present: self.chunks_present().collect(),
         }
@@ -263,7 +403,10 @@ impl<T> Table<T> {
             table.slots.insert(0);
         }
         for &index in image.free_order.iter().rev() {
-            let version = image.slots[index as usize].0;
+            let version = image
+                .slots
+                .version(index as usize)
+                .expect("a checked image lists vacant slots it holds");
             let occupied =
                 Handle::<T>::from_bits(u64::from(index) | u64::from(version.wrapping_sub(1)) << 32);
             table
@@ -369,7 +512,11 @@ fn missing_objects(type_name: &str, filled: u64, live: usize) -> Error {
 
 /// A slot map holding `records` exactly, but each vacant slot's version lowered by 2 (see
 /// the module doc), built through slotmap's `Deserialize` from the records in memory.
-fn slot_map_from<T>(records: &[(u32, u32)]) -> Result<SlotMap<Handle<T>, u32>, Error> {
+fn slot_map_from<T>(slots: &SlotImage) -> Result<SlotMap<Handle<T>, u32>, Error> {
+    let records = SlotSeq {
+        records: slots.iter().enumerate(),
+        len: slots.len(),
+    };
     serde::Deserialize::deserialize(SlotsDeserializer { records }).map_err(|e: de::value::Error| {
         Error::from(SnapshotError::InconsistentSlots {
             type_name: super::short_type_name::<T>().to_owned(),
@@ -380,17 +527,15 @@ fn slot_map_from<T>(records: &[(u32, u32)]) -> Result<SlotMap<Handle<T>, u32>, E
 
 /// Presents slot records as the sequence of `{ value: Option<u32>, version: u32 }` that
 /// slotmap's `Deserialize` reads.
-struct SlotsDeserializer<'a> {
-    records: &'a [(u32, u32)],
+struct SlotsDeserializer<I> {
+    records: SlotSeq<I>,
 }
 
-impl<'de> Deserializer<'de> for SlotsDeserializer<'_> {
+impl<'de, I: Iterator<Item = (usize, (u32, u32))>> Deserializer<'de> for SlotsDeserializer<I> {
     type Error = de::value::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        visitor.visit_seq(SlotSeq {
-            records: self.records.iter().enumerate(),
-        })
+        visitor.visit_seq(self.records)
     }
 
     serde::forward_to_deserialize_any! {
@@ -400,20 +545,23 @@ impl<'de> Deserializer<'de> for SlotsDeserializer<'_> {
     }
 }
 
-struct SlotSeq<'a> {
-    records: std::iter::Enumerate<std::slice::Iter<'a, (u32, u32)>>,
+/// Enumerated slot records, with how many are left.
+struct SlotSeq<I> {
+    records: I,
+    len: usize,
 }
 
-impl<'de> SeqAccess<'de> for SlotSeq<'_> {
+impl<'de, I: Iterator<Item = (usize, (u32, u32))>> SeqAccess<'de> for SlotSeq<I> {
     type Error = de::value::Error;
 
     fn next_element_seed<S: DeserializeSeed<'de>>(
         &mut self,
         seed: S,
     ) -> Result<Option<S::Value>, Self::Error> {
-        let Some((index, &(version, place))) = self.records.next() else {
+        let Some((index, (version, place))) = self.records.next() else {
             return Ok(None);
         };
+        self.len -= 1;
         let occupied = version % 2 == 1;
         let version = if occupied || index == 0 {
             version
@@ -429,7 +577,7 @@ impl<'de> SeqAccess<'de> for SlotSeq<'_> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        Some(self.records.len())
+        Some(self.len)
     }
 }
 
@@ -556,7 +704,7 @@ mod tests {
         t.remove(h);
         let mut image = t.image();
         // Pretend the slot was freed after its version wrapped: version 0 is vacant.
-        image.slots[1].0 = 0;
+        image.slots.records_mut()[1].0 = 0;
         image.check("u64").unwrap();
         let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
         r.fill_pending("u64", || None).unwrap();
@@ -570,24 +718,21 @@ mod tests {
         let (t, _) = churned();
         let good = t.image();
         good.check("u64").unwrap();
-        let live = good.slots.iter().position(|s| s.0 % 2 == 1).unwrap();
-        let other_live = good.slots.iter().rposition(|s| s.0 % 2 == 1).unwrap();
-        let vacant = good
-            .slots
-            .iter()
-            .skip(1)
-            .position(|s| s.0 % 2 == 0)
-            .unwrap()
-            + 1;
+        let records: Vec<(u32, u32)> = good.slots.iter().collect();
+        let live = records.iter().position(|s| s.0 % 2 == 1).unwrap();
+        let other_live = records.iter().rposition(|s| s.0 % 2 == 1).unwrap();
+        let vacant = records.iter().skip(1).position(|s| s.0 % 2 == 0).unwrap() + 1;
         let mut cases: Vec<(&str, TableImage)> = Vec::new();
         let mut i = good.clone();
-        i.slots[live].1 = i.slots[other_live].1;
+        let r = i.slots.records_mut();
+        r[live].1 = r[other_live].1;
         cases.push(("two live slots", i));
         let mut i = good.clone();
-        i.slots[live].1 = (i.chunks_present.len() as u32) * i.per_chunk;
+        let past = (i.chunks_present.len() as u32) * i.per_chunk;
+        i.slots.records_mut()[live].1 = past;
         cases.push(("does not exist", i));
         let mut i = good.clone();
-        i.slots[vacant].0 += 1; // made live, naming place 0, which another slot holds
+        i.slots.records_mut()[vacant].0 += 1; // made live, naming place 0, which another slot holds
         cases.push(("two live slots", i));
         let mut i = good.clone();
         i.free_order.swap_remove(0);
@@ -597,18 +742,115 @@ mod tests {
         i.free_order[1] = first;
         cases.push(("listed twice", i));
         let mut i = good.clone();
-        i.slots[0] = (1, 0);
+        i.slots.records_mut()[0] = (1, 0);
         cases.push(("sentinel", i));
         let mut i = good.clone();
         i.per_chunk = 48;
         cases.push(("power of two", i));
         let mut i = good.clone();
-        i.slots[vacant].1 = 9;
+        i.slots.records_mut()[vacant].1 = 9;
         cases.push(("vacant slot", i));
         for (want, image) in cases {
             let err = image.check("u64").unwrap_err().to_string();
             assert!(err.contains(want), "{want:?} not in {err:?}");
         }
+    }
+
+    /// `records` as runs, as the snapshot writer makes them.
+    fn as_runs(records: &[(u32, u32)]) -> SlotImage {
+        let mut runs: Vec<[u32; 3]> = Vec::new();
+        for &(v, p) in records {
+            if let Some([rv, rp, n]) = runs.last_mut()
+                && *rv == v
+                && (if v % 2 == 1 { *rp + *n == p } else { p == 0 })
+            {
+                *n += 1;
+            } else {
+                runs.push([v, p, 1]);
+            }
+        }
+        SlotImage::from_runs(runs)
+    }
+
+    #[test]
+    fn runs_hold_and_check_like_records() {
+        let (t, hs) = churned();
+        let records = t.image();
+        let mut runs = records.clone();
+        let listed: Vec<(u32, u32)> = records.slots.iter().collect();
+        runs.slots = as_runs(&listed);
+        assert!(matches!(runs.slots, SlotImage::Runs { .. }));
+        assert_eq!(runs.slots.len(), records.slots.len());
+        assert!(runs.slots.iter().eq(records.slots.iter()));
+        for i in 0..listed.len() + 2 {
+            assert_eq!(
+                runs.slots.version(i),
+                listed.get(i).map(|s| s.0),
+                "slot {i}"
+            );
+        }
+        assert_eq!(runs.check("u64").unwrap(), records.check("u64").unwrap());
+        let mut r = Table::<u64>::restore(default_pool(), t.hints(), &runs).unwrap();
+        let mut values = t.object_runs().flatten().copied();
+        r.fill_pending("u64", || values.next().map(Ok)).unwrap();
+        assert_eq!(r.image(), records);
+        for h in &hs {
+            assert_eq!(r.get(*h), t.get(*h));
+        }
+    }
+
+    #[test]
+    fn check_refuses_inconsistent_runs() {
+        // A full table of 2 chunks of 4 places: slots 1..=8 live at places 0..8.
+        let image = |runs: Vec<[u32; 3]>, free_order: Vec<u32>| TableImage {
+            per_chunk: 4,
+            slots: SlotImage::from_runs(runs),
+            free_order,
+            chunks_present: vec![true, true],
+        };
+        let good = image(vec![[0, 0, 1], [1, 0, 8]], vec![]);
+        let summary = good.check("u64").unwrap();
+        assert_eq!((summary.live, summary.vacant, summary.holes), (8, 0, 0));
+        let with_hole = image(vec![[0, 0, 1], [1, 0, 3], [2, 0, 1], [1, 4, 4]], vec![4]);
+        let summary = with_hole.check("u64").unwrap();
+        assert_eq!((summary.live, summary.vacant, summary.holes), (7, 1, 1));
+        let cases = [
+            (
+                image(vec![[0, 0, 1], [1, 0, 5], [1, 3, 3]], vec![]),
+                "two live slots name place 3 (one is slot 6)",
+            ),
+            (
+                image(vec![[0, 0, 1], [1, 2, 8]], vec![]),
+                "names place 8 in chunk 2",
+            ),
+            (
+                image(vec![[0, 0, 1], [1, 0, 7], [2, 0, 1]], vec![]),
+                "free list holds 0",
+            ),
+            (
+                image(vec![[0, 0, 1], [1, 0, 7], [2, 0, 1]], vec![7]),
+                "names slot 7",
+            ),
+            (image(vec![[1, 0, 9]], vec![]), "sentinel"),
+        ];
+        for (i, want) in cases {
+            let err = i.check("u64").unwrap_err().to_string();
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn set_range_sets_whole_words_and_refuses_clashes() {
+        let mut words = vec![0u64; 4];
+        assert_eq!(set_range(&mut words, 3, 200), None);
+        assert_eq!(words, vec![!0b111, u64::MAX, u64::MAX, (1 << 8) - 1]);
+        let before = words.clone();
+        assert_eq!(set_range(&mut words, 0, 5), Some(3));
+        assert_eq!(words, before, "a clash changes nothing");
+        assert_eq!(set_range(&mut words, 200, 201), None);
+        assert_eq!(words[3], (1 << 9) - 1);
+        assert_eq!(set_range(&mut words, 0, 3), None);
+        assert_eq!(set_range(&mut words, 130, 131), Some(130));
     }
 
     #[test]
