@@ -118,25 +118,33 @@ impl SlotImage {
     }
 
     /// The runs `(first index, version, first place, count)`: a record is a run of one.
-    fn runs(&self) -> Box<dyn Iterator<Item = (u64, u32, u32, u32)> + '_> {
-        match self {
-            SlotImage::Records(r) => {
-                Box::new(r.iter().enumerate().map(|(i, &(v, p))| (i as u64, v, p, 1)))
-            }
-            SlotImage::Runs { runs, starts } => Box::new(
-                runs.iter()
-                    .zip(starts)
-                    .map(|(&[v, p, n], &at)| (at, v, p, n)),
-            ),
-        }
+    fn runs(&self) -> impl Iterator<Item = (u64, u32, u32, u32)> + '_ {
+        let (records, runs) = match self {
+            SlotImage::Records(r) => (Some(r), None),
+            SlotImage::Runs { runs, starts } => (None, Some(runs.iter().zip(starts))),
+        };
+        let records = records
+            .into_iter()
+            .flat_map(|r| r.iter().enumerate().map(|(i, &(v, p))| (i as u64, v, p, 1)));
+        let runs = runs
+            .into_iter()
+            .flatten()
+            .map(|(&[v, p, n], &at)| (at, v, p, n));
+        records.chain(runs)
     }
 
     /// Every slot's `(version, place)`, in index order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        self.runs().flat_map(|(_, v, p, n)| {
+        let (records, runs) = match self {
+            SlotImage::Records(r) => (Some(r), None),
+            SlotImage::Runs { runs, .. } => (None, Some(runs)),
+        };
+        let records = records.into_iter().flat_map(|r| r.iter().copied());
+        let runs = runs.into_iter().flatten().flat_map(|&[v, p, n]| {
             let live = v % 2 == 1;
             (0..n).map(move |k| (v, if live { p + k } else { p }))
-        })
+        });
+        records.chain(runs)
     }
 
     /// The version of slot `index`.
@@ -244,7 +252,36 @@ impl TableImage {
                 if place != 0 {
                     return Err(bad(format!("vacant slot {from} names place {place}")));
                 }
-                set_range(&mut vacant, from, to);
+                if n == 1 {
+                    vacant[from as usize / 64] |= 1 << (from % 64);
+                } else {
+                    set_range(&mut vacant, from, to);
+                }
+                continue;
+            }
+            if n == 1 {
+                // One slot (every record of the record form): one chunk, one bit.
+                let chunk = place >> shift;
+                if !self
+                    .chunks_present
+                    .get(chunk as usize)
+                    .copied()
+                    .unwrap_or(false)
+                {
+                    return Err(bad(format!(
+                        "live slot {from} names place {place} in chunk {chunk}, which does not exist"
+                    )));
+                }
+                let word = &mut taken[place as usize / 64];
+                if *word & (1 << (place % 64)) != 0 {
+                    return Err(bad(format!(
+                        "two live slots name place {place} (one is slot {from})"
+                    )));
+                }
+                *word |= 1 << (place % 64);
+                per_chunk_live[chunk as usize] += 1;
+                live += 1;
+                highest = highest.max(Some(u64::from(place)));
                 continue;
             }
             let (first, last) = (u64::from(place), u64::from(place) + n - 1);
@@ -513,11 +550,24 @@ fn missing_objects(type_name: &str, filled: u64, live: usize) -> Error {
 /// A slot map holding `records` exactly, but each vacant slot's version lowered by 2 (see
 /// the module doc), built through slotmap's `Deserialize` from the records in memory.
 fn slot_map_from<T>(slots: &SlotImage) -> Result<SlotMap<Handle<T>, u32>, Error> {
-    let records = SlotSeq {
-        records: slots.iter().enumerate(),
-        len: slots.len(),
+    let len = slots.len();
+    // Each form with its own iterator: the record form, the common one after churn, pays
+    // nothing for the runs'.
+    let built = match slots {
+        SlotImage::Records(r) => serde::Deserialize::deserialize(SlotsDeserializer {
+            records: SlotSeq {
+                records: r.iter().copied().enumerate(),
+                len,
+            },
+        }),
+        SlotImage::Runs { .. } => serde::Deserialize::deserialize(SlotsDeserializer {
+            records: SlotSeq {
+                records: slots.iter().enumerate(),
+                len,
+            },
+        }),
     };
-    serde::Deserialize::deserialize(SlotsDeserializer { records }).map_err(|e: de::value::Error| {
+    built.map_err(|e: de::value::Error| {
         Error::from(SnapshotError::InconsistentSlots {
             type_name: super::short_type_name::<T>().to_owned(),
             message: e.to_string(),
