@@ -331,19 +331,8 @@ impl<T> Chunk<T> {
         };
         read(buf)?;
         // The places now hold `count` objects: `T` is Pod, so every byte pattern is one.
-        // Set bits first..end, a word at a time.
-        let mut pos = first;
-        while pos < end {
-            let (word, bit) = (pos as usize / 64, pos % 64);
-            let n = (64 - bit).min(end - pos);
-            let mask = if n == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << n) - 1) << bit
-            };
-            self.occupied[word] |= mask;
-            pos += n;
-        }
+        let clash = set_range(&mut self.occupied, u64::from(first), u64::from(end));
+        debug_assert!(clash.is_none(), "the places were checked free above");
         self.live += count;
         while (self.free_cursor as usize) < self.occupied.len()
             && self.occupied[self.free_cursor as usize] == u64::MAX
@@ -379,6 +368,41 @@ impl<T> Chunk<T> {
 unsafe impl<T: Send> Send for Chunk<T> {}
 // SAFETY: shared access to a chunk only gives shared access to its objects.
 unsafe impl<T: Sync> Sync for Chunk<T> {}
+
+/// Sets bits `start..end` (`start < end`) of `words`, a word at a time; returns the first
+/// of them that was set already, if any, and then changes nothing. Used for occupancy and
+/// for the place and slot bitmaps a snapshot image is checked with.
+#[inline]
+pub(crate) fn set_range(words: &mut [u64], start: u64, end: u64) -> Option<u64> {
+    if end == start + 1 {
+        let (word, bit) = (&mut words[start as usize / 64], 1u64 << (start % 64));
+        if *word & bit != 0 {
+            return Some(start);
+        }
+        *word |= bit;
+        return None;
+    }
+    let mask = |w: u64| {
+        let lo = start.max(w * 64) - w * 64;
+        let hi = end.min(w * 64 + 64) - w * 64;
+        if hi - lo == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << (hi - lo)) - 1) << lo
+        }
+    };
+    let (first, last) = (start / 64, (end - 1) / 64);
+    for w in first..=last {
+        let clash = words[w as usize] & mask(w);
+        if clash != 0 {
+            return Some(w * 64 + u64::from(clash.trailing_zeros()));
+        }
+    }
+    for w in first..=last {
+        words[w as usize] |= mask(w);
+    }
+    None
+}
 
 /// Maximal runs of set bits among the first `capacity` bits of `words`.
 fn occupied_runs_of(words: &[u64], capacity: u32) -> impl Iterator<Item = (u32, u32)> + '_ {

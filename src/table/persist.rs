@@ -20,6 +20,7 @@ use std::sync::Arc;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use slotmap::SlotMap;
 
+use super::chunk::set_range;
 use super::handle::Handle;
 use super::typed::Table;
 use crate::error::{Error, SnapshotError};
@@ -173,31 +174,6 @@ impl SlotImage {
     }
 }
 
-/// Sets bits `start..end` of `words`; the first of them that was set already, if any
-/// (then nothing is changed). Whole words at a time.
-fn set_range(words: &mut [u64], start: u64, end: u64) -> Option<u64> {
-    let mask = |w: u64| {
-        let lo = start.max(w * 64) - w * 64;
-        let hi = end.min(w * 64 + 64) - w * 64;
-        if hi - lo == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << (hi - lo)) - 1) << lo
-        }
-    };
-    let (first, last) = (start / 64, (end - 1) / 64);
-    for w in first..=last {
-        let clash = words[w as usize] & mask(w);
-        if clash != 0 {
-            return Some(w * 64 + u64::from(clash.trailing_zeros()));
-        }
-    }
-    for w in first..=last {
-        words[w as usize] |= mask(w);
-    }
-    None
-}
-
 impl TableImage {
     /// Checks everything a table needs of an image: the sentinel, that live slots have
     /// odd versions and name distinct places inside existing chunks, that vacant slots
@@ -252,36 +228,7 @@ impl TableImage {
                 if place != 0 {
                     return Err(bad(format!("vacant slot {from} names place {place}")));
                 }
-                if n == 1 {
-                    vacant[from as usize / 64] |= 1 << (from % 64);
-                } else {
-                    set_range(&mut vacant, from, to);
-                }
-                continue;
-            }
-            if n == 1 {
-                // One slot (every record of the record form): one chunk, one bit.
-                let chunk = place >> shift;
-                if !self
-                    .chunks_present
-                    .get(chunk as usize)
-                    .copied()
-                    .unwrap_or(false)
-                {
-                    return Err(bad(format!(
-                        "live slot {from} names place {place} in chunk {chunk}, which does not exist"
-                    )));
-                }
-                let word = &mut taken[place as usize / 64];
-                if *word & (1 << (place % 64)) != 0 {
-                    return Err(bad(format!(
-                        "two live slots name place {place} (one is slot {from})"
-                    )));
-                }
-                *word |= 1 << (place % 64);
-                per_chunk_live[chunk as usize] += 1;
-                live += 1;
-                highest = highest.max(Some(u64::from(place)));
+                set_range(&mut vacant, from, to);
                 continue;
             }
             let (first, last) = (u64::from(place), u64::from(place) + n - 1);
@@ -308,10 +255,14 @@ impl TableImage {
                     from + (p - first)
                 )));
             }
-            for c in (first >> shift)..=(last >> shift) {
-                let lo = first.max(c << shift);
-                let hi = last.min(((c + 1) << shift) - 1);
-                per_chunk_live[c as usize] += (hi - lo + 1) as u32;
+            if first >> shift == last >> shift {
+                per_chunk_live[(first >> shift) as usize] += n as u32;
+            } else {
+                for c in (first >> shift)..=(last >> shift) {
+                    let lo = first.max(c << shift);
+                    let hi = last.min(((c + 1) << shift) - 1);
+                    per_chunk_live[c as usize] += (hi - lo + 1) as u32;
+                }
             }
             live += n;
             highest = highest.max(Some(last));
