@@ -68,6 +68,27 @@ impl<T> Chunk<T> {
         self.live
     }
 
+    /// Words in the occupancy bitmap.
+    pub(crate) fn bitmap_words(&self) -> usize {
+        self.occupied.len()
+    }
+
+    /// Word `w` of the occupancy bitmap: bit `i` is set when place `64 * w + i` is taken.
+    pub(crate) fn occupied_word(&self, w: usize) -> u64 {
+        self.occupied[w]
+    }
+
+    /// The free places of word `w` of the bitmap, as its bits (none past the capacity).
+    pub(crate) fn free_word(&self, w: usize) -> u64 {
+        let places_from_w = self.capacity() as usize - 64 * w;
+        let in_chunk = if places_from_w >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << places_from_w) - 1
+        };
+        !self.occupied[w] & in_chunk
+    }
+
     pub(crate) fn is_occupied(&self, pos: u32) -> bool {
         self.occupied[pos as usize / 64] & (1 << (pos % 64)) != 0
     }
@@ -92,20 +113,6 @@ impl<T> Chunk<T> {
             .rev()
             .find(|(_, w)| **w != 0)
             .map(|(w, &word)| w as u32 * 64 + 63 - word.leading_zeros())
-    }
-
-    /// The lowest free place at or after `from`.
-    pub(crate) fn first_free_from(&self, from: u32) -> Option<u32> {
-        if from >= self.capacity() {
-            return None;
-        }
-        let first = from as usize / 64;
-        let mask = !((1u64 << (from % 64)) - 1);
-        std::iter::once((first, !self.occupied[first] & mask))
-            .chain((first + 1..self.occupied.len()).map(|w| (w, !self.occupied[w])))
-            .find(|(_, free)| *free != 0)
-            .map(|(w, free)| w as u32 * 64 + free.trailing_zeros())
-            .filter(|&pos| pos < self.capacity())
     }
 
     /// The highest occupied place below `limit`.
@@ -140,11 +147,65 @@ impl<T> Chunk<T> {
         self.occupied[w] |= 1 << (pos % 64);
         self.owners[pos as usize] = owner;
         self.live += 1;
+        self.advance_free_cursor();
+    }
+
+    /// Moves `free_cursor` past the words that are full.
+    fn advance_free_cursor(&mut self) {
         while (self.free_cursor as usize) < self.occupied.len()
             && self.occupied[self.free_cursor as usize] == u64::MAX
         {
             self.free_cursor += 1;
         }
+    }
+
+    /// Moves the objects at the places of bitmap word `w` that `mask` names out of the
+    /// chunk (highest place first), onto the end of `out` with their owners. Every named
+    /// place must hold an object (checked before anything changes).
+    pub(crate) fn take_word(&mut self, w: usize, mask: u64, out: &mut Vec<(T, Handle<T>)>) {
+        assert!(
+            w < self.occupied.len() && self.occupied[w] & mask == mask,
+            "places {mask:#x} of word {w} are not all taken"
+        );
+        // Room first: nothing below can fail once bits start to change.
+        out.reserve(mask.count_ones() as usize);
+        self.occupied[w] &= !mask;
+        self.live -= mask.count_ones();
+        self.free_cursor = self.free_cursor.min(w as u32);
+        // Highest place first: the table's top is read downward, as a stream.
+        let mut bits = mask;
+        while bits != 0 {
+            let bit = 63 - bits.leading_zeros();
+            bits &= !(1 << bit);
+            let pos = 64 * w + bit as usize;
+            let owner = std::mem::take(&mut self.owners[pos]); // leaves the null handle
+            // SAFETY: the place was occupied (checked above), so it holds an initialised
+            // object, which we move out; its bit is clear now, so it is never read again.
+            out.push((unsafe { self.data.as_ptr().add(pos).read() }, owner));
+        }
+    }
+
+    /// Moves objects, with their owners, from the end of `values` into the places of
+    /// bitmap word `w` that `mask` names, lowest place first. Every named place must be
+    /// free and `values` must hold enough objects (both checked before anything changes).
+    pub(crate) fn put_word(&mut self, w: usize, mask: u64, values: &mut Vec<(T, Handle<T>)>) {
+        let n = mask.count_ones() as usize;
+        assert!(
+            w < self.occupied.len() && self.free_word(w) & mask == mask && values.len() >= n,
+            "places {mask:#x} of word {w} are not all free, or fewer than {n} objects came"
+        );
+        let mut bits = mask;
+        for (value, owner) in values.drain(values.len() - n..) {
+            let pos = 64 * w + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            // SAFETY: `pos` is a free place of this chunk (checked above), so writing does
+            // not overwrite a live object; its bit is set below.
+            unsafe { self.data.as_ptr().add(pos).write(value) };
+            self.owners[pos] = owner;
+        }
+        self.occupied[w] |= mask;
+        self.live += n as u32;
+        self.advance_free_cursor();
     }
 
     /// Moves the object out of the occupied place `pos`.
@@ -334,11 +395,7 @@ impl<T> Chunk<T> {
         let clash = set_range(&mut self.occupied, u64::from(first), u64::from(end));
         debug_assert!(clash.is_none(), "the places were checked free above");
         self.live += count;
-        while (self.free_cursor as usize) < self.occupied.len()
-            && self.occupied[self.free_cursor as usize] == u64::MAX
-        {
-            self.free_cursor += 1;
-        }
+        self.advance_free_cursor();
         Ok(())
     }
 
@@ -529,5 +586,86 @@ impl<'a, T> Iterator for ChunkValuesMut<'a, T> {
                 f(acc, unsafe { &mut *data.add(p as usize) })
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use super::*;
+    use crate::pool::PoolConfig;
+
+    /// A chunk of 128 places holding `i` with owner `i + 1` (generation 1) at every place
+    /// but `holes`.
+    fn filled(pool: &HierarchicalPool, holes: &[u32]) -> Chunk<u64> {
+        let mut c = Chunk::new(pool, 128, 8, 0).unwrap();
+        for pos in (0..128).filter(|p| !holes.contains(p)) {
+            c.put(
+                pos,
+                u64::from(pos),
+                Handle::from_bits(1 << 32 | u64::from(pos + 1)),
+            );
+        }
+        c
+    }
+
+    #[test]
+    fn words_of_objects_move_with_their_owners() {
+        let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
+        let mut c = filled(&pool, &[3, 5, 9]);
+        let mut carried = Vec::new();
+        let take = 1 << (100 - 64) | 1 << (101 - 64) | 1 << (127 - 64);
+        c.take_word(1, take, &mut carried);
+        assert_eq!(c.live(), 122);
+        assert!([100, 101, 127].iter().all(|p| !c.is_occupied(*p)));
+        assert!([100, 101, 127].iter().all(|p| c.owner(*p).is_null()));
+        c.put_word(0, 1 << 3 | 1 << 5 | 1 << 9, &mut carried);
+        assert!(carried.is_empty());
+        assert_eq!(c.live(), 125);
+        for pos in [3, 5, 9] {
+            let value = *c.get(pos).unwrap();
+            assert!([100, 101, 127].contains(&value));
+            assert_eq!(c.owner(pos).index(), value as u32 + 1);
+        }
+        assert_eq!(c.free_word(0), 0);
+        assert_eq!(c.free_word(1), take);
+        c.release(&pool);
+    }
+
+    #[test]
+    fn word_moves_refuse_wrong_places_and_change_nothing() {
+        let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
+        let mut c = filled(&pool, &[3, 5]);
+        let mut carried = Vec::new();
+        let bitmap = |c: &Chunk<u64>| (c.occupied_word(0), c.occupied_word(1), c.live());
+        let before = bitmap(&c);
+        // Place 3 is free: nothing may be taken from it.
+        let taking_a_hole = catch_unwind(AssertUnwindSafe(|| {
+            c.take_word(0, 1 << 3 | 1, &mut carried)
+        }));
+        assert!(taking_a_hole.is_err());
+        assert_eq!((bitmap(&c), carried.len()), (before, 0));
+        // Place 4 is taken: nothing may be put there.
+        c.take_word(1, 0b11, &mut carried);
+        let after_take = bitmap(&c);
+        let onto_an_object = catch_unwind(AssertUnwindSafe(|| {
+            c.put_word(0, 1 << 3 | 1 << 4, &mut carried)
+        }));
+        assert!(onto_an_object.is_err());
+        assert_eq!((bitmap(&c), carried.len()), (after_take, 2));
+        // More places than objects carried.
+        let mut one = Vec::new();
+        c.take_word(1, 1 << 5, &mut one);
+        let after_one = bitmap(&c);
+        let too_many = catch_unwind(AssertUnwindSafe(|| {
+            c.put_word(0, 1 << 3 | 1 << 5, &mut one)
+        }));
+        assert!(too_many.is_err());
+        assert_eq!((bitmap(&c), one.len()), (after_one, 1));
+        c.put_word(1, 1 << 5, &mut one);
+        c.put_word(0, 1 << 3 | 1 << 5, &mut carried);
+        assert_eq!(c.live(), 126);
+        c.release(&pool);
     }
 }

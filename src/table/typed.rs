@@ -935,38 +935,6 @@ impl<T> Table<T> {
         }
     }
 
-    /// Moves the object at the occupied place `from` to the free place `to`, rewriting its
-    /// slot. Both places must be in existing chunks (checked before anything changes).
-    fn move_object(&mut self, from: Loc, to: Loc) {
-        let packed = self.pack(to).expect("an existing chunk's place packs");
-        let free = self.chunks[to.chunk as usize]
-            .as_ref()
-            .is_some_and(|c| to.pos < c.capacity() && !c.is_occupied(to.pos));
-        let occupied = self.chunks[from.chunk as usize]
-            .as_ref()
-            .is_some_and(|c| from.pos < c.capacity() && c.is_occupied(from.pos));
-        assert!(
-            free && occupied,
-            "move from {from:?} to {to:?}: not an object to a hole"
-        );
-        let epoch = self.epoch;
-        let source = self.chunks[from.chunk as usize].as_mut().expect("checked");
-        let owner = source.owner(from.pos);
-        let value = source.take(from.pos);
-        source.dirty = epoch;
-        self.set_non_full(from.chunk as usize, true);
-        let target = self.chunks[to.chunk as usize].as_mut().expect("checked");
-        target.put(to.pos, value, owner);
-        target.dirty = epoch;
-        if target.live() == target.capacity() {
-            self.set_non_full(to.chunk as usize, false);
-        }
-        *self
-            .slots
-            .get_mut(owner)
-            .expect("an occupied place's owner is live") = packed;
-    }
-
     /// The highest occupied place strictly below `below` in storage order.
     fn highest_occupied_below(&self, below: Loc) -> Option<Loc> {
         let mut ci = below.chunk as usize;
@@ -995,91 +963,114 @@ impl<T> Table<T> {
         }
     }
 
-    /// The lowest free place at or after `from`, in the existing chunks.
-    fn free_place_from(&self, from: Loc) -> Option<Loc> {
-        let mut pos = from.pos;
-        for ci in from.chunk as usize..self.chunks.len() {
-            if let Some(c) = &self.chunks[ci]
-                && c.live() < c.capacity()
-                && let Some(p) = c.first_free_from(pos)
-            {
-                return Some(Loc {
-                    chunk: ci as u32,
-                    pos: p,
-                });
-            }
-            pos = 0;
-        }
-        None
-    }
-
-    /// The place after `loc` in storage order.
-    fn next_place(&self, loc: Loc) -> Loc {
-        if loc.pos + 1 < self.per_chunk {
-            Loc {
-                chunk: loc.chunk,
-                pos: loc.pos + 1,
-            }
-        } else {
-            Loc {
-                chunk: loc.chunk + 1,
-                pos: 0,
-            }
-        }
-    }
-
     /// Fills the lowest holes with the highest objects, at most `max_moves` of them.
     /// Returns the moves made and whether no hole is left below the highest object.
     ///
-    /// Works in batches: it pairs up to 64 holes (ascending, from a cursor that only
-    /// moves up) with as many objects (descending), then moves. Pairing ahead is sound: a
-    /// move fills a hole below every object still to move and frees a place above every
-    /// hole still to fill.
+    /// Two cursors walk the occupancy bitmaps a word at a time: one up over the holes, one
+    /// down over the objects. The free places of the hole word are paired with the taken
+    /// places of the object word (lowest hole with highest object, while the hole is the
+    /// lower), and each group moves at once: the objects are read out of their word, then
+    /// written into the holes, and the bitmap words, counts and chunk marks change once
+    /// per group; then the owners' slots are rewritten. Each cursor keeps a copy of its
+    /// word, which stays right: a move fills a hole below every object still to move (the
+    /// object cursor never needs to see it) and frees a place above every hole still to
+    /// fill (the hole cursor never needs to see it either).
     pub(crate) fn fill_holes_from_top(&mut self, max_moves: usize) -> (usize, bool) {
-        const BATCH: usize = 64;
+        let mut holes = HoleCursor::default();
+        let mut objects = ObjectCursor::from_top(self);
+        let mut carried: Vec<(T, Handle<T>)> = Vec::with_capacity(64);
         let mut moved = 0;
-        let mut low = Loc { chunk: 0, pos: 0 };
-        let mut high = self.end_of_storage();
-        let mut pairs = [(low, low); BATCH];
         loop {
-            let mut n = 0;
-            let mut exhausted = false;
-            while n < BATCH {
-                let next = self
-                    .free_place_from(low)
-                    .zip(self.highest_occupied_below(high))
-                    .filter(|(hole, object)| self.global_place(*hole) < self.global_place(*object));
-                let Some((hole, object)) = next else {
-                    exhausted = true;
-                    break;
-                };
-                if moved + n == max_moves {
+            if !holes.fill(self) || !objects.fill(self) {
+                return (moved, true);
+            }
+            let (hole_base, object_base) = (holes.base(self.shift), objects.base(self.shift));
+            let (mut free, mut taken) = (holes.bits, objects.bits);
+            let (mut fill, mut take) = (0u64, 0u64);
+            let mut crossed = false;
+            while free != 0 && taken != 0 && moved < max_moves {
+                let (h, o) = (free.trailing_zeros(), 63 - taken.leading_zeros());
+                if hole_base + u64::from(h) >= object_base + u64::from(o) {
+                    crossed = true;
                     break;
                 }
-                pairs[n] = (object, hole);
-                n += 1;
-                low = self.next_place(hole);
-                high = object;
+                fill |= 1 << h;
+                take |= 1 << o;
+                free &= free - 1;
+                taken &= !(1 << o);
+                moved += 1;
             }
-            if n > 0 && moved == 0 {
-                self.layout_version += 1;
+            if take != 0 {
+                if moved == take.count_ones() as usize {
+                    self.layout_version += 1;
+                }
+                self.move_word(&objects, take, &holes, fill, &mut carried);
+                holes.bits = free;
+                objects.bits = taken;
             }
-            for &(object, hole) in &pairs[..n] {
-                self.move_object(object, hole);
-            }
-            moved += n;
-            if exhausted {
+            if crossed {
                 return (moved, true);
             }
             if moved == max_moves {
-                let more = self
-                    .free_place_from(low)
-                    .zip(self.highest_occupied_below(high))
-                    .is_some_and(|(hole, object)| {
-                        self.global_place(hole) < self.global_place(object)
-                    });
+                // Is a pair left? The words still hold unpaired bits, or the next ones do.
+                let more = (holes.bits != 0 || holes.fill(self))
+                    && (objects.bits != 0 || objects.fill(self))
+                    && holes.base(self.shift) + u64::from(holes.bits.trailing_zeros())
+                        < objects.base(self.shift) + u64::from(63 - objects.bits.leading_zeros());
                 return (moved, !more);
             }
+        }
+    }
+
+    /// Moves the objects of the places `take` names in the object cursor's word into the
+    /// places `fill` names in the hole cursor's word (as many), and rewrites their slots.
+    fn move_word(
+        &mut self,
+        objects: &ObjectCursor,
+        take: u64,
+        holes: &HoleCursor,
+        fill: u64,
+        carried: &mut Vec<(T, Handle<T>)>,
+    ) {
+        let epoch = self.epoch;
+        // Both ends are checked before any object leaves its place (`put_word` checks its
+        // end again, after the take, when a failure would strand the carried objects).
+        let holes_free = self.chunks[holes.chunk].as_ref().is_some_and(|c| {
+            holes.word < c.bitmap_words() && c.free_word(holes.word) & fill == fill
+        });
+        assert!(
+            holes_free && take.count_ones() == fill.count_ones(),
+            "a defragmentation group names places that are not free"
+        );
+        let source = self.chunks[objects.chunk]
+            .as_mut()
+            .expect("the object cursor is in an existing chunk");
+        source.take_word(objects.word, take, carried);
+        source.dirty = epoch;
+        self.set_non_full(objects.chunk, true);
+        let target = self.chunks[holes.chunk]
+            .as_mut()
+            .expect("the hole cursor is in an existing chunk");
+        target.put_word(holes.word, fill, carried);
+        target.dirty = epoch;
+        let full = target.live() == target.capacity();
+        let target = self.chunks[holes.chunk].as_ref().expect("just used");
+        let mut bits = fill;
+        while bits != 0 {
+            let pos = 64 * holes.word as u32 + bits.trailing_zeros();
+            bits &= bits - 1;
+            let place = Loc {
+                chunk: holes.chunk as u32,
+                pos,
+            };
+            let packed = self.pack(place).expect("an existing chunk's place packs");
+            *self
+                .slots
+                .get_mut(target.owner(pos))
+                .expect("an occupied place's owner is live") = packed;
+        }
+        if full {
+            self.set_non_full(holes.chunk, false);
         }
     }
 
@@ -1257,5 +1248,99 @@ impl<T> Drop for Table<T> {
         for c in self.chunks.drain(..).flatten() {
             c.release(&self.pool);
         }
+    }
+}
+
+/// Walks the free places of a table's existing chunks upward, a bitmap word at a time
+/// (the word's free bits are copied when the cursor enters it).
+#[derive(Default)]
+struct HoleCursor {
+    /// The chunk of the current word.
+    chunk: usize,
+    /// The current word in that chunk.
+    word: usize,
+    /// Whether `word` has been read (not yet, when the cursor has just come to a chunk).
+    entered: bool,
+    /// Free places of the current word not yet paired.
+    bits: u64,
+}
+
+impl HoleCursor {
+    /// Global place of bit 0 of the current word.
+    fn base(&self, shift: u32) -> u64 {
+        ((self.chunk as u64) << shift) + 64 * self.word as u64
+    }
+
+    /// Moves on until the current word has a free place not yet paired; false when none
+    /// is left.
+    fn fill<T>(&mut self, table: &Table<T>) -> bool {
+        while self.bits == 0 {
+            if self.entered {
+                self.word += 1;
+            }
+            self.entered = true;
+            match table.chunks.get(self.chunk) {
+                None => return false,
+                Some(Some(c)) if self.word < c.bitmap_words() && c.live() < c.capacity() => {
+                    self.bits = c.free_word(self.word);
+                }
+                Some(_) => {
+                    self.chunk += 1;
+                    self.word = 0;
+                    self.entered = false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Walks the occupied places of a table downward from its top, a bitmap word at a time
+/// (the word's bits are copied when the cursor enters it).
+struct ObjectCursor {
+    /// The chunk of the current word (one past the last chunk before the first word).
+    chunk: usize,
+    /// The current word in that chunk; the words below it are still to read.
+    word: usize,
+    /// Taken places of the current word not yet paired.
+    bits: u64,
+}
+
+impl ObjectCursor {
+    fn from_top<T>(table: &Table<T>) -> Self {
+        ObjectCursor {
+            chunk: table.chunks.len(),
+            word: 0,
+            bits: 0,
+        }
+    }
+
+    /// Global place of bit 0 of the current word.
+    fn base(&self, shift: u32) -> u64 {
+        ((self.chunk as u64) << shift) + 64 * self.word as u64
+    }
+
+    /// Moves on until the current word has an object not yet paired; false when none is
+    /// left.
+    fn fill<T>(&mut self, table: &Table<T>) -> bool {
+        while self.bits == 0 {
+            while self.word == 0 {
+                if self.chunk == 0 {
+                    return false;
+                }
+                self.chunk -= 1;
+                if let Some(Some(c)) = table.chunks.get(self.chunk)
+                    && c.live() > 0
+                {
+                    self.word = c.bitmap_words();
+                }
+            }
+            self.word -= 1;
+            self.bits = match table.chunks.get(self.chunk) {
+                Some(Some(c)) => c.occupied_word(self.word),
+                _ => 0,
+            };
+        }
+        true
     }
 }
