@@ -629,6 +629,38 @@ fn incremental_steps_respect_their_budget_and_finish_like_a_full_collection() {
 }
 
 #[test]
+fn many_explicit_roots_are_visited_across_steps() {
+    let mut m = Model::new(DanglingPolicy::Report);
+    // 5,000 rooted nodes, each holding one unrooted node, and 1,000 nodes nothing holds.
+    for i in 0..11_000usize {
+        let edges = if i % 2 == 1 && i < 10_000 {
+            vec![i - 1]
+        } else {
+            vec![]
+        };
+        m.apply(&Op::Node { edges, leaf: None });
+        if i % 2 == 1 && i < 10_000 {
+            m.apply(&Op::AddRoot(i));
+        }
+    }
+    m.store.gc_begin().unwrap();
+    // A zero budget: a step visits one block of 1,024 explicit roots, not all 5,000.
+    let first = m.store.gc_step(Duration::ZERO);
+    assert!(!first.done);
+    assert!(first.marked <= 1_024 + 16, "{first:?}");
+    let mut steps = 1;
+    while !m.store.gc_step(Duration::ZERO).done {
+        steps += 1;
+        assert!(steps < 100_000, "steps make progress");
+    }
+    assert!(steps >= 5_000 / 1_024, "{steps} steps");
+    let report = m.store.gc_finish();
+    assert_eq!(report.marked, 10_000);
+    assert_eq!(report.freed_total, 1_000);
+    assert_eq!(m.store.table::<Node>().map(|t| t.len()), Some(10_000));
+}
+
+#[test]
 fn the_policy_collects_every_n_inserts() {
     let mut store = Store::new();
     store.register::<Node>().unwrap();

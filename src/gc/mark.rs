@@ -25,7 +25,7 @@
 
 use std::any::TypeId;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -42,9 +42,9 @@ const SPLIT_AT: usize = 1024;
 /// Grey objects scanned together by the parallel drain.
 const BATCH: usize = 256;
 
-/// A budgeted drain scans batches of this many objects and reads the clock after each:
-/// a step overshoots its budget by at most one batch (a few microseconds), and the
-/// clock costs well under 1 % of the scanning.
+/// A budgeted drain scans batches of this many objects and reads the clock after each
+/// (a few microseconds apart, so the clock costs well under 1 % of the scanning); it
+/// stops before a batch that would likely end past its deadline.
 pub(crate) const CLOCK_EVERY: usize = 16;
 
 /// Where a scan puts the objects it greys.
@@ -97,6 +97,10 @@ const SEGMENT: usize = 1 << 14;
 pub(crate) struct GreyStack {
     full: Vec<Vec<Grey>>,
     top: Vec<Grey>,
+    /// An emptied segment kept for the next push past a full one: a stack that goes up
+    /// and down across a segment boundary would otherwise map and unmap a segment each
+    /// time (256 KiB: the allocator's page-fault and unmap costs land in one step).
+    spare: Vec<Grey>,
 }
 
 impl GreyStack {
@@ -111,7 +115,8 @@ impl GreyStack {
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Grey> {
         if self.top.is_empty() {
-            self.top = self.full.pop()?;
+            let below = self.full.pop()?;
+            self.spare = std::mem::replace(&mut self.top, below);
         }
         self.top.pop()
     }
@@ -142,7 +147,12 @@ impl Push for GreyStack {
     #[inline]
     fn push(&mut self, g: Grey) {
         if self.top.len() == SEGMENT {
-            let full = std::mem::replace(&mut self.top, Vec::with_capacity(SEGMENT));
+            let fresh = if self.spare.capacity() >= SEGMENT {
+                std::mem::take(&mut self.spare)
+            } else {
+                Vec::with_capacity(SEGMENT)
+            };
+            let full = std::mem::replace(&mut self.top, fresh);
             self.full.push(full);
         } else if self.top.capacity() == 0 {
             self.top.reserve_exact(SEGMENT);
@@ -379,18 +389,25 @@ impl<'a> Marker<'a> {
         });
     }
 
-    /// Scans from `grey` on this thread until it is empty or `deadline` passes; true
-    /// when it emptied. Scans [`CLOCK_EVERY`] objects between looks at the clock.
+    /// Scans from `grey` on this thread until it is empty or `deadline` is too close;
+    /// true when it emptied. Scans [`CLOCK_EVERY`] objects between looks at the clock,
+    /// and stops when the time left is less than the longest such batch so far (so that
+    /// the next batch would not likely end past the deadline).
     pub(crate) fn drain_until(&self, grey: &mut GreyStack, deadline: Instant) -> bool {
         let mut lookup = Lookup::default();
         let mut tally = Tally::default();
         let mut scratch = Scratch::default();
         let mut batch = Vec::with_capacity(CLOCK_EVERY);
         let mut done = true;
+        let mut batch_start = Instant::now();
+        let mut longest = Duration::ZERO;
         while let Some(ti) = grey.pop_batch(CLOCK_EVERY, &mut batch) {
             tally.scanned += batch.len();
             tally.marked += self.scan_batch(ti, &batch, &mut lookup, &mut scratch, grey);
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            longest = longest.max(now - batch_start);
+            batch_start = now;
+            if now + longest >= deadline {
                 done = grey.is_empty();
                 break;
             }

@@ -50,6 +50,13 @@ use crate::store::{ErasedTable, Store};
 use crate::table::{Handle, Table};
 use mark::{GreyStack, MarkTable, Marker, Push, is_marked, set_mark};
 
+/// Explicit roots a step visits between looks at the clock.
+const ROOTS_PER_LOOK: usize = 1024;
+
+/// The share of a step's budget kept for its own bookkeeping after marking stops
+/// (1/64: about 16 µs of a 1 ms step), so that the whole step stays within the budget.
+const STEP_RESERVE_DIVISOR: u32 = 64;
+
 /// What to do with a handle that names no live object (its object was removed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum DanglingPolicy {
@@ -299,8 +306,10 @@ struct Cycle {
     /// Manual tables still to be scanned as roots: marker index and where to go on from
     /// (global place), with the layout version the place belongs to.
     root_cursor: Vec<(u32, u64, u64)>,
-    /// Explicit roots are visited in the first step.
-    explicit_roots_done: bool,
+    /// Whether the explicit roots have been listed (in the first step).
+    explicit_roots_listed: bool,
+    /// Explicit roots listed but not yet visited (a step visits them in blocks).
+    explicit_roots: Vec<AnyHandle>,
     /// Tables handed out mutably during the cycle.
     touched: HashSet<TypeId>,
     dangling: Vec<Dangling>,
@@ -323,9 +332,11 @@ impl Cycle {
     }
 }
 
-/// A bitmap of `bits` zeroed bits.
+/// A bitmap of `bits` zeroed bits. Zeroed allocation: the OS hands out fresh pages
+/// already zero, so a bitmap for millions of objects costs no pass over its memory (a
+/// first step that wrote 1.25 MB of zeros for 10M objects took 1.1 ms).
 fn bitmap(bits: usize) -> Vec<AtomicU64> {
-    (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
+    bytemuck::allocation::zeroed_slice_box::<AtomicU64>(bits.div_ceil(64)).into_vec()
 }
 
 impl Store {
@@ -504,7 +515,8 @@ impl Store {
             root_cursor: Vec::new(),
             types,
             grey: GreyStack::default(),
-            explicit_roots_done: false,
+            explicit_roots_listed: false,
+            explicit_roots: Vec::new(),
             touched: HashSet::new(),
             dangling: Vec::new(),
             marked: 0,
@@ -525,12 +537,15 @@ impl Store {
     }
 
     /// Marks for at most about `budget`, then returns so the program can go on. The clock
-    /// is read every 16 objects scanned, and a step always does some work (at least one
-    /// object, or one batch of 256 manual roots), so a zero budget scans 16 objects at
-    /// most. Without an open cycle, reports done.
+    /// is read every 16 objects scanned (and every 1024 explicit roots); marking stops
+    /// when the time left is less than the longest batch of the step so far, and 1/64 of
+    /// the budget is kept for the step's own bookkeeping, so that a step ends within its
+    /// budget unless the thread is held up. A step always does some work (at least one
+    /// batch of objects or roots), so a zero budget scans 16 objects at most. Without an
+    /// open cycle, reports done.
     pub fn gc_step(&mut self, budget: Duration) -> GcProgress {
         let started = Instant::now();
-        let deadline = started + budget;
+        let deadline = started + budget - budget / STEP_RESERVE_DIVISOR;
         let Some(mut cycle) = self.gc.cycle.take() else {
             return GcProgress {
                 scanned: 0,
@@ -619,26 +634,37 @@ impl Store {
             let table = &self.tables[t];
             let m = &mut cycle.marks[i];
             if table.hints().retention == Retention::Traced && m.len() * 64 < table.slot_bound() {
-                m.resize_with(table.slot_bound().div_ceil(64), || AtomicU64::new(0));
+                if m.is_empty() {
+                    *m = bitmap(table.slot_bound());
+                } else {
+                    m.resize_with(table.slot_bound().div_ceil(64), || AtomicU64::new(0));
+                }
             }
         }
         // A cycle keeps every dangling edge until its finish looks at them again.
         let record = true;
-        let roots = if cycle.explicit_roots_done {
-            Vec::new()
-        } else {
-            cycle.explicit_roots_done = true;
-            self.gc.roots.list()
-        };
+        if !cycle.explicit_roots_listed {
+            cycle.explicit_roots_listed = true;
+            cycle.explicit_roots = self.gc.roots.list();
+        }
         let marker = self.marker(&cycle.types, &cycle.marks, record);
         let mut grey = std::mem::take(&mut cycle.grey);
         let mut lookup = mark::Lookup::default();
+        // Explicit roots: all of them at the finish, else blocks between looks at the
+        // clock (a step visits at least one block).
         let mut root_marked = 0;
-        for r in &roots {
-            root_marked += usize::from(marker.visit(None, *r, &mut lookup, &mut grey));
+        let roots = &mut cycle.explicit_roots;
+        while !roots.is_empty() {
+            for r in roots.drain(roots.len().saturating_sub(ROOTS_PER_LOOK)..) {
+                root_marked += usize::from(marker.visit(None, r, &mut lookup, &mut grey));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
         }
         marker.marked.fetch_add(root_marked, Ordering::Relaxed);
         let done = match deadline {
+            Some(_) if !roots.is_empty() => false,
             None => {
                 // The manual tables' roots not yet scanned, then everything, in parallel.
                 let mut owners = Vec::new();
