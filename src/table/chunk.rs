@@ -342,21 +342,65 @@ impl<T> Chunk<T> {
         self.owners[pos as usize] = owner;
     }
 
+    /// Expects owners for the `count` free places from `first`: slot indices from
+    /// `first_index` on, all of generation `version`.
+    pub(crate) fn expect_owner_run(
+        &mut self,
+        first: u32,
+        count: u32,
+        first_index: u32,
+        version: u32,
+    ) {
+        let end = first.checked_add(count).filter(|&e| e <= self.capacity());
+        let free = end.is_some_and(|end| self.range_is_free(first, end));
+        assert!(free, "places {first}..+{count} are not all free");
+        let generation = u64::from(version) << 32;
+        for (k, owner) in self.owners[first as usize..(first + count) as usize]
+            .iter_mut()
+            .enumerate()
+        {
+            *owner = Handle::from_bits(generation | u64::from(first_index + k as u32));
+        }
+    }
+
+    /// Whether places `first..end` (within the capacity) are all free, a word at a time.
+    fn range_is_free(&self, first: u32, end: u32) -> bool {
+        let mut pos = first;
+        while pos < end {
+            let w = pos as usize / 64;
+            let (lo, hi) = (pos % 64, (end - 64 * w as u32).min(64));
+            let upto = if hi == 64 { u64::MAX } else { (1u64 << hi) - 1 };
+            if self.occupied[w] & upto & (u64::MAX << lo) != 0 {
+                return false;
+            }
+            pos = 64 * w as u32 + hi;
+        }
+        true
+    }
+
     /// Maximal runs of free places that have an expected owner, as `(first, count)`.
+    /// Looks at 64 places at a time: a mask of the expected owners, less the occupied.
     pub(crate) fn pending_runs(&self) -> Vec<(u32, u32)> {
-        let mut runs = Vec::new();
-        let mut start = None;
-        for pos in 0..=self.capacity() {
-            let pending = pos < self.capacity()
-                && !self.is_occupied(pos)
-                && !self.owners[pos as usize].is_null();
-            match (pending, start) {
-                (true, None) => start = Some(pos),
-                (false, Some(s)) => {
-                    runs.push((s, pos - s));
-                    start = None;
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for (w, owners) in self.owners.chunks(64).enumerate() {
+            let expected = owners
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (i, o)| m | u64::from(!o.is_null()) << i);
+            let mut pending = expected & !self.occupied[w];
+            while pending != 0 {
+                let start = pending.trailing_zeros();
+                let len = (!(pending >> start)).trailing_zeros();
+                let first = 64 * w as u32 + start;
+                match runs.last_mut() {
+                    Some((f, n)) if *f + *n == first => *n += len,
+                    _ => runs.push((first, len)),
                 }
-                _ => {}
+                pending &= if start + len == 64 {
+                    (1u64 << start) - 1
+                } else {
+                    !(((1u64 << len) - 1) << start)
+                };
             }
         }
         runs
@@ -631,6 +675,30 @@ mod tests {
         assert_eq!(c.free_word(0), 0);
         assert_eq!(c.free_word(1), take);
         c.release(&pool);
+    }
+
+    #[test]
+    fn pending_runs_cross_words_and_skip_occupied_places() {
+        let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
+        let mut c: Chunk<u64> = Chunk::new(&pool, 256, 8, 0).unwrap();
+        // Owners expected for 10..200 (across three word boundaries) and 255; 70 and 71
+        // are taken already, so they split the first run.
+        c.expect_owner_run(10, 190, 1, 1);
+        c.expect_owner(255, Handle::from_bits(1 << 32 | 500));
+        c.put(70, 7, c.owner(70));
+        c.put(71, 7, c.owner(71));
+        assert_eq!(c.pending_runs(), vec![(10, 60), (72, 128), (255, 1)]);
+        assert_eq!(c.owner(10), Handle::from_bits(1 << 32 | 1));
+        assert_eq!(c.owner(199), Handle::from_bits(1 << 32 | 190));
+        // Every place of a word: one run of 64.
+        let mut full: Chunk<u64> = Chunk::new(&pool, 128, 8, 0).unwrap();
+        full.expect_owner_run(64, 64, 1, 3);
+        assert_eq!(full.pending_runs(), vec![(64, 64)]);
+        // A run that names a taken place, or runs past the end, is refused.
+        assert!(catch_unwind(AssertUnwindSafe(|| c.expect_owner_run(60, 20, 1, 1))).is_err());
+        assert!(catch_unwind(AssertUnwindSafe(|| full.expect_owner_run(100, 29, 1, 1))).is_err());
+        c.release(&pool);
+        full.release(&pool);
     }
 
     #[test]

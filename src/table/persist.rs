@@ -413,12 +413,35 @@ impl<T> Table<T> {
                 table.chunks.push(None);
             }
         }
-        for (h, &place) in table.slots.iter() {
-            let loc = table.unpack(place);
-            table.chunks[loc.chunk as usize]
-                .as_mut()
-                .expect("a checked image names existing chunks")
-                .expect_owner(loc.pos, h);
+        match &image.slots {
+            // A run of live slots names consecutive places: their owners are written a
+            // chunk's stretch at a time, without a look at the slot table.
+            SlotImage::Runs { runs, starts } => {
+                for (&[version, first_place, count], &start) in runs.iter().zip(starts) {
+                    if version % 2 == 0 {
+                        continue;
+                    }
+                    let (mut place, mut index, mut left) = (first_place, start as u32, count);
+                    while left > 0 {
+                        let loc = table.unpack(place);
+                        let here = left.min(table.per_chunk - loc.pos);
+                        table.chunks[loc.chunk as usize]
+                            .as_mut()
+                            .expect("a checked image names existing chunks")
+                            .expect_owner_run(loc.pos, here, index, version);
+                        (place, index, left) = (place + here, index + here, left - here);
+                    }
+                }
+            }
+            SlotImage::Records(_) => {
+                for (h, &place) in table.slots.iter() {
+                    let loc = table.unpack(place);
+                    table.chunks[loc.chunk as usize]
+                        .as_mut()
+                        .expect("a checked image names existing chunks")
+                        .expect_owner(loc.pos, h);
+                }
+            }
         }
         Ok(table)
     }
