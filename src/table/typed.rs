@@ -1265,10 +1265,15 @@ struct HoleCursor {
     bits: u64,
 }
 
+/// Global place of bit 0 of bitmap word `word` of chunk `chunk`.
+fn word_base(chunk: usize, word: usize, shift: u32) -> u64 {
+    ((chunk as u64) << shift) + 64 * word as u64
+}
+
 impl HoleCursor {
     /// Global place of bit 0 of the current word.
     fn base(&self, shift: u32) -> u64 {
-        ((self.chunk as u64) << shift) + 64 * self.word as u64
+        word_base(self.chunk, self.word, shift)
     }
 
     /// Moves on until the current word has a free place not yet paired; false when none
@@ -1317,7 +1322,7 @@ impl ObjectCursor {
 
     /// Global place of bit 0 of the current word.
     fn base(&self, shift: u32) -> u64 {
-        ((self.chunk as u64) << shift) + 64 * self.word as u64
+        word_base(self.chunk, self.word, shift)
     }
 
     /// Moves on until the current word has an object not yet paired; false when none is
