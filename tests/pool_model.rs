@@ -50,6 +50,8 @@ fn config(which: u8) -> PoolConfig {
         _ => {
             let mut c = PoolConfig::default();
             c.small.thread_cache_size = 3;
+            // The shallowest medium caches: every class flushes and refills often.
+            c.medium.thread_cache_bytes = 1;
             c.small.blocks_per_chunk = 8;
             c.medium.region_size = 256 << 10;
             c.medium.segregated_fit = false;

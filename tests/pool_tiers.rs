@@ -153,11 +153,133 @@ fn medium_blocks_split_coalesce_and_regions_go_back() {
     }
     let st = pool.stats();
     assert_eq!(st.medium.in_use_bytes, 0);
+    assert!(
+        st.medium.regions > 0,
+        "this thread's medium cache still holds freed blocks"
+    );
+    pool.flush_thread_cache();
+    let st = pool.stats();
     assert_eq!(
         st.medium.regions, 0,
         "fully coalesced regions go back to the OS"
     );
     assert_eq!(st.medium.reserved_bytes, 0);
+}
+
+#[test]
+fn medium_thread_cache_hands_back_freed_blocks_and_counts_them_exactly() {
+    let pool = HierarchicalPool::new(no_retention()).unwrap();
+    let l = layout(3000, 8);
+    let a = alloc_filled(&pool, l, 1);
+    // Rounded up to the cache class (8 per doubling): 3072 B, at most 12.5 % more.
+    assert_eq!(a.len(), 3072);
+    let st = pool.stats();
+    assert_eq!((st.medium.in_use_bytes, st.medium.allocations), (3072, 1));
+    // SAFETY: allocated above with `l`, freed once.
+    unsafe { pool.deallocate(a.cast(), l) };
+    let st = pool.stats();
+    assert_eq!(
+        (st.medium.in_use_bytes, st.medium.deallocations),
+        (0, 1),
+        "a cached block is not in use"
+    );
+    assert!(st.medium.reserved_bytes > 0, "the cache keeps its region");
+    // Any length between the request and the block's may be passed back: 3001..=3072
+    // all name the same class, so the same block comes back.
+    let l2 = layout(3001, 8);
+    let b = alloc_filled(&pool, l2, 2);
+    assert_eq!(b.cast::<u8>(), a.cast::<u8>(), "the cached block is reused");
+    // SAFETY: allocated above; freed with its full length, which the contract allows.
+    unsafe { pool.deallocate(b.cast(), layout(b.len(), 8)) };
+    assert_eq!(pool.stats().medium.in_use_bytes, 0);
+    pool.verify().unwrap();
+    assert_eq!(pool.stats().medium.regions, 1);
+    assert!(pool.trim() > 0, "trim gives back this thread's cache first");
+    assert_eq!(pool.stats().medium.reserved_bytes, 0);
+    pool.verify().unwrap();
+}
+
+#[test]
+fn medium_cache_classes_fit_every_size_closely() {
+    let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
+    let mut last_len = 0;
+    for size in 257..=65536usize {
+        let l = layout(size, 16);
+        let b = pool.allocate(l).unwrap();
+        assert!(b.len() >= size, "size {size}");
+        assert!(
+            b.len() * 8 <= size * 9 + 8 * 16,
+            "size {size}: a block of {} wastes more than 1/8",
+            b.len()
+        );
+        assert!(b.len() >= last_len, "classes grow with the size");
+        last_len = b.len();
+        // SAFETY: allocated above; any length from `size` to `b.len()` may be passed.
+        unsafe { pool.deallocate(b.cast(), layout(size + (b.len() - size) / 2, 16)) };
+    }
+    let st = pool.stats();
+    assert_eq!((st.in_use_bytes, st.live_allocations), (0, 0));
+    pool.verify().unwrap();
+}
+
+#[test]
+fn medium_requests_keep_their_exact_size_with_the_cache_off() {
+    let mut config = no_retention();
+    config.medium.thread_cache_bytes = 0;
+    let pool = HierarchicalPool::new(config).unwrap();
+    let l = layout(3000, 8);
+    let a = alloc_filled(&pool, l, 1);
+    assert!(a.len() < 3000 + 32, "exact fit, got {}", a.len());
+    // SAFETY: allocated above with `l`, freed once.
+    unsafe { pool.deallocate(a.cast(), l) };
+    let st = pool.stats();
+    assert_eq!((st.medium.in_use_bytes, st.medium.regions), (0, 0));
+}
+
+#[test]
+fn medium_blocks_freed_on_other_threads_go_back_when_the_threads_end() {
+    let pool = Arc::new(HierarchicalPool::new(no_retention()).unwrap());
+    let sizes = [300usize, 1000, 5000, 20000, 65536];
+    let blocks: Vec<(usize, usize)> = (0..500)
+        .map(|i| {
+            let l = layout(sizes[i % sizes.len()], 8);
+            (
+                alloc_filled(&pool, l, i as u8).cast::<u8>().as_ptr() as usize,
+                i,
+            )
+        })
+        .collect();
+    let in_use = pool.stats().medium.in_use_bytes;
+    assert!(in_use > 0);
+    let workers: Vec<_> = blocks
+        .chunks(125)
+        .map(|part| {
+            let (pool, part) = (pool.clone(), part.to_vec());
+            std::thread::spawn(move || {
+                for (addr, i) in part {
+                    let l = layout(sizes[i % sizes.len()], 8);
+                    let p = NonNull::new(addr as *mut u8).unwrap();
+                    // SAFETY: allocated on the main thread with `l`, freed once here.
+                    unsafe { pool.deallocate(p, l) };
+                }
+                // Blocks this thread keeps are returned when it exits.
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let st = pool.stats();
+    assert_eq!((st.medium.in_use_bytes, st.live_allocations), (0, 0));
+    assert_eq!(st.medium.allocations, 500);
+    assert_eq!(st.medium.deallocations, 500);
+    pool.verify().unwrap();
+    pool.trim();
+    assert_eq!(
+        pool.stats().medium.reserved_bytes,
+        0,
+        "every block came home"
+    );
 }
 
 #[test]
@@ -414,6 +536,17 @@ fn reallocate_keeps_contents_and_grows_in_place_within_a_class() {
             cur_l = layout(new_size, 8);
         }
         pool.deallocate(cur.cast(), cur_l);
+        // A medium block stays in place within its cache class (2900 and 3000 both
+        // round to 3072 B) and moves when the class changes.
+        let m = pool.allocate(layout(2900, 8)).unwrap();
+        let grown = pool.reallocate(m.cast(), layout(2900, 8), 3000).unwrap();
+        assert_eq!(grown.cast::<u8>(), m.cast::<u8>());
+        assert_eq!(grown.len(), 3072);
+        let moved = pool
+            .reallocate(grown.cast(), layout(3000, 8), 3500)
+            .unwrap();
+        assert_ne!(moved.cast::<u8>(), m.cast::<u8>());
+        pool.deallocate(moved.cast(), layout(3500, 8));
     }
     assert_eq!(pool.stats().live_allocations, 0);
 }

@@ -16,6 +16,8 @@ pub const MAX_SMALL_CLASSES: usize = 16;
 pub const MAX_MEDIUM_CLASSES: usize = 15;
 /// Granularity of medium blocks; medium classes are multiples of it.
 pub(crate) const MEDIUM_QUANTUM: usize = 16;
+/// Default of `medium.thread_cache_bytes`.
+const DEFAULT_MEDIUM_CACHE_BYTES: usize = 2 << 20;
 /// The largest small size class accepted.
 pub const MAX_SMALL_CLASS_SIZE: usize = 4096;
 
@@ -52,6 +54,11 @@ pub struct MediumConfig {
     /// Bytes mapped per medium region (a multiple of 64 KiB holding at least two of the
     /// largest class).
     pub region_size: usize,
+    /// Bytes of free medium blocks (up to 64 KiB) each thread may keep in front of the
+    /// tier, split evenly between the cache's size classes (see the `thread_cache`
+    /// module); 0 turns the medium thread caches off, and with it the rounding of medium
+    /// requests up to the cache's classes. At most 1 GiB.
+    pub thread_cache_bytes: usize,
 }
 
 /// How the large tier manages its arenas.
@@ -134,6 +141,7 @@ impl Default for PoolConfig {
                 segregated_fit: true,
                 coalescing: true,
                 region_size: 4 << 20,
+                thread_cache_bytes: DEFAULT_MEDIUM_CACHE_BYTES,
             },
             large: LargeConfig {
                 strategy: LargeStrategy::BuddyAllocator,
@@ -157,6 +165,7 @@ impl PoolConfig {
         c.small.blocks_per_chunk = 4096;
         c.small.thread_cache_size = 256;
         c.medium.region_size = 16 << 20;
+        c.medium.thread_cache_bytes = 4 * DEFAULT_MEDIUM_CACHE_BYTES;
         c.use_huge_pages = true;
         c.retain_empty = 8;
         c
@@ -168,6 +177,7 @@ impl PoolConfig {
     pub fn debug() -> Self {
         let mut c = PoolConfig::default();
         c.small.thread_cache_size = 0;
+        c.medium.thread_cache_bytes = 0;
         c.checked = true;
         c.retain_empty = 0;
         c
@@ -255,6 +265,12 @@ impl PoolConfig {
                 format!("{} is not a multiple of 65536 up to 1 GiB", m.region_size),
             );
         }
+        if m.thread_cache_bytes > 1 << 30 {
+            return bad(
+                "medium.thread_cache_bytes",
+                format!("{} is above 1 GiB", m.thread_cache_bytes),
+            );
+        }
         if m.region_size < 2 * (medium_max + 2 * MEDIUM_QUANTUM) {
             return bad(
                 "medium.region_size",
@@ -326,6 +342,11 @@ impl PoolConfig {
             segregated_fit: m.segregated_fit,
             coalescing: m.coalescing,
             region_size: m.region_size,
+            medium_cache_bytes: if self.checked {
+                0
+            } else {
+                m.thread_cache_bytes
+            },
             large_min: l.min_size,
             large_max: l.max_size,
             large_alignment: l.alignment,
@@ -394,6 +415,8 @@ pub(crate) struct ResolvedConfig {
     pub segregated_fit: bool,
     pub coalescing: bool,
     pub region_size: usize,
+    /// 0 when the medium thread caches are off (always in checked mode).
+    pub medium_cache_bytes: usize,
     pub large_min: usize,
     pub large_max: usize,
     pub large_alignment: usize,
@@ -434,6 +457,7 @@ impl ResolvedConfig {
             segregated_fit: true,
             coalescing: true,
             region_size: 4 << 20,
+            medium_cache_bytes: DEFAULT_MEDIUM_CACHE_BYTES,
             large_min: 64 << 10,
             large_max: 1 << 30,
             large_alignment: 4096,
@@ -564,7 +588,13 @@ mod toml_form {
     }
 
     fn apply_medium(t: &Table, m: &mut MediumConfig) -> Result<(), ConfigError> {
-        const KNOWN: &[&str] = &["sizes", "segregated_fit", "coalescing", "region_size"];
+        const KNOWN: &[&str] = &[
+            "sizes",
+            "segregated_fit",
+            "coalescing",
+            "region_size",
+            "thread_cache_bytes",
+        ];
         for (k, v) in t {
             let key = format!("memory_pools.medium.{k}");
             match k.as_str() {
@@ -572,6 +602,7 @@ mod toml_form {
                 "segregated_fit" => m.segregated_fit = flag(v, &key)?,
                 "coalescing" => m.coalescing = flag(v, &key)?,
                 "region_size" => m.region_size = size(v, &key)?,
+                "thread_cache_bytes" => m.thread_cache_bytes = size(v, &key)?,
                 _ => return Err(unknown(&key, KNOWN)),
             }
         }
@@ -631,11 +662,12 @@ mod toml_form {
             c.small.alignment
         );
         out += &format!(
-            "\n[memory_pools.medium]\nsizes = [{}]\nsegregated_fit = {}\ncoalescing = {}\nregion_size = {}\n",
+            "\n[memory_pools.medium]\nsizes = [{}]\nsegregated_fit = {}\ncoalescing = {}\nregion_size = {}\nthread_cache_bytes = {}\n",
             list(&c.medium.sizes),
             c.medium.segregated_fit,
             c.medium.coalescing,
-            c.medium.region_size
+            c.medium.region_size,
+            c.medium.thread_cache_bytes
         );
         out += &format!(
             "\n[memory_pools.large]\nstrategy = \"buddy_allocator\"\nmin_size = {}\nmax_size = {}\nalignment = {}\n",
@@ -755,6 +787,14 @@ mod tests {
             (
                 "[memory_pools.medium]\nregion_size = 100000",
                 "memory_pools.medium.region_size",
+            ),
+            (
+                "[memory_pools.medium]\nthread_cache_bytes = 2147483648",
+                "memory_pools.medium.thread_cache_bytes",
+            ),
+            (
+                "[memory_pools.medium]\nthread_cache_bytes = -1",
+                "memory_pools.medium.thread_cache_bytes",
             ),
             (
                 "[memory_pools.large]\nmin_size = 2097152\nmax_size = 1048576",

@@ -12,6 +12,7 @@ use allocator_api2::boxed::Box as SysBox;
 use super::budget::Budget;
 use super::config::{MAX_SMALL_CLASSES, PoolConfig, ResolvedConfig};
 use super::large::LargeTier;
+use super::medium::MAX_CACHE_CLASSES;
 use super::medium::MediumTier;
 use super::page_map::{self, RegionKind};
 use super::small::{self, SmallTier};
@@ -201,6 +202,13 @@ impl HierarchicalPool {
             let len = unsafe { *s.small.sizes.get_unchecked(ci) } as usize;
             return Some((p, len));
         }
+        let cache = &s.medium.cache;
+        if cache.serves(size, layout.align()) {
+            let j = cache.class_of(size);
+            let p = thread_cache::pop_medium(s.id, j)?;
+            // SAFETY: `j` is a cache class index, below MAX_CACHE_CLASSES.
+            return Some((p, unsafe { *cache.sizes.get_unchecked(j) }));
+        }
         None
     }
 
@@ -218,6 +226,12 @@ impl HierarchicalPool {
             let ci = unsafe { *s.small.lut.get_unchecked((size + 7) >> 3) } as usize;
             // SAFETY: forwarded contract; `ci` is the class the block was allocated in.
             return unsafe { thread_cache::push(s.id, ci, ptr) };
+        }
+        let cache = &s.medium.cache;
+        if cache.serves(size, layout.align()) {
+            // SAFETY: forwarded contract; a cacheable block was allocated in the cache
+            // class of every size its caller may pass back.
+            return unsafe { thread_cache::push_medium(s.id, cache.class_of(size), ptr) };
         }
         false
     }
@@ -241,6 +255,14 @@ impl HierarchicalPool {
                 let p = NonNull::new(std::ptr::without_provenance_mut::<u8>(align))
                     .expect("align is non-zero");
                 Ok(NonNull::slice_from_raw_parts(p, 0))
+            }
+            Route::Medium if s.medium.cache.serves(size, align) => {
+                let j = s.medium.cache.class_of(size);
+                let r = thread_cache::alloc_medium(s, j)
+                    .unwrap_or_else(|| s.medium.allocate_class(j, &s.budget));
+                s.after_slow_path();
+                let p = r.map_err(oom)?;
+                Ok(NonNull::slice_from_raw_parts(p, s.medium.cache.sizes[j]))
             }
             Route::Medium => {
                 let r = s.medium.allocate(size, align, &s.budget);
@@ -380,6 +402,16 @@ impl HierarchicalPool {
                 s.after_slow_path();
                 r
             }
+            Route::Medium if s.medium.cache.serves(layout.size(), layout.align()) => {
+                let j = s.medium.cache.class_of(layout.size());
+                // SAFETY: forwarded contract; the block was allocated in cache class `j`.
+                if !unsafe { thread_cache::free_medium(s, j, ptr) } {
+                    // SAFETY: as above.
+                    unsafe { s.medium.deallocate_class(ptr, j, &s.budget) };
+                }
+                s.after_slow_path();
+                Ok(())
+            }
             Route::Medium => {
                 // SAFETY: forwarded contract.
                 let r = unsafe { s.medium.deallocate(ptr, layout.size(), &s.budget) };
@@ -424,6 +456,15 @@ impl HierarchicalPool {
                 Route::Small(ci) => {
                     return Ok(NonNull::slice_from_raw_parts(ptr, s.small.classes[ci].size));
                 }
+                Route::Medium
+                    if s.medium.cache.serves(old.size(), align)
+                        && s.medium.cache.serves(new_size, align)
+                        && s.medium.cache.class_of(old.size())
+                            == s.medium.cache.class_of(new_size) =>
+                {
+                    let len = s.medium.cache.sizes[s.medium.cache.class_of(new_size)];
+                    return Ok(NonNull::slice_from_raw_parts(ptr, len));
+                }
                 Route::Large
                     if s.large.block_size_for(old.size(), align)
                         == s.large.block_size_for(new_size, align)
@@ -451,13 +492,15 @@ impl HierarchicalPool {
     /// Returns the blocks this thread caches for this pool to the shared lists, so that
     /// empty chunks can go back to the OS.
     pub fn flush_thread_cache(&self) {
-        if self.shared.cfg.thread_cache_size > 0 {
+        if self.shared.cfg.thread_cache_size > 0 || self.shared.cfg.medium_cache_bytes > 0 {
             thread_cache::flush(&self.shared);
         }
     }
 
     /// Returns the medium tier's wholly free regions to the OS, including the ones that
-    /// `retain_empty` keeps for reuse, and returns the bytes released. Their pages are
+    /// `retain_empty` keeps for reuse, and returns the bytes released. The calling
+    /// thread's cached medium blocks go back to the tier first (other threads keep
+    /// theirs; [`flush_thread_cache`](Self::flush_thread_cache) on each returns them). Their pages are
     /// decommitted and they no longer count as reserved, so after a defragmentation gave
     /// chunks back, the pool's fragmentation falls too.
     ///
@@ -477,7 +520,15 @@ impl HierarchicalPool {
     /// ```
     pub fn trim(&self) -> usize {
         let s = &*self.shared;
-        s.medium.trim(&s.budget)
+        let mut released = 0;
+        if s.cfg.medium_cache_bytes > 0 {
+            // Blocks coming home may empty regions that go at once (beyond `retain_empty`).
+            let before = s.medium.counters.reserved.load(Ordering::Relaxed);
+            thread_cache::flush_medium(s);
+            let after = s.medium.counters.reserved.load(Ordering::Relaxed);
+            released += before.saturating_sub(after);
+        }
+        released + s.medium.trim(&s.budget)
     }
 
     /// Checks the pool's internal invariants, tier by tier, taking each tier's locks in
@@ -543,7 +594,30 @@ impl HierarchicalPool {
             small.regions += c.chunks;
             classes.push(c);
         }
-        for &(size, a, f, in_use) in s.medium.class_figures().iter() {
+        let mut medium_allocs = [0u64; MAX_CACHE_CLASSES];
+        let mut medium_frees = [0u64; MAX_CACHE_CLASSES];
+        lock(&s.threads).sum_medium(&mut medium_allocs, &mut medium_frees);
+        let mut medium = TierStats {
+            reserved_bytes: s.medium.counters.reserved.load(Ordering::Relaxed),
+            regions: s.medium.counters.regions.load(Ordering::Relaxed),
+            ..TierStats::default()
+        };
+        let cache = &s.medium.cache;
+        for (k, &(size, a, f, in_use)) in s.medium.class_figures().iter().enumerate() {
+            // The tier counts what it handed straight to callers; the threads count what
+            // their caches handed out and took back (a block may leave through one thread
+            // and come back through another, so only the sums mean something).
+            let (mut a, mut f, mut bytes) = (a, f, in_use as i128);
+            for j in (0..cache.count).filter(|&j| cache.stat_class[j] as usize == k) {
+                a = a.wrapping_add(medium_allocs[j]);
+                f = f.wrapping_add(medium_frees[j]);
+                bytes += (i128::from(medium_allocs[j]) - i128::from(medium_frees[j]))
+                    * cache.sizes[j] as i128;
+            }
+            let in_use = bytes.max(0) as usize;
+            medium.allocations += a;
+            medium.deallocations += f;
+            medium.in_use_bytes += in_use;
             classes.push(ClassStats {
                 tier: Tier::Medium,
                 size,
@@ -554,14 +628,6 @@ impl HierarchicalPool {
                 chunks: 0,
             });
         }
-        let mc = &s.medium.counters;
-        let medium = TierStats {
-            reserved_bytes: mc.reserved.load(Ordering::Relaxed),
-            in_use_bytes: mc.in_use.load(Ordering::Relaxed),
-            allocations: mc.allocs.load(Ordering::Relaxed),
-            deallocations: mc.frees.load(Ordering::Relaxed),
-            regions: mc.regions.load(Ordering::Relaxed),
-        };
         let lc = &s.large.counters;
         let large = TierStats {
             reserved_bytes: lc.reserved.load(Ordering::Relaxed),

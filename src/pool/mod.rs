@@ -7,7 +7,7 @@
 //! | tier | default sizes | how | where |
 //! | --- | --- | --- | --- |
 //! | small | 8, 16, 32, 64, 128, 256 B | fixed-size pools carved from chunks, per-thread caches | `small.rs`, `thread_cache.rs` |
-//! | medium | up to 64 KiB | segregated fit over size classes, splitting and coalescing | `medium.rs` |
+//! | medium | up to 64 KiB | segregated fit over size classes, splitting and coalescing, per-thread caches in front | `medium.rs`, `thread_cache.rs` |
 //! | large | 64 KiB .. 1 GiB, then single mappings | buddy arenas over offsets, page aligned | `large.rs`, `buddy.rs` |
 //!
 //! All memory comes from the OS in regions (`os.rs`, `mmap`, huge pages on request) that
@@ -24,8 +24,8 @@
 //!   region of the pool that handed it out;
 //! - a page-map entry is non-null exactly while its granule belongs to a live region;
 //! - the pool's own metadata never comes from the global allocator, so the pool can be it;
-//! - no lock is held while an alert callback runs, and the small tier's common path takes
-//!   no lock and no atomic read-modify-write;
+//! - no lock is held while an alert callback runs, and the common paths of the small tier
+//!   and of cacheable medium requests take no lock and no atomic read-modify-write;
 //! - `PoolStats` equals the sum of what was allocated and not freed, whenever no
 //!   allocation is in flight.
 //!

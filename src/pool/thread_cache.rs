@@ -1,7 +1,9 @@
-//! Per-thread caches in front of the small tier's shared state.
+//! Per-thread caches in front of the small tier's shared state and the medium tier.
 //!
 //! Each thread keeps, for up to [`ENTRIES`] pools, one stack of free block pointers per
-//! small size class (`thread_cache_size` deep). Allocating pops a pointer and freeing
+//! small size class (`thread_cache_size` deep), and one per medium cache class (see
+//! `medium::CacheClasses`: 8 classes per doubling from the largest small class to 64 KiB,
+//! each `medium.thread_cache_bytes / classes / size` deep, at least 4 and at most 64). Allocating pops a pointer and freeing
 //! pushes one, with no lock, no atomic read-modify-write and no access to the block's
 //! memory: the thread's allocation and free counters are atomics written only by their
 //! own thread (a relaxed load and store), which [`stats`](super::HierarchicalPool::stats)
@@ -12,6 +14,14 @@
 //! A block freed by a thread other than the one that allocated it lands on the freeing
 //! thread's stack for the same pool and class, and from there goes back to the class,
 //! whose page-map lookup finds its chunk.
+//!
+//! Medium stacks work the same way: an empty stack takes half its depth from the medium
+//! tier under one lock, a full one gives its older half back under one lock (where the
+//! blocks coalesce). The fast paths never read a block: a medium block's class follows
+//! from the length its caller frees it with, because cacheable requests are rounded up
+//! to their class. Counting: the tier counts blocks handed straight to callers, and each
+//! thread counts the blocks its caches hand out and take back, per cache class, so
+//! `stats` gives exact figures (a cached block is free, not in use).
 //!
 //! Lifetimes: a cache entry names its pool by a process-unique id and a raw pointer.
 //! [`LIVE`] lists the ids of pools that exist; a pool removes its id before it tears
@@ -31,6 +41,7 @@ use allocator_api2::vec::Vec as SysVec;
 use super::config::MAX_SMALL_CLASSES;
 use super::hierarchical::PoolShared;
 use super::intrusive::unlink_node;
+use super::medium::MAX_CACHE_CLASSES;
 use super::sync::lock;
 use crate::error::OomReason;
 
@@ -70,6 +81,10 @@ pub(crate) fn pool_dropped(id: u64) {
 pub(crate) struct ThreadStats {
     pub allocs: [AtomicU64; MAX_SMALL_CLASSES],
     pub frees: [AtomicU64; MAX_SMALL_CLASSES],
+    /// Medium blocks handed to callers from this thread's cache, per cache class.
+    pub medium_allocs: [AtomicU64; MAX_CACHE_CLASSES],
+    /// Medium blocks freed by callers into this thread's cache, per cache class.
+    pub medium_frees: [AtomicU64; MAX_CACHE_CLASSES],
     next: *mut ThreadStats,
     prev: *mut ThreadStats,
 }
@@ -79,6 +94,8 @@ pub(crate) struct ThreadList {
     head: *mut ThreadStats,
     pub retired_allocs: [u64; MAX_SMALL_CLASSES],
     pub retired_frees: [u64; MAX_SMALL_CLASSES],
+    pub retired_medium_allocs: [u64; MAX_CACHE_CLASSES],
+    pub retired_medium_frees: [u64; MAX_CACHE_CLASSES],
 }
 
 // SAFETY: the raw pointers name ThreadStats blocks that are only linked, unlinked or read
@@ -91,6 +108,8 @@ impl ThreadList {
             head: ptr::null_mut(),
             retired_allocs: [0; MAX_SMALL_CLASSES],
             retired_frees: [0; MAX_SMALL_CLASSES],
+            retired_medium_allocs: [0; MAX_CACHE_CLASSES],
+            retired_medium_frees: [0; MAX_CACHE_CLASSES],
         }
     }
 
@@ -111,6 +130,28 @@ impl ThreadList {
             for i in 0..MAX_SMALL_CLASSES {
                 allocs[i] = allocs[i].wrapping_add(t.allocs[i].load(Ordering::Relaxed));
                 frees[i] = frees[i].wrapping_add(t.frees[i].load(Ordering::Relaxed));
+            }
+            p = t.next;
+        }
+    }
+
+    /// Adds every registered and retired thread's medium cache counters (per cache
+    /// class) into `allocs` and `frees`.
+    pub(crate) fn sum_medium(
+        &self,
+        allocs: &mut [u64; MAX_CACHE_CLASSES],
+        frees: &mut [u64; MAX_CACHE_CLASSES],
+    ) {
+        for j in 0..MAX_CACHE_CLASSES {
+            allocs[j] = allocs[j].wrapping_add(self.retired_medium_allocs[j]);
+            frees[j] = frees[j].wrapping_add(self.retired_medium_frees[j]);
+        }
+        let mut p = self.head;
+        // SAFETY: as in `sum`.
+        while let Some(t) = unsafe { p.as_ref() } {
+            for j in 0..MAX_CACHE_CLASSES {
+                allocs[j] = allocs[j].wrapping_add(t.medium_allocs[j].load(Ordering::Relaxed));
+                frees[j] = frees[j].wrapping_add(t.medium_frees[j].load(Ordering::Relaxed));
             }
             p = t.next;
         }
@@ -141,6 +182,13 @@ struct Entry {
     counts: [usize; MAX_SMALL_CLASSES],
     /// `slots + ci * cap` for each class, so the fast paths need no multiplication.
     bases: [*mut *mut u8; MAX_SMALL_CLASSES],
+    /// Medium cache: block pointers (from `System`); cache class `j` owns
+    /// `medium_depths[j]` of them from `medium_bases[j]`, the first `medium_counts[j]` full.
+    medium_slots: *mut *mut u8,
+    medium_slots_len: usize,
+    medium_counts: [u32; MAX_CACHE_CLASSES],
+    medium_depths: [u32; MAX_CACHE_CLASSES],
+    medium_bases: [*mut *mut u8; MAX_CACHE_CLASSES],
 }
 
 impl Entry {
@@ -153,6 +201,11 @@ impl Entry {
         cap: 0,
         counts: [0; MAX_SMALL_CLASSES],
         bases: [ptr::null_mut(); MAX_SMALL_CLASSES],
+        medium_slots: ptr::null_mut(),
+        medium_slots_len: 0,
+        medium_counts: [0; MAX_CACHE_CLASSES],
+        medium_depths: [0; MAX_CACHE_CLASSES],
+        medium_bases: [ptr::null_mut(); MAX_CACHE_CLASSES],
     };
 
     /// The cached blocks of class `ci`.
@@ -171,6 +224,38 @@ impl Entry {
         }
     }
 
+    /// The cached blocks of medium cache class `j`.
+    fn medium_bin(&mut self, j: usize) -> &mut [*mut u8] {
+        // SAFETY: `medium_bases[j]` starts class `j`'s `medium_depths[j]` slots inside
+        // `medium_slots` (made by `claim`), and counts stay <= depths.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.medium_bases[j], self.medium_counts[j] as usize)
+        }
+    }
+
+    /// Room for `n` blocks of medium cache class `j` after the cached ones.
+    fn medium_room(&mut self, j: usize, n: usize) -> &mut [*mut u8] {
+        let have = self.medium_counts[j] as usize;
+        assert!(have + n <= self.medium_depths[j] as usize);
+        // SAFETY: as in `medium_bin`; the range stays within class `j`'s slots.
+        unsafe { std::slice::from_raw_parts_mut(self.medium_bases[j].add(have), n) }
+    }
+
+    /// Gives every cached medium block back to the medium tier.
+    fn flush_medium(&mut self, pool: &PoolShared) {
+        for j in 0..pool.medium.cache.count {
+            if self.medium_counts[j] > 0 {
+                // SAFETY: the bin holds free blocks of cache class `j` taken from this
+                // pool's medium tier.
+                unsafe {
+                    pool.medium
+                        .give_from_cache(j, self.medium_bin(j), &pool.budget)
+                };
+                self.medium_counts[j] = 0;
+            }
+        }
+    }
+
     /// Drops the entry without touching its pool (which is gone or going).
     fn forget(&mut self) {
         if !self.stats.is_null() {
@@ -183,6 +268,15 @@ impl Entry {
             drop(unsafe {
                 SysBox::from_raw_in(
                     ptr::slice_from_raw_parts_mut(self.slots, self.slots_len),
+                    System,
+                )
+            });
+        }
+        if !self.medium_slots.is_null() {
+            // SAFETY: made by `claim` as a boxed slice of `medium_slots_len` pointers.
+            drop(unsafe {
+                SysBox::from_raw_in(
+                    ptr::slice_from_raw_parts_mut(self.medium_slots, self.medium_slots_len),
                     System,
                 )
             });
@@ -212,6 +306,12 @@ impl Entry {
                     list.retired_frees[i] =
                         list.retired_frees[i].wrapping_add(t.frees[i].load(Ordering::Relaxed));
                 }
+                for j in 0..MAX_CACHE_CLASSES {
+                    list.retired_medium_allocs[j] = list.retired_medium_allocs[j]
+                        .wrapping_add(t.medium_allocs[j].load(Ordering::Relaxed));
+                    list.retired_medium_frees[j] = list.retired_medium_frees[j]
+                        .wrapping_add(t.medium_frees[j].load(Ordering::Relaxed));
+                }
                 unlink_node!(list.head, self.stats);
             }
         }
@@ -219,8 +319,9 @@ impl Entry {
         self.forget();
     }
 
-    /// Gives every cached block back to its chunk.
+    /// Gives every cached block back to its chunk or tier.
     fn flush_all(&mut self, pool: &PoolShared) {
+        self.flush_medium(pool);
         for ci in 0..pool.small.count {
             if self.counts[ci] > 0 {
                 // SAFETY: the bin holds blocks of class `ci` of this pool, each taken from
@@ -323,6 +424,8 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
         ThreadStats {
             allocs: [const { AtomicU64::new(0) }; MAX_SMALL_CLASSES],
             frees: [const { AtomicU64::new(0) }; MAX_SMALL_CLASSES],
+            medium_allocs: [const { AtomicU64::new(0) }; MAX_CACHE_CLASSES],
+            medium_frees: [const { AtomicU64::new(0) }; MAX_CACHE_CLASSES],
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
         },
@@ -343,6 +446,21 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
     let mut slots = SysVec::with_capacity_in(slots_len, System);
     slots.resize(slots_len, ptr::null_mut::<u8>());
     let slots = SysBox::into_raw(slots.into_boxed_slice()).cast::<*mut u8>();
+    let cache = &pool.medium.cache;
+    let medium_slots_len: usize = cache.depths[..cache.count].iter().sum();
+    let mut medium_slots = SysVec::with_capacity_in(medium_slots_len, System);
+    medium_slots.resize(medium_slots_len, ptr::null_mut::<u8>());
+    let medium_slots = SysBox::into_raw(medium_slots.into_boxed_slice()).cast::<*mut u8>();
+    let mut medium_bases = [ptr::null_mut(); MAX_CACHE_CLASSES];
+    let mut medium_depths = [0; MAX_CACHE_CLASSES];
+    let mut offset = 0;
+    for j in 0..cache.count {
+        // SAFETY: the offsets add up the depths, so each class starts inside (or at the
+        // end of) the medium slots.
+        medium_bases[j] = unsafe { medium_slots.add(offset) };
+        medium_depths[j] = cache.depths[j] as u32;
+        offset += cache.depths[j];
+    }
     entries[slot] = Entry {
         pool_id: pool.id,
         pool,
@@ -353,6 +471,11 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
         counts: [0; MAX_SMALL_CLASSES],
         // SAFETY: each class's region starts inside (or at the end of) the slots allocation.
         bases: std::array::from_fn(|ci| unsafe { slots.add(ci.min(pool.small.count) * cap) }),
+        medium_slots,
+        medium_slots_len,
+        medium_counts: [0; MAX_CACHE_CLASSES],
+        medium_depths,
+        medium_bases,
     };
     Some(slot)
 }
@@ -446,6 +569,125 @@ pub(crate) unsafe fn push(id: u64, ci: usize, p: NonNull<u8>) -> bool {
         .unwrap_or(false)
 }
 
+/// The fast path of a cacheable medium request: pops a cached block of cache class `j`
+/// of pool `id`. `None` sends the caller to the slow path.
+#[inline(always)]
+pub(crate) fn pop_medium(id: u64, j: usize) -> Option<NonNull<u8>> {
+    CACHES
+        .try_with(|c| {
+            // SAFETY: this closure holds the entry only for the straight-line code below.
+            let e = unsafe { last_entry(c) };
+            if e.pool_id != id {
+                return None;
+            }
+            // SAFETY: callers pass a cache class index below MAX_CACHE_CLASSES.
+            let n = unsafe { e.medium_counts.get_unchecked_mut(j) };
+            if *n == 0 {
+                return None;
+            }
+            *n -= 1;
+            // SAFETY: slot `n` of class `j` lies in the entry's medium slots and holds a
+            // cached block.
+            let b = unsafe { *(*e.medium_bases.get_unchecked(j)).add(*n as usize) };
+            // SAFETY: `stats` is this entry's live counter block; `j` is in range.
+            bump(unsafe { (*e.stats).medium_allocs.get_unchecked(j) });
+            // SAFETY: cached pointers are blocks, never null.
+            Some(unsafe { NonNull::new_unchecked(b) })
+        })
+        .ok()
+        .flatten()
+}
+
+/// The fast path of freeing a cacheable medium block: pushes it onto this thread's stack
+/// of cache class `j` if it has room. False sends the caller to the slow path.
+///
+/// # Safety
+/// `p` was allocated from pool `id`'s medium tier in cache class `j` and is not used
+/// afterwards.
+#[inline(always)]
+pub(crate) unsafe fn push_medium(id: u64, j: usize, p: NonNull<u8>) -> bool {
+    CACHES
+        .try_with(|c| {
+            // SAFETY: this closure holds the entry only for the straight-line code below.
+            let e = unsafe { last_entry(c) };
+            // SAFETY: as in `pop_medium`.
+            let n = unsafe { *e.medium_counts.get_unchecked(j) };
+            // SAFETY: as above.
+            if e.pool_id != id || n >= unsafe { *e.medium_depths.get_unchecked(j) } {
+                return false;
+            }
+            // SAFETY: slot `n` of class `j` lies in the entry's medium slots (n < depth).
+            unsafe { *(*e.medium_bases.get_unchecked(j)).add(n as usize) = p.as_ptr() };
+            // SAFETY: `j` is in range (as above).
+            unsafe { *e.medium_counts.get_unchecked_mut(j) = n + 1 };
+            // SAFETY: `stats` is this entry's live counter block; `j` is in range.
+            bump(unsafe { (*e.stats).medium_frees.get_unchecked(j) });
+            true
+        })
+        .unwrap_or(false)
+}
+
+/// The slow path of a cacheable medium request: refills the stack of cache class `j`
+/// with a batch from the medium tier if it is empty (after an out-of-memory, once more
+/// after giving back everything the thread caches for the pool). `None` when the
+/// thread has no cache for this pool.
+pub(crate) fn alloc_medium(pool: &PoolShared, j: usize) -> Option<Result<NonNull<u8>, OomReason>> {
+    with_entry(pool, |e| {
+        if e.medium_counts[j] == 0 {
+            let batch = (e.medium_depths[j] as usize / 2).max(1);
+            let n = match pool
+                .medium
+                .take_for_cache(j, e.medium_room(j, batch), &pool.budget)
+            {
+                Ok(n) => n,
+                Err(_) => {
+                    e.flush_medium(pool);
+                    match pool
+                        .medium
+                        .take_for_cache(j, e.medium_room(j, 1), &pool.budget)
+                    {
+                        Ok(n) => n,
+                        Err(reason) => return Err(reason),
+                    }
+                }
+            };
+            e.medium_counts[j] = n as u32;
+        }
+        e.medium_counts[j] -= 1;
+        let b = e.medium_room(j, 1)[0];
+        // SAFETY: `stats` is this entry's live counter block.
+        bump(unsafe { &(*e.stats).medium_allocs[j] });
+        // SAFETY: cached pointers are blocks, never null.
+        Ok(unsafe { NonNull::new_unchecked(b) })
+    })
+}
+
+/// The slow path of freeing a cacheable medium block: gives the older half of a full
+/// stack back to the tier, then pushes. False when the thread has no cache for this pool.
+///
+/// # Safety
+/// `p` was allocated from `pool`'s medium tier in cache class `j` and is not used
+/// afterwards.
+pub(crate) unsafe fn free_medium(pool: &PoolShared, j: usize, p: NonNull<u8>) -> bool {
+    with_entry(pool, |e| {
+        let depth = e.medium_depths[j];
+        if e.medium_counts[j] >= depth {
+            let give = (depth as usize / 2).max(1);
+            let bin = e.medium_bin(j);
+            // SAFETY: the bottom `give` entries are free blocks of cache class `j` of
+            // this pool's medium tier.
+            unsafe { pool.medium.give_from_cache(j, &bin[..give], &pool.budget) };
+            bin.copy_within(give.., 0);
+            e.medium_counts[j] -= give as u32;
+        }
+        e.medium_room(j, 1)[0] = p.as_ptr();
+        e.medium_counts[j] += 1;
+        // SAFETY: `stats` is this entry's live counter block.
+        bump(unsafe { &(*e.stats).medium_frees[j] });
+    })
+    .is_some()
+}
+
 /// The slow path of allocation: refills the bin if needed (claiming an entry first if
 /// the thread has none for this pool). `None` when the thread has no cache for this pool.
 #[inline]
@@ -499,4 +741,9 @@ pub(crate) unsafe fn free(pool: &PoolShared, ci: usize, p: NonNull<u8>) -> bool 
 pub(crate) fn flush(pool: &PoolShared) {
     with_entry(pool, |e| e.flush_all(pool));
     pool.small.drain_transfer(&pool.budget);
+}
+
+/// Returns the medium blocks this thread caches for `pool` to the medium tier.
+pub(crate) fn flush_medium(pool: &PoolShared) {
+    with_entry(pool, |e| e.flush_medium(pool));
 }
