@@ -283,6 +283,41 @@ fn medium_blocks_freed_on_other_threads_go_back_when_the_threads_end() {
 }
 
 #[test]
+fn a_request_the_cap_refuses_succeeds_once_the_thread_cache_gives_its_blocks_back() {
+    // One 192 KiB region is all the cap allows.
+    let mut config = PoolConfig::default();
+    config.medium.region_size = 192 << 10;
+    config.total_memory = Some(192 << 10);
+    let pool = HierarchicalPool::new(config).unwrap();
+    let l = layout(16 << 10, 8);
+    let mut blocks: Vec<_> = (0..11).map(|i| alloc_filled(&pool, l, i)).collect();
+    blocks.sort_by_key(|b| b.cast::<u8>().as_ptr() as usize);
+    assert!(
+        matches!(
+            pool.allocate(l),
+            Err(Error::OutOfMemory {
+                reason: OomReason::MemoryCap { .. },
+                ..
+            })
+        ),
+        "the region is full"
+    );
+    // Freed in this order (of addresses), a cache 4 deep keeps blocks 2, 5 and 8, so the tier's free
+    // runs are at most 48 KiB long: a 64 KiB block fits only if those come back.
+    for i in [0, 1, 3, 4, 6, 7, 9, 10, 2, 5, 8] {
+        // SAFETY: allocated above with `l`, freed once.
+        unsafe { pool.deallocate(blocks[i].cast(), l) };
+    }
+    assert_eq!(pool.stats().in_use_bytes, 0);
+    let big = layout(64 << 10, 8);
+    let b = alloc_filled(&pool, big, 9);
+    assert_eq!(pool.stats().medium.regions, 1);
+    // SAFETY: allocated above with `big`, freed once.
+    unsafe { pool.deallocate(b.cast(), big) };
+    pool.verify().unwrap();
+}
+
+#[test]
 fn medium_alignment_up_to_a_page() {
     let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
     let mut blocks = Vec::new();
