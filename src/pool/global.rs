@@ -4,10 +4,36 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
 use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::config::ResolvedConfig;
+use super::config::{MAX_SMALL_CLASSES, ResolvedConfig};
 use super::hierarchical::HierarchicalPool;
 use super::lockfree::InitGate;
+use super::thread_cache;
+
+/// The global pool's config, known at compile time.
+const CONFIG: ResolvedConfig = ResolvedConfig::global_default();
+/// Its largest small class, and the alignment every small block has.
+const SMALL_MAX: usize = CONFIG.small_sizes[CONFIG.small_count - 1];
+const SMALL_ALIGN: usize = CONFIG.small_alignment;
+/// `(size + 7) / 8` → small class, for sizes `1..=SMALL_MAX` (as the small tier's own
+/// table for this config; a unit test compares them).
+const SMALL_LUT: [u8; SMALL_MAX / 8 + 1] = small_lut();
+
+const fn small_lut() -> [u8; SMALL_MAX / 8 + 1] {
+    let mut lut = [0u8; SMALL_MAX / 8 + 1];
+    let mut k = 1;
+    while k < lut.len() {
+        let mut ci = 0;
+        while CONFIG.small_sizes[ci] < k * 8 {
+            ci += 1;
+        }
+        assert!(ci < MAX_SMALL_CLASSES);
+        lut[k] = ci as u8;
+        k += 1;
+    }
+    lut
+}
 
 thread_local! {
     // Const-initialised and without a destructor, so reading it never allocates.
@@ -36,6 +62,11 @@ thread_local! {
 pub struct NeuroAlloc {
     gate: InitGate,
     pool: UnsafeCell<MaybeUninit<HierarchicalPool>>,
+    /// The pool's id once it is built, 0 before. The small fast paths use it with the
+    /// constant class table, without looking at the gate or the pool: a thread's cache
+    /// can only hold an entry for this id after that thread went through the gate, and
+    /// with id 0 they find only empty entries (no blocks, no room) and fall through.
+    pool_id: AtomicU64,
 }
 
 // SAFETY: `pool` is written once, by the one thread that wins the gate's `try_begin`,
@@ -55,6 +86,7 @@ impl NeuroAlloc {
         NeuroAlloc {
             gate: InitGate::new(),
             pool: UnsafeCell::new(MaybeUninit::uninit()),
+            pool_id: AtomicU64::new(0),
         }
     }
 
@@ -94,10 +126,12 @@ impl NeuroAlloc {
     fn initialise(&self) {
         if self.gate.try_begin() {
             INITIALISING_HERE.with(|f| f.set(true));
-            let pool = HierarchicalPool::from_resolved(ResolvedConfig::global_default());
+            let pool = HierarchicalPool::from_resolved(CONFIG);
+            let id = pool.id();
             // SAFETY: we won the gate, so no one else writes or reads the cell until we
             // publish it with `finish`.
             unsafe { (*self.pool.get()).write(pool) };
+            self.pool_id.store(id, Ordering::Release);
             INITIALISING_HERE.with(|f| f.set(false));
             self.gate.finish();
         } else if !self.gate.is_ready() {
@@ -117,7 +151,15 @@ impl NeuroAlloc {
 unsafe impl GlobalAlloc for NeuroAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if self.gate.is_ready() {
+        let size = layout.size();
+        if size.wrapping_sub(1) < SMALL_MAX && layout.align() <= SMALL_ALIGN {
+            // SAFETY: 1 <= size <= SMALL_MAX, so the index is within the table.
+            let ci = unsafe { *SMALL_LUT.get_unchecked((size + 7) >> 3) } as usize;
+            // Relaxed: see `pool_id`; a match means this thread already saw the pool built.
+            if let Some(p) = thread_cache::pop(self.pool_id.load(Ordering::Relaxed), ci) {
+                return p.as_ptr();
+            }
+        } else if self.gate.is_ready() {
             // SAFETY: the gate is ready, so the pool was written and is never written again.
             let pool = unsafe { (*self.pool.get()).assume_init_ref() };
             if let Some((p, _)) = pool.allocate_fast(layout) {
@@ -141,7 +183,17 @@ unsafe impl GlobalAlloc for NeuroAlloc {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(p) = NonNull::new(ptr) else { return };
-        if self.gate.is_ready() {
+        let size = layout.size();
+        if size.wrapping_sub(1) < SMALL_MAX && layout.align() <= SMALL_ALIGN {
+            // SAFETY: 1 <= size <= SMALL_MAX, so the index is within the table.
+            let ci = unsafe { *SMALL_LUT.get_unchecked((size + 7) >> 3) } as usize;
+            // SAFETY: GlobalAlloc's contract: `p` came from this allocator with `layout`,
+            // hence from the global pool's small class `ci` (the class of its size), and
+            // is not used afterwards. With id 0 (no pool yet) nothing is pushed.
+            if unsafe { thread_cache::push(self.pool_id.load(Ordering::Relaxed), ci, p) } {
+                return;
+            }
+        } else if self.gate.is_ready() {
             // SAFETY: the gate is ready, so the pool was written and is never written again.
             let pool = unsafe { (*self.pool.get()).assume_init_ref() };
             // SAFETY: GlobalAlloc's contract is the one `deallocate` asks for.
@@ -161,5 +213,40 @@ unsafe impl GlobalAlloc for NeuroAlloc {
         // SAFETY: GlobalAlloc's contract is the one `reallocate` asks for.
         unsafe { self.pool().reallocate(p, layout, new_size) }
             .map_or(ptr::null_mut(), |p| p.as_ptr().cast())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_constant_small_classes_match_the_global_pools_own() {
+        let pool = HierarchicalPool::from_resolved(CONFIG);
+        let small = &pool.shared().small;
+        assert_eq!((SMALL_MAX, SMALL_ALIGN), (small.max_size, small.align));
+        assert_eq!(SMALL_LUT[..], small.lut[..SMALL_LUT.len()]);
+        for size in 1..=SMALL_MAX {
+            let ci = SMALL_LUT[(size + 7) >> 3] as usize;
+            assert_eq!(small.class_for(size, SMALL_ALIGN), Some(ci), "size {size}");
+        }
+    }
+
+    #[test]
+    fn the_fast_paths_fall_through_before_the_pool_exists() {
+        let alloc = NeuroAlloc::new();
+        // No pool yet: id 0 names no thread cache entry with blocks or room.
+        assert_eq!(
+            thread_cache::pop(alloc.pool_id.load(Ordering::Relaxed), 3),
+            None
+        );
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        // SAFETY: a non-zero layout; the block is freed below with it.
+        let p = unsafe { alloc.alloc(layout) };
+        assert!(!p.is_null());
+        assert_ne!(alloc.pool_id.load(Ordering::Relaxed), 0);
+        // SAFETY: allocated above with `layout`, freed once.
+        unsafe { alloc.dealloc(p, layout) };
+        assert_eq!(alloc.pool().stats().live_allocations, 0);
     }
 }

@@ -175,6 +175,18 @@ impl HierarchicalPool {
         }
     }
 
+    /// The process-unique id of this pool (never 0), which names it in the thread caches.
+    #[inline]
+    pub(crate) fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The pool's state (for tests inside the crate).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &PoolShared {
+        &self.shared
+    }
+
     /// Allocates a block for `layout`. The returned slice is the whole block, which may
     /// be longer than asked; any length between the layout's size and the slice's may be
     /// passed back to [`deallocate`](Self::deallocate). A zero-sized layout gets a
