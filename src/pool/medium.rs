@@ -174,11 +174,14 @@ pub(crate) struct MediumCounters {
 }
 
 /// The size classes of the per-thread medium caches (`thread_cache`). A cacheable request
-/// (above the largest small class, at most `max` bytes, alignment at most 16) is rounded up to its class, handed out
-/// with the class's size as its length, and accounted at that size, whether it comes from
-/// a thread's cache or straight from the tier; so a block freed with any length its caller
-/// may pass finds its class again without reading the block.
-pub(crate) struct CacheClasses {
+/// (above the largest small class, at most `max` bytes, alignment at most 16) is rounded
+/// up to its class, handed out with the class's size as its length, and accounted at that
+/// size, whether it comes from a thread's cache or straight from the tier; so a block
+/// freed with any length its caller may pass finds its class again without reading the
+/// block. Built in a `const` context too: the global allocator's fast paths read its
+/// grid as a constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CacheGrid {
     /// The smallest cacheable request: one byte above the largest small class, so that no
     /// request the small tier would take is ever cached here (`usize::MAX` when off).
     pub min: usize,
@@ -188,33 +191,36 @@ pub(crate) struct CacheClasses {
     span: usize,
     pub count: usize,
     pub sizes: [usize; MAX_CACHE_CLASSES],
-    /// How many blocks a thread keeps at most per class.
-    pub depths: [usize; MAX_CACHE_CLASSES],
-    /// The configured medium class (for the statistics) of each cache class.
-    pub stat_class: [u8; MAX_CACHE_CLASSES],
     /// `ceil(size / 16)` → cache class, for sizes up to `max`.
     pub lut: [u8; LUT_LEN],
 }
 
-impl CacheClasses {
-    fn new(cfg: &ResolvedConfig, max_size: usize, class_lut: &[u8; LUT_LEN]) -> Self {
-        let mut c = CacheClasses {
-            min: usize::MAX,
-            max: 0,
-            span: 0,
-            count: 0,
-            sizes: [0; MAX_CACHE_CLASSES],
-            depths: [0; MAX_CACHE_CLASSES],
-            stat_class: [0; MAX_CACHE_CLASSES],
-            lut: [0; LUT_LEN],
-        };
-        if cfg.medium_cache_bytes == 0 {
+impl CacheGrid {
+    /// No cacheable request.
+    pub(crate) const OFF: CacheGrid = CacheGrid {
+        min: usize::MAX,
+        max: 0,
+        span: 0,
+        count: 0,
+        sizes: [0; MAX_CACHE_CLASSES],
+        lut: [0; LUT_LEN],
+    };
+
+    /// The grid of a config: 16..=128 by 16, then 8 steps per doubling, up to the largest
+    /// medium class or 64 KiB (the last class is exactly that), leaving out the classes
+    /// at or below the largest small class. Off when `cfg` turns the caches off.
+    pub(crate) const fn new(cfg: &ResolvedConfig) -> Self {
+        let mut c = CacheGrid::OFF;
+        if cfg.medium_cache_bytes == 0 || cfg.small_count == 0 || cfg.medium_count == 0 {
             return c;
         }
-        let max = max_size.min(CACHE_MAX_REQUEST);
-        let min = cfg.small_sizes().last().copied().unwrap_or(0) + 1;
-        // The grid: 16..=128 by 16, then 8 steps per doubling; the last class is `max`.
-        // Classes at or below the largest small class are left out.
+        let medium_max = cfg.medium_sizes[cfg.medium_count - 1];
+        let max = if medium_max < CACHE_MAX_REQUEST {
+            medium_max
+        } else {
+            CACHE_MAX_REQUEST
+        };
+        let min = cfg.small_sizes[cfg.small_count - 1] + 1;
         let mut size = 0;
         while size < max {
             let step = if size < 128 {
@@ -222,7 +228,7 @@ impl CacheClasses {
             } else {
                 (1 << (usize::BITS - 1 - size.leading_zeros())) / 8
             };
-            size = (size + step).min(max);
+            size = if size + step < max { size + step } else { max };
             if size >= min {
                 c.sizes[c.count] = size;
                 c.count += 1;
@@ -231,17 +237,13 @@ impl CacheClasses {
         if c.count == 0 {
             return c;
         }
-        let per_class = cfg.medium_cache_bytes / c.count;
-        for j in 0..c.count {
-            c.depths[j] = (per_class / c.sizes[j]).clamp(MIN_CACHE_DEPTH, MAX_CACHE_DEPTH);
-            c.stat_class[j] = class_lut[c.sizes[j] / MEDIUM_QUANTUM];
-        }
-        let mut j = 0;
-        for (i, e) in c.lut.iter_mut().enumerate().take(max / MEDIUM_QUANTUM + 1) {
+        let (mut i, mut j) = (0, 0);
+        while i <= max / MEDIUM_QUANTUM {
             while c.sizes[j] < i * MEDIUM_QUANTUM {
                 j += 1;
             }
-            *e = j as u8;
+            c.lut[i] = j as u8;
+            i += 1;
         }
         c.min = min;
         c.max = max;
@@ -261,6 +263,42 @@ impl CacheClasses {
     #[inline(always)]
     pub(crate) fn serves(&self, size: usize, align: usize) -> bool {
         size.wrapping_sub(self.min) <= self.span && align <= MEDIUM_QUANTUM
+    }
+}
+
+/// The cache classes of one pool: the grid, and per class the depth of a thread's stack
+/// and the configured medium class it counts under.
+pub(crate) struct CacheClasses {
+    pub grid: CacheGrid,
+    /// How many blocks a thread keeps at most per class.
+    pub depths: [usize; MAX_CACHE_CLASSES],
+    /// The configured medium class (for the statistics) of each cache class.
+    pub stat_class: [u8; MAX_CACHE_CLASSES],
+}
+
+impl std::ops::Deref for CacheClasses {
+    type Target = CacheGrid;
+
+    fn deref(&self) -> &CacheGrid {
+        &self.grid
+    }
+}
+
+impl CacheClasses {
+    fn new(cfg: &ResolvedConfig, class_lut: &[u8; LUT_LEN]) -> Self {
+        let grid = CacheGrid::new(cfg);
+        let mut c = CacheClasses {
+            grid,
+            depths: [0; MAX_CACHE_CLASSES],
+            stat_class: [0; MAX_CACHE_CLASSES],
+        };
+        if let Some(per_class) = cfg.medium_cache_bytes.checked_div(grid.count) {
+            for j in 0..grid.count {
+                c.depths[j] = (per_class / grid.sizes[j]).clamp(MIN_CACHE_DEPTH, MAX_CACHE_DEPTH);
+                c.stat_class[j] = class_lut[grid.sizes[j] / MEDIUM_QUANTUM];
+            }
+        }
+        c
     }
 }
 
@@ -325,7 +363,7 @@ impl MediumTier {
                 .unwrap_or(classes_in.len() - 1) as u8;
         }
         MediumTier {
-            cache: CacheClasses::new(cfg, max_size, &class_lut),
+            cache: CacheClasses::new(cfg, &class_lut),
             bin_lut,
             bin_lut_len: lut_sizes,
             class_lut,
