@@ -692,6 +692,35 @@ fn registry_names_pools() {
 }
 
 #[test]
+fn a_freed_small_block_comes_back_first_and_a_flush_returns_every_cached_one() {
+    let pool = HierarchicalPool::new(no_retention()).unwrap();
+    let l = layout(64, 8);
+    let a = alloc_filled(&pool, l, 1);
+    let b = alloc_filled(&pool, l, 2);
+    // SAFETY: allocated above with `l`, freed once.
+    unsafe { pool.deallocate(a.cast(), l) };
+    let c = alloc_filled(&pool, l, 3);
+    assert_eq!(
+        c.cast::<u8>(),
+        a.cast::<u8>(),
+        "the last block freed is reused first"
+    );
+    // SAFETY: allocated above with `l`, each freed once.
+    unsafe {
+        pool.deallocate(b.cast(), l);
+        pool.deallocate(c.cast(), l);
+    }
+    let st = pool.stats();
+    assert_eq!((st.small.in_use_bytes, st.small.regions), (0, 1));
+    pool.flush_thread_cache();
+    assert_eq!(
+        pool.stats().small.regions,
+        0,
+        "every cached block, the one in front of the stack too, went back"
+    );
+}
+
+#[test]
 fn empty_small_chunks_are_given_back_and_reused() {
     let pool = HierarchicalPool::new(PoolConfig {
         retain_empty: 1,

@@ -1,7 +1,8 @@
 //! Per-thread caches in front of the small tier's shared state and the medium tier.
 //!
 //! Each thread keeps, for up to [`ENTRIES`] pools, one stack of free block pointers per
-//! small size class (`thread_cache_size` deep), and one per medium cache class (see
+//! small size class (`thread_cache_size` deep, with one more block in a `hot` slot in
+//! front of it), and one per medium cache class (see
 //! `medium::CacheClasses`: 8 classes per doubling from the largest small class to 64 KiB,
 //! each `medium.thread_cache_bytes / classes / size` deep, at least 4 and at most 64). Allocating pops a pointer and freeing
 //! pushes one, with no lock, no atomic read-modify-write and no access to the block's
@@ -182,6 +183,10 @@ struct Entry {
     counts: [usize; MAX_SMALL_CLASSES],
     /// `slots + ci * cap` for each class, so the fast paths need no multiplication.
     bases: [*mut *mut u8; MAX_SMALL_CLASSES],
+    /// Per small class, one more cached block in front of the stack (null when none): the
+    /// last one freed, handed out first. A block freed and allocated again at once then
+    /// costs one load and one store each way, not two dependent loads.
+    hot: [*mut u8; MAX_SMALL_CLASSES],
     /// Medium cache: block pointers (from `System`); cache class `j` owns
     /// `medium_depths[j]` of them from `medium_bases[j]`, the first `medium_counts[j]` full.
     medium_slots: *mut *mut u8,
@@ -201,6 +206,7 @@ impl Entry {
         cap: 0,
         counts: [0; MAX_SMALL_CLASSES],
         bases: [ptr::null_mut(); MAX_SMALL_CLASSES],
+        hot: [ptr::null_mut(); MAX_SMALL_CLASSES],
         medium_slots: ptr::null_mut(),
         medium_slots_len: 0,
         medium_counts: [0; MAX_CACHE_CLASSES],
@@ -323,6 +329,11 @@ impl Entry {
     fn flush_all(&mut self, pool: &PoolShared) {
         self.flush_medium(pool);
         for ci in 0..pool.small.count {
+            let hot = std::mem::replace(&mut self.hot[ci], ptr::null_mut());
+            if !hot.is_null() {
+                // SAFETY: a free block of class `ci` taken from this pool.
+                unsafe { pool.small.give(ci, &[hot], &pool.budget) };
+            }
             if self.counts[ci] > 0 {
                 // SAFETY: the bin holds blocks of class `ci` of this pool, each taken from
                 // it and not in use.
@@ -471,6 +482,7 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
         counts: [0; MAX_SMALL_CLASSES],
         // SAFETY: each class's region starts inside (or at the end of) the slots allocation.
         bases: std::array::from_fn(|ci| unsafe { slots.add(ci.min(pool.small.count) * cap) }),
+        hot: [ptr::null_mut(); MAX_SMALL_CLASSES],
         medium_slots,
         medium_slots_len,
         medium_counts: [0; MAX_CACHE_CLASSES],
@@ -526,6 +538,14 @@ pub(crate) fn pop(id: u64, ci: usize) -> Option<NonNull<u8>> {
                 return None;
             }
             // SAFETY: callers pass a class index below the pool's class count <= MAX_SMALL_CLASSES.
+            let hot = unsafe { e.hot.get_unchecked_mut(ci) };
+            if let Some(b) = NonNull::new(*hot) {
+                *hot = ptr::null_mut();
+                // SAFETY: `stats` is this entry's live counter block; `ci` is in range.
+                bump(unsafe { (*e.stats).allocs.get_unchecked(ci) });
+                return Some(b);
+            }
+            // SAFETY: as above.
             let n = unsafe { e.counts.get_unchecked_mut(ci) };
             if *n == 0 {
                 return None;
@@ -553,9 +573,20 @@ pub(crate) unsafe fn push(id: u64, ci: usize, p: NonNull<u8>) -> bool {
         .try_with(|c| {
             // SAFETY: this closure holds the entry only for the straight-line code below.
             let e = unsafe { last_entry(c) };
+            if e.pool_id != id || e.cap == 0 {
+                return false;
+            }
+            // SAFETY: as in `pop`.
+            let hot = unsafe { e.hot.get_unchecked_mut(ci) };
+            if hot.is_null() {
+                *hot = p.as_ptr();
+                // SAFETY: `stats` is this entry's live counter block; `ci` is in range.
+                bump(unsafe { (*e.stats).frees.get_unchecked(ci) });
+                return true;
+            }
             // SAFETY: as in `pop`.
             let n = unsafe { *e.counts.get_unchecked(ci) };
-            if e.pool_id != id || n >= e.cap {
+            if n >= e.cap {
                 return false;
             }
             // SAFETY: slot `n` of class `ci` lies in the entry's slots (n < cap).
