@@ -284,8 +284,9 @@ fn medium_blocks_freed_on_other_threads_go_back_when_the_threads_end() {
 
 #[test]
 fn a_request_the_cap_refuses_succeeds_once_the_thread_cache_gives_its_blocks_back() {
-    // One 192 KiB region is all the cap allows.
+    // One 192 KiB region is all the cap allows; every cache class is 4 deep.
     let mut config = PoolConfig::default();
+    config.medium.thread_cache_bytes = 1;
     config.medium.region_size = 192 << 10;
     config.total_memory = Some(192 << 10);
     let pool = HierarchicalPool::new(config).unwrap();

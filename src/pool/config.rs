@@ -16,8 +16,10 @@ pub const MAX_SMALL_CLASSES: usize = 16;
 pub const MAX_MEDIUM_CLASSES: usize = 15;
 /// Granularity of medium blocks; medium classes are multiples of it.
 pub(crate) const MEDIUM_QUANTUM: usize = 16;
-/// Default of `medium.thread_cache_bytes`.
-const DEFAULT_MEDIUM_CACHE_BYTES: usize = 2 << 20;
+/// Default of `medium.thread_cache_bytes`. Measured on `benches/pool.rs` (c), standalone,
+/// best of 9 x 200k replaces, interleaved runs: 2 MiB gave 51.5-54.5 ns per replace at a
+/// reserved / in-use ratio of 1.21, 8 MiB 45-54 ns at 1.27, mimalloc 44.6-47.6 ns.
+const DEFAULT_MEDIUM_CACHE_BYTES: usize = 8 << 20;
 /// The largest small size class accepted.
 pub const MAX_SMALL_CLASS_SIZE: usize = 4096;
 
@@ -56,8 +58,10 @@ pub struct MediumConfig {
     pub region_size: usize,
     /// Bytes of free medium blocks (up to 64 KiB) each thread may keep in front of the
     /// tier, split evenly between the cache's size classes (see the `thread_cache`
-    /// module); 0 turns the medium thread caches off, and with it the rounding of medium
-    /// requests up to the cache's classes. At most 1 GiB.
+    /// module); every class keeps at least 4 blocks, so a thread may hold up to about
+    /// 1 MiB more. 8 MiB by default (16 MiB in [`PoolConfig::high_performance`]); 0 turns
+    /// the medium thread caches off, and with it the rounding of medium requests up to the
+    /// cache's classes. At most 1 GiB.
     pub thread_cache_bytes: usize,
 }
 
@@ -165,7 +169,7 @@ impl PoolConfig {
         c.small.blocks_per_chunk = 4096;
         c.small.thread_cache_size = 256;
         c.medium.region_size = 16 << 20;
-        c.medium.thread_cache_bytes = 4 * DEFAULT_MEDIUM_CACHE_BYTES;
+        c.medium.thread_cache_bytes = 2 * DEFAULT_MEDIUM_CACHE_BYTES;
         c.use_huge_pages = true;
         c.retain_empty = 8;
         c
