@@ -7,8 +7,10 @@
 //!
 //! Every allocator is driven through `GlobalAlloc` (the pool through `NeuroAlloc`), so
 //! all pay the same call overhead. After criterion's output, a summary table prints each
-//! peer's time beside ours with the ratio, and the pool's reserved / in-use ratio in the
-//! steady state of (c).
+//! peer's time beside ours with the ratio, the pool's reserved / in-use ratio in the
+//! steady state of (c), and each allocator's resident memory per byte requested after the
+//! churn of (c) with every page of every block written (each allocator in a child process
+//! of this binary, since resident memory is the whole process's; Linux only).
 
 mod common;
 
@@ -308,7 +310,91 @@ fn summary() {
     );
 }
 
+/// Set in a child process of this bench: the allocator whose memory it measures.
+const MEMORY_CHILD: &str = "NEUROSTORE_POOL_BENCH_MEMORY_CHILD";
+
+/// The process's resident bytes (Linux), from `/proc/self/statm` in 4 KiB pages.
+fn resident_bytes() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// In a child: (c)'s churn writing every page of every block, then resident bytes gained
+/// over the bytes the live blocks requested.
+fn memory_child(name: &str) {
+    const LIVE: usize = 10_000;
+    let before = resident_bytes().unwrap_or(0);
+    let touch = |p: *mut u8, size: usize| {
+        for offset in (0..size).step_by(4096).chain([size - 1]) {
+            // SAFETY: `offset < size`, within the block.
+            unsafe { p.add(offset).write(1) };
+        }
+    };
+    with_alloc(name, |a| {
+        let mut rng = Rng(7);
+        let mut slots: Vec<(usize, *mut u8)> = (0..LIVE)
+            .map(|_| {
+                let s = rng.log_uniform_size();
+                // SAFETY: a non-zero layout.
+                let p = unsafe { a.alloc(Layout::from_size_align_unchecked(s, 8)) };
+                touch(p, s);
+                (s, p)
+            })
+            .collect();
+        for _ in 0..500_000 {
+            let i = rng.below(LIVE);
+            let (old, p) = slots[i];
+            // SAFETY: the slot holds a live block of size `old` (align 8).
+            unsafe { a.dealloc(p, Layout::from_size_align_unchecked(old, 8)) };
+            let s = rng.log_uniform_size();
+            // SAFETY: a non-zero layout.
+            let q = unsafe { a.alloc(Layout::from_size_align_unchecked(s, 8)) };
+            touch(q, s);
+            slots[i] = (s, q);
+        }
+        let requested: usize = slots.iter().map(|s| s.0).sum();
+        let gained = resident_bytes().unwrap_or(0).saturating_sub(before);
+        println!("resident/requested {:.3}", gained as f64 / requested as f64);
+    });
+}
+
+/// Runs [`memory_child`] for every allocator in a child process and prints the figures.
+fn memory_summary() {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    if resident_bytes().is_none() {
+        println!("(c) resident memory: skipped (no /proc/self/statm on this system)");
+        return;
+    }
+    let figures: Vec<String> = PEERS
+        .iter()
+        .map(|name| {
+            let out = std::process::Command::new(&exe)
+                .env(MEMORY_CHILD, name)
+                .output()
+                .ok()
+                .filter(|o| o.status.success());
+            out.and_then(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                text.lines()
+                    .find_map(|l| l.strip_prefix("resident/requested ").map(str::to_owned))
+            })
+            .map_or_else(|| format!("{name} -"), |r| format!("{name} {r}"))
+        })
+        .collect();
+    println!(
+        "(c) with every page written, resident bytes per byte requested: {}",
+        figures.join(", ")
+    );
+}
+
 fn main() {
+    if let Ok(name) = std::env::var(MEMORY_CHILD) {
+        memory_child(&name);
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     hot_pair(&mut c);
     million_then_random_free(&mut c);
@@ -317,5 +403,6 @@ fn main() {
     c.final_summary();
     if !std::env::args().any(|a| a == "--list" || a == "--test") {
         summary();
+        memory_summary();
     }
 }
