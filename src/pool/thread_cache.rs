@@ -90,6 +90,20 @@ pub(crate) struct ThreadStats {
     prev: *mut ThreadStats,
 }
 
+/// Adds `from` into `into`, element by element (wrapping).
+fn add_totals<const N: usize>(into: &mut [u64; N], from: &[u64; N]) {
+    for (i, f) in into.iter_mut().zip(from) {
+        *i = i.wrapping_add(*f);
+    }
+}
+
+/// Adds the counters `from` into `into`, element by element (wrapping).
+fn add_counters<const N: usize>(into: &mut [u64; N], from: &[AtomicU64; N]) {
+    for (i, f) in into.iter_mut().zip(from) {
+        *i = i.wrapping_add(f.load(Ordering::Relaxed));
+    }
+}
+
 /// A pool's registered threads, and the counters of threads that have exited.
 pub(crate) struct ThreadList {
     head: *mut ThreadStats,
@@ -114,46 +128,47 @@ impl ThreadList {
         }
     }
 
-    /// Adds every registered thread's and every retired thread's counters into `allocs`
-    /// and `frees`.
+    /// Adds every registered thread's and every retired thread's small-class counters
+    /// into `allocs` and `frees`.
     pub(crate) fn sum(
         &self,
         allocs: &mut [u64; MAX_SMALL_CLASSES],
         frees: &mut [u64; MAX_SMALL_CLASSES],
     ) {
-        for i in 0..MAX_SMALL_CLASSES {
-            allocs[i] = allocs[i].wrapping_add(self.retired_allocs[i]);
-            frees[i] = frees[i].wrapping_add(self.retired_frees[i]);
-        }
-        let mut p = self.head;
-        // SAFETY: every block on the list is live while linked, and we hold the list's lock.
-        while let Some(t) = unsafe { p.as_ref() } {
-            for i in 0..MAX_SMALL_CLASSES {
-                allocs[i] = allocs[i].wrapping_add(t.allocs[i].load(Ordering::Relaxed));
-                frees[i] = frees[i].wrapping_add(t.frees[i].load(Ordering::Relaxed));
-            }
-            p = t.next;
-        }
+        let retired = (&self.retired_allocs, &self.retired_frees);
+        self.sum_counters(retired, |t| (&t.allocs, &t.frees), allocs, frees);
     }
 
-    /// Adds every registered and retired thread's medium cache counters (per cache
-    /// class) into `allocs` and `frees`.
+    /// The same for the medium cache counters, per cache class.
     pub(crate) fn sum_medium(
         &self,
         allocs: &mut [u64; MAX_CACHE_CLASSES],
         frees: &mut [u64; MAX_CACHE_CLASSES],
     ) {
-        for j in 0..MAX_CACHE_CLASSES {
-            allocs[j] = allocs[j].wrapping_add(self.retired_medium_allocs[j]);
-            frees[j] = frees[j].wrapping_add(self.retired_medium_frees[j]);
-        }
+        let retired = (&self.retired_medium_allocs, &self.retired_medium_frees);
+        self.sum_counters(
+            retired,
+            |t| (&t.medium_allocs, &t.medium_frees),
+            allocs,
+            frees,
+        );
+    }
+
+    fn sum_counters<const N: usize>(
+        &self,
+        retired: (&[u64; N], &[u64; N]),
+        pick: impl Fn(&ThreadStats) -> (&[AtomicU64; N], &[AtomicU64; N]),
+        allocs: &mut [u64; N],
+        frees: &mut [u64; N],
+    ) {
+        add_totals(allocs, retired.0);
+        add_totals(frees, retired.1);
         let mut p = self.head;
-        // SAFETY: as in `sum`.
+        // SAFETY: every block on the list is live while linked, and we hold the list's lock.
         while let Some(t) = unsafe { p.as_ref() } {
-            for j in 0..MAX_CACHE_CLASSES {
-                allocs[j] = allocs[j].wrapping_add(t.medium_allocs[j].load(Ordering::Relaxed));
-                frees[j] = frees[j].wrapping_add(t.medium_frees[j].load(Ordering::Relaxed));
-            }
+            let (a, f) = pick(t);
+            add_counters(allocs, a);
+            add_counters(frees, f);
             p = t.next;
         }
     }
@@ -306,18 +321,10 @@ impl Entry {
             // SAFETY: `stats` is linked in this pool's list, which we hold.
             unsafe {
                 let t = &*self.stats;
-                for i in 0..MAX_SMALL_CLASSES {
-                    list.retired_allocs[i] =
-                        list.retired_allocs[i].wrapping_add(t.allocs[i].load(Ordering::Relaxed));
-                    list.retired_frees[i] =
-                        list.retired_frees[i].wrapping_add(t.frees[i].load(Ordering::Relaxed));
-                }
-                for j in 0..MAX_CACHE_CLASSES {
-                    list.retired_medium_allocs[j] = list.retired_medium_allocs[j]
-                        .wrapping_add(t.medium_allocs[j].load(Ordering::Relaxed));
-                    list.retired_medium_frees[j] = list.retired_medium_frees[j]
-                        .wrapping_add(t.medium_frees[j].load(Ordering::Relaxed));
-                }
+                add_counters(&mut list.retired_allocs, &t.allocs);
+                add_counters(&mut list.retired_frees, &t.frees);
+                add_counters(&mut list.retired_medium_allocs, &t.medium_allocs);
+                add_counters(&mut list.retired_medium_frees, &t.medium_frees);
                 unlink_node!(list.head, self.stats);
             }
         }
