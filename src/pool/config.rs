@@ -35,8 +35,8 @@ pub struct SmallConfig {
     /// The most chunks one size class may hold; beyond it, allocation fails with
     /// `OutOfMemory` (reason `ChunkLimit`).
     pub max_chunks: usize,
-    /// Blocks a thread keeps per class in front of the shared free lists; 0 turns the
-    /// per-thread caches off.
+    /// Blocks a thread keeps per class in front of the shared free lists (plus one, the
+    /// last freed, in a slot of its own); 0 turns the per-thread caches off.
     pub thread_cache_size: usize,
     /// Minimum alignment of every small block (a power of two, at least 8).
     pub alignment: usize,
