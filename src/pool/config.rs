@@ -129,8 +129,8 @@ pub struct PoolConfig {
 }
 
 impl Default for PoolConfig {
-    /// Balanced defaults: the size classes of the design, 64-block thread caches, 4 MiB
-    /// medium regions.
+    /// Balanced defaults: the size classes of the design, 64-block small thread caches,
+    /// 8 MiB medium thread caches, 4 MiB medium regions.
     fn default() -> Self {
         PoolConfig {
             small: SmallConfig {
