@@ -579,9 +579,13 @@ impl HierarchicalPool {
         let s = &*self.shared;
         let mut allocs = [0u64; MAX_SMALL_CLASSES];
         let mut frees = [0u64; MAX_SMALL_CLASSES];
+        let mut medium_allocs = [0u64; MAX_CACHE_CLASSES];
+        let mut medium_frees = [0u64; MAX_CACHE_CLASSES];
+        // One look at the thread list, so small and medium counts come from one moment.
         let cached_threads = {
             let list = lock(&s.threads);
             list.sum(&mut allocs, &mut frees);
+            list.sum_medium(&mut medium_allocs, &mut medium_frees);
             list.threads()
         };
         let mut classes = Vec::with_capacity(s.small.count + s.cfg.medium_count);
@@ -606,9 +610,6 @@ impl HierarchicalPool {
             small.regions += c.chunks;
             classes.push(c);
         }
-        let mut medium_allocs = [0u64; MAX_CACHE_CLASSES];
-        let mut medium_frees = [0u64; MAX_CACHE_CLASSES];
-        lock(&s.threads).sum_medium(&mut medium_allocs, &mut medium_frees);
         let mut medium = TierStats {
             reserved_bytes: s.medium.counters.reserved.load(Ordering::Relaxed),
             regions: s.medium.counters.regions.load(Ordering::Relaxed),
