@@ -28,6 +28,9 @@ pub enum OomReason {
     OsRefused,
     /// The layout cannot be represented (its size overflows when rounded to its alignment).
     LayoutTooLarge,
+    /// The GPU refused to allocate more device memory (for an arena of a device pool,
+    /// `cuda::DevicePool`).
+    DeviceRefused,
 }
 
 impl fmt::Display for OomReason {
@@ -47,6 +50,9 @@ impl fmt::Display for OomReason {
             OomReason::OsRefused => f.write_str("the operating system refused to map more memory"),
             OomReason::LayoutTooLarge => {
                 f.write_str("the layout's size overflows the address space")
+            }
+            OomReason::DeviceRefused => {
+                f.write_str("the GPU refused to allocate more device memory")
             }
         }
     }
@@ -177,6 +183,22 @@ pub enum Error {
         expected: u64,
         /// The fingerprint the snapshot was written with.
         found: u64,
+    },
+    /// No usable GPU: the CUDA driver or NVRTC library cannot be loaded, no device has
+    /// the ordinal asked for, or the crate was built without its `cuda` feature. Nothing
+    /// was started; the same work can run on the CPU.
+    #[error("CUDA is unavailable: {reason}")]
+    CudaUnavailable {
+        /// What is missing, in words.
+        reason: String,
+    },
+    /// A CUDA driver or NVRTC call failed on a working device.
+    #[error("CUDA error in {operation}: {message}")]
+    Cuda {
+        /// The operation that failed (`cuMemcpyHtoDAsync`, `compile lif_step`).
+        operation: &'static str,
+        /// The driver's or compiler's message.
+        message: String,
     },
 }
 

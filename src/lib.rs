@@ -16,6 +16,8 @@
 //! - [`defrag`]: moving objects to close holes or to reorder them, handles unchanged.
 //! - [`gc`]: tracing garbage collection over handles: parallel, or incremental in
 //!   bounded steps.
+//! - `cuda` (feature `cuda`, on by default): device mirrors of tables on NVIDIA GPUs,
+//!   synced by changed chunk, with handles resolved on the device.
 //! - [`pooled`]: what `#[derive(Pooled)]` implements: stable names, schema fingerprints,
 //!   table hints ([`Pooled`](trait@Pooled)) and the handles a value holds ([`Trace`]).
 //!
@@ -36,6 +38,8 @@
 #[cfg(not(loom))]
 extern crate self as neurostore;
 
+#[cfg(all(feature = "cuda", not(loom)))]
+pub mod cuda;
 #[cfg(not(loom))]
 pub mod defrag;
 #[cfg(not(loom))]

@@ -1,6 +1,7 @@
 //! [`Table<T>`]: a typed slab of objects in pool-backed chunks, named by handles.
 
 use std::alloc::handle_alloc_error;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
@@ -26,6 +27,12 @@ pub struct Loc {
     pub chunk: u32,
     /// Place within the chunk.
     pub pos: u32,
+}
+
+/// A fresh table identity (see [`Table::id`]).
+fn next_table_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The process-wide default pool that tables use unless given one.
@@ -102,7 +109,12 @@ pub struct Table<T> {
     pub(super) per_chunk: u32,
     /// `log2(per_chunk)`.
     pub(super) shift: u32,
-    pub(super) epoch: u64,
+    pub(super) epoch: AtomicU64,
+    /// The epoch of the last change to the slot table (an insert, a removal, a move).
+    pub(super) slots_changed: u64,
+    /// This table's identity in the process, for consumers that follow one table.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(super) id: u64,
     /// Bumped by every pass that moves objects (defragmentation, `compact_by_key`).
     pub(super) layout_version: u64,
     /// Retention, chunk alignment and the other hints the table was built with.
@@ -157,7 +169,9 @@ impl<T> Table<T> {
             pool,
             per_chunk: per_chunk as u32,
             shift: per_chunk.ilog2(),
-            epoch: 0,
+            epoch: AtomicU64::new(0),
+            slots_changed: 0,
+            id: next_table_id(),
             layout_version: 0,
             hints: PoolHints::of::<T>(),
         }
@@ -271,7 +285,8 @@ impl<T> Table<T> {
         }
         rebuilt.per_chunk = self.per_chunk;
         rebuilt.shift = self.shift;
-        rebuilt.epoch = self.epoch;
+        rebuilt.epoch = AtomicU64::new(self.epoch());
+        rebuilt.slots_changed = self.slots_changed;
         // An empty table may have vacant slots: their versions keep stale handles stale.
         rebuilt.slots = std::mem::take(&mut self.slots);
         rebuilt.free = std::mem::take(&mut self.free);
@@ -286,7 +301,7 @@ impl<T> Table<T> {
 
     /// A new empty chunk from the pool, with this table's capacity and alignment.
     pub(super) fn new_chunk(&self) -> Result<Chunk<T>, Error> {
-        Chunk::new(&self.pool, self.per_chunk, self.hints.align, self.epoch)
+        Chunk::new(&self.pool, self.per_chunk, self.hints.align, self.epoch())
     }
 
     /// The layout of one chunk's block.
@@ -346,15 +361,28 @@ impl<T> Table<T> {
 
     /// The current epoch: every mutation stamps its chunk with it.
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Ordering::Relaxed)
     }
 
     /// Starts a new epoch and returns the one that ended; a consumer that synced
     /// everything up to now later asks for [`chunks_changed_since`](Self::chunks_changed_since)
-    /// that value.
-    pub fn advance_epoch(&mut self) -> u64 {
-        self.epoch += 1;
-        self.epoch - 1
+    /// that value plus one. It takes `&self`, so that several consumers (device mirrors,
+    /// incremental snapshots) can each mark where they stand while the table is shared:
+    /// only a mutation, which needs `&mut self`, stamps anything.
+    pub fn advance_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The epoch of the last change to the slot table: an insert, a removal or a move
+    /// (0 for a table whose slots never changed).
+    pub fn slots_changed_epoch(&self) -> u64 {
+        self.slots_changed
+    }
+
+    /// Records a change of the slot table in the current epoch.
+    #[inline]
+    fn stamp_slots(&mut self) {
+        self.slots_changed = *self.epoch.get_mut();
     }
 
     /// Indices of the chunks changed in or after `epoch`.
@@ -382,7 +410,8 @@ impl<T> Table<T> {
         let place = self.pack(Loc { chunk: ci, pos })?;
         let h = self.slots.insert(place);
         self.note_slot_taken(h);
-        let epoch = self.epoch;
+        self.stamp_slots();
+        let epoch = self.epoch();
         let chunk = self.chunks[ci as usize]
             .as_mut()
             .expect("free_place returns a live chunk");
@@ -452,6 +481,53 @@ impl<T> Table<T> {
         self.chunk_floor = self.chunk_floor.min(self.chunks.len());
     }
 
+    #[cfg(feature = "cuda")]
+    /// This table's identity in the process: tables made separately never share one.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    #[cfg(feature = "cuda")]
+    /// Places per chunk (a power of two): place `p` of the table is place
+    /// `p % per_chunk` of chunk `p / per_chunk`, the packed form a slot holds.
+    pub(crate) fn places_per_chunk(&self) -> u32 {
+        self.per_chunk
+    }
+
+    #[cfg(feature = "cuda")]
+    /// Chunk indices in use, vacant ones included: one more than the highest chunk.
+    pub(crate) fn chunk_indices(&self) -> usize {
+        self.chunks.len()
+    }
+
+    #[cfg(feature = "cuda")]
+    /// The epoch of the last change to chunk `ci`; `None` for a vacant index.
+    pub(crate) fn chunk_changed_epoch(&self, ci: usize) -> Option<u64> {
+        self.chunks.get(ci)?.as_ref().map(|c| c.dirty)
+    }
+
+    #[cfg(feature = "cuda")]
+    /// The first place of chunk `ci` (its places follow at `size_of::<T>()` strides);
+    /// `None` for a vacant index. The pointer is for raw byte copies only: places that
+    /// hold no object may hold uninitialised bytes.
+    pub(crate) fn chunk_places_ptr(&self, ci: usize) -> Option<*const T> {
+        self.chunks
+            .get(ci)?
+            .as_ref()
+            .map(|c| c.place_ptr(0).cast_const())
+    }
+
+    #[cfg(feature = "cuda")]
+    /// As [`chunk_places_ptr`](Self::chunk_places_ptr), for writing every place of chunk
+    /// `ci` in place (device mirrors' downloads): stamps the chunk as changed. The caller
+    /// may write any bytes only where `T` accepts any bytes (`T: Pod`).
+    pub(crate) fn chunk_places_mut_ptr(&mut self, ci: usize) -> Option<*mut T> {
+        let epoch = self.epoch();
+        let c = self.chunks.get_mut(ci)?.as_mut()?;
+        c.dirty = epoch;
+        Some(c.place_ptr(0))
+    }
+
     /// The slot value of a place; `Error::TableFull` past 2^32 places.
     #[inline]
     pub(super) fn pack(&self, loc: Loc) -> Result<u32, Error> {
@@ -505,7 +581,7 @@ impl<T> Table<T> {
     #[inline]
     pub fn get_mut(&mut self, h: Handle<T>) -> Option<&mut T> {
         let loc = self.unpack(*self.slots.get(h)?);
-        let epoch = self.epoch;
+        let epoch = self.epoch();
         let chunk = self.chunks.get_mut(loc.chunk as usize)?.as_mut()?;
         chunk.dirty = epoch;
         // SAFETY: a live slot names an occupied place (module invariant).
@@ -578,7 +654,7 @@ impl<T> Table<T> {
                 return None;
             }
         }
-        let epoch = self.epoch;
+        let epoch = self.epoch();
         for loc in &locs {
             self.chunks[loc.chunk as usize].as_mut()?.dirty = epoch;
         }
@@ -609,7 +685,7 @@ impl<T> Table<T> {
                     .map(|p| (i, p + 1))
             })
             .unwrap_or((0, 0));
-        let epoch = self.epoch;
+        let epoch = self.epoch();
         let mut out = Vec::new();
         for value in values {
             if pos == per {
@@ -637,6 +713,7 @@ impl<T> Table<T> {
             };
             let h = self.slots.insert(place);
             self.note_slot_taken(h);
+            self.stamp_slots();
             let chunk = self.chunks[ci].as_mut().expect("made above");
             chunk.put(pos, value, h);
             chunk.dirty = epoch;
@@ -664,8 +741,9 @@ impl<T> Table<T> {
     pub fn remove(&mut self, h: Handle<T>) -> Option<T> {
         let place = self.slots.remove(h)?;
         self.free.push((h.index(), h.generation().wrapping_add(1)));
+        self.stamp_slots();
         let loc = self.unpack(place);
-        let epoch = self.epoch;
+        let epoch = self.epoch();
         let chunk = self.chunks[loc.chunk as usize]
             .as_mut()
             .expect("a live slot names a live chunk");
@@ -719,7 +797,7 @@ impl<T> Table<T> {
     /// Every live object, mutably, in storage order, without handles. Stamps every
     /// chunk as changed.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
-        let epoch = self.epoch;
+        let epoch = self.epoch();
         self.chunks.iter_mut().flatten().flat_map(move |c| {
             c.dirty = epoch;
             c.values_mut()
@@ -729,7 +807,7 @@ impl<T> Table<T> {
     /// Every live object with its handle, mutably, in storage order. Stamps every chunk
     /// as changed.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Handle<T>, &mut T)> + '_ {
-        let epoch = self.epoch;
+        let epoch = self.epoch();
         self.chunks.iter_mut().flatten().flat_map(move |c| {
             c.dirty = epoch;
             let c: &Chunk<T> = c;
@@ -764,7 +842,7 @@ impl<T> Table<T> {
     where
         T: Send + Sync,
     {
-        let epoch = self.epoch;
+        let epoch = self.epoch();
         self.chunks
             .par_iter_mut()
             .flatten()
@@ -797,6 +875,7 @@ impl<T> Table<T> {
         for (h, _) in self.slots.drain() {
             self.free.push((h.index(), h.generation().wrapping_add(1)));
         }
+        self.stamp_slots();
         self.non_full.clear();
         self.non_full_floor = 0;
         self.chunk_floor = 0;
@@ -1032,7 +1111,8 @@ impl<T> Table<T> {
         fill: u64,
         carried: &mut Vec<(T, Handle<T>)>,
     ) {
-        let epoch = self.epoch;
+        let epoch = self.epoch();
+        self.stamp_slots();
         // Both ends are checked before any object leaves its place (`put_word` checks its
         // end again, after the take, when a failure would strand the carried objects).
         let holes_free = self.chunks[holes.chunk].as_ref().is_some_and(|c| {
@@ -1196,7 +1276,7 @@ impl<T> Table<T> {
     /// Takes the object at `loc` out with its owner (its slot still names `loc` until
     /// `put_at` rewrites it).
     fn take_at(&mut self, loc: Loc) -> (T, Handle<T>) {
-        let epoch = self.epoch;
+        let epoch = self.epoch();
         let c = self.chunks[loc.chunk as usize]
             .as_mut()
             .expect("existing chunk");
@@ -1208,7 +1288,8 @@ impl<T> Table<T> {
     /// Puts `value` at the free place `loc` and points its owner's slot there.
     fn put_at(&mut self, loc: Loc, value: T, owner: Handle<T>) {
         let packed = self.pack(loc).expect("an existing chunk's place packs");
-        let epoch = self.epoch;
+        self.stamp_slots();
+        let epoch = self.epoch();
         let c = self.chunks[loc.chunk as usize]
             .as_mut()
             .expect("existing chunk");

@@ -1,0 +1,307 @@
+//! The driver's [`Target`]: a mirror's device buffers, and copies staged through two
+//! reused pinned host buffers.
+//!
+//! Uploads: queued ranges that are adjacent on the device are gathered into the current
+//! staging buffer (a host `memcpy` from chunk memory) and go up in one asynchronous copy
+//! when the buffer is full or the next range is not adjacent. The other buffer is filled
+//! meanwhile; before a buffer is filled again its previous copy must have finished (an
+//! event recorded after it). Downloads gather adjacent device ranges the same way: one
+//! copy into a staging buffer, then a `memcpy` out to each range's place in the table.
+//! Staging memory is allocated with flags 0 (not write-combined: the downloads read it).
+
+use cudarc::driver::{CudaEvent, PinnedHostSlice, sys};
+
+use super::device::{Device, driver_error};
+use super::device_pool::DeviceBuffer;
+use super::mirror::{Region, Target};
+use crate::error::Error;
+
+/// Bytes of each of the two staging buffers.
+const STAGE_BYTES: usize = 16 << 20;
+
+struct Stage {
+    host: PinnedHostSlice<u8>,
+    /// The start of `host`, taken once.
+    ptr: *mut u8,
+    /// Recorded after the last copy that reads or writes this buffer.
+    done: Option<CudaEvent>,
+}
+
+// SAFETY: `ptr` points into `host`, which cudarc marks Send and Sync; a stage is only
+// used through `&mut Buffers`.
+unsafe impl Send for Stage {}
+// SAFETY: as above.
+unsafe impl Sync for Stage {}
+
+/// A mirror's device buffers and staging buffers.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    storage: Option<DeviceBuffer>,
+    slots: Option<DeviceBuffer>,
+    stages: Vec<Stage>,
+}
+
+impl Buffers {
+    /// A target over these buffers on `device` (binding its context to this thread).
+    pub(crate) fn target<'a>(&'a mut self, device: &'a Device) -> Result<DriverTarget<'a>, Error> {
+        device
+            .context()
+            .bind_to_thread()
+            .map_err(|e| driver_error("cuCtxSetCurrent", e))?;
+        Ok(DriverTarget {
+            device,
+            buffers: self,
+            current: 0,
+            up: None,
+            down: None,
+            copies: 0,
+        })
+    }
+
+    pub(crate) fn buffer(&self, region: Region) -> Option<&DeviceBuffer> {
+        match region {
+            Region::Storage => self.storage.as_ref(),
+            Region::Slots => self.slots.as_ref(),
+        }
+    }
+
+    /// The device address of `region`'s buffer (0 while there is none).
+    pub(crate) fn address(&self, region: Region) -> u64 {
+        self.buffer(region).map_or(0, DeviceBuffer::address)
+    }
+
+    /// Bytes of `region`'s buffer.
+    pub(crate) fn capacity_of(&self, region: Region) -> u64 {
+        self.buffer(region).map_or(0, DeviceBuffer::len)
+    }
+}
+
+/// An upload being gathered in the current stage.
+struct UpRun {
+    address: u64,
+    len: usize,
+}
+
+/// A download being gathered: one device range, scattered to `pieces` afterwards.
+struct DownRun {
+    address: u64,
+    len: usize,
+    pieces: Vec<(*mut u8, usize)>,
+}
+
+/// The driver's target for one sync or pull.
+pub(crate) struct DriverTarget<'a> {
+    device: &'a Device,
+    buffers: &'a mut Buffers,
+    current: usize,
+    up: Option<UpRun>,
+    down: Option<DownRun>,
+    copies: u32,
+}
+
+impl DriverTarget<'_> {
+    fn stream(&self) -> sys::CUstream {
+        self.device.stream().cu_stream()
+    }
+
+    /// The current stage, allocated on first use and free of earlier copies.
+    fn stage(&mut self) -> Result<*mut u8, Error> {
+        while self.buffers.stages.len() < 2 {
+            // SAFETY: the pinned memory's contents are only read after a copy or a
+            // `memcpy` wrote them.
+            let mut host = unsafe {
+                self.device
+                    .context()
+                    .alloc_pinned_with_flags::<u8>(STAGE_BYTES, 0)
+            }
+            .map_err(|e| driver_error("cuMemHostAlloc", e))?;
+            let ptr = host
+                .as_mut_ptr()
+                .map_err(|e| driver_error("cuEventSynchronize", e))?;
+            self.buffers.stages.push(Stage {
+                host,
+                ptr,
+                done: None,
+            });
+        }
+        let stage = &mut self.buffers.stages[self.current];
+        if let Some(done) = stage.done.take() {
+            done.synchronize()
+                .map_err(|e| driver_error("cuEventSynchronize", e))?;
+        }
+        debug_assert_eq!(stage.host.len(), STAGE_BYTES);
+        Ok(stage.ptr)
+    }
+
+    /// Records an event after the copy just queued from or to the current stage, and
+    /// moves on to the other one.
+    fn rotate(&mut self) -> Result<(), Error> {
+        let done = self
+            .device
+            .stream()
+            .record_event(None)
+            .map_err(|e| driver_error("cuEventRecord", e))?;
+        self.buffers.stages[self.current].done = Some(done);
+        self.current ^= 1;
+        self.copies += 1;
+        Ok(())
+    }
+
+    fn flush_up(&mut self) -> Result<(), Error> {
+        let Some(run) = self.up.take() else {
+            return Ok(());
+        };
+        if run.len == 0 {
+            return Ok(());
+        }
+        let src = self.buffers.stages[self.current].ptr;
+        // SAFETY: the stage holds `run.len` bytes gathered for this run; the device range
+        // lies inside a buffer of this mirror (checked when queued); the stage is not
+        // written again before the event recorded in `rotate` completes.
+        unsafe { sys::cuMemcpyHtoDAsync_v2(run.address, src.cast(), run.len, self.stream()) }
+            .result()
+            .map_err(|e| driver_error("cuMemcpyHtoDAsync", e))?;
+        self.rotate()
+    }
+
+    fn flush_down(&mut self) -> Result<(), Error> {
+        let Some(run) = self.down.take() else {
+            return Ok(());
+        };
+        let stage = self.stage()?;
+        // SAFETY: the stage holds STAGE_BYTES >= run.len bytes and no copy uses it (just
+        // waited); the device range lies inside a buffer of this mirror.
+        unsafe { sys::cuMemcpyDtoHAsync_v2(stage.cast(), run.address, run.len, self.stream()) }
+            .result()
+            .map_err(|e| driver_error("cuMemcpyDtoHAsync", e))?;
+        self.device.synchronize()?;
+        let mut at = 0;
+        for (dst, len) in run.pieces {
+            // SAFETY: the copy above finished; `dst` is writable for `len` bytes (the
+            // `get` contract) and does not overlap the pinned stage.
+            unsafe { std::ptr::copy_nonoverlapping(stage.add(at), dst, len) };
+            at += len;
+        }
+        self.copies += 1;
+        Ok(())
+    }
+
+    fn device_range(&self, region: Region, offset: u64, len: usize) -> Result<u64, Error> {
+        let buffer = self.buffers.buffer(region).ok_or_else(|| {
+            Error::invalid_argument("offset", "the mirror has no device buffer for this yet")
+        })?;
+        buffer.check_range(offset, len)?;
+        Ok(buffer.address() + offset)
+    }
+}
+
+impl Target for DriverTarget<'_> {
+    fn capacity(&self, region: Region) -> u64 {
+        self.buffers.capacity_of(region)
+    }
+
+    fn grow(&mut self, region: Region, bytes: u64) -> Result<(), Error> {
+        self.flush_up()?;
+        self.flush_down()?;
+        let fresh = self.device.pool().allocate(bytes)?;
+        let slot = match region {
+            Region::Storage => &mut self.buffers.storage,
+            Region::Slots => &mut self.buffers.slots,
+        };
+        if let Some(old) = slot.as_ref() {
+            let keep = old.len().min(fresh.len()) as usize;
+            // SAFETY: both ranges lie in live buffers of this mirror's pool; the copy is
+            // queued on the device's stream, before any later use of either range (the
+            // old block is reused only by work queued after it on the same stream).
+            unsafe {
+                sys::cuMemcpyDtoDAsync_v2(
+                    fresh.address(),
+                    old.address(),
+                    keep,
+                    self.device.stream().cu_stream(),
+                )
+            }
+            .result()
+            .map_err(|e| driver_error("cuMemcpyDtoDAsync", e))?;
+        }
+        *slot = Some(fresh);
+        Ok(())
+    }
+
+    unsafe fn put(
+        &mut self,
+        region: Region,
+        offset: u64,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), Error> {
+        self.flush_down()?;
+        let mut address = self.device_range(region, offset, len)?;
+        let (mut src, mut len) = (src, len);
+        while len > 0 {
+            let appendable = self
+                .up
+                .as_ref()
+                .is_some_and(|r| r.address + r.len as u64 == address && r.len < STAGE_BYTES);
+            if !appendable {
+                self.flush_up()?;
+                self.stage()?;
+                self.up = Some(UpRun { address, len: 0 });
+            }
+            let stage = self.buffers.stages[self.current].ptr;
+            let run = self.up.as_mut().expect("started above");
+            let n = len.min(STAGE_BYTES - run.len);
+            // SAFETY: `src` is readable for `len >= n` bytes (the `put` contract); the
+            // stage has room for `n` more bytes and no copy reads it (waited in `stage`).
+            unsafe { std::ptr::copy_nonoverlapping(src, stage.add(run.len), n) };
+            run.len += n;
+            address += n as u64;
+            // SAFETY: `n <= len`, so this stays within the caller's range.
+            src = unsafe { src.add(n) };
+            len -= n;
+        }
+        Ok(())
+    }
+
+    unsafe fn get(
+        &mut self,
+        region: Region,
+        offset: u64,
+        dst: *mut u8,
+        len: usize,
+    ) -> Result<(), Error> {
+        self.flush_up()?;
+        let mut address = self.device_range(region, offset, len)?;
+        let (mut dst, mut len) = (dst, len);
+        while len > 0 {
+            let appendable = self
+                .down
+                .as_ref()
+                .is_some_and(|r| r.address + r.len as u64 == address && r.len < STAGE_BYTES);
+            if !appendable {
+                self.flush_down()?;
+                self.down = Some(DownRun {
+                    address,
+                    len: 0,
+                    pieces: Vec::new(),
+                });
+            }
+            let run = self.down.as_mut().expect("started above");
+            let n = len.min(STAGE_BYTES - run.len);
+            run.pieces.push((dst, n));
+            run.len += n;
+            address += n as u64;
+            // SAFETY: `n <= len`, so this stays within the caller's range.
+            dst = unsafe { dst.add(n) };
+            len -= n;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<u32, Error> {
+        self.flush_up()?;
+        self.flush_down()?;
+        self.device.synchronize()?;
+        Ok(std::mem::take(&mut self.copies))
+    }
+}

@@ -1,0 +1,215 @@
+//! Device mirrors on a real GPU. Without a CUDA driver (or without a device) every GPU
+//! test prints `skipped: <reason>` and passes; one test checks that opening a device then
+//! is `Error::CudaUnavailable`, not a panic. The sync logic itself is tested against
+//! host memory in the crate's unit tests (`cuda::mirror::tests`), everywhere.
+#![cfg(feature = "cuda")]
+
+use bytemuck::{Pod, Zeroable};
+use neurostore::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+use neurostore::cuda::{Device, DevicePoolConfig, resolve_place};
+use neurostore::table::{Table, default_pool};
+use neurostore::{Error, Handle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+struct Particle {
+    id: u64,
+    x: f32,
+    y: f32,
+}
+
+/// The GPU, or `None` after printing why the test is skipped.
+fn gpu() -> Option<Device> {
+    match Device::open(0) {
+        Ok(d) => Some(d),
+        Err(Error::CudaUnavailable { reason }) => {
+            println!("skipped: {reason}");
+            None
+        }
+        Err(e) => panic!("opening device 0 failed on a machine with CUDA: {e}"),
+    }
+}
+
+#[test]
+fn without_a_driver_opening_a_device_is_cuda_unavailable() {
+    match neurostore::cuda::probe() {
+        Err(Error::CudaUnavailable { reason }) => {
+            assert!(!reason.is_empty());
+            match Device::open(0) {
+                Err(Error::CudaUnavailable { reason: again }) => assert_eq!(again, reason),
+                other => panic!("expected CudaUnavailable, got {other:?}"),
+            }
+            assert!(matches!(
+                Device::count(),
+                Err(Error::CudaUnavailable { .. })
+            ));
+        }
+        Err(other) => panic!("probe returned {other:?}"),
+        Ok(()) => println!("skipped: CUDA is present here; checked by the GPU tests"),
+    }
+    // Either way an ordinal no machine has is refused without a panic.
+    assert!(matches!(
+        Device::open(1 << 20),
+        Err(Error::CudaUnavailable { .. })
+    ));
+}
+
+#[test]
+fn a_bad_pool_config_is_refused_before_any_driver_call() {
+    let config = DevicePoolConfig {
+        arena_bytes: 1000,
+        ..DevicePoolConfig::default()
+    };
+    assert!(matches!(
+        Device::open_with(0, config),
+        Err(Error::InvalidArgument {
+            name: "arena_bytes",
+            ..
+        })
+    ));
+}
+
+/// A table of particles in small chunks (many chunks), mutated at random: inserts,
+/// removals, edits, a defragmentation.
+fn churned_table(rng: &mut StdRng) -> (Table<Particle>, Vec<Handle<Particle>>) {
+    let mut t: Table<Particle> = Table::with_pool_and_chunk_bytes(default_pool(), 4096);
+    let mut issued: Vec<Handle<Particle>> = (0..20_000)
+        .map(|i| {
+            t.insert(Particle {
+                id: i,
+                x: i as f32,
+                y: 0.0,
+            })
+        })
+        .collect();
+    for _ in 0..8000 {
+        let h = issued[rng.random_range(0..issued.len())];
+        match rng.random_range(0..3) {
+            0 => {
+                t.remove(h);
+            }
+            1 => {
+                if let Some(p) = t.get_mut(h) {
+                    p.y += 1.0;
+                }
+            }
+            _ => issued.push(t.insert(Particle {
+                id: rng.random(),
+                x: -1.0,
+                y: 2.0,
+            })),
+        }
+    }
+    (t, issued)
+}
+
+fn assert_device_equals_host(
+    mirror: &neurostore::cuda::DeviceMirror<Particle>,
+    t: &Table<Particle>,
+    issued: &[Handle<Particle>],
+) {
+    for h in issued {
+        assert_eq!(
+            mirror.read_object(*h).unwrap(),
+            t.get(*h).copied(),
+            "{h:?} on the device"
+        );
+    }
+}
+
+#[test]
+fn after_random_mutations_and_a_defragmentation_sync_makes_the_device_equal_the_host() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(7);
+    let (mut t, issued) = churned_table(&mut rng);
+    let mut mirror = t.mirror(&gpu).unwrap();
+    assert_device_equals_host(&mirror, &t, &issued);
+    t.defragment();
+    let report = mirror.sync(&t).unwrap();
+    assert!(report.slot_bytes > 0, "moves change the slot table");
+    assert_device_equals_host(&mirror, &t, &issued);
+    let image = mirror.read_slots().unwrap();
+    for h in &issued {
+        assert_eq!(resolve_place(&image, h.to_bits()).is_some(), t.contains(*h));
+    }
+}
+
+#[test]
+fn an_incremental_sync_uploads_exactly_the_dirty_chunks() {
+    let Some(gpu) = gpu() else { return };
+    let mut t: Table<Particle> = Table::with_pool_and_chunk_bytes(default_pool(), 4096);
+    let hs: Vec<Handle<Particle>> = (0..25_600)
+        .map(|i| {
+            t.insert(Particle {
+                id: i,
+                x: 0.0,
+                y: 0.0,
+            })
+        })
+        .collect(); // 256 objects per chunk: 100 chunks
+    let mut mirror = t.mirror(&gpu).unwrap();
+    assert_eq!(mirror.sync(&t).unwrap().bytes_up, 0);
+    // Chunks 10, 11, 12 (one copy) and 50 (another).
+    for i in [2600, 2900, 3100, 12_800] {
+        t.get_mut(hs[i]).unwrap().x = 1.0;
+    }
+    let r = mirror.sync(&t).unwrap();
+    assert_eq!((r.chunks, r.copies, r.slot_bytes), (4, 2, 0));
+    assert_eq!(r.bytes_up, 4 * 4096);
+    assert_device_equals_host(&mirror, &t, &hs);
+}
+
+const RESOLVE: &str = r#"
+extern "C" __global__ void resolve_many(ns_table t, const unsigned long long* handles,
+                                        unsigned int* places, unsigned int n) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned int place;
+    places[i] = ns_resolve_place(t, handles[i], &place) ? place : 0xffffffffu;
+    Particle_like* p = (Particle_like*)ns_resolve(t, handles[i]);
+    if (p) p->y += 1.0f;
+}
+"#;
+
+#[test]
+fn device_side_resolution_agrees_with_the_host() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(11);
+    let (mut t, mut issued) = churned_table(&mut rng);
+    issued.extend([
+        Handle::null(),
+        Handle::from_bits(0),
+        Handle::from_bits(u64::MAX),
+    ]);
+    let mut mirror = t.mirror(&gpu).unwrap();
+    let source =
+        format!("struct Particle_like {{ unsigned long long id; float x; float y; }};\n{RESOLVE}");
+    let module = gpu.compile("resolve", &source).unwrap();
+    let f = module.load_function("resolve_many").unwrap();
+    let stream = gpu.stream();
+    let bits: Vec<u64> = issued.iter().map(|h| h.to_bits()).collect();
+    let handles = stream.clone_htod(&bits).unwrap();
+    let mut places = stream.alloc_zeros::<u32>(bits.len()).unwrap();
+    let view = mirror.view();
+    let n = bits.len() as u32;
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&view).arg(&handles).arg(&mut places).arg(&n);
+    // SAFETY: the kernel's parameters are (ns_table, const u64*, u32*, u32), as pushed;
+    // it writes `places[..n]` and the objects the mirror's view names.
+    unsafe { launch.launch(LaunchConfig::for_num_elems(n)) }.unwrap();
+    let places = stream.clone_dtoh(&places).unwrap();
+    let before: Vec<Option<Particle>> = issued.iter().map(|h| t.get(*h).copied()).collect();
+    mirror.pull(&mut t).unwrap();
+    for (k, h) in issued.iter().enumerate() {
+        let host = t.get(*h).copied();
+        match before[k] {
+            Some(p) => {
+                assert_ne!(places[k], u32::MAX, "{h:?} resolves on the host");
+                assert_eq!(host.unwrap().y, p.y + 1.0, "the kernel wrote {h:?}");
+            }
+            None => assert_eq!(places[k], u32::MAX, "{h:?} is stale on the host"),
+        }
+    }
+}
