@@ -7,18 +7,22 @@
 //! - incremental: 1 % of the chunks changed (every hundredth), then `sync`, vs the same
 //!   number of chunk-sized pinned copies.
 //!
-//! Without a CUDA driver or device it prints `skipped: <reason>` and exits 0. Each figure
-//! is the best of `NEUROSTORE_CUDA_BENCH_ROUNDS` rounds (default 5).
-//! `NEUROSTORE_CUDA_BENCH_OBJECTS` overrides the object count. The GPU neural step is
-//! not implemented yet, so its time is not reported.
+//! - the neural step: `GpuNetwork::step` beside `NeuralGraph::step` (rayon, every core)
+//!   on the same random network of 20k neurons with 500 synapses each, after a warm-up,
+//!   each checked to give the same spikes.
+//!
+//! Without a CUDA driver or device it prints `skipped: <reason>` and exits 0. Each
+//! transfer figure is the best of `NEUROSTORE_CUDA_BENCH_ROUNDS` rounds (default 5).
+//! `NEUROSTORE_CUDA_BENCH_OBJECTS` overrides the object count.
 
 #[cfg(feature = "cuda")]
 mod bench {
     use std::time::{Duration, Instant};
 
     use bytemuck::{Pod, Zeroable};
-    use neurostore::cuda::Device;
     use neurostore::cuda::cudarc::driver::CudaSlice;
+    use neurostore::cuda::{Device, GpuNetwork};
+    use neurostore::neural::{NeuralGraph, NeuronParams};
     use neurostore::table::Table;
     use neurostore::{Error, Handle};
 
@@ -161,7 +165,83 @@ mod bench {
             pulled.duration.as_secs_f64() * 1e3,
             gbps(pulled.bytes_down, pulled.duration)
         );
-        println!("  GPU neural step: not implemented yet");
+        drop(mirror);
+        drop(table);
+        step(&gpu)
+    }
+
+    /// A random recurrent network of `n` neurons with `k` synapses each (seeded).
+    fn network(n: usize, k: usize) -> Result<NeuralGraph, Error> {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut graph = NeuralGraph::new();
+        let ns = graph.add_neurons(n, &NeuronParams::default())?;
+        for &id in &ns {
+            let cell = graph.neuron_mut(id).expect("live");
+            cell.v_m = -70.0 + (next() % 140) as f32 / 10.0;
+            cell.i_e = 360.0 + (next() % 60) as f32;
+        }
+        graph.reserve_synapse_table(n * k)?;
+        for &pre in &ns {
+            for _ in 0..k {
+                let post = ns[(next() % n as u64) as usize];
+                let w = if next() % 5 == 0 { -160.0 } else { 12.0 };
+                let d = (1 + next() % 30) as f32 / 10.0;
+                graph.connect(pre, post, w, d)?;
+            }
+        }
+        graph.optimize_layout()?;
+        Ok(graph)
+    }
+
+    fn step(gpu: &Device) -> Result<(), Error> {
+        const NEURONS: usize = 20_000;
+        const PER_NEURON: usize = 500;
+        const WARM: usize = 100;
+        const STEPS: usize = 500;
+        let t = Instant::now();
+        let mut cpu = network(NEURONS, PER_NEURON)?;
+        let mut on_gpu = network(NEURONS, PER_NEURON)?;
+        let built = t.elapsed();
+        let mut net = GpuNetwork::new(&mut on_gpu, gpu, 0.1)?;
+        let (mut cpu_time, mut gpu_time, mut spikes) = (Duration::ZERO, Duration::ZERO, 0);
+        for k in 0..WARM + STEPS {
+            let t = Instant::now();
+            let expected = cpu.step(0.1)?.to_vec();
+            let c = t.elapsed();
+            let t = Instant::now();
+            let got = net.step()?;
+            let g = t.elapsed();
+            if got != &expected[..] {
+                return Err(Error::Cuda {
+                    operation: "bench",
+                    message: format!("the GPU step's spikes differ from the CPU's in step {k}"),
+                });
+            }
+            if k >= WARM {
+                cpu_time += c;
+                gpu_time += g;
+                spikes += expected.len();
+            }
+        }
+        let per = |d: Duration| d.as_secs_f64() * 1e3 / STEPS as f64;
+        println!(
+            "  neural step      {NEURONS} neurons x {PER_NEURON} synapses (built in {:.1} s), \
+             {spikes} spikes in {STEPS} steps, same spikes on both",
+            built.as_secs_f64()
+        );
+        println!(
+            "    GPU step {:>8.3} ms    CPU step ({} threads) {:>8.3} ms    CPU / GPU {:.1}x",
+            per(gpu_time),
+            rayon::current_num_threads(),
+            per(cpu_time),
+            cpu_time.as_secs_f64() / gpu_time.as_secs_f64()
+        );
         Ok(())
     }
 }

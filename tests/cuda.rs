@@ -213,3 +213,60 @@ fn device_side_resolution_agrees_with_the_host() {
         }
     }
 }
+
+/// A recurrent network of `n` LIF neurons, each sending `k` synapses to random targets
+/// (a fifth inhibitory), with weights of many significant bits and delays of 0.1 to 3 ms;
+/// the same network for the same seed.
+fn random_network(seed: u64, n: usize, k: usize) -> neurostore::NeuralGraph {
+    use neurostore::neural::NeuronParams;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut graph = neurostore::NeuralGraph::new();
+    let ns = graph.add_neurons(n, &NeuronParams::default()).unwrap();
+    for &id in &ns {
+        let cell = graph.neuron_mut(id).unwrap();
+        cell.v_m = rng.random_range(-70.0..-56.0);
+        cell.i_e = rng.random_range(360.0..420.0);
+    }
+    for &pre in &ns {
+        for _ in 0..k {
+            let post = ns[rng.random_range(0..n)];
+            let w = if rng.random_range(0..5) == 0 {
+                rng.random_range(-190.0..-150.0)
+            } else {
+                rng.random_range(30.0..60.0)
+            };
+            let d = rng.random_range(1..=30) as f32 / 10.0;
+            graph.connect(pre, post, w, d).unwrap();
+        }
+    }
+    graph
+}
+
+#[test]
+fn the_gpu_step_gives_the_cpu_steps_spikes_and_potentials() {
+    let Some(gpu) = gpu() else { return };
+    let mut cpu = random_network(21, 10_000, 100);
+    let mut on_gpu = random_network(21, 10_000, 100);
+    let mut net = neurostore::cuda::GpuNetwork::new(&mut on_gpu, &gpu, 0.1).unwrap();
+    let mut spikes = 0;
+    for step in 0..1000 {
+        let expected = cpu.step(0.1).unwrap().to_vec();
+        let got = net.step().unwrap().to_vec();
+        assert_eq!(got, expected, "step {step}");
+        spikes += got.len();
+    }
+    assert!(spikes > 1000, "the network is active ({spikes} spikes)");
+    net.pull_neurons(&mut on_gpu).unwrap();
+    for (h, n) in cpu.neurons().iter() {
+        let g = on_gpu.neuron(h).unwrap();
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0);
+        assert!(close(n.v_m, g.v_m), "{h:?}: {} vs {}", n.v_m, g.v_m);
+        assert!(
+            close(n.i_syn_ex, g.i_syn_ex) && close(n.i_syn_in, g.i_syn_in),
+            "{h:?}"
+        );
+        assert_eq!(n.last_spike_step, g.last_spike_step, "{h:?}");
+        // The device sums in the CPU's order without fused multiply-adds: bit for bit.
+        assert_eq!(bytemuck::bytes_of(n), bytemuck::bytes_of(g), "{h:?}");
+    }
+}

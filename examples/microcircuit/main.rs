@@ -188,12 +188,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config.seed,
         rayon::current_num_threads()
     );
-    if args.gpu {
-        println!(
-            "--gpu: this build has no CUDA device mirrors yet (the `cuda` feature is still \
-             to come), so the step runs on the CPU"
-        );
-    }
+    let gpu = if args.gpu { open_gpu() } else { None };
 
     // Build.
     let building = bar(0, "     build [{bar:40}] {pos}/{len} synapses ({per_sec})");
@@ -216,7 +211,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         0,
         "  simulate [{bar:40}] {pos}/{len} steps ({per_sec}, eta {eta})",
     );
-    let (record, sim) = model::simulate(&mut network, config, &mut |p| {
+    let (record, sim) = model::simulate_with(&mut network, config, gpu.as_ref(), &mut |p| {
         simulating.set_length(p.total);
         simulating.set_position(p.steps);
     })?;
@@ -413,4 +408,24 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("wrote {}", raster.display());
     println!("wrote {}", rates_png.display());
     Ok(())
+}
+
+/// The GPU for `--gpu`, or `None` (the step then runs on the CPU) after saying why.
+fn open_gpu() -> Option<model::Gpu> {
+    #[cfg(feature = "cuda")]
+    match neurostore::cuda::Device::open(0) {
+        Ok(d) => {
+            println!("--gpu: the step runs on {} (device mirrors)", d.name());
+            Some(d)
+        }
+        Err(e) => {
+            println!("--gpu: {e}; the step runs on the CPU");
+            None
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        println!("--gpu: this build has no `cuda` feature; the step runs on the CPU");
+        None
+    }
 }

@@ -415,31 +415,65 @@ pub struct SimulationProgress {
     pub total: u64,
 }
 
-/// Simulates the transient, then the measured window, recording its spikes. `progress`
-/// is called every 100 steps and at the end.
+/// A GPU to run the step on: a CUDA device with the `cuda` feature; without it there is
+/// none (the type has no value).
+#[cfg(feature = "cuda")]
+pub type Gpu = neurostore::cuda::Device;
+/// A GPU to run the step on: without the `cuda` feature there is none.
+#[cfg(not(feature = "cuda"))]
+pub enum Gpu {}
+
+/// Simulates the transient, then the measured window, recording its spikes, on the CPU.
+/// `progress` is called every 100 steps and at the end.
 pub fn simulate(
     network: &mut Network,
     config: &Config,
+    progress: &mut dyn FnMut(SimulationProgress),
+) -> Result<(SpikeRecord, SimulationReport), Error> {
+    simulate_with(network, config, None, progress)
+}
+
+/// As [`simulate`], with the step on `gpu` when one is given (`GpuNetwork`: the same
+/// spikes as the CPU step); the neurons' final state is then pulled back into the graph.
+pub fn simulate_with(
+    network: &mut Network,
+    config: &Config,
+    gpu: Option<&Gpu>,
     progress: &mut dyn FnMut(SimulationProgress),
 ) -> Result<(SpikeRecord, SimulationReport), Error> {
     let transient_steps = (config.transient_ms / DT_MS).round() as u64;
     let measured_steps = (config.time_ms / DT_MS).round() as u64;
     let total = transient_steps + measured_steps;
     let graph = &mut network.graph;
+    #[cfg(feature = "cuda")]
+    let mut on_device = gpu
+        .map(|d| neurostore::cuda::GpuNetwork::new(graph, d, DT_MS))
+        .transpose()?;
+    #[cfg(not(feature = "cuda"))]
+    let _ = gpu;
     let mut report = SimulationReport::default();
     let mut record = SpikeRecord {
         spikes: Vec::new(),
         time_ms: measured_steps as f64 * DT_MS,
     };
+    let mut fired = Vec::new();
     let started = Instant::now();
     for k in 0..total {
         if k == transient_steps {
             report.transient_wall = started.elapsed();
         }
-        graph.step(DT_MS)?;
+        fired.clear();
+        #[cfg(feature = "cuda")]
+        if let Some(net) = on_device.as_mut() {
+            fired.extend_from_slice(net.step()?);
+        } else {
+            fired.extend_from_slice(graph.step(DT_MS)?);
+        }
+        #[cfg(not(feature = "cuda"))]
+        fired.extend_from_slice(graph.step(DT_MS)?);
         if k >= transient_steps {
             let t = ((k - transient_steps) as f64 * DT_MS) as f32;
-            for &n in graph.last_spikes() {
+            for &n in &fired {
                 let population = graph.neuron(n).map_or(0, |x| x.population) as u8;
                 report.events += graph.outgoing(n).map_or(0, |o| o.len()) as u64;
                 record.spikes.push((t, population, n));
@@ -457,6 +491,10 @@ pub fn simulate(
     }
     report.measured_wall = started.elapsed() - report.transient_wall;
     report.spikes = record.spikes.len() as u64;
+    #[cfg(feature = "cuda")]
+    if let Some(mut net) = on_device {
+        net.pull_neurons(graph)?;
+    }
     Ok((record, report))
 }
 

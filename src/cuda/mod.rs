@@ -30,12 +30,14 @@
 mod device;
 mod device_pool;
 mod mirror;
+mod neural;
 mod slots;
 mod staging;
 
 pub use device::{Device, probe};
 pub use device_pool::{DeviceBuffer, DevicePool, DevicePoolConfig, DevicePoolStats};
 pub use mirror::{DeviceMirror, MirrorView, PullReport, SyncReport};
+pub use neural::GpuNetwork;
 pub use slots::{DeviceSlot, HEADER, resolve_place};
 
 /// cudarc, as this crate uses it (for launching kernels on [`Device::stream`]).

@@ -56,7 +56,7 @@ fn table_of_mut<T: Send + Sync + 'static>(store: &mut Store) -> &mut Table<T> {
 }
 
 /// A delay in milliseconds as whole steps of `dt`: rounded to nearest, at least one.
-fn delay_steps(delay_ms: f32, dt: f64) -> u64 {
+pub(crate) fn delay_steps(delay_ms: f32, dt: f64) -> u64 {
     let steps = (f64::from(delay_ms) / dt).round();
     if steps >= 1.0 {
         // Saturating for absurd ratios; the ring's size check refuses those first.
@@ -210,7 +210,7 @@ impl NeuralGraph {
         table_of(&self.store)
     }
 
-    fn neurons_table_mut(&mut self) -> &mut Table<Neuron> {
+    pub(crate) fn neurons_table_mut(&mut self) -> &mut Table<Neuron> {
         table_of_mut(&mut self.store)
     }
 
@@ -727,6 +727,43 @@ impl NeuralGraph {
         Ok(&self.spikes)
     }
 
+    /// For a device copy of the step: shapes the ring for steps of `dt` (as `step`
+    /// would) and returns the input already in flight, row `k` for step
+    /// `current_step() + k`, `columns` values a row (columns past the ring's get none).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn input_in_flight(
+        &mut self,
+        dt: f64,
+        columns: usize,
+    ) -> Result<InputInFlight, Error> {
+        check_dt(dt)?;
+        self.shape_ring(dt)?;
+        let rows = self.ring.slots();
+        let mut ex = vec![0.0; rows * columns];
+        let mut inh = vec![0.0; rows * columns];
+        for k in 0..rows {
+            let (row_ex, row_in) = self.ring.slot(self.step + k as u64);
+            let n = columns.min(row_ex.len());
+            ex[k * columns..k * columns + n].copy_from_slice(&row_ex[..n]);
+            inh[k * columns..k * columns + n].copy_from_slice(&row_in[..n]);
+        }
+        Ok(InputInFlight { rows, ex, inh })
+    }
+
+    /// Whether `step` walks `n`'s outgoing synapses as a run of storage (after
+    /// [`optimize_layout`](Self::optimize_layout), in storage order) rather than through
+    /// its outgoing list (in list order): the order its spikes' inputs are summed in.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn walks_storage_range(&self, n: NeuronId) -> bool {
+        self.layout
+            .as_ref()
+            .filter(|l| l.version == self.synapses().layout_version())
+            .and_then(|l| l.ranges.get(n.index() as usize))
+            .copied()
+            .flatten()
+            .is_some()
+    }
+
     /// Makes the ring span the longest delay in steps of `dt` and hold every neuron column,
     /// re-timing pending input when `dt` changed.
     fn shape_ring(&mut self, dt: f64) -> Result<(), Error> {
@@ -891,6 +928,16 @@ impl NeuralGraph {
         }
         events
     }
+}
+
+/// Input in flight when a device copy of the step takes over: `rows` rows of
+/// excitatory and inhibitory input (see [`NeuralGraph::input_in_flight`]).
+#[cfg(feature = "cuda")]
+pub(crate) struct InputInFlight {
+    /// Steps the ring spans: the longest delay in steps, plus one, at least.
+    pub(crate) rows: usize,
+    pub(crate) ex: Vec<f32>,
+    pub(crate) inh: Vec<f32>,
 }
 
 /// The bytes a [`NeuralGraph`] holds, from [`NeuralGraph::memory`].

@@ -13,13 +13,13 @@ use super::types::Neuron;
 /// The constants of one step of length `h` for one set of neuron parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Propagators {
-    p22: f32,
-    p20: f32,
-    p21_ex: f32,
-    p21_in: f32,
-    p11_ex: f32,
-    p11_in: f32,
-    refractory_steps: u32,
+    pub(crate) p22: f32,
+    pub(crate) p20: f32,
+    pub(crate) p21_ex: f32,
+    pub(crate) p21_in: f32,
+    pub(crate) p11_ex: f32,
+    pub(crate) p11_in: f32,
+    pub(crate) refractory_steps: u32,
 }
 
 /// `V(h)` (relative to rest) after a step of `h` of a current `I(0) = 1` that decays with

@@ -37,8 +37,8 @@
 //! # Ok::<(), neurostore::Error>(())
 //! ```
 
-mod graph;
-mod lif;
+pub(crate) mod graph;
+pub(crate) mod lif;
 mod ring;
 mod types;
 
