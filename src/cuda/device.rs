@@ -4,7 +4,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError, sys};
-use cudarc::nvrtc::{CompileError, CompileOptions};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 use super::device_pool::{DevicePool, DevicePoolConfig};
 use crate::error::Error;
@@ -78,6 +78,34 @@ pub fn probe() -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// Compiles `source` with [`HEADER`](super::HEADER) prepended to PTX for `arch`
+/// (`compute_90`) with NVRTC, without fused multiply-adds: kernels that must agree with
+/// the CPU bit for bit round every multiply and add on their own.
+pub(crate) fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<Ptx, Error> {
+    if source.contains('\0') || name.contains('\0') {
+        return Err(Error::invalid_argument(
+            "source",
+            "CUDA source and names cannot hold NUL bytes",
+        ));
+    }
+    let options = CompileOptions {
+        name: Some(format!("{name}.cu")),
+        fmad: Some(false),
+        options: vec![format!("--gpu-architecture={arch}")],
+        ..CompileOptions::default()
+    };
+    let text = format!("{}\n{source}", super::HEADER);
+    guarded("NVRTC", || {
+        cudarc::nvrtc::compile_ptx_with_opts(text, options).map_err(|e| Error::Cuda {
+            operation: "NVRTC compile",
+            message: match e {
+                CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+                other => other.to_string(),
+            },
+        })
+    })
 }
 
 /// An opened GPU: its context and the stream every neurostore operation on it uses, and
@@ -203,36 +231,17 @@ impl Device {
     }
 
     /// Compiles CUDA C++ `source` for this device with NVRTC, [`HEADER`](super::HEADER)
-    /// prepended (so kernels can use `ns_table` and `ns_resolve`), and loads it. Kernels
+    /// prepended (so kernels can use `ns_table` and `ns_resolve`), and loads it. Fused
+    /// multiply-adds are off (`--fmad=false`), so that float arithmetic rounds as Rust's. Kernels
     /// are then found with `load_function("name")` and launched on
     /// [`stream`](Self::stream). A compile error is [`Error::Cuda`] with NVRTC's log.
     pub fn compile(&self, name: &str, source: &str) -> Result<Arc<CudaModule>, Error> {
-        if source.contains('\0') || name.contains('\0') {
-            return Err(Error::invalid_argument(
-                "source",
-                "CUDA source and names cannot hold NUL bytes",
-            ));
-        }
         let (major, minor) = self
             .inner
             .context
             .compute_capability()
             .map_err(|e| driver_error("cuDeviceGetAttribute", e))?;
-        let options = CompileOptions {
-            name: Some(format!("{name}.cu")),
-            options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
-            ..CompileOptions::default()
-        };
-        let text = format!("{}\n{source}", super::HEADER);
-        let ptx = guarded("NVRTC", || {
-            cudarc::nvrtc::compile_ptx_with_opts(text, options).map_err(|e| Error::Cuda {
-                operation: "NVRTC compile",
-                message: match e {
-                    CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
-                    other => other.to_string(),
-                },
-            })
-        })?;
+        let ptx = compile_ptx(name, source, &format!("compute_{major}{minor}"))?;
         self.inner
             .context
             .load_module(ptx)
@@ -248,5 +257,50 @@ impl Device {
     /// mirrors on it too, so that they are ordered with the copies.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.inner.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The crate's kernels compile with NVRTC wherever NVRTC can be loaded, with or
+    /// without a GPU (set `LD_LIBRARY_PATH` to a CUDA toolkit's or the
+    /// `nvidia-cuda-nvrtc` wheel's `lib` folder to run this without a driver).
+    #[test]
+    fn the_kernels_compile_with_nvrtc() {
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            println!("skipped: NVRTC cannot be loaded here");
+            return;
+        }
+        compile_ptx(
+            "neurostore_lif_step",
+            super::super::neural::STEP_KERNEL,
+            "compute_80",
+        )
+        .unwrap();
+        // The header's whole interface, as a user's kernel uses it.
+        let user = r#"
+            struct Cell { float v; float w; };
+            extern "C" __global__ void touch(ns_table t, const ns_u64* h, ns_u32* places, ns_u32 n) {
+                ns_u32 i = blockIdx.x * blockDim.x + threadIdx.x;
+                if (i >= n) return;
+                ns_u32 place;
+                places[i] = ns_resolve_place(t, h[i], &place) ? place : 0xffffffffu;
+                Cell* c = NS_RESOLVE(Cell, t, h[i]);
+                if (c) c->v += (float)ns_handle_generation(h[i]) + ns_handle_index(h[i]);
+            }
+        "#;
+        compile_ptx("user", user, "compute_80").unwrap();
+        let err = compile_ptx("broken", "this is not CUDA", "compute_80").unwrap_err();
+        assert!(
+            matches!(&err, Error::Cuda { operation: "NVRTC compile", message } if !message.is_empty()),
+            "{err:?}"
+        );
+        assert!(matches!(
+            compile_ptx("nul", "a\0b", "compute_80"),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 }

@@ -9,7 +9,10 @@
 //!   reused pinned staging buffers), [`pull`](DeviceMirror::pull) downloads what kernels
 //!   wrote.
 //! - [`HEADER`] (`include/neurostore.cuh`): `ns_resolve`, which resolves a handle on the
-//!   device exactly as `Table::get` does on the host ([`resolve_place`] is its host twin).
+//!   device exactly as `Table::get` does on the host ([`resolve_place`] is its host twin);
+//!   [`Device::compile`] prepends it to kernels compiled with NVRTC.
+//! - [`GpuNetwork`]: `NeuralGraph::step` on the device, over mirrored neuron and synapse
+//!   tables, with the CPU step's spikes and state bit for bit.
 //!
 //! Invariants kept here:
 //! - no entry point panics without a GPU: cudarc loads libcuda and NVRTC at run time and
@@ -21,11 +24,15 @@
 //!   host, to an object with the same bytes;
 //! - a sync moves only chunks stamped after the previous sync (the table's epoch
 //!   advances at each sync), and the slot table only when a slot changed since;
+//! - the device step adds each neuron's input in the order the CPU step does and rounds
+//!   every float operation as Rust does (no fused multiply-add), so it cannot drift;
 //! - unsafe code (raw copies between chunk memory, pinned memory and device memory) is
 //!   confined to this layer and the table's internals.
 //!
 //! Without a GPU, everything here still builds, and every entry point returns
-//! `CudaUnavailable`; the sync logic is tested against host memory.
+//! `CudaUnavailable`; the sync logic is tested against host memory, the step's algorithm
+//! on the CPU against `NeuralGraph::step`, and the kernels compile with NVRTC wherever it
+//! can be loaded.
 
 mod device;
 mod device_pool;
