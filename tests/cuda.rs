@@ -270,3 +270,29 @@ fn the_gpu_step_gives_the_cpu_steps_spikes_and_potentials() {
         assert_eq!(bytemuck::bytes_of(n), bytemuck::bytes_of(g), "{h:?}");
     }
 }
+
+#[test]
+fn the_device_pool_round_trips_bytes_and_counts_its_blocks() {
+    let Some(gpu) = gpu() else { return };
+    let pool = gpu.pool();
+    assert_eq!(pool.ordinal(), gpu.ordinal());
+    let before = pool.stats();
+    let data: Vec<u32> = (0..100_000).collect();
+    let small = pool.allocate(1000).unwrap();
+    let buffer = pool.allocate(400_000).unwrap();
+    assert_eq!(buffer.address() % 256, 0);
+    pool.upload(&buffer, 0, &data).unwrap();
+    let mut back = vec![0u32; data.len()];
+    pool.download(&buffer, 0, &mut back).unwrap();
+    assert_eq!(back, data);
+    // Out of range: refused, nothing copied.
+    assert!(matches!(
+        pool.upload(&buffer, 399_000, &data[..1000]),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let during = pool.stats();
+    assert_eq!(during.allocations, before.allocations + 2);
+    assert!(during.in_use_bytes >= before.in_use_bytes + 401_000);
+    drop((small, buffer));
+    assert_eq!(pool.stats().in_use_bytes, before.in_use_bytes);
+}

@@ -392,6 +392,16 @@ impl DevicePool {
         })
     }
 
+    /// The ordinal of the device this pool's memory is on.
+    pub fn ordinal(&self) -> usize {
+        self.shared.stream.context().ordinal()
+    }
+
+    /// The stream this pool's copies are queued on (the device's).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.shared.stream
+    }
+
     /// The pool's figures.
     pub fn stats(&self) -> DevicePoolStats {
         self.shared.arenas.lock().stats()
