@@ -29,7 +29,7 @@ pub struct Loc {
     pub pos: u32,
 }
 
-/// A fresh table identity (see [`Table::id`]).
+/// A fresh table identity: tables made separately never share one.
 fn next_table_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
