@@ -2,11 +2,12 @@
 //! reused pinned host buffers.
 //!
 //! Uploads: queued ranges that are adjacent on the device are gathered into the current
-//! staging buffer (a host `memcpy` from chunk memory) and go up in one asynchronous copy
-//! when the buffer is full or the next range is not adjacent. The other buffer is filled
+//! staging buffer (host `memcpy`s from chunk memory, split over rayon's threads, since
+//! one core copies slower than a PCIe link moves) and go up in one asynchronous copy when
+//! the buffer is full or the next range is not adjacent. The other buffer is filled
 //! meanwhile; before a buffer is filled again its previous copy must have finished (an
 //! event recorded after it). Downloads gather adjacent device ranges the same way: one
-//! copy into a staging buffer, then a `memcpy` out to each range's place in the table.
+//! copy into a staging buffer, then `memcpy`s out to each range's place in the table.
 //! Staging memory is allocated with flags 0 (not write-combined: the downloads read it).
 
 use cudarc::driver::{CudaEvent, PinnedHostSlice, sys};
@@ -18,6 +19,74 @@ use crate::error::Error;
 
 /// Bytes of each of the two staging buffers.
 const STAGE_BYTES: usize = 16 << 20;
+
+/// Bytes one worker copies at a time: gathers and scatters of more than this are split
+/// over rayon's threads, since one core's `memcpy` is slower than a PCIe link.
+const COPY_SPLIT: usize = 1 << 20;
+
+/// The copies `(from, to, len)` of moving `pieces` (address, length) to and from one
+/// contiguous range at `base`, in order, cut at most `COPY_SPLIT` long. `gathering`:
+/// the pieces are the sources and the range the destination; else the other way round.
+fn copy_plan(
+    pieces: &[(usize, usize)],
+    base: usize,
+    gathering: bool,
+) -> Vec<(usize, usize, usize)> {
+    let mut plan = Vec::with_capacity(pieces.len());
+    let mut at = base;
+    for &(address, len) in pieces {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(COPY_SPLIT);
+            let (piece, contiguous) = (address + done, at + done);
+            plan.push(if gathering {
+                (piece, contiguous, n)
+            } else {
+                (contiguous, piece, n)
+            });
+            done += n;
+        }
+        at += len;
+    }
+    plan
+}
+
+/// Runs the copies of a plan, in parallel when there is more than one to do.
+///
+/// # Safety
+/// Every `from .. from + len` is readable, every `to .. to + len` writable, and no
+/// destination overlaps another copy's source or destination.
+unsafe fn run_copies(plan: &[(usize, usize, usize)]) {
+    use rayon::prelude::*;
+    let copy = |&(from, to, len): &(usize, usize, usize)| {
+        // SAFETY: per this function's contract.
+        unsafe { std::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, len) }
+    };
+    if plan.len() > 1 {
+        plan.par_iter().for_each(copy);
+    } else {
+        plan.iter().for_each(copy);
+    }
+}
+
+/// Copies the `pieces` (address, length) back to back into `dst`.
+///
+/// # Safety
+/// Each piece is readable; `dst` is writable for their total length and overlaps none.
+pub(crate) unsafe fn gather(pieces: &[(usize, usize)], dst: *mut u8) {
+    // SAFETY: the plan's copies are the pieces and disjoint parts of `dst`.
+    unsafe { run_copies(&copy_plan(pieces, dst as usize, true)) }
+}
+
+/// Copies back-to-back bytes from `src` out to the `pieces` (address, length).
+///
+/// # Safety
+/// `src` is readable for the pieces' total length; each piece is writable, and no two
+/// pieces overlap each other or `src`.
+pub(crate) unsafe fn scatter(src: *const u8, pieces: &[(usize, usize)]) {
+    // SAFETY: the plan's copies are disjoint parts of `src` and the pieces.
+    unsafe { run_copies(&copy_plan(pieces, src as usize, false)) }
+}
 
 struct Stage {
     host: PinnedHostSlice<u8>,
@@ -76,17 +145,20 @@ impl Buffers {
     }
 }
 
-/// An upload being gathered in the current stage.
+/// An upload being gathered for the current stage: one device range, whose bytes come
+/// from `pieces` (host address, length), copied into the stage when it is flushed.
 struct UpRun {
     address: u64,
     len: usize,
+    pieces: Vec<(usize, usize)>,
 }
 
-/// A download being gathered: one device range, scattered to `pieces` afterwards.
+/// A download being gathered: one device range, scattered to `pieces` (host address,
+/// length) afterwards.
 struct DownRun {
     address: u64,
     len: usize,
-    pieces: Vec<(*mut u8, usize)>,
+    pieces: Vec<(usize, usize)>,
 }
 
 /// The driver's target for one sync or pull.
@@ -154,7 +226,10 @@ impl DriverTarget<'_> {
         if run.len == 0 {
             return Ok(());
         }
-        let src = self.buffers.stages[self.current].ptr;
+        let src = self.stage()?;
+        // SAFETY: the pieces are readable (the `put` contract: until `finish`) and add up
+        // to `run.len <= STAGE_BYTES` bytes; no copy uses the stage (waited in `stage`).
+        unsafe { gather(&run.pieces, src) };
         // SAFETY: the stage holds `run.len` bytes gathered for this run; the device range
         // lies inside a buffer of this mirror (checked when queued); the stage is not
         // written again before the event recorded in `rotate` completes.
@@ -175,13 +250,9 @@ impl DriverTarget<'_> {
             .result()
             .map_err(|e| driver_error("cuMemcpyDtoHAsync", e))?;
         self.device.synchronize()?;
-        let mut at = 0;
-        for (dst, len) in run.pieces {
-            // SAFETY: the copy above finished; `dst` is writable for `len` bytes (the
-            // `get` contract) and does not overlap the pinned stage.
-            unsafe { std::ptr::copy_nonoverlapping(stage.add(at), dst, len) };
-            at += len;
-        }
+        // SAFETY: the copy above finished, so the stage holds the run's bytes; each piece
+        // is writable (the `get` contract) and does not overlap the pinned stage.
+        unsafe { scatter(stage, &run.pieces) };
         self.copies += 1;
         Ok(())
     }
@@ -237,7 +308,7 @@ impl Target for DriverTarget<'_> {
     ) -> Result<(), Error> {
         self.flush_down()?;
         let mut address = self.device_range(region, offset, len)?;
-        let (mut src, mut len) = (src, len);
+        let (mut src, mut len) = (src as usize, len);
         while len > 0 {
             let appendable = self
                 .up
@@ -245,19 +316,18 @@ impl Target for DriverTarget<'_> {
                 .is_some_and(|r| r.address + r.len as u64 == address && r.len < STAGE_BYTES);
             if !appendable {
                 self.flush_up()?;
-                self.stage()?;
-                self.up = Some(UpRun { address, len: 0 });
+                self.up = Some(UpRun {
+                    address,
+                    len: 0,
+                    pieces: Vec::new(),
+                });
             }
-            let stage = self.buffers.stages[self.current].ptr;
             let run = self.up.as_mut().expect("started above");
             let n = len.min(STAGE_BYTES - run.len);
-            // SAFETY: `src` is readable for `len >= n` bytes (the `put` contract); the
-            // stage has room for `n` more bytes and no copy reads it (waited in `stage`).
-            unsafe { std::ptr::copy_nonoverlapping(src, stage.add(run.len), n) };
+            run.pieces.push((src, n));
             run.len += n;
             address += n as u64;
-            // SAFETY: `n <= len`, so this stays within the caller's range.
-            src = unsafe { src.add(n) };
+            src += n;
             len -= n;
         }
         Ok(())
@@ -272,7 +342,7 @@ impl Target for DriverTarget<'_> {
     ) -> Result<(), Error> {
         self.flush_up()?;
         let mut address = self.device_range(region, offset, len)?;
-        let (mut dst, mut len) = (dst, len);
+        let (mut dst, mut len) = (dst as usize, len);
         while len > 0 {
             let appendable = self
                 .down
@@ -291,8 +361,7 @@ impl Target for DriverTarget<'_> {
             run.pieces.push((dst, n));
             run.len += n;
             address += n as u64;
-            // SAFETY: `n <= len`, so this stays within the caller's range.
-            dst = unsafe { dst.add(n) };
+            dst += n;
             len -= n;
         }
         Ok(())
@@ -303,5 +372,48 @@ impl Target for DriverTarget<'_> {
         self.flush_down()?;
         self.device.synchronize()?;
         Ok(std::mem::take(&mut self.copies))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_and_scatter_move_every_piece_in_order() {
+        // Pieces of every size around the split, from and to separate host buffers.
+        let sizes = [
+            1usize,
+            7,
+            COPY_SPLIT - 1,
+            COPY_SPLIT,
+            COPY_SPLIT + 3,
+            2 * COPY_SPLIT + 5,
+            0,
+            64,
+        ];
+        let sources: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| (0..n).map(|i| (i * 31 + k * 7) as u8).collect())
+            .collect();
+        let pieces: Vec<(usize, usize)> = sources
+            .iter()
+            .map(|v| (v.as_ptr() as usize, v.len()))
+            .collect();
+        let total: usize = sizes.iter().sum();
+        let mut stage = vec![0u8; total];
+        // SAFETY: the sources are live and readable; the stage holds `total` bytes.
+        unsafe { gather(&pieces, stage.as_mut_ptr()) };
+        assert_eq!(stage, sources.concat());
+
+        let mut targets: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
+        let out: Vec<(usize, usize)> = targets
+            .iter_mut()
+            .map(|v| (v.as_mut_ptr() as usize, v.len()))
+            .collect();
+        // SAFETY: the stage holds `total` bytes; the targets are live, writable, disjoint.
+        unsafe { scatter(stage.as_ptr(), &out) };
+        assert_eq!(targets, sources);
     }
 }
