@@ -296,3 +296,13 @@ fn the_device_pool_round_trips_bytes_and_counts_its_blocks() {
     drop((small, buffer));
     assert_eq!(pool.stats().in_use_bytes, before.in_use_bytes);
 }
+
+#[test]
+fn the_device_types_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Device>();
+    send_sync::<neurostore::cuda::DevicePool>();
+    send_sync::<neurostore::cuda::DeviceBuffer>();
+    send_sync::<neurostore::cuda::DeviceMirror<Particle>>();
+    send_sync::<neurostore::cuda::GpuNetwork>();
+}
