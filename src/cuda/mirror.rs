@@ -353,7 +353,8 @@ impl<T: Pod> DeviceMirror<T> {
         self.state.pull(table, &mut target)
     }
 
-    /// The mirror as a kernel argument (the header's `ns_table`).
+    /// The mirror as a kernel argument (the header's `ns_table`). Take it again after
+    /// each sync: a table that grew gets larger device buffers at new addresses.
     pub fn view(&self) -> MirrorView {
         MirrorView {
             slots: self.buffers.address(Region::Slots),
