@@ -15,28 +15,18 @@
 //! transfer figure is the best of `NEUROSTORE_CUDA_BENCH_ROUNDS` rounds (default 5).
 //! `NEUROSTORE_CUDA_BENCH_OBJECTS` overrides the object count.
 
+mod common;
+
 #[cfg(feature = "cuda")]
 mod bench {
     use std::time::{Duration, Instant};
 
-    use bytemuck::{Pod, Zeroable};
+    use crate::common::Obj;
     use neurostore::cuda::cudarc::driver::CudaSlice;
     use neurostore::cuda::{Device, GpuNetwork};
     use neurostore::neural::{NeuralGraph, NeuronParams};
     use neurostore::table::Table;
     use neurostore::{Error, Handle};
-
-    #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-    struct Cell {
-        v_m: f32,
-        i_syn: f32,
-        v_th: f32,
-        tau: f32,
-        c_m: f32,
-        refractory: u32,
-        last_spike: u64,
-    }
 
     fn env(name: &str, default: usize) -> usize {
         std::env::var(name)
@@ -101,10 +91,10 @@ mod bench {
         let objects = env("NEUROSTORE_CUDA_BENCH_OBJECTS", 32 << 20);
         let rounds = env("NEUROSTORE_CUDA_BENCH_ROUNDS", 5).max(1);
         let t = Instant::now();
-        let mut table: Table<Cell> = Table::new();
-        let handles: Vec<Handle<Cell>> = table.insert_batch((0..objects).map(|i| Cell {
-            v_m: i as f32,
-            ..Cell::default()
+        let mut table: Table<Obj> = Table::new();
+        let handles: Vec<Handle<Obj>> = table.insert_batch((0..objects).map(|i| Obj {
+            id: i as u64,
+            ..Obj::default()
         }));
         println!(
             "cuda: {} on {}, {objects} objects of 32 B in {} chunks, built in {:.1} s",
@@ -139,7 +129,7 @@ mod bench {
         let mut report = None;
         let incremental = best(rounds, || {
             for h in handles.iter().step_by(per_chunk * 100) {
-                table.get_mut(*h).expect("live").refractory += 1;
+                table.get_mut(*h).expect("live").v += 1.0;
             }
             let r = mirror.sync(&table)?;
             let d = r.duration;

@@ -46,9 +46,9 @@ pub fn estimate(group: &str, id: &str) -> Option<f64> {
         .or_else(|| v["mean"]["point_estimate"].as_f64())
 }
 
-/// The 32-byte object of the table benches.
+/// The 32-byte object of the table and device benches.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Obj {
     pub v: f64,
     pub i: f64,

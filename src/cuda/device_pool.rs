@@ -415,25 +415,18 @@ impl DevicePool {
         src: &[T],
     ) -> Result<(), Error> {
         let bytes: &[u8] = bytemuck::cast_slice(src);
-        buffer.check_range(offset, bytes.len())?;
-        let stream = &self.shared.stream;
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| driver_error("cuCtxSetCurrent", e))?;
-        // SAFETY: the range lies inside the buffer (checked above), which this pool owns
-        // until it is dropped; `src` stays borrowed until the stream has finished.
-        unsafe {
-            cudarc::driver::result::memcpy_htod_async(
-                buffer.address() + offset,
-                bytes,
-                stream.cu_stream(),
-            )
-        }
-        .map_err(|e| driver_error("cuMemcpyHtoDAsync", e))?;
-        stream
-            .synchronize()
-            .map_err(|e| driver_error("cuStreamSynchronize", e))
+        self.copy(
+            buffer,
+            offset,
+            bytes.len(),
+            "cuMemcpyHtoDAsync",
+            |at, stream| {
+                // SAFETY: `copy` checked that the range lies inside the buffer, which this
+                // pool owns until it is dropped; `src` stays borrowed until the stream has
+                // finished (`copy` waits).
+                unsafe { cudarc::driver::result::memcpy_htod_async(at, bytes, stream) }
+            },
+        )
     }
 
     /// Copies from `buffer` at byte `offset` into `dst`, and waits until the copy is done.
@@ -444,21 +437,31 @@ impl DevicePool {
         dst: &mut [T],
     ) -> Result<(), Error> {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(dst);
-        buffer.check_range(offset, bytes.len())?;
+        let len = bytes.len();
+        self.copy(buffer, offset, len, "cuMemcpyDtoHAsync", |at, stream| {
+            // SAFETY: as in `upload`; `dst` stays borrowed until the stream has finished.
+            unsafe { cudarc::driver::result::memcpy_dtoh_async(bytes, at, stream) }
+        })
+    }
+
+    /// Checks that `len` bytes at `offset` fit `buffer`, makes the context current,
+    /// queues `op` with the range's device address on the stream, and waits for it.
+    fn copy(
+        &self,
+        buffer: &DeviceBuffer,
+        offset: u64,
+        len: usize,
+        operation: &'static str,
+        op: impl FnOnce(u64, sys::CUstream) -> Result<(), cudarc::driver::DriverError>,
+    ) -> Result<(), Error> {
+        buffer.check_range(offset, len)?;
         let stream = &self.shared.stream;
         stream
             .context()
             .bind_to_thread()
             .map_err(|e| driver_error("cuCtxSetCurrent", e))?;
-        // SAFETY: as in `upload`; `dst` stays borrowed until the stream has finished.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(
-                bytes,
-                buffer.address() + offset,
-                stream.cu_stream(),
-            )
-        }
-        .map_err(|e| driver_error("cuMemcpyDtoHAsync", e))?;
+        op(buffer.address() + offset, stream.cu_stream())
+            .map_err(|e| driver_error(operation, e))?;
         stream
             .synchronize()
             .map_err(|e| driver_error("cuStreamSynchronize", e))

@@ -30,55 +30,14 @@ use crate::neural::graph::delay_steps;
 use crate::neural::lif::Propagators;
 use crate::neural::{NeuralGraph, Neuron, NeuronId, Synapse};
 
-/// One column's step constants, as the kernel reads them (`ns_props`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
-pub(crate) struct StepProps {
-    p22: f32,
-    p20: f32,
-    p21_ex: f32,
-    p21_in: f32,
-    p11_ex: f32,
-    p11_in: f32,
-    refractory_steps: u32,
-}
-
-impl From<Propagators> for StepProps {
-    fn from(p: Propagators) -> Self {
-        StepProps {
-            p22: p.p22,
-            p20: p.p20,
-            p21_ex: p.p21_ex,
-            p21_in: p.p21_in,
-            p11_ex: p.p11_ex,
-            p11_in: p.p11_in,
-            refractory_steps: p.refractory_steps,
-        }
-    }
-}
-
-impl From<StepProps> for Propagators {
-    fn from(p: StepProps) -> Self {
-        Propagators {
-            p22: p.p22,
-            p20: p.p20,
-            p21_ex: p.p21_ex,
-            p21_in: p.p21_in,
-            p11_ex: p.p11_ex,
-            p11_in: p.p11_in,
-            refractory_steps: p.refractory_steps,
-        }
-    }
-}
-
 /// The arrays of the device step, built from a graph for steps of `dt`.
 pub(crate) struct StepPlan {
     /// Neuron columns: the neuron table's slot count (column 0 is the sentinel).
     pub(crate) columns: usize,
     /// Per column: the handle of its neuron (null for a vacant column).
     pub(crate) column_handles: Vec<NeuronId>,
-    /// Per column: the step constants of its neuron.
-    pub(crate) props: Vec<StepProps>,
+    /// Per column: the step constants of its neuron (the kernel's `ns_props`).
+    pub(crate) props: Vec<Propagators>,
     /// Column `c`'s incoming synapses are entries `in_offsets[c] .. in_offsets[c + 1]`.
     pub(crate) in_offsets: Vec<u32>,
     /// Per entry, in summing order: the synapse's handle bits, its sender's column and
@@ -111,10 +70,10 @@ impl StepPlan {
         u32::try_from(columns).map_err(|_| too_many())?;
         let pending = graph.input_in_flight(dt, columns)?;
         let mut column_handles = vec![NeuronId::null(); columns];
-        let mut props = vec![StepProps::default(); columns];
+        let mut props = vec![Propagators::zeroed(); columns];
         for (h, n) in graph.neurons().iter() {
             column_handles[h.index() as usize] = h;
-            props[h.index() as usize] = Propagators::new(n, dt).into();
+            props[h.index() as usize] = Propagators::new(n, dt);
         }
         // (post column, delay, pre column, rank in the sender's walk, synapse bits)
         let mut entries: Vec<(u32, u32, u32, u64, u64)> = Vec::with_capacity(graph.synapse_count());
@@ -509,7 +468,7 @@ mod tests {
                     }
                 }
                 let n = neurons.get_mut(h).unwrap();
-                if advance(n, &p.props[c].into(), ex, inh, now) {
+                if advance(n, &p.props[c], ex, inh, now) {
                     bits[c / 32] |= 1 << (c % 32);
                     fired.push(p.column_handles[c]);
                 }

@@ -145,20 +145,20 @@ impl Buffers {
     }
 }
 
-/// An upload being gathered for the current stage: one device range, whose bytes come
-/// from `pieces` (host address, length), copied into the stage when it is flushed.
-struct UpRun {
+/// A copy being gathered: one device range of at most a stage, and the host `pieces`
+/// (address, length) it comes from (an upload: gathered into the stage when flushed) or
+/// goes to (a download: scattered from the stage after its copy).
+struct Run {
     address: u64,
     len: usize,
     pieces: Vec<(usize, usize)>,
 }
 
-/// A download being gathered: one device range, scattered to `pieces` (host address,
-/// length) afterwards.
-struct DownRun {
-    address: u64,
-    len: usize,
-    pieces: Vec<(usize, usize)>,
+/// Which way a run copies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Up,
+    Down,
 }
 
 /// The driver's target for one sync or pull.
@@ -166,8 +166,8 @@ pub(crate) struct DriverTarget<'a> {
     device: &'a Device,
     buffers: &'a mut Buffers,
     current: usize,
-    up: Option<UpRun>,
-    down: Option<DownRun>,
+    up: Option<Run>,
+    down: Option<Run>,
     copies: u32,
 }
 
@@ -257,6 +257,49 @@ impl DriverTarget<'_> {
         Ok(())
     }
 
+    /// Adds `len` bytes between device `address` and host `host` to the run going
+    /// `way`, starting a new run (after flushing the old one) whenever the range does
+    /// not continue it or the run fills a stage.
+    fn queue(
+        &mut self,
+        way: Way,
+        mut address: u64,
+        mut host: usize,
+        mut len: usize,
+    ) -> Result<(), Error> {
+        while len > 0 {
+            let run = match way {
+                Way::Up => &self.up,
+                Way::Down => &self.down,
+            };
+            let continues = run
+                .as_ref()
+                .is_some_and(|r| r.address + r.len as u64 == address && r.len < STAGE_BYTES);
+            if !continues {
+                match way {
+                    Way::Up => self.flush_up()?,
+                    Way::Down => self.flush_down()?,
+                }
+            }
+            let run = match way {
+                Way::Up => &mut self.up,
+                Way::Down => &mut self.down,
+            };
+            let run = run.get_or_insert_with(|| Run {
+                address,
+                len: 0,
+                pieces: Vec::new(),
+            });
+            let n = len.min(STAGE_BYTES - run.len);
+            run.pieces.push((host, n));
+            run.len += n;
+            address += n as u64;
+            host += n;
+            len -= n;
+        }
+        Ok(())
+    }
+
     fn device_range(&self, region: Region, offset: u64, len: usize) -> Result<u64, Error> {
         let buffer = self.buffers.buffer(region).ok_or_else(|| {
             Error::invalid_argument("offset", "the mirror has no device buffer for this yet")
@@ -307,30 +350,8 @@ impl Target for DriverTarget<'_> {
         len: usize,
     ) -> Result<(), Error> {
         self.flush_down()?;
-        let mut address = self.device_range(region, offset, len)?;
-        let (mut src, mut len) = (src as usize, len);
-        while len > 0 {
-            let appendable = self
-                .up
-                .as_ref()
-                .is_some_and(|r| r.address + r.len as u64 == address && r.len < STAGE_BYTES);
-            if !appendable {
-                self.flush_up()?;
-                self.up = Some(UpRun {
-                    address,
-                    len: 0,
-                    pieces: Vec::new(),
-                });
-            }
-            let run = self.up.as_mut().expect("started above");
-            let n = len.min(STAGE_BYTES - run.len);
-            run.pieces.push((src, n));
-            run.len += n;
-            address += n as u64;
-            src += n;
-            len -= n;
-        }
-        Ok(())
+        let address = self.device_range(region, offset, len)?;
+        self.queue(Way::Up, address, src as usize, len)
     }
 
     unsafe fn get(
@@ -341,30 +362,8 @@ impl Target for DriverTarget<'_> {
         len: usize,
     ) -> Result<(), Error> {
         self.flush_up()?;
-        let mut address = self.device_range(region, offset, len)?;
-        let (mut dst, mut len) = (dst as usize, len);
-        while len > 0 {
-            let appendable = self
-                .down
-                .as_ref()
-                .is_some_and(|r| r.address + r.len as u64 == address && r.len < STAGE_BYTES);
-            if !appendable {
-                self.flush_down()?;
-                self.down = Some(DownRun {
-                    address,
-                    len: 0,
-                    pieces: Vec::new(),
-                });
-            }
-            let run = self.down.as_mut().expect("started above");
-            let n = len.min(STAGE_BYTES - run.len);
-            run.pieces.push((dst, n));
-            run.len += n;
-            address += n as u64;
-            dst += n;
-            len -= n;
-        }
-        Ok(())
+        let address = self.device_range(region, offset, len)?;
+        self.queue(Way::Down, address, dst as usize, len)
     }
 
     fn finish(&mut self) -> Result<u32, Error> {

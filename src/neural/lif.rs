@@ -10,8 +10,10 @@
 
 use super::types::Neuron;
 
-/// The constants of one step of length `h` for one set of neuron parameters.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The constants of one step of length `h` for one set of neuron parameters. `repr(C)`
+/// and Pod: the device step reads them as its `ns_props`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct Propagators {
     pub(crate) p22: f32,
     pub(crate) p20: f32,
