@@ -1,6 +1,7 @@
 //! The device form of a slot table, and the host twin of the header's `ns_resolve`.
 
 use bytemuck::{Pod, Zeroable};
+use rayon::prelude::*;
 
 use crate::table::Table;
 
@@ -71,15 +72,53 @@ pub(crate) fn place_if_named(slot: &DeviceSlot, handle: u64) -> Option<u32> {
 }
 
 /// The device slot image of `table`: one [`DeviceSlot`] per slot index, the sentinel at
-/// index 0 included, into `out` (cleared first).
-pub(crate) fn slot_image<T>(table: &Table<T>, out: &mut Vec<DeviceSlot>) {
-    out.clear();
-    out.reserve(table.slot_count());
-    out.extend(
-        table
-            .slot_records()
-            .map(|(version, place)| DeviceSlot { version, place }),
-    );
+/// index 0 included, into `out`.
+///
+/// Built in parallel from the chunks' owner lists (each live slot is named by exactly one
+/// occupied place) and the table's list of vacant slots, instead of walking the slot
+/// table: for 32M slots that walk took 150 ms on one core, longer than a PCIe link takes
+/// to move the table's objects.
+pub(crate) fn slot_image<T: Sync>(table: &Table<T>, out: &mut Vec<DeviceSlot>) {
+    let count = table.slot_count();
+    // Every index but the sentinel is written below (it is live or vacant), so a buffer
+    // kept from the last sync is reused as it is: its pages are already mapped.
+    out.resize(count, DeviceSlot::zeroed());
+    out[0] = DeviceSlot::zeroed();
+    /// The image's start, shared by the workers.
+    #[derive(Clone, Copy)]
+    struct Image(*mut DeviceSlot, usize);
+    // SAFETY: workers write through it only at distinct indices (below).
+    unsafe impl Send for Image {}
+    // SAFETY: as above.
+    unsafe impl Sync for Image {}
+    impl Image {
+        fn set(&self, index: u32, slot: DeviceSlot) {
+            assert!(
+                (index as usize) < self.1,
+                "a slot index past the slot table"
+            );
+            // SAFETY: in bounds (checked); every slot index is written by one worker
+            // only, since a live slot is the owner of exactly one occupied place and a
+            // vacant one is listed once, never both (the table's invariants).
+            unsafe { self.0.add(index as usize).write(slot) };
+        }
+    }
+    let image = Image(out.as_mut_ptr(), count);
+    table.par_owner_places().for_each(|(h, place)| {
+        image.set(
+            h.index(),
+            DeviceSlot {
+                version: h.generation(),
+                place,
+            },
+        );
+    });
+    table
+        .vacant_slots()
+        .par_iter()
+        .for_each(|&(index, version)| {
+            image.set(index, DeviceSlot { version, place: 0 });
+        });
 }
 
 #[cfg(test)]
@@ -114,6 +153,40 @@ mod tests {
         }
         for bad in [0, Handle::<u64>::null().to_bits(), u64::MAX, 1 << 32] {
             assert_eq!(resolve_place(&image, bad), None, "{bad:#x}");
+        }
+    }
+
+    #[test]
+    fn the_parallel_image_equals_the_slot_tables_walk_and_reuses_any_buffer() {
+        let mut t: Table<[u32; 3]> =
+            Table::with_pool_and_chunk_bytes(crate::table::default_pool(), 512);
+        let mut live: Vec<Handle<[u32; 3]>> = (0..5000).map(|i| t.insert([i; 3])).collect();
+        let mut image = vec![
+            DeviceSlot {
+                version: 77,
+                place: 77
+            };
+            9000
+        ]; // stale contents
+        let mut seed = 0x9e37_79b9_u64;
+        for round in 0..6 {
+            for _ in 0..700 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let k = (seed % live.len() as u64) as usize;
+                t.remove(live.swap_remove(k));
+            }
+            live.extend((0..300).map(|i| t.insert([i; 3])));
+            if round == 3 {
+                t.defragment();
+            }
+            slot_image(&t, &mut image);
+            let walk: Vec<DeviceSlot> = t
+                .slot_records()
+                .map(|(version, place)| DeviceSlot { version, place })
+                .collect();
+            assert_eq!(image, walk, "round {round}");
         }
     }
 

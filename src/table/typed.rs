@@ -495,6 +495,30 @@ impl<T> Table<T> {
     }
 
     #[cfg(feature = "cuda")]
+    /// Every live object's handle with its packed place (the value its slot holds), in
+    /// parallel over chunks, reading only the chunks' bitmaps and owner lists.
+    pub(crate) fn par_owner_places(&self) -> impl ParallelIterator<Item = (Handle<T>, u32)> + '_
+    where
+        T: Sync,
+    {
+        let shift = self.shift;
+        self.chunks
+            .par_iter()
+            .enumerate()
+            .filter_map(|(ci, c)| c.as_ref().map(|c| (ci as u32, c)))
+            .flat_map_iter(move |(ci, c)| {
+                c.occupied_places()
+                    .map(move |pos| (c.owner(pos), ci << shift | pos))
+            })
+    }
+
+    #[cfg(feature = "cuda")]
+    /// The vacant slots as `(index, version)`, in no particular order.
+    pub(crate) fn vacant_slots(&self) -> &[(u32, u32)] {
+        &self.free
+    }
+
+    #[cfg(feature = "cuda")]
     /// Chunk indices in use, vacant ones included: one more than the highest chunk.
     pub(crate) fn chunk_indices(&self) -> usize {
         self.chunks.len()
