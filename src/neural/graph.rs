@@ -40,6 +40,28 @@ struct OutgoingLayout {
     ranges: Vec<Option<(u64, u32)>>,
 }
 
+impl OutgoingLayout {
+    /// The per-neuron ranges of `layout`, while no synapse moved since it was made.
+    fn current<'a>(
+        layout: &'a Option<OutgoingLayout>,
+        synapses: &Table<Synapse>,
+    ) -> Option<&'a [Option<(u64, u32)>]> {
+        layout
+            .as_ref()
+            .filter(|l| l.version == synapses.layout_version())
+            .map(|l| &l.ranges[..])
+    }
+}
+
+/// The run of storage a step walks for `n`'s outgoing synapses, if the layout's `ranges`
+/// hold one for it (else the step walks its outgoing list).
+fn storage_range(ranges: Option<&[Option<(u64, u32)>]>, n: NeuronId) -> Option<(u64, u32)> {
+    ranges
+        .and_then(|r| r.get(n.index() as usize))
+        .copied()
+        .flatten()
+}
+
 /// The table of `T` in a graph's store: the graph registers `Neuron` and `Synapse` when it
 /// is made and never unregisters them.
 fn table_of<T: Send + Sync + 'static>(store: &Store) -> &Table<T> {
@@ -755,13 +777,7 @@ impl NeuralGraph {
     /// its outgoing list (in list order): the order its spikes' inputs are summed in.
     #[cfg(feature = "cuda")]
     pub(crate) fn walks_storage_range(&self, n: NeuronId) -> bool {
-        self.layout
-            .as_ref()
-            .filter(|l| l.version == self.synapses().layout_version())
-            .and_then(|l| l.ranges.get(n.index() as usize))
-            .copied()
-            .flatten()
-            .is_some()
+        storage_range(OutgoingLayout::current(&self.layout, self.synapses()), n).is_some()
     }
 
     /// Makes the ring span the longest delay in steps of `dt` and hold every neuron column,
@@ -868,11 +884,7 @@ impl NeuralGraph {
             ..
         } = self;
         let synapses = table_of::<Synapse>(store);
-        // The layout's ranges hold only while no synapse moved since it was made.
-        let ranges = layout
-            .as_ref()
-            .filter(|l| l.version == synapses.layout_version())
-            .map(|l| &l.ranges[..]);
+        let ranges = OutgoingLayout::current(layout, synapses);
         let geometry = ring.geometry();
         let event = move |s: &Synapse| -> Option<(usize, f32)> {
             geometry
@@ -885,11 +897,7 @@ impl NeuralGraph {
             let Some(a) = adjacency.get(n.index() as usize).filter(|a| a.owner == *n) else {
                 return;
             };
-            match ranges
-                .and_then(|r| r.get(n.index() as usize))
-                .copied()
-                .flatten()
-            {
+            match storage_range(ranges, *n) {
                 Some((start, len)) => {
                     synapses.for_each_in_places(start, u64::from(len), |s| {
                         if let Some(e) = event(s) {
