@@ -557,6 +557,22 @@ mod tests {
         Table::with_pool_and_chunk_bytes(default_pool(), 256)
     }
 
+    /// A table of `n` objects (in storage order from place 0), a mirror state for it and
+    /// a host target, nothing synced yet.
+    fn filled(n: u64) -> (Table<Obj>, Vec<Handle<Obj>>, MirrorState, HostTarget) {
+        let mut t = table();
+        let hs = t.insert_batch((0..n).map(obj));
+        let st = MirrorState::new(&t).unwrap();
+        (t, hs, st, HostTarget::default())
+    }
+
+    /// Writes `o` as the object `h` names in the device copy, as a kernel would.
+    fn kernel_writes(st: &MirrorState, dev: &mut HostTarget, h: Handle<Obj>, o: &Obj) {
+        let image = dev.slot_image(st.slot_count());
+        let place = resolve_place(&image, h.to_bits()).expect("a live handle") as usize;
+        dev.write_storage(place * std::mem::size_of::<Obj>(), bytemuck::bytes_of(o));
+    }
+
     /// The device copy agrees with the host: the same slot image, and every handle
     /// resolves on the device iff it resolves on the host, to the same bytes.
     fn check(state: &MirrorState, device: &HostTarget, t: &Table<Obj>, handles: &[Handle<Obj>]) {
@@ -582,10 +598,7 @@ mod tests {
 
     #[test]
     fn the_first_sync_uploads_everything_and_later_ones_only_what_changed() {
-        let mut t = table();
-        let hs = t.insert_batch((0..160).map(obj)); // chunks 0..10
-        let mut st = MirrorState::new(&t).unwrap();
-        let mut dev = HostTarget::default();
+        let (mut t, hs, mut st, mut dev) = filled(160); // chunks 0..10
         let r = st.sync(&t, &mut dev).unwrap();
         assert_eq!(r.chunks, 10);
         assert_eq!(r.copies, 2, "the chunks in one copy, the slots in another");
@@ -618,10 +631,7 @@ mod tests {
 
     #[test]
     fn removals_inserts_and_moves_reach_the_device_slot_table() {
-        let mut t = table();
-        let mut hs = t.insert_batch((0..200).map(obj));
-        let mut st = MirrorState::new(&t).unwrap();
-        let mut dev = HostTarget::default();
+        let (mut t, mut hs, mut st, mut dev) = filled(200);
         st.sync(&t, &mut dev).unwrap();
         for h in hs.iter().step_by(3) {
             t.remove(*h);
@@ -650,18 +660,13 @@ mod tests {
 
     #[test]
     fn pull_brings_back_what_kernels_wrote() {
-        let mut t = table();
-        let hs = t.insert_batch((0..100).map(obj));
-        let mut st = MirrorState::new(&t).unwrap();
-        let mut dev = HostTarget::default();
+        let (mut t, hs, mut st, mut dev) = filled(100);
         st.sync(&t, &mut dev).unwrap();
         // A "kernel" adds 1 to every object's `c` on the device.
-        let image = dev.slot_image(st.slot_count());
         for h in &hs {
-            let place = resolve_place(&image, h.to_bits()).unwrap() as usize;
             let mut o = *t.get(*h).unwrap();
             o.c += 1;
-            dev.write_storage(place * 16, bytemuck::bytes_of(&o));
+            kernel_writes(&st, &mut dev, *h, &o);
         }
         let since = t.epoch();
         let r = st.pull(&mut t, &mut dev).unwrap();
@@ -679,10 +684,7 @@ mod tests {
 
     #[test]
     fn pull_refuses_to_overwrite_host_changes_and_changes_nothing() {
-        let mut t = table();
-        let hs = t.insert_batch((0..40).map(obj));
-        let mut st = MirrorState::new(&t).unwrap();
-        let mut dev = HostTarget::default();
+        let (mut t, hs, mut st, mut dev) = filled(40);
         assert!(matches!(
             st.pull(&mut t, &mut dev),
             Err(Error::InvalidArgument { name: "mirror", .. })
@@ -798,11 +800,9 @@ mod tests {
                     }
                     Op::KernelAndPull(v) => {
                         st.sync(&t, &mut dev).unwrap();
-                        let image = dev.slot_image(st.slot_count());
                         for (h, o) in model.iter_mut() {
-                            let place = resolve_place(&image, h.to_bits()).unwrap() as usize;
                             o.c = v;
-                            dev.write_storage(place * 16, bytemuck::bytes_of(o));
+                            kernel_writes(&st, &mut dev, *h, o);
                         }
                         st.pull(&mut t, &mut dev).unwrap();
                     }
