@@ -1,4 +1,6 @@
-//! The marking engine shared by the stop-the-world and the incremental collector.
+//! The marking engine: the incremental collector's depth-first drains, and the table
+//! view, mark bits and dangling records that the stop-the-world collector's levels
+//! (`levels.rs`) share.
 //!
 //! A [`Marker`] sees every table of a store in a fixed order, with one atomic mark bit
 //! per slot index for each traced table. An edge (a handle some object holds) is
@@ -9,8 +11,8 @@
 //! so idle threads steal from busy ones.
 //!
 //! Marking a large random graph is a chain of cache misses: the slot of every edge's
-//! target, its mark bit, then the object of every grey one. The marker works in batches
-//! so that the misses overlap instead of following one another. It pops up to
+//! target, its mark bit, then the object of every grey one. The drains work in batches
+//! so that the misses overlap instead of following one another. A drain pops up to
 //! [`BATCH`] grey objects of one table and traces them together: the table reads every
 //! slot and prefetches every object before tracing any
 //! ([`Table::for_each_many`](crate::table::Table::for_each_many)), and the tracer
@@ -18,10 +20,9 @@
 //! Then, for each run of edges into one table, one call reads all their slots
 //! ([`ErasedTable::live_many`]) and a branch-free pass loads all their mark bits, so
 //! that only the last, branchy pass (dangling or newly marked?) runs over cached data.
-//!
-//! On the 10M-object graph of `benches/gc.rs` this took one thread's marking from
-//! 8M to about 31M handles per second; what is left is the memory system (the slot
-//! table alone is 80 MB of random reads).
+//! On the 10M-object graph of `benches/gc.rs` this marks about 31M handles per second
+//! on one thread; the stop-the-world collector's levels, which keep each step's misses
+//! inside one cache-sized range, mark about 40M.
 
 use std::any::TypeId;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -241,7 +242,7 @@ impl<'a> Marker<'a> {
         }
     }
 
-    fn index_of(&self, type_id: TypeId, lookup: &mut Lookup) -> Option<u32> {
+    pub(super) fn index_of(&self, type_id: TypeId, lookup: &mut Lookup) -> Option<u32> {
         if let Some((t, i)) = lookup.last
             && t == type_id
         {
@@ -252,7 +253,7 @@ impl<'a> Marker<'a> {
         Some(i)
     }
 
-    fn dangle(&self, holder: Option<AnyHandle>, target: AnyHandle) {
+    pub(super) fn dangle(&self, holder: Option<AnyHandle>, target: AnyHandle) {
         self.dangling_count.fetch_add(1, Ordering::Relaxed);
         if self.record_dangling {
             self.dangling.lock().push(Dangling { holder, target });
@@ -361,34 +362,6 @@ impl<'a> Marker<'a> {
         self.add(tally);
     }
 
-    /// Marks from every root, in parallel: `roots` (explicit roots, handles), then every
-    /// object of every manual table that can be traced; then everything they reach.
-    pub(crate) fn mark_from_roots(&self, roots: &[AnyHandle]) {
-        rayon::scope(|s| {
-            let mut grey = Vec::new();
-            let mut lookup = Lookup::default();
-            let mut marked = 0;
-            for r in roots {
-                marked += usize::from(self.visit(None, *r, &mut lookup, &mut grey));
-            }
-            self.marked.fetch_add(marked, Ordering::Relaxed);
-            s.spawn(move |s| self.drain_parallel(s, grey));
-            // The manual tables' objects, in blocks of storage order, each block a task.
-            for (ti, t) in self.tables.iter().enumerate() {
-                if t.traced || t.ops.is_none() {
-                    continue;
-                }
-                let mut place = Some(0);
-                while let Some(p) = place {
-                    let mut owners = Vec::with_capacity(ROOT_BLOCK);
-                    place = t.table.owners_from_bits(p, ROOT_BLOCK, &mut owners);
-                    let block: Vec<Grey> = owners.iter().map(|&b| (ti as u32, b)).collect();
-                    s.spawn(move |s| self.drain_parallel(s, block));
-                }
-            }
-        });
-    }
-
     /// Scans from `grey` on this thread until it is empty or `deadline` is too close;
     /// true when it emptied. Scans [`CLOCK_EVERY`] objects between looks at the clock,
     /// and stops when the time left is less than the longest such batch so far (so that
@@ -416,9 +389,6 @@ impl<'a> Marker<'a> {
         done
     }
 }
-
-/// Manual objects per root-scanning task.
-const ROOT_BLOCK: usize = 4096;
 
 /// Buffers a drain reuses from batch to batch.
 #[derive(Default)]

@@ -3,7 +3,10 @@
 //! This layer owns the collector's state in a [`Store`]: the roots ([`Store::add_root`],
 //! [`Root`]), the policies ([`GcPolicy`], [`DanglingPolicy`]), the per-type tracing
 //! entry points a table gets when its type is [registered](Store::register), and an
-//! open incremental cycle. Marking itself is `mark.rs`.
+//! open incremental cycle. Marking itself is `levels.rs` (a full collection: level by
+//! level, each level's edges sorted into cache-sized buckets of their targets) and
+//! `mark.rs` (the incremental collector's bounded depth-first drains, and what both
+//! share).
 //!
 //! What lives: every object of a [manual](crate::Retention::Manual) table (a root), every
 //! explicit root, and every object of a [traced](crate::Retention::Traced) table that
@@ -33,6 +36,7 @@
 //!
 //! This layer has no unsafe code.
 
+mod levels;
 mod mark;
 
 use std::any::TypeId;
@@ -454,7 +458,7 @@ impl Store {
         let roots = self.gc.roots.list();
         let (marked, scanned, dangling_count, dangling) = {
             let marker = self.marker(&types, &marks, policy != DanglingPolicy::Ignore);
-            marker.mark_from_roots(&roots);
+            marker.mark_in_levels(&roots);
             Self::marker_totals(marker)
         };
         let mut report = GcReport {
