@@ -802,3 +802,74 @@ fn objects_inserted_or_handed_out_during_a_cycle_survive_it() {
     dropped.sort();
     assert_eq!(dropped, vec![0, 1, 2]);
 }
+
+#[derive(Pooled)]
+#[pooled(retention = "traced")]
+struct Link {
+    next: Handle<Link>,
+    fan: Vec<Handle<Link>>,
+}
+
+/// A full collection marks level by level: a list 100k links long makes a level per
+/// link, and a fan-out of 40k makes levels large enough to run in parallel. Both are
+/// marked exactly, on one and on two threads.
+#[test]
+fn deep_lists_and_wide_fan_outs_are_marked_exactly() {
+    const LIST: usize = 100_000;
+    const FAN: usize = 40_000;
+    const GARBAGE: usize = 10_000;
+    let link = |next| Link {
+        next,
+        fan: Vec::new(),
+    };
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut store = Store::new();
+        store.register::<Link>().unwrap();
+        let list: Vec<Handle<Link>> = (0..LIST)
+            .map(|_| store.insert(link(Handle::null())))
+            .collect();
+        for w in list.windows(2) {
+            store.get_mut(w[0]).unwrap().next = w[1];
+        }
+        let leaves: Vec<Handle<Link>> = (0..FAN)
+            .map(|_| store.insert(link(Handle::null())))
+            .collect();
+        // Each leaf also points at two others: most edges of the wide levels find their
+        // target marked already.
+        for (i, &leaf) in leaves.iter().enumerate() {
+            let others = vec![leaves[(i * 7 + 1) % FAN], leaves[(i * 13 + 5) % FAN]];
+            store.get_mut(leaf).unwrap().fan = others;
+        }
+        let hub = store.insert(Link {
+            next: Handle::null(),
+            fan: leaves.clone(),
+        });
+        // A cycle nothing reaches.
+        let garbage: Vec<Handle<Link>> = (0..GARBAGE)
+            .map(|_| store.insert(link(Handle::null())))
+            .collect();
+        for i in 0..GARBAGE {
+            store.get_mut(garbage[i]).unwrap().next = garbage[(i + 1) % GARBAGE];
+        }
+        store.add_root(list[0]);
+        store.add_root(hub);
+
+        let report = pool.install(|| store.collect());
+        assert_eq!(report.marked, LIST + FAN + 1, "{threads} threads");
+        assert_eq!(report.freed_total, GARBAGE);
+        assert_eq!(report.dangling_count, 0);
+        assert!(garbage.iter().all(|&g| !store.contains(g)));
+        assert!(list.iter().chain(&leaves).all(|&h| store.contains(h)));
+
+        // Cut the list in the middle: the tail goes.
+        store.get_mut(list[LIST / 2]).unwrap().next = Handle::null();
+        let report = pool.install(|| store.collect());
+        assert_eq!(report.freed_total, LIST / 2 - 1, "{threads} threads");
+        assert!(store.contains(list[LIST / 2]) && !store.contains(list[LIST / 2 + 1]));
+        assert!(leaves.iter().all(|&h| store.contains(h)));
+    }
+}

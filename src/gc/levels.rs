@@ -11,9 +11,9 @@
 //! buckets. Buckets of one level are independent (disjoint slot ranges, so disjoint
 //! mark words too) and run in parallel on rayon's threads.
 //!
-//! On the 10M-object graph of `benches/gc.rs` (one thread) this took a full collection
-//! from 1.29 s to about 1.0 s, and it scales better than depth-first draining: on two
-//! threads 0.55 s instead of 0.98 s, as no two threads ever touch one bucket's lines.
+//! On the 10M-object graph of `benches/gc.rs` this took a full collection from 1.29 s
+//! to 1.00 s on one thread, and it scales better than depth-first draining: 0.54 s
+//! instead of 0.98 s on two, as no two threads ever work in one bucket's range.
 //!
 //! A dangling edge is found in its target's bucket, where its holder is no longer
 //! known. Such targets are kept and, if the store records dangling handles, one pass
@@ -21,7 +21,9 @@
 //! ([`Marker::name_holders`]): the rare case pays, the common case carries no holder.
 //!
 //! Deep, thin graphs (a list of a million objects) make a level of one edge: a level
-//! walks only the buckets it touched, and a small one runs on the calling thread.
+//! walks only the buckets it touched, and a small one runs on the calling thread with
+//! buffers kept from level to level. Such a list still costs more than depth first
+//! (58 ms instead of 42 ms for a million links); wide graphs, the common case, gain.
 //!
 //! [`Store::collect`]: crate::Store::collect
 
@@ -242,9 +244,7 @@ impl<'m, 'a> Levels<'m, 'a> {
     }
 
     fn unnamed_dangling(&self, tj: u32, bits: u64) {
-        self.marker
-            .dangling_count
-            .fetch_add(1, Ordering::Relaxed);
+        self.marker.dangling_count.fetch_add(1, Ordering::Relaxed);
         if self.marker.record_dangling {
             let like = self.like[tj as usize]
                 .get()
@@ -324,16 +324,21 @@ impl<'m, 'a> Levels<'m, 'a> {
     fn run(&self, mut level: Vec<Frontier>) {
         let mut in_level = vec![false; self.buckets.len()];
         let mut touched = Vec::new();
+        // The calling thread's producer lives across levels, buffers and all: a deep,
+        // thin graph makes a level per object, and must not allocate per level.
+        let mut here = Producer::new(self.spare.take());
         loop {
-            let (full, empty): (Vec<Frontier>, Vec<Frontier>) =
-                level.into_iter().partition(|f| f.edges > 0);
-            level = full;
-            for f in empty {
-                self.spare.give(f);
+            let mut i = 0;
+            while i < level.len() {
+                if level[i].edges == 0 {
+                    self.spare.give(level.swap_remove(i));
+                } else {
+                    i += 1;
+                }
             }
             let edges: usize = level.iter().map(|f| f.edges).sum();
             if edges == 0 {
-                return;
+                break;
             }
             touched.clear();
             for f in &level {
@@ -346,24 +351,30 @@ impl<'m, 'a> Levels<'m, 'a> {
             for &k in &touched {
                 in_level[k] = false;
             }
-            let next = if edges < PARALLEL_EDGES || rayon::current_num_threads() == 1 {
-                let mut p = Producer::new(self.spare.take());
+            if edges < PARALLEL_EDGES || rayon::current_num_threads() == 1 {
                 for &k in &touched {
-                    self.visit_bucket(k, &level, &mut p);
+                    self.visit_bucket(k, &level, &mut here);
                 }
-                self.tally(&p);
-                vec![p.out]
+                if let [only] = &mut level[..] {
+                    // The usual case for a small level: swap, no lock.
+                    std::mem::swap(only, &mut here.out);
+                    here.out.clear();
+                } else {
+                    for f in level.drain(..) {
+                        self.spare.give(f);
+                    }
+                    level.push(std::mem::replace(&mut here.out, self.spare.take()));
+                }
             } else {
-                let level = &level;
-                self.produce(touched.par_iter(), |&k, p| {
-                    self.visit_bucket(k, level, p)
-                })
-            };
-            for f in level.drain(..) {
-                self.spare.give(f);
+                let next =
+                    self.produce(touched.par_iter(), |&k, p| self.visit_bucket(k, &level, p));
+                for f in level.drain(..) {
+                    self.spare.give(f);
+                }
+                level = next;
             }
-            level = next;
         }
+        self.tally(&here);
     }
 }
 
