@@ -15,6 +15,11 @@
 //! to 1.00 s on one thread, and it scales better than depth-first draining: 0.54 s
 //! instead of 0.98 s on two, as no two threads ever work in one bucket's range.
 //!
+//! The price is memory while marking: a level's edges wait in buckets, 8 bytes each
+//! (plus the growth slack of their vectors), and the widest level of a random graph
+//! holds a large share of all edges. On the bench graph (10M objects, 40M edges) the
+//! process peaked at 1.24 GB instead of 0.88 GB; the buffers are freed when marking ends.
+//!
 //! A dangling edge is found in its target's bucket, where its holder is no longer
 //! known. Such targets are kept and, if the store records dangling handles, one pass
 //! after marking traces the scanned objects again to name each one's holder
