@@ -873,3 +873,65 @@ fn deep_lists_and_wide_fan_outs_are_marked_exactly() {
         assert!(leaves.iter().all(|&h| store.contains(h)));
     }
 }
+
+/// A manual object holding one handle.
+#[derive(Pooled)]
+struct Tether {
+    to: Handle<Link>,
+}
+
+/// Many roots into a small traced table (as every synapse's handles into the neuron
+/// table): the marker visits a bucket early once it holds enough edges. Marks, frees and
+/// dangling reports stay exact, on one and on two threads.
+#[test]
+fn many_roots_into_a_small_table_are_marked_exactly() {
+    const TETHERS: usize = 300_000;
+    const DANGLING_EVERY: usize = 150;
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut store = Store::new();
+        store.set_dangling_policy(DanglingPolicy::Report);
+        store.register::<Link>().unwrap();
+        store.register::<Tether>().unwrap();
+        let links: Vec<Handle<Link>> = (0..100)
+            .map(|_| {
+                store.insert(Link {
+                    next: Handle::null(),
+                    fan: Vec::new(),
+                })
+            })
+            .collect();
+        let gone = links[99];
+        assert!(store.remove(gone).is_some());
+        let mut dangling_holders = HashSet::new();
+        for i in 0..TETHERS {
+            let to = if i % DANGLING_EVERY == 0 {
+                gone
+            } else {
+                links[i % 50]
+            };
+            let t = store.insert(Tether { to });
+            if to == gone {
+                dangling_holders.insert(AnyHandle::new(t));
+            }
+        }
+        let report = pool.install(|| store.collect());
+        assert_eq!(report.marked, 50, "{threads} threads");
+        assert_eq!(report.freed_total, 49);
+        assert_eq!(report.dangling_count, TETHERS / DANGLING_EVERY);
+        let holders: HashSet<AnyHandle> = report.dangling.iter().filter_map(|d| d.holder).collect();
+        assert_eq!(holders, dangling_holders);
+        assert!(
+            report
+                .dangling
+                .iter()
+                .all(|d| d.target == AnyHandle::new(gone))
+        );
+        assert_eq!(report.dangling.len(), TETHERS / DANGLING_EVERY);
+        assert!(links[..50].iter().all(|&h| store.contains(h)));
+        assert!(links[50..].iter().all(|&h| !store.contains(h)));
+    }
+}

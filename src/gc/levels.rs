@@ -52,6 +52,12 @@ const BUCKET_BYTES: usize = 4 << 20;
 /// A level with fewer edges than this runs on the calling thread.
 const PARALLEL_EDGES: usize = 1 << 14;
 
+/// A producer's bucket that reaches this many edges is visited at once instead of at
+/// the next level (512 KiB of edges): many edges into a small table, such as every
+/// synapse's two handles into the neuron table when the synapses are roots, would
+/// otherwise all wait in memory for one level.
+const FLUSH_AT: usize = 1 << 16;
+
 /// Manual objects traced per task while the first level is gathered.
 const ROOT_BLOCK: usize = 4096;
 
@@ -112,14 +118,17 @@ impl Frontier {
         }
     }
 
+    /// Appends an edge; true when this made its bucket [`FLUSH_AT`] long.
     #[inline]
-    fn push(&mut self, bucket: usize, bits: u64) {
+    fn push(&mut self, bucket: usize, bits: u64) -> bool {
         let b = &mut self.buckets[bucket];
         if b.is_empty() {
+            // (A bucket emptied by a flush may be listed twice: harmless.)
             self.touched.push(bucket as u32);
         }
         b.push(bits);
         self.edges += 1;
+        b.len() == FLUSH_AT
     }
 
     /// Empties it, keeping each bucket's memory for the next level.
@@ -160,6 +169,8 @@ struct Producer {
     edges: EdgeBuffer,
     live: Vec<bool>,
     newly: Vec<u64>,
+    /// Buckets of `out` that reached [`FLUSH_AT`].
+    full: Vec<u32>,
     scanned: usize,
     marked: usize,
 }
@@ -172,6 +183,7 @@ impl Producer {
             edges: EdgeBuffer::default(),
             live: Vec::new(),
             newly: Vec::new(),
+            full: Vec::new(),
             scanned: 0,
             marked: 0,
         }
@@ -214,7 +226,10 @@ impl<'m, 'a> Levels<'m, 'a> {
                 let _ = self.like[tj as usize].set(like);
             }
             for &b in bits {
-                p.out.push(self.buckets.of(tj, b), b);
+                let k = self.buckets.of(tj, b);
+                if p.out.push(k, b) {
+                    p.full.push(k as u32);
+                }
             }
         }
     }
@@ -223,22 +238,33 @@ impl<'m, 'a> Levels<'m, 'a> {
     /// target is live, marks the new ones, and traces them.
     fn visit_bucket(&self, k: usize, level: &[Frontier], p: &mut Producer) {
         let tj = self.buckets.owner[k];
-        let t = &self.marker.tables[tj as usize];
         p.newly.clear();
         for f in level {
-            let bits = &f.buckets[k];
-            if bits.is_empty() {
-                continue;
-            }
-            t.table.live_many(bits, &mut p.live);
-            for (&b, &live) in bits.iter().zip(&p.live) {
-                if !live {
-                    self.unnamed_dangling(tj, b);
-                } else if t.traced && set_mark(t.marks, b as u32 as usize) {
-                    p.newly.push(b);
-                }
+            self.check_edges(tj, &f.buckets[k], p);
+        }
+        self.trace_newly(tj, p);
+        self.flush_full(p);
+    }
+
+    /// Checks the edges `bits` into table `tj`: dangling ones are counted, live and
+    /// unmarked ones of a traced table are marked and appended to `p.newly`.
+    fn check_edges(&self, tj: u32, bits: &[u64], p: &mut Producer) {
+        if bits.is_empty() {
+            return;
+        }
+        let t = &self.marker.tables[tj as usize];
+        t.table.live_many(bits, &mut p.live);
+        for (&b, &live) in bits.iter().zip(&p.live) {
+            if !live {
+                self.unnamed_dangling(tj, b);
+            } else if t.traced && set_mark(t.marks, b as u32 as usize) {
+                p.newly.push(b);
             }
         }
+    }
+
+    /// Traces `p.newly`, objects of table `tj`, routing what they hold.
+    fn trace_newly(&self, tj: u32, p: &mut Producer) {
         p.marked += p.newly.len();
         // In slot order, the objects' reads walk the range forwards (a third less time
         // in tracing than in the order the edges came, for more than the sort costs).
@@ -246,6 +272,25 @@ impl<'m, 'a> Levels<'m, 'a> {
         let newly = std::mem::take(&mut p.newly);
         self.trace_and_route(tj, &newly, p);
         p.newly = newly;
+    }
+
+    /// Visits now every bucket of `p.out` that reached [`FLUSH_AT`] (and those that the
+    /// visits fill in turn), so that no producer holds more than that per bucket.
+    fn flush_full(&self, p: &mut Producer) {
+        while let Some(k) = p.full.pop() {
+            let k = k as usize;
+            if p.out.buckets[k].len() < FLUSH_AT {
+                continue;
+            }
+            let mut bits = std::mem::take(&mut p.out.buckets[k]);
+            p.out.edges -= bits.len();
+            let tj = self.buckets.owner[k];
+            p.newly.clear();
+            self.check_edges(tj, &bits, p);
+            bits.clear();
+            p.out.buckets[k] = bits;
+            self.trace_newly(tj, p);
+        }
     }
 
     fn unnamed_dangling(&self, tj: u32, bits: u64) {
@@ -276,8 +321,12 @@ impl<'m, 'a> Levels<'m, 'a> {
             if self.like[ti as usize].get().is_none() {
                 let _ = self.like[ti as usize].set(*r);
             }
-            p.out.push(self.buckets.of(ti, r.to_bits()), r.to_bits());
+            let k = self.buckets.of(ti, r.to_bits());
+            if p.out.push(k, r.to_bits()) {
+                p.full.push(k as u32);
+            }
         }
+        self.flush_full(&mut p);
         let mut blocks = Vec::new();
         for (ti, t) in self.marker.tables.iter().enumerate() {
             if t.traced || t.ops.is_none() {
@@ -291,7 +340,8 @@ impl<'m, 'a> Levels<'m, 'a> {
             }
         }
         let mut level = self.produce(blocks.par_iter(), |block, p| {
-            self.trace_and_route(block.0, &block.1, p)
+            self.trace_and_route(block.0, &block.1, p);
+            self.flush_full(p);
         });
         self.tally(&p);
         level.push(p.out);
