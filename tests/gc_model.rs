@@ -433,10 +433,7 @@ fn large_random_graphs_match_the_reference_on_any_number_of_threads() {
         (rng % n as u64) as usize
     };
     for threads in [1, 2, 4] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = pool_of(threads);
         let mut m = Model::new(DanglingPolicy::Report);
         for i in 0..6_000 {
             m.apply(&Op::Leaf {
@@ -810,6 +807,23 @@ struct Link {
     fan: Vec<Handle<Link>>,
 }
 
+impl Link {
+    fn to(next: Handle<Link>) -> Link {
+        Link {
+            next,
+            fan: Vec::new(),
+        }
+    }
+}
+
+/// A rayon pool of `threads` threads.
+fn pool_of(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
 /// A full collection marks level by level: a list 100k links long makes a level per
 /// link, and a fan-out of 40k makes levels large enough to run in parallel. Both are
 /// marked exactly, on one and on two threads.
@@ -818,25 +832,18 @@ fn deep_lists_and_wide_fan_outs_are_marked_exactly() {
     const LIST: usize = 100_000;
     const FAN: usize = 40_000;
     const GARBAGE: usize = 10_000;
-    let link = |next| Link {
-        next,
-        fan: Vec::new(),
-    };
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = pool_of(threads);
         let mut store = Store::new();
         store.register::<Link>().unwrap();
         let list: Vec<Handle<Link>> = (0..LIST)
-            .map(|_| store.insert(link(Handle::null())))
+            .map(|_| store.insert(Link::to(Handle::null())))
             .collect();
         for w in list.windows(2) {
             store.get_mut(w[0]).unwrap().next = w[1];
         }
         let leaves: Vec<Handle<Link>> = (0..FAN)
-            .map(|_| store.insert(link(Handle::null())))
+            .map(|_| store.insert(Link::to(Handle::null())))
             .collect();
         // Each leaf also points at two others: most edges of the wide levels find their
         // target marked already.
@@ -850,7 +857,7 @@ fn deep_lists_and_wide_fan_outs_are_marked_exactly() {
         });
         // A cycle nothing reaches.
         let garbage: Vec<Handle<Link>> = (0..GARBAGE)
-            .map(|_| store.insert(link(Handle::null())))
+            .map(|_| store.insert(Link::to(Handle::null())))
             .collect();
         for i in 0..GARBAGE {
             store.get_mut(garbage[i]).unwrap().next = garbage[(i + 1) % GARBAGE];
@@ -888,21 +895,13 @@ fn many_roots_into_a_small_table_are_marked_exactly() {
     const TETHERS: usize = 300_000;
     const DANGLING_EVERY: usize = 150;
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = pool_of(threads);
         let mut store = Store::new();
         store.set_dangling_policy(DanglingPolicy::Report);
         store.register::<Link>().unwrap();
         store.register::<Tether>().unwrap();
         let links: Vec<Handle<Link>> = (0..100)
-            .map(|_| {
-                store.insert(Link {
-                    next: Handle::null(),
-                    fan: Vec::new(),
-                })
-            })
+            .map(|_| store.insert(Link::to(Handle::null())))
             .collect();
         let gone = links[99];
         assert!(store.remove(gone).is_some());

@@ -107,6 +107,8 @@ struct Frontier {
     buckets: Vec<Vec<u64>>,
     /// The buckets that hold an edge, each once.
     touched: Vec<u32>,
+    /// Buckets that reached [`FLUSH_AT`] edges, to be visited at once.
+    full: Vec<u32>,
     edges: usize,
 }
 
@@ -115,13 +117,14 @@ impl Frontier {
         Frontier {
             buckets: vec![Vec::new(); buckets],
             touched: Vec::new(),
+            full: Vec::new(),
             edges: 0,
         }
     }
 
-    /// Appends an edge; true when this made its bucket [`FLUSH_AT`] long.
+    /// Appends an edge, noting its bucket in `full` when this made it [`FLUSH_AT`] long.
     #[inline]
-    fn push(&mut self, bucket: usize, bits: u64) -> bool {
+    fn push(&mut self, bucket: usize, bits: u64) {
         let b = &mut self.buckets[bucket];
         if b.is_empty() {
             // (A bucket emptied by a flush may be listed twice: harmless.)
@@ -129,7 +132,9 @@ impl Frontier {
         }
         b.push(bits);
         self.edges += 1;
-        b.len() == FLUSH_AT
+        if b.len() == FLUSH_AT {
+            self.full.push(bucket as u32);
+        }
     }
 
     /// Empties it, keeping each bucket's memory for the next level.
@@ -138,6 +143,7 @@ impl Frontier {
             self.buckets[k as usize].clear();
         }
         self.touched.clear();
+        self.full.clear();
         self.edges = 0;
     }
 }
@@ -170,8 +176,6 @@ struct Producer {
     edges: EdgeBuffer,
     live: Vec<bool>,
     newly: Vec<u64>,
-    /// Buckets of `out` that reached [`FLUSH_AT`].
-    full: Vec<u32>,
     scanned: usize,
     marked: usize,
 }
@@ -184,7 +188,6 @@ impl Producer {
             edges: EdgeBuffer::default(),
             live: Vec::new(),
             newly: Vec::new(),
-            full: Vec::new(),
             scanned: 0,
             marked: 0,
         }
@@ -223,14 +226,9 @@ impl<'m, 'a> Levels<'m, 'a> {
                 }
                 continue;
             };
-            if self.like[tj as usize].get().is_none() {
-                let _ = self.like[tj as usize].set(like);
-            }
+            self.note_type(tj, like);
             for &b in bits {
-                let k = self.buckets.of(tj, b);
-                if p.out.push(k, b) {
-                    p.full.push(k as u32);
-                }
+                p.out.push(self.buckets.of(tj, b), b);
             }
         }
     }
@@ -278,7 +276,7 @@ impl<'m, 'a> Levels<'m, 'a> {
     /// Visits now every bucket of `p.out` that reached [`FLUSH_AT`] (and those that the
     /// visits fill in turn), so that no producer holds more than that per bucket.
     fn flush_full(&self, p: &mut Producer) {
-        while let Some(k) = p.full.pop() {
+        while let Some(k) = p.out.full.pop() {
             let k = k as usize;
             if p.out.buckets[k].len() < FLUSH_AT {
                 continue;
@@ -291,6 +289,14 @@ impl<'m, 'a> Levels<'m, 'a> {
             bits.clear();
             p.out.buckets[k] = bits;
             self.trace_newly(tj, p);
+        }
+    }
+
+    /// Keeps `like` as the handle type of table `ti`, if none is kept yet.
+    #[inline]
+    fn note_type(&self, ti: u32, like: AnyHandle) {
+        if self.like[ti as usize].get().is_none() {
+            let _ = self.like[ti as usize].set(like);
         }
     }
 
@@ -319,13 +325,8 @@ impl<'m, 'a> Levels<'m, 'a> {
                 self.marker.dangle(None, *r);
                 continue;
             }
-            if self.like[ti as usize].get().is_none() {
-                let _ = self.like[ti as usize].set(*r);
-            }
-            let k = self.buckets.of(ti, r.to_bits());
-            if p.out.push(k, r.to_bits()) {
-                p.full.push(k as u32);
-            }
+            self.note_type(ti, *r);
+            p.out.push(self.buckets.of(ti, r.to_bits()), r.to_bits());
         }
         self.flush_full(&mut p);
         let mut blocks = Vec::new();
@@ -333,12 +334,7 @@ impl<'m, 'a> Levels<'m, 'a> {
             if t.traced || t.ops.is_none() {
                 continue;
             }
-            let mut place = Some(0);
-            while let Some(at) = place {
-                let mut owners = Vec::with_capacity(ROOT_BLOCK);
-                place = t.table.owners_from_bits(at, ROOT_BLOCK, &mut owners);
-                blocks.push((ti as u32, owners));
-            }
+            owner_blocks(t, |owners| blocks.push((ti as u32, owners.to_vec())));
         }
         let mut level = self.produce(blocks.par_iter(), |block, p| {
             self.trace_and_route(block.0, &block.1, p);
@@ -466,13 +462,13 @@ impl Marker<'_> {
         let mut found = Vec::new();
         for t in &self.tables {
             let Some(ops) = t.ops else { continue };
-            let mut place = Some(0);
-            while let Some(from) = place {
+            owner_blocks(t, |block| {
                 owners.clear();
-                place = t.table.owners_from_bits(from, ROOT_BLOCK, &mut owners);
-                if t.traced {
-                    owners.retain(|&b| is_marked(t.marks, b as u32 as usize));
-                }
+                owners.extend(
+                    block
+                        .iter()
+                        .filter(|&&b| !t.traced || is_marked(t.marks, b as u32 as usize)),
+                );
                 edges.clear();
                 (ops.trace_many)(t.table, &owners, &mut edges);
                 for (run, like) in edges.runs() {
@@ -484,8 +480,20 @@ impl Marker<'_> {
                         }
                     }
                 }
-            }
+            });
         }
         self.dangling.lock().append(&mut found);
+    }
+}
+
+/// Calls `f` with the owners of table `t`'s objects, in storage order, [`ROOT_BLOCK`]
+/// at a time.
+fn owner_blocks(t: &MarkTable<'_>, mut f: impl FnMut(&[u64])) {
+    let mut owners = Vec::with_capacity(ROOT_BLOCK);
+    let mut place = Some(0);
+    while let Some(from) = place {
+        owners.clear();
+        place = t.table.owners_from_bits(from, ROOT_BLOCK, &mut owners);
+        f(&owners);
     }
 }
