@@ -5,15 +5,17 @@
 //! at once: each is appended to the *bucket* of its target, a range of slot indices of
 //! one table sized so that the range's slots and objects fit in the last-level cache
 //! ([`BUCKET_BYTES`]). A *level* then takes one bucket at a time: it checks its edges'
-//! slots (is the target live?) and mark bits, marks the new ones, and traces them in
-//! slot order (in storage order for a table filled in order), with all of those reads
-//! inside one cache-sized range; the edges the new objects hold go to the next level's
-//! buckets. Buckets of one level are independent (disjoint slot ranges, so disjoint
-//! mark words too) and run in parallel on rayon's threads.
+//! slots (is the target live?), notes the targets whose mark bit is clear, sets the mark
+//! bits a word at a time and traces the objects this marked in slot order (in storage
+//! order for a table filled in order) ([`BucketMarks`]), with all of those reads inside
+//! one cache-sized range; the edges the new objects hold go to the next level's
+//! buckets. Buckets of one level are independent (disjoint slot ranges, so disjoint mark
+//! words too) and run in parallel on rayon's threads.
 //!
 //! On the 10M-object graph of `benches/gc.rs` this took a full collection from 1.29 s
-//! to 0.90 s on one thread, and it scales better than depth-first draining: 0.54 s
-//! instead of 0.98 s on two, as no two threads ever work in one bucket's range.
+//! (depth first) to 0.81 s on one thread, and it scales better than depth-first
+//! draining: 0.46-0.50 s instead of 0.98 s on two, as no two threads ever work in one
+//! bucket's range.
 //!
 //! The price is memory while marking: a level's edges wait in buckets, 8 bytes each
 //! (plus the growth slack of their vectors), up to [`FLUSH_AT`] per bucket and
@@ -35,7 +37,7 @@
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use rayon::prelude::*;
@@ -59,6 +61,9 @@ const PARALLEL_EDGES: usize = 1 << 14;
 /// otherwise all wait in memory for one level.
 const FLUSH_AT: usize = 1 << 16;
 
+/// Objects traced before their edges are routed.
+const TRACE_BLOCK: usize = 256;
+
 /// Manual objects traced per task while the first level is gathered.
 const ROOT_BLOCK: usize = 4096;
 
@@ -77,8 +82,9 @@ impl Buckets {
         let mut owner = Vec::new();
         for (ti, t) in tables.iter().enumerate() {
             let per_slot = 8 + t.table.element_size();
-            let span = (BUCKET_BYTES / per_slot).max(16);
-            let shift = span.ilog2().min(31);
+            // Whole mark words (64 slots) per bucket, so that no two share one, and at
+            // most 2^18 slots, so that a producer's scratch stays within 1.1 MiB.
+            let shift = (BUCKET_BYTES / per_slot).max(1).ilog2().clamp(6, 18);
             let count = (t.table.slot_bound() >> shift) + 1;
             layout.push((owner.len(), count, shift));
             owner.resize(owner.len() + count, ti as u32);
@@ -95,6 +101,12 @@ impl Buckets {
     fn of(&self, ti: u32, bits: u64) -> usize {
         let (first, count, shift) = self.tables[ti as usize];
         first + ((bits as u32 >> shift) as usize).min(count - 1)
+    }
+
+    /// The slot indices of bucket `k`: the first, and how many.
+    fn range(&self, k: usize) -> (u32, usize) {
+        let (first, _, shift) = self.tables[self.owner[k] as usize];
+        (((k - first) << shift) as u32, 1 << shift)
     }
 
     fn len(&self) -> usize {
@@ -137,6 +149,25 @@ impl Frontier {
         }
     }
 
+    /// Appends edges into table `ti`, as [`push`](Self::push) does one by one.
+    #[inline]
+    fn push_all(&mut self, layout: &Buckets, ti: u32, bits: &[u64]) {
+        let (first, count, shift) = layout.tables[ti as usize];
+        let buckets = &mut self.buckets[first..first + count];
+        for &b in bits {
+            let k = ((b as u32 >> shift) as usize).min(count - 1);
+            let v = &mut buckets[k];
+            if v.is_empty() {
+                self.touched.push((first + k) as u32);
+            }
+            v.push(b);
+            if v.len() == FLUSH_AT {
+                self.full.push((first + k) as u32);
+            }
+        }
+        self.edges += bits.len();
+    }
+
     /// Empties it, keeping each bucket's memory for the next level.
     fn clear(&mut self) {
         for &k in &self.touched {
@@ -176,6 +207,7 @@ struct Producer {
     edges: EdgeBuffer,
     live: Vec<bool>,
     newly: Vec<u64>,
+    marks: BucketMarks,
     scanned: usize,
     marked: usize,
 }
@@ -188,9 +220,96 @@ impl Producer {
             edges: EdgeBuffer::default(),
             live: Vec::new(),
             newly: Vec::new(),
+            marks: BucketMarks::default(),
             scanned: 0,
             marked: 0,
         }
+    }
+}
+
+/// A producer's scratch for marking the live edges of one bucket visit. Each edge's
+/// target gets its generation a place in an array over the bucket's range of slot
+/// indices and, if its mark was not set when read, a bit in a bitmap over the range
+/// ([`note`](Self::note)). The marks are then set a word (64 slots) at a time, and the
+/// targets that this marked come out in slot order, as handles ([`claim`](Self::claim)).
+///
+/// Against marking edge by edge and sorting what was new, this has no unpredictable
+/// branch per edge (about half of a random graph's edges find their target marked) and
+/// no comparison sort. On the 10M-object graph of `benches/gc.rs` (one thread, best of
+/// five collections) the sort took 10 % of the profile; a scatter in its place took the
+/// collection from 0.90 s to 0.82 s, and marking a word at a time saved 4 % more.
+#[derive(Default)]
+struct BucketMarks {
+    /// The first slot index of the range; a multiple of 64.
+    lo: u32,
+    /// The generation of each target noted, at `index - lo`.
+    generation: Vec<u32>,
+    /// A bit at `index - lo` for each target noted unmarked.
+    seen: Vec<u64>,
+    /// The words of `seen` that may hold a bit: `first..=last` (none when `first > last`).
+    first: usize,
+    last: usize,
+}
+
+impl BucketMarks {
+    /// Starts a visit of the range of `span` slot indices from `lo` (multiples of 64).
+    fn begin(&mut self, lo: u32, span: usize) {
+        debug_assert!(
+            lo.is_multiple_of(64) && span.is_multiple_of(64),
+            "ranges are whole mark words"
+        );
+        self.lo = lo;
+        if self.generation.len() < span {
+            self.generation.resize(span, 0);
+            self.seen.resize(span / 64, 0);
+        }
+        self.first = usize::MAX;
+        self.last = 0;
+    }
+
+    /// Notes the live target `bits` of a traced table with marks `marks`. False if its
+    /// index lies outside the scratch (or the marks): the caller marks it on its own.
+    #[inline]
+    fn note(&mut self, bits: u64, marks: &[AtomicU64]) -> bool {
+        let index = bits as u32;
+        let at = index.wrapping_sub(self.lo) as usize;
+        let (Some(word), Some(generation)) =
+            (marks.get(index as usize / 64), self.generation.get_mut(at))
+        else {
+            return false;
+        };
+        *generation = (bits >> 32) as u32;
+        let unmarked = !(word.load(Ordering::Relaxed) >> (index % 64)) & 1;
+        let w = at / 64;
+        self.seen[w] |= unmarked << (at % 64);
+        self.first = self.first.min(w);
+        self.last = self.last.max(w);
+        true
+    }
+
+    /// Sets the marks of the targets noted since [`begin`](Self::begin), appends those
+    /// whose mark this set (not another visit's) to `newly` in slot order as handles,
+    /// and clears the bitmap.
+    fn claim(&mut self, marks: &[AtomicU64], newly: &mut Vec<u64>) {
+        if self.first > self.last {
+            return;
+        }
+        let base = self.lo as usize / 64;
+        for w in self.first..=self.last {
+            let noted = std::mem::take(&mut self.seen[w]);
+            let Some(word) = marks.get(base + w).filter(|_| noted != 0) else {
+                continue;
+            };
+            let mut new = noted & !word.fetch_or(noted, Ordering::Relaxed);
+            while new != 0 {
+                let at = w * 64 + new.trailing_zeros() as usize;
+                let index = u64::from(self.lo) + at as u64;
+                newly.push(u64::from(self.generation[at]) << 32 | index);
+                new &= new - 1;
+            }
+        }
+        self.first = usize::MAX;
+        self.last = 0;
     }
 }
 
@@ -211,6 +330,14 @@ impl<'m, 'a> Levels<'m, 'a> {
     /// Traces the objects `batch` of table `ti` (live ones; their holders are known
     /// here) and routes every handle they hold to its target's bucket in `p.out`.
     fn trace_and_route(&self, ti: u32, batch: &[u64], p: &mut Producer) {
+        // A few hundred objects at a time, so that the edges they hold are routed while
+        // they are still in the nearest cache.
+        for part in batch.chunks(TRACE_BLOCK) {
+            self.trace_and_route_part(ti, part, p);
+        }
+    }
+
+    fn trace_and_route_part(&self, ti: u32, batch: &[u64], p: &mut Producer) {
         let t = &self.marker.tables[ti as usize];
         let Some(ops) = t.ops else { return };
         p.edges.clear();
@@ -227,9 +354,7 @@ impl<'m, 'a> Levels<'m, 'a> {
                 continue;
             };
             self.note_type(tj, like);
-            for &b in bits {
-                p.out.push(self.buckets.of(tj, b), b);
-            }
+            p.out.push_all(&self.buckets, tj, bits);
         }
     }
 
@@ -238,6 +363,8 @@ impl<'m, 'a> Levels<'m, 'a> {
     fn visit_bucket(&self, k: usize, level: &[Frontier], p: &mut Producer) {
         let tj = self.buckets.owner[k];
         p.newly.clear();
+        let (lo, span) = self.buckets.range(k);
+        p.marks.begin(lo, span);
         for f in level {
             self.check_edges(tj, &f.buckets[k], p);
         }
@@ -245,8 +372,9 @@ impl<'m, 'a> Levels<'m, 'a> {
         self.flush_full(p);
     }
 
-    /// Checks the edges `bits` into table `tj`: dangling ones are counted, live and
-    /// unmarked ones of a traced table are marked and appended to `p.newly`.
+    /// Checks the edges `bits` into table `tj`, within the range [`BucketMarks::begin`]
+    /// started: dangling ones are counted, live ones of a traced table noted for
+    /// marking (or, outside the range, marked and appended to `p.newly` at once).
     fn check_edges(&self, tj: u32, bits: &[u64], p: &mut Producer) {
         if bits.is_empty() {
             return;
@@ -256,18 +384,21 @@ impl<'m, 'a> Levels<'m, 'a> {
         for (&b, &live) in bits.iter().zip(&p.live) {
             if !live {
                 self.unnamed_dangling(tj, b);
-            } else if t.traced && set_mark(t.marks, b as u32 as usize) {
+            } else if t.traced && !p.marks.note(b, t.marks) && set_mark(t.marks, b as u32 as usize)
+            {
                 p.newly.push(b);
             }
         }
     }
 
-    /// Traces `p.newly`, objects of table `tj`, routing what they hold.
+    /// Marks what [`check_edges`](Self::check_edges) noted and traces the objects newly
+    /// marked, objects of table `tj`, routing what they hold.
     fn trace_newly(&self, tj: u32, p: &mut Producer) {
-        p.marked += p.newly.len();
+        let t = &self.marker.tables[tj as usize];
         // In slot order, the objects' reads walk the range forwards (a third less time
-        // in tracing than in the order the edges came, for more than the sort costs).
-        p.newly.sort_unstable_by_key(|&b| b as u32);
+        // in tracing than in the order the edges came).
+        p.marks.claim(t.marks, &mut p.newly);
+        p.marked += p.newly.len();
         let newly = std::mem::take(&mut p.newly);
         self.trace_and_route(tj, &newly, p);
         p.newly = newly;
@@ -285,6 +416,8 @@ impl<'m, 'a> Levels<'m, 'a> {
             p.out.edges -= bits.len();
             let tj = self.buckets.owner[k];
             p.newly.clear();
+            let (lo, span) = self.buckets.range(k);
+            p.marks.begin(lo, span);
             self.check_edges(tj, &bits, p);
             bits.clear();
             p.out.buckets[k] = bits;
@@ -495,5 +628,91 @@ fn owner_blocks(t: &MarkTable<'_>, mut f: impl FnMut(&[u64])) {
         owners.clear();
         place = t.table.owners_from_bits(from, ROOT_BLOCK, &mut owners);
         f(&owners);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BucketMarks;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Bits of the handle of slot `index` with generation `generation`.
+    fn handle(index: u32, generation: u32) -> u64 {
+        u64::from(generation) << 32 | u64::from(index)
+    }
+
+    proptest! {
+        /// Visit after visit with one scratch: the targets noted come out marked, each
+        /// once, in slot order, with their generations, except those marked before; the
+        /// marks end up set for every target; the scratch's bitmap is left clear.
+        #[test]
+        fn bucket_marks_mark_each_new_target_once_in_slot_order(
+            visits in prop::collection::vec(
+                (
+                    0usize..4,
+                    prop::collection::vec((0u32..1024, any::<u32>()), 0..600),
+                ),
+                1..6,
+            ),
+            marked_before in prop::collection::vec(any::<u64>(), 64),
+        ) {
+            const SPAN: usize = 1024;
+            let marks: Vec<AtomicU64> = marked_before.iter().map(|&w| AtomicU64::new(w)).collect();
+            let is_marked = |i: u32| marks[i as usize / 64].load(Ordering::Relaxed) >> (i % 64) & 1 == 1;
+            let mut scratch = BucketMarks::default();
+            for (bucket, targets) in visits {
+                let lo = (bucket * SPAN) as u32;
+                // A slot has one generation while the store is borrowed.
+                let generations: BTreeMap<u32, u32> = targets.iter().map(|&(o, g)| (lo + o, g)).collect();
+                let expected: Vec<u64> = generations
+                    .iter()
+                    .filter(|&(&i, _)| !is_marked(i))
+                    .map(|(&i, &g)| handle(i, g))
+                    .collect();
+                scratch.begin(lo, SPAN);
+                for &(o, _) in &targets {
+                    prop_assert!(scratch.note(handle(lo + o, generations[&(lo + o)]), &marks));
+                }
+                // Past the marks: refused, for the caller to mark.
+                prop_assert!(!scratch.note(handle(4096 + 7, 1), &marks));
+                let mut newly = vec![handle(3, 3)];
+                scratch.claim(&marks, &mut newly);
+                prop_assert_eq!(newly[0], handle(3, 3), "claim appends");
+                prop_assert_eq!(&newly[1..], &expected[..]);
+                prop_assert!(generations.keys().all(|&i| is_marked(i)));
+                prop_assert!(scratch.seen.iter().all(|&w| w == 0), "the bitmap is left clear");
+            }
+        }
+    }
+
+    #[test]
+    fn bucket_marks_leave_targets_outside_the_range_to_the_caller() {
+        let marks: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+        let mut scratch = BucketMarks::default();
+        scratch.begin(64, 64);
+        assert!(!scratch.note(handle(10, 1), &marks), "below the range");
+        assert!(scratch.note(handle(64 + 5, 2), &marks));
+        let mut newly = Vec::new();
+        scratch.claim(&marks, &mut newly);
+        assert_eq!(newly, [handle(69, 2)]);
+        assert_eq!(marks[1].load(Ordering::Relaxed), 1 << 5);
+        assert_eq!(
+            marks[0].load(Ordering::Relaxed),
+            0,
+            "slot 10 is left unmarked"
+        );
+        // A target that another visit marks between note and claim is that visit's.
+        scratch.begin(128, 64);
+        assert!(scratch.note(handle(130, 4), &marks));
+        assert!(scratch.note(handle(131, 4), &marks));
+        marks[2].fetch_or(1 << 2, Ordering::Relaxed);
+        scratch.claim(&marks, &mut newly);
+        assert_eq!(newly, [handle(69, 2), handle(131, 4)]);
+        // A claim with nothing noted appends nothing.
+        scratch.begin(0, 64);
+        scratch.claim(&marks, &mut newly);
+        assert_eq!(newly.len(), 2);
     }
 }
