@@ -235,6 +235,16 @@ impl<T: 'static> Drop for Root<T> {
     }
 }
 
+/// What a sweep may assume of the mark bits it is given.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Marks {
+    /// A bit is set only for a live object (a stop-the-world collection): as many bits
+    /// as objects means that every object is marked.
+    OfLiveObjectsOnly,
+    /// A bit may name an object removed since it was marked (an incremental cycle).
+    MayNameRemoved,
+}
+
 /// The tracing entry points of one type, made where `T: Trace` is known
 /// ([`Store::register`]) and kept beside its erased table.
 #[derive(Clone, Copy)]
@@ -469,7 +479,7 @@ impl Store {
             dangling,
             ..GcReport::default()
         };
-        self.sweep(&types, &marks, &mut report);
+        self.sweep(&types, &marks, Marks::OfLiveObjectsOnly, &mut report);
         report.duration = started.elapsed();
         report.paused = report.duration;
         self.gc.inserts = 0;
@@ -620,7 +630,8 @@ impl Store {
             dangling,
             ..GcReport::default()
         };
-        self.sweep(&types, &marks, &mut report);
+        // Objects marked and then removed during the cycle leave their bits set.
+        self.sweep(&types, &marks, Marks::MayNameRemoved, &mut report);
         report.duration = cycle.started.elapsed();
         report.paused = cycle.paused + started.elapsed();
         self.gc.inserts = 0;
@@ -767,10 +778,25 @@ impl Store {
 
     /// Frees the unmarked objects of every traced table, then applies the dangling
     /// policy.
-    fn sweep(&mut self, types: &[TypeId], marks: &[Vec<AtomicU64>], report: &mut GcReport) {
+    fn sweep(
+        &mut self,
+        types: &[TypeId],
+        marks: &[Vec<AtomicU64>],
+        exact: Marks,
+        report: &mut GcReport,
+    ) {
         for (t, m) in types.iter().zip(marks) {
             let table = self.tables.get_mut(t).expect("tables are never dropped");
             if table.hints().retention != Retention::Traced {
+                continue;
+            }
+            if exact == Marks::OfLiveObjectsOnly
+                && m.iter()
+                    .map(|w| w.load(Ordering::Relaxed).count_ones() as usize)
+                    .sum::<usize>()
+                    == table.len()
+            {
+                // Every object is marked: nothing to free, no need to visit each one.
                 continue;
             }
             let freed = table.sweep_unmarked(&|index| is_marked(m, index as usize));
