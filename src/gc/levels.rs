@@ -37,7 +37,7 @@
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use rayon::prelude::*;
@@ -490,9 +490,12 @@ impl<'m, 'a> Levels<'m, 'a> {
     fn run(&self, mut level: Vec<Frontier>) {
         let mut in_level = vec![false; self.buckets.len()];
         let mut touched = Vec::new();
-        // The calling thread's producer lives across levels, buffers and all: a deep,
-        // thin graph makes a level per object, and must not allocate per level.
-        let mut here = Producer::new(self.spare.take());
+        // One producer per thread, living across levels with its buffers: a deep, thin
+        // graph makes a level per object and must not allocate per level, and a wide
+        // one reuses each producer's warm scratch and bucket memory level after level.
+        let mut workers: Vec<Producer> = (0..rayon::current_num_threads().max(1))
+            .map(|_| Producer::new(self.spare.take()))
+            .collect();
         loop {
             let mut i = 0;
             while i < level.len() {
@@ -517,9 +520,10 @@ impl<'m, 'a> Levels<'m, 'a> {
             for &k in &touched {
                 in_level[k] = false;
             }
-            if edges < PARALLEL_EDGES || rayon::current_num_threads() == 1 {
+            if edges < PARALLEL_EDGES || workers.len() == 1 {
+                let here = &mut workers[0];
                 for &k in &touched {
-                    self.visit_bucket(k, &level, &mut here);
+                    self.visit_bucket(k, &level, here);
                 }
                 if let [only] = &mut level[..] {
                     // The usual case for a small level: swap, no lock.
@@ -532,15 +536,38 @@ impl<'m, 'a> Levels<'m, 'a> {
                     level.push(std::mem::replace(&mut here.out, self.spare.take()));
                 }
             } else {
-                let next =
-                    self.produce(touched.par_iter(), |&k, p| self.visit_bucket(k, &level, p));
+                // The largest buckets first, so that the last to start are short.
+                touched.sort_unstable_by_key(|&k| {
+                    std::cmp::Reverse(level.iter().map(|f| f.buckets[k].len()).sum::<usize>())
+                });
+                self.visit_in_parallel(&touched, &level, &mut workers);
                 for f in level.drain(..) {
                     self.spare.give(f);
                 }
-                level = next;
+                for p in &mut workers {
+                    level.push(std::mem::replace(&mut p.out, self.spare.take()));
+                }
             }
         }
-        self.tally(&here);
+        for p in &workers {
+            self.tally(p);
+        }
+    }
+
+    /// Visits the buckets `touched` of `level`, one task per producer on rayon's
+    /// threads, each taking the next bucket not yet taken until none is left.
+    fn visit_in_parallel(&self, touched: &[usize], level: &[Frontier], workers: &mut [Producer]) {
+        let next = AtomicUsize::new(0);
+        rayon::scope(|s| {
+            for p in workers.iter_mut() {
+                let next = &next;
+                s.spawn(move |_| {
+                    while let Some(&k) = touched.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        self.visit_bucket(k, level, p);
+                    }
+                });
+            }
+        });
     }
 }
 
