@@ -736,12 +736,17 @@ fn root_guards_and_retention() {
     assert_eq!(*log.lock(), vec![1]);
 }
 
-#[test]
-fn a_handle_moved_into_a_scanned_object_during_a_cycle_keeps_its_target() {
+/// A store with `Node` and `Anchor` registered, and an empty drop log for nodes.
+fn nodes_and_anchors() -> (Store, Arc<Mutex<Vec<u64>>>) {
     let mut store = Store::new();
     store.register::<Node>().unwrap();
     store.register::<Anchor>().unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
+    (store, Arc::new(Mutex::new(Vec::new())))
+}
+
+#[test]
+fn a_handle_moved_into_a_scanned_object_during_a_cycle_keeps_its_target() {
+    let (mut store, log) = nodes_and_anchors();
     let node = |edges, id| node(edges, id, &log);
     let target = store.insert(node(vec![], 0));
     // A chain of 1,000 nodes whose far end alone holds `target`.
@@ -805,10 +810,7 @@ fn objects_inserted_or_handed_out_during_a_cycle_survive_it() {
 /// finish must still free the garbage beside it.
 #[test]
 fn an_object_removed_after_its_marking_does_not_hide_garbage_from_the_finish() {
-    let mut store = Store::new();
-    store.register::<Node>().unwrap();
-    store.register::<Anchor>().unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
+    let (mut store, log) = nodes_and_anchors();
     let node = |edges, id| node(edges, id, &log);
     let kept = store.insert(node(vec![], 0));
     let garbage = store.insert(node(vec![], 1));
