@@ -40,7 +40,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use rayon::prelude::*;
 
 use super::Dangling;
 use super::mark::{Lookup, MarkTable, Marker, is_marked, set_mark};
@@ -425,8 +424,8 @@ impl<'m, 'a> Levels<'m, 'a> {
     }
 
     /// The first level: the explicit roots, then the handles every manual object holds.
-    fn first_level(&self, roots: &[AnyHandle]) -> Vec<Frontier> {
-        let mut p = Producer::new(self.spare.take());
+    fn first_level(&self, roots: &[AnyHandle], workers: &mut [Producer]) -> Vec<Frontier> {
+        let p = &mut workers[0];
         for r in roots {
             let Some(ti) = self.marker.index_of(r.type_id(), &mut p.lookup) else {
                 self.marker.dangle(None, *r);
@@ -442,7 +441,7 @@ impl<'m, 'a> Levels<'m, 'a> {
             self.note_type(ti, *r);
             p.out.push(&self.buckets, ti, &[r.to_bits()]);
         }
-        self.flush_full(&mut p);
+        self.flush_full(p);
         let mut blocks = Vec::new();
         for (ti, t) in self.marker.tables.iter().enumerate() {
             if t.traced || t.ops.is_none() {
@@ -450,34 +449,43 @@ impl<'m, 'a> Levels<'m, 'a> {
             }
             owner_blocks(t, |owners| blocks.push((ti as u32, owners.to_vec())));
         }
-        let mut level = self.produce(blocks.par_iter(), |block, p| {
+        self.in_parallel(&blocks, workers, |block, p| {
             self.trace_and_route(block.0, &block.1, p);
             self.flush_full(p);
         });
-        self.tally(&p);
-        level.push(p.out);
-        level
+        self.take_outputs(workers)
     }
 
-    /// Runs `work` over `items` on rayon's threads, each thread's edges into its own
-    /// frontiers; returns those frontiers.
-    fn produce<I, F>(&self, items: I, work: F) -> Vec<Frontier>
-    where
-        I: ParallelIterator,
-        F: Fn(I::Item, &mut Producer) + Sync + Send,
-    {
-        items
-            .fold(
-                || Producer::new(self.spare.take()),
-                |mut p, item| {
-                    work(item, &mut p);
-                    p
-                },
-            )
-            .map(|p| {
-                self.tally(&p);
-                p.out
-            })
+    /// Runs `work` over `items`, one task per producer on rayon's threads, each taking
+    /// the next item not yet taken until none is left.
+    fn in_parallel<I: Sync>(
+        &self,
+        items: &[I],
+        workers: &mut [Producer],
+        work: impl Fn(&I, &mut Producer) + Sync,
+    ) {
+        if let [only] = workers {
+            items.iter().for_each(|item| work(item, only));
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        rayon::scope(|s| {
+            for p in workers.iter_mut() {
+                let (next, work) = (&next, &work);
+                s.spawn(move |_| {
+                    while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        work(item, p);
+                    }
+                });
+            }
+        });
+    }
+
+    /// The producers' frontiers, each replaced by an empty one.
+    fn take_outputs(&self, workers: &mut [Producer]) -> Vec<Frontier> {
+        workers
+            .iter_mut()
+            .map(|p| std::mem::replace(&mut p.out, self.spare.take()))
             .collect()
     }
 
@@ -486,16 +494,13 @@ impl<'m, 'a> Levels<'m, 'a> {
         self.marker.marked.fetch_add(p.marked, Ordering::Relaxed);
     }
 
-    /// Marks level after level until one finds no edge.
-    fn run(&self, mut level: Vec<Frontier>) {
+    /// Marks level after level until one finds no edge. One producer per thread lives
+    /// across levels with its buffers: a deep, thin graph makes a level per object and
+    /// must not allocate per level, and a wide one reuses each producer's warm scratch
+    /// and bucket memory level after level.
+    fn run(&self, mut level: Vec<Frontier>, workers: &mut [Producer]) {
         let mut in_level = vec![false; self.buckets.len()];
         let mut touched = Vec::new();
-        // One producer per thread, living across levels with its buffers: a deep, thin
-        // graph makes a level per object and must not allocate per level, and a wide
-        // one reuses each producer's warm scratch and bucket memory level after level.
-        let mut workers: Vec<Producer> = (0..rayon::current_num_threads().max(1))
-            .map(|_| Producer::new(self.spare.take()))
-            .collect();
         loop {
             let mut i = 0;
             while i < level.len() {
@@ -540,34 +545,13 @@ impl<'m, 'a> Levels<'m, 'a> {
                 touched.sort_unstable_by_key(|&k| {
                     std::cmp::Reverse(level.iter().map(|f| f.buckets[k].len()).sum::<usize>())
                 });
-                self.visit_in_parallel(&touched, &level, &mut workers);
+                self.in_parallel(&touched, workers, |&k, p| self.visit_bucket(k, &level, p));
                 for f in level.drain(..) {
                     self.spare.give(f);
                 }
-                for p in &mut workers {
-                    level.push(std::mem::replace(&mut p.out, self.spare.take()));
-                }
+                level = self.take_outputs(workers);
             }
         }
-        for p in &workers {
-            self.tally(p);
-        }
-    }
-
-    /// Visits the buckets `touched` of `level`, one task per producer on rayon's
-    /// threads, each taking the next bucket not yet taken until none is left.
-    fn visit_in_parallel(&self, touched: &[usize], level: &[Frontier], workers: &mut [Producer]) {
-        let next = AtomicUsize::new(0);
-        rayon::scope(|s| {
-            for p in workers.iter_mut() {
-                let next = &next;
-                s.spawn(move |_| {
-                    while let Some(&k) = touched.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        self.visit_bucket(k, level, p);
-                    }
-                });
-            }
-        });
     }
 }
 
@@ -587,8 +571,14 @@ impl Marker<'_> {
             },
             buckets,
         };
-        let first = levels.first_level(roots);
-        levels.run(first);
+        let mut workers: Vec<Producer> = (0..rayon::current_num_threads().max(1))
+            .map(|_| Producer::new(levels.spare.take()))
+            .collect();
+        let first = levels.first_level(roots, &mut workers);
+        levels.run(first, &mut workers);
+        for p in &workers {
+            levels.tally(p);
+        }
         let unnamed = levels.unnamed.into_inner();
         if !unnamed.is_empty() {
             self.name_holders(unnamed.into_iter().collect());
