@@ -4,7 +4,8 @@
 //! objects drawn uniformly), 1M roots (objects of a manual table, each holding one handle
 //! drawn uniformly). Measured: a full `Store::collect` on 1 and 2 threads (handles marked
 //! per second: every handle a scanned object holds is looked at once), the pauses of
-//! incremental cycles of `gc_step(1 ms)` (three, each reported), and the floor: a
+//! incremental cycles of `gc_step(1 ms)` (three, each reported, beside the longest
+//! stall the machine gives a thread that only reads the clock), and the floor: a
 //! hand-written breadth-first search over the same graph as `Vec<u32>` adjacency with a
 //! visited bitmap, on one thread (and a depth-first one beside it).
 
@@ -136,10 +137,13 @@ struct Cycle {
     p99: Duration,
     mean: Duration,
     finish: Duration,
+    /// From `gc_begin` to the end of `gc_finish`.
+    took: Duration,
 }
 
 /// Runs one incremental cycle of `gc_step(1 ms)` to its end; its pauses.
 fn incremental_cycle(store: &mut Store) -> Cycle {
+    let began = Instant::now();
     store.gc_begin().expect("no cycle open");
     let mut pauses = Vec::new();
     loop {
@@ -168,6 +172,35 @@ fn incremental_cycle(store: &mut Store) -> Cycle {
         p99: pauses[steps * 99 / 100],
         mean,
         finish,
+        took: began.elapsed(),
+    }
+}
+
+/// What a thread that only reads the clock for `span` sees of the machine stopping it:
+/// the longest gap between two reads, and how many gaps were longer than 0.5 ms. A
+/// `gc_step` that such a gap falls in lasts that much longer, whatever its work.
+struct Stalls {
+    span: Duration,
+    longest: Duration,
+    over_half_ms: usize,
+}
+
+fn machine_stalls(span: Duration) -> Stalls {
+    let start = Instant::now();
+    let mut last = start;
+    let mut longest = Duration::ZERO;
+    let mut over_half_ms = 0;
+    while last - start < span {
+        let now = Instant::now();
+        let gap = now - last;
+        longest = longest.max(gap);
+        over_half_ms += usize::from(gap > Duration::from_micros(500));
+        last = now;
+    }
+    Stalls {
+        span,
+        longest,
+        over_half_ms,
     }
 }
 
@@ -212,7 +245,10 @@ fn main() {
     let cycles: Vec<Cycle> = (0..INCREMENTAL_CYCLES)
         .map(|_| workers.install(|| incremental_cycle(&mut store)))
         .collect();
-    c.final_summary();
+    // The peer of the pauses: how long this machine itself stops a thread that only
+    // reads the clock, over as long as the cycles took.
+    let cycles_took: Duration = cycles.iter().map(|c| c.took).sum();
+    let stalls = machine_stalls(cycles_took);
     c.final_summary();
 
     let mut out = format!(
@@ -249,5 +285,12 @@ fn main() {
             cycle.finish.as_secs_f64() * 1e3
         );
     }
+    out += &format!(
+        "  this machine, a thread only reading the clock for {:.1} s: longest gap {:.3} ms, \
+         {} gaps over 0.5 ms\n",
+        stalls.span.as_secs_f64(),
+        stalls.longest.as_secs_f64() * 1e3,
+        stalls.over_half_ms
+    );
     println!("\nsummary\n{out}");
 }

@@ -58,9 +58,12 @@ use mark::{GreyStack, MarkTable, Marker, Push, is_marked, set_mark};
 const ROOTS_PER_LOOK: usize = 1024;
 
 /// The share of a step's budget kept for its own bookkeeping after marking stops
-/// (1/32: about 31 µs of a 1 ms step), so that the whole step stays within the budget
-/// (with 1/64, one step in a few hundred overran a 1 ms budget by 10-40 µs).
-const STEP_RESERVE_DIVISOR: u32 = 32;
+/// (1/16: about 62 µs of a 1 ms step), so that the whole step stays within the budget:
+/// with 1/64, one step in a few hundred overran a 1 ms budget by 10-40 µs; with 1/32,
+/// one in about a thousand by up to 9 µs (a batch slower than any before it). With
+/// 1/16 the longest step of three cycles on the bench graph took 0.99 ms, apart from
+/// one that the machine itself stalled.
+const STEP_RESERVE_DIVISOR: u32 = 16;
 
 /// What to do with a handle that names no live object (its object was removed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
