@@ -13,8 +13,8 @@
 //! words too) and run in parallel on rayon's threads.
 //!
 //! On the 10M-object graph of `benches/gc.rs` this took a full collection from 1.29 s
-//! (depth first) to 0.72 s on one thread, and it scales better than depth-first
-//! draining: 0.44 s instead of 0.98 s on two, as no two threads ever work in one
+//! (depth first) to 0.61 s on one thread, and it scales better than depth-first
+//! draining: 0.37-0.38 s instead of 0.98 s on two, as no two threads ever work in one
 //! bucket's range.
 //!
 //! The price is memory while marking: a level's edges wait in buckets, 8 bytes each,
