@@ -60,9 +60,9 @@ const BUCKET_BYTES: usize = 4 << 20;
 const PARALLEL_EDGES: usize = 1 << 14;
 
 /// A producer's bucket that gets more edges than this is visited at once instead of at
-/// the next level (512 KiB of edges; whole blocks): many edges into a small table, such as every
-/// synapse's two handles into the neuron table when the synapses are roots, would
-/// otherwise all wait in memory for one level.
+/// the next level (512 KiB of edges; whole blocks): many edges into a small table, such
+/// as every synapse's two handles into the neuron table when the synapses are roots,
+/// would otherwise all wait in memory for one level.
 const FLUSH_AT: usize = 1 << 16;
 const _: () = assert!(FLUSH_AT.is_multiple_of(BLOCK_EDGES));
 
@@ -164,7 +164,8 @@ struct Frontier {
     /// reused level after level, so after the first levels its buckets grow without
     /// allocating.
     free: Vec<Vec<u64>>,
-    /// The buckets that hold an edge, each once.
+    /// The buckets that hold an edge (one may be listed more than once: again after a
+    /// flush, and once per whole block).
     touched: Vec<u32>,
     /// Buckets past [`FLUSH_AT`] edges, to be visited at once.
     full: Vec<u32>,
