@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use proptest::prelude::*;
 
 use neurostore::{
-    AnyHandle, DanglingPolicy, GcPolicy, Handle, Pooled, Retention, Store, trace_handles,
+    AnyHandle, DanglingPolicy, GcPolicy, GcReport, Handle, Pooled, Retention, Store, trace_handles,
 };
 
 /// Records its id when dropped.
@@ -52,6 +52,14 @@ struct Leaf {
 struct Anchor {
     nodes: Vec<Handle<Node>>,
     leaves: Vec<Handle<Leaf>>,
+}
+
+/// Whether every dangling handle `report` lists names `target`.
+fn all_dangling_name<T: 'static>(report: &GcReport, target: Handle<T>) -> bool {
+    report
+        .dangling
+        .iter()
+        .all(|d| d.target == AnyHandle::new(target))
 }
 
 /// A node holding `edges`, whose drop is logged in `log` as `id`.
@@ -539,12 +547,7 @@ fn dangling_handles_are_reported_with_their_holders_or_remove_them() {
                 ]
                 .into();
                 assert_eq!(holders, expected);
-                assert!(
-                    report
-                        .dangling
-                        .iter()
-                        .all(|d| d.target == AnyHandle::new(gone))
-                );
+                assert!(all_dangling_name(&report, gone));
             }
         }
         if policy == DanglingPolicy::RemoveHolder {
@@ -951,12 +954,7 @@ fn many_roots_into_a_small_table_are_marked_exactly() {
         assert_eq!(report.dangling_count, TETHERS / DANGLING_EVERY);
         let holders: HashSet<AnyHandle> = report.dangling.iter().filter_map(|d| d.holder).collect();
         assert_eq!(holders, dangling_holders);
-        assert!(
-            report
-                .dangling
-                .iter()
-                .all(|d| d.target == AnyHandle::new(gone))
-        );
+        assert!(all_dangling_name(&report, gone));
         assert_eq!(report.dangling.len(), TETHERS / DANGLING_EVERY);
         assert!(links[..50].iter().all(|&h| store.contains(h)));
         assert!(links[50..].iter().all(|&h| !store.contains(h)));
