@@ -18,7 +18,7 @@
 //! ([`Table::for_each_many`](crate::table::Table::for_each_many)), and the tracer
 //! appends each handle to an [`EdgeBuffer`] (no call and no `AnyHandle` per handle).
 //! Then, for each run of edges into one table, one call reads all their slots
-//! ([`ErasedTable::live_many`]) and a branch-free pass loads all their mark bits, so
+//! ([`TableInternals::live_many`]) and a branch-free pass loads all their mark bits, so
 //! that only the last, branchy pass (dangling or newly marked?) runs over cached data.
 //! On the 10M-object graph of `benches/gc.rs` this marks about 31M handles per second
 //! on one thread; the stop-the-world collector's levels, which keep each step's misses
@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 
 use super::{Dangling, GcOps};
 use crate::pooled::{AnyHandle, EdgeBuffer};
-use crate::store::ErasedTable;
+use crate::store::TableInternals;
 
 /// A grey object: its table's position in the marker, and its handle's bits.
 pub(crate) type Grey = (u32, u64);
@@ -175,7 +175,7 @@ impl Extend<Grey> for GreyStack {
 /// One table as the marker sees it.
 pub(crate) struct MarkTable<'a> {
     pub type_id: TypeId,
-    pub table: &'a dyn ErasedTable,
+    pub table: &'a dyn TableInternals,
     pub ops: Option<GcOps>,
     /// True for a traced table: its objects are marked; a manual table's are all roots.
     pub traced: bool,

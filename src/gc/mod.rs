@@ -865,8 +865,13 @@ impl Store {
 
     /// Notes that the table of `T` was handed out mutably during an open cycle.
     pub(crate) fn gc_touch<T: 'static>(&mut self) {
+        self.gc_touch_type(TypeId::of::<T>());
+    }
+
+    /// As [`gc_touch`](Self::gc_touch), for the table of the type `type_id`.
+    pub(crate) fn gc_touch_type(&mut self, type_id: TypeId) {
         if let Some(cycle) = self.gc.cycle.as_deref_mut() {
-            cycle.touched.insert(TypeId::of::<T>());
+            cycle.touched.insert(type_id);
         }
     }
 

@@ -23,8 +23,27 @@ use crate::pool::{HierarchicalPool, PoolStats};
 use crate::pooled::{PoolHints, Pooled, Trace};
 use crate::table::{Handle, Table, TableStats, default_pool};
 
-/// What every table offers without its type: the interface later layers walk.
-pub trait ErasedTable: Send + Sync {
+mod sealed {
+    /// Keeps [`ErasedTable`](super::ErasedTable) implemented by [`Table`](crate::Table)
+    /// alone, so that methods can be added to it without breaking anyone.
+    pub trait Sealed {}
+}
+
+/// What every table of a [`Store`] offers without its type: figures, whole-table
+/// maintenance, and a way back to the typed table. Sealed: only [`Table<T>`] implements
+/// it.
+///
+/// ```
+/// use neurostore::Store;
+///
+/// let mut store = Store::new();
+/// store.insert(1u32);
+/// store.insert(2.5f64);
+/// let mut names: Vec<_> = store.tables().map(|t| (t.type_name(), t.len())).collect();
+/// names.sort();
+/// assert_eq!(names, [("f64", 1), ("u32", 1)]);
+/// ```
+pub trait ErasedTable: sealed::Sealed + Send + Sync {
     /// The stored type's name (`std::any::type_name`).
     fn type_name(&self) -> &'static str;
     /// Live objects.
@@ -54,6 +73,18 @@ pub trait ErasedTable: Send + Sync {
     fn layout_version(&self) -> u64;
     /// True when the handle with these bits ([`Handle::to_bits`]) names a live object.
     fn contains_bits(&self, bits: u64) -> bool;
+    /// The table as `Any`, to get the typed table back.
+    fn as_any(&self) -> &dyn Any;
+    /// The table as `Any`, mutably. [`Store::tables_mut`] tells an open incremental
+    /// collection cycle that every table it hands out may change, so a typed table
+    /// reached this way needs no write barrier of its own.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The erased operations the collector and snapshots need beyond the public view:
+/// crate-private, so that no caller can change a table's objects behind the write barrier
+/// or read its slot layout.
+pub(crate) trait TableInternals: ErasedTable {
     /// For each handle (as bits) in `bits`, whether it names a live object, into `live`
     /// (cleared first). One call for a batch: the slot reads do not depend on one
     /// another, so their cache misses overlap.
@@ -70,11 +101,13 @@ pub trait ErasedTable: Send + Sync {
     fn owners_from_bits(&self, start: u64, max: usize, out: &mut Vec<u64>) -> Option<u64>;
     /// Removes (and drops) every object whose slot index `keep` refuses; how many.
     fn sweep_unmarked(&mut self, keep: &dyn Fn(u32) -> bool) -> usize;
-    /// The table as `Any`, to get the typed table back.
-    fn as_any(&self) -> &dyn Any;
-    /// The table as `Any`, mutably.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The public view of this table.
+    fn view(&self) -> &dyn ErasedTable;
+    /// The public view of this table, mutably.
+    fn view_mut(&mut self) -> &mut dyn ErasedTable;
 }
+
+impl<T> sealed::Sealed for Table<T> {}
 
 impl<T: Send + Sync + 'static> ErasedTable for Table<T> {
     fn type_name(&self) -> &'static str {
@@ -113,6 +146,15 @@ impl<T: Send + Sync + 'static> ErasedTable for Table<T> {
     fn contains_bits(&self, bits: u64) -> bool {
         self.contains(Handle::from_bits(bits))
     }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl<T: Send + Sync + 'static> TableInternals for Table<T> {
     fn live_many(&self, bits: &[u64], live: &mut Vec<bool>) {
         live.clear();
         live.extend(bits.iter().map(|&b| self.contains(Handle::from_bits(b))));
@@ -137,10 +179,10 @@ impl<T: Send + Sync + 'static> ErasedTable for Table<T> {
         self.retain(|h, _| keep(h.index()));
         before - self.len()
     }
-    fn as_any(&self) -> &dyn Any {
+    fn view(&self) -> &dyn ErasedTable {
         self
     }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
+    fn view_mut(&mut self) -> &mut dyn ErasedTable {
         self
     }
 }
@@ -173,7 +215,7 @@ pub struct StoreStats {
 /// assert_eq!(store.stats().tables.len(), 2);
 /// ```
 pub struct Store {
-    pub(crate) tables: TypeMap<Box<dyn ErasedTable>>,
+    pub(crate) tables: TypeMap<Box<dyn TableInternals>>,
     pub(crate) pool: Arc<HierarchicalPool>,
     /// Roots, tracing entry points, policies and an open cycle (the gc layer).
     pub(crate) gc: GcState,
@@ -446,16 +488,21 @@ impl Store {
             .downcast_mut()
     }
 
-    /// Every table, erased (for layers that walk them all).
+    /// Every table, erased (for tools that walk them all).
     pub fn tables(&self) -> impl Iterator<Item = &dyn ErasedTable> {
-        self.tables.values().map(|t| &**t)
+        self.tables.values().map(|t| t.view())
     }
 
-    /// Every table, erased and mutable.
+    /// Every table, erased and mutable. During an incremental collection cycle every
+    /// table is then kept whole and scanned again at the cycle's finish, as for
+    /// [`table_mut`](Self::table_mut): whatever is done to a table reached this way, the
+    /// collector frees no object that is reachable at the finish.
     pub fn tables_mut(&mut self) -> impl Iterator<Item = &mut dyn ErasedTable> {
-        self.tables
-            .values_mut()
-            .map(|t| &mut **t as &mut dyn ErasedTable)
+        let types: Vec<TypeId> = self.tables.keys().copied().collect();
+        for type_id in types {
+            self.gc_touch_type(type_id);
+        }
+        self.tables.values_mut().map(|t| t.view_mut())
     }
 
     /// The figures of every table and of the pool.
