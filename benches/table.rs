@@ -1,8 +1,9 @@
 //! 1M objects of a 32-byte Pod struct in a neurostore `Table`, beside `slotmap::SlotMap`,
 //! `slotmap::DenseSlotMap` and a plain `Vec<T>` indexed by `u32`, in one run: insert,
 //! get of every handle in shuffled order, `get_many` of the same, iterate (sum a field),
-//! `iter_mut`, churn (remove a random 50 %, insert as many, iterate), remove all, and
-//! bytes per live object after churn. A summary with ratios to `SlotMap` follows
+//! `iter_mut`, churn (remove a random 50 %, insert as many, iterate), remove a random
+//! half, remove all (shuffled), and bytes per live object after churn (the table's chunks
+//! and slot array are pool memory, counted). A summary with ratios to `SlotMap` follows
 //! criterion's output.
 
 mod common;
@@ -115,8 +116,16 @@ fn churn<M: Keyed>(m: &mut M, keys: &[M::Key]) {
     black_box(m.sum());
 }
 
+/// Removes every object, in a random order.
 fn remove_all<M: Keyed>(m: &mut M, keys: &[M::Key]) {
-    for k in keys {
+    for k in &shuffled(keys, 3) {
+        black_box(m.remove_key(*k));
+    }
+}
+
+/// Removes a random half.
+fn remove_half<M: Keyed>(m: &mut M, keys: &[M::Key]) {
+    for k in &shuffled(keys, 4)[..N / 2] {
         black_box(m.remove_key(*k));
     }
 }
@@ -261,6 +270,17 @@ fn bench(c: &mut Criterion) {
         black_box(v.iter().map(|o| o.v).sum::<f64>());
     });
 
+    // remove a random half
+    per_element(c, "remove_half", "table", table_full, |(t, hs)| {
+        remove_half(t, hs)
+    });
+    per_element(c, "remove_half", "slotmap", slotmap_full, |(m, ks)| {
+        remove_half(m, ks)
+    });
+    per_element(c, "remove_half", "dense_slotmap", dense_full, |(m, ks)| {
+        remove_half(m, ks)
+    });
+
     // remove all
     per_element(c, "remove_all", "table", table_full, |(t, hs)| {
         remove_all(t, hs)
@@ -313,14 +333,18 @@ fn summary() {
         "case", peers[0], peers[1], peers[2], peers[3]
     );
     // Every benchmark iteration touches N elements (churn: N/2 removes, N/2 inserts and
-    // one pass over N), so per element is the estimate over N.
-    let per_elem = |group: &str, p: &str| estimate(group, p).map(|ns| ns / N as f64);
+    // one pass over N), so per element is the estimate over N; removing half touches N/2.
+    let per_elem = |group: &str, p: &str| {
+        let n = if group == "remove_half" { N / 2 } else { N };
+        estimate(group, p).map(|ns| ns / n as f64)
+    };
     for group in [
         "insert",
         "get_shuffled",
         "iterate_sum",
         "iter_mut",
         "churn",
+        "remove_half",
         "remove_all",
     ] {
         let base = per_elem(group, "slotmap");

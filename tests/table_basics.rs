@@ -119,13 +119,17 @@ fn stats_count_holes_and_chunks() {
     // Places 0, 2, .., 30 are free below the last object (place 31).
     assert_eq!((st.live, st.holes), (16, 16));
     assert!((st.fragmentation - 0.5).abs() < 1e-12);
+    let in_use = p.stats().in_use_bytes;
     t.clear();
     assert_eq!(t.stats().chunks, 0);
     assert_eq!(
-        p.stats().live_allocations,
-        0,
+        p.stats().in_use_bytes,
+        in_use - 4 * 256,
         "chunks went back to the pool"
     );
+    drop(t);
+    assert_eq!(p.stats().in_use_bytes, 0, "and the slots with the table");
+    assert_eq!(p.stats().live_allocations, 0);
 }
 
 #[test]
@@ -133,12 +137,15 @@ fn emptied_chunks_go_back_to_the_pool() {
     let p = pool();
     let mut t: Table<u64> = Table::with_pool_and_chunk_bytes(p.clone(), 8 * 4);
     let hs: Vec<_> = (0..40u64).map(|i| t.insert(i)).collect();
-    assert_eq!(p.stats().live_allocations, 10);
+    let objects = |p: &HierarchicalPool| p.stats().in_use_bytes - (64 << 10); // less the slots
+    assert_eq!(objects(&p), 10 * 32);
     for h in &hs[..36] {
         t.remove(*h);
     }
     // One emptied chunk is kept for reuse; the rest went back.
     assert_eq!(t.stats().chunks, 2);
+    assert_eq!(objects(&p), 2 * 32);
+    // The objects and the slots: one run of memory each.
     assert_eq!(p.stats().live_allocations, 2);
     assert_eq!(
         t.iter().map(|(_, v)| *v).collect::<Vec<_>>(),

@@ -1,7 +1,8 @@
 //! Model test of `Table<T>` against a `HashMap` reference: random insert / get /
 //! get_mut / remove / retain / clear sequences with drop counting, checking after every
 //! step that every live handle resolves to its value, stale handles stay stale, iteration
-//! yields exactly the live set, and every object is dropped exactly once.
+//! yields exactly the live set, every object is dropped exactly once, and a
+//! `slotmap::SecondaryMap` keyed by the table's handles agrees with the table.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use neurostore::table::{Handle, Table};
 use neurostore::{HierarchicalPool, PoolConfig};
 use proptest::prelude::*;
+use slotmap::SecondaryMap;
 
 mod common;
 use common::Counted;
@@ -47,6 +49,7 @@ proptest! {
         let drops = Rc::new(Cell::new(0u64));
         let mut table: Table<Counted> = Table::with_pool_and_chunk_bytes(pool.clone(), chunk_bytes);
         let mut model: HashMap<Handle<Counted>, u64> = HashMap::new();
+        let mut side: SecondaryMap<Handle<Counted>, u64> = SecondaryMap::new();
         let mut live: Vec<Handle<Counted>> = Vec::new();
         let mut stale: Vec<Handle<Counted>> = Vec::new();
         let (mut made, mut next_id) = (0u64, 0u64);
@@ -59,6 +62,7 @@ proptest! {
                     prop_assert!(!model.contains_key(&h), "a live handle was handed out twice");
                     prop_assert!(!stale.contains(&h), "a stale handle was handed out again");
                     model.insert(h, next_id);
+                    prop_assert_eq!(side.insert(h, next_id), None, "no older value under a fresh handle");
                     live.push(h);
                 }
                 Op::Get(i) if !live.is_empty() => {
@@ -70,12 +74,14 @@ proptest! {
                     next_id += 1;
                     table.get_mut(h).unwrap().id = next_id;
                     model.insert(h, next_id);
+                    side[h] = next_id;
                 }
                 Op::Remove(i) if !live.is_empty() => {
                     let h = live.swap_remove(i % live.len());
                     let before = drops.get();
                     let v = table.remove(h).expect("live handle");
                     prop_assert_eq!(v.id, model.remove(&h).unwrap());
+                    prop_assert_eq!(side.remove(h), Some(v.id));
                     drop(v);
                     prop_assert_eq!(drops.get(), before + 1);
                     stale.push(h);
@@ -91,6 +97,7 @@ proptest! {
                     let gone: Vec<_> = model.iter().filter(|(_, id)| **id % 2 != 0).map(|(h, _)| *h).collect();
                     for h in gone {
                         model.remove(&h);
+                        side.remove(h);
                         live.retain(|x| *x != h);
                         stale.push(h);
                     }
@@ -99,6 +106,7 @@ proptest! {
                     table.clear();
                     stale.append(&mut live);
                     model.clear();
+                    side.clear();
                 }
                 _ => {}
             }
@@ -110,6 +118,11 @@ proptest! {
             }
             for h in &stale {
                 prop_assert!(table.get(*h).is_none() && !table.contains(*h), "{h:?} came back");
+                prop_assert!(!side.contains_key(*h), "{h:?} is stale in the secondary map too");
+            }
+            prop_assert_eq!(side.len(), model.len());
+            for (h, id) in &side {
+                prop_assert_eq!(table.get(h).map(|c| c.id), Some(*id), "keys come back as live handles");
             }
             let mut seen: Vec<(Handle<Counted>, u64)> = table.iter().map(|(h, c)| (h, c.id)).collect();
             let mut want: Vec<(Handle<Counted>, u64)> = model.iter().map(|(h, id)| (*h, *id)).collect();
@@ -123,7 +136,11 @@ proptest! {
             let st = table.stats();
             prop_assert_eq!(st.live, model.len());
             prop_assert!(st.capacity >= st.live);
-            prop_assert_eq!(pool.stats().live_allocations as usize, st.chunks);
+            prop_assert_eq!(
+                pool.stats().in_use_bytes,
+                st.bytes_reserved + st.slot_bytes,
+                "the chunks and the slots are the table's pool memory"
+            );
         }
         drop(table);
         prop_assert_eq!(drops.get(), made, "dropping the table drops every object once");

@@ -72,52 +72,26 @@ pub(crate) fn place_if_named(slot: &DeviceSlot, handle: u64) -> Option<u32> {
 }
 
 /// The device slot image of `table`: one [`DeviceSlot`] per slot index, the sentinel at
-/// index 0 included, into `out`.
-///
-/// Built in parallel from the chunks' owner lists (each live slot is named by exactly one
-/// occupied place) and the table's list of vacant slots, instead of walking the slot
-/// table: for 32M slots that walk took 150 ms on one core, longer than a PCIe link takes
-/// to move the table's objects.
+/// index 0 included, into `out`: the table's own slot array, with each vacant slot's place
+/// (a link of the host's vacant list) written as 0. Copied in parallel blocks; a buffer
+/// kept from the last sync is reused as it is, its pages already mapped.
 pub(crate) fn slot_image<T: Sync>(table: &Table<T>, out: &mut Vec<DeviceSlot>) {
-    let count = table.slot_count();
-    // Every index but the sentinel is written below (it is live or vacant), so a buffer
-    // kept from the last sync is reused as it is: its pages are already mapped.
-    out.resize(count, DeviceSlot::zeroed());
-    out[0] = DeviceSlot::zeroed();
-    /// The image's start, shared by the workers.
-    #[derive(Clone, Copy)]
-    struct Image(*mut DeviceSlot, usize);
-    // SAFETY: workers write through it only at distinct indices (below).
-    unsafe impl Send for Image {}
-    // SAFETY: as above.
-    unsafe impl Sync for Image {}
-    impl Image {
-        fn set(&self, index: u32, slot: DeviceSlot) {
-            assert!(
-                (index as usize) < self.1,
-                "a slot index past the slot table"
-            );
-            // SAFETY: in bounds (checked); every slot index is written by one worker
-            // only, since a live slot is the owner of exactly one occupied place and a
-            // vacant one is listed once, never both (the table's invariants).
-            unsafe { self.0.add(index as usize).write(slot) };
-        }
+    const BLOCK: usize = 1 << 16;
+    let slots = table.raw_slots();
+    out.resize(table.slot_count(), DeviceSlot::zeroed());
+    if slots.is_empty() {
+        out[0] = DeviceSlot::zeroed();
+        return;
     }
-    let image = Image(out.as_mut_ptr(), count);
-    table.par_owner_places().for_each(|(h, place)| {
-        image.set(
-            h.index(),
-            DeviceSlot {
-                version: h.generation(),
-                place,
-            },
-        );
-    });
-    table
-        .vacant_slots()
-        .par_iter()
-        .for_each(|&(index, version)| {
-            image.set(index, DeviceSlot { version, place: 0 });
+    out.par_chunks_mut(BLOCK)
+        .zip(slots.par_chunks(BLOCK))
+        .for_each(|(out, slots)| {
+            for (o, s) in out.iter_mut().zip(slots) {
+                *o = DeviceSlot {
+                    version: s.version,
+                    place: if s.is_live() { s.place } else { 0 },
+                };
+            }
         });
 }
 

@@ -16,6 +16,7 @@ use super::medium::MAX_CACHE_CLASSES;
 use super::medium::MediumTier;
 use super::page_map::{self, RegionKind};
 use super::small::{self, SmallTier};
+use super::span::SpanCounters;
 use super::stats::{Alert, AlertKind, Alerts, ClassStats, PoolStats, Tier, TierStats};
 use super::sync::lock;
 use super::thread_cache::{self, ThreadList};
@@ -40,6 +41,8 @@ pub(crate) struct PoolShared {
     pub small: SmallTier,
     pub medium: MediumTier,
     pub large: LargeTier,
+    /// Bytes committed in the tables' spans (counted with the large tier).
+    pub spans: SpanCounters,
     pub threads: Mutex<ThreadList>,
     alerts: Alerts,
     peak: AtomicUsize,
@@ -52,6 +55,7 @@ impl PoolShared {
         self.small.outstanding_bytes()
             + self.medium.counters.in_use.load(Ordering::Relaxed)
             + self.large.counters.in_use.load(Ordering::Relaxed)
+            + self.spans.committed.load(Ordering::Relaxed)
     }
 
     /// Samples the peak and looks at the alerts; called with no pool lock held.
@@ -149,6 +153,7 @@ impl HierarchicalPool {
                 small: SmallTier::new(id, &cfg),
                 medium: MediumTier::new(id, &cfg),
                 large: LargeTier::new(id, &cfg),
+                spans: SpanCounters::default(),
                 threads: Mutex::new(ThreadList::new()),
                 alerts: Alerts::new(),
                 peak: AtomicUsize::new(0),
@@ -568,6 +573,28 @@ impl HierarchicalPool {
         s.large.verify()
     }
 
+    /// Counts `delta` bytes more (or fewer, when negative) as committed in the tables'
+    /// spans ([`Span`](super::span::Span)), against the `total_memory` cap; a refusal
+    /// changes nothing.
+    pub(crate) fn span_account(&self, delta: isize) -> Result<(), OomReason> {
+        let s = &*self.shared;
+        let bytes = delta.unsigned_abs();
+        if delta >= 0 {
+            s.budget.reserve(bytes)?;
+            s.spans.committed.fetch_add(bytes, Ordering::Relaxed);
+            s.after_slow_path();
+        } else {
+            s.spans.committed.fetch_sub(bytes, Ordering::Relaxed);
+            s.budget.release(bytes);
+        }
+        Ok(())
+    }
+
+    /// The span figures of this pool.
+    pub(crate) fn span_counters(&self) -> &SpanCounters {
+        &self.shared.spans
+    }
+
     /// Whether this pool runs in checked mode.
     pub fn is_checked(&self) -> bool {
         self.shared.cfg.checked
@@ -642,12 +669,13 @@ impl HierarchicalPool {
             });
         }
         let lc = &s.large.counters;
+        let span_bytes = s.spans.committed.load(Ordering::Relaxed);
         let large = TierStats {
-            reserved_bytes: lc.reserved.load(Ordering::Relaxed),
-            in_use_bytes: lc.in_use.load(Ordering::Relaxed),
-            allocations: lc.allocs.load(Ordering::Relaxed),
-            deallocations: lc.frees.load(Ordering::Relaxed),
-            regions: lc.regions.load(Ordering::Relaxed),
+            reserved_bytes: lc.reserved.load(Ordering::Relaxed) + span_bytes,
+            in_use_bytes: lc.in_use.load(Ordering::Relaxed) + span_bytes,
+            allocations: lc.allocs.load(Ordering::Relaxed) + s.spans.allocs.load(Ordering::Relaxed),
+            deallocations: lc.frees.load(Ordering::Relaxed) + s.spans.frees.load(Ordering::Relaxed),
+            regions: lc.regions.load(Ordering::Relaxed) + s.spans.spans.load(Ordering::Relaxed),
         };
         let reserved = small.reserved_bytes + medium.reserved_bytes + large.reserved_bytes;
         let in_use = small.in_use_bytes + medium.in_use_bytes + large.in_use_bytes;

@@ -9,6 +9,7 @@
 //! | small | 8, 16, 32, 64, 128, 256 B | fixed-size pools carved from chunks, per-thread caches | `small.rs`, `thread_cache.rs` |
 //! | medium | up to 64 KiB | segregated fit over size classes, splitting and coalescing, per-thread caches in front | `medium.rs`, `thread_cache.rs` |
 //! | large | 64 KiB .. 1 GiB, then single mappings | buddy arenas over offsets, page aligned | `large.rs`, `buddy.rs` |
+//! | spans | a table's objects and slots | address space grown in place, committed chunk by chunk | `span.rs` |
 //!
 //! All memory comes from the OS in regions (`os.rs`, `mmap`, huge pages on request) that
 //! the process-wide page map (`page_map.rs`) registers, so `deallocate` finds the owning
@@ -45,6 +46,7 @@ mod os;
 mod page_map;
 mod registry;
 mod small;
+pub(crate) mod span;
 pub mod stats;
 mod sync;
 mod thread_cache;

@@ -15,7 +15,7 @@ pub enum Tier {
     Small,
     /// Segregated fit with coalescing.
     Medium,
-    /// Buddy arenas and single mappings.
+    /// Buddy arenas, single mappings, and the spans that hold tables' objects and slots.
     Large,
 }
 

@@ -1,63 +1,52 @@
-//! One chunk of a table: a fixed number of object places in one pool block, with an
-//! occupancy bitmap and, per place, the handle that owns it (the back-reference that
-//! iteration and defragmentation use).
+//! One chunk of a table: a fixed number of object places, with an occupancy bitmap and,
+//! per place, the slot index that owns it (the back-reference that iteration and
+//! defragmentation use).
 //!
 //! Invariants: bit `i` of `occupied` is set iff place `i` holds an initialised object,
-//! `owners[i]` is then the handle whose slot points here (else null), `live` is the
-//! number of set bits, and every word before `free_cursor` is full. The block is `Layout::array::<T>(capacity)`, aligned to the table's alignment, from `pool` (no block
-//! for zero-sized `T`), and is returned exactly once, by [`Chunk::release`].
+//! `owners[i]` is then the index of the slot that names this place (a place that is
+//! free holds a stale index, or, during a snapshot load, the index of the slot whose
+//! object will come: see [`Chunk::pending_runs`]), `live` is the number of set bits, and
+//! every word before `free_cursor` is full. The places are `capacity` objects in a row
+//! at `data`, in the table's span: the table commits that memory before making the chunk,
+//! moves `data` when the span moves, and decommits it after
+//! [`Chunk::drop_objects`].
 
-use std::alloc::Layout;
 use std::ptr::NonNull;
-
-use super::handle::Handle;
-use crate::error::Error;
-use crate::pool::HierarchicalPool;
 
 pub(crate) struct Chunk<T> {
     data: NonNull<T>,
     occupied: Box<[u64]>,
-    owners: Box<[Handle<T>]>,
+    owners: Box<[u32]>,
     live: u32,
     /// Words of `occupied` before this one are full.
     free_cursor: u32,
     /// The table epoch of the last change to this chunk.
     pub dirty: u64,
-    /// Alignment of the block (at least `T`'s): part of its layout.
-    align: u32,
 }
 
 impl<T> Chunk<T> {
-    /// The layout of a chunk of `capacity` places whose block is aligned to `align` (a
-    /// power of two; `T`'s own alignment if larger).
-    pub(crate) fn layout(capacity: u32, align: usize) -> Layout {
-        Layout::array::<T>(capacity as usize)
-            .and_then(|l| l.align_to(align))
-            .expect("chunk capacity is bounded by the chunk size, align is a power of two")
-    }
-
-    /// A chunk of `capacity` empty places, its memory from `pool`, aligned to `align`.
-    pub(crate) fn new(
-        pool: &HierarchicalPool,
-        capacity: u32,
-        align: usize,
-        epoch: u64,
-    ) -> Result<Self, Error> {
-        let layout = Self::layout(capacity, align);
-        let data = if layout.size() == 0 {
-            NonNull::dangling()
-        } else {
-            pool.allocate(layout)?.cast()
-        };
-        Ok(Chunk {
+    /// A chunk of `capacity` empty places at `data` (committed memory for `capacity`
+    /// objects, aligned for them; dangling for zero-sized `T`).
+    pub(crate) fn new(data: NonNull<T>, capacity: u32, epoch: u64) -> Self {
+        Chunk {
             data,
             occupied: vec![0; (capacity as usize).div_ceil(64)].into_boxed_slice(),
-            owners: vec![Handle::null(); capacity as usize].into_boxed_slice(),
+            owners: vec![0; capacity as usize].into_boxed_slice(),
             live: 0,
             free_cursor: 0,
             dirty: epoch,
-            align: layout.align() as u32,
-        })
+        }
+    }
+
+    /// Points the chunk at its places' new address (the table's span moved, bytes and
+    /// all).
+    pub(crate) fn rebase(&mut self, data: NonNull<T>) {
+        self.data = data;
+    }
+
+    /// Bytes of the chunk's bookkeeping (bitmap and owners).
+    pub(crate) fn metadata_bytes(&self) -> usize {
+        self.occupied.len() * 8 + self.owners.len() * 4
     }
 
     pub(crate) fn capacity(&self) -> u32 {
@@ -105,16 +94,6 @@ impl<T> Chunk<T> {
             })
     }
 
-    /// The highest occupied place.
-    pub(crate) fn last_occupied(&self) -> Option<u32> {
-        self.occupied
-            .iter()
-            .enumerate()
-            .rev()
-            .find(|(_, w)| **w != 0)
-            .map(|(w, &word)| w as u32 * 64 + 63 - word.leading_zeros())
-    }
-
     /// The highest occupied place below `limit`.
     pub(crate) fn last_occupied_below(&self, limit: u32) -> Option<u32> {
         let limit = limit.min(self.capacity());
@@ -134,8 +113,9 @@ impl<T> Chunk<T> {
             .map(|(w, word)| w as u32 * 64 + 63 - word.leading_zeros())
     }
 
-    /// Places `value` at the free place `pos`, owned by `owner`.
-    pub(crate) fn put(&mut self, pos: u32, value: T, owner: Handle<T>) {
+    /// Places `value` at the free place `pos`, owned by slot `owner`.
+    #[inline]
+    pub(crate) fn put(&mut self, pos: u32, value: T, owner: u32) {
         assert!(
             pos < self.capacity() && !self.is_occupied(pos),
             "place {pos} is not free"
@@ -162,7 +142,7 @@ impl<T> Chunk<T> {
     /// Moves the objects at the places of bitmap word `w` that `mask` names out of the
     /// chunk (highest place first), onto the end of `out` with their owners. Every named
     /// place must hold an object (checked before anything changes).
-    pub(crate) fn take_word(&mut self, w: usize, mask: u64, out: &mut Vec<(T, Handle<T>)>) {
+    pub(crate) fn take_word(&mut self, w: usize, mask: u64, out: &mut Vec<(T, u32)>) {
         assert!(
             w < self.occupied.len() && self.occupied[w] & mask == mask,
             "places {mask:#x} of word {w} are not all taken"
@@ -178,7 +158,7 @@ impl<T> Chunk<T> {
             let bit = 63 - bits.leading_zeros();
             bits &= !(1 << bit);
             let pos = 64 * w + bit as usize;
-            let owner = std::mem::take(&mut self.owners[pos]); // leaves the null handle
+            let owner = self.owners[pos];
             // SAFETY: the place was occupied (checked above), so it holds an initialised
             // object, which we move out; its bit is clear now, so it is never read again.
             out.push((unsafe { self.data.as_ptr().add(pos).read() }, owner));
@@ -188,7 +168,7 @@ impl<T> Chunk<T> {
     /// Moves objects, with their owners, from the end of `values` into the places of
     /// bitmap word `w` that `mask` names, lowest place first. Every named place must be
     /// free and `values` must hold enough objects (both checked before anything changes).
-    pub(crate) fn put_word(&mut self, w: usize, mask: u64, values: &mut Vec<(T, Handle<T>)>) {
+    pub(crate) fn put_word(&mut self, w: usize, mask: u64, values: &mut Vec<(T, u32)>) {
         let n = mask.count_ones() as usize;
         assert!(
             w < self.occupied.len() && self.free_word(w) & mask == mask && values.len() >= n,
@@ -208,14 +188,14 @@ impl<T> Chunk<T> {
         self.advance_free_cursor();
     }
 
-    /// Moves the object out of the occupied place `pos`.
+    /// Moves the object out of the occupied place `pos` (its owner entry goes stale).
+    #[inline]
     pub(crate) fn take(&mut self, pos: u32) -> T {
         assert!(
             pos < self.capacity() && self.is_occupied(pos),
             "place {pos} is empty"
         );
         self.occupied[pos as usize / 64] &= !(1 << (pos % 64));
-        self.owners[pos as usize] = Handle::null();
         self.live -= 1;
         self.free_cursor = self.free_cursor.min(pos / 64);
         // SAFETY: the place was occupied (checked above), so it holds an initialised
@@ -240,17 +220,6 @@ impl<T> Chunk<T> {
         // SAFETY: per the contract the place holds an initialised object; the shared
         // borrow of the chunk keeps it in place.
         unsafe { &*self.data.as_ptr().add(pos as usize) }
-    }
-
-    /// The object at `pos`, mutably, without checking the occupancy bit.
-    ///
-    /// # Safety
-    /// As [`get_unchecked`](Self::get_unchecked).
-    #[inline]
-    pub(crate) unsafe fn get_unchecked_mut(&mut self, pos: u32) -> &mut T {
-        debug_assert!(self.is_occupied(pos));
-        // SAFETY: as in `get_unchecked`, with the exclusive borrow of the chunk.
-        unsafe { &mut *self.data.as_ptr().add(pos as usize) }
     }
 
     /// Every object in place order. A full chunk is walked as one slice.
@@ -289,21 +258,9 @@ impl<T> Chunk<T> {
         unsafe { self.data.as_ptr().add(pos as usize) }
     }
 
-    /// Hints the CPU to bring place `pos` into cache (no effect where unsupported).
+    /// The slot index that owns place `pos` (meaningful while it is occupied).
     #[inline]
-    pub(crate) fn prefetch(&self, pos: u32) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: prefetching is a hint that never faults, whatever the address; SSE is
-        // part of the x86-64 baseline.
-        unsafe {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(self.place_ptr(pos).cast::<i8>());
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = pos;
-    }
-
-    pub(crate) fn owner(&self, pos: u32) -> Handle<T> {
+    pub(crate) fn owner(&self, pos: u32) -> u32 {
         self.owners[pos as usize]
     }
 
@@ -332,9 +289,9 @@ impl<T> Chunk<T> {
         })
     }
 
-    /// Names `owner` as the object that a snapshot load will put at free place `pos`
-    /// (see [`pending_runs`](Self::pending_runs)); the place stays free.
-    pub(crate) fn expect_owner(&mut self, pos: u32, owner: Handle<T>) {
+    /// Names slot `owner` as the owner of the object that a snapshot load will put at
+    /// free place `pos` (see [`pending_runs`](Self::pending_runs)); the place stays free.
+    pub(crate) fn expect_owner(&mut self, pos: u32, owner: u32) {
         assert!(
             pos < self.capacity() && !self.is_occupied(pos),
             "place {pos} is not free"
@@ -343,23 +300,16 @@ impl<T> Chunk<T> {
     }
 
     /// Expects owners for the `count` free places from `first`: slot indices from
-    /// `first_index` on, all of generation `version`.
-    pub(crate) fn expect_owner_run(
-        &mut self,
-        first: u32,
-        count: u32,
-        first_index: u32,
-        version: u32,
-    ) {
+    /// `first_index` on.
+    pub(crate) fn expect_owner_run(&mut self, first: u32, count: u32, first_index: u32) {
         let end = first.checked_add(count).filter(|&e| e <= self.capacity());
         let free = end.is_some_and(|end| self.range_is_free(first, end));
         assert!(free, "places {first}..+{count} are not all free");
-        let generation = u64::from(version) << 32;
         for (k, owner) in self.owners[first as usize..(first + count) as usize]
             .iter_mut()
             .enumerate()
         {
-            *owner = Handle::from_bits(generation | u64::from(first_index + k as u32));
+            *owner = first_index + k as u32;
         }
     }
 
@@ -386,7 +336,7 @@ impl<T> Chunk<T> {
             let expected = owners
                 .iter()
                 .enumerate()
-                .fold(0u64, |m, (i, o)| m | u64::from(!o.is_null()) << i);
+                .fold(0u64, |m, (i, &o)| m | u64::from(o != 0) << i);
             let mut pending = expected & !self.occupied[w];
             while pending != 0 {
                 let start = pending.trailing_zeros();
@@ -443,10 +393,10 @@ impl<T> Chunk<T> {
         Ok(())
     }
 
-    /// Drops every object and returns the memory to `pool`. The chunk is consumed, so
-    /// its bookkeeping is not updated object by object, and a type without drop glue
-    /// (a `Pod` neuron or synapse) costs no pass over its objects at all.
-    pub(crate) fn release(self, pool: &HierarchicalPool) {
+    /// Drops every object (the table then decommits the places' memory). The chunk is
+    /// consumed, so its bookkeeping is not updated object by object, and a type without
+    /// drop glue (a `Pod` neuron or synapse) costs no pass over its objects at all.
+    pub(crate) fn drop_objects(self) {
         if std::mem::needs_drop::<T>() {
             for pos in self.occupied_places() {
                 // SAFETY: an occupied place holds an initialised object; each place is
@@ -455,12 +405,6 @@ impl<T> Chunk<T> {
                 // the objects being dropped.
                 unsafe { std::ptr::drop_in_place(self.data.as_ptr().add(pos as usize)) };
             }
-        }
-        let layout = Self::layout(self.capacity(), self.align as usize);
-        if layout.size() != 0 {
-            // SAFETY: `data` was allocated from `pool` with this layout in `new`, no object
-            // is left in it, and `self` is consumed, so it is freed exactly once.
-            unsafe { pool.deallocate(self.data.cast(), layout) };
         }
     }
 }
@@ -638,73 +582,72 @@ mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     use super::*;
-    use crate::pool::PoolConfig;
 
-    /// A chunk of 128 places holding `i` with owner `i + 1` (generation 1) at every place
-    /// but `holes`.
-    fn filled(pool: &HierarchicalPool, holes: &[u32]) -> Chunk<u64> {
-        let mut c = Chunk::new(pool, 128, 8, 0).unwrap();
+    /// A chunk of `capacity` places over `memory` (kept alive by the caller).
+    fn over(memory: &mut Vec<u64>, capacity: u32) -> Chunk<u64> {
+        memory.resize(capacity as usize, 0);
+        Chunk::new(NonNull::new(memory.as_mut_ptr()).unwrap(), capacity, 0)
+    }
+
+    /// A chunk of 128 places holding `i` with owner `i + 1` at every place but `holes`.
+    fn filled(memory: &mut Vec<u64>, holes: &[u32]) -> Chunk<u64> {
+        let mut c = over(memory, 128);
         for pos in (0..128).filter(|p| !holes.contains(p)) {
-            c.put(
-                pos,
-                u64::from(pos),
-                Handle::from_bits(1 << 32 | u64::from(pos + 1)),
-            );
+            c.put(pos, u64::from(pos), pos + 1);
         }
         c
     }
 
     #[test]
     fn words_of_objects_move_with_their_owners() {
-        let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
-        let mut c = filled(&pool, &[3, 5, 9]);
+        let mut memory = Vec::new();
+        let mut c = filled(&mut memory, &[3, 5, 9]);
         let mut carried = Vec::new();
         let take = 1 << (100 - 64) | 1 << (101 - 64) | 1 << (127 - 64);
         c.take_word(1, take, &mut carried);
         assert_eq!(c.live(), 122);
         assert!([100, 101, 127].iter().all(|p| !c.is_occupied(*p)));
-        assert!([100, 101, 127].iter().all(|p| c.owner(*p).is_null()));
         c.put_word(0, 1 << 3 | 1 << 5 | 1 << 9, &mut carried);
         assert!(carried.is_empty());
         assert_eq!(c.live(), 125);
         for pos in [3, 5, 9] {
             let value = *c.get(pos).unwrap();
             assert!([100, 101, 127].contains(&value));
-            assert_eq!(c.owner(pos).index(), value as u32 + 1);
+            assert_eq!(c.owner(pos), value as u32 + 1);
         }
         assert_eq!(c.free_word(0), 0);
         assert_eq!(c.free_word(1), take);
-        c.release(&pool);
+        c.drop_objects();
     }
 
     #[test]
     fn pending_runs_cross_words_and_skip_occupied_places() {
-        let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
-        let mut c: Chunk<u64> = Chunk::new(&pool, 256, 8, 0).unwrap();
+        let (mut memory, mut full_memory) = (Vec::new(), Vec::new());
+        let mut c = over(&mut memory, 256);
         // Owners expected for 10..200 (across three word boundaries) and 255; 70 and 71
         // are taken already, so they split the first run.
-        c.expect_owner_run(10, 190, 1, 1);
-        c.expect_owner(255, Handle::from_bits(1 << 32 | 500));
+        c.expect_owner_run(10, 190, 1);
+        c.expect_owner(255, 500);
         c.put(70, 7, c.owner(70));
         c.put(71, 7, c.owner(71));
         assert_eq!(c.pending_runs(), vec![(10, 60), (72, 128), (255, 1)]);
-        assert_eq!(c.owner(10), Handle::from_bits(1 << 32 | 1));
-        assert_eq!(c.owner(199), Handle::from_bits(1 << 32 | 190));
+        assert_eq!(c.owner(10), 1);
+        assert_eq!(c.owner(199), 190);
         // Every place of a word: one run of 64.
-        let mut full: Chunk<u64> = Chunk::new(&pool, 128, 8, 0).unwrap();
-        full.expect_owner_run(64, 64, 1, 3);
+        let mut full = over(&mut full_memory, 128);
+        full.expect_owner_run(64, 64, 1);
         assert_eq!(full.pending_runs(), vec![(64, 64)]);
         // A run that names a taken place, or runs past the end, is refused.
-        assert!(catch_unwind(AssertUnwindSafe(|| c.expect_owner_run(60, 20, 1, 1))).is_err());
-        assert!(catch_unwind(AssertUnwindSafe(|| full.expect_owner_run(100, 29, 1, 1))).is_err());
-        c.release(&pool);
-        full.release(&pool);
+        assert!(catch_unwind(AssertUnwindSafe(|| c.expect_owner_run(60, 20, 1))).is_err());
+        assert!(catch_unwind(AssertUnwindSafe(|| full.expect_owner_run(100, 29, 1))).is_err());
+        c.drop_objects();
+        full.drop_objects();
     }
 
     #[test]
     fn word_moves_refuse_wrong_places_and_change_nothing() {
-        let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
-        let mut c = filled(&pool, &[3, 5]);
+        let mut memory = Vec::new();
+        let mut c = filled(&mut memory, &[3, 5]);
         let mut carried = Vec::new();
         let bitmap = |c: &Chunk<u64>| (c.occupied_word(0), c.occupied_word(1), c.live());
         let before = bitmap(&c);
@@ -734,6 +677,6 @@ mod tests {
         c.put_word(1, 1 << 5, &mut one);
         c.put_word(0, 1 << 3 | 1 << 5, &mut carried);
         assert_eq!(c.live(), 126);
-        c.release(&pool);
+        c.drop_objects();
     }
 }

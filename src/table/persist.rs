@@ -1,14 +1,7 @@
 //! A table's image for snapshots: its slot table (every slot's version, vacant slots
-//! included), the order of slotmap's free list, and which chunks exist; taken from a live
-//! table and rebuilt into a new one.
-//!
-//! slotmap's own serde support keeps versions but rebuilds the free list in index order,
-//! so the handle the next insert returns would change across a save and load. The table
-//! therefore mirrors the free list (`Table::free`), and [`Table::restore`] rebuilds it
-//! exactly: it gives slotmap the image through slotmap's `Deserialize` (with each vacant
-//! slot's version lowered by 2), then takes every vacant slot with one insert and frees
-//! them again, last of the list first, which raises each version by 2 back to the image's
-//! and leaves the list in the image's order.
+//! included), the order of its vacant-slot list, and which chunks exist; taken from a
+//! live table and rebuilt into a new one. The list's order decides which handle the next
+//! insert returns, so [`Table::restore`] links it exactly as the image lists it.
 //!
 //! Objects come after the skeleton: [`Table::restore`] names the owner of every place
 //! that will hold an object, and the codec fills those places in storage order
@@ -17,11 +10,8 @@
 
 use std::sync::Arc;
 
-use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
-use slotmap::SlotMap;
-
 use super::chunk::set_range;
-use super::handle::Handle;
+use super::slots::Slot;
 use super::typed::Table;
 use crate::error::{Error, SnapshotError};
 use crate::pool::HierarchicalPool;
@@ -35,7 +25,7 @@ pub(crate) const MAX_PER_CHUNK: u32 = 1 << 24;
 pub(crate) struct TableImage {
     /// Places per chunk: a power of two from 1 to 2^24.
     pub per_chunk: u32,
-    /// `(version, place)` of every slot in index order, slotmap's sentinel at index 0
+    /// `(version, place)` of every slot in index order, the sentinel at index 0
     /// (`(0, 0)`). An odd version is a live slot and `place` is its object's place
     /// (`chunk << log2(per_chunk) | position`); an even one is vacant and `place` is 0.
     pub slots: SlotImage,
@@ -149,6 +139,7 @@ impl SlotImage {
     }
 
     /// The version of slot `index`.
+    #[cfg(test)]
     pub(crate) fn version(&self, index: usize) -> Option<u32> {
         match self {
             SlotImage::Records(r) => r.get(index).map(|s| s.0),
@@ -201,7 +192,7 @@ impl TableImage {
         }
         if self.slots.len() as u64 >= u64::from(u32::MAX) {
             return Err(bad(format!(
-                "{} slots exceed slotmap's limit",
+                "{} slots exceed the limit of a table",
                 self.slots.len()
             )));
         }
@@ -308,42 +299,34 @@ impl TableImage {
 }
 
 impl<T> Table<T> {
-    /// Slots slotmap holds, its sentinel at index 0 included.
+    /// Slots the table holds, the sentinel at index 0 included (1 for a table that never
+    /// held an object).
     pub(crate) fn slot_count(&self) -> usize {
-        1 + self.slots.len() + self.free.len()
+        self.slots.len().max(1)
     }
 
-    /// `(version, place)` of every slot in index order, as [`TableImage::slots`].
+    /// `(version, place)` of every slot in index order, as [`TableImage::slots`] (a vacant
+    /// slot's place is 0).
     pub(crate) fn slot_records(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let mut vacant = self.free.clone();
-        vacant.sort_unstable();
-        let mut vacant = vacant.into_iter().peekable();
-        let mut live = self.slots.iter().peekable();
-        let mut index = 0u32;
-        std::iter::from_fn(move || {
-            let i = index;
-            if i as usize >= self.slot_count() {
-                return None;
-            }
-            index += 1;
-            if i == 0 {
-                return Some((0, 0));
-            }
-            if let Some(&(v_index, version)) = vacant.peek()
-                && v_index == i
-            {
-                vacant.next();
-                return Some((version, 0));
-            }
-            let (h, place) = live.next().expect("every slot is live or vacant");
-            debug_assert_eq!(h.index(), i);
-            Some((h.generation(), *place))
-        })
+        let slots = self.slots.as_slice();
+        let sentinel = slots.is_empty().then_some((0, 0));
+        sentinel.into_iter().chain(
+            slots
+                .iter()
+                .map(|s| (s.version, if s.is_live() { s.place } else { 0 })),
+        )
     }
 
     /// The vacant slots' indices, the head of the free list first.
     pub(crate) fn free_order(&self) -> impl Iterator<Item = u32> + '_ {
-        self.free.iter().rev().map(|&(i, _)| i)
+        let mut next = self.free_head;
+        std::iter::from_fn(move || {
+            let index = next;
+            (index != 0).then(|| {
+                next = self.slots.get(index as usize).map_or(0, |s| s.place);
+                index
+            })
+        })
     }
 
     /// Whether each chunk index holds a chunk.
@@ -375,7 +358,7 @@ impl<T> Table<T> {
     /// its object there. `image` must have passed [`TableImage::check`].
     ///
     /// # Errors
-    /// The pool's error when it cannot give the chunks; nothing is kept.
+    /// The pool's error when it cannot give the chunks or slots; nothing is kept.
     pub(crate) fn restore(
         pool: Arc<HierarchicalPool>,
         hints: PoolHints,
@@ -384,38 +367,40 @@ impl<T> Table<T> {
         let mut table = Table::with_hints(pool, hints)?;
         table.per_chunk = image.per_chunk;
         table.shift = image.per_chunk.ilog2();
-        table.slots = slot_map_from(&image.slots)?;
-        // Reorder slotmap's free list (vacant slots in descending index order) into the
-        // image's, raising each vacant version by the 2 that `slot_map_from` took off.
-        for _ in 0..image.free_order.len() {
-            table.slots.insert(0);
+        let pool = table.pool.clone();
+        table.slots.reset_zeroed(&pool, image.slots.len())?;
+        let mut live = 0usize;
+        for (slot, (version, place)) in table
+            .slots
+            .as_mut_slice()
+            .iter_mut()
+            .zip(image.slots.iter())
+        {
+            *slot = Slot { version, place };
+            live += usize::from(slot.is_live());
         }
+        // The vacant list in the image's order, linked from its tail back to its head.
+        let mut next = 0u32;
         for &index in image.free_order.iter().rev() {
-            let version = image
+            let slot = table
                 .slots
-                .version(index as usize)
+                .get_mut(index as usize)
                 .expect("a checked image lists vacant slots it holds");
-            let occupied =
-                Handle::<T>::from_bits(u64::from(index) | u64::from(version.wrapping_sub(1)) << 32);
-            table
-                .slots
-                .remove(occupied)
-                .expect("the slot was taken by the inserts above");
-            table.free.push((index, version));
+            slot.place = next;
+            next = index;
         }
-        table.chunks.reserve_exact(image.chunks_present.len());
+        table.free_head = next;
+        table.vacant = image.free_order.len() as u32;
+        table.len = live;
         for (ci, &present) in image.chunks_present.iter().enumerate() {
             if present {
-                let chunk = table.new_chunk()?;
-                table.chunks.push(Some(chunk));
-                table.set_non_full(ci, true);
-            } else {
-                table.chunks.push(None);
+                table.make_chunk_at(ci)?;
             }
         }
+        table.chunk_floor = 0;
         match &image.slots {
             // A run of live slots names consecutive places: their owners are written a
-            // chunk's stretch at a time, without a look at the slot table.
+            // chunk's stretch at a time.
             SlotImage::Runs { runs, starts } => {
                 for (&[version, first_place, count], &start) in runs.iter().zip(starts) {
                     if version % 2 == 0 {
@@ -428,18 +413,23 @@ impl<T> Table<T> {
                         table.chunks[loc.chunk as usize]
                             .as_mut()
                             .expect("a checked image names existing chunks")
-                            .expect_owner_run(loc.pos, here, index, version);
+                            .expect_owner_run(loc.pos, here, index);
                         (place, index, left) = (place + here, index + here, left - here);
                     }
                 }
             }
             SlotImage::Records(_) => {
-                for (h, &place) in table.slots.iter() {
-                    let loc = table.unpack(place);
-                    table.chunks[loc.chunk as usize]
+                let (slots, chunks, shift, mask) = (
+                    table.slots.as_slice(),
+                    &mut table.chunks,
+                    table.shift,
+                    table.per_chunk - 1,
+                );
+                for (index, slot) in slots.iter().enumerate().filter(|(_, s)| s.is_live()) {
+                    chunks[(slot.place >> shift) as usize]
                         .as_mut()
                         .expect("a checked image names existing chunks")
-                        .expect_owner(loc.pos, h);
+                        .expect_owner(slot.place & mask, index as u32);
                 }
             }
         }
@@ -521,153 +511,10 @@ fn missing_objects(type_name: &str, filled: u64, live: usize) -> Error {
     .into()
 }
 
-/// A slot map holding `records` exactly, but each vacant slot's version lowered by 2 (see
-/// the module doc), built through slotmap's `Deserialize` from the records in memory.
-fn slot_map_from<T>(slots: &SlotImage) -> Result<SlotMap<Handle<T>, u32>, Error> {
-    let len = slots.len();
-    // Each form with its own iterator: the record form, the common one after churn, pays
-    // nothing for the runs'.
-    let built = match slots {
-        SlotImage::Records(r) => serde::Deserialize::deserialize(SlotsDeserializer {
-            records: SlotSeq {
-                records: r.iter().copied().enumerate(),
-                len,
-            },
-        }),
-        SlotImage::Runs { .. } => serde::Deserialize::deserialize(SlotsDeserializer {
-            records: SlotSeq {
-                records: slots.iter().enumerate(),
-                len,
-            },
-        }),
-    };
-    built.map_err(|e: de::value::Error| {
-        Error::from(SnapshotError::InconsistentSlots {
-            type_name: super::short_type_name::<T>().to_owned(),
-            message: e.to_string(),
-        })
-    })
-}
-
-/// Presents slot records as the sequence of `{ value: Option<u32>, version: u32 }` that
-/// slotmap's `Deserialize` reads.
-struct SlotsDeserializer<I> {
-    records: SlotSeq<I>,
-}
-
-impl<'de, I: Iterator<Item = (usize, (u32, u32))>> Deserializer<'de> for SlotsDeserializer<I> {
-    type Error = de::value::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        visitor.visit_seq(self.records)
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
-        identifier ignored_any
-    }
-}
-
-/// Enumerated slot records, with how many are left.
-struct SlotSeq<I> {
-    records: I,
-    len: usize,
-}
-
-impl<'de, I: Iterator<Item = (usize, (u32, u32))>> SeqAccess<'de> for SlotSeq<I> {
-    type Error = de::value::Error;
-
-    fn next_element_seed<S: DeserializeSeed<'de>>(
-        &mut self,
-        seed: S,
-    ) -> Result<Option<S::Value>, Self::Error> {
-        let Some((index, (version, place))) = self.records.next() else {
-            return Ok(None);
-        };
-        self.len -= 1;
-        let occupied = version % 2 == 1;
-        let version = if occupied || index == 0 {
-            version
-        } else {
-            version.wrapping_sub(2)
-        };
-        seed.deserialize(SlotFields {
-            value: occupied.then_some(place),
-            version,
-            field: 0,
-        })
-        .map(Some)
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        Some(self.len)
-    }
-}
-
-/// One slot: a struct of two fields, read as a sequence.
-struct SlotFields {
-    value: Option<u32>,
-    version: u32,
-    field: u8,
-}
-
-impl<'de> Deserializer<'de> for SlotFields {
-    type Error = de::value::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        visitor.visit_seq(self)
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
-        identifier ignored_any
-    }
-}
-
-impl<'de> SeqAccess<'de> for SlotFields {
-    type Error = de::value::Error;
-
-    fn next_element_seed<S: DeserializeSeed<'de>>(
-        &mut self,
-        seed: S,
-    ) -> Result<Option<S::Value>, Self::Error> {
-        self.field += 1;
-        match self.field {
-            1 => seed.deserialize(OptionU32(self.value)).map(Some),
-            2 => seed
-                .deserialize(de::value::U32Deserializer::new(self.version))
-                .map(Some),
-            _ => Ok(None),
-        }
-    }
-}
-
-/// An `Option<u32>` for serde.
-struct OptionU32(Option<u32>);
-
-impl<'de> Deserializer<'de> for OptionU32 {
-    type Error = de::value::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self.0 {
-            Some(v) => visitor.visit_some(de::value::U32Deserializer::new(v)),
-            None => visitor.visit_none(),
-        }
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
-        identifier ignored_any
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::default_pool;
+    use crate::table::{Handle, default_pool};
 
     /// Rebuilds `t` from its image and objects, as a snapshot load does.
     fn rebuilt(t: &Table<u64>) -> Table<u64> {

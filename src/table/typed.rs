@@ -1,23 +1,24 @@
 //! [`Table<T>`]: a typed slab of objects in pool-backed chunks, named by handles.
 
 use std::alloc::handle_alloc_error;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
-use slotmap::SlotMap;
 
 use super::chunk::Chunk;
 use super::handle::Handle;
+use super::slots::{Slot, SlotArray};
 use crate::error::Error;
+use crate::pool::span::Span;
 use crate::pool::{HierarchicalPool, PoolConfig};
 use crate::pooled::{PoolHints, Pooled, Retention};
 
 /// Default bytes of object storage per chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 64 << 10;
 
-/// The largest object alignment a table accepts: chunks come from the pool at most page
-/// aligned.
+/// The largest object alignment a table accepts: its storage is page aligned.
 pub const MAX_ALIGN: usize = 4096;
 
 /// Where an object lives: which chunk and which place in it.
@@ -55,8 +56,11 @@ pub struct TableStats {
     pub chunks: usize,
     /// Bytes of chunk storage taken from the pool.
     pub bytes_reserved: usize,
-    /// Bytes of the slot table and the per-chunk metadata (occupancy bits, owner handles).
+    /// Bytes of the slot array (pool memory) and the per-chunk metadata (occupancy bits,
+    /// owner indices).
     pub metadata_bytes: usize,
+    /// Bytes of the slot array alone (pool memory, part of `metadata_bytes`).
+    pub slot_bytes: usize,
     /// Free places below the highest occupied place (places a dense table would not have).
     pub holes: usize,
     /// `holes / (live + holes)`: 0 for a dense table.
@@ -66,12 +70,15 @@ pub struct TableStats {
 /// A typed table: objects of type `T` in fixed-capacity chunks whose memory comes from a
 /// [`HierarchicalPool`], named by [`Handle<T>`].
 ///
-/// The slot table is a `slotmap::SlotMap<Handle<T>, Loc>`: `get` goes slot → place →
-/// chunk → object. A new object takes the lowest free place, so a table stays dense.
-/// Iteration walks chunks in storage order. `Drop` runs exactly once for every object: on
-/// [`remove`](Self::remove), [`clear`](Self::clear), [`retain`](Self::retain) or when the
-/// table is dropped. Every mutation stamps its chunk with the table's current
-/// [epoch](Self::epoch), so device mirrors and incremental snapshots can find what changed.
+/// Objects sit in one run of address space from the pool, chunk after chunk, so place `p`
+/// is at `start + p * size_of::<T>()`; a slot array (8 bytes per handle index: version and
+/// place) maps a handle to its place. A lookup therefore reads one slot and then the
+/// object, and a removal is O(1). A new object takes the lowest free place, so a table
+/// stays dense; iteration walks storage, chunk by chunk. `Drop` runs exactly once for
+/// every object: on [`remove`](Self::remove), [`clear`](Self::clear),
+/// [`retain`](Self::retain) or when the table is dropped. Every mutation stamps its chunk
+/// with the table's current [epoch](Self::epoch), so device mirrors and incremental
+/// snapshots can find what changed.
 ///
 /// ```
 /// use neurostore::table::Table;
@@ -87,14 +94,18 @@ pub struct TableStats {
 /// assert_eq!(rates.iter().map(|(_, r)| *r).sum::<f32>(), 8.25);
 /// ```
 pub struct Table<T> {
-    /// Slot table: each live slot holds its object's place, packed as
-    /// `chunk << shift | pos` in a `u32` (so a slot is 8 bytes).
-    pub(super) slots: SlotMap<Handle<T>, u32>,
-    /// slotmap's free list, mirrored: `(index, version)` of every vacant slot, the list's
-    /// head last. slotmap keeps its free list private; snapshots need its order (it decides
-    /// which handle the next insert returns) and the versions of vacant slots (so stale
-    /// handles stay stale after a load).
-    pub(super) free: Vec<(u32, u32)>,
+    /// One slot per handle index: a live one holds its object's place, packed as
+    /// `chunk << shift | pos`; a vacant one the next vacant slot.
+    pub(super) slots: SlotArray,
+    /// The first vacant slot (the next insert's), 0 for none; the list runs through the
+    /// vacant slots' `place`.
+    pub(super) free_head: u32,
+    /// Vacant slots (the sentinel not counted).
+    pub(super) vacant: u32,
+    /// Live objects.
+    pub(super) len: usize,
+    /// The places of every chunk: chunk `i` at `i * per_chunk * size_of::<T>()`.
+    pub(super) objects: Span,
     pub(super) chunks: Vec<Option<Chunk<T>>>,
     /// Bit `i` set iff chunk `i` exists and has a free place.
     pub(super) non_full: Vec<u64>,
@@ -105,6 +116,9 @@ pub struct Table<T> {
     /// Every chunk index below this one holds a chunk (a lower bound of the first vacant
     /// index), so making chunks one after another does not rescan the ones made before.
     pub(super) chunk_floor: usize,
+    /// The chunk emptied last, kept for the next inserts instead of going back to the
+    /// pool (at most one empty chunk is kept).
+    pub(super) spare: Option<u32>,
     pub(super) pool: Arc<HierarchicalPool>,
     pub(super) per_chunk: u32,
     /// `log2(per_chunk)`.
@@ -120,6 +134,13 @@ pub struct Table<T> {
     /// Retention, chunk alignment and the other hints the table was built with.
     pub(super) hints: PoolHints,
 }
+
+// SAFETY: a table owns its objects (like a Vec<T>); its raw parts (the spans and the
+// chunks' pointers into them) are reached only through the table, so sending the table
+// sends the objects.
+unsafe impl<T: Send> Send for Table<T> {}
+// SAFETY: `&Table<T>` only gives `&T` (and reads of plain bookkeeping).
+unsafe impl<T: Sync> Sync for Table<T> {}
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
@@ -150,22 +171,25 @@ impl<T> Table<T> {
 
     /// An empty table whose chunks come from `pool` and hold at most `chunk_bytes` of
     /// objects each: the largest power of two of objects that fits (at least one, at
-    /// most 2^24).
+    /// most 2^24). Zero-sized objects take no memory; 4096 of them share a chunk.
     pub fn with_pool_and_chunk_bytes(pool: Arc<HierarchicalPool>, chunk_bytes: usize) -> Self {
-        // Zero-sized objects take no memory; 4096 of them share a chunk.
-        // Zero-sized objects take no memory; 4096 of them share a chunk. The capacity is a
-        // power of two so that a place packs into a slot as `chunk << shift | pos`.
+        // The capacity is a power of two so that a place packs into a slot as
+        // `chunk << shift | pos`.
         let per_chunk = chunk_bytes
             .checked_div(std::mem::size_of::<T>())
             .map_or(4096, |n| n.clamp(1, 1 << 24));
         let per_chunk = 1usize << per_chunk.ilog2();
         Table {
-            slots: SlotMap::with_key(),
-            free: Vec::new(),
+            slots: SlotArray::default(),
+            free_head: 0,
+            vacant: 0,
+            len: 0,
+            objects: Span::new(),
             chunks: Vec::new(),
             non_full: Vec::new(),
             non_full_floor: 0,
             chunk_floor: 0,
+            spare: None,
             pool,
             per_chunk: per_chunk as u32,
             shift: per_chunk.ilog2(),
@@ -260,13 +284,13 @@ impl<T> Table<T> {
     }
 
     /// Makes this table one built from `hints`, if it already is or is empty (an empty
-    /// table is rebuilt in the same pool, with the same chunk capacity).
+    /// table keeps its pool, chunk capacity and slots, so stale handles stay stale).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if the table holds objects and was built with other
     /// hints, or `hints` are invalid ([`with_hints`](Self::with_hints)); nothing changes.
     pub(crate) fn adopt_hints(&mut self, hints: PoolHints) -> Result<(), Error> {
-        let mut rebuilt = Self::with_hints(self.pool.clone(), hints)?;
+        let rebuilt = Self::with_hints(self.pool.clone(), hints)?;
         if rebuilt.hints == self.hints {
             return Ok(());
         }
@@ -283,14 +307,9 @@ impl<T> Table<T> {
                 ),
             ));
         }
-        rebuilt.per_chunk = self.per_chunk;
-        rebuilt.shift = self.shift;
-        rebuilt.epoch = AtomicU64::new(self.epoch());
-        rebuilt.slots_changed = self.slots_changed;
-        // An empty table may have vacant slots: their versions keep stale handles stale.
-        rebuilt.slots = std::mem::take(&mut self.slots);
-        rebuilt.free = std::mem::take(&mut self.free);
-        *self = rebuilt;
+        // Empty: only a spare chunk may be left, and the slots; the objects' alignment
+        // is all the hints change, and the span is aligned beyond any of them.
+        self.hints = rebuilt.hints;
         Ok(())
     }
 
@@ -299,28 +318,117 @@ impl<T> Table<T> {
         self.hints.retention
     }
 
-    /// A new empty chunk from the pool, with this table's capacity and alignment.
-    pub(super) fn new_chunk(&self) -> Result<Chunk<T>, Error> {
-        Chunk::new(&self.pool, self.per_chunk, self.hints.align, self.epoch())
+    /// Bytes of one chunk's places.
+    #[inline]
+    fn chunk_bytes(&self) -> usize {
+        self.per_chunk as usize * std::mem::size_of::<T>()
     }
 
-    /// The layout of one chunk's block.
-    fn chunk_layout(&self) -> std::alloc::Layout {
-        Chunk::<T>::layout(self.per_chunk, self.hints.align)
+    /// Where place 0 is; every place follows at `size_of::<T>()` strides.
+    #[inline]
+    fn objects_ptr(&self) -> *mut T {
+        if std::mem::size_of::<T>() == 0 {
+            NonNull::<T>::dangling().as_ptr()
+        } else {
+            self.objects.base().as_ptr().cast()
+        }
+    }
+
+    /// The address of global place `place` (within the mapped places of a chunk the
+    /// table holds, or any place for zero-sized `T`).
+    #[inline]
+    pub(super) fn place_ptr(&self, place: u32) -> *mut T {
+        // `wrapping_add`: the address is computed, not read; callers pass places of
+        // chunks the table holds, whose memory is mapped.
+        self.objects_ptr().wrapping_add(place as usize)
+    }
+
+    /// Makes chunk `ci` (a vacant index, or one past the last): commits its memory in the
+    /// span (which may move, and then every chunk follows it) and marks it non-full. On
+    /// error nothing changes.
+    pub(super) fn make_chunk_at(&mut self, ci: usize) -> Result<(), Error> {
+        let bytes = self.chunk_bytes();
+        if u64::try_from(ci).map_or(true, |c| c >= 1u64 << (32 - self.shift)) {
+            return Err(Error::TableFull { places: 1u64 << 32 });
+        }
+        if bytes > 0 {
+            let end = (ci + 1)
+                .checked_mul(bytes)
+                .ok_or(Error::TableFull { places: 1u64 << 32 })?;
+            let before = self.objects.base();
+            self.objects.reserve(end)?;
+            if self.objects.base() != before {
+                self.rebase_chunks();
+            }
+            self.objects.commit(&self.pool, bytes)?;
+        }
+        if self.chunks.len() <= ci {
+            self.chunks.resize_with(ci + 1, || None);
+        }
+        debug_assert!(self.chunks[ci].is_none(), "chunk {ci} exists already");
+        let data = NonNull::new(self.place_ptr((ci as u32) << self.shift))
+            .expect("the span's places are not at address 0");
+        self.chunks[ci] = Some(Chunk::new(data, self.per_chunk, self.epoch()));
+        self.set_non_full(ci, true);
+        Ok(())
+    }
+
+    /// Points every chunk at its places after the span moved.
+    fn rebase_chunks(&mut self) {
+        let (objects, shift) = (self.objects_ptr(), self.shift);
+        for (ci, c) in self.chunks.iter_mut().enumerate() {
+            if let Some(c) = c {
+                let data = objects.wrapping_add(ci << shift);
+                c.rebase(NonNull::new(data).expect("the span's places are not at address 0"));
+            }
+        }
+    }
+
+    /// Drops chunk `ci`'s objects and gives its memory back to the pool.
+    pub(super) fn free_chunk(&mut self, ci: usize) {
+        let Some(chunk) = self.chunks.get_mut(ci).and_then(Option::take) else {
+            return;
+        };
+        chunk.drop_objects();
+        let bytes = self.chunk_bytes();
+        if bytes > 0 {
+            // SAFETY: the chunk's places were committed when it was made, and its objects
+            // are gone (dropped above); nothing refers to them any more.
+            unsafe { self.objects.decommit(&self.pool, ci * bytes, bytes) };
+        }
+        self.chunk_floor = self.chunk_floor.min(ci);
+        self.set_non_full(ci, false);
+        if self.spare == Some(ci as u32) {
+            self.spare = None;
+        }
+        while matches!(self.chunks.last(), Some(None)) {
+            self.chunks.pop();
+        }
     }
 
     /// An empty table with chunks for `n` objects already taken from the default pool.
-    /// Aborts through [`handle_alloc_error`] if the pool cannot give them, as `Vec` does.
+    /// Aborts through [`handle_alloc_error`] if the pool cannot give them, as `Vec` does;
+    /// [`try_with_capacity`](Self::try_with_capacity) returns the error instead.
     pub fn with_capacity(n: usize) -> Self {
-        let mut t = Self::new();
-        if t.try_reserve(n).is_err() {
-            handle_alloc_error(t.chunk_layout());
+        match Self::try_with_capacity(n) {
+            Ok(t) => t,
+            Err(e) => handle_alloc_error(oom_layout(&e)),
         }
-        t
     }
 
-    /// Makes sure `additional` more objects fit without taking another chunk from the
-    /// pool; on error nothing changes beyond the chunks already taken.
+    /// An empty table with chunks for `n` objects already taken from the default pool.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] when the pool cannot give them; [`Error::TableFull`] past
+    /// the places a table addresses.
+    pub fn try_with_capacity(n: usize) -> Result<Self, Error> {
+        let mut t = Self::new();
+        t.try_reserve(n)?;
+        Ok(t)
+    }
+
+    /// Makes sure `additional` more objects fit without taking another chunk or slot
+    /// from the pool; on error nothing changes beyond the chunks already taken.
     pub fn try_reserve(&mut self, additional: usize) -> Result<(), Error> {
         let free: usize = self
             .chunks
@@ -332,11 +440,10 @@ impl<T> Table<T> {
             .saturating_sub(free)
             .div_ceil(self.per_chunk as usize);
         for _ in 0..missing {
-            let chunk = self.new_chunk()?;
-            self.install_chunk(chunk);
+            self.add_chunk()?;
         }
-        self.slots.reserve(additional);
-        Ok(())
+        let new_slots = additional.saturating_sub(self.vacant as usize);
+        self.slots.reserve(&self.pool, new_slots)
     }
 
     /// The pool the chunks come from.
@@ -350,13 +457,15 @@ impl<T> Table<T> {
     }
 
     /// Number of live objects.
+    #[inline]
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.len
     }
 
     /// True when the table holds no object.
+    #[inline]
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len == 0
     }
 
     /// The current epoch: every mutation stamps its chunk with it.
@@ -396,26 +505,27 @@ impl<T> Table<T> {
     /// Inserts `value` at the lowest free place. Aborts through
     /// [`handle_alloc_error`] if the pool cannot give a new chunk, as `Vec` does; use
     /// [`try_insert`](Self::try_insert) to get the error instead.
+    #[inline]
     pub fn insert(&mut self, value: T) -> Handle<T> {
         match self.try_insert(value) {
             Ok(h) => h,
-            Err(_) => handle_alloc_error(self.chunk_layout()),
+            Err(e) => handle_alloc_error(oom_layout(&e)),
         }
     }
 
-    /// Inserts `value` at the lowest free place, or returns the pool's error (and drops
-    /// nothing: the value is returned inside no error, so it is dropped here).
+    /// Inserts `value` at the lowest free place, or returns the pool's error (the value
+    /// is dropped; the table keeps any chunk it took).
+    #[inline]
     pub fn try_insert(&mut self, value: T) -> Result<Handle<T>, Error> {
         let (ci, pos) = self.free_place()?;
-        let place = self.pack(Loc { chunk: ci, pos })?;
-        let h = self.slots.insert(place);
-        self.note_slot_taken(h);
+        let place = (ci << self.shift) | pos;
+        let h = self.take_slot(place)?;
         self.stamp_slots();
         let epoch = self.epoch();
         let chunk = self.chunks[ci as usize]
             .as_mut()
             .expect("free_place returns a live chunk");
-        chunk.put(pos, value, h);
+        chunk.put(pos, value, h.index());
         chunk.dirty = epoch;
         if chunk.live() == chunk.capacity() {
             self.set_non_full(ci as usize, false);
@@ -423,17 +533,33 @@ impl<T> Table<T> {
         Ok(h)
     }
 
-    /// Keeps the free-list mirror in step with an insert: slotmap takes the head of its
-    /// free list, or a new slot when the list is empty.
+    /// Makes a slot live for an object at `place`: the head of the vacant list, else a
+    /// new slot. Returns the object's handle.
     #[inline]
-    fn note_slot_taken(&mut self, h: Handle<T>) {
-        if let Some((index, _)) = self.free.pop() {
-            assert_eq!(
-                index,
-                h.index(),
-                "slotmap reused a slot other than the head of its free list"
-            );
-        }
+    fn take_slot(&mut self, place: u32) -> Result<Handle<T>, Error> {
+        let index = if self.free_head != 0 {
+            let index = self.free_head;
+            let slot = self
+                .slots
+                .get_mut(index as usize)
+                .expect("the vacant list names slots of the table");
+            self.free_head = slot.place;
+            slot.version = slot.version.wrapping_add(1);
+            slot.place = place;
+            self.vacant -= 1;
+            index
+        } else {
+            self.slots.push(&self.pool, Slot { version: 1, place })?
+        };
+        self.len += 1;
+        Ok(self.handle_at(index))
+    }
+
+    /// The handle of the live slot `index`.
+    #[inline]
+    pub(super) fn handle_at(&self, index: u32) -> Handle<T> {
+        let version = self.slots.get(index as usize).map_or(0, |s| s.version);
+        Handle::from_bits(u64::from(version) << 32 | u64::from(index))
     }
 
     pub(super) fn set_non_full(&mut self, ci: usize, non_full: bool) {
@@ -448,37 +574,17 @@ impl<T> Table<T> {
         }
     }
 
-    /// Puts a fresh chunk in the lowest free chunk index and returns that index.
-    fn install_chunk(&mut self, chunk: Chunk<T>) -> usize {
+    /// Makes a chunk at the lowest vacant chunk index and returns that index.
+    fn add_chunk(&mut self) -> Result<usize, Error> {
         let floor = self.chunk_floor.min(self.chunks.len());
-        let ci = match self.chunks[floor..].iter().position(Option::is_none) {
-            Some(i) => {
-                self.chunks[floor + i] = Some(chunk);
-                floor + i
-            }
-            None => {
-                self.chunks.push(Some(chunk));
-                self.chunks.len() - 1
-            }
-        };
+        let ci = self.chunks[floor..]
+            .iter()
+            .position(Option::is_none)
+            .map_or(self.chunks.len(), |i| floor + i);
+        self.make_chunk_at(ci)?;
         // Everything below `floor` held a chunk, and so does everything up to `ci` now.
         self.chunk_floor = ci + 1;
-        self.set_non_full(ci, true);
-        ci
-    }
-
-    /// Takes chunk `i` out (leaving its index vacant), keeping `chunk_floor` a lower bound.
-    fn take_chunk(&mut self, i: usize) -> Option<Chunk<T>> {
-        self.chunk_floor = self.chunk_floor.min(i);
-        self.chunks[i].take()
-    }
-
-    /// Drops the vacant indices at the end of the chunk list.
-    fn pop_vacant_chunks(&mut self) {
-        while matches!(self.chunks.last(), Some(None)) {
-            self.chunks.pop();
-        }
-        self.chunk_floor = self.chunk_floor.min(self.chunks.len());
+        Ok(ci)
     }
 
     #[cfg(feature = "cuda")]
@@ -494,28 +600,10 @@ impl<T> Table<T> {
         self.per_chunk
     }
 
-    #[cfg(feature = "cuda")]
-    /// Every live object's handle with its packed place (the value its slot holds), in
-    /// parallel over chunks, reading only the chunks' bitmaps and owner lists.
-    pub(crate) fn par_owner_places(&self) -> impl ParallelIterator<Item = (Handle<T>, u32)> + '_
-    where
-        T: Sync,
-    {
-        let shift = self.shift;
-        self.chunks
-            .par_iter()
-            .enumerate()
-            .filter_map(|(ci, c)| c.as_ref().map(|c| (ci as u32, c)))
-            .flat_map_iter(move |(ci, c)| {
-                c.occupied_places()
-                    .map(move |pos| (c.owner(pos), ci << shift | pos))
-            })
-    }
-
-    #[cfg(feature = "cuda")]
-    /// The vacant slots as `(index, version)`, in no particular order.
-    pub(crate) fn vacant_slots(&self) -> &[(u32, u32)] {
-        &self.free
+    /// Every slot as `(version, place)`, the sentinel first: the place is meaningful
+    /// only for a live slot (odd version).
+    pub(crate) fn raw_slots(&self) -> &[Slot] {
+        self.slots.as_slice()
     }
 
     #[cfg(feature = "cuda")]
@@ -570,6 +658,7 @@ impl<T> Table<T> {
     }
 
     /// The lowest free place, making a chunk if every chunk is full.
+    #[inline]
     fn free_place(&mut self) -> Result<(u32, u32), Error> {
         let floor = self.non_full_floor.min(self.non_full.len());
         let found = self.non_full[floor..]
@@ -577,13 +666,9 @@ impl<T> Table<T> {
             .position(|w| *w != 0)
             .map(|w| floor + w);
         self.non_full_floor = found.unwrap_or(self.non_full.len());
-        let found = found.map(|w| w * 64 + self.non_full[w].trailing_zeros() as usize);
         let ci = match found {
-            Some(ci) => ci,
-            None => {
-                let chunk = self.new_chunk()?;
-                self.install_chunk(chunk)
-            }
+            Some(w) => w * 64 + self.non_full[w].trailing_zeros() as usize,
+            None => self.add_chunk()?,
         };
         let pos = self.chunks[ci]
             .as_ref()
@@ -592,24 +677,33 @@ impl<T> Table<T> {
         Ok((ci as u32, pos))
     }
 
+    /// The place of `h`'s object, if it is live. A handle's generation is read as odd
+    /// (as [`Handle::from_bits`] makes it), so no vacant slot and no sentinel matches.
+    #[inline]
+    fn live_place(&self, h: Handle<T>) -> Option<u32> {
+        let slot = self.slots.get(h.index() as usize)?;
+        (slot.version == h.generation() | 1).then_some(slot.place)
+    }
+
     /// The object `h` names, if it is live.
     #[inline]
     pub fn get(&self, h: Handle<T>) -> Option<&T> {
-        let loc = self.unpack(*self.slots.get(h)?);
-        let chunk = self.chunks.get(loc.chunk as usize)?.as_ref()?;
-        // SAFETY: a live slot names an occupied place (module invariant).
-        Some(unsafe { chunk.get_unchecked(loc.pos) })
+        let place = self.live_place(h)?;
+        // SAFETY: a live slot names an occupied place of an existing chunk (module
+        // invariant), which holds an initialised object; `&self` keeps it there.
+        Some(unsafe { &*self.place_ptr(place) })
     }
 
     /// The object `h` names, mutably, if it is live (stamps its chunk as changed).
     #[inline]
     pub fn get_mut(&mut self, h: Handle<T>) -> Option<&mut T> {
-        let loc = self.unpack(*self.slots.get(h)?);
+        let place = self.live_place(h)?;
         let epoch = self.epoch();
-        let chunk = self.chunks.get_mut(loc.chunk as usize)?.as_mut()?;
-        chunk.dirty = epoch;
-        // SAFETY: a live slot names an occupied place (module invariant).
-        Some(unsafe { chunk.get_unchecked_mut(loc.pos) })
+        if let Some(Some(c)) = self.chunks.get_mut((place >> self.shift) as usize) {
+            c.dirty = epoch;
+        }
+        // SAFETY: as in `get`, with the exclusive borrow of the table.
+        Some(unsafe { &mut *self.place_ptr(place) })
     }
 
     /// Resolves a batch of handles, prefetching the objects before reading them so that
@@ -628,14 +722,14 @@ impl<T> Table<T> {
         const GROUP: usize = 64;
         let resolve = |group: &[Handle<T>], ptrs: &mut [*const T; GROUP]| {
             for (p, h) in ptrs.iter_mut().zip(group) {
-                *p = std::ptr::null();
-                if let Some(place) = self.slots.get(*h) {
-                    let loc = self.unpack(*place);
-                    if let Some(Some(c)) = self.chunks.get(loc.chunk as usize) {
-                        c.prefetch(loc.pos);
-                        *p = c.place_ptr(loc.pos);
+                *p = match self.live_place(*h) {
+                    Some(place) => {
+                        let ptr = self.place_ptr(place);
+                        prefetch(ptr);
+                        ptr
                     }
-                }
+                    None => std::ptr::null(),
+                };
             }
         };
         let mut groups = handles.chunks(GROUP);
@@ -671,100 +765,119 @@ impl<T> Table<T> {
         &mut self,
         handles: [Handle<T>; N],
     ) -> Option<[&mut T; N]> {
-        let mut locs = [Loc { chunk: 0, pos: 0 }; N];
+        let mut places = [0u32; N];
         for (i, h) in handles.iter().enumerate() {
-            locs[i] = self.unpack(*self.slots.get(*h)?);
-            if locs[..i].contains(&locs[i]) {
+            places[i] = self.live_place(*h)?;
+            if places[..i].contains(&places[i]) {
                 return None;
             }
         }
         let epoch = self.epoch();
-        for loc in &locs {
-            self.chunks[loc.chunk as usize].as_mut()?.dirty = epoch;
+        for place in &places {
+            if let Some(Some(c)) = self.chunks.get_mut((place >> self.shift) as usize) {
+                c.dirty = epoch;
+            }
         }
-        let chunks = &self.chunks;
-        Some(locs.map(|loc| {
-            let c = chunks[loc.chunk as usize].as_ref().expect("checked above");
-            // SAFETY: every location is live (its slot resolved), so its place holds an
-            // object; the locations are pairwise distinct (checked above), so the `&mut T`s
-            // are disjoint; the pointers come from chunk blocks, not from references, and
-            // the table is borrowed exclusively for as long as they live.
-            unsafe { &mut *c.place_ptr(loc.pos) }
+        Some(places.map(|place| {
+            // SAFETY: every place is live (its slot resolved), so it holds an object; the
+            // places are pairwise distinct (checked above), so the `&mut T`s are disjoint
+            // (distinct places of a zero-sized type alias no bytes); the pointers come
+            // from the span, not from references, and the table is borrowed exclusively
+            // for as long as they live.
+            unsafe { &mut *self.place_ptr(place) }
         }))
     }
 
     /// Inserts every value, placing them contiguously after the highest occupied place
     /// (taking new chunks as needed), and returns their handles in order. Aborts through
-    /// [`handle_alloc_error`] if the pool cannot give a chunk, as `Vec` does.
+    /// [`handle_alloc_error`] if the pool cannot give a chunk, as `Vec` does;
+    /// [`try_insert_batch`](Self::try_insert_batch) returns the error instead.
     pub fn insert_batch(&mut self, values: impl IntoIterator<Item = T>) -> Vec<Handle<T>> {
-        let per = self.per_chunk;
-        let (mut ci, mut pos) = self
-            .chunks
-            .iter()
-            .enumerate()
-            .rev()
-            .find_map(|(i, c)| {
-                c.as_ref()
-                    .and_then(|c| c.last_occupied())
-                    .map(|p| (i, p + 1))
-            })
-            .unwrap_or((0, 0));
+        match self.try_insert_batch(values) {
+            Ok(hs) => hs,
+            Err(e) => handle_alloc_error(oom_layout(&e)),
+        }
+    }
+
+    /// As [`insert_batch`](Self::insert_batch), returning the pool's error instead of
+    /// aborting. On error the objects of this call that were inserted are removed again
+    /// (and dropped with the rest of `values`), so the table holds what it held before.
+    ///
+    /// ```
+    /// use neurostore::table::Table;
+    ///
+    /// let mut t: Table<u32> = Table::new();
+    /// let hs = t.try_insert_batch(0..1000)?;
+    /// assert_eq!((t.len(), t.get(hs[999])), (1000, Some(&999)));
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn try_insert_batch(
+        &mut self,
+        values: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<Handle<T>>, Error> {
+        let first = self
+            .highest_occupied()
+            .map_or(0, |loc| self.global_place(loc) + 1);
         let epoch = self.epoch();
-        let mut out = Vec::new();
-        for value in values {
-            if pos == per {
-                ci += 1;
-                pos = 0;
-            }
-            if ci == self.chunks.len() {
-                self.chunks.push(None);
-            }
-            if self.chunks[ci].is_none() {
-                match self.new_chunk() {
-                    Ok(c) => {
-                        self.chunks[ci] = Some(c);
-                        self.set_non_full(ci, true);
+        let mut out: Vec<Handle<T>> = Vec::new();
+        for (place, value) in (first..).zip(values) {
+            match self.put_after_top(place, value, epoch) {
+                Ok(h) => out.push(h),
+                Err(e) => {
+                    for h in out {
+                        drop(self.remove(h));
                     }
-                    Err(_) => handle_alloc_error(self.chunk_layout()),
+                    return Err(e);
                 }
             }
-            let place = match self.pack(Loc {
-                chunk: ci as u32,
-                pos,
-            }) {
-                Ok(p) => p,
-                Err(_) => handle_alloc_error(self.chunk_layout()),
-            };
-            let h = self.slots.insert(place);
-            self.note_slot_taken(h);
-            self.stamp_slots();
-            let chunk = self.chunks[ci].as_mut().expect("made above");
-            chunk.put(pos, value, h);
-            chunk.dirty = epoch;
-            if chunk.live() == chunk.capacity() {
-                self.set_non_full(ci, false);
-            }
-            out.push(h);
-            pos += 1;
         }
-        out
+        Ok(out)
+    }
+
+    /// Puts `value` at the free global place `place` (making its chunk if needed).
+    fn put_after_top(&mut self, place: u64, value: T, epoch: u64) -> Result<Handle<T>, Error> {
+        let place = u32::try_from(place).map_err(|_| Error::TableFull { places: 1u64 << 32 })?;
+        let Loc { chunk, pos } = self.unpack(place);
+        let ci = chunk as usize;
+        if self.chunks.get(ci).is_none_or(Option::is_none) {
+            self.make_chunk_at(ci)?;
+        }
+        let h = self.take_slot(place)?;
+        self.stamp_slots();
+        let chunk = self.chunks[ci].as_mut().expect("made above");
+        chunk.put(pos, value, h.index());
+        chunk.dirty = epoch;
+        if chunk.live() == chunk.capacity() {
+            self.set_non_full(ci, false);
+        }
+        Ok(h)
     }
 
     /// Where `h`'s object lives, if it is live.
     pub fn location(&self, h: Handle<T>) -> Option<Loc> {
-        self.slots.get(h).map(|p| self.unpack(*p))
+        self.live_place(h).map(|p| self.unpack(p))
     }
 
     /// True when `h` names a live object.
+    #[inline]
     pub fn contains(&self, h: Handle<T>) -> bool {
-        self.slots.contains_key(h)
+        self.live_place(h).is_some()
     }
 
     /// Removes and returns the object `h` names. A stale or null handle returns `None`
-    /// and changes nothing.
+    /// and changes nothing. O(1): the slot joins the vacant list and the place is freed.
+    #[inline]
     pub fn remove(&mut self, h: Handle<T>) -> Option<T> {
-        let place = self.slots.remove(h)?;
-        self.free.push((h.index(), h.generation().wrapping_add(1)));
+        let slot = self.slots.get_mut(h.index() as usize)?;
+        if slot.version != h.generation() | 1 {
+            return None;
+        }
+        let place = slot.place;
+        slot.version = slot.version.wrapping_add(1);
+        slot.place = self.free_head;
+        self.free_head = h.index();
+        self.vacant += 1;
+        self.len -= 1;
         self.stamp_slots();
         let loc = self.unpack(place);
         let epoch = self.epoch();
@@ -776,38 +889,33 @@ impl<T> Table<T> {
         let empty = chunk.live() == 0;
         self.set_non_full(loc.chunk as usize, true);
         if empty {
-            self.release_empty_chunks(loc.chunk);
+            self.keep_emptied_chunk(loc.chunk);
         }
         Some(value)
     }
 
-    /// Returns empty chunks to the pool, keeping one (`keep`, just emptied) for reuse
-    /// unless another empty chunk is already kept.
-    fn release_empty_chunks(&mut self, keep: u32) {
-        let empty: Vec<usize> = self
-            .chunks
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| *i != keep as usize && c.as_ref().is_some_and(|c| c.live() == 0))
-            .map(|(i, _)| i)
-            .collect();
-        for i in empty {
-            if let Some(c) = self.take_chunk(i) {
-                c.release(&self.pool);
-                self.set_non_full(i, false);
-            }
+    /// Keeps the chunk just emptied for reuse and gives the one kept before back to the
+    /// pool if it is still empty: at most one empty chunk stays, in O(1).
+    fn keep_emptied_chunk(&mut self, ci: u32) {
+        if let Some(old) = self.spare.replace(ci)
+            && old != ci
+            && self
+                .chunks
+                .get(old as usize)
+                .is_some_and(|c| c.as_ref().is_some_and(|c| c.live() == 0))
+        {
+            self.free_chunk(old as usize);
         }
-        self.pop_vacant_chunks();
     }
 
     /// Every live object with its handle, in storage order (chunk by chunk, place by place).
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> + '_ {
-        self.chunks.iter().flatten().flat_map(|c| {
+        self.chunks.iter().flatten().flat_map(move |c| {
             c.occupied_places().map(move |pos| {
-                (
-                    c.owner(pos),
-                    c.get(pos).expect("occupied places hold objects"),
-                )
+                // SAFETY: the place is occupied (from the bitmap), so it holds an object.
+                (self.handle_at(c.owner(pos)), unsafe {
+                    c.get_unchecked(pos)
+                })
             })
         })
     }
@@ -832,15 +940,18 @@ impl<T> Table<T> {
     /// as changed.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Handle<T>, &mut T)> + '_ {
         let epoch = self.epoch();
+        let slots = &self.slots;
         self.chunks.iter_mut().flatten().flat_map(move |c| {
             c.dirty = epoch;
             let c: &Chunk<T> = c;
             c.occupied_places().map(move |pos| {
                 // SAFETY: the place is occupied, so it holds an object; each place is
                 // visited once, so the `&mut T`s handed out are disjoint; the pointer comes
-                // from the chunk's block, not from a reference, and the table is borrowed
+                // from the chunk's places, not from a reference, and the table is borrowed
                 // exclusively for as long as the iterator and its items live.
-                (c.owner(pos), unsafe { &mut *c.place_ptr(pos) })
+                (handle_in(slots, c.owner(pos)), unsafe {
+                    &mut *c.place_ptr(pos)
+                })
             })
         })
     }
@@ -850,12 +961,13 @@ impl<T> Table<T> {
     where
         T: Sync,
     {
-        self.chunks.par_iter().flatten().flat_map_iter(|c| {
+        let slots = &self.slots;
+        self.chunks.par_iter().flatten().flat_map_iter(move |c| {
             c.occupied_places().map(move |pos| {
-                (
-                    c.owner(pos),
-                    c.get(pos).expect("occupied places hold objects"),
-                )
+                // SAFETY: the place is occupied (from the bitmap), so it holds an object.
+                (handle_in(slots, c.owner(pos)), unsafe {
+                    c.get_unchecked(pos)
+                })
             })
         })
     }
@@ -867,6 +979,7 @@ impl<T> Table<T> {
         T: Send + Sync,
     {
         let epoch = self.epoch();
+        let slots = &self.slots;
         self.chunks
             .par_iter_mut()
             .flatten()
@@ -876,7 +989,9 @@ impl<T> Table<T> {
                 c.occupied_places().map(move |pos| {
                     // SAFETY: as in `iter_mut`: each occupied place of this chunk is visited
                     // once by this one task, so the `&mut T`s are disjoint across all tasks.
-                    (c.owner(pos), unsafe { &mut *c.place_ptr(pos) })
+                    (handle_in(slots, c.owner(pos)), unsafe {
+                        &mut *c.place_ptr(pos)
+                    })
                 })
             })
     }
@@ -895,17 +1010,32 @@ impl<T> Table<T> {
     /// Drops every object and returns every chunk to the pool. Handles given out before
     /// stay stale forever.
     pub fn clear(&mut self) {
-        // slotmap's `clear` empties slots in index order, each pushed on its free list.
-        for (h, _) in self.slots.drain() {
-            self.free.push((h.index(), h.generation().wrapping_add(1)));
+        // Live slots become vacant in index order, each pushed on the vacant list (the
+        // highest index ends up at its head), as slotmap's `clear` does.
+        let mut head = self.free_head;
+        let mut freed = 0u32;
+        for (index, slot) in self.slots.as_mut_slice().iter_mut().enumerate().skip(1) {
+            if slot.is_live() {
+                slot.version = slot.version.wrapping_add(1);
+                slot.place = head;
+                head = index as u32;
+                freed += 1;
+            }
         }
+        self.free_head = head;
+        self.vacant += freed;
+        self.len = 0;
         self.stamp_slots();
         self.non_full.clear();
         self.non_full_floor = 0;
         self.chunk_floor = 0;
+        self.spare = None;
         for c in self.chunks.drain(..).flatten() {
-            c.release(&self.pool);
+            c.drop_objects();
         }
+        // SAFETY: every object was dropped and every chunk forgotten: nothing refers to
+        // the places any more.
+        unsafe { self.objects.release(&self.pool) };
     }
 
     /// Removes every object, yielding it with its handle.
@@ -924,20 +1054,17 @@ impl<T> Table<T> {
         let live = self.len();
         let chunks = self.chunks.iter().flatten().count();
         // Holes: free places before the highest occupied place, in chunks that exist.
-        let last = self
-            .chunks
-            .iter()
-            .enumerate()
-            .rev()
-            .find_map(|(i, c)| c.as_ref().and_then(|c| c.last_occupied()).map(|p| (i, p)));
-        let holes = match last {
+        let holes = match self.highest_occupied() {
             None => 0,
-            Some((last_chunk, last_pos)) => self.chunks[..=last_chunk]
+            Some(Loc {
+                chunk: last_chunk,
+                pos: last_pos,
+            }) => self.chunks[..=last_chunk as usize]
                 .iter()
                 .enumerate()
                 .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
                 .map(|(i, c)| {
-                    let span = if i == last_chunk {
+                    let span = if i == last_chunk as usize {
                         last_pos + 1
                     } else {
                         c.capacity()
@@ -950,14 +1077,16 @@ impl<T> Table<T> {
             live,
             capacity: chunks * self.per_chunk as usize,
             chunks,
-            bytes_reserved: chunks * self.chunk_layout().size(),
-            // A slotmap slot holding a u32 is 8 bytes: the value (or free-list link) and
-            // the version. Per place: an 8-byte owner handle and an occupancy bit.
-            metadata_bytes: self.slots.capacity() * 8
-                + self.free.capacity() * 8
-                + chunks
-                    * (self.per_chunk as usize * 8 + (self.per_chunk as usize).div_ceil(64) * 8)
+            bytes_reserved: chunks * self.chunk_bytes(),
+            metadata_bytes: self.slots.committed()
+                + self
+                    .chunks
+                    .iter()
+                    .flatten()
+                    .map(Chunk::metadata_bytes)
+                    .sum::<usize>()
                 + self.chunks.capacity() * std::mem::size_of::<Option<Chunk<T>>>(),
+            slot_bytes: self.slots.committed(),
             holes,
             fragmentation: if live + holes == 0 {
                 0.0
@@ -966,6 +1095,39 @@ impl<T> Table<T> {
             },
         }
     }
+}
+
+/// The handle of live slot `index` of `slots`.
+#[inline]
+fn handle_in<T>(slots: &SlotArray, index: u32) -> Handle<T> {
+    let version = slots.get(index as usize).map_or(0, |s| s.version);
+    Handle::from_bits(u64::from(version) << 32 | u64::from(index))
+}
+
+/// Hints the CPU to bring the object at `ptr` into cache (no effect where unsupported).
+#[inline]
+fn prefetch<T>(ptr: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint that never faults, whatever the address; SSE is part
+    // of the x86-64 baseline.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(ptr.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ptr;
+}
+
+/// The layout an allocation failure is reported with when a table aborts.
+fn oom_layout(e: &Error) -> std::alloc::Layout {
+    let (size, align) = match e {
+        Error::OutOfMemory {
+            requested, align, ..
+        } => (*requested, *align),
+        _ => (usize::MAX >> 1, 1),
+    };
+    std::alloc::Layout::from_size_align(size.min(isize::MAX as usize), align.max(1))
+        .unwrap_or(std::alloc::Layout::new::<u8>())
 }
 
 /// Moving objects: the primitives the defragmentation layer (`crate::defrag`) builds on.
@@ -984,9 +1146,7 @@ impl<T> Table<T> {
     /// One more than the largest slot index a handle of this table can have: the size of
     /// a per-slot side table (the collector's mark bits).
     pub(crate) fn slot_bound(&self) -> usize {
-        // slotmap keeps a sentinel slot at index 0 and reports one less than its Vec's
-        // capacity; every index is below the Vec's length.
-        self.slots.capacity() + 1
+        self.slots.len().max(1)
     }
 
     /// The owners of the occupied places from global place `start` on, in storage order,
@@ -1013,7 +1173,7 @@ impl<T> Table<T> {
                         pos,
                     }));
                 }
-                out.push(c.owner(pos));
+                out.push(self.handle_at(c.owner(pos)));
             }
         }
         None
@@ -1081,7 +1241,7 @@ impl<T> Table<T> {
     pub(crate) fn fill_holes_from_top(&mut self, max_moves: usize) -> (usize, bool) {
         let mut holes = HoleCursor::default();
         let mut objects = ObjectCursor::from_top(self);
-        let mut carried: Vec<(T, Handle<T>)> = Vec::with_capacity(64);
+        let mut carried: Vec<(T, u32)> = Vec::with_capacity(64);
         let mut moved = 0;
         loop {
             if !holes.fill(self) || !objects.fill(self) {
@@ -1133,7 +1293,7 @@ impl<T> Table<T> {
         take: u64,
         holes: &HoleCursor,
         fill: u64,
-        carried: &mut Vec<(T, Handle<T>)>,
+        carried: &mut Vec<(T, u32)>,
     ) {
         let epoch = self.epoch();
         self.stamp_slots();
@@ -1168,10 +1328,10 @@ impl<T> Table<T> {
                 pos,
             };
             let packed = self.pack(place).expect("an existing chunk's place packs");
-            *self
-                .slots
-                .get_mut(target.owner(pos))
-                .expect("an occupied place's owner is live") = packed;
+            self.slots
+                .get_mut(target.owner(pos) as usize)
+                .expect("an occupied place's owner is live")
+                .place = packed;
         }
         if full {
             self.set_non_full(holes.chunk, false);
@@ -1180,18 +1340,13 @@ impl<T> Table<T> {
 
     /// Returns every empty chunk to the pool (none is kept for reuse) and returns how many.
     pub(crate) fn release_all_empty_chunks(&mut self) -> usize {
-        let mut released = 0;
-        for i in 0..self.chunks.len() {
-            if self.chunks[i].as_ref().is_some_and(|c| c.live() == 0)
-                && let Some(c) = self.take_chunk(i)
-            {
-                c.release(&self.pool);
-                self.set_non_full(i, false);
-                released += 1;
-            }
+        let empty: Vec<usize> = (0..self.chunks.len())
+            .filter(|&i| self.chunks[i].as_ref().is_some_and(|c| c.live() == 0))
+            .collect();
+        for &i in &empty {
+            self.free_chunk(i);
         }
-        self.pop_vacant_chunks();
-        released
+        empty.len()
     }
 
     /// Every object with its place, in storage order.
@@ -1234,9 +1389,7 @@ impl<T> Table<T> {
         }
         for ci in 0..chunks_needed {
             if self.chunks[ci].is_none() {
-                let chunk = self.new_chunk()?;
-                self.chunks[ci] = Some(chunk);
-                self.set_non_full(ci, true);
+                self.make_chunk_at(ci)?;
             }
         }
         self.layout_version += 1;
@@ -1299,7 +1452,7 @@ impl<T> Table<T> {
 
     /// Takes the object at `loc` out with its owner (its slot still names `loc` until
     /// `put_at` rewrites it).
-    fn take_at(&mut self, loc: Loc) -> (T, Handle<T>) {
+    fn take_at(&mut self, loc: Loc) -> (T, u32) {
         let epoch = self.epoch();
         let c = self.chunks[loc.chunk as usize]
             .as_mut()
@@ -1310,7 +1463,7 @@ impl<T> Table<T> {
     }
 
     /// Puts `value` at the free place `loc` and points its owner's slot there.
-    fn put_at(&mut self, loc: Loc, value: T, owner: Handle<T>) {
+    fn put_at(&mut self, loc: Loc, value: T, owner: u32) {
         let packed = self.pack(loc).expect("an existing chunk's place packs");
         self.stamp_slots();
         let epoch = self.epoch();
@@ -1319,10 +1472,10 @@ impl<T> Table<T> {
             .expect("existing chunk");
         c.put(loc.pos, value, owner);
         c.dirty = epoch;
-        *self
-            .slots
-            .get_mut(owner)
-            .expect("an object's owner is live") = packed;
+        self.slots
+            .get_mut(owner as usize)
+            .expect("an object's owner is live")
+            .place = packed;
     }
 
     /// Calls `f` with each object in the storage places `start .. start + len` (a place
@@ -1351,8 +1504,11 @@ impl<T> Drop for Table<T> {
     /// table of a type without drop glue goes in the time it takes to free its chunks.
     fn drop(&mut self) {
         for c in self.chunks.drain(..).flatten() {
-            c.release(&self.pool);
+            c.drop_objects();
         }
+        // SAFETY: every object was dropped and every chunk forgotten above.
+        unsafe { self.objects.release(&self.pool) };
+        self.slots.release(&self.pool);
     }
 }
 

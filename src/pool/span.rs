@@ -1,0 +1,436 @@
+//! Spans: runs of address space that grow in place, for the tables' objects and slots.
+//!
+//! A table keeps its objects at `base + place * size_of::<T>()` and its slots at
+//! `base + index * 8`, so that a lookup is one multiply-add from the handle, with no
+//! per-chunk pointer to load first. The address space of such a run is a [`Span`]: an
+//! anonymous private mapping that grows by doubling (`mremap` on Linux, which moves page
+//! tables instead of bytes), whose pages the owner commits and decommits in whole
+//! stretches (a table's chunks). Committed bytes are the pool's: they count against its
+//! `total_memory` cap and appear in its statistics with the large tier; decommitted
+//! pages go back to the OS at once (`MADV_DONTNEED`).
+//!
+//! A span of at least [`HUGE_PAGES_FROM`] bytes asks for transparent huge pages: random
+//! lookups in a large table are bound by TLB misses, which 2 MiB pages remove.
+//!
+//! Invariants: `base` is aligned to [`SPAN_ALIGN`] and `[base, base + mapped)` is one
+//! readable and writable mapping owned by the span (none when `mapped` is 0); `committed`
+//! is what the span has counted in its pool and gives back exactly once, in
+//! [`Span::release`] or [`Span::decommit`].
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::HierarchicalPool;
+use super::os::round_up;
+use crate::error::{Error, OomReason};
+
+/// Alignment of a span's start: a huge page, so that huge pages line up with the span.
+pub(crate) const SPAN_ALIGN: usize = 2 << 20;
+
+/// Spans at least this long ask the OS for transparent huge pages.
+pub(crate) const HUGE_PAGES_FROM: usize = 4 << 20;
+
+/// The smallest mapping a span makes.
+const MIN_MAPPING: usize = 64 << 10;
+
+/// Bytes committed in the spans of one pool, and the spans holding some: each such span
+/// counts as one live allocation of the pool (made when its first byte is committed,
+/// freed when its last is given back).
+#[derive(Debug, Default)]
+pub(crate) struct SpanCounters {
+    pub committed: AtomicUsize,
+    pub spans: AtomicUsize,
+    pub allocs: AtomicU64,
+    pub frees: AtomicU64,
+}
+
+/// A run of address space whose pages are committed on demand; see the module doc.
+#[derive(Debug)]
+pub(crate) struct Span {
+    base: NonNull<u8>,
+    mapped: usize,
+    committed: usize,
+    huge: bool,
+}
+
+// SAFETY: a span is a plain mapping owned by one owner; moving it to another thread moves
+// nothing but the address.
+unsafe impl Send for Span {}
+// SAFETY: shared access to a span only reads its address and lengths.
+unsafe impl Sync for Span {}
+
+impl Default for Span {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Span {
+    /// A span with no address space yet.
+    pub(crate) const fn new() -> Self {
+        Span {
+            base: NonNull::dangling(),
+            mapped: 0,
+            committed: 0,
+            huge: false,
+        }
+    }
+
+    /// The start of the span (dangling, aligned to [`SPAN_ALIGN`] in spirit, while nothing
+    /// is mapped: never read or written then).
+    #[inline]
+    pub(crate) fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+
+    /// Bytes of address space mapped.
+    #[cfg(test)]
+    pub(crate) fn mapped(&self) -> usize {
+        self.mapped
+    }
+
+    /// Bytes counted in the pool.
+    pub(crate) fn committed(&self) -> usize {
+        self.committed
+    }
+
+    /// Makes sure at least `len` bytes are mapped, doubling the mapping (or more) when it
+    /// grows. The span may move: every address taken from it before is void. On error
+    /// nothing changes.
+    pub(crate) fn reserve(&mut self, len: usize) -> Result<(), Error> {
+        if len <= self.mapped {
+            return Ok(());
+        }
+        let oom = |reason| Error::OutOfMemory {
+            requested: len,
+            align: SPAN_ALIGN,
+            reason,
+        };
+        let want = len
+            .max(self.mapped.saturating_mul(2))
+            .max(MIN_MAPPING)
+            .checked_next_power_of_two()
+            .and_then(|n| round_up(n, MIN_MAPPING))
+            .ok_or(oom(OomReason::LayoutTooLarge))?;
+        let base = if self.mapped == 0 {
+            sys::map(want)
+        } else {
+            // SAFETY: `[base, base + mapped)` is this span's own mapping (invariant), and
+            // the exclusive borrow means no reference into it is alive.
+            unsafe { sys::grow(self.base, self.mapped, want) }
+        }
+        .ok_or(oom(OomReason::OsRefused))?;
+        self.base = base;
+        self.mapped = want;
+        if !self.huge && want >= HUGE_PAGES_FROM {
+            sys::advise_huge(base, want);
+            self.huge = true;
+        }
+        Ok(())
+    }
+
+    /// Counts `len` more bytes of the span as committed in `pool` (the caller is about to
+    /// use them), or refuses under the pool's cap and changes nothing.
+    pub(crate) fn commit(&mut self, pool: &HierarchicalPool, len: usize) -> Result<(), Error> {
+        pool.span_account(len as isize)
+            .map_err(|reason| Error::OutOfMemory {
+                requested: len,
+                align: SPAN_ALIGN,
+                reason,
+            })?;
+        if self.committed == 0 && len > 0 {
+            let counters = pool.span_counters();
+            counters.spans.fetch_add(1, Ordering::Relaxed);
+            counters.allocs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.committed += len;
+        Ok(())
+    }
+
+    /// Gives the pages wholly inside `[offset, offset + len)` back to the OS and `len`
+    /// bytes back to `pool`'s account. Their contents are lost (they read as zeros later).
+    ///
+    /// # Safety
+    /// The range lies in the mapping, nothing reads or writes it any more until it is
+    /// written again, and `len` bytes of it were committed.
+    pub(crate) unsafe fn decommit(&mut self, pool: &HierarchicalPool, offset: usize, len: usize) {
+        debug_assert!(offset + len <= self.mapped && len <= self.committed);
+        let page = sys::PAGE;
+        let start = round_up(offset, page).unwrap_or(usize::MAX);
+        let end = (offset + len) & !(page - 1);
+        if start < end {
+            // SAFETY: `[start, end)` lies in the mapping (per the contract) and nothing
+            // uses it; the pages are whole.
+            unsafe { sys::discard(self.base.add(start), end - start) };
+        }
+        self.uncount(pool, len);
+    }
+
+    /// Gives every committed byte back to `pool`'s account and the whole mapping back to
+    /// the OS; the span is empty afterwards.
+    ///
+    /// # Safety
+    /// Nothing reads or writes the span's memory any more.
+    pub(crate) unsafe fn release(&mut self, pool: &HierarchicalPool) {
+        self.uncount(pool, self.committed);
+        if self.mapped > 0 {
+            // SAFETY: the mapping is the span's own and unused (per the contract).
+            unsafe { sys::unmap(self.base, self.mapped) };
+        }
+        // Field by field: assigning a new span would drop this one, unmapping again.
+        self.base = NonNull::dangling();
+        self.mapped = 0;
+        self.huge = false;
+    }
+
+    fn uncount(&mut self, pool: &HierarchicalPool, len: usize) {
+        if len == 0 {
+            return;
+        }
+        pool.span_account(-(len as isize))
+            .expect("giving bytes back never fails");
+        self.committed -= len;
+        if self.committed == 0 {
+            let counters = pool.span_counters();
+            counters.spans.fetch_sub(1, Ordering::Relaxed);
+            counters.frees.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Span {
+    /// Unmaps what is left. An owner gives its committed bytes back first
+    /// ([`release`](Span::release)); a span dropped without that only loses the account.
+    fn drop(&mut self) {
+        if self.mapped > 0 {
+            // SAFETY: the mapping is the span's own; it is being dropped, so nothing
+            // borrows its memory any more.
+            unsafe { sys::unmap(self.base, self.mapped) };
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod sys {
+    //! Linux: `mmap`, `mremap` onto an aligned reservation, `madvise`.
+
+    use std::ptr::NonNull;
+
+    use super::SPAN_ALIGN;
+
+    /// The smallest unit `madvise` discards.
+    pub(super) const PAGE: usize = 4096;
+
+    /// Maps `len` bytes (a multiple of 64 KiB), readable and writable, aligned to
+    /// [`SPAN_ALIGN`], without reserving swap for them.
+    pub(super) fn map(len: usize) -> Option<NonNull<u8>> {
+        let span = len.checked_add(SPAN_ALIGN)?;
+        // SAFETY: an anonymous private mapping with a null hint has no preconditions; the
+        // result is checked against MAP_FAILED before use.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                span,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return None;
+        }
+        let raw_addr = raw as usize;
+        let start = (raw_addr + SPAN_ALIGN - 1) & !(SPAN_ALIGN - 1);
+        let (head, tail) = (start - raw_addr, span - (start - raw_addr) - len);
+        if head > 0 {
+            // SAFETY: the unused head of the mapping made above.
+            unsafe { libc::munmap(raw, head) };
+        }
+        if tail > 0 {
+            // SAFETY: the unused tail of the same mapping.
+            unsafe { libc::munmap((start + len) as *mut libc::c_void, tail) };
+        }
+        NonNull::new(start as *mut u8)
+    }
+
+    /// Moves the mapping `[base, base + old)` to a fresh aligned one of `new` bytes
+    /// (page tables move, bytes are not copied). `None` leaves the old mapping as it was.
+    ///
+    /// # Safety
+    /// `[base, base + old)` is a whole mapping from [`map`] or [`grow`], unborrowed.
+    pub(super) unsafe fn grow(base: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+        let target = map(new)?;
+        // SAFETY: both ranges are mappings this module made; MREMAP_FIXED replaces the
+        // fresh target with the old pages, which keeps the target's alignment.
+        let moved = unsafe {
+            libc::mremap(
+                base.as_ptr().cast(),
+                old,
+                new,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                target.as_ptr().cast::<libc::c_void>(),
+            )
+        };
+        if moved == libc::MAP_FAILED {
+            // SAFETY: the target was mapped above and nothing uses it.
+            unsafe { unmap(target, new) };
+            return None;
+        }
+        NonNull::new(moved.cast())
+    }
+
+    /// Asks for transparent huge pages over `[base, base + len)`.
+    pub(super) fn advise_huge(base: NonNull<u8>, len: usize) {
+        // SAFETY: the range is a mapping of ours; madvise only changes paging policy.
+        unsafe { libc::madvise(base.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
+    }
+
+    /// Gives the whole pages of `[ptr, ptr + len)` back to the OS; they read as zeros
+    /// afterwards.
+    ///
+    /// # Safety
+    /// The range lies in a mapping of ours and nothing uses its contents.
+    pub(super) unsafe fn discard(ptr: NonNull<u8>, len: usize) {
+        // SAFETY: per the contract; MADV_DONTNEED keeps the mapping.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+    }
+
+    /// Unmaps `[base, base + len)`.
+    ///
+    /// # Safety
+    /// The range is a whole mapping of ours that nothing uses.
+    pub(super) unsafe fn unmap(base: NonNull<u8>, len: usize) {
+        // SAFETY: per the contract.
+        unsafe { libc::munmap(base.as_ptr().cast(), len) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    //! Elsewhere: zeroed blocks from the system allocator, grown by copying.
+
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::ptr::NonNull;
+
+    use super::SPAN_ALIGN;
+
+    /// The unit [`discard`] works in.
+    pub(super) const PAGE: usize = 4096;
+
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(len, SPAN_ALIGN).expect("span lengths are bounded")
+    }
+
+    pub(super) fn map(len: usize) -> Option<NonNull<u8>> {
+        // SAFETY: the layout has a non-zero size.
+        NonNull::new(unsafe { System.alloc_zeroed(layout(len)) })
+    }
+
+    /// # Safety
+    /// `[base, base + old)` is a whole block from [`map`] or [`grow`], unborrowed.
+    pub(super) unsafe fn grow(base: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+        let target = map(new)?;
+        // SAFETY: both blocks are ours, `old <= new`, and they do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(base.as_ptr(), target.as_ptr(), old);
+            unmap(base, old);
+        }
+        Some(target)
+    }
+
+    pub(super) fn advise_huge(_base: NonNull<u8>, _len: usize) {}
+
+    /// # Safety
+    /// The range lies in a block of ours and nothing uses its contents.
+    pub(super) unsafe fn discard(ptr: NonNull<u8>, len: usize) {
+        // SAFETY: per the contract; zeros keep the "reads as zeros" promise.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+    }
+
+    /// # Safety
+    /// The block is ours, from [`map`] or [`grow`], and nothing uses it.
+    pub(super) unsafe fn unmap(base: NonNull<u8>, len: usize) {
+        // SAFETY: per the contract, with the layout it was allocated with.
+        unsafe { System.dealloc(base.as_ptr(), layout(len)) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::PoolConfig;
+
+    #[test]
+    fn a_span_grows_in_place_keeps_its_bytes_and_counts_what_is_committed() {
+        let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
+        let mut span = Span::new();
+        span.reserve(100).unwrap();
+        assert_eq!(span.mapped(), MIN_MAPPING);
+        assert_eq!(span.base().as_ptr() as usize % SPAN_ALIGN, 0);
+        span.commit(&pool, 64 << 10).unwrap();
+        // SAFETY: the first 64 KiB are mapped and committed.
+        unsafe { span.base().as_ptr().add(4095).write(7) };
+        span.reserve(5 << 20).unwrap();
+        assert!(span.mapped() >= 5 << 20 && span.huge);
+        assert_eq!(span.base().as_ptr() as usize % SPAN_ALIGN, 0);
+        // SAFETY: still mapped; the byte moved with its page.
+        assert_eq!(unsafe { span.base().as_ptr().add(4095).read() }, 7);
+        let st = pool.stats();
+        assert_eq!((st.reserved_bytes, st.large.regions), (64 << 10, 1));
+        span.commit(&pool, 64 << 10).unwrap();
+        // SAFETY: the second 64 KiB are committed and unused.
+        unsafe { span.decommit(&pool, 64 << 10, 64 << 10) };
+        assert_eq!(pool.stats().in_use_bytes, 64 << 10);
+        // SAFETY: nothing uses the span any more.
+        unsafe { span.release(&pool) };
+        let st = pool.stats();
+        assert_eq!((st.reserved_bytes, st.large.regions), (0, 0));
+        assert_eq!(span.mapped(), 0);
+    }
+
+    #[test]
+    fn commits_past_the_cap_are_refused_and_change_nothing() {
+        let config = PoolConfig {
+            total_memory: Some(1 << 20),
+            ..PoolConfig::default()
+        };
+        let pool = HierarchicalPool::new(config).unwrap();
+        let mut span = Span::new();
+        span.reserve(4 << 20).unwrap();
+        span.commit(&pool, 1 << 20).unwrap();
+
+        let err = span.commit(&pool, 64 << 10).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::OutOfMemory {
+                reason: OomReason::MemoryCap { .. },
+                ..
+            }
+        ));
+        assert_eq!(span.committed(), 1 << 20);
+        // SAFETY: nothing uses the span.
+        unsafe { span.release(&pool) };
+        assert_eq!(pool.stats().reserved_bytes, 0);
+    }
+
+    #[test]
+    fn decommitted_pages_read_as_zeros() {
+        let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
+        let mut span = Span::new();
+        span.reserve(3 * sys::PAGE).unwrap();
+        span.commit(&pool, 3 * sys::PAGE).unwrap();
+        // SAFETY: three pages are mapped and committed.
+        unsafe {
+            std::ptr::write_bytes(span.base().as_ptr(), 0xAB, 3 * sys::PAGE);
+            // Bytes 100 .. 2 pages + 100: only the second page is whole inside.
+            span.decommit(&pool, 100, 2 * sys::PAGE);
+            assert_eq!(span.base().as_ptr().add(sys::PAGE).read(), 0);
+            assert_eq!(span.base().as_ptr().add(99).read(), 0xAB);
+            assert_eq!(span.base().as_ptr().add(2 * sys::PAGE + 100).read(), 0xAB);
+        }
+        assert_eq!(span.committed(), sys::PAGE);
+        // SAFETY: nothing uses the span.
+        unsafe { span.release(&pool) };
+    }
+}
