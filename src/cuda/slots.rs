@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
-use crate::table::Table;
+use crate::table::{Table, word_is_live, word_version};
 
 /// The CUDA header shipped with the crate (`include/neurostore.cuh`): `ns_slot`,
 /// `ns_table`, `ns_resolve` and `NS_RESOLVE`, to prepend to kernels compiled at run time.
@@ -72,24 +72,26 @@ pub(crate) fn place_if_named(slot: &DeviceSlot, handle: u64) -> Option<u32> {
 }
 
 /// The device slot image of `table`: one [`DeviceSlot`] per slot index, the sentinel at
-/// index 0 included, into `out`: the table's own slot array, with each vacant slot's place
-/// (a link of the host's vacant list) written as 0. Copied in parallel blocks; a buffer
-/// kept from the last sync is reused as it is, its pages already mapped.
+/// index 0 included, into `out`: each slot's version (without the host's note of whether
+/// the object is at its home place) and its place (0 for a vacant slot). Built in
+/// parallel blocks; a buffer kept from the last sync is reused as it is, its pages
+/// already mapped.
 pub(crate) fn slot_image<T: Sync>(table: &Table<T>, out: &mut Vec<DeviceSlot>) {
     const BLOCK: usize = 1 << 16;
-    let slots = table.raw_slots();
+    let slots = table.slot_array();
     out.resize(table.slot_count(), DeviceSlot::zeroed());
-    if slots.is_empty() {
+    if slots.len() == 0 {
         out[0] = DeviceSlot::zeroed();
         return;
     }
     out.par_chunks_mut(BLOCK)
-        .zip(slots.par_chunks(BLOCK))
-        .for_each(|(out, slots)| {
-            for (o, s) in out.iter_mut().zip(slots) {
+        .zip(slots.words().par_chunks(BLOCK))
+        .zip(slots.places().par_chunks(BLOCK))
+        .for_each(|((out, words), places)| {
+            for ((o, &word), &place) in out.iter_mut().zip(words).zip(places) {
                 *o = DeviceSlot {
-                    version: s.version,
-                    place: if s.is_live() { s.place } else { 0 },
+                    version: word_version(word),
+                    place: if word_is_live(word) { place } else { 0 },
                 };
             }
         });

@@ -950,7 +950,12 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
             b.write(&buf)
         })?;
         w.section(format::FREE, self.header.free_len(), |b| {
-            let image_free: Vec<u8> = self.table.free_order().flat_map(u32::to_le_bytes).collect();
+            let image_free: Vec<u8> = self
+                .table
+                .free_order()
+                .into_iter()
+                .flat_map(u32::to_le_bytes)
+                .collect();
             b.write(&image_free)?;
             let mut present = vec![0u8; (self.header.chunk_count as usize).div_ceil(8)];
             for (c, p) in self.table.chunks_present().enumerate() {

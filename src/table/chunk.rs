@@ -203,6 +203,21 @@ impl<T> Chunk<T> {
         unsafe { self.data.as_ptr().add(pos as usize).read() }
     }
 
+    /// Marks the occupied place `pos` free without reading it; the caller moves the
+    /// object out (a live slot names `pos`, so it is occupied: checked in debug builds).
+    #[inline]
+    pub(crate) fn forget(&mut self, pos: u32) {
+        debug_assert!(
+            pos < self.capacity() && self.is_occupied(pos),
+            "place {pos} is empty"
+        );
+        self.occupied[pos as usize / 64] &= !(1 << (pos % 64));
+        self.live -= 1;
+        if pos / 64 < self.free_cursor {
+            self.free_cursor = pos / 64;
+        }
+    }
+
     pub(crate) fn get(&self, pos: u32) -> Option<&T> {
         // SAFETY: an occupied place holds an initialised object; the shared borrow of the
         // chunk keeps it from being moved or dropped.

@@ -3,14 +3,16 @@
 //! This layer owns the objects of each type and the mapping from a [`Handle<T>`] to the
 //! place of its object. [`Table<T>`] (`typed.rs`) keeps objects in fixed-capacity chunks
 //! laid end to end in one pool span (`chunk.rs`: occupancy bitmap and owning slot index
-//! per place), and a slot array of 8-byte slots, version and place, in another
-//! (`slots.rs`): a lookup reads one slot, then the object.
+//! per place), and per handle index a 4-byte word (version, and whether the object is at
+//! its home place `index - 1`) and a 4-byte place, in two more (`slots.rs`): a lookup
+//! reads the word while it reads the object at its home place.
 //!
 //! Invariants kept here:
 //! - a handle resolves to exactly the object it was returned for until that object is
 //!   removed, and never again after; the null and the all-zero handle never resolve;
 //! - a live slot's place is an occupied place whose back-reference is that slot's index;
-//!   a vacant slot has an even version and lies on the table's vacant list exactly once;
+//!   its word says whether that place is `index - 1`; a vacant slot has an even version
+//!   and is listed on the table's vacant stack;
 //! - `Drop` runs exactly once for every object;
 //! - a handle's 64-bit form is slotmap's FFI encoding and converts to and from slotmap's
 //!   `KeyData` exactly.
@@ -29,4 +31,6 @@ mod typed;
 pub use handle::Handle;
 pub(crate) use handle::short_type_name;
 pub(crate) use persist::{SlotImage, TableImage};
+#[cfg(feature = "cuda")]
+pub(crate) use slots::{word_is_live, word_version};
 pub use typed::{DEFAULT_CHUNK_BYTES, Loc, Table, TableStats, default_pool};

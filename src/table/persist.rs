@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::chunk::set_range;
-use super::slots::Slot;
+use super::slots::AWAY;
 use super::typed::Table;
 use crate::error::{Error, SnapshotError};
 use crate::pool::HierarchicalPool;
@@ -29,7 +29,8 @@ pub(crate) struct TableImage {
     /// (`(0, 0)`). An odd version is a live slot and `place` is its object's place
     /// (`chunk << log2(per_chunk) | position`); an even one is vacant and `place` is 0.
     pub slots: SlotImage,
-    /// The vacant slots' indices, the head of the free list (the next insert's slot) first.
+    /// The vacant slots' indices, each once, in the order inserts that need a vacant slot
+    /// take them (the first first).
     pub free_order: Vec<u32>,
     /// Which chunk indices hold a chunk (the free places are those of existing chunks that
     /// no live slot names).
@@ -215,6 +216,11 @@ impl TableImage {
             }
             let place = place + (from - index) as u32;
             let n = to - from;
+            if version & AWAY != 0 {
+                return Err(bad(format!(
+                    "slot {from} has version {version}: versions count within 31 bits"
+                )));
+            }
             if version % 2 == 0 {
                 if place != 0 {
                     return Err(bad(format!("vacant slot {from} names place {place}")));
@@ -308,25 +314,15 @@ impl<T> Table<T> {
     /// `(version, place)` of every slot in index order, as [`TableImage::slots`] (a vacant
     /// slot's place is 0).
     pub(crate) fn slot_records(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let slots = self.slots.as_slice();
-        let sentinel = slots.is_empty().then_some((0, 0));
-        sentinel.into_iter().chain(
-            slots
-                .iter()
-                .map(|s| (s.version, if s.is_live() { s.place } else { 0 })),
-        )
+        let sentinel = (self.slots.len() == 0).then_some((0, 0));
+        sentinel.into_iter().chain(self.slots.records())
     }
 
-    /// The vacant slots' indices, the head of the free list first.
-    pub(crate) fn free_order(&self) -> impl Iterator<Item = u32> + '_ {
-        let mut next = self.free_head;
-        std::iter::from_fn(move || {
-            let index = next;
-            (index != 0).then(|| {
-                next = self.slots.get(index as usize).map_or(0, |s| s.place);
-                index
-            })
-        })
+    /// The vacant slots' indices, each once, in the order the next inserts that need one
+    /// would take them (first the first).
+    pub(crate) fn free_order(&self) -> Vec<u32> {
+        let mut seen = vec![0u64; self.slots.len().div_ceil(64)];
+        self.vacant.order(&self.slots, &mut seen).collect()
     }
 
     /// Whether each chunk index holds a chunk.
@@ -340,7 +336,7 @@ impl<T> Table<T> {
         TableImage {
             per_chunk: self.per_chunk,
             slots: SlotImage::Records(self.slot_records().collect()),
-            free_order: self.free_order().collect(),
+            free_order: self.free_order(),
             chunks_present: self.chunks_present().collect(),
         }
     }
@@ -370,27 +366,11 @@ impl<T> Table<T> {
         let pool = table.pool.clone();
         table.slots.reset_zeroed(&pool, image.slots.len())?;
         let mut live = 0usize;
-        for (slot, (version, place)) in table
-            .slots
-            .as_mut_slice()
-            .iter_mut()
-            .zip(image.slots.iter())
-        {
-            *slot = Slot { version, place };
-            live += usize::from(slot.is_live());
+        for (index, (version, place)) in image.slots.iter().enumerate() {
+            table.slots.restore(index as u32, version, place);
+            live += usize::from(version % 2 == 1);
         }
-        // The vacant list in the image's order, linked from its tail back to its head.
-        let mut next = 0u32;
-        for &index in image.free_order.iter().rev() {
-            let slot = table
-                .slots
-                .get_mut(index as usize)
-                .expect("a checked image lists vacant slots it holds");
-            slot.place = next;
-            next = index;
-        }
-        table.free_head = next;
-        table.vacant = image.free_order.len() as u32;
+        table.vacant.set_order(&image.free_order);
         table.len = live;
         for (ci, &present) in image.chunks_present.iter().enumerate() {
             if present {
@@ -419,17 +399,16 @@ impl<T> Table<T> {
                 }
             }
             SlotImage::Records(_) => {
-                let (slots, chunks, shift, mask) = (
-                    table.slots.as_slice(),
-                    &mut table.chunks,
-                    table.shift,
-                    table.per_chunk - 1,
-                );
-                for (index, slot) in slots.iter().enumerate().filter(|(_, s)| s.is_live()) {
-                    chunks[(slot.place >> shift) as usize]
-                        .as_mut()
-                        .expect("a checked image names existing chunks")
-                        .expect_owner(slot.place & mask, index as u32);
+                let (shift, mask) = (table.shift, table.per_chunk - 1);
+                let (slots, chunks) = (&table.slots, &mut table.chunks);
+                for (index, (&word, &place)) in slots.words().iter().zip(slots.places()).enumerate()
+                {
+                    if word & 1 == 1 {
+                        chunks[(place >> shift) as usize]
+                            .as_mut()
+                            .expect("a checked image names existing chunks")
+                            .expect_owner(place & mask, index as u32);
+                    }
                 }
             }
         }

@@ -1,49 +1,71 @@
-//! A table's slot array: one 8-byte [`Slot`] per handle index, in a pool [`Span`].
+//! A table's slots: per handle index, a 4-byte word (the version, and whether the object
+//! is at its home place) and a 4-byte place, in two pool [`Span`]s.
 //!
-//! A live slot holds an odd version and its object's place; a vacant one an even version
-//! and the index of the next vacant slot (0 ends the list: slot 0 is the sentinel, which
-//! is never live). The array lives in a span rather than a `Vec` so that it is the pool's
-//! memory, grows without copying, and gets huge pages once it is large: a lookup reads
-//! one slot and then one object, and both reads stay clear of TLB misses.
+//! The object of slot `i` usually sits at place `i - 1`, its *home*: an insert gives the
+//! object at place `p` slot `p + 1` whenever it can. A lookup therefore compares the
+//! handle's generation with the slot's word alone, and reads the object at the home
+//! place while the word is still on its way; only an object that was moved (by
+//! defragmentation, or an insert that found slot `p + 1` taken) needs the place array.
+//! The words are half the bytes of whole slots, so more of them stay in cache: on a
+//! million-object table a lookup costs about what `SlotMap::get` does.
 //!
-//! Invariants: `len` slots are initialised; slot 0, once there, is `(0, 0)`; the first
-//! `committed` bytes of the span are counted in the pool, and `len * 8 <= committed`.
-
-use bytemuck::{Pod, Zeroable};
+//! The arrays live in spans rather than `Vec`s so that they are the pool's memory, grow
+//! without copying, and get huge pages once they are large.
+//!
+//! Invariants: `len` slots are initialised in both arrays; slot 0, once there, is the
+//! sentinel (word 0, place 0), never live; a live slot's word is `version | AWAY` where
+//! `version` is odd and below 2^31 and [`AWAY`] is set iff its place is not `index - 1`;
+//! a vacant slot's word is its even version; the first `committed` bytes of each span are
+//! counted in the pool and hold at least `len` entries.
 
 use crate::error::Error;
 use crate::pool::HierarchicalPool;
 use crate::pool::span::Span;
 
-/// One slot: the version a handle must carry, and the place of the object (live) or the
-/// next vacant slot (vacant).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub(crate) struct Slot {
-    /// Odd while the slot names an object.
-    pub version: u32,
-    /// The object's place (live), or the next vacant slot's index (vacant).
-    pub place: u32,
+/// Bit 31 of a slot's word: set while the object does not sit at place `index - 1`.
+pub(crate) const AWAY: u32 = 1 << 31;
+
+/// The word a slot holds for a handle of `generation` whose object is at home: odd (as
+/// [`Handle::from_bits`](super::Handle::from_bits) makes it) and without [`AWAY`].
+#[inline]
+pub(crate) fn home_word(generation: u32) -> u32 {
+    (generation | 1) & !AWAY
 }
 
-impl Slot {
-    /// True while the slot names an object.
-    #[inline]
-    pub(crate) fn is_live(&self) -> bool {
-        self.version & 1 == 1
+/// The version a slot word holds.
+#[inline]
+pub(crate) fn word_version(word: u32) -> u32 {
+    word & !AWAY
+}
+
+/// True for the word of a live slot.
+#[inline]
+pub(crate) fn word_is_live(word: u32) -> bool {
+    word & 1 == 1
+}
+
+/// The word of live slot `index` of `version` at `place`.
+#[inline]
+fn live_word(index: u32, version: u32, place: u32) -> u32 {
+    debug_assert!(version & 1 == 1 && version & AWAY == 0);
+    if place == index.wrapping_sub(1) {
+        version
+    } else {
+        version | AWAY
     }
 }
 
 /// The most slots a table holds: index `u32::MAX` is the null handle's.
 pub(crate) const MAX_SLOTS: usize = u32::MAX as usize;
 
-/// Slots are committed in steps of this many bytes.
+/// Slots are committed in steps of this many bytes of each array.
 const COMMIT_STEP: usize = 64 << 10;
 
-/// The slot array; see the module doc.
+/// A table's slots; see the module doc.
 #[derive(Debug, Default)]
 pub(crate) struct SlotArray {
-    span: Span,
+    words: Span,
+    places: Span,
     len: usize,
 }
 
@@ -54,52 +76,140 @@ impl SlotArray {
         self.len
     }
 
-    /// Bytes of pool memory the array holds.
+    /// Bytes of pool memory the slots hold.
     pub(crate) fn committed(&self) -> usize {
-        self.span.committed()
+        self.words.committed() + self.places.committed()
     }
 
     #[inline]
-    fn ptr(&self) -> *mut Slot {
-        self.span.base().as_ptr().cast()
+    fn words_ptr(&self) -> *mut u32 {
+        self.words.base().as_ptr().cast()
     }
 
-    /// Slot `index`, if the array holds it.
     #[inline]
-    pub(crate) fn get(&self, index: usize) -> Option<&Slot> {
-        // SAFETY: the first `len` slots are initialised (invariant); the shared borrow
-        // keeps the span from moving or changing.
-        (index < self.len).then(|| unsafe { &*self.ptr().add(index) })
+    fn places_ptr(&self) -> *mut u32 {
+        self.places.base().as_ptr().cast()
     }
 
-    /// Slot `index`, mutably, if the array holds it.
+    /// The word of slot `index`, if the table holds it.
     #[inline]
-    pub(crate) fn get_mut(&mut self, index: usize) -> Option<&mut Slot> {
-        // SAFETY: as in `get`, with the exclusive borrow.
-        (index < self.len).then(|| unsafe { &mut *self.ptr().add(index) })
+    pub(crate) fn word(&self, index: usize) -> Option<u32> {
+        // SAFETY: the first `len` words are initialised (invariant); `&self` keeps the
+        // span from moving or changing.
+        (index < self.len).then(|| unsafe { *self.words_ptr().add(index) })
     }
 
-    /// Every slot, the sentinel first.
+    /// The address of slot `index`'s word (for prefetching), if the table holds it.
     #[inline]
-    pub(crate) fn as_slice(&self) -> &[Slot] {
+    pub(crate) fn word_ptr(&self, index: usize) -> Option<*const u32> {
+        (index < self.len).then(|| self.words_ptr().wrapping_add(index).cast_const())
+    }
+
+    /// Whether slot `index` is held and live.
+    #[inline]
+    pub(crate) fn is_live(&self, index: usize) -> bool {
+        self.word(index).is_some_and(word_is_live)
+    }
+
+    /// The version of slot `index` (0 past the end).
+    #[inline]
+    pub(crate) fn version(&self, index: usize) -> u32 {
+        self.word(index).map_or(0, word_version)
+    }
+
+    /// The place of live slot `index` (0 past the end; meaningless while vacant).
+    #[inline]
+    pub(crate) fn place(&self, index: usize) -> u32 {
+        // SAFETY: as in `word`, for the place array.
+        if index < self.len {
+            unsafe { *self.places_ptr().add(index) }
+        } else {
+            0
+        }
+    }
+
+    /// Writes slot `index` (below `len`).
+    #[inline]
+    fn write(&mut self, index: usize, word: u32, place: u32) {
+        assert!(index < self.len, "slot {index} is past the array");
+        // SAFETY: in bounds (checked), inside the committed part of both spans; the
+        // exclusive borrow means nothing else reads them now.
+        unsafe {
+            self.words_ptr().add(index).write(word);
+            self.places_ptr().add(index).write(place);
+        }
+    }
+
+    /// Points the live slot `index` at `place`.
+    #[inline]
+    pub(crate) fn set_place(&mut self, index: u32, place: u32) {
+        let version = self.version(index as usize);
+        self.write(index as usize, live_word(index, version, place), place);
+    }
+
+    /// Makes the live slot `index` vacant: the next version, even.
+    #[inline]
+    pub(crate) fn vacate(&mut self, index: u32) {
+        let i = index as usize;
+        assert!(i < self.len, "slot {index} is past the array");
+        // SAFETY: in bounds (checked); the exclusive borrow makes the write unshared.
+        unsafe {
+            let word = self.words_ptr().add(i);
+            debug_assert!(word_is_live(*word));
+            *word = word_version(*word).wrapping_add(1) & !AWAY;
+        }
+    }
+
+    /// Makes the vacant slot `index` live at `place`: the next version, odd.
+    #[inline]
+    pub(crate) fn occupy(&mut self, index: u32, place: u32) {
+        let version = self.version(index as usize);
+        debug_assert!(version & 1 == 0, "slot {index} is live");
+        self.write(index as usize, live_word(index, version + 1, place), place);
+    }
+
+    /// Sets slot `index` (below `len`) from a snapshot's record: `version` (below 2^31)
+    /// and, for a live slot, its place.
+    pub(crate) fn restore(&mut self, index: u32, version: u32, place: u32) {
+        if word_is_live(version) {
+            self.write(index as usize, live_word(index, version, place), place);
+        } else {
+            self.write(index as usize, version, 0);
+        }
+    }
+
+    /// Every slot's `(version, place)` in index order, the sentinel first; a vacant slot's
+    /// place is given as 0.
+    pub(crate) fn records(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.words().iter().zip(self.places()).map(|(&w, &p)| {
+            if word_is_live(w) {
+                (word_version(w), p)
+            } else {
+                (w, 0)
+            }
+        })
+    }
+
+    /// The words, the sentinel's first.
+    pub(crate) fn words(&self) -> &[u32] {
         if self.len == 0 {
             return &[];
         }
-        // SAFETY: the first `len` slots are initialised and the borrow keeps them.
-        unsafe { std::slice::from_raw_parts(self.ptr(), self.len) }
+        // SAFETY: the first `len` words are initialised and the borrow keeps them.
+        unsafe { std::slice::from_raw_parts(self.words_ptr(), self.len) }
     }
 
-    /// Every slot, mutably.
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [Slot] {
+    /// The places, the sentinel's first.
+    pub(crate) fn places(&self) -> &[u32] {
         if self.len == 0 {
-            return &mut [];
+            return &[];
         }
-        // SAFETY: as in `as_slice`, with the exclusive borrow.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr(), self.len) }
+        // SAFETY: as in `words`, for the place array.
+        unsafe { std::slice::from_raw_parts(self.places_ptr(), self.len) }
     }
 
     /// Makes room for `additional` more slots (and the sentinel, if missing) without
-    /// taking more memory later; on error nothing changes.
+    /// taking more memory later; on error nothing changes but the room already made.
     pub(crate) fn reserve(
         &mut self,
         pool: &HierarchicalPool,
@@ -113,45 +223,53 @@ impl SlotArray {
             .ok_or(Error::TableFull {
                 places: MAX_SLOTS as u64,
             })?;
-        let bytes = want * std::mem::size_of::<Slot>();
-        if bytes <= self.span.committed() {
-            return Ok(());
+        let bytes = want * 4;
+        for span in [&mut self.words, &mut self.places] {
+            if bytes > span.committed() {
+                let to = bytes.div_ceil(COMMIT_STEP) * COMMIT_STEP;
+                span.reserve(to)?;
+                let more = to - span.committed();
+                span.commit(pool, more)?;
+            }
         }
-        let to = bytes.div_ceil(COMMIT_STEP) * COMMIT_STEP;
-        self.span.reserve(to)?;
-        self.span.commit(pool, to - self.span.committed())
+        Ok(())
     }
 
-    /// Appends `slot` (after the sentinel, which comes first in an empty array) and
-    /// returns its index.
+    /// Appends a live slot of `version` naming `place` (after the sentinel, which comes
+    /// first in an empty array) and returns its index.
     #[inline]
-    pub(crate) fn push(&mut self, pool: &HierarchicalPool, slot: Slot) -> Result<u32, Error> {
-        if (self.len.max(1) + 1) * std::mem::size_of::<Slot>() > self.span.committed() {
+    pub(crate) fn push(
+        &mut self,
+        pool: &HierarchicalPool,
+        version: u32,
+        place: u32,
+    ) -> Result<u32, Error> {
+        if (self.len.max(1) + 1) * 4 > self.words.committed().min(self.places.committed()) {
             self.reserve(pool, 1)?;
         }
         if self.len == 0 {
-            // SAFETY: committed room for two slots at least (reserved above).
-            unsafe { self.ptr().write(Slot::default()) };
             self.len = 1;
+            self.write(0, 0, 0);
         }
-        let index = self.len;
-        // SAFETY: `index * 8 + 8 <= committed` (reserved above), inside the mapping.
-        unsafe { self.ptr().add(index).write(slot) };
+        let index = self.len as u32;
         self.len += 1;
-        Ok(index as u32)
+        self.write(index as usize, live_word(index, version, place), place);
+        Ok(index)
     }
 
-    /// Sets the length to `len` slots, all `(0, 0)` (the sentinel and vacant slots of
-    /// version 0), for a restore to fill in. On error nothing changes.
+    /// Sets the length to `len` slots, all vacant of version 0 (the sentinel's form), for
+    /// a restore to fill in. On error nothing changes but the room already made.
     pub(crate) fn reset_zeroed(
         &mut self,
         pool: &HierarchicalPool,
         len: usize,
     ) -> Result<(), Error> {
         self.reserve(pool, len.saturating_sub(self.len.max(1)))?;
-        // SAFETY: `len` slots fit in the committed bytes (reserved above); `Slot` is Pod,
-        // so zero bytes are valid slots.
-        unsafe { std::ptr::write_bytes(self.ptr(), 0, len) };
+        // SAFETY: `len` entries fit in the committed bytes of both spans (reserved above).
+        unsafe {
+            std::ptr::write_bytes(self.words_ptr(), 0, len);
+            std::ptr::write_bytes(self.places_ptr(), 0, len);
+        }
         self.len = len;
         Ok(())
     }
@@ -159,8 +277,95 @@ impl SlotArray {
     /// Gives every byte back to the pool; the array is empty afterwards.
     pub(crate) fn release(&mut self, pool: &HierarchicalPool) {
         // SAFETY: the exclusive borrow means no slot is borrowed; the array forgets them.
-        unsafe { self.span.release(pool) };
+        unsafe {
+            self.words.release(pool);
+            self.places.release(pool);
+        }
         self.len = 0;
+    }
+}
+
+/// The vacant slots, as the stack of indices pushed when slots were vacated: a removal
+/// costs one store to memory that is already in cache. An entry goes stale when its slot
+/// is taken another way (an insert takes slot `p + 1` for place `p` when it is vacant) or
+/// when a slot is listed twice; [`pop`](Self::pop) skips such entries, and the stack is
+/// compacted once stale entries outnumber the vacant slots.
+#[derive(Debug, Default)]
+pub(crate) struct VacantSlots {
+    stack: Vec<u32>,
+}
+
+impl VacantSlots {
+    /// Lists slot `index`, just vacated.
+    #[inline]
+    pub(crate) fn push(&mut self, index: u32) {
+        self.stack.push(index);
+    }
+
+    /// The most recently listed slot that is still vacant, taken off the stack.
+    pub(crate) fn pop(&mut self, slots: &SlotArray) -> Option<u32> {
+        while let Some(index) = self.stack.pop() {
+            if slots.word(index as usize).is_some_and(|w| !word_is_live(w)) {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    /// Drops stale entries once they outnumber the `vacant` slots (plus some slack), so
+    /// that the stack stays within a constant factor of the vacant slots; O(1) amortised.
+    #[inline]
+    pub(crate) fn compact_if_stale(&mut self, slots: &SlotArray, vacant: usize) {
+        if self.stack.len() > 2 * vacant + 1024 {
+            self.compact(slots);
+        }
+    }
+
+    /// Keeps each vacant slot once, where it is listed nearest the top.
+    #[cold]
+    fn compact(&mut self, slots: &SlotArray) {
+        let mut entries: Vec<(u32, u32)> = self
+            .stack
+            .iter()
+            .enumerate()
+            .filter(|&(_, &i)| slots.word(i as usize).is_some_and(|w| !word_is_live(w)))
+            .map(|(at, &i)| (i, at as u32))
+            .collect();
+        // Per slot, the entry nearest the top (the highest position) is the one kept.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        entries.dedup_by_key(|e| e.0);
+        entries.sort_unstable_by_key(|e| e.1);
+        self.stack.clear();
+        self.stack.extend(entries.into_iter().map(|(i, _)| i));
+    }
+
+    /// Every vacant slot once, in the order inserts would take them from the stack (its
+    /// top first), marking each in `seen` (one bit per slot, zeroed by the caller).
+    pub(crate) fn order<'a>(
+        &'a self,
+        slots: &'a SlotArray,
+        seen: &'a mut [u64],
+    ) -> impl Iterator<Item = u32> + 'a {
+        self.stack.iter().rev().copied().filter(move |&i| {
+            let (w, bit) = (i as usize / 64, 1u64 << (i % 64));
+            let vacant = slots
+                .word(i as usize)
+                .is_some_and(|word| !word_is_live(word));
+            let fresh = vacant && seen[w] & bit == 0;
+            seen[w] |= bit;
+            fresh
+        })
+    }
+
+    /// Replaces the stack with `order` (the first to be taken first).
+    pub(crate) fn set_order(&mut self, order: &[u32]) {
+        self.stack.clear();
+        self.stack.extend(order.iter().rev());
+    }
+
+    /// Bytes of the stack.
+    pub(crate) fn bytes(&self) -> usize {
+        self.stack.capacity() * 4
     }
 }
 
@@ -173,32 +378,77 @@ mod tests {
     fn slots_grow_past_the_commit_steps_and_keep_their_values() {
         let pool = default_pool();
         let mut a = SlotArray::default();
-        assert_eq!(a.get(0), None);
+        assert_eq!(a.word(0), None);
         for i in 1..100_000u32 {
-            let index = a
-                .push(
-                    &pool,
-                    Slot {
-                        version: 1,
-                        place: i * 3,
-                    },
-                )
-                .unwrap();
+            let index = a.push(&pool, 1, i * 3).unwrap();
             assert_eq!(index, i);
         }
         assert_eq!(a.len(), 100_000);
-        assert_eq!(a.get(0), Some(&Slot::default()));
+        assert_eq!((a.word(0), a.place(0)), (Some(0), 0));
         assert!(
-            a.as_slice()[1..]
+            a.places()[1..]
                 .iter()
                 .enumerate()
-                .all(|(k, s)| s.place == (k as u32 + 1) * 3)
+                .all(|(k, &p)| p == (k as u32 + 1) * 3)
+        );
+        assert!(
+            a.words()[1..]
+                .iter()
+                .all(|&w| word_version(w) == 1 && w & AWAY != 0)
         );
         assert_eq!(a.committed() % COMMIT_STEP, 0);
         assert!(a.committed() >= 100_000 * 8);
         a.reset_zeroed(&pool, 10).unwrap();
-        assert_eq!(a.as_slice(), &[Slot::default(); 10]);
+        assert!(a.records().eq(std::iter::repeat_n((0, 0), 10)));
         a.release(&pool);
         assert_eq!((a.len(), a.committed()), (0, 0));
+    }
+
+    #[test]
+    fn a_slot_is_home_exactly_when_its_place_is_its_index_less_one() {
+        let pool = default_pool();
+        let mut a = SlotArray::default();
+        assert_eq!(a.push(&pool, 1, 0).unwrap(), 1);
+        assert_eq!(a.word(1), Some(home_word(1)));
+        a.set_place(1, 5);
+        assert_eq!(a.word(1), Some(1 | AWAY));
+        assert_eq!((a.version(1), a.place(1)), (1, 5));
+        a.vacate(1);
+        assert_eq!((a.word(1), a.is_live(1)), (Some(2), false));
+        a.occupy(1, 0);
+        assert_eq!(a.word(1), Some(home_word(3)));
+        a.restore(1, (1 << 31) - 1, 0);
+        a.vacate(1);
+        assert_eq!(a.version(1), 0, "versions wrap within 31 bits");
+        assert_eq!(home_word(u32::MAX), (1 << 31) - 1);
+        a.release(&pool);
+    }
+
+    #[test]
+    fn the_vacant_stack_skips_stale_entries_and_compacts_to_each_vacant_slot_once() {
+        let pool = default_pool();
+        let mut a = SlotArray::default();
+        for i in 1..=10u32 {
+            a.push(&pool, 1, i - 1).unwrap();
+        }
+        let mut v = VacantSlots::default();
+        for i in [3u32, 5, 7] {
+            a.vacate(i);
+            v.push(i);
+        }
+        // Slot 5 is taken another way, then 3 is vacated again (listed twice).
+        a.occupy(5, 4);
+        v.push(3);
+        let mut seen = vec![0u64; 1];
+        assert_eq!(v.order(&a, &mut seen).collect::<Vec<_>>(), vec![3, 7]);
+        v.compact(&a);
+        assert_eq!(v.stack, vec![7, 3]);
+        assert_eq!(v.pop(&a), Some(3));
+        a.occupy(3, 2);
+        assert_eq!(v.pop(&a), Some(7));
+        assert_eq!(v.pop(&a), None);
+        v.set_order(&[9, 8]);
+        assert_eq!(v.stack, vec![8, 9]);
+        a.release(&pool);
     }
 }

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::chunk::Chunk;
 use super::handle::Handle;
-use super::slots::{Slot, SlotArray};
+use super::slots::{AWAY, SlotArray, VacantSlots, home_word};
 use crate::error::Error;
 use crate::pool::span::Span;
 use crate::pool::{HierarchicalPool, PoolConfig};
@@ -95,13 +95,11 @@ pub struct TableStats {
 /// ```
 pub struct Table<T> {
     /// One slot per handle index: a live one holds its object's place, packed as
-    /// `chunk << shift | pos`; a vacant one the next vacant slot.
+    /// `chunk << shift | pos`. The object at place `p` has slot `p + 1` whenever the
+    /// table could give it that one (see [`take_slot`](Self::take_slot)).
     pub(super) slots: SlotArray,
-    /// The first vacant slot (the next insert's), 0 for none; the list runs through the
-    /// vacant slots' `place`.
-    pub(super) free_head: u32,
-    /// Vacant slots (the sentinel not counted).
-    pub(super) vacant: u32,
+    /// The vacant slots (the sentinel not counted).
+    pub(super) vacant: VacantSlots,
     /// Live objects.
     pub(super) len: usize,
     /// The places of every chunk: chunk `i` at `i * per_chunk * size_of::<T>()`.
@@ -181,8 +179,7 @@ impl<T> Table<T> {
         let per_chunk = 1usize << per_chunk.ilog2();
         Table {
             slots: SlotArray::default(),
-            free_head: 0,
-            vacant: 0,
+            vacant: VacantSlots::default(),
             len: 0,
             objects: Span::new(),
             chunks: Vec::new(),
@@ -442,7 +439,7 @@ impl<T> Table<T> {
         for _ in 0..missing {
             self.add_chunk()?;
         }
-        let new_slots = additional.saturating_sub(self.vacant as usize);
+        let new_slots = additional.saturating_sub(self.vacant_count());
         self.slots.reserve(&self.pool, new_slots)
     }
 
@@ -533,38 +530,51 @@ impl<T> Table<T> {
         Ok(h)
     }
 
-    /// Makes a slot live for an object at `place`: the head of the vacant list, else a
-    /// new slot. Returns the object's handle.
+    /// Makes a slot live for an object at `place` and returns the object's handle. The
+    /// slot is `place + 1` when that one is vacant or next to be made, so that the slot
+    /// index names the place and a lookup can fetch the object without waiting for the
+    /// slot (see [`object_ptr`](Self::object_ptr)); else the lowest vacant slot; else a
+    /// new one.
     #[inline]
     fn take_slot(&mut self, place: u32) -> Result<Handle<T>, Error> {
-        let index = if self.free_head != 0 {
-            let index = self.free_head;
-            let slot = self
-                .slots
-                .get_mut(index as usize)
-                .expect("the vacant list names slots of the table");
-            self.free_head = slot.place;
-            slot.version = slot.version.wrapping_add(1);
-            slot.place = place;
-            self.vacant -= 1;
-            index
+        let matching = place as usize + 1;
+        let index = if self.slots.word(matching).is_some_and(|w| w & 1 == 0) {
+            // Vacant: its entry on the vacant stack goes stale.
+            self.vacant
+                .compact_if_stale(&self.slots, self.vacant_count() - 1);
+            matching
+        } else if matching == self.slots.len().max(1) || self.vacant_count() == 0 {
+            let next = self.slots.len().max(1) as u32;
+            let index = self.slots.push(&self.pool, 1, place)?;
+            debug_assert_eq!(index, next);
+            index as usize
         } else {
-            self.slots.push(&self.pool, Slot { version: 1, place })?
+            self.vacant
+                .pop(&self.slots)
+                .expect("the vacant stack lists every vacant slot") as usize
         };
+        if !self.slots.is_live(index) {
+            self.slots.occupy(index as u32, place);
+        }
         self.len += 1;
-        Ok(self.handle_at(index))
+        Ok(self.handle_at(index as u32))
+    }
+
+    /// Slots that are vacant (the sentinel not counted).
+    #[inline]
+    fn vacant_count(&self) -> usize {
+        self.slots.len().saturating_sub(1) - self.len
     }
 
     /// The handle of the live slot `index`.
     #[inline]
     pub(super) fn handle_at(&self, index: u32) -> Handle<T> {
-        let version = self.slots.get(index as usize).map_or(0, |s| s.version);
-        Handle::from_bits(u64::from(version) << 32 | u64::from(index))
+        handle_in(&self.slots, index)
     }
 
     pub(super) fn set_non_full(&mut self, ci: usize, non_full: bool) {
         if self.non_full.len() <= ci / 64 {
-            self.non_full.resize(ci / 64 + 1, 0);
+            grow_bits(&mut self.non_full, ci / 64 + 1);
         }
         if non_full {
             self.non_full[ci / 64] |= 1 << (ci % 64);
@@ -600,10 +610,10 @@ impl<T> Table<T> {
         self.per_chunk
     }
 
-    /// Every slot as `(version, place)`, the sentinel first: the place is meaningful
-    /// only for a live slot (odd version).
-    pub(crate) fn raw_slots(&self) -> &[Slot] {
-        self.slots.as_slice()
+    #[cfg(feature = "cuda")]
+    /// The slots, as the table keeps them.
+    pub(crate) fn slot_array(&self) -> &SlotArray {
+        &self.slots
     }
 
     #[cfg(feature = "cuda")]
@@ -681,29 +691,61 @@ impl<T> Table<T> {
     /// (as [`Handle::from_bits`] makes it), so no vacant slot and no sentinel matches.
     #[inline]
     fn live_place(&self, h: Handle<T>) -> Option<u32> {
-        let slot = self.slots.get(h.index() as usize)?;
-        (slot.version == h.generation() | 1).then_some(slot.place)
+        let index = h.index() as usize;
+        let word = self.slots.word(index)?;
+        (word & !AWAY == home_word(h.generation())).then(|| self.slots.place(index))
+    }
+
+    /// The place and address of `h`'s object, if it is live.
+    ///
+    /// The object at place `p` usually has slot `p + 1` ([`take_slot`](Self::take_slot)),
+    /// so the address is first computed from the handle alone and only checked against
+    /// the slot: the CPU predicts the check and reads the object while the slot is still
+    /// on its way, so a lookup in a large table costs about one cache miss instead of two
+    /// in a row. The guess is passed through an empty `asm!` block so that the compiler
+    /// cannot rewrite it in terms of the slot's place, which would make the read wait.
+    #[inline]
+    fn object_ptr(&self, h: Handle<T>) -> Option<(u32, NonNull<T>)> {
+        let index = h.index();
+        let word = self.slots.word(index as usize)?;
+        let home = index.wrapping_sub(1);
+        let guess = opaque(self.place_ptr(home));
+        let want = home_word(h.generation());
+        let (place, ptr) = if word == want {
+            (home, guess)
+        } else if word == want | AWAY {
+            // Marked cold, so that the compiler keeps a branch: as a select it would
+            // become a conditional move, whose result waits for the slot.
+            cold_path();
+            let place = self.slots.place(index as usize);
+            (place, self.place_ptr(place))
+        } else {
+            return None;
+        };
+        // SAFETY: a live slot's place lies in a chunk the table holds, inside the span's
+        // mapping (or is a zero-sized type's dangling address): never null.
+        Some((place, unsafe { NonNull::new_unchecked(ptr) }))
     }
 
     /// The object `h` names, if it is live.
     #[inline]
     pub fn get(&self, h: Handle<T>) -> Option<&T> {
-        let place = self.live_place(h)?;
+        let (_, ptr) = self.object_ptr(h)?;
         // SAFETY: a live slot names an occupied place of an existing chunk (module
         // invariant), which holds an initialised object; `&self` keeps it there.
-        Some(unsafe { &*self.place_ptr(place) })
+        Some(unsafe { ptr.as_ref() })
     }
 
     /// The object `h` names, mutably, if it is live (stamps its chunk as changed).
     #[inline]
     pub fn get_mut(&mut self, h: Handle<T>) -> Option<&mut T> {
-        let place = self.live_place(h)?;
+        let (place, mut ptr) = self.object_ptr(h)?;
         let epoch = self.epoch();
         if let Some(Some(c)) = self.chunks.get_mut((place >> self.shift) as usize) {
             c.dirty = epoch;
         }
         // SAFETY: as in `get`, with the exclusive borrow of the table.
-        Some(unsafe { &mut *self.place_ptr(place) })
+        Some(unsafe { ptr.as_mut() })
     }
 
     /// Resolves a batch of handles, prefetching the objects before reading them so that
@@ -715,46 +757,32 @@ impl<T> Table<T> {
     }
 
     /// Calls `f` with the object of each handle in turn (`None` for a stale or null one),
-    /// resolving them in a software pipeline: the slots of the next group of handles are
-    /// read and their objects prefetched before the objects of the current group are
-    /// handed to `f`, so that the cache misses of two groups overlap.
+    /// in a software pipeline: the slots of the next group of handles, and the places
+    /// their indices name, are prefetched before the current group is resolved and handed
+    /// to `f`, so that the cache misses of a whole group overlap.
     pub fn for_each_many<'a>(&'a self, handles: &[Handle<T>], mut f: impl FnMut(Option<&'a T>)) {
-        const GROUP: usize = 64;
-        let resolve = |group: &[Handle<T>], ptrs: &mut [*const T; GROUP]| {
-            for (p, h) in ptrs.iter_mut().zip(group) {
-                *p = match self.live_place(*h) {
-                    Some(place) => {
-                        let ptr = self.place_ptr(place);
-                        prefetch(ptr);
-                        ptr
-                    }
-                    None => std::ptr::null(),
-                };
-            }
-        };
-        let mut groups = handles.chunks(GROUP);
-        let Some(mut current) = groups.next() else {
-            return;
-        };
-        let mut ptrs = [std::ptr::null::<T>(); GROUP];
-        let mut next_ptrs = [std::ptr::null::<T>(); GROUP];
-        resolve(current, &mut ptrs);
-        loop {
-            let next = groups.next();
-            if let Some(next) = next {
-                resolve(next, &mut next_ptrs);
-            }
-            for p in &ptrs[..current.len()] {
-                // SAFETY: a non-null pointer was taken from a live slot's occupied place
-                // (module invariant) by `resolve`, and `&'a self` keeps the table unchanged.
-                f(unsafe { p.as_ref() });
-            }
-            match next {
-                Some(next) => {
-                    current = next;
-                    std::mem::swap(&mut ptrs, &mut next_ptrs);
+        const GROUP: usize = 32;
+        let prefetch_group = |group: &[Handle<T>]| {
+            for h in group {
+                let index = h.index();
+                if let Some(word) = self.slots.word_ptr(index as usize) {
+                    prefetch(word);
+                    prefetch(self.place_ptr(index.wrapping_sub(1)));
                 }
-                None => return,
+            }
+        };
+        let mut groups = handles.chunks(GROUP).peekable();
+        if let Some(first) = groups.peek() {
+            prefetch_group(first);
+        }
+        while let Some(group) = groups.next() {
+            if let Some(next) = groups.peek() {
+                prefetch_group(next);
+            }
+            for h in group {
+                // SAFETY: a live slot names an occupied place (module invariant), and
+                // `&'a self` keeps the table unchanged while the references live.
+                f(self.object_ptr(*h).map(|(_, p)| unsafe { p.as_ref() }));
             }
         }
     }
@@ -868,26 +896,32 @@ impl<T> Table<T> {
     /// and changes nothing. O(1): the slot joins the vacant list and the place is freed.
     #[inline]
     pub fn remove(&mut self, h: Handle<T>) -> Option<T> {
-        let slot = self.slots.get_mut(h.index() as usize)?;
-        if slot.version != h.generation() | 1 {
-            return None;
-        }
-        let place = slot.place;
-        slot.version = slot.version.wrapping_add(1);
-        slot.place = self.free_head;
-        self.free_head = h.index();
-        self.vacant += 1;
+        let (place, ptr) = self.object_ptr(h)?;
+        let index = h.index();
+        self.slots.vacate(index);
+        self.vacant.push(index);
         self.len -= 1;
-        self.stamp_slots();
+        // Few stores on this path: each waits for the ones before it to leave the CPU.
+        let epoch = *self.epoch.get_mut();
+        if self.slots_changed != epoch {
+            self.slots_changed = epoch;
+        }
         let loc = self.unpack(place);
-        let epoch = self.epoch();
         let chunk = self.chunks[loc.chunk as usize]
             .as_mut()
             .expect("a live slot names a live chunk");
-        let value = chunk.take(loc.pos);
-        chunk.dirty = epoch;
+        let was_full = chunk.live() == chunk.capacity();
+        chunk.forget(loc.pos);
+        // SAFETY: the slot was live, so its place held an initialised object; the place
+        // is marked free now (above), so the object is moved out exactly once.
+        let value = unsafe { ptr.as_ptr().read() };
+        if chunk.dirty != epoch {
+            chunk.dirty = epoch;
+        }
         let empty = chunk.live() == 0;
-        self.set_non_full(loc.chunk as usize, true);
+        if was_full {
+            self.set_non_full(loc.chunk as usize, true);
+        }
         if empty {
             self.keep_emptied_chunk(loc.chunk);
         }
@@ -1010,20 +1044,13 @@ impl<T> Table<T> {
     /// Drops every object and returns every chunk to the pool. Handles given out before
     /// stay stale forever.
     pub fn clear(&mut self) {
-        // Live slots become vacant in index order, each pushed on the vacant list (the
-        // highest index ends up at its head), as slotmap's `clear` does.
-        let mut head = self.free_head;
-        let mut freed = 0u32;
-        for (index, slot) in self.slots.as_mut_slice().iter_mut().enumerate().skip(1) {
-            if slot.is_live() {
-                slot.version = slot.version.wrapping_add(1);
-                slot.place = head;
-                head = index as u32;
-                freed += 1;
+        // Every live slot becomes vacant.
+        for index in 1..self.slots.len() as u32 {
+            if self.slots.is_live(index as usize) {
+                self.slots.vacate(index);
+                self.vacant.push(index);
             }
         }
-        self.free_head = head;
-        self.vacant += freed;
         self.len = 0;
         self.stamp_slots();
         self.non_full.clear();
@@ -1079,6 +1106,7 @@ impl<T> Table<T> {
             chunks,
             bytes_reserved: chunks * self.chunk_bytes(),
             metadata_bytes: self.slots.committed()
+                + self.vacant.bytes()
                 + self
                     .chunks
                     .iter()
@@ -1100,8 +1128,38 @@ impl<T> Table<T> {
 /// The handle of live slot `index` of `slots`.
 #[inline]
 fn handle_in<T>(slots: &SlotArray, index: u32) -> Handle<T> {
-    let version = slots.get(index as usize).map_or(0, |s| s.version);
+    let version = slots.version(index as usize);
     Handle::from_bits(u64::from(version) << 32 | u64::from(index))
+}
+
+/// Makes `bits` hold `words` words, new ones zero (off the hot paths that call it).
+#[cold]
+#[inline(never)]
+fn grow_bits(bits: &mut Vec<u64>, words: usize) {
+    bits.resize(words, 0);
+}
+
+/// Tells the compiler that the path calling it is rarely taken.
+#[cold]
+#[inline(always)]
+fn cold_path() {}
+
+/// `ptr`, hidden from the optimiser: it cannot tell that the value equals any other
+/// expression, so it keeps computing it the way the source does.
+#[inline(always)]
+fn opaque<T>(ptr: *mut T) -> *mut T {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        let mut ptr = ptr;
+        // SAFETY: the block is empty: it reads and writes no memory, touches no flags and
+        // leaves the register as it was; it only makes the value opaque to the compiler.
+        unsafe {
+            std::arch::asm!("/* {0} */", inout(reg) ptr, options(pure, nomem, nostack, preserves_flags));
+        }
+        ptr
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    ptr
 }
 
 /// Hints the CPU to bring the object at `ptr` into cache (no effect where unsupported).
@@ -1328,10 +1386,7 @@ impl<T> Table<T> {
                 pos,
             };
             let packed = self.pack(place).expect("an existing chunk's place packs");
-            self.slots
-                .get_mut(target.owner(pos) as usize)
-                .expect("an occupied place's owner is live")
-                .place = packed;
+            self.slots.set_place(target.owner(pos), packed);
         }
         if full {
             self.set_non_full(holes.chunk, false);
@@ -1472,10 +1527,7 @@ impl<T> Table<T> {
             .expect("existing chunk");
         c.put(loc.pos, value, owner);
         c.dirty = epoch;
-        self.slots
-            .get_mut(owner as usize)
-            .expect("an object's owner is live")
-            .place = packed;
+        self.slots.set_place(owner, packed);
     }
 
     /// Calls `f` with each object in the storage places `start .. start + len` (a place
