@@ -839,30 +839,6 @@ const SLOTS_AS_RECORDS: u8 = 0;
 /// version and consecutive places (vacant slots: place 0).
 const SLOTS_AS_RUNS: u8 = 1;
 
-/// The runs of `records`, unless they would take more bytes than the records.
-fn slot_runs(records: impl Iterator<Item = (u32, u32)>, slot_count: u64) -> Option<Vec<[u32; 3]>> {
-    let budget = (slot_count * 8 / 12) as usize;
-    let mut runs: Vec<[u32; 3]> = Vec::new();
-    for (version, place) in records {
-        if let Some([v, p, n]) = runs.last_mut()
-            && *v == version
-            && (if version % 2 == 1 {
-                p.checked_add(*n) == Some(place)
-            } else {
-                place == 0
-            })
-        {
-            *n += 1;
-            continue;
-        }
-        if runs.len() == budget {
-            return None;
-        }
-        runs.push([version, place, 1]);
-    }
-    Some(runs)
-}
-
 struct Prepared<'a, T> {
     table: &'a Table<T>,
     header: TableHeader,
@@ -890,7 +866,8 @@ impl<'a, T: Pooled> Prepared<'a, T> {
             objects_len: objects.len(),
         };
         let fields = header.fields();
-        let slot_runs = slot_runs(table.slot_records(), u64::from(header.slot_count));
+        // Runs, unless they would take more bytes than records (12 bytes to 8).
+        let slot_runs = table.slot_runs((u64::from(header.slot_count) * 8 / 12) as usize);
         Ok(Prepared {
             table,
             header,
@@ -930,12 +907,7 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
         w.section(format::SLOT, self.slot_len(), |b| {
             if let Some(runs) = &self.slot_runs {
                 b.write(&[SLOTS_AS_RUNS])?;
-                let bytes: Vec<u8> = runs
-                    .iter()
-                    .flatten()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect();
-                return b.write(&bytes);
+                return write_u32s_le(b, runs.as_flattened());
             }
             b.write(&[SLOTS_AS_RECORDS])?;
             let mut buf: Vec<u8> = Vec::with_capacity(BATCH * 8);
@@ -950,13 +922,7 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
             b.write(&buf)
         })?;
         w.section(format::FREE, self.header.free_len(), |b| {
-            let image_free: Vec<u8> = self
-                .table
-                .free_order()
-                .into_iter()
-                .flat_map(u32::to_le_bytes)
-                .collect();
-            b.write(&image_free)?;
+            write_u32s_le(b, &self.table.free_order())?;
             let mut present = vec![0u8; (self.header.chunk_count as usize).div_ceil(8)];
             for (c, p) in self.table.chunks_present().enumerate() {
                 present[c / 8] |= u8::from(p) << (c % 8);
@@ -964,12 +930,38 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
             b.write(&present)
         })?;
         w.section(format::OBJS, self.header.objects_len, |b| {
+            // Short runs (a table that had objects removed) are gathered into one buffer,
+            // so that checksum and write are called on large pieces.
+            const GATHER: usize = 1 << 20;
+            let mut gathered: Vec<u8> = Vec::new();
             for piece in self.objects.pieces() {
-                b.write(piece)?;
+                if piece.len() >= GATHER / 16 {
+                    b.write(&gathered)?;
+                    gathered.clear();
+                    b.write(piece)?;
+                    continue;
+                }
+                gathered.extend_from_slice(piece);
+                if gathered.len() >= GATHER {
+                    b.write(&gathered)?;
+                    gathered.clear();
+                }
             }
-            Ok(())
+            b.write(&gathered)
         })
     }
+}
+
+/// Writes `values` as little-endian bytes, straight from memory where that is their form.
+fn write_u32s_le(b: &mut format::BodyWriter<'_, '_>, values: &[u32]) -> Result<(), Error> {
+    if cfg!(target_endian = "little") {
+        return b.write(bytemuck::cast_slice(values));
+    }
+    for block in values.chunks(8192) {
+        let bytes: Vec<u8> = block.iter().flat_map(|v| v.to_le_bytes()).collect();
+        b.write(&bytes)?;
+    }
+    Ok(())
 }
 
 /// Prepares a store's erased table for writing.

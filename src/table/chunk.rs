@@ -386,19 +386,18 @@ impl<T> Chunk<T> {
     {
         let end = first.checked_add(count).expect("run within the chunk");
         assert!(
-            end <= self.capacity() && (first..end).all(|p| !self.is_occupied(p)),
+            end <= self.capacity() && self.range_is_free(first, end),
             "places {first}..{end} are not all free"
         );
         let bytes = count as usize * std::mem::size_of::<T>();
         let start = self.place_ptr(first).cast::<u8>();
-        // SAFETY: places `first..end` lie inside the block (checked above) and are free,
-        // so no live object is overwritten and no reference to them exists; zeroing makes
-        // the bytes initialised before they are lent out as a `&mut [u8]`, which the
-        // exclusive borrow of the chunk keeps unique while `read` runs.
-        let buf = unsafe {
-            std::ptr::write_bytes(start, 0, bytes);
-            std::slice::from_raw_parts_mut(start, bytes)
-        };
+        // SAFETY: places `first..end` lie inside the chunk's committed memory (checked
+        // above) and are free, so no live object is overwritten and no reference to them
+        // exists; the exclusive borrow of the chunk keeps the slice unique while `read`
+        // runs. Its bytes are initialised: a table's memory is zero-filled by the OS when
+        // first committed and afterwards only ever holds whole objects of `T`, a Pod type
+        // with no padding, or is zero-filled again when decommitted.
+        let buf = unsafe { std::slice::from_raw_parts_mut(start, bytes) };
         read(buf)?;
         // The places now hold `count` objects: `T` is Pod, so every byte pattern is one.
         let clash = set_range(&mut self.occupied, u64::from(first), u64::from(end));

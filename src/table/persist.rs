@@ -318,6 +318,16 @@ impl<T> Table<T> {
         sentinel.into_iter().chain(self.slots.records())
     }
 
+    /// The slot table as runs `[version, first place, count]` (see [`SlotImage`]), unless
+    /// there are more than `budget` of them. A table that never held an object is its
+    /// sentinel alone.
+    pub(crate) fn slot_runs(&self, budget: usize) -> Option<Vec<[u32; 3]>> {
+        if self.slots.len() == 0 {
+            return (budget >= 1).then(|| vec![[0, 0, 1]]);
+        }
+        self.slots.runs_within(budget)
+    }
+
     /// The vacant slots' indices, each once, in the order the next inserts that need one
     /// would take them (first the first).
     pub(crate) fn free_order(&self) -> Vec<u32> {
@@ -366,9 +376,19 @@ impl<T> Table<T> {
         let pool = table.pool.clone();
         table.slots.reset_zeroed(&pool, image.slots.len())?;
         let mut live = 0usize;
-        for (index, (version, place)) in image.slots.iter().enumerate() {
-            table.slots.restore(index as u32, version, place);
-            live += usize::from(version % 2 == 1);
+        match &image.slots {
+            SlotImage::Records(records) => {
+                for (index, &(version, place)) in records.iter().enumerate() {
+                    table.slots.restore(index as u32, version, place);
+                    live += usize::from(version % 2 == 1);
+                }
+            }
+            SlotImage::Runs { runs, starts } => {
+                for (&[version, place, count], &start) in runs.iter().zip(starts) {
+                    table.slots.restore_run(start as u32, version, place, count);
+                    live += if version % 2 == 1 { count as usize } else { 0 };
+                }
+            }
         }
         table.vacant.set_order(&image.free_order);
         table.len = live;
@@ -453,8 +473,11 @@ impl<T> Table<T> {
         Ok(())
     }
 
-    /// As [`fill_pending`](Self::fill_pending) for `Pod` objects: `read` fills each run
-    /// of pending places straight in chunk memory with exactly the run's bytes.
+    /// As [`fill_pending`](Self::fill_pending) for `Pod` objects: `read` fills a chunk's
+    /// pending places with exactly their bytes, in storage order. A chunk whose pending
+    /// places are one run is read straight into chunk memory; a chunk of many runs (a
+    /// table that had objects removed) is read in one call into a buffer and spread over
+    /// its runs, so that the reader is called once per chunk, not once per run.
     pub(crate) fn fill_pending_pod(
         &mut self,
         mut read: impl FnMut(&mut [u8]) -> Result<(), Error>,
@@ -462,9 +485,26 @@ impl<T> Table<T> {
     where
         T: bytemuck::Pod,
     {
+        let size = std::mem::size_of::<T>();
+        let mut staging: Vec<u8> = Vec::new();
         for chunk in self.chunks.iter_mut().flatten() {
-            for (first, count) in chunk.pending_runs() {
+            let runs = chunk.pending_runs();
+            if let [(first, count)] = runs[..] {
                 chunk.fill_run_with(first, count, &mut read)?;
+                continue;
+            }
+            let total: usize = runs.iter().map(|&(_, n)| n as usize * size).sum();
+            staging.clear();
+            staging.resize(total, 0);
+            read(&mut staging)?;
+            let mut at = 0;
+            for (first, count) in runs {
+                let len = count as usize * size;
+                chunk.fill_run_with(first, count, |dst| {
+                    dst.copy_from_slice(&staging[at..at + len]);
+                    Ok::<(), Error>(())
+                })?;
+                at += len;
             }
         }
         self.finish_restore();

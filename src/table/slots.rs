@@ -120,8 +120,8 @@ impl SlotArray {
     /// The place of live slot `index` (0 past the end; meaningless while vacant).
     #[inline]
     pub(crate) fn place(&self, index: usize) -> u32 {
-        // SAFETY: as in `word`, for the place array.
         if index < self.len {
+            // SAFETY: as in `word`, for the place array.
             unsafe { *self.places_ptr().add(index) }
         } else {
             0
@@ -176,6 +176,65 @@ impl SlotArray {
         } else {
             self.write(index as usize, version, 0);
         }
+    }
+
+    /// Sets the `count` slots from `first` (below `len`) from a snapshot's run: `version`
+    /// (below 2^31) and, for live slots, consecutive places from `first_place`.
+    pub(crate) fn restore_run(&mut self, first: u32, version: u32, first_place: u32, count: u32) {
+        let range = first as usize..first as usize + count as usize;
+        let (words, places) = self.parts_mut();
+        if word_is_live(version) {
+            let home = first_place == first.wrapping_sub(1);
+            words[range.clone()].fill(if home { version } else { version | AWAY });
+            for (p, place) in places[range].iter_mut().zip(first_place..) {
+                *p = place;
+            }
+        } else {
+            words[range.clone()].fill(version);
+            places[range].fill(0);
+        }
+    }
+
+    /// The words and the places, mutably.
+    fn parts_mut(&mut self) -> (&mut [u32], &mut [u32]) {
+        if self.len == 0 {
+            return (&mut [], &mut []);
+        }
+        // SAFETY: the first `len` entries of each span are initialised; the two spans are
+        // distinct mappings, and the exclusive borrow keeps both slices unique.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.words_ptr(), self.len),
+                std::slice::from_raw_parts_mut(self.places_ptr(), self.len),
+            )
+        }
+    }
+
+    /// The runs `[version, first place, count]` of the slots in index order (a run: slots
+    /// of one version with consecutive places, or vacant slots with place 0), unless
+    /// there are more than `budget` of them.
+    pub(crate) fn runs_within(&self, budget: usize) -> Option<Vec<[u32; 3]>> {
+        let mut runs: Vec<[u32; 3]> = Vec::new();
+        for (&word, &place) in self.words().iter().zip(self.places()) {
+            let version = word_version(word);
+            let place = if word_is_live(word) { place } else { 0 };
+            if let Some([v, p, n]) = runs.last_mut()
+                && *v == version
+                && (if word_is_live(word) {
+                    p.wrapping_add(*n) == place
+                } else {
+                    place == 0
+                })
+            {
+                *n += 1;
+                continue;
+            }
+            if runs.len() == budget {
+                return None;
+            }
+            runs.push([version, place, 1]);
+        }
+        Some(runs)
     }
 
     /// Every slot's `(version, place)` in index order, the sentinel first; a vacant slot's
@@ -337,6 +396,10 @@ impl VacantSlots {
         entries.sort_unstable_by_key(|e| e.1);
         self.stack.clear();
         self.stack.extend(entries.into_iter().map(|(i, _)| i));
+        // A stack that once held many stale entries gives their memory back.
+        if self.stack.capacity() > 4 * self.stack.len() + 4096 {
+            self.stack.shrink_to(2 * self.stack.len() + 1024);
+        }
     }
 
     /// Every vacant slot once, in the order inserts would take them from the stack (its

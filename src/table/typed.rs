@@ -1153,6 +1153,8 @@ fn opaque<T>(ptr: *mut T) -> *mut T {
         let mut ptr = ptr;
         // SAFETY: the block is empty: it reads and writes no memory, touches no flags and
         // leaves the register as it was; it only makes the value opaque to the compiler.
+        // The pointer is passed as a number: nothing behind it is read or written.
+        #[allow(clippy::pointers_in_nomem_asm_block)]
         unsafe {
             std::arch::asm!("/* {0} */", inout(reg) ptr, options(pure, nomem, nostack, preserves_flags));
         }
