@@ -645,11 +645,12 @@ mod tables {
         let s = g.connect(a, b, 1.0, 1.5).unwrap();
         assert_eq!(g.neurons().hints(), Neuron::HINTS);
         assert!(g.neurons().iter().all(|(_, n)| addr(n) % 64 == 0));
-        let seen = trace_handles(g.synapse(s).unwrap());
-        assert_eq!(
-            seen.iter().map(|h| h.typed::<Neuron>()).collect::<Vec<_>>(),
-            [Some(a), Some(b)]
-        );
+        // A stored synapse names its neurons by slot index (the graph keeps them live):
+        // it holds no handle for the collector to follow; the graph shows them as handles.
+        let record = g.synapses().get(s).unwrap();
+        assert!(trace_handles(record).is_empty());
+        let view = g.synapse(s).unwrap();
+        assert_eq!((view.pre, view.post), (a, b));
     }
 
     #[test]

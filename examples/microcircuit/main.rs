@@ -332,7 +332,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let frag_removed = network.graph.synapses().fragmentation().ratio;
     let started = Instant::now();
-    let defrag = network.graph.defragment();
+    let defrag = network.graph.defragment()?;
     let defrag_time = started.elapsed();
     println!(
         "{:<40} {} ({} objects, {:.1} MB moved, {:.2} GB/s; synapse fragmentation \

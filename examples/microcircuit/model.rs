@@ -20,7 +20,6 @@
 // uses a different part of it.
 #![allow(dead_code)]
 
-use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,7 @@ use neurostore::{Error, Neuron, Store, Synapse};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
 
 /// Population names, in the model's order (rows and columns of the tables below).
 pub const POPULATIONS: [&str; 8] = ["L2/3E", "L2/3I", "L4E", "L4I", "L5E", "L5I", "L6E", "L6I"];
@@ -177,21 +177,178 @@ fn stream(seed: u64, purpose: u64) -> SmallRng {
     SmallRng::seed_from_u64(z ^ (z >> 31))
 }
 
-/// The (source, target) pairs of one projection, drawn with replacement: calls `f` with
-/// the indices of both within their populations.
-fn draw_pairs(
+/// Synapses handed to `connect_many` at once (about 0.4 GB of arrays).
+const BATCH_SYNAPSES: usize = 16 << 20;
+
+/// The targets of every neuron of source population `source`, as one bucket per source
+/// neuron (`starts[k]..starts[k + 1]` of `targets`, global neuron indices, sorted). The
+/// pairs of each projection are drawn with replacement from their own random stream, all
+/// eight projections in parallel.
+struct Targets {
+    starts: Vec<usize>,
+    targets: Vec<u32>,
+}
+
+fn draw_targets(
     seed: u64,
-    target: usize,
     source: usize,
-    count: u64,
+    counts: &[[u64; 8]; 8],
     sizes: &[u32; 8],
-    mut f: impl FnMut(u32, u32),
-) {
-    let mut rng = stream(seed, 1 + (target * 8 + source) as u64);
-    for _ in 0..count {
-        let s = rng.random_range(0..sizes[source]);
-        let t = rng.random_range(0..sizes[target]);
-        f(s, t);
+    offsets: &[usize],
+) -> Targets {
+    let pairs: Vec<Vec<(u32, u32)>> = (0..8)
+        .into_par_iter()
+        .map(|t| {
+            let mut rng = stream(seed, 1 + (t * 8 + source) as u64);
+            (0..counts[t][source])
+                .map(|_| {
+                    let s = rng.random_range(0..sizes[source]);
+                    let tgt = rng.random_range(0..sizes[t]);
+                    (s, (offsets[t] + tgt as usize) as u32)
+                })
+                .collect()
+        })
+        .collect();
+    let n = sizes[source] as usize;
+    let mut starts = vec![0usize; n + 1];
+    for &(s, _) in pairs.iter().flatten() {
+        starts[s as usize + 1] += 1;
+    }
+    for k in 0..n {
+        starts[k + 1] += starts[k];
+    }
+    let mut next = starts.clone();
+    let mut targets = vec![0u32; starts[n]];
+    for &(s, t) in pairs.iter().flatten() {
+        targets[next[s as usize]] = t;
+        next[s as usize] += 1;
+    }
+    drop(pairs);
+    let mut buckets: Vec<&mut [u32]> = Vec::with_capacity(n);
+    let mut rest = &mut targets[..];
+    for k in 0..n {
+        let (bucket, tail) = rest.split_at_mut(starts[k + 1] - starts[k]);
+        buckets.push(bucket);
+        rest = tail;
+    }
+    buckets.into_par_iter().for_each(|b| b.sort_unstable());
+    Targets { starts, targets }
+}
+
+/// `values` cut at `starts` (ascending, from 0 to `values.len()`): one slice a source.
+fn split_by<'a, T>(mut values: &'a mut [T], starts: &[usize]) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(starts.len().saturating_sub(1));
+    for w in starts.windows(2) {
+        let (head, tail) = values.split_at_mut(w[1] - w[0]);
+        out.push(head);
+        values = tail;
+    }
+    out
+}
+
+/// The synapses of one source population, as the parallel arrays `connect_many` takes.
+struct SourceBatch {
+    /// Where each source neuron's synapses begin, and the end.
+    starts: Vec<usize>,
+    pre: Vec<NeuronId>,
+    post: Vec<NeuronId>,
+    weight: Vec<f32>,
+    delay: Vec<f32>,
+}
+
+/// A run of whole source neurons of a [`SourceBatch`].
+struct Piece<'a> {
+    pre: &'a [NeuronId],
+    post: &'a [NeuronId],
+    weight: &'a [f32],
+    delay: &'a [f32],
+}
+
+impl SourceBatch {
+    /// Weights and delays for `targets`, each source neuron drawing from its own stream
+    /// (so the network does not depend on the number of threads).
+    fn draw(
+        seed: u64,
+        source: usize,
+        targets: &Targets,
+        offsets: &[usize],
+        all: &[NeuronId],
+    ) -> SourceBatch {
+        let n = targets.targets.len();
+        let population_of = |global: u32| {
+            offsets
+                .iter()
+                .rposition(|&o| o <= global as usize)
+                .unwrap_or(0)
+        };
+        let delay_mean = if is_excitatory(source) {
+            DELAY_EXCITATORY_MS
+        } else {
+            DELAY_INHIBITORY_MS
+        };
+        let delay_draw = Normal::new(delay_mean, delay_mean * DELAY_RELATIVE_SD).expect("positive");
+        let weights: Vec<Normal<f64>> = (0..8)
+            .map(|t| {
+                let mean = mean_weight(t, source);
+                Normal::new(mean, mean.abs() * WEIGHT_RELATIVE_SD).expect("positive")
+            })
+            .collect();
+        let mut batch = SourceBatch {
+            starts: targets.starts.clone(),
+            pre: vec![NeuronId::null(); n],
+            post: vec![NeuronId::null(); n],
+            weight: vec![0.0; n],
+            delay: vec![0.0; n],
+        };
+        let first = offsets[source];
+        let starts = &targets.starts;
+        let per_source = split_by(&mut batch.pre, starts)
+            .into_par_iter()
+            .zip(split_by(&mut batch.post, starts))
+            .zip(split_by(&mut batch.weight, starts))
+            .zip(split_by(&mut batch.delay, starts))
+            .enumerate();
+        per_source.for_each(|(k, (((pre, post), weight), delay))| {
+            let mut rng = stream(seed, 1 << 40 | (first + k) as u64);
+            let bucket = &targets.targets[starts[k]..starts[k + 1]];
+            pre.fill(all[first + k]);
+            for (j, &t) in bucket.iter().enumerate() {
+                let target = population_of(t);
+                post[j] = all[t as usize];
+                weight[j] = if is_excitatory(source) {
+                    redraw(&weights[target], &mut rng, |w| w >= 0.0)
+                } else {
+                    redraw(&weights[target], &mut rng, |w| w <= 0.0)
+                } as f32;
+                delay[j] = redraw(&delay_draw, &mut rng, |d| d >= DT_MS) as f32;
+            }
+        });
+        batch
+    }
+
+    /// The batch cut into runs of whole source neurons of about `size` synapses.
+    fn pieces(&self, size: usize) -> Vec<Piece<'_>> {
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        while from < self.pre.len() {
+            let want = from + size;
+            let k = self.starts.partition_point(|&s| s < want);
+            let to = self
+                .starts
+                .get(k)
+                .copied()
+                .unwrap_or(self.pre.len())
+                .max(from + 1)
+                .min(self.pre.len());
+            pieces.push(Piece {
+                pre: &self.pre[from..to],
+                post: &self.post[from..to],
+                weight: &self.weight[from..to],
+                delay: &self.delay[from..to],
+            });
+            from = to;
+        }
+        pieces
     }
 }
 
@@ -274,93 +431,23 @@ pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result
         })
         .collect();
     let all: Vec<NeuronId> = populations.iter().flatten().copied().collect();
-    let population_of: Vec<u8> = (0..8u8)
-        .flat_map(|p| std::iter::repeat_n(p, sizes[p as usize] as usize))
-        .collect();
-
-    // Pass 1: every neuron's exact in- and out-degree, so that its synapse lists are
-    // allocated once, to size.
-    let mut out_degree = vec![0u32; all.len()];
-    let mut in_degree = vec![0u32; all.len()];
-    for t in 0..8 {
-        for s in 0..8 {
-            draw_pairs(config.seed, t, s, counts[t][s], &sizes, |src, tgt| {
-                out_degree[offsets[s] + src as usize] += 1;
-                in_degree[offsets[t] + tgt as usize] += 1;
-            });
-        }
-    }
-    for (i, &n) in all.iter().enumerate() {
-        graph.reserve_synapses(n, out_degree[i] as usize, in_degree[i] as usize)?;
-    }
     graph.reserve_synapse_table(usize::try_from(total).unwrap_or(usize::MAX))?;
-    drop(in_degree);
 
-    // Pass 2, one source population at a time: the same pairs again, bucketed by source
-    // (targets sorted within a bucket), then connected source by source. Synapses thus
-    // enter the table in (pre, post) order, which is the order `optimize_layout` wants,
-    // and it finds nothing to move.
+    // One source population at a time (their neurons' indices ascend): its synapses are
+    // drawn in parallel, then connected in batches of whole sources, so that they enter
+    // the table sorted by source as `optimize_layout` wants them, and it moves nothing.
     let mut made = 0u64;
-    let mut next_report = 0u64;
     for s in 0..8 {
-        let range: Range<usize> = offsets[s]..offsets[s] + sizes[s] as usize;
-        let mut starts: Vec<usize> = Vec::with_capacity(range.len() + 1);
-        let mut acc = 0usize;
-        for i in range.clone() {
-            starts.push(acc);
-            acc += out_degree[i] as usize;
-        }
-        starts.push(acc);
-        let mut cursor = starts.clone();
-        let mut targets = vec![0u32; acc];
-        for t in 0..8 {
-            draw_pairs(config.seed, t, s, counts[t][s], &sizes, |src, tgt| {
-                let c = &mut cursor[src as usize];
-                targets[*c] = (offsets[t] + tgt as usize) as u32;
-                *c += 1;
+        let targets = draw_targets(config.seed, s, &counts, &sizes, &offsets);
+        let batch = SourceBatch::draw(config.seed, s, &targets, &offsets, &all);
+        for piece in batch.pieces(BATCH_SYNAPSES) {
+            made += graph.connect_many(piece.pre, piece.post, piece.weight, piece.delay)? as u64;
+            progress(BuildProgress {
+                synapses: made,
+                total,
             });
         }
-        let mut rng = stream(config.seed, 100 + s as u64);
-        let delay_mean = if is_excitatory(s) {
-            DELAY_EXCITATORY_MS
-        } else {
-            DELAY_INHIBITORY_MS
-        };
-        let delay = Normal::new(delay_mean, delay_mean * DELAY_RELATIVE_SD).expect("positive");
-        let weights: Vec<Normal<f64>> = (0..8)
-            .map(|t| {
-                let mean = mean_weight(t, s);
-                Normal::new(mean, mean.abs() * WEIGHT_RELATIVE_SD).expect("positive")
-            })
-            .collect();
-        for (k, i) in range.enumerate() {
-            let bucket = &mut targets[starts[k]..starts[k + 1]];
-            bucket.sort_unstable();
-            let pre = all[i];
-            for &post in bucket.iter() {
-                let t = population_of[post as usize] as usize;
-                let w = if is_excitatory(s) {
-                    redraw(&weights[t], &mut rng, |w| w >= 0.0)
-                } else {
-                    redraw(&weights[t], &mut rng, |w| w <= 0.0)
-                };
-                let d = redraw(&delay, &mut rng, |d| d >= DT_MS);
-                graph.connect(pre, all[post as usize], w as f32, d as f32)?;
-            }
-            made += bucket.len() as u64;
-            if made >= next_report {
-                progress(BuildProgress {
-                    synapses: made,
-                    total,
-                });
-                next_report = made + 1_000_000;
-            }
-        }
     }
-    progress(BuildProgress {
-        synapses: made,
-        total,
-    });
     let layout_started = Instant::now();
     graph.optimize_layout()?;
     let layout_time = layout_started.elapsed();
@@ -475,7 +562,7 @@ pub fn simulate_with(
             let t = ((k - transient_steps) as f64 * DT_MS) as f32;
             for &n in &fired {
                 let population = graph.neuron(n).map_or(0, |x| x.population) as u8;
-                report.events += graph.outgoing(n).map_or(0, |o| o.len()) as u64;
+                report.events += graph.out_degree(n).unwrap_or(0) as u64;
                 record.spikes.push((t, population, n));
             }
         }
@@ -534,9 +621,7 @@ pub fn remove_random_neurons(
             }
         });
     }
-    for &n in &removed {
-        network.graph.remove_neuron(n);
-    }
+    network.graph.remove_neurons(&removed);
     (removed, before - network.graph.synapse_count())
 }
 
@@ -735,14 +820,18 @@ fn compare<T: PartialEq + std::fmt::Debug + Send + Sync + 'static>(
     Ok(n)
 }
 
-/// Synapses entering each population's live neurons.
+/// Synapses entering each population's live neurons: one pass over the synapse table.
 pub fn synapses_into(network: &Network) -> [u64; 8] {
+    let graph = &network.graph;
+    let mut population = vec![u8::MAX; graph.neurons().slot_count()];
+    for (n, neuron) in graph.neurons().iter() {
+        population[n.index() as usize] = neuron.population as u8;
+    }
     let mut into = [0u64; 8];
-    for (t, population) in network.populations.iter().enumerate() {
-        into[t] = population
-            .iter()
-            .map(|&n| network.graph.incoming(n).map_or(0, |i| i.len()) as u64)
-            .sum();
+    for s in graph.synapses().values() {
+        if let Some(count) = into.get_mut(population[s.post_index() as usize] as usize) {
+            *count += 1;
+        }
     }
     into
 }

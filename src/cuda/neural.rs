@@ -77,18 +77,11 @@ impl StepPlan {
         }
         // (post column, delay, pre column, rank in the sender's walk, synapse bits)
         let mut entries: Vec<(u32, u32, u32, u64, u64)> = Vec::with_capacity(graph.synapse_count());
-        for (place, (h, s)) in graph.synapses().iter().enumerate() {
+        for (h, s, rank) in graph.walk_order() {
             let delay = delay_steps(s.delay, dt);
-            // The CPU ring clamps offsets to its span; `input_in_flight` shaped it for
-            // the longest delay, so none is clamped.
             let delay =
                 u32::try_from(delay.min(pending.rows as u64 - 1)).map_err(|_| too_many())?;
-            let rank = if graph.walks_storage_range(s.pre) {
-                place as u64
-            } else {
-                u64::from(s.out_pos)
-            };
-            entries.push((s.post.index(), delay, s.pre.index(), rank, h.to_bits()));
+            entries.push((s.post_index(), delay, s.pre_index(), rank, h.to_bits()));
         }
         u32::try_from(entries.len()).map_err(|_| too_many())?;
         // Per post: the spike's step ascending (delay descending), then the sender's
@@ -130,9 +123,8 @@ struct ns_neuron {
     ns_u64 last_spike_step;
 };
 struct ns_synapse {
-    ns_u64 pre, post;
+    ns_u32 pre, post;
     float weight, delay;
-    ns_u32 out_pos, in_pos;
 };
 struct ns_props {
     float p22, p20, p21_ex, p21_in, p11_ex, p11_in;
@@ -624,7 +616,7 @@ mod tests {
                     .synapses()
                     .get(Handle::from_bits(plan.in_synapse[k]))
                     .unwrap();
-                assert_eq!(s.post.index() as usize, c);
+                assert_eq!(s.post_index() as usize, c);
             }
         }
         assert!(plan.rows as u32 > *plan.in_delay.iter().max().unwrap());

@@ -250,6 +250,36 @@ impl<T> Table<T> {
         before.report(self, moved)
     }
 
+    /// Closes every hole by sliding the objects down, keeping their storage order (where
+    /// [`defragment`](Self::defragment) moves the last objects into the first holes):
+    /// afterwards the objects fill places `0..len()` in the order they had. Every object
+    /// after the first hole moves, a run of neighbours with one copy; handles stay valid,
+    /// and the emptied chunks go back to the pool.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`](crate::Error::OutOfMemory) when a chunk below the new top
+    /// that the table no longer holds cannot be made again; nothing has moved then.
+    ///
+    /// ```
+    /// use neurostore::table::Table;
+    ///
+    /// let mut t: Table<u32> = Table::new();
+    /// let hs = t.insert_batch(0..10);
+    /// for h in &hs[..5] {
+    ///     t.remove(*h);
+    /// }
+    /// let report = t.compact_in_order()?;
+    /// assert_eq!(report.moved, 5);
+    /// assert_eq!(t.values().copied().collect::<Vec<_>>(), vec![5, 6, 7, 8, 9]);
+    /// assert_eq!(t.get(hs[9]), Some(&9));
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn compact_in_order(&mut self) -> Result<DefragReport, crate::Error> {
+        let before = Before::take(self);
+        let moved = self.slide_down()?;
+        Ok(before.report(self, moved))
+    }
+
     /// One bounded piece of [`defragment`](Self::defragment): at most `budget`'s moves,
     /// then the chunks it emptied go back to the pool. Steps keep no state, so the table
     /// may be changed in any way between them; repeated steps reach the same dense state.

@@ -1,5 +1,15 @@
 //! [`NeuralGraph`]: neurons and synapses in a [`Store`], their connectivity, and the
 //! reference simulation step.
+//!
+//! Synapses are 16-byte records in one table ([`Synapse`]: the slot indices of both
+//! neurons, weight, delay). The outgoing synapses of a neuron need no list: they lie in
+//! runs of the table's storage that the graph keeps per neuron, because the graph only
+//! ever appends synapses after the highest occupied place (a batch from
+//! [`NeuralGraph::connect_many`] sorted by neuron, so one run per neuron) and only moves
+//! them with an order-keeping compaction, after which it finds the runs again. A run may
+//! hold holes (removed synapses) and, after removals brought the storage's top down
+//! below it, another neuron's synapses: every walk checks that a synapse's presynaptic
+//! neuron is the one walked.
 
 use std::sync::Arc;
 
@@ -7,10 +17,12 @@ use rayon::prelude::*;
 
 use super::lif::{PropagatorCache, advance};
 use super::ring::{MAX_RING_SLOTS, SpikeRing};
-use super::types::{Neuron, NeuronId, NeuronParams, Synapse, SynapseId};
+use super::types::{Neuron, NeuronId, NeuronParams, Synapse, SynapseId, SynapseView};
 use crate::Error;
 use crate::defrag::{DefragPolicy, DefragReport};
+use crate::gc::{Dangling, GcReport};
 use crate::pool::HierarchicalPool;
+use crate::pooled::AnyHandle;
 use crate::store::{Store, StoreDefragReport};
 use crate::table::Table;
 
@@ -20,46 +32,28 @@ const PARALLEL_NEURONS: usize = 4096;
 /// Below this many synaptic events a step propagates them on the calling thread.
 const PARALLEL_EVENTS: usize = 8192;
 
-/// The synapses leaving and entering one neuron. `owner` is the neuron the entry belongs
-/// to (null when the slot index holds no neuron), so an entry is never read for a later
-/// neuron that reuses the slot index.
-#[derive(Debug, Default)]
-struct Adjacency {
+/// A neuron's outgoing synapses: `owner` is the neuron the entry belongs to (null when
+/// the slot index holds no neuron), so an entry is never read for a later neuron that
+/// reuses the slot index.
+#[derive(Clone, Debug, Default)]
+struct Outgoing {
     owner: NeuronId,
-    outgoing: Vec<SynapseId>,
-    incoming: Vec<SynapseId>,
+    /// Runs `(first place, places)` of the synapse table's storage that hold this
+    /// neuron's synapses, in the order a spike walks them.
+    runs: Vec<(u64, u32)>,
+    /// Live outgoing synapses.
+    live: u32,
 }
 
-/// Where each neuron's outgoing synapses lie in the synapse table's storage, as made by
-/// [`NeuralGraph::optimize_layout`]: valid while the table's layout version is `version`,
-/// and per neuron until its outgoing synapses change.
-#[derive(Debug)]
-struct OutgoingLayout {
-    version: u64,
-    /// Per neuron slot index: the first storage place and the count of its synapses.
-    ranges: Vec<Option<(u64, u32)>>,
-}
-
-impl OutgoingLayout {
-    /// The per-neuron ranges of `layout`, while no synapse moved since it was made.
-    fn current<'a>(
-        layout: &'a Option<OutgoingLayout>,
-        synapses: &Table<Synapse>,
-    ) -> Option<&'a [Option<(u64, u32)>]> {
-        layout
-            .as_ref()
-            .filter(|l| l.version == synapses.layout_version())
-            .map(|l| &l.ranges[..])
+impl Outgoing {
+    /// Notes a synapse at `place`: the last run grows when `place` follows it.
+    fn note(&mut self, place: u64, count: u32) {
+        match self.runs.last_mut() {
+            Some((start, len)) if *start + u64::from(*len) == place => *len += count,
+            _ => self.runs.push((place, count)),
+        }
+        self.live += count;
     }
-}
-
-/// The run of storage a step walks for `n`'s outgoing synapses, if the layout's `ranges`
-/// hold one for it (else the step walks its outgoing list).
-fn storage_range(ranges: Option<&[Option<(u64, u32)>]>, n: NeuronId) -> Option<(u64, u32)> {
-    ranges
-        .and_then(|r| r.get(n.index() as usize))
-        .copied()
-        .flatten()
 }
 
 /// The table of `T` in a graph's store: the graph registers `Neuron` and `Synapse` when it
@@ -119,23 +113,39 @@ fn check_weight(weight: f32) -> Result<(), Error> {
     }
 }
 
-/// Converts a list length to the `u32` position kept in a synapse.
-fn position(len: usize) -> Result<u32, Error> {
-    u32::try_from(len).map_err(|_| {
-        Error::invalid_argument(
-            "pre/post",
-            "a neuron can have at most 2^32 - 1 outgoing and incoming synapses",
-        )
-    })
+/// One bit per neuron slot index.
+struct NeuronSet(Vec<u64>);
+
+impl NeuronSet {
+    fn new(slots: usize) -> Self {
+        NeuronSet(vec![0; slots.div_ceil(64)])
+    }
+
+    fn insert(&mut self, index: u32) {
+        if let Some(w) = self.0.get_mut(index as usize / 64) {
+            *w |= 1 << (index % 64);
+        }
+    }
+
+    #[inline]
+    fn contains(&self, index: u32) -> bool {
+        self.0
+            .get(index as usize / 64)
+            .is_some_and(|w| w >> (index % 64) & 1 == 1)
+    }
 }
 
-/// A network of [`Neuron`]s and [`Synapse`]s kept in a [`Store`], with exact outgoing and
-/// incoming synapse lists per neuron and a reference CPU simulation step.
+/// A network of [`Neuron`]s and [`Synapse`]s kept in a [`Store`], and a reference CPU
+/// simulation step.
 ///
-/// Every synapse knows where it sits in its neurons' lists, so [`connect`](Self::connect),
-/// [`disconnect`](Self::disconnect) and each synapse removed by
-/// [`remove_neuron`](Self::remove_neuron) cost O(1). Removing a neuron removes every
-/// synapse that touches it: no synapse ever names a removed neuron.
+/// Every synapse is a [`SynapseId`]: it resolves in O(1), survives compaction and
+/// snapshots of the store, and is shown with its neurons as handles
+/// ([`synapse`](Self::synapse)). A neuron's outgoing synapses are found through runs of
+/// the synapse table's storage (see the module documentation), so they take no memory of
+/// their own: a synapse costs its 16-byte record and the table's per-object bookkeeping.
+/// [`connect_many`](Self::connect_many) builds many synapses at once, already laid out
+/// for propagation; [`remove_neurons`](Self::remove_neurons) removes many neurons and
+/// every synapse that touches them in one pass. No synapse ever names a removed neuron.
 ///
 /// [`step`](Self::step) advances every neuron by `dt` milliseconds with NEST's exact
 /// `iaf_psc_exp` integration and propagates the spikes of the step through their synapses,
@@ -150,8 +160,8 @@ fn position(len: usize) -> Result<u32, Error> {
 /// let a = graph.add_neuron(&driven)?;
 /// let b = graph.add_neuron(&NeuronParams::default())?;
 /// let s = graph.connect(a, b, 2000.0, 1.0)?;
-/// assert_eq!(graph.outgoing(a), Some(&[s][..]));
-/// assert_eq!(graph.incoming(b), Some(&[s][..]));
+/// assert_eq!(graph.outgoing(a), Some(vec![s]));
+/// assert_eq!(graph.incoming(b), Some(vec![s]));
 ///
 /// let mut fired = Vec::new();
 /// for _ in 0..1000 {
@@ -161,13 +171,13 @@ fn position(len: usize) -> Result<u32, Error> {
 ///
 /// graph.remove_neuron(a);
 /// assert!(graph.synapse(s).is_none());
-/// assert_eq!(graph.incoming(b), Some(&[][..]));
+/// assert_eq!(graph.incoming(b), Some(vec![]));
 /// # Ok::<(), neurostore::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct NeuralGraph {
     store: Store,
-    adjacency: Vec<Adjacency>,
+    out: Vec<Outgoing>,
     ring: SpikeRing,
     /// The step length of the last `step`, which the ring's pending input is timed in.
     dt: Option<f64>,
@@ -179,7 +189,13 @@ pub struct NeuralGraph {
     step: u64,
     time_ms: f64,
     spikes: Vec<NeuronId>,
-    layout: Option<OutgoingLayout>,
+    /// When removals compact the synapse table on their own.
+    defrag_policy: Option<DefragPolicy>,
+    /// Synapses removed since the table's holes were last looked at.
+    removed_since_check: usize,
+    /// No run of any neuron reaches this place: new synapses go here or above, so that
+    /// no run ever covers a place twice.
+    runs_end: u64,
 }
 
 impl Default for NeuralGraph {
@@ -207,9 +223,11 @@ impl NeuralGraph {
         store
             .register::<Synapse>()
             .expect("a new store has no table of synapses yet");
+        // The graph compacts its synapses itself, keeping their order.
+        store.set_defrag_policy(None);
         NeuralGraph {
             store,
-            adjacency: Vec::new(),
+            out: Vec::new(),
             ring: SpikeRing::default(),
             dt: None,
             max_delay_ms: 0.0,
@@ -217,7 +235,9 @@ impl NeuralGraph {
             step: 0,
             time_ms: 0.0,
             spikes: Vec::new(),
-            layout: None,
+            defrag_policy: Some(DefragPolicy::default()),
+            removed_since_check: 0,
+            runs_end: 0,
         }
     }
 
@@ -236,9 +256,14 @@ impl NeuralGraph {
         table_of_mut(&mut self.store)
     }
 
-    /// The synapse table.
+    /// The synapse table (records keep their neurons as slot indices; see
+    /// [`synapse`](Self::synapse) for them as handles).
     pub fn synapses(&self) -> &Table<Synapse> {
         table_of(&self.store)
+    }
+
+    fn synapses_table_mut(&mut self) -> &mut Table<Synapse> {
+        table_of_mut(&mut self.store)
     }
 
     /// Every neuron with its handle, mutably, to set state or parameters. (Neurons are
@@ -267,36 +292,82 @@ impl NeuralGraph {
         self.neurons_table_mut().get_mut(n)
     }
 
-    /// The synapse `s` names, if it is live.
-    pub fn synapse(&self, s: SynapseId) -> Option<&Synapse> {
-        self.synapses().get(s)
+    /// The synapse `s` names, with its neurons as handles, if it is live.
+    pub fn synapse(&self, s: SynapseId) -> Option<SynapseView> {
+        let record = self.synapses().get(s)?;
+        Some(self.view(record))
     }
 
-    fn adjacency_of(&self, n: NeuronId) -> Option<&Adjacency> {
-        self.adjacency
+    /// A record of this graph with its neurons as handles (they are live: the graph
+    /// removes a neuron's synapses with it).
+    fn view(&self, record: &Synapse) -> SynapseView {
+        let handle = |index| {
+            self.neurons()
+                .live_handle(index)
+                .expect("a synapse of the graph names live neurons")
+        };
+        SynapseView {
+            pre: handle(record.pre_index()),
+            post: handle(record.post_index()),
+            weight: record.weight,
+            delay: record.delay,
+        }
+    }
+
+    fn outgoing_of(&self, n: NeuronId) -> Option<&Outgoing> {
+        self.out
             .get(n.index() as usize)
-            .filter(|a| a.owner == n && !n.is_null())
+            .filter(|o| o.owner == n && !n.is_null())
     }
 
-    /// The synapses leaving `n` (in no particular order), or `None` when `n` is stale.
-    pub fn outgoing(&self, n: NeuronId) -> Option<&[SynapseId]> {
-        self.adjacency_of(n).map(|a| &a.outgoing[..])
+    /// The synapses leaving `n`, in the order a spike of `n` walks them (in storage
+    /// order after [`optimize_layout`](Self::optimize_layout)), or `None` when `n` is
+    /// stale. The list is made by walking `n`'s runs of storage: O(out-degree).
+    pub fn outgoing(&self, n: NeuronId) -> Option<Vec<SynapseId>> {
+        let out = self.outgoing_of(n)?;
+        let synapses = self.synapses();
+        let mut ids = Vec::with_capacity(out.live as usize);
+        for &(start, len) in &out.runs {
+            for place in start..start + u64::from(len) {
+                if synapses
+                    .get_at_place(place)
+                    .is_some_and(|s| s.pre_index() == n.index())
+                {
+                    ids.extend(synapses.handle_at_place(place));
+                }
+            }
+        }
+        Some(ids)
     }
 
-    /// The synapses entering `n` (in no particular order), or `None` when `n` is stale.
-    pub fn incoming(&self, n: NeuronId) -> Option<&[SynapseId]> {
-        self.adjacency_of(n).map(|a| &a.incoming[..])
+    /// How many synapses leave `n`, or `None` when `n` is stale. O(1).
+    pub fn out_degree(&self, n: NeuronId) -> Option<usize> {
+        self.outgoing_of(n).map(|o| o.live as usize)
+    }
+
+    /// The synapses entering `n`, in storage order, or `None` when `n` is stale. The
+    /// graph keeps no incoming lists: this walks the whole synapse table (in parallel),
+    /// so call it for a few neurons, not for every one.
+    pub fn incoming(&self, n: NeuronId) -> Option<Vec<SynapseId>> {
+        self.outgoing_of(n)?;
+        let synapses = self.synapses();
+        Some(
+            synapses
+                .par_iter()
+                .filter(|(_, s)| s.post_index() == n.index())
+                .map(|(h, _)| h)
+                .collect(),
+        )
     }
 
     fn track(&mut self, n: NeuronId) {
         let i = n.index() as usize;
-        if self.adjacency.len() <= i {
-            self.adjacency.resize_with(i + 1, Adjacency::default);
+        if self.out.len() <= i {
+            self.out.resize_with(i + 1, Outgoing::default);
         }
-        self.adjacency[i] = Adjacency {
+        self.out[i] = Outgoing {
             owner: n,
-            outgoing: Vec::new(),
-            incoming: Vec::new(),
+            ..Outgoing::default()
         };
     }
 
@@ -319,62 +390,16 @@ impl NeuralGraph {
         params.validate()?;
         let table = self.neurons_table_mut();
         table.try_reserve(count)?;
-        let handles = table.insert_batch(std::iter::repeat_n(Neuron::new(params), count));
+        let handles = table.try_insert_batch(std::iter::repeat_n(Neuron::new(params), count))?;
         for &n in &handles {
             self.track(n);
         }
         Ok(handles)
     }
 
-    /// Makes room for `outgoing` more synapses leaving `n` and `incoming` more entering
-    /// it, exactly: a network built by [`connect`](Self::connect) after its neurons'
-    /// degrees were reserved holds no spare list capacity (a list grown one `connect` at
-    /// a time keeps up to half of its memory unused). A stale `n` is an
-    /// [`Error::InvalidHandle`]; memory that cannot be had is an [`Error::OutOfMemory`];
-    /// either way nothing changes.
-    ///
-    /// ```
-    /// use neurostore::neural::{NeuralGraph, NeuronParams};
-    ///
-    /// let mut graph = NeuralGraph::new();
-    /// let ns = graph.add_neurons(3, &NeuronParams::default())?;
-    /// graph.reserve_synapses(ns[0], 2, 0)?;
-    /// graph.reserve_synapses(ns[1], 0, 1)?;
-    /// graph.reserve_synapses(ns[2], 0, 1)?;
-    /// let before = graph.memory().adjacency_bytes;
-    /// graph.connect(ns[0], ns[1], 10.0, 1.0)?;
-    /// graph.connect(ns[0], ns[2], 10.0, 1.0)?;
-    /// assert_eq!(graph.memory().adjacency_bytes, before); // no list grew
-    /// # Ok::<(), neurostore::Error>(())
-    /// ```
-    pub fn reserve_synapses(
-        &mut self,
-        n: NeuronId,
-        outgoing: usize,
-        incoming: usize,
-    ) -> Result<(), Error> {
-        self.adjacency_of(n)
-            .ok_or_else(|| Error::invalid_handle(n))?;
-        let oom = |count: usize| Error::OutOfMemory {
-            requested: count.saturating_mul(size_of::<SynapseId>()),
-            align: align_of::<SynapseId>(),
-            reason: crate::error::OomReason::OsRefused,
-        };
-        let a = &mut self.adjacency[n.index() as usize];
-        // Incoming first: if outgoing then fails, the extra incoming capacity changes no
-        // observable state.
-        a.incoming
-            .try_reserve_exact(incoming)
-            .map_err(|_| oom(incoming))?;
-        a.outgoing
-            .try_reserve_exact(outgoing)
-            .map_err(|_| oom(outgoing))
-    }
-
     /// Makes room in the synapse table for `additional` more synapses: chunks from the
     /// pool and slots, so that a network whose size is known ahead takes its table's
-    /// memory once instead of growing it (a slot table grown by doubling may hold up to
-    /// twice the slots it needs). Memory that cannot be had is an
+    /// memory once instead of growing it. Memory that cannot be had is an
     /// [`Error::OutOfMemory`].
     ///
     /// ```
@@ -394,11 +419,12 @@ impl NeuralGraph {
         self.synapses_table_mut().try_reserve(additional)
     }
 
-    /// Runs the store's garbage collector over the graph ([`Store::collect`]). Neurons
-    /// and synapses are manual objects, so nothing of the graph is freed; the collection
-    /// follows every synapse's handles and reports any that dangle
-    /// ([`GcReport::dangling_count`](crate::gc::GcReport::dangling_count)), which the
-    /// graph's invariants say never happens: a consistency audit of the whole network.
+    /// Runs the store's garbage collector over the graph ([`Store::collect`]) and audits
+    /// the synapses: every one must name live neurons, which the graph's invariants say
+    /// always holds. A synapse that does not is reported as a dangling handle held by the
+    /// synapse ([`GcReport::dangling_count`], [`GcReport::dangling`]). Neurons and
+    /// synapses are manual objects, so nothing of the graph is freed. The audit reads the
+    /// synapse table once, in parallel.
     ///
     /// ```
     /// use neurostore::neural::{NeuralGraph, NeuronParams};
@@ -409,15 +435,33 @@ impl NeuralGraph {
     /// graph.connect(ns[1], ns[2], 10.0, 1.0)?;
     /// graph.remove_neuron(ns[2]);
     /// let report = graph.collect();
-    /// assert_eq!((report.scanned, report.dangling_count, report.freed_total), (3, 0, 0));
+    /// assert_eq!((report.dangling_count, report.freed_total), (0, 0));
     /// # Ok::<(), neurostore::Error>(())
     /// ```
-    pub fn collect(&mut self) -> crate::gc::GcReport {
-        self.store.collect()
+    pub fn collect(&mut self) -> GcReport {
+        let mut report = self.store.collect();
+        let neurons = self.neurons();
+        let live = |index: u32| neurons.live_handle(index).is_some();
+        let dangling: Vec<Dangling> = self
+            .synapses()
+            .par_iter()
+            .flat_map_iter(|(h, s)| {
+                [s.pre_index(), s.post_index()]
+                    .into_iter()
+                    .filter(|&i| !live(i))
+                    .map(move |i| Dangling {
+                        holder: Some(AnyHandle::new(h)),
+                        target: AnyHandle::new(NeuronId::from_bits(u64::from(i))),
+                    })
+            })
+            .collect();
+        report.dangling_count += dangling.len();
+        report.dangling.extend(dangling);
+        report
     }
 
-    /// The bytes the graph holds: its tables (object chunks from the pool, slot tables
-    /// and per-chunk metadata) and its adjacency lists.
+    /// The bytes the graph holds: its tables (objects, slots and per-chunk bookkeeping)
+    /// and its per-neuron runs of outgoing synapses.
     ///
     /// ```
     /// use neurostore::neural::{NeuralGraph, NeuronParams};
@@ -426,27 +470,28 @@ impl NeuralGraph {
     /// let ns = graph.add_neurons(2, &NeuronParams::default())?;
     /// graph.connect(ns[0], ns[1], 10.0, 1.0)?;
     /// let memory = graph.memory();
-    /// assert!(memory.object_bytes >= 2 * 64 + 32);
+    /// assert!(memory.object_bytes >= 2 * 64 + 16);
     /// assert_eq!(memory.total(), memory.object_bytes + memory.metadata_bytes + memory.adjacency_bytes);
     /// # Ok::<(), neurostore::Error>(())
     /// ```
     pub fn memory(&self) -> GraphMemory {
         let (neurons, synapses) = (self.neurons().stats(), self.synapses().stats());
-        let lists: usize = self
-            .adjacency
+        let runs: usize = self
+            .out
             .iter()
-            .map(|a| (a.outgoing.capacity() + a.incoming.capacity()) * size_of::<SynapseId>())
+            .map(|o| o.runs.capacity() * size_of::<(u64, u32)>())
             .sum();
         GraphMemory {
             object_bytes: neurons.bytes_reserved + synapses.bytes_reserved,
             metadata_bytes: neurons.metadata_bytes + synapses.metadata_bytes,
-            adjacency_bytes: lists + self.adjacency.capacity() * size_of::<Adjacency>(),
+            adjacency_bytes: runs + self.out.capacity() * size_of::<Outgoing>(),
         }
     }
 
     /// Connects `pre` to `post` with `weight` (pA, finite; negative inhibits) and `delay`
     /// (ms, finite, above zero). Multapses and self-connections are allowed. A stale neuron
-    /// is an [`Error::InvalidHandle`]; on any error nothing changes.
+    /// is an [`Error::InvalidHandle`]; on any error nothing changes. For many synapses at
+    /// once, [`connect_many`](Self::connect_many) is much faster.
     pub fn connect(
         &mut self,
         pre: NeuronId,
@@ -454,35 +499,128 @@ impl NeuralGraph {
         weight: f32,
         delay: f32,
     ) -> Result<SynapseId, Error> {
-        let out_pos = position(
-            self.adjacency_of(pre)
-                .ok_or_else(|| Error::invalid_handle(pre))?
-                .outgoing
-                .len(),
-        )?;
-        let in_pos = position(
-            self.adjacency_of(post)
-                .ok_or_else(|| Error::invalid_handle(post))?
-                .incoming
-                .len(),
-        )?;
+        self.outgoing_of(pre)
+            .ok_or_else(|| Error::invalid_handle(pre))?;
+        self.outgoing_of(post)
+            .ok_or_else(|| Error::invalid_handle(post))?;
         check_weight(weight)?;
         check_delay(delay)?;
-        let synapse = Synapse {
-            out_pos,
-            in_pos,
-            ..Synapse::new(pre, post, weight, delay)
-        };
-        let s = self.synapses_table_mut().try_insert(synapse)?;
-        self.adjacency[pre.index() as usize].outgoing.push(s);
-        self.forget_range(pre);
-        self.adjacency[post.index() as usize].incoming.push(s);
+        let mut made = SynapseId::null();
+        let runs_end = self.runs_end;
+        let (place, _) = self.synapses_table_mut().try_extend_after_top(
+            runs_end,
+            [Synapse::new(pre, post, weight, delay)],
+            |h| made = h,
+        )?;
+        self.out[pre.index() as usize].note(place, 1);
+        self.runs_end = place + 1;
         self.max_delay_ms = self.max_delay_ms.max(delay);
-        Ok(s)
+        Ok(made)
     }
 
-    fn synapses_table_mut(&mut self) -> &mut Table<Synapse> {
-        table_of_mut(&mut self.store)
+    /// Connects many pairs at once: synapse `k` goes from `pre[k]` to `post[k]` with
+    /// `weight[k]` and `delay[k]` (checked as in [`connect`](Self::connect)). The
+    /// synapses are laid out sorted by presynaptic neuron, then postsynaptic (a stable
+    /// sort: multapses keep the order given), after the table's highest occupied place,
+    /// so each neuron's new synapses are one run of storage that a spike walks without a
+    /// lookup. Returns how many were made (`pre.len()`); their handles are what
+    /// [`outgoing`](Self::outgoing) lists.
+    ///
+    /// Slices of different lengths, a stale neuron (an [`Error::InvalidHandle`] naming
+    /// the first), a weight or delay out of range, or memory that cannot be had are
+    /// errors, and then nothing changes. The checks and the sort run in parallel.
+    ///
+    /// ```
+    /// use neurostore::neural::{NeuralGraph, NeuronParams};
+    ///
+    /// let mut graph = NeuralGraph::new();
+    /// let ns = graph.add_neurons(3, &NeuronParams::default())?;
+    /// let made = graph.connect_many(
+    ///     &[ns[2], ns[0], ns[0]],
+    ///     &[ns[0], ns[2], ns[1]],
+    ///     &[10.0, 20.0, -30.0],
+    ///     &[1.0, 1.5, 0.5],
+    /// )?;
+    /// assert_eq!((made, graph.synapse_count()), (3, 3));
+    /// let out: Vec<_> = graph.outgoing(ns[0]).unwrap().iter().map(|&s| graph.synapse(s).unwrap().post).collect();
+    /// assert_eq!(out, vec![ns[1], ns[2]]); // sorted by target
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn connect_many(
+        &mut self,
+        pre: &[NeuronId],
+        post: &[NeuronId],
+        weight: &[f32],
+        delay: &[f32],
+    ) -> Result<usize, Error> {
+        let n = pre.len();
+        if post.len() != n || weight.len() != n || delay.len() != n {
+            return Err(Error::invalid_argument(
+                "connect_many",
+                format!(
+                    "pre, post, weight and delay hold {n}, {}, {} and {} values: they must \
+                     be as long as each other",
+                    post.len(),
+                    weight.len(),
+                    delay.len()
+                ),
+            ));
+        }
+        self.check_batch(pre, post, weight, delay)?;
+        let order = sorted_by_neurons(pre, post, self.out.len());
+        let records = order.iter().map(|&k| {
+            Synapse::new(
+                pre[k as usize],
+                post[k as usize],
+                weight[k as usize],
+                delay[k as usize],
+            )
+        });
+        let runs_end = self.runs_end;
+        let (first, made) =
+            self.synapses_table_mut()
+                .try_extend_after_top(runs_end, records, |_| ())?;
+        self.runs_end = first + made as u64;
+        // The batch's runs: one per presynaptic neuron, in `order`.
+        let mut k = 0;
+        while k < order.len() {
+            let p = pre[order[k] as usize].index();
+            let len = order[k..]
+                .iter()
+                .take_while(|&&j| pre[j as usize].index() == p)
+                .count();
+            self.out[p as usize].note(first + k as u64, len as u32);
+            k += len;
+        }
+        let longest = delay.par_iter().copied().reduce(|| 0.0, f32::max);
+        self.max_delay_ms = self.max_delay_ms.max(longest);
+        Ok(made)
+    }
+
+    /// The checks of [`connect_many`](Self::connect_many), in parallel: the first
+    /// offending synapse (lowest index) is the one reported.
+    fn check_batch(
+        &self,
+        pre: &[NeuronId],
+        post: &[NeuronId],
+        weight: &[f32],
+        delay: &[f32],
+    ) -> Result<(), Error> {
+        let bad = (0..pre.len()).into_par_iter().position_first(|k| {
+            self.outgoing_of(pre[k]).is_none()
+                || self.outgoing_of(post[k]).is_none()
+                || check_weight(weight[k]).is_err()
+                || check_delay(delay[k]).is_err()
+        });
+        let Some(k) = bad else {
+            return Ok(());
+        };
+        for n in [pre[k], post[k]] {
+            self.outgoing_of(n)
+                .ok_or_else(|| Error::invalid_handle(n))?;
+        }
+        check_weight(weight[k])?;
+        check_delay(delay[k])
     }
 
     /// Sets the weight of `s`. A stale synapse or a weight that is not finite is an error
@@ -519,120 +657,178 @@ impl NeuralGraph {
         }
     }
 
-    /// Removes synapse `s` and returns it, or `None` when `s` is stale.
-    pub fn disconnect(&mut self, s: SynapseId) -> Option<Synapse> {
-        let syn = self.synapses_table_mut().remove(s)?;
-        self.note_delay_gone(syn.delay);
-        self.unlist(s, &syn, List::Outgoing);
-        self.unlist(s, &syn, List::Incoming);
-        self.store.note_removals::<Synapse>(1);
-        Some(syn)
-    }
-
-    /// Takes removed synapse `s` out of one of its neurons' lists in O(1): the list's last
-    /// entry moves into its place and that synapse's position is updated.
-    fn unlist(&mut self, s: SynapseId, syn: &Synapse, which: List) {
-        let (neuron, pos) = match which {
-            List::Outgoing => (syn.pre, syn.out_pos as usize),
-            List::Incoming => (syn.post, syn.in_pos as usize),
-        };
-        if let List::Outgoing = which {
-            self.forget_range(neuron);
+    /// Removes synapse `s` and returns it (with its neurons as handles), or `None` when
+    /// `s` is stale.
+    pub fn disconnect(&mut self, s: SynapseId) -> Option<SynapseView> {
+        let record = *self.synapses().get(s)?;
+        let view = self.view(&record);
+        self.synapses_table_mut().remove(s);
+        self.note_delay_gone(record.delay);
+        if let Some(out) = self.out.get_mut(record.pre_index() as usize) {
+            out.live -= 1;
         }
-        let Some(adjacency) = self
-            .adjacency
-            .get_mut(neuron.index() as usize)
-            .filter(|a| a.owner == neuron)
-        else {
-            return;
-        };
-        let list = match which {
-            List::Outgoing => &mut adjacency.outgoing,
-            List::Incoming => &mut adjacency.incoming,
-        };
-        // The position is exact by construction; the search is a guard, never the path.
-        let pos = if list.get(pos) == Some(&s) {
-            pos
-        } else {
-            debug_assert!(false, "synapse {s:?} not at its recorded position");
-            match list.iter().position(|&x| x == s) {
-                Some(p) => p,
-                None => return,
-            }
-        };
-        list.swap_remove(pos);
-        if let Some(&moved) = list.get(pos)
-            && let Some(m) = table_of_mut::<Synapse>(&mut self.store).get_mut(moved)
-        {
-            match which {
-                List::Outgoing => m.out_pos = pos as u32,
-                List::Incoming => m.in_pos = pos as u32,
-            }
-        }
+        self.note_removed(1);
+        Some(view)
     }
 
     /// Removes neuron `n` and every synapse that leaves or enters it, and drops the input
-    /// still in flight to it. Returns the neuron, or `None` when `n` is stale.
+    /// still in flight to it. Returns the neuron, or `None` when `n` is stale. Costs a
+    /// pass over the synapse table, as [`remove_neurons`](Self::remove_neurons) does:
+    /// remove many neurons with one call to that.
     pub fn remove_neuron(&mut self, n: NeuronId) -> Option<Neuron> {
-        self.adjacency_of(n)?;
-        let i = n.index() as usize;
-        let outgoing = std::mem::take(&mut self.adjacency[i].outgoing);
-        self.forget_range(n);
-        let mut removed = outgoing.len();
-        for s in outgoing {
-            if let Some(syn) = self.synapses_table_mut().remove(s) {
-                self.note_delay_gone(syn.delay);
-                // A self-connection is also in n's own incoming list, still in place.
-                self.unlist(s, &syn, List::Incoming);
-            }
-        }
-        let incoming = std::mem::take(&mut self.adjacency[i].incoming);
-        removed += incoming.len();
-        for s in incoming {
-            if let Some(syn) = self.synapses_table_mut().remove(s) {
-                self.note_delay_gone(syn.delay);
-                self.unlist(s, &syn, List::Outgoing);
-            }
-        }
-        self.adjacency[i] = Adjacency::default();
-        self.ring.clear_column(i);
-        let neuron = self.neurons_table_mut().remove(n);
-        self.store.note_removals::<Synapse>(removed);
-        self.store.note_removals::<Neuron>(1);
-        neuron
+        let neuron = *self.neuron(n)?;
+        self.remove_neurons(&[n]);
+        Some(neuron)
     }
 
-    /// Defragments the neuron and synapse tables ([`Store::defragment`]). Handles stay
-    /// valid; the layout of [`optimize_layout`](Self::optimize_layout) is out of date
-    /// afterwards if synapses moved (propagation stays correct, and the next
-    /// `optimize_layout` restores it).
-    pub fn defragment(&mut self) -> StoreDefragReport {
-        self.store.defragment()
+    /// Removes every live neuron of `neurons` (stale ones are skipped) with every synapse
+    /// that leaves or enters one of them, and drops the input still in flight to them.
+    /// One pass over the synapse table, in parallel, however many neurons go. Returns the
+    /// number of synapses removed.
+    ///
+    /// ```
+    /// use neurostore::neural::{NeuralGraph, NeuronParams};
+    ///
+    /// let mut graph = NeuralGraph::new();
+    /// let ns = graph.add_neurons(4, &NeuronParams::default())?;
+    /// for &a in &ns {
+    ///     for &b in &ns {
+    ///         graph.connect(a, b, 1.0, 1.0)?;
+    ///     }
+    /// }
+    /// assert_eq!(graph.remove_neurons(&[ns[0], ns[3]]), 12);
+    /// assert_eq!((graph.neuron_count(), graph.synapse_count()), (2, 4));
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn remove_neurons(&mut self, neurons: &[NeuronId]) -> usize {
+        let mut dead = NeuronSet::new(self.out.len());
+        let doomed: Vec<NeuronId> = neurons
+            .iter()
+            .copied()
+            .filter(|&n| self.outgoing_of(n).is_some())
+            .collect();
+        if doomed.is_empty() {
+            return 0;
+        }
+        for &n in &doomed {
+            dead.insert(n.index());
+        }
+        // Live neurons lose the synapses they send to removed ones.
+        let lost = self
+            .synapses()
+            .par_iter()
+            .filter(|(_, s)| dead.contains(s.post_index()) && !dead.contains(s.pre_index()))
+            .fold(Vec::new, |mut lost: Vec<u32>, (_, s)| {
+                lost.push(s.pre_index());
+                lost
+            })
+            .reduce(Vec::new, |mut a, b| {
+                a.extend(b);
+                a
+            });
+        for pre in lost {
+            self.out[pre as usize].live -= 1;
+        }
+        let removed = self
+            .synapses_table_mut()
+            .remove_where(|s| dead.contains(s.pre_index()) || dead.contains(s.post_index()));
+        for n in doomed {
+            let i = n.index() as usize;
+            self.out[i] = Outgoing::default();
+            self.ring.clear_column(i);
+            self.neurons_table_mut().remove(n);
+        }
+        if removed > 0 {
+            self.max_delay_stale = true;
+        }
+        self.note_removed(removed);
+        removed
     }
 
-    /// The store's automatic defragmentation after removals ([`Store::set_defrag_policy`]).
+    /// Counts removed synapses and, once there have been as many as the synapse table
+    /// has chunks, compacts it if its holes pass the policy's threshold.
+    fn note_removed(&mut self, count: usize) {
+        self.removed_since_check += count;
+        let Some(policy) = self.defrag_policy else {
+            return;
+        };
+        if self.removed_since_check < self.synapses().chunk_slots().max(1) {
+            return;
+        }
+        self.removed_since_check = 0;
+        if self.synapses().fragmentation().ratio > policy.threshold {
+            // Compaction only fails to make a chunk below the top; the table is then
+            // left as it was, still correct.
+            let _ = self.compact_synapses();
+        }
+    }
+
+    /// Compacts the synapse table keeping its order, and finds every neuron's runs again.
+    fn compact_synapses(&mut self) -> Result<DefragReport, Error> {
+        let report = self.synapses_table_mut().compact_in_order()?;
+        self.find_runs();
+        Ok(report)
+    }
+
+    /// Rebuilds every neuron's runs from the synapse table's storage order.
+    fn find_runs(&mut self) {
+        for out in &mut self.out {
+            out.runs.clear();
+            out.live = 0;
+        }
+        let NeuralGraph {
+            store,
+            out,
+            runs_end,
+            ..
+        } = self;
+        let synapses = table_of::<Synapse>(store);
+        *runs_end = 0;
+        for (place, s) in synapses.places_and_values() {
+            if let Some(o) = out.get_mut(s.pre_index() as usize) {
+                o.note(place, 1);
+                *runs_end = place + 1;
+            }
+        }
+        for o in out.iter_mut() {
+            o.runs.shrink_to_fit();
+        }
+    }
+
+    /// Defragments the neuron and synapse tables: neurons by moving the last into the
+    /// first holes ([`Table::defragment`]), synapses by sliding them down in order
+    /// ([`Table::compact_in_order`]), which keeps each neuron's synapses together for
+    /// propagation. Handles stay valid.
+    ///
+    /// # Errors
+    /// The pool's error when a chunk the compaction needs cannot be made; nothing of the
+    /// synapse table has moved then.
+    pub fn defragment(&mut self) -> Result<StoreDefragReport, Error> {
+        let neurons = self.neurons_table_mut().defragment();
+        let synapses = self.compact_synapses()?;
+        Ok(StoreDefragReport {
+            moved: neurons.moved + synapses.moved,
+            bytes_moved: neurons.bytes_moved + synapses.bytes_moved,
+            chunks_released: neurons.chunks_released + synapses.chunks_released,
+            tables: vec![
+                (std::any::type_name::<Neuron>(), neurons),
+                (std::any::type_name::<Synapse>(), synapses),
+            ],
+        })
+    }
+
+    /// When removals compact the synapse table on their own: once the table's holes pass
+    /// the policy's threshold. `None` turns it off. The default is
+    /// `Some(DefragPolicy::default())` (threshold 0.3).
     pub fn set_defrag_policy(&mut self, policy: Option<DefragPolicy>) {
-        self.store.set_defrag_policy(policy);
+        self.defrag_policy = policy;
     }
 
-    /// Marks `n`'s outgoing range of the layout as out of date.
-    fn forget_range(&mut self, n: NeuronId) {
-        if let Some(range) = self
-            .layout
-            .as_mut()
-            .and_then(|l| l.ranges.get_mut(n.index() as usize))
-        {
-            *range = None;
-        }
-    }
-
-    /// Lays the synapse table out for spike propagation: synapses sorted by presynaptic
-    /// neuron (then postsynaptic), so each neuron's outgoing synapses sit together and a
-    /// step walks them as one run of storage, without slot lookups; and neurons grouped by
-    /// population. Handles do not change. The layout stays exact for every neuron whose
-    /// outgoing synapses are not changed afterwards; a neuron that gains or loses one, or
-    /// any later move of synapses (a defragmentation), falls back to its handle list:
-    /// still correct, only slower, until the next `optimize_layout`.
+    /// Lays the tables out for the step: synapses sorted by presynaptic neuron, then
+    /// postsynaptic (stable), so each neuron's outgoing synapses are one run of storage;
+    /// and neurons grouped by population. Handles do not change. A network built with
+    /// [`connect_many`](Self::connect_many), one batch per group of presynaptic neurons
+    /// in ascending order, is laid out this way already, and nothing moves.
     ///
     /// Returns the synapse table's compaction report. Fails, with nothing moved, only if
     /// the pool cannot give a chunk the compaction needs.
@@ -652,22 +848,10 @@ impl NeuralGraph {
     /// ```
     pub fn optimize_layout(&mut self) -> Result<DefragReport, Error> {
         self.neurons_table_mut().compact_by_key(|n| n.population)?;
-        let synapses = self.synapses_table_mut();
-        let report = synapses.compact_by_key(|s| (s.pre.index(), s.post.index()))?;
-        let mut ranges: Vec<Option<(u64, u32)>> = vec![None; self.adjacency.len()];
-        // After the compaction the table is dense from place 0 in this order.
-        for (place, s) in self.synapses().values().enumerate() {
-            if let Some(range) = ranges.get_mut(s.pre.index() as usize) {
-                match range {
-                    Some((_, len)) => *len += 1,
-                    None => *range = Some((place as u64, 1)),
-                }
-            }
-        }
-        self.layout = Some(OutgoingLayout {
-            version: self.synapses().layout_version(),
-            ranges,
-        });
+        let report = self
+            .synapses_table_mut()
+            .compact_by_key(|s| (s.pre_index(), s.post_index()))?;
+        self.find_runs();
         Ok(report)
     }
 
@@ -727,9 +911,10 @@ impl NeuralGraph {
     /// then the currents decay and take up the spikes arriving in this step, then it fires
     /// if it reached threshold, and is clamped at reset for `round(t_ref / dt)` steps. A
     /// spike travels through each outgoing synapse and arrives `round(delay / dt)` steps
-    /// later, at least one. Neurons are updated in parallel (rayon) when there are many,
-    /// and spikes propagated in parallel when there are many events; the results are the
-    /// same either way.
+    /// later, at least one. Neurons are updated in parallel (rayon) when there are many;
+    /// spikes are delivered in parallel when there are many events, each thread adding
+    /// the input of its own share of the neurons in the order one thread would. The
+    /// results are the same however many threads run.
     ///
     /// `dt` may change between steps: input already in flight keeps its arrival time,
     /// rounded to the new step. A `dt` that is not a finite positive number, or so small
@@ -764,20 +949,37 @@ impl NeuralGraph {
         let mut ex = vec![0.0; rows * columns];
         let mut inh = vec![0.0; rows * columns];
         for k in 0..rows {
-            let (row_ex, row_in) = self.ring.slot(self.step + k as u64);
-            let n = columns.min(row_ex.len());
-            ex[k * columns..k * columns + n].copy_from_slice(&row_ex[..n]);
-            inh[k * columns..k * columns + n].copy_from_slice(&row_in[..n]);
+            for c in 0..columns {
+                let (e, i) = self.ring.input(self.step + k as u64, c);
+                ex[k * columns + c] = e;
+                inh[k * columns + c] = i;
+            }
         }
         Ok(InputInFlight { rows, ex, inh })
     }
 
-    /// Whether `step` walks `n`'s outgoing synapses as a run of storage (after
-    /// [`optimize_layout`](Self::optimize_layout), in storage order) rather than through
-    /// its outgoing list (in list order): the order its spikes' inputs are summed in.
+    /// For a device copy of the step: every live synapse's handle with its record, in
+    /// the order the step walks them (neuron by neuron in slot-index order, each neuron's
+    /// runs in order), and its rank in its neuron's walk.
     #[cfg(feature = "cuda")]
-    pub(crate) fn walks_storage_range(&self, n: NeuronId) -> bool {
-        storage_range(OutgoingLayout::current(&self.layout, self.synapses()), n).is_some()
+    pub(crate) fn walk_order(&self) -> Vec<(SynapseId, Synapse, u64)> {
+        let synapses = self.synapses();
+        let mut order = Vec::with_capacity(synapses.len());
+        for out in self.out.iter().filter(|o| !o.owner.is_null()) {
+            let mut rank = 0u64;
+            for &(start, len) in &out.runs {
+                for place in start..start + u64::from(len) {
+                    if let Some(s) = synapses.get_at_place(place)
+                        && s.pre_index() == out.owner.index()
+                        && let Some(h) = synapses.handle_at_place(place)
+                    {
+                        order.push((h, *s, rank));
+                        rank += 1;
+                    }
+                }
+            }
+        }
+        order
     }
 
     /// Makes the ring span the longest delay in steps of `dt` and hold every neuron column,
@@ -786,9 +988,9 @@ impl NeuralGraph {
         if self.max_delay_stale {
             self.max_delay_ms = self
                 .synapses()
-                .values()
-                .map(|s| s.delay)
-                .fold(0.0, f32::max);
+                .par_iter()
+                .map(|(_, s)| s.delay)
+                .reduce(|| 0.0, f32::max);
             self.max_delay_stale = false;
         }
         let longest = delay_steps(self.max_delay_ms, dt);
@@ -807,7 +1009,7 @@ impl NeuralGraph {
                     ),
                 )
             })?;
-        let columns = self.adjacency.len();
+        let columns = self.out.len();
         let retimed = self.dt.is_some_and(|old| old != dt);
         if slots == self.ring.slots() && columns <= self.ring.stride() && !retimed {
             return Ok(());
@@ -841,11 +1043,9 @@ impl NeuralGraph {
             spikes,
             ..
         } = self;
-        let (input_ex, input_in) = ring.slot(now);
+        let ring = &*ring;
         let update = |cache: &mut PropagatorCache, n: NeuronId, neuron: &mut Neuron| {
-            let column = n.index() as usize;
-            let ex = input_ex.get(column).copied().unwrap_or(0.0);
-            let inh = input_in.get(column).copied().unwrap_or(0.0);
+            let (ex, inh) = ring.input(now, n.index() as usize);
             let p = cache.get(neuron);
             advance(neuron, &p, ex, inh, now).then_some(n)
         };
@@ -873,69 +1073,86 @@ impl NeuralGraph {
     }
 
     /// Sends the spikes of `sources` through their outgoing synapses into the ring, in
-    /// source order and synapse order, so that sums of inputs are the same however many
-    /// threads ran. Returns the number of synaptic events.
+    /// source order and storage order. Many events are delivered by several threads at
+    /// once, each walking every event but adding only those to its own columns, so the
+    /// input of each neuron is summed in the same order however many threads ran.
+    /// Returns the number of synaptic events.
     fn propagate(&mut self, sources: &[NeuronId], dt: f64, now: u64) -> usize {
         let NeuralGraph {
-            store,
-            adjacency,
-            ring,
-            layout,
-            ..
+            store, out, ring, ..
         } = self;
         let synapses = table_of::<Synapse>(store);
-        let ranges = OutgoingLayout::current(layout, synapses);
         let geometry = ring.geometry();
-        let event = move |s: &Synapse| -> Option<(usize, f32)> {
-            geometry
-                .position(now, delay_steps(s.delay, dt), s.post.index() as usize)
-                .map(|p| (p, s.weight))
-        };
-        // Walks one source's outgoing synapses: a storage range after `optimize_layout`
-        // (no slot lookups), else the handle list (slot lookups, prefetched).
-        let walk = |n: &NeuronId, sink: &mut dyn FnMut((usize, f32))| {
-            let Some(a) = adjacency.get(n.index() as usize).filter(|a| a.owner == *n) else {
-                return;
-            };
-            match storage_range(ranges, *n) {
-                Some((start, len)) => {
+        let walks: Vec<&Outgoing> = sources
+            .iter()
+            .filter_map(|n| out.get(n.index() as usize).filter(|o| o.owner == *n))
+            .collect();
+        let events: usize = walks.iter().map(|o| o.live as usize).sum();
+        // Calls `f(column, slot, weight)` for every synapse of the walked neurons.
+        let each_event = |f: &mut dyn FnMut(usize, usize, f32)| {
+            for o in &walks {
+                let pre = o.owner.index();
+                for &(start, len) in &o.runs {
                     synapses.for_each_in_places(start, u64::from(len), |s| {
-                        if let Some(e) = event(s) {
-                            sink(e);
+                        if s.pre_index() != pre {
+                            return;
+                        }
+                        let column = s.post_index() as usize;
+                        if let Some(slot) = geometry.slot(now, delay_steps(s.delay, dt), column) {
+                            f(column, slot, s.weight);
                         }
                     });
                 }
-                None => synapses.for_each_many(&a.outgoing, |s| {
-                    if let Some(e) = s.and_then(event) {
-                        sink(e);
-                    }
-                }),
             }
         };
-        let events: usize = sources
-            .iter()
-            .filter_map(|n| adjacency.get(n.index() as usize).filter(|a| a.owner == *n))
-            .map(|a| a.outgoing.len())
-            .sum();
-        if events < PARALLEL_EVENTS {
-            let mut deliver = |(p, w): (usize, f32)| ring.add(p, w);
-            for n in sources {
-                walk(n, &mut deliver);
-            }
+        let threads = rayon::current_num_threads();
+        if events < PARALLEL_EVENTS || threads == 1 {
+            each_event(&mut |column, slot, w| ring.add(slot, column, w));
         } else {
-            let batches: Vec<Vec<(usize, f32)>> = sources
-                .par_iter()
-                .fold(Vec::new, |mut batch, n| {
-                    walk(n, &mut |e| batch.push(e));
-                    batch
-                })
-                .collect();
-            for (p, w) in batches.into_iter().flatten() {
-                ring.add(p, w);
-            }
+            ring.column_groups(threads)
+                .into_par_iter()
+                .for_each(|mut group| {
+                    each_event(&mut |column, slot, w| {
+                        if group.holds(column) {
+                            group.add(slot, column, w);
+                        }
+                    });
+                });
         }
         events
     }
+}
+
+/// The indices `0..pre.len()` in the order [`NeuralGraph::connect_many`] lays its
+/// synapses out: by presynaptic neuron (a counting sort over slot indices below
+/// `neurons`), then by postsynaptic neuron within each (a stable sort, in parallel).
+fn sorted_by_neurons(pre: &[NeuronId], post: &[NeuronId], neurons: usize) -> Vec<u32> {
+    let mut starts = vec![0usize; neurons + 1];
+    for p in pre {
+        starts[p.index() as usize + 1] += 1;
+    }
+    for i in 0..neurons {
+        starts[i + 1] += starts[i];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; pre.len()];
+    for (k, p) in pre.iter().enumerate() {
+        let at = &mut next[p.index() as usize];
+        order[*at] = k as u32;
+        *at += 1;
+    }
+    // One slice per presynaptic neuron, each sorted by target on its own.
+    let mut buckets: Vec<&mut [u32]> = Vec::with_capacity(neurons);
+    let mut rest = &mut order[..];
+    for i in 0..neurons {
+        let (bucket, tail) = rest.split_at_mut(starts[i + 1] - starts[i]);
+        buckets.push(bucket);
+        rest = tail;
+    }
+    buckets
+        .into_par_iter()
+        .for_each(|b| b.sort_by_key(|&k| post[k as usize].index()));
+    order
 }
 
 /// Input in flight when a device copy of the step takes over: `rows` rows of
@@ -951,11 +1168,11 @@ pub(crate) struct InputInFlight {
 /// The bytes a [`NeuralGraph`] holds, from [`NeuralGraph::memory`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GraphMemory {
-    /// Chunk storage of the neuron and synapse tables, taken from the pool.
+    /// Object storage of the neuron and synapse tables, taken from the pool.
     pub object_bytes: usize,
-    /// The tables' slot tables and per-chunk metadata (owner handles, occupancy bits).
+    /// The tables' slots and per-chunk bookkeeping (occupancy bits, owner indices).
     pub metadata_bytes: usize,
-    /// The outgoing and incoming synapse lists, by capacity.
+    /// The per-neuron runs of outgoing synapses.
     pub adjacency_bytes: usize,
 }
 
@@ -964,10 +1181,4 @@ impl GraphMemory {
     pub fn total(&self) -> usize {
         self.object_bytes + self.metadata_bytes + self.adjacency_bytes
     }
-}
-
-#[derive(Clone, Copy)]
-enum List {
-    Outgoing,
-    Incoming,
 }

@@ -44,6 +44,6 @@ mod types;
 
 pub use graph::{GraphMemory, NeuralGraph};
 pub use types::{
-    NEVER_SPIKED, Neuron, NeuronId, NeuronParams, Signal, SignalId, Synapse, SynapseId, Weight,
-    WeightId,
+    NEVER_SPIKED, Neuron, NeuronId, NeuronParams, Signal, SignalId, Synapse, SynapseId,
+    SynapseView, Weight, WeightId,
 };

@@ -1,10 +1,14 @@
 //! Spike input in flight: one ring buffer of future steps per neuron.
 //!
-//! Two arrays (excitatory and inhibitory input, pA) of `slots × stride` values, slot-major:
-//! slot `s` holds, for every neuron column `c < stride`, the input that neuron receives in
-//! the steps `t` with `t % slots == s`. A neuron's column is its handle's slot index, which
-//! moving objects (defragmentation) never changes. Slot-major layout makes the read of one
-//! step a sequential walk and its clearing one `fill`.
+//! The neuron columns are cut into blocks of [`BLOCK_COLUMNS`]; each block holds two
+//! arrays (excitatory and inhibitory input, pA) of `slots × BLOCK_COLUMNS` values,
+//! slot-major: slot `s` holds, for each column of the block, the input that neuron
+//! receives in the steps `t` with `t % slots == s`. A neuron's column is its handle's slot
+//! index, which moving objects (defragmentation) never changes. Reading one step is a
+//! sequential walk of each block's row and clearing it one `fill` per block; and the
+//! blocks split the columns into disjoint parts that threads can fill at once
+//! ([`SpikeRing::column_groups`]), each adding its columns' input in the same order a
+//! single thread would.
 
 use crate::Error;
 use crate::error::OomReason;
@@ -12,31 +16,56 @@ use crate::error::OomReason;
 /// The most slots a ring may have: the longest delay, in steps, plus one.
 pub(crate) const MAX_RING_SLOTS: usize = 1 << 20;
 
-/// The shape of a [`SpikeRing`]: neuron columns per slot, and slots.
+/// Neuron columns per block.
+pub(crate) const BLOCK_COLUMNS: usize = 4096;
+
+/// The shape of a [`SpikeRing`]: columns and slots.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RingGeometry {
-    stride: usize,
+    columns: usize,
     slots: u64,
 }
 
 impl RingGeometry {
-    /// The position of `column`'s input `offset` steps after `now` (`offset` is clamped
-    /// to the ring's span), or `None` for a column outside the ring or an unshaped ring.
+    /// The slot of input `offset` steps after `now` (`offset` clamped to the ring's
+    /// span), or `None` for a column outside the ring or an unshaped ring.
     #[inline]
-    pub(crate) fn position(&self, now: u64, offset: u64, column: usize) -> Option<usize> {
-        if column >= self.stride || self.slots == 0 {
+    pub(crate) fn slot(&self, now: u64, offset: u64, column: usize) -> Option<usize> {
+        if column >= self.columns || self.slots == 0 {
             return None;
         }
         let offset = offset.min(self.slots - 1);
-        Some(((now + offset) % self.slots) as usize * self.stride + column)
+        Some(((now + offset) % self.slots) as usize)
+    }
+}
+
+/// One block of columns: excitatory and inhibitory input, slot-major.
+#[derive(Debug, Default)]
+pub(crate) struct RingBlock {
+    ex: Vec<f32>,
+    inh: Vec<f32>,
+}
+
+impl RingBlock {
+    /// Adds `weight` to `offset` (column within the block) in `slot`: to the excitatory
+    /// input when `weight >= 0`, else to the inhibitory one.
+    #[inline]
+    fn add(&mut self, slot: usize, offset: usize, weight: f32) {
+        let at = slot * BLOCK_COLUMNS + offset;
+        let target = if weight >= 0.0 {
+            &mut self.ex
+        } else {
+            &mut self.inh
+        };
+        if let Some(x) = target.get_mut(at) {
+            *x += weight;
+        }
     }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct SpikeRing {
-    ex: Vec<f32>,
-    inh: Vec<f32>,
-    stride: usize,
+    blocks: Vec<RingBlock>,
     slots: usize,
 }
 
@@ -53,9 +82,9 @@ fn zeroed(len: usize) -> Result<Vec<f32>, Error> {
 }
 
 impl SpikeRing {
-    /// Neuron columns per slot.
+    /// Neuron columns the ring holds (a multiple of [`BLOCK_COLUMNS`]).
     pub(crate) fn stride(&self) -> usize {
-        self.stride
+        self.blocks.len() * BLOCK_COLUMNS
     }
 
     /// Steps the ring spans.
@@ -63,45 +92,61 @@ impl SpikeRing {
         self.slots
     }
 
-    /// Gives the ring at least `stride` columns and exactly `slots` slots (2 ..=
+    /// Gives the ring at least `columns` columns and exactly `slots` slots (2 ..=
     /// [`MAX_RING_SLOTS`]). Input pending `k` steps after `now` moves to `remap(k)` steps
     /// after `now` (clamped into the new ring; offset 0 stays 0). On error nothing changes.
     pub(crate) fn reshape(
         &mut self,
-        stride: usize,
+        columns: usize,
         slots: usize,
         now: u64,
         remap: impl Fn(usize) -> usize,
     ) -> Result<(), Error> {
         debug_assert!((2..=MAX_RING_SLOTS).contains(&slots));
-        let len = stride.checked_mul(slots).ok_or(Error::OutOfMemory {
+        let too_large = || Error::OutOfMemory {
             requested: usize::MAX,
             align: align_of::<f32>(),
             reason: OomReason::LayoutTooLarge,
-        })?;
-        let mut ex = zeroed(len)?;
-        let mut inh = zeroed(len)?;
-        if self.slots > 0 {
-            let columns = self.stride.min(stride);
+        };
+        let count = columns.div_ceil(BLOCK_COLUMNS);
+        let len = BLOCK_COLUMNS.checked_mul(slots).ok_or_else(too_large)?;
+        count
+            .checked_mul(len)
+            .and_then(|n| n.checked_mul(2 * size_of::<f32>()))
+            .filter(|&n| n <= isize::MAX as usize)
+            .ok_or_else(too_large)?;
+        let mut blocks = Vec::new();
+        blocks
+            .try_reserve_exact(count)
+            .map_err(|_| Error::OutOfMemory {
+                requested: count.saturating_mul(size_of::<RingBlock>()),
+                align: align_of::<RingBlock>(),
+                reason: OomReason::OsRefused,
+            })?;
+        for _ in 0..count {
+            blocks.push(RingBlock {
+                ex: zeroed(len)?,
+                inh: zeroed(len)?,
+            });
+        }
+        for (old, new) in self.blocks.iter().zip(&mut blocks) {
             for k in 0..self.slots {
                 let to = if k == 0 {
                     0
                 } else {
                     remap(k).clamp(1, slots - 1)
                 };
-                let from_start = self.slot_start_of(now + k as u64);
-                let to_start = ((now + to as u64) % slots as u64) as usize * stride;
-                for (src, dst) in [(&self.ex, &mut ex), (&self.inh, &mut inh)] {
-                    let from = &src[from_start..from_start + columns];
-                    for (d, s) in dst[to_start..to_start + columns].iter_mut().zip(from) {
+                let from = ((now + k as u64) % self.slots as u64) as usize * BLOCK_COLUMNS;
+                let to = ((now + to as u64) % slots as u64) as usize * BLOCK_COLUMNS;
+                for (src, dst) in [(&old.ex, &mut new.ex), (&old.inh, &mut new.inh)] {
+                    let from = &src[from..from + BLOCK_COLUMNS];
+                    for (d, s) in dst[to..to + BLOCK_COLUMNS].iter_mut().zip(from) {
                         *d += *s;
                     }
                 }
             }
         }
-        self.ex = ex;
-        self.inh = inh;
-        self.stride = stride;
+        self.blocks = blocks;
         self.slots = slots;
         Ok(())
     }
@@ -109,27 +154,30 @@ impl SpikeRing {
     /// The largest `k < slots` such that some input is pending `k` steps after `now`.
     pub(crate) fn last_pending_offset(&self, now: u64) -> Option<usize> {
         (0..self.slots).rev().find(|&k| {
-            let start = self.slot_start_of(now + k as u64);
-            let range = start..start + self.stride;
-            self.ex[range.clone()]
-                .iter()
-                .chain(&self.inh[range])
-                .any(|&x| x != 0.0)
+            let start = self.row_start(now + k as u64);
+            let range = start..start + BLOCK_COLUMNS;
+            self.blocks.iter().any(|b| {
+                b.ex[range.clone()]
+                    .iter()
+                    .chain(&b.inh[range.clone()])
+                    .any(|&x| x != 0.0)
+            })
         })
     }
 
-    fn slot_start_of(&self, step: u64) -> usize {
-        (step % self.slots as u64) as usize * self.stride
+    fn row_start(&self, step: u64) -> usize {
+        (step % self.slots as u64) as usize * BLOCK_COLUMNS
     }
 
-    /// The excitatory and inhibitory input of every column in `step`.
-    pub(crate) fn slot(&self, step: u64) -> (&[f32], &[f32]) {
-        if self.slots == 0 {
-            return (&[], &[]);
-        }
-        let start = self.slot_start_of(step);
-        let range = start..start + self.stride;
-        (&self.ex[range.clone()], &self.inh[range])
+    /// The excitatory and inhibitory input `column` receives in `step` (none past the
+    /// ring's columns).
+    #[inline]
+    pub(crate) fn input(&self, step: u64, column: usize) -> (f32, f32) {
+        let Some(block) = self.blocks.get(column / BLOCK_COLUMNS) else {
+            return (0.0, 0.0);
+        };
+        let at = self.row_start(step) + column % BLOCK_COLUMNS;
+        (block.ex[at], block.inh[at])
     }
 
     /// Zeroes the input of `step`, once it has been delivered.
@@ -137,42 +185,77 @@ impl SpikeRing {
         if self.slots == 0 {
             return;
         }
-        let start = self.slot_start_of(step);
-        self.ex[start..start + self.stride].fill(0.0);
-        self.inh[start..start + self.stride].fill(0.0);
+        let start = self.row_start(step);
+        for b in &mut self.blocks {
+            b.ex[start..start + BLOCK_COLUMNS].fill(0.0);
+            b.inh[start..start + BLOCK_COLUMNS].fill(0.0);
+        }
     }
 
     /// Zeroes every pending input of `column` (its neuron was removed).
     pub(crate) fn clear_column(&mut self, column: usize) {
-        if column >= self.stride {
+        let Some(block) = self.blocks.get_mut(column / BLOCK_COLUMNS) else {
             return;
-        }
+        };
         for slot in 0..self.slots {
-            self.ex[slot * self.stride + column] = 0.0;
-            self.inh[slot * self.stride + column] = 0.0;
+            let at = slot * BLOCK_COLUMNS + column % BLOCK_COLUMNS;
+            block.ex[at] = 0.0;
+            block.inh[at] = 0.0;
         }
     }
 
-    /// The ring's shape, detached from its storage (so positions can be computed while
-    /// the ring is being written).
+    /// The ring's shape, detached from its storage.
     pub(crate) fn geometry(&self) -> RingGeometry {
         RingGeometry {
-            stride: self.stride,
+            columns: self.stride(),
             slots: self.slots as u64,
         }
     }
 
-    /// Adds a spike of `weight` at `position`: to the excitatory input when `weight >= 0`,
-    /// else to the inhibitory one.
+    /// Adds a spike of `weight` to `column` in `slot` (from
+    /// [`RingGeometry::slot`]): to the excitatory input when `weight >= 0`, else to the
+    /// inhibitory one.
     #[inline]
-    pub(crate) fn add(&mut self, position: usize, weight: f32) {
-        let target = if weight >= 0.0 {
-            &mut self.ex
-        } else {
-            &mut self.inh
-        };
-        if let Some(x) = target.get_mut(position) {
-            *x += weight;
+    pub(crate) fn add(&mut self, slot: usize, column: usize, weight: f32) {
+        if let Some(block) = self.blocks.get_mut(column / BLOCK_COLUMNS) {
+            block.add(slot, column % BLOCK_COLUMNS, weight);
+        }
+    }
+
+    /// The columns cut into at most `groups` runs of whole blocks, each to be filled by
+    /// one thread.
+    pub(crate) fn column_groups(&mut self, groups: usize) -> Vec<ColumnGroup<'_>> {
+        let per = self.blocks.len().div_ceil(groups.max(1)).max(1);
+        self.blocks
+            .chunks_mut(per)
+            .enumerate()
+            .map(|(g, blocks)| ColumnGroup {
+                first: g * per * BLOCK_COLUMNS,
+                blocks,
+            })
+            .collect()
+    }
+}
+
+/// A run of the ring's columns, lent to one thread ([`SpikeRing::column_groups`]).
+pub(crate) struct ColumnGroup<'a> {
+    first: usize,
+    blocks: &'a mut [RingBlock],
+}
+
+impl ColumnGroup<'_> {
+    /// Whether `column` is one of the group's.
+    #[inline]
+    pub(crate) fn holds(&self, column: usize) -> bool {
+        column.wrapping_sub(self.first) < self.blocks.len() * BLOCK_COLUMNS
+    }
+
+    /// Adds a spike of `weight` to `column` (one of the group's) in `slot`.
+    #[inline]
+    pub(crate) fn add(&mut self, slot: usize, column: usize, weight: f32) {
+        let local = column - self.first;
+        if let Some(block) = self.blocks.get_mut(local / BLOCK_COLUMNS) {
+            block.add(slot, local % BLOCK_COLUMNS, weight);
         }
     }
 }
@@ -181,28 +264,61 @@ impl SpikeRing {
 mod tests {
     use super::*;
 
+    fn add(ring: &mut SpikeRing, now: u64, offset: u64, column: usize, w: f32) {
+        let slot = ring.geometry().slot(now, offset, column).unwrap();
+        ring.add(slot, column, w);
+    }
+
     #[test]
     fn input_keeps_its_arrival_step_through_a_reshape() {
         let mut ring = SpikeRing::default();
         ring.reshape(4, 3, 0, |k| k).unwrap();
         let now = 7;
-        let p = ring.geometry().position(now, 2, 1).unwrap();
-        ring.add(p, 5.0);
-        ring.add(ring.geometry().position(now, 1, 3).unwrap(), -2.0);
+        add(&mut ring, now, 2, 1, 5.0);
+        add(&mut ring, now, 1, 3, -2.0);
         ring.reshape(10, 8, now, |k| k).unwrap();
-        assert_eq!(ring.slot(now + 2).0[1], 5.0);
-        assert_eq!(ring.slot(now + 1).1[3], -2.0);
-        assert_eq!(ring.slot(now).0.iter().sum::<f32>(), 0.0);
+        assert_eq!(ring.input(now + 2, 1).0, 5.0);
+        assert_eq!(ring.input(now + 1, 3).1, -2.0);
+        assert_eq!((0..10).map(|c| ring.input(now, c).0).sum::<f32>(), 0.0);
         // Halving the step doubles the offsets.
         ring.reshape(10, 8, now, |k| 2 * k).unwrap();
-        assert_eq!(ring.slot(now + 4).0[1], 5.0);
-        assert_eq!(ring.slot(now + 2).1[3], -2.0);
+        assert_eq!(ring.input(now + 4, 1).0, 5.0);
+        assert_eq!(ring.input(now + 2, 3).1, -2.0);
         assert_eq!(ring.last_pending_offset(now), Some(4));
         ring.clear_column(1);
         assert_eq!(ring.last_pending_offset(now), Some(2));
-        assert_eq!(ring.slot(now + 4).0[1], 0.0);
+        assert_eq!(ring.input(now + 4, 1).0, 0.0);
         ring.clear_slot(now + 2);
-        assert_eq!(ring.slot(now + 2).1[3], 0.0);
+        assert_eq!(ring.input(now + 2, 3).1, 0.0);
+    }
+
+    #[test]
+    fn column_groups_split_the_columns_and_add_where_the_ring_would() {
+        let columns = 3 * BLOCK_COLUMNS + 5;
+        let (mut one, mut split) = (SpikeRing::default(), SpikeRing::default());
+        for r in [&mut one, &mut split] {
+            r.reshape(columns, 4, 0, |k| k).unwrap();
+        }
+        let events: Vec<(usize, usize, f32)> = (0..500)
+            .map(|k| ((k * 7919) % columns, k % 4, k as f32 - 250.0))
+            .collect();
+        for &(c, s, w) in &events {
+            one.add(s, c, w);
+        }
+        let mut groups = split.column_groups(3);
+        assert_eq!(groups.len(), 2, "four blocks, two a group");
+        for g in &mut groups {
+            for &(c, s, w) in &events {
+                if g.holds(c) {
+                    g.add(s, c, w);
+                }
+            }
+        }
+        for c in 0..columns {
+            for s in 0..4u64 {
+                assert_eq!(one.input(s, c), split.input(s, c), "{c} {s}");
+            }
+        }
     }
 
     #[test]
@@ -211,6 +327,6 @@ mod tests {
         ring.reshape(2, 2, 0, |k| k).unwrap();
         assert!(ring.reshape(usize::MAX, 2, 0, |k| k).is_err());
         assert!(ring.reshape(usize::MAX / 4, 2, 0, |k| k).is_err());
-        assert_eq!((ring.stride(), ring.slots()), (2, 2));
+        assert_eq!((ring.stride(), ring.slots()), (BLOCK_COLUMNS, 2));
     }
 }

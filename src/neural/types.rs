@@ -218,54 +218,86 @@ impl NeuronParams {
     }
 }
 
-/// A synapse: a directed, weighted, delayed connection between two neurons, 32 bytes.
+/// A synapse as it is stored: a directed, weighted, delayed connection between two
+/// neurons, 16 bytes.
 ///
 /// `weight` is in pA (positive excites, negative inhibits); `delay` is in ms and is rounded
-/// to whole steps (at least one) when spikes are propagated. The two position fields are
-/// bookkeeping of the [`NeuralGraph`](super::NeuralGraph) that owns the synapse (where it
-/// sits in its neurons' outgoing and incoming lists); they mean nothing elsewhere.
+/// to whole steps (at least one) when spikes are propagated. The neurons are kept as slot
+/// indices, which a [`NeuralGraph`](super::NeuralGraph) guarantees name live neurons (it
+/// removes a neuron's synapses with it): the graph shows them as handles
+/// ([`SynapseView`], [`NeuralGraph::synapse`](super::NeuralGraph::synapse)).
 ///
 /// ```
 /// use neurostore::neural::{NeuronId, Synapse};
 ///
-/// let s = Synapse::new(NeuronId::null(), NeuronId::null(), 87.8, 1.5);
-/// assert_eq!((s.weight, s.delay), (87.8, 1.5));
+/// let pre = NeuronId::from_bits(1 << 32 | 7);
+/// let post = NeuronId::from_bits(3 << 32 | 9);
+/// let s = Synapse::new(pre, post, 87.8, 1.5);
+/// assert_eq!((s.pre_index(), s.post_index(), s.weight, s.delay), (7, 9, 87.8, 1.5));
 /// assert!(s.is_excitatory());
-/// assert_eq!(std::mem::size_of::<Synapse>(), 32);
+/// assert_eq!(std::mem::size_of::<Synapse>(), 16);
 /// ```
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable, Pooled)]
 #[pooled(pod, kind = "synapse", lifetime = "medium")]
 pub struct Synapse {
-    /// The presynaptic (sending) neuron.
-    pub pre: NeuronId,
-    /// The postsynaptic (receiving) neuron.
-    pub post: NeuronId,
+    pre: u32,
+    post: u32,
     /// Weight (pA): the jump of the postsynaptic current per spike.
     pub weight: f32,
     /// Transmission delay (ms).
     pub delay: f32,
-    pub(crate) out_pos: u32,
-    pub(crate) in_pos: u32,
 }
 
 impl Synapse {
-    /// A synapse from `pre` to `post`.
+    /// A synapse from `pre` to `post` (their slot indices are kept).
     pub fn new(pre: NeuronId, post: NeuronId, weight: f32, delay: f32) -> Self {
         Synapse {
-            pre,
-            post,
+            pre: pre.index(),
+            post: post.index(),
             weight,
             delay,
-            out_pos: 0,
-            in_pos: 0,
         }
+    }
+
+    /// The slot index of the presynaptic (sending) neuron.
+    pub fn pre_index(&self) -> u32 {
+        self.pre
+    }
+
+    /// The slot index of the postsynaptic (receiving) neuron.
+    pub fn post_index(&self) -> u32 {
+        self.post
     }
 
     /// True when a spike through this synapse adds to the excitatory current.
     pub fn is_excitatory(&self) -> bool {
         self.weight >= 0.0
     }
+}
+
+/// A synapse as a [`NeuralGraph`](super::NeuralGraph) shows it: its neurons as handles.
+///
+/// ```
+/// use neurostore::neural::{NeuralGraph, NeuronParams};
+///
+/// let mut graph = NeuralGraph::new();
+/// let ns = graph.add_neurons(2, &NeuronParams::default())?;
+/// let s = graph.connect(ns[0], ns[1], 87.8, 1.5)?;
+/// let view = graph.synapse(s).unwrap();
+/// assert_eq!((view.pre, view.post, view.weight, view.delay), (ns[0], ns[1], 87.8, 1.5));
+/// # Ok::<(), neurostore::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SynapseView {
+    /// The presynaptic (sending) neuron.
+    pub pre: NeuronId,
+    /// The postsynaptic (receiving) neuron.
+    pub post: NeuronId,
+    /// Weight (pA).
+    pub weight: f32,
+    /// Transmission delay (ms).
+    pub delay: f32,
 }
 
 /// A learnable weight kept apart from its synapse: the value, and room for an eligibility

@@ -218,6 +218,26 @@ impl<T> Chunk<T> {
         }
     }
 
+    /// Makes places `0..count` the occupied ones and every other place free: after an
+    /// in-order compaction has written `count` objects to the front of the chunk.
+    pub(crate) fn set_occupied_prefix(&mut self, count: u32) {
+        debug_assert!(count <= self.capacity());
+        let (full, rest) = (count as usize / 64, count % 64);
+        self.occupied[..full].fill(u64::MAX);
+        if full < self.occupied.len() {
+            self.occupied[full] = if rest == 0 { 0 } else { (1u64 << rest) - 1 };
+            self.occupied[full + 1..].fill(0);
+        }
+        self.live = count;
+        self.free_cursor = full as u32;
+        self.advance_free_cursor();
+    }
+
+    /// The owners of every place (meaningful where occupied), mutably.
+    pub(crate) fn owners_mut(&mut self) -> &mut [u32] {
+        &mut self.owners
+    }
+
     pub(crate) fn get(&self, pos: u32) -> Option<&T> {
         // SAFETY: an occupied place holds an initialised object; the shared borrow of the
         // chunk keeps it from being moved or dropped.

@@ -22,6 +22,7 @@
 //! lookups and iterators. `persist.rs` gives a table's
 //! slot table as an image for snapshots and rebuilds a table from one (no unsafe code).
 
+mod bulk;
 mod chunk;
 mod handle;
 mod persist;

@@ -305,9 +305,19 @@ impl TableImage {
 }
 
 impl<T> Table<T> {
-    /// Slots the table holds, the sentinel at index 0 included (1 for a table that never
-    /// held an object).
-    pub(crate) fn slot_count(&self) -> usize {
+    /// Slots the table holds, live and vacant, the sentinel at index 0 included (1 for a
+    /// table that never held an object): every handle's index is below it, so it sizes a
+    /// side table indexed by slot.
+    ///
+    /// ```
+    /// use neurostore::table::Table;
+    ///
+    /// let mut t: Table<u8> = Table::new();
+    /// assert_eq!(t.slot_count(), 1);
+    /// let h = t.insert(7);
+    /// assert!((h.index() as usize) < t.slot_count());
+    /// ```
+    pub fn slot_count(&self) -> usize {
         self.slots.len().max(1)
     }
 

@@ -487,7 +487,7 @@ impl<T> Table<T> {
 
     /// Records a change of the slot table in the current epoch.
     #[inline]
-    fn stamp_slots(&mut self) {
+    pub(super) fn stamp_slots(&mut self) {
         self.slots_changed = *self.epoch.get_mut();
     }
 
@@ -843,23 +843,44 @@ impl<T> Table<T> {
         &mut self,
         values: impl IntoIterator<Item = T>,
     ) -> Result<Vec<Handle<T>>, Error> {
+        let mut out: Vec<Handle<T>> = Vec::new();
+        self.try_extend_after_top(0, values, |h| out.push(h))?;
+        Ok(out)
+    }
+
+    /// Inserts every value after the highest occupied place, and at `min_place` or
+    /// later, in order, calling `made` with each handle; returns the place of the first
+    /// and how many. On error the objects of this call are removed again (the rest of
+    /// `values` is dropped), so the table holds what it held before.
+    pub(crate) fn try_extend_after_top(
+        &mut self,
+        min_place: u64,
+        values: impl IntoIterator<Item = T>,
+        mut made: impl FnMut(Handle<T>),
+    ) -> Result<(u64, usize), Error> {
         let first = self
             .highest_occupied()
-            .map_or(0, |loc| self.global_place(loc) + 1);
+            .map_or(0, |loc| self.global_place(loc) + 1)
+            .max(min_place);
         let epoch = self.epoch();
-        let mut out: Vec<Handle<T>> = Vec::new();
+        let mut count = 0usize;
         for (place, value) in (first..).zip(values) {
             match self.put_after_top(place, value, epoch) {
-                Ok(h) => out.push(h),
+                Ok(h) => {
+                    made(h);
+                    count += 1;
+                }
                 Err(e) => {
-                    for h in out {
-                        drop(self.remove(h));
+                    for p in first..place {
+                        if let Some(h) = self.handle_at_place(p) {
+                            drop(self.remove(h));
+                        }
                     }
                     return Err(e);
                 }
             }
         }
-        Ok(out)
+        Ok((first, count))
     }
 
     /// Puts `value` at the free global place `place` (making its chunk if needed).
@@ -930,7 +951,7 @@ impl<T> Table<T> {
 
     /// Keeps the chunk just emptied for reuse and gives the one kept before back to the
     /// pool if it is still empty: at most one empty chunk stays, in O(1).
-    fn keep_emptied_chunk(&mut self, ci: u32) {
+    pub(super) fn keep_emptied_chunk(&mut self, ci: u32) {
         if let Some(old) = self.spare.replace(ci)
             && old != ci
             && self
@@ -1251,7 +1272,7 @@ impl<T> Table<T> {
     }
 
     #[inline]
-    fn loc_of_global(&self, g: u64) -> Loc {
+    pub(super) fn loc_of_global(&self, g: u64) -> Loc {
         Loc {
             chunk: (g >> self.shift) as u32,
             pos: (g & u64::from(self.per_chunk - 1)) as u32,

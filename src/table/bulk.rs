@@ -1,0 +1,250 @@
+//! Whole-table operations for a layer that owns a table outright (the neural graph keeps
+//! its synapses in one): the object and handle at a storage place, the handle of a slot
+//! index, removing every object a predicate picks in one pass, and closing holes by
+//! sliding objects down without changing their order.
+
+use rayon::prelude::*;
+
+use super::handle::Handle;
+use super::typed::Table;
+use crate::error::Error;
+
+impl<T> Table<T> {
+    /// The handle of the object slot `index` names, if the slot is live: for records
+    /// that keep an object's slot index instead of its handle (as the neural graph's
+    /// synapses keep their neurons').
+    ///
+    /// ```
+    /// use neurostore::table::Table;
+    ///
+    /// let mut t: Table<u8> = Table::new();
+    /// let h = t.insert(7);
+    /// assert_eq!(t.live_handle(h.index()), Some(h));
+    /// t.remove(h);
+    /// assert_eq!(t.live_handle(h.index()), None);
+    /// ```
+    pub fn live_handle(&self, index: u32) -> Option<Handle<T>> {
+        self.slots
+            .is_live(index as usize)
+            .then(|| self.handle_at(index))
+    }
+
+    /// The object at global storage place `place`, if one is there.
+    pub(crate) fn get_at_place(&self, place: u64) -> Option<&T> {
+        let loc = self.loc_of_global(place);
+        self.chunks.get(loc.chunk as usize)?.as_ref()?.get(loc.pos)
+    }
+
+    /// Every object with its global storage place, in storage order.
+    pub(crate) fn places_and_values(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
+        self.objects_with_locs()
+            .map(|(loc, value)| (self.global_place(loc), value))
+    }
+
+    /// The handle of the object at global storage place `place`, if one is there.
+    pub(crate) fn handle_at_place(&self, place: u64) -> Option<Handle<T>> {
+        let loc = self.loc_of_global(place);
+        let chunk = self.chunks.get(loc.chunk as usize)?.as_ref()?;
+        chunk
+            .is_occupied(loc.pos)
+            .then(|| self.handle_at(chunk.owner(loc.pos)))
+    }
+
+    /// Removes (and drops) every object that `doomed` picks, in one pass over the table:
+    /// the objects are looked at in parallel over chunks, then removed on this thread a
+    /// bitmap word at a time. Returns how many went. Their handles go stale, as with
+    /// [`remove`](Self::remove).
+    pub(crate) fn remove_where(&mut self, doomed: impl Fn(&T) -> bool + Sync) -> usize
+    where
+        T: Send + Sync,
+    {
+        let marks: Vec<(usize, Vec<(usize, u64)>)> = self
+            .chunks
+            .par_iter()
+            .enumerate()
+            .filter_map(|(ci, chunk)| {
+                let chunk = chunk.as_ref()?;
+                let mut words = Vec::new();
+                for w in 0..chunk.bitmap_words() {
+                    let (mut bits, mut mask) = (chunk.occupied_word(w), 0u64);
+                    while bits != 0 {
+                        let b = bits.trailing_zeros();
+                        bits &= bits - 1;
+                        let pos = 64 * w as u32 + b;
+                        if chunk.get(pos).is_some_and(&doomed) {
+                            mask |= 1 << b;
+                        }
+                    }
+                    if mask != 0 {
+                        words.push((w, mask));
+                    }
+                }
+                (!words.is_empty()).then_some((ci, words))
+            })
+            .collect();
+        let epoch = self.epoch();
+        let mut removed = 0;
+        let mut carried: Vec<(T, u32)> = Vec::new();
+        for (ci, words) in marks {
+            let chunk = self.chunks[ci].as_mut().expect("marked above");
+            let was_full = chunk.live() == chunk.capacity();
+            for (w, mask) in words {
+                chunk.take_word(w, mask, &mut carried);
+            }
+            chunk.dirty = epoch;
+            let empty = chunk.live() == 0;
+            removed += carried.len();
+            for (value, owner) in carried.drain(..) {
+                self.slots.vacate(owner);
+                self.vacant.push(owner);
+                drop(value);
+            }
+            if was_full {
+                self.set_non_full(ci, true);
+            }
+            if empty {
+                self.keep_emptied_chunk(ci as u32);
+            }
+        }
+        if removed > 0 {
+            self.len -= removed;
+            self.stamp_slots();
+        }
+        removed
+    }
+
+    /// Closes every hole by sliding the objects down, keeping their storage order: after
+    /// it the objects fill places `0..len()` in the order they had. Runs of objects move
+    /// with one copy each; each moved object's slot names its new place. Chunks left
+    /// empty stay (the caller returns them to the pool). Returns the number of objects
+    /// that moved.
+    ///
+    /// # Errors
+    /// The pool's error when a chunk below the new top (a vacant chunk index) cannot be
+    /// made; nothing has moved then.
+    pub(crate) fn slide_down(&mut self) -> Result<usize, Error> {
+        let per = u64::from(self.per_chunk);
+        let needed = (self.len as u64).div_ceil(per) as usize;
+        for ci in 0..needed {
+            if self.chunks.get(ci).is_none_or(Option::is_none) {
+                self.make_chunk_at(ci)?;
+            }
+        }
+        self.layout_version += 1;
+        let mut dst = 0u64;
+        let mut moved = 0usize;
+        let mut runs = Vec::new();
+        for ci in 0..self.chunks.len() {
+            let Some(chunk) = &self.chunks[ci] else {
+                continue;
+            };
+            runs.clear();
+            runs.extend(chunk.occupied_runs());
+            for &(first, count) in &runs {
+                let src = (ci as u64) * per + u64::from(first);
+                if src != dst {
+                    self.slide(src, dst, count);
+                    moved += count as usize;
+                }
+                dst += u64::from(count);
+            }
+        }
+        let epoch = self.epoch();
+        for ci in 0..self.chunks.len() {
+            let start = ci as u64 * per;
+            let Some(chunk) = self.chunks[ci].as_mut() else {
+                continue;
+            };
+            chunk.set_occupied_prefix(dst.saturating_sub(start).min(per) as u32);
+            chunk.dirty = epoch;
+            let non_full = chunk.live() < chunk.capacity();
+            self.set_non_full(ci, non_full);
+        }
+        self.stamp_slots();
+        Ok(moved)
+    }
+
+    /// Moves the `count` objects at places `src..` to places `dst..` (`dst < src`; the
+    /// ranges may overlap; every place lies in a chunk the table holds), with their
+    /// owners, and points their slots at the new places. The occupancy bitmaps are left
+    /// to the caller.
+    fn slide(&mut self, src: u64, dst: u64, count: u32) {
+        debug_assert!(dst < src);
+        let (from, to) = (self.place_ptr(src as u32), self.place_ptr(dst as u32));
+        // SAFETY: both ranges lie in chunks the table holds, in its one span of places, so
+        // they are committed memory; `ptr::copy` allows the overlap. The objects are moved
+        // bitwise: the places they leave are marked free by the caller before anything
+        // reads them as objects again, so none is dropped or read twice.
+        unsafe { std::ptr::copy(from, to, count as usize) };
+        for k in 0..u64::from(count) {
+            // Ascending order: an owner entry is read before a move can overwrite it.
+            let from = self.loc_of_global(src + k);
+            let owner = self.chunks[from.chunk as usize]
+                .as_ref()
+                .expect("a source place lies in a held chunk")
+                .owner(from.pos);
+            let to = self.loc_of_global(dst + k);
+            self.chunks[to.chunk as usize]
+                .as_mut()
+                .expect("a target place lies in a held chunk")
+                .owners_mut()[to.pos as usize] = owner;
+            self.slots.set_place(owner, (dst + k) as u32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::table::{Handle, Table, default_pool};
+
+    fn filled(n: u64) -> (Table<u64>, Vec<Handle<u64>>) {
+        let mut t = Table::with_pool_and_chunk_bytes(default_pool(), 64 * 8);
+        let hs = (0..n).map(|i| t.insert(i)).collect();
+        (t, hs)
+    }
+
+    #[test]
+    fn remove_where_takes_exactly_the_picked_objects() {
+        let (mut t, hs) = filled(1000);
+        let removed = t.remove_where(|v| v % 3 == 0 || (200..330).contains(v));
+        let expected = (0..1000u64)
+            .filter(|v| v % 3 == 0 || (200..330).contains(v))
+            .count();
+        assert_eq!((removed, t.len()), (expected, 1000 - expected));
+        for (i, h) in hs.iter().enumerate() {
+            let gone = i % 3 == 0 || (200..330).contains(&i);
+            assert_eq!(t.get(*h), (!gone).then_some(&(i as u64)), "{i}");
+        }
+        // The next inserts reuse the vacated slots and places.
+        let again = t.insert(7);
+        assert!(hs.iter().all(|h| *h != again));
+        assert_eq!(t.get(again), Some(&7));
+    }
+
+    #[test]
+    fn compacting_in_order_keeps_order_handles_and_returns_chunks() {
+        let (mut t, hs) = filled(1000);
+        t.remove_where(|v| v % 4 != 1 && *v < 900);
+        let before: Vec<(Handle<u64>, u64)> = t.iter().map(|(h, v)| (h, *v)).collect();
+        let chunks_before = t.stats().chunks;
+        let report = t.compact_in_order().unwrap();
+        assert!(report.moved > 0 && report.chunks_released > 0);
+        let after: Vec<(Handle<u64>, u64)> = t.iter().map(|(h, v)| (h, *v)).collect();
+        assert_eq!(after, before, "same objects, same handles, same order");
+        let st = t.stats();
+        assert_eq!(st.holes, 0);
+        assert!(st.chunks < chunks_before);
+        for (k, (h, v)) in after.iter().enumerate() {
+            assert_eq!(t.get(*h), Some(v));
+            let loc = t.location(*h).unwrap();
+            assert_eq!(
+                u64::from(loc.chunk) * u64::from(t.chunk_capacity()) + u64::from(loc.pos),
+                k as u64
+            );
+            assert_eq!(t.handle_at_place(k as u64), Some(*h));
+        }
+        assert!(hs.iter().filter(|h| t.get(**h).is_none()).count() > 600);
+        let h = t.insert(5000);
+        assert_eq!(t.get(h), Some(&5000));
+    }
+}
