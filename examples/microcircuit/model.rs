@@ -20,6 +20,7 @@
 // uses a different part of it.
 #![allow(dead_code)]
 
+use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use neurostore::snapshot::{Options, Progress, SnapshotReport, TypeRegistry};
 use neurostore::{Error, Neuron, Store, Synapse};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Normal};
+use rand_distr::{Binomial, Distribution, Normal};
 use rayon::prelude::*;
 
 /// Population names, in the model's order (rows and columns of the tables below).
@@ -177,62 +178,31 @@ fn stream(seed: u64, purpose: u64) -> SmallRng {
     SmallRng::seed_from_u64(z ^ (z >> 31))
 }
 
-/// Synapses handed to `connect_many` at once (about 0.4 GB of arrays).
-const BATCH_SYNAPSES: usize = 16 << 20;
+/// Synapses handed to `connect_many` at once, at most (about 0.4 GB of arrays), unless
+/// one source alone has more.
+const BATCH_SYNAPSES: u64 = 16 << 20;
 
-/// The targets of every neuron of source population `source`, as one bucket per source
-/// neuron (`starts[k]..starts[k + 1]` of `targets`, global neuron indices, sorted). The
-/// pairs of each projection are drawn with replacement from their own random stream, all
-/// eight projections in parallel.
-struct Targets {
-    starts: Vec<usize>,
-    targets: Vec<u32>,
-}
-
-fn draw_targets(
-    seed: u64,
-    source: usize,
-    counts: &[[u64; 8]; 8],
-    sizes: &[u32; 8],
-    offsets: &[usize],
-) -> Targets {
-    let pairs: Vec<Vec<(u32, u32)>> = (0..8)
-        .into_par_iter()
-        .map(|t| {
-            let mut rng = stream(seed, 1 + (t * 8 + source) as u64);
-            (0..counts[t][source])
-                .map(|_| {
-                    let s = rng.random_range(0..sizes[source]);
-                    let tgt = rng.random_range(0..sizes[t]);
-                    (s, (offsets[t] + tgt as usize) as u32)
-                })
-                .collect()
+/// How many of projection `(target, source)`'s `count` synapses each of the `sources`
+/// source neurons sends: the out-degrees of the fixed-total-number rule (each synapse's
+/// source drawn uniformly), a multinomial draw made by binomial splitting from the
+/// projection's own random stream.
+fn out_degrees(seed: u64, target: usize, source: usize, count: u64, sources: u32) -> Vec<u32> {
+    let mut rng = stream(seed, 1 + (target * 8 + source) as u64);
+    let mut left = count;
+    (0..sources)
+        .map(|k| {
+            let share = if k + 1 == sources {
+                left
+            } else {
+                let p = 1.0 / f64::from(sources - k);
+                Binomial::new(left, p)
+                    .expect("p lies in (0, 1]")
+                    .sample(&mut rng)
+            };
+            left -= share;
+            share as u32
         })
-        .collect();
-    let n = sizes[source] as usize;
-    let mut starts = vec![0usize; n + 1];
-    for &(s, _) in pairs.iter().flatten() {
-        starts[s as usize + 1] += 1;
-    }
-    for k in 0..n {
-        starts[k + 1] += starts[k];
-    }
-    let mut next = starts.clone();
-    let mut targets = vec![0u32; starts[n]];
-    for &(s, t) in pairs.iter().flatten() {
-        targets[next[s as usize]] = t;
-        next[s as usize] += 1;
-    }
-    drop(pairs);
-    let mut buckets: Vec<&mut [u32]> = Vec::with_capacity(n);
-    let mut rest = &mut targets[..];
-    for k in 0..n {
-        let (bucket, tail) = rest.split_at_mut(starts[k + 1] - starts[k]);
-        buckets.push(bucket);
-        rest = tail;
-    }
-    buckets.into_par_iter().for_each(|b| b.sort_unstable());
-    Targets { starts, targets }
+        .collect()
 }
 
 /// `values` cut at `starts` (ascending, from 0 to `values.len()`): one slice a source.
@@ -246,41 +216,34 @@ fn split_by<'a, T>(mut values: &'a mut [T], starts: &[usize]) -> Vec<&'a mut [T]
     out
 }
 
-/// The synapses of one source population, as the parallel arrays `connect_many` takes.
-struct SourceBatch {
-    /// Where each source neuron's synapses begin, and the end.
-    starts: Vec<usize>,
+/// The synapses of a run of source neurons, as the parallel arrays `connect_many` takes.
+struct Batch {
     pre: Vec<NeuronId>,
     post: Vec<NeuronId>,
     weight: Vec<f32>,
     delay: Vec<f32>,
 }
 
-/// A run of whole source neurons of a [`SourceBatch`].
-struct Piece<'a> {
-    pre: &'a [NeuronId],
-    post: &'a [NeuronId],
-    weight: &'a [f32],
-    delay: &'a [f32],
-}
-
-impl SourceBatch {
-    /// Weights and delays for `targets`, each source neuron drawing from its own stream
-    /// (so the network does not depend on the number of threads).
+impl Batch {
+    /// The synapses of the neurons `sources` (indices within population `source`), each
+    /// source drawing its targets (uniformly within each target population, as many as
+    /// `degrees[target]` says), weights and delays from its own random stream, so that
+    /// the network does not depend on the number of threads.
     fn draw(
         seed: u64,
         source: usize,
-        targets: &Targets,
+        sources: Range<usize>,
+        degrees: &[Vec<u32>],
+        sizes: &[u32; 8],
         offsets: &[usize],
         all: &[NeuronId],
-    ) -> SourceBatch {
-        let n = targets.targets.len();
-        let population_of = |global: u32| {
-            offsets
-                .iter()
-                .rposition(|&o| o <= global as usize)
-                .unwrap_or(0)
-        };
+    ) -> Batch {
+        let mut starts = vec![0usize];
+        for k in sources.clone() {
+            let out: usize = degrees.iter().map(|d| d[k] as usize).sum();
+            starts.push(starts.last().expect("starts with 0") + out);
+        }
+        let n = *starts.last().expect("starts with 0");
         let delay_mean = if is_excitatory(source) {
             DELAY_EXCITATORY_MS
         } else {
@@ -293,62 +256,41 @@ impl SourceBatch {
                 Normal::new(mean, mean.abs() * WEIGHT_RELATIVE_SD).expect("positive")
             })
             .collect();
-        let mut batch = SourceBatch {
-            starts: targets.starts.clone(),
+        let mut batch = Batch {
             pre: vec![NeuronId::null(); n],
             post: vec![NeuronId::null(); n],
             weight: vec![0.0; n],
             delay: vec![0.0; n],
         };
-        let first = offsets[source];
-        let starts = &targets.starts;
-        let per_source = split_by(&mut batch.pre, starts)
+        let parts = split_by(&mut batch.pre, &starts)
             .into_par_iter()
-            .zip(split_by(&mut batch.post, starts))
-            .zip(split_by(&mut batch.weight, starts))
-            .zip(split_by(&mut batch.delay, starts))
-            .enumerate();
-        per_source.for_each(|(k, (((pre, post), weight), delay))| {
-            let mut rng = stream(seed, 1 << 40 | (first + k) as u64);
-            let bucket = &targets.targets[starts[k]..starts[k + 1]];
-            pre.fill(all[first + k]);
-            for (j, &t) in bucket.iter().enumerate() {
-                let target = population_of(t);
-                post[j] = all[t as usize];
+            .zip(split_by(&mut batch.post, &starts))
+            .zip(split_by(&mut batch.weight, &starts))
+            .zip(split_by(&mut batch.delay, &starts))
+            .zip(sources);
+        parts.for_each(|((((pre, post), weight), delay), k)| {
+            let global = offsets[source] + k;
+            let mut rng = stream(seed, 1 << 40 | global as u64);
+            let mut targets: Vec<(u32, u8)> = Vec::with_capacity(pre.len());
+            for (t, d) in degrees.iter().enumerate() {
+                for _ in 0..d[k] {
+                    let tgt = offsets[t] + rng.random_range(0..sizes[t]) as usize;
+                    targets.push((tgt as u32, t as u8));
+                }
+            }
+            targets.sort_unstable();
+            pre.fill(all[global]);
+            for (j, &(tgt, t)) in targets.iter().enumerate() {
+                post[j] = all[tgt as usize];
                 weight[j] = if is_excitatory(source) {
-                    redraw(&weights[target], &mut rng, |w| w >= 0.0)
+                    redraw(&weights[t as usize], &mut rng, |w| w >= 0.0)
                 } else {
-                    redraw(&weights[target], &mut rng, |w| w <= 0.0)
+                    redraw(&weights[t as usize], &mut rng, |w| w <= 0.0)
                 } as f32;
                 delay[j] = redraw(&delay_draw, &mut rng, |d| d >= DT_MS) as f32;
             }
         });
         batch
-    }
-
-    /// The batch cut into runs of whole source neurons of about `size` synapses.
-    fn pieces(&self, size: usize) -> Vec<Piece<'_>> {
-        let mut pieces = Vec::new();
-        let mut from = 0;
-        while from < self.pre.len() {
-            let want = from + size;
-            let k = self.starts.partition_point(|&s| s < want);
-            let to = self
-                .starts
-                .get(k)
-                .copied()
-                .unwrap_or(self.pre.len())
-                .max(from + 1)
-                .min(self.pre.len());
-            pieces.push(Piece {
-                pre: &self.pre[from..to],
-                post: &self.post[from..to],
-                weight: &self.weight[from..to],
-                delay: &self.delay[from..to],
-            });
-            from = to;
-        }
-        pieces
     }
 }
 
@@ -433,19 +375,45 @@ pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result
     let all: Vec<NeuronId> = populations.iter().flatten().copied().collect();
     graph.reserve_synapse_table(usize::try_from(total).unwrap_or(usize::MAX))?;
 
-    // One source population at a time (their neurons' indices ascend): its synapses are
-    // drawn in parallel, then connected in batches of whole sources, so that they enter
-    // the table sorted by source as `optimize_layout` wants them, and it moves nothing.
+    // Source neurons in ascending order, a batch of whole sources at a time: each
+    // batch's synapses are drawn in parallel and connected with one `connect_many`, so
+    // they enter the table sorted by source as `optimize_layout` wants them (it then
+    // moves nothing), and the arrays of only one batch are ever in memory.
     let mut made = 0u64;
     for s in 0..8 {
-        let targets = draw_targets(config.seed, s, &counts, &sizes, &offsets);
-        let batch = SourceBatch::draw(config.seed, s, &targets, &offsets, &all);
-        for piece in batch.pieces(BATCH_SYNAPSES) {
-            made += graph.connect_many(piece.pre, piece.post, piece.weight, piece.delay)? as u64;
+        let degrees: Vec<Vec<u32>> = (0..8)
+            .into_par_iter()
+            .map(|t| out_degrees(config.seed, t, s, counts[t][s], sizes[s]))
+            .collect();
+        let per_source: Vec<u64> = (0..sizes[s] as usize)
+            .map(|k| degrees.iter().map(|d| u64::from(d[k])).sum())
+            .collect();
+        let mut first = 0;
+        while first < per_source.len() {
+            let mut last = first;
+            let mut size = 0u64;
+            while last < per_source.len()
+                && (size == 0 || size + per_source[last] <= BATCH_SYNAPSES)
+            {
+                size += per_source[last];
+                last += 1;
+            }
+            let batch = Batch::draw(
+                config.seed,
+                s,
+                first..last,
+                &degrees,
+                &sizes,
+                &offsets,
+                &all,
+            );
+            made +=
+                graph.connect_many(&batch.pre, &batch.post, &batch.weight, &batch.delay)? as u64;
             progress(BuildProgress {
                 synapses: made,
                 total,
             });
+            first = last;
         }
     }
     let layout_started = Instant::now();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::lif::{PropagatorCache, advance};
-use super::ring::{MAX_RING_SLOTS, SpikeRing};
+use super::ring::{BLOCK_COLUMNS, MAX_RING_SLOTS, SpikeRing, StepSlots};
 use super::types::{Neuron, NeuronId, NeuronParams, Synapse, SynapseId, SynapseView};
 use crate::Error;
 use crate::defrag::{DefragPolicy, DefragReport};
@@ -79,6 +79,35 @@ pub(crate) fn delay_steps(delay_ms: f32, dt: f64) -> u64 {
         steps.min(u64::MAX as f64) as u64
     } else {
         1
+    }
+}
+
+/// [`delay_steps`] for one `dt`, many delays: a multiplication by `1 / dt` instead of a
+/// division, with the division done only where the product lies so near a half step
+/// that the two could round apart, so the result is always exactly `delay_steps`'s.
+#[derive(Clone, Copy, Debug)]
+struct DelaySteps {
+    dt: f64,
+    per_ms: f64,
+}
+
+impl DelaySteps {
+    fn new(dt: f64) -> Self {
+        DelaySteps {
+            dt,
+            per_ms: 1.0 / dt,
+        }
+    }
+
+    #[inline]
+    fn of(&self, delay_ms: f32) -> u64 {
+        let q = f64::from(delay_ms) * self.per_ms;
+        let fraction = q - q.trunc();
+        if (fraction - 0.5).abs() < 1e-9 || q < 1.5 {
+            return delay_steps(delay_ms, self.dt);
+        }
+        // At least 1.5 and finite here: the rounding is exact and positive.
+        q.round() as u64
     }
 }
 
@@ -196,6 +225,8 @@ pub struct NeuralGraph {
     /// No run of any neuron reaches this place: new synapses go here or above, so that
     /// no run ever covers a place twice.
     runs_end: u64,
+    /// Per share of the sources, a buffer of events per ring block (kept between steps).
+    delivery: Vec<Vec<Vec<Event>>>,
 }
 
 impl Default for NeuralGraph {
@@ -238,6 +269,7 @@ impl NeuralGraph {
             defrag_policy: Some(DefragPolicy::default()),
             removed_since_check: 0,
             runs_end: 0,
+            delivery: Vec::new(),
         }
     }
 
@@ -1043,9 +1075,9 @@ impl NeuralGraph {
             spikes,
             ..
         } = self;
-        let ring = &*ring;
+        let inputs = ring.inputs(now);
         let update = |cache: &mut PropagatorCache, n: NeuronId, neuron: &mut Neuron| {
-            let (ex, inh) = ring.input(now, n.index() as usize);
+            let (ex, inh) = inputs.of(n.index() as usize);
             let p = cache.get(neuron);
             advance(neuron, &p, ex, inh, now).then_some(n)
         };
@@ -1073,53 +1105,134 @@ impl NeuralGraph {
     }
 
     /// Sends the spikes of `sources` through their outgoing synapses into the ring, in
-    /// source order and storage order. Many events are delivered by several threads at
-    /// once, each walking every event but adding only those to its own columns, so the
-    /// input of each neuron is summed in the same order however many threads ran.
-    /// Returns the number of synaptic events.
+    /// source order and storage order, so that each neuron's input is summed in the same
+    /// order however many threads run. Many events are delivered in two parallel phases:
+    /// the sources are cut into one contiguous share per thread, each share's events are
+    /// written into a buffer per ring block, then each block takes the buffers of every
+    /// share, in share order. Returns the number of synaptic events.
     fn propagate(&mut self, sources: &[NeuronId], dt: f64, now: u64) -> usize {
         let NeuralGraph {
-            store, out, ring, ..
+            store,
+            out,
+            ring,
+            delivery,
+            ..
         } = self;
         let synapses = table_of::<Synapse>(store);
-        let geometry = ring.geometry();
+        let walk = Walk {
+            synapses,
+            slots: ring.geometry().after(now),
+            steps: DelaySteps::new(dt),
+        };
         let walks: Vec<&Outgoing> = sources
             .iter()
             .filter_map(|n| out.get(n.index() as usize).filter(|o| o.owner == *n))
             .collect();
         let events: usize = walks.iter().map(|o| o.live as usize).sum();
-        // Calls `f(column, slot, weight)` for every synapse of the walked neurons.
-        let each_event = |f: &mut dyn FnMut(usize, usize, f32)| {
-            for o in &walks {
-                let pre = o.owner.index();
-                for &(start, len) in &o.runs {
-                    synapses.for_each_in_places(start, u64::from(len), |s| {
-                        if s.pre_index() != pre {
-                            return;
-                        }
-                        let column = s.post_index() as usize;
-                        if let Some(slot) = geometry.slot(now, delay_steps(s.delay, dt), column) {
-                            f(column, slot, s.weight);
-                        }
-                    });
-                }
-            }
-        };
         let threads = rayon::current_num_threads();
         if events < PARALLEL_EVENTS || threads == 1 {
-            each_event(&mut |column, slot, w| ring.add(slot, column, w));
-        } else {
-            ring.column_groups(threads)
-                .into_par_iter()
-                .for_each(|mut group| {
-                    each_event(&mut |column, slot, w| {
-                        if group.holds(column) {
-                            group.add(slot, column, w);
-                        }
+            for o in &walks {
+                walk.events(o, |column, slot, w| ring.add(slot, column, w));
+            }
+            return events;
+        }
+        let blocks = ring.blocks_mut();
+        let shares = shares_by_events(&walks, threads);
+        delivery.resize_with(shares.len(), Vec::new);
+        delivery
+            .par_iter_mut()
+            .zip(&shares)
+            .for_each(|(buffers, share)| {
+                buffers.resize_with(blocks.len(), Vec::new);
+                buffers.iter_mut().for_each(Vec::clear);
+                for o in &walks[share.clone()] {
+                    walk.events(o, |column, slot, w| {
+                        buffers[column / BLOCK_COLUMNS].push(Event::new(column, slot, w));
                     });
+                }
+            });
+        blocks.par_iter_mut().enumerate().for_each(|(b, block)| {
+            for buffers in delivery.iter() {
+                for e in &buffers[b] {
+                    let (offset, slot, w) = e.parts();
+                    block.add(slot, offset, w);
+                }
+            }
+        });
+        events
+    }
+}
+
+/// What propagation reads: the synapses, the ring's slots after this step, and `dt`.
+struct Walk<'a> {
+    synapses: &'a Table<Synapse>,
+    slots: StepSlots,
+    steps: DelaySteps,
+}
+
+impl Walk<'_> {
+    /// Calls `f(column, slot, weight)` for every synapse of `o`, in walk order.
+    #[inline]
+    fn events(&self, o: &Outgoing, mut f: impl FnMut(usize, usize, f32)) {
+        let pre = o.owner.index();
+        for &(start, len) in &o.runs {
+            self.synapses
+                .for_each_in_places(start, u64::from(len), |s| {
+                    if s.pre_index() != pre {
+                        return;
+                    }
+                    let column = s.post_index() as usize;
+                    if let Some(slot) = self.slots.slot(self.steps.of(s.delay), column) {
+                        f(column, slot, s.weight);
+                    }
                 });
         }
-        events
+    }
+}
+
+/// `walks` cut into at most `threads` contiguous shares of about equal events.
+fn shares_by_events(walks: &[&Outgoing], threads: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = walks.iter().map(|o| o.live as usize).sum();
+    let per = total.div_ceil(threads).max(1);
+    let mut shares = Vec::with_capacity(threads);
+    let (mut start, mut sum) = (0, 0);
+    for (i, o) in walks.iter().enumerate() {
+        sum += o.live as usize;
+        if sum >= per && shares.len() + 1 < threads {
+            shares.push(start..i + 1);
+            start = i + 1;
+            sum = 0;
+        }
+    }
+    shares.push(start..walks.len());
+    shares
+}
+
+/// One synaptic event in a delivery buffer: the column within its ring block (12 bits)
+/// and the slot (20 bits) in one word, and the weight.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Event {
+    at: u32,
+    weight: f32,
+}
+
+impl Event {
+    #[inline]
+    fn new(column: usize, slot: usize, weight: f32) -> Self {
+        debug_assert!(slot < MAX_RING_SLOTS && BLOCK_COLUMNS == 1 << 12);
+        Event {
+            at: (slot as u32) << 12 | (column % BLOCK_COLUMNS) as u32,
+            weight,
+        }
+    }
+
+    #[inline]
+    fn parts(&self) -> (usize, usize, f32) {
+        (
+            (self.at & 0xfff) as usize,
+            (self.at >> 12) as usize,
+            self.weight,
+        )
     }
 }
 

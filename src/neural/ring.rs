@@ -6,9 +6,8 @@
 //! receives in the steps `t` with `t % slots == s`. A neuron's column is its handle's slot
 //! index, which moving objects (defragmentation) never changes. Reading one step is a
 //! sequential walk of each block's row and clearing it one `fill` per block; and the
-//! blocks split the columns into disjoint parts that threads can fill at once
-//! ([`SpikeRing::column_groups`]), each adding its columns' input in the same order a
-//! single thread would.
+//! blocks split the columns into disjoint parts that threads fill at once
+//! ([`SpikeRing::blocks_mut`]).
 
 use crate::Error;
 use crate::error::OomReason;
@@ -27,15 +26,63 @@ pub(crate) struct RingGeometry {
 }
 
 impl RingGeometry {
-    /// The slot of input `offset` steps after `now` (`offset` clamped to the ring's
-    /// span), or `None` for a column outside the ring or an unshaped ring.
+    /// The slots after `now`, for the events of one step.
+    pub(crate) fn after(&self, now: u64) -> StepSlots {
+        StepSlots {
+            base: if self.slots == 0 {
+                0
+            } else {
+                (now % self.slots) as usize
+            },
+            slots: self.slots as usize,
+            columns: self.columns,
+        }
+    }
+}
+
+/// The ring's slots seen from one step ([`RingGeometry::after`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepSlots {
+    base: usize,
+    slots: usize,
+    columns: usize,
+}
+
+impl StepSlots {
+    /// The slot of input `offset` steps after the step this was made for (`offset`
+    /// clamped to the ring's span), or `None` for a column outside the ring or an
+    /// unshaped ring.
     #[inline]
-    pub(crate) fn slot(&self, now: u64, offset: u64, column: usize) -> Option<usize> {
+    pub(crate) fn slot(&self, offset: u64, column: usize) -> Option<usize> {
         if column >= self.columns || self.slots == 0 {
             return None;
         }
-        let offset = offset.min(self.slots - 1);
-        Some(((now + offset) % self.slots) as usize)
+        let offset = offset.min(self.slots as u64 - 1) as usize;
+        let slot = self.base + offset;
+        Some(if slot >= self.slots {
+            slot - self.slots
+        } else {
+            slot
+        })
+    }
+}
+
+/// The input of one step ([`SpikeRing::inputs`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepInputs<'a> {
+    blocks: &'a [RingBlock],
+    row: usize,
+}
+
+impl StepInputs<'_> {
+    /// The excitatory and inhibitory input of `column` (none past the ring's columns).
+    #[inline]
+    pub(crate) fn of(&self, column: usize) -> (f32, f32) {
+        let Some(block) = self.blocks.get(column / BLOCK_COLUMNS) else {
+            return (0.0, 0.0);
+        };
+        let at = self.row + column % BLOCK_COLUMNS;
+        (block.ex[at], block.inh[at])
     }
 }
 
@@ -50,7 +97,7 @@ impl RingBlock {
     /// Adds `weight` to `offset` (column within the block) in `slot`: to the excitatory
     /// input when `weight >= 0`, else to the inhibitory one.
     #[inline]
-    fn add(&mut self, slot: usize, offset: usize, weight: f32) {
+    pub(crate) fn add(&mut self, slot: usize, offset: usize, weight: f32) {
         let at = slot * BLOCK_COLUMNS + offset;
         let target = if weight >= 0.0 {
             &mut self.ex
@@ -173,11 +220,19 @@ impl SpikeRing {
     /// ring's columns).
     #[inline]
     pub(crate) fn input(&self, step: u64, column: usize) -> (f32, f32) {
-        let Some(block) = self.blocks.get(column / BLOCK_COLUMNS) else {
-            return (0.0, 0.0);
-        };
-        let at = self.row_start(step) + column % BLOCK_COLUMNS;
-        (block.ex[at], block.inh[at])
+        self.inputs(step).of(column)
+    }
+
+    /// The input of every column in `step`.
+    pub(crate) fn inputs(&self, step: u64) -> StepInputs<'_> {
+        StepInputs {
+            blocks: &self.blocks,
+            row: if self.slots == 0 {
+                0
+            } else {
+                self.row_start(step)
+            },
+        }
     }
 
     /// Zeroes the input of `step`, once it has been delivered.
@@ -222,41 +277,10 @@ impl SpikeRing {
         }
     }
 
-    /// The columns cut into at most `groups` runs of whole blocks, each to be filled by
-    /// one thread.
-    pub(crate) fn column_groups(&mut self, groups: usize) -> Vec<ColumnGroup<'_>> {
-        let per = self.blocks.len().div_ceil(groups.max(1)).max(1);
-        self.blocks
-            .chunks_mut(per)
-            .enumerate()
-            .map(|(g, blocks)| ColumnGroup {
-                first: g * per * BLOCK_COLUMNS,
-                blocks,
-            })
-            .collect()
-    }
-}
-
-/// A run of the ring's columns, lent to one thread ([`SpikeRing::column_groups`]).
-pub(crate) struct ColumnGroup<'a> {
-    first: usize,
-    blocks: &'a mut [RingBlock],
-}
-
-impl ColumnGroup<'_> {
-    /// Whether `column` is one of the group's.
-    #[inline]
-    pub(crate) fn holds(&self, column: usize) -> bool {
-        column.wrapping_sub(self.first) < self.blocks.len() * BLOCK_COLUMNS
-    }
-
-    /// Adds a spike of `weight` to `column` (one of the group's) in `slot`.
-    #[inline]
-    pub(crate) fn add(&mut self, slot: usize, column: usize, weight: f32) {
-        let local = column - self.first;
-        if let Some(block) = self.blocks.get_mut(local / BLOCK_COLUMNS) {
-            block.add(slot, local % BLOCK_COLUMNS, weight);
-        }
+    /// The blocks of columns, in order: block `b` holds columns
+    /// `b * BLOCK_COLUMNS .. (b + 1) * BLOCK_COLUMNS`.
+    pub(crate) fn blocks_mut(&mut self) -> &mut [RingBlock] {
+        &mut self.blocks
     }
 }
 
@@ -265,7 +289,7 @@ mod tests {
     use super::*;
 
     fn add(ring: &mut SpikeRing, now: u64, offset: u64, column: usize, w: f32) {
-        let slot = ring.geometry().slot(now, offset, column).unwrap();
+        let slot = ring.geometry().after(now).slot(offset, column).unwrap();
         ring.add(slot, column, w);
     }
 
@@ -293,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn column_groups_split_the_columns_and_add_where_the_ring_would() {
+    fn blocks_hold_their_columns() {
         let columns = 3 * BLOCK_COLUMNS + 5;
         let (mut one, mut split) = (SpikeRing::default(), SpikeRing::default());
         for r in [&mut one, &mut split] {
@@ -305,14 +329,10 @@ mod tests {
         for &(c, s, w) in &events {
             one.add(s, c, w);
         }
-        let mut groups = split.column_groups(3);
-        assert_eq!(groups.len(), 2, "four blocks, two a group");
-        for g in &mut groups {
-            for &(c, s, w) in &events {
-                if g.holds(c) {
-                    g.add(s, c, w);
-                }
-            }
+        let blocks = split.blocks_mut();
+        assert_eq!(blocks.len(), 4);
+        for &(c, s, w) in &events {
+            blocks[c / BLOCK_COLUMNS].add(s, c % BLOCK_COLUMNS, w);
         }
         for c in 0..columns {
             for s in 0..4u64 {

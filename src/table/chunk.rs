@@ -257,6 +257,47 @@ impl<T> Chunk<T> {
         unsafe { &*self.data.as_ptr().add(pos as usize) }
     }
 
+    /// Calls `f` with each object at places `from..to` (within the capacity), in order,
+    /// a bitmap word at a time: a word whose places are all taken is walked as a slice.
+    #[inline]
+    pub(crate) fn for_each_occupied_in<'a>(
+        &'a self,
+        from: u32,
+        to: u32,
+        f: &mut impl FnMut(&'a T),
+    ) {
+        debug_assert!(from <= to && to <= self.capacity());
+        if from >= to {
+            return;
+        }
+        for w in (from / 64) as usize..=((to - 1) / 64) as usize {
+            let lo = (from as usize).max(w * 64) - w * 64;
+            let hi = (to as usize).min(w * 64 + 64) - w * 64;
+            let range = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            let mut bits = self.occupied[w] & range;
+            if bits == range {
+                // SAFETY: every place `w * 64 + lo .. w * 64 + hi` is occupied (checked
+                // just above), so the block holds initialised objects there in a row; the
+                // shared borrow keeps them in place and unchanged.
+                let run = unsafe {
+                    std::slice::from_raw_parts(self.data.as_ptr().add(w * 64 + lo), hi - lo)
+                };
+                run.iter().for_each(&mut *f);
+                continue;
+            }
+            while bits != 0 {
+                let pos = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                // SAFETY: the place is occupied (its bit is set), so it holds an object.
+                f(unsafe { &*self.data.as_ptr().add(pos) });
+            }
+        }
+    }
+
     /// Every object in place order. A full chunk is walked as one slice.
     pub(crate) fn values(&self) -> ChunkValues<'_, T> {
         if self.live == self.capacity() {

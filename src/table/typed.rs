@@ -1560,15 +1560,11 @@ impl<T> Table<T> {
         let end = start.saturating_add(len);
         while g < end {
             let loc = self.loc_of_global(g);
-            let in_chunk = (u64::from(self.per_chunk - loc.pos)).min(end - g);
+            let in_chunk = (u64::from(self.per_chunk - loc.pos)).min(end - g) as u32;
             if let Some(Some(c)) = self.chunks.get(loc.chunk as usize) {
-                for pos in loc.pos..loc.pos + in_chunk as u32 {
-                    if let Some(v) = c.get(pos) {
-                        f(v);
-                    }
-                }
+                c.for_each_occupied_in(loc.pos, loc.pos + in_chunk, &mut f);
             }
-            g += in_chunk;
+            g += u64::from(in_chunk);
         }
     }
 }
