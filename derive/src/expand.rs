@@ -121,6 +121,18 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
     });
 
     let trace_body = trace_body(input, &traced_fields);
+    // The types of the traced fields, for `HOLDS_HANDLES`.
+    let traced_types: Vec<&syn::Type> = all_fields(input)
+        .iter()
+        .zip(&traced_fields)
+        .flat_map(|(fields, kept)| {
+            fields
+                .iter()
+                .zip(kept)
+                .filter(|(_, k)| **k)
+                .map(|(f, _)| &f.ty)
+        })
+        .collect();
 
     Ok(quote! {
         #[automatically_derived]
@@ -145,6 +157,7 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
 
         #[automatically_derived]
         impl #impl_generics ::neurostore::Trace for #ident #ty_generics #trace_where {
+            const HOLDS_HANDLES: bool = false #(|| <#traced_types as ::neurostore::Trace>::HOLDS_HANDLES)*;
             #[inline]
             fn trace(&self, tracer: &mut ::neurostore::Tracer<'_>) {
                 let _ = &tracer;

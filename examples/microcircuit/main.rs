@@ -33,9 +33,12 @@ usage: microcircuit [OPTIONS]
   --gpu              run the step on the GPU through device mirrors when available
   --snapshot PATH    where the snapshot goes (default OUT/microcircuit.nsnap)
   --out DIR          where plots and the snapshot go (default target/microcircuit)
-  --keep-original    compare the loaded store with the original object by object even
-                     if both may not fit in memory (default: only when they do)
+  --keep-original    compare the loaded store with the original object by object, both
+                     in memory at once (default: only for tables under 1 GiB)
   -h, --help         this text";
+
+/// Tables up to this size are compared object by object with the loaded copy.
+const SMALL_TABLES_BYTES: usize = 1 << 30;
 
 struct Args {
     config: Config,
@@ -351,14 +354,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let m = network.graph.memory();
         m.object_bytes + m.metadata_bytes
     };
+    // Two copies of a large network would double the memory the job needs: the loaded
+    // copy is checked against digests of the original unless the tables are small (or
+    // --keep-original asks for the object-by-object comparison and the memory fits).
     let fits = available_memory().is_none_or(|avail| table_bytes * 2 < avail);
-    let keep = fits || args.keep_original;
+    let keep = (table_bytes < SMALL_TABLES_BYTES && fits) || args.keep_original;
     if !keep {
         println!(
-            "the loaded copy may not fit beside the original ({} of tables, {} available): \
-             the original is dropped after the save and compared through digests",
+            "the original ({} of tables) is dropped after the save; the loaded copy is \
+             compared through digests of every (handle, object) pair",
             gib(table_bytes),
-            gib(available_memory().unwrap_or(0))
         );
     }
     let saving = bytes_bar("save");

@@ -86,12 +86,16 @@ pub(crate) fn slot_image<T: Sync>(table: &Table<T>, out: &mut Vec<DeviceSlot>) {
     }
     out.par_chunks_mut(BLOCK)
         .zip(slots.words().par_chunks(BLOCK))
-        .zip(slots.places().par_chunks(BLOCK))
-        .for_each(|((out, words), places)| {
-            for ((o, &word), &place) in out.iter_mut().zip(words).zip(places) {
+        .enumerate()
+        .for_each(|(b, (out, words))| {
+            for (k, (o, &word)) in out.iter_mut().zip(words).enumerate() {
                 *o = DeviceSlot {
                     version: word_version(word),
-                    place: if word_is_live(word) { place } else { 0 },
+                    place: if word_is_live(word) {
+                        slots.place(b * BLOCK + k)
+                    } else {
+                        0
+                    },
                 };
             }
         });

@@ -219,6 +219,7 @@ impl SpikeRing {
     /// The excitatory and inhibitory input `column` receives in `step` (none past the
     /// ring's columns).
     #[inline]
+    #[cfg(any(test, feature = "cuda"))]
     pub(crate) fn input(&self, step: u64, column: usize) -> (f32, f32) {
         self.inputs(step).of(column)
     }

@@ -222,6 +222,24 @@ impl AnyHandle {
     note = "derive `neurostore::Pooled` on the field's type, or put #[pooled(skip)] on the field if it holds no handle"
 )]
 pub trait Trace {
+    /// Whether a value of this type can hold a handle at all. `false` lets the collector
+    /// skip a table of the type: its objects keep nothing else alive, so they need no
+    /// visit. The default, `true`, is always correct.
+    ///
+    /// ```
+    /// use neurostore::{Handle, Pooled, Trace};
+    ///
+    /// #[derive(Pooled)]
+    /// struct Plain { rate: f32, count: u64 }
+    /// #[derive(Pooled)]
+    /// struct Linked { next: Option<Handle<Linked>> }
+    ///
+    /// assert!(!Plain::HOLDS_HANDLES);
+    /// assert!(Linked::HOLDS_HANDLES);
+    /// assert!(!<Vec<(u8, String)> as Trace>::HOLDS_HANDLES);
+    /// ```
+    const HOLDS_HANDLES: bool = true;
+
     /// Hands every handle this value holds to `tracer`.
     fn trace(&self, tracer: &mut Tracer<'_>);
 }
@@ -257,6 +275,7 @@ macro_rules! trace_nothing {
     ($($t:ty),* $(,)?) => {
         $(
             impl Trace for $t {
+                const HOLDS_HANDLES: bool = false;
                 #[inline]
                 fn trace(&self, _: &mut Tracer<'_>) {}
             }
@@ -295,11 +314,13 @@ trace_nothing!(
 );
 
 impl<T: ?Sized> Trace for std::marker::PhantomData<T> {
+    const HOLDS_HANDLES: bool = false;
     #[inline]
     fn trace(&self, _: &mut Tracer<'_>) {}
 }
 
 impl<T: Trace> Trace for Option<T> {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES;
     #[inline]
     fn trace(&self, tracer: &mut Tracer<'_>) {
         if let Some(v) = self {
@@ -309,6 +330,7 @@ impl<T: Trace> Trace for Option<T> {
 }
 
 impl<T: Trace, E: Trace> Trace for Result<T, E> {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES || E::HOLDS_HANDLES;
     fn trace(&self, tracer: &mut Tracer<'_>) {
         match self {
             Ok(v) => v.trace(tracer),
@@ -318,6 +340,7 @@ impl<T: Trace, E: Trace> Trace for Result<T, E> {
 }
 
 impl<T: Trace, const N: usize> Trace for [T; N] {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES;
     #[inline]
     fn trace(&self, tracer: &mut Tracer<'_>) {
         self.as_slice().trace(tracer);
@@ -325,6 +348,7 @@ impl<T: Trace, const N: usize> Trace for [T; N] {
 }
 
 impl<T: Trace> Trace for [T] {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES;
     #[inline]
     fn trace(&self, tracer: &mut Tracer<'_>) {
         for v in self {
@@ -334,6 +358,7 @@ impl<T: Trace> Trace for [T] {
 }
 
 impl<T: Trace> Trace for Vec<T> {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES;
     #[inline]
     fn trace(&self, tracer: &mut Tracer<'_>) {
         self.as_slice().trace(tracer);
@@ -341,12 +366,14 @@ impl<T: Trace> Trace for Vec<T> {
 }
 
 impl<T: Trace> Trace for VecDeque<T> {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES;
     fn trace(&self, tracer: &mut Tracer<'_>) {
         self.iter().for_each(|v| v.trace(tracer));
     }
 }
 
 impl<T: Trace + ?Sized> Trace for Box<T> {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES;
     #[inline]
     fn trace(&self, tracer: &mut Tracer<'_>) {
         (**self).trace(tracer);
@@ -354,18 +381,21 @@ impl<T: Trace + ?Sized> Trace for Box<T> {
 }
 
 impl<T: Trace + ?Sized> Trace for Arc<T> {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES;
     fn trace(&self, tracer: &mut Tracer<'_>) {
         (**self).trace(tracer);
     }
 }
 
 impl<T: Trace + ?Sized> Trace for Rc<T> {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES;
     fn trace(&self, tracer: &mut Tracer<'_>) {
         (**self).trace(tracer);
     }
 }
 
 impl<K: Trace, V: Trace, S> Trace for HashMap<K, V, S> {
+    const HOLDS_HANDLES: bool = K::HOLDS_HANDLES || V::HOLDS_HANDLES;
     fn trace(&self, tracer: &mut Tracer<'_>) {
         for (k, v) in self {
             k.trace(tracer);
@@ -375,6 +405,7 @@ impl<K: Trace, V: Trace, S> Trace for HashMap<K, V, S> {
 }
 
 impl<K: Trace, V: Trace> Trace for BTreeMap<K, V> {
+    const HOLDS_HANDLES: bool = K::HOLDS_HANDLES || V::HOLDS_HANDLES;
     fn trace(&self, tracer: &mut Tracer<'_>) {
         for (k, v) in self {
             k.trace(tracer);
@@ -384,12 +415,14 @@ impl<K: Trace, V: Trace> Trace for BTreeMap<K, V> {
 }
 
 impl<T: Trace, S> Trace for HashSet<T, S> {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES;
     fn trace(&self, tracer: &mut Tracer<'_>) {
         self.iter().for_each(|v| v.trace(tracer));
     }
 }
 
 impl<T: Trace> Trace for BTreeSet<T> {
+    const HOLDS_HANDLES: bool = T::HOLDS_HANDLES;
     fn trace(&self, tracer: &mut Tracer<'_>) {
         self.iter().for_each(|v| v.trace(tracer));
     }
@@ -399,6 +432,7 @@ impl<T: Trace> Trace for BTreeSet<T> {
 macro_rules! trace_tuple {
     ($($name:ident)+) => {
         impl<$($name: Trace),+> Trace for ($($name,)+) {
+            const HOLDS_HANDLES: bool = false $(|| $name::HOLDS_HANDLES)+;
             #[inline]
             fn trace(&self, tracer: &mut Tracer<'_>) {
                 #[allow(non_snake_case)]

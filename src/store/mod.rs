@@ -398,9 +398,12 @@ impl Store {
     /// ```
     pub fn register<T: Pooled + Trace + Send + Sync>(&mut self) -> Result<&mut Table<T>, Error> {
         self.table_entry::<T>().adopt_hints(T::HINTS)?;
-        self.gc
-            .ops
-            .insert(TypeId::of::<T>(), crate::gc::GcOps::of::<T>());
+        // A type that holds no handle keeps nothing alive: the collector skips its table.
+        if T::HOLDS_HANDLES {
+            self.gc
+                .ops
+                .insert(TypeId::of::<T>(), crate::gc::GcOps::of::<T>());
+        }
         self.persist
             .insert(TypeId::of::<T>(), crate::snapshot::StoreTableOps::of::<T>());
         self.gc_touch::<T>();
@@ -411,7 +414,9 @@ impl Store {
     pub(crate) fn install_table<T: Pooled + Trace + Send + Sync>(&mut self, table: Table<T>) {
         let id = TypeId::of::<T>();
         self.tables.insert(id, Box::new(table));
-        self.gc.ops.insert(id, crate::gc::GcOps::of::<T>());
+        if T::HOLDS_HANDLES {
+            self.gc.ops.insert(id, crate::gc::GcOps::of::<T>());
+        }
         self.persist
             .insert(id, crate::snapshot::StoreTableOps::of::<T>());
     }

@@ -123,6 +123,7 @@ impl<T> Table<T> {
     /// The pool's error when a chunk below the new top (a vacant chunk index) cannot be
     /// made; nothing has moved then.
     pub(crate) fn slide_down(&mut self) -> Result<usize, Error> {
+        self.slots.list_places(&self.pool)?;
         let per = u64::from(self.per_chunk);
         let needed = (self.len as u64).div_ceil(per) as usize;
         for ci in 0..needed {
@@ -201,6 +202,34 @@ mod tests {
         let mut t = Table::with_pool_and_chunk_bytes(default_pool(), 64 * 8);
         let hs = (0..n).map(|i| t.insert(i)).collect();
         (t, hs)
+    }
+
+    /// Whether the slots keep a place array, and how many chunks keep an owner list.
+    fn lists(t: &Table<u64>) -> (bool, usize) {
+        let owners = t
+            .chunks
+            .iter()
+            .flatten()
+            .filter(|c| c.lists_owners())
+            .count();
+        (t.slots.lists_places(), owners)
+    }
+
+    #[test]
+    fn objects_at_home_need_no_place_array_and_no_owner_lists() {
+        let (mut t, hs) = filled(1000);
+        assert_eq!(lists(&t), (false, 0));
+        for h in hs.iter().step_by(3) {
+            t.remove(*h);
+        }
+        let again: Vec<_> = (0..300).map(|i| t.insert(i)).collect();
+        assert_eq!(lists(&t), (false, 0), "reinserts go home");
+        t.compact_in_order().unwrap();
+        let (places, owners) = lists(&t);
+        assert!(places && owners > 0, "moved objects are away from home");
+        for (i, h) in again.iter().enumerate() {
+            assert_eq!(t.get(*h), Some(&(i as u64)));
+        }
     }
 
     #[test]

@@ -2,21 +2,31 @@
 //! per place, the slot index that owns it (the back-reference that iteration and
 //! defragmentation use).
 //!
+//! The object at the table's place `p` usually has slot `p + 1`, its home slot. While
+//! every object of a chunk is at home the chunk keeps no owner list at all (the owner of
+//! place `pos` is `home + pos`); the list is made, four bytes a place, when an object
+//! with another owner comes.
+//!
 //! Invariants: bit `i` of `occupied` is set iff place `i` holds an initialised object,
-//! `owners[i]` is then the index of the slot that names this place (a place that is
-//! free holds a stale index, or, during a snapshot load, the index of the slot whose
-//! object will come: see [`Chunk::pending_runs`]), `live` is the number of set bits, and
-//! every word before `free_cursor` is full. The places are `capacity` objects in a row
+//! its owner ([`Chunk::owner`]) is then the index of the slot that names this place (a
+//! free place's owner is stale), `live` is the number of set bits, and every word before
+//! `free_cursor` is full. During a snapshot load, `expected` marks the free places whose
+//! object will come ([`Chunk::pending_runs`]). The places are `capacity` objects in a row
 //! at `data`, in the table's span: the table commits that memory before making the chunk,
-//! moves `data` when the span moves, and decommits it after
-//! [`Chunk::drop_objects`].
+//! moves `data` when the span moves, and decommits it after [`Chunk::drop_objects`].
 
 use std::ptr::NonNull;
 
 pub(crate) struct Chunk<T> {
     data: NonNull<T>,
     occupied: Box<[u64]>,
-    owners: Box<[u32]>,
+    /// The owner of each place; `None` while every object is at home.
+    owners: Option<Box<[u32]>>,
+    /// The home slot of place 0: the table's first place of the chunk, plus one.
+    home: u32,
+    capacity: u32,
+    /// During a snapshot load: the free places whose objects are still to come.
+    expected: Option<Box<[u64]>>,
     live: u32,
     /// Words of `occupied` before this one are full.
     free_cursor: u32,
@@ -26,12 +36,16 @@ pub(crate) struct Chunk<T> {
 
 impl<T> Chunk<T> {
     /// A chunk of `capacity` empty places at `data` (committed memory for `capacity`
-    /// objects, aligned for them; dangling for zero-sized `T`).
-    pub(crate) fn new(data: NonNull<T>, capacity: u32, epoch: u64) -> Self {
+    /// objects, aligned for them; dangling for zero-sized `T`) whose place 0 is the
+    /// table's place `home - 1`.
+    pub(crate) fn new(data: NonNull<T>, capacity: u32, home: u32, epoch: u64) -> Self {
         Chunk {
             data,
             occupied: vec![0; (capacity as usize).div_ceil(64)].into_boxed_slice(),
-            owners: vec![0; capacity as usize].into_boxed_slice(),
+            owners: None,
+            home,
+            capacity,
+            expected: None,
             live: 0,
             free_cursor: 0,
             dirty: epoch,
@@ -46,11 +60,31 @@ impl<T> Chunk<T> {
 
     /// Bytes of the chunk's bookkeeping (bitmap and owners).
     pub(crate) fn metadata_bytes(&self) -> usize {
-        self.occupied.len() * 8 + self.owners.len() * 4
+        self.occupied.len() * 8
+            + self.owners.as_ref().map_or(0, |o| o.len() * 4)
+            + self.expected.as_ref().map_or(0, |e| e.len() * 8)
     }
 
     pub(crate) fn capacity(&self) -> u32 {
-        self.owners.len() as u32
+        self.capacity
+    }
+
+    /// Whether the chunk keeps an owner list (some object is away from home).
+    #[cfg(test)]
+    pub(crate) fn lists_owners(&self) -> bool {
+        self.owners.is_some()
+    }
+
+    /// Sets the owner of place `pos`, making the owner list if `owner` is not the
+    /// place's home slot.
+    #[inline]
+    fn set_owner(&mut self, pos: u32, owner: u32) {
+        let home = self.home.wrapping_add(pos);
+        match &mut self.owners {
+            Some(owners) => owners[pos as usize] = owner,
+            None if owner == home => {}
+            None => self.owners_mut()[pos as usize] = owner,
+        }
     }
 
     pub(crate) fn live(&self) -> u32 {
@@ -125,7 +159,7 @@ impl<T> Chunk<T> {
         unsafe { self.data.as_ptr().add(pos as usize).write(value) };
         let w = pos as usize / 64;
         self.occupied[w] |= 1 << (pos % 64);
-        self.owners[pos as usize] = owner;
+        self.set_owner(pos, owner);
         self.live += 1;
         self.advance_free_cursor();
     }
@@ -158,7 +192,7 @@ impl<T> Chunk<T> {
             let bit = 63 - bits.leading_zeros();
             bits &= !(1 << bit);
             let pos = 64 * w + bit as usize;
-            let owner = self.owners[pos];
+            let owner = self.owner(pos as u32);
             // SAFETY: the place was occupied (checked above), so it holds an initialised
             // object, which we move out; its bit is clear now, so it is never read again.
             out.push((unsafe { self.data.as_ptr().add(pos).read() }, owner));
@@ -181,7 +215,7 @@ impl<T> Chunk<T> {
             // SAFETY: `pos` is a free place of this chunk (checked above), so writing does
             // not overwrite a live object; its bit is set below.
             unsafe { self.data.as_ptr().add(pos).write(value) };
-            self.owners[pos] = owner;
+            self.set_owner(pos as u32, owner);
         }
         self.occupied[w] |= mask;
         self.live += n as u32;
@@ -233,9 +267,12 @@ impl<T> Chunk<T> {
         self.advance_free_cursor();
     }
 
-    /// The owners of every place (meaningful where occupied), mutably.
+    /// The owners of every place (meaningful where occupied), mutably: the owner list,
+    /// made from the home slots if the chunk had none.
     pub(crate) fn owners_mut(&mut self) -> &mut [u32] {
-        &mut self.owners
+        let (home, capacity) = (self.home, self.capacity);
+        self.owners
+            .get_or_insert_with(|| (0..capacity).map(|pos| home.wrapping_add(pos)).collect())
     }
 
     pub(crate) fn get(&self, pos: u32) -> Option<&T> {
@@ -337,7 +374,10 @@ impl<T> Chunk<T> {
     /// The slot index that owns place `pos` (meaningful while it is occupied).
     #[inline]
     pub(crate) fn owner(&self, pos: u32) -> u32 {
-        self.owners[pos as usize]
+        match &self.owners {
+            Some(owners) => owners[pos as usize],
+            None => self.home.wrapping_add(pos),
+        }
     }
 
     /// The occupied places, in order.
@@ -372,7 +412,18 @@ impl<T> Chunk<T> {
             pos < self.capacity() && !self.is_occupied(pos),
             "place {pos} is not free"
         );
-        self.owners[pos as usize] = owner;
+        self.set_owner(pos, owner);
+        self.expect(pos, pos + 1);
+    }
+
+    /// Marks places `first..end` as expected.
+    fn expect(&mut self, first: u32, end: u32) {
+        let words = self.occupied.len();
+        let expected = self
+            .expected
+            .get_or_insert_with(|| vec![0; words].into_boxed_slice());
+        let clash = set_range(expected, u64::from(first), u64::from(end));
+        debug_assert!(clash.is_none(), "a place expected twice");
     }
 
     /// Expects owners for the `count` free places from `first`: slot indices from
@@ -381,12 +432,18 @@ impl<T> Chunk<T> {
         let end = first.checked_add(count).filter(|&e| e <= self.capacity());
         let free = end.is_some_and(|end| self.range_is_free(first, end));
         assert!(free, "places {first}..+{count} are not all free");
-        for (k, owner) in self.owners[first as usize..(first + count) as usize]
-            .iter_mut()
-            .enumerate()
-        {
-            *owner = first_index + k as u32;
+        if count == 0 {
+            return;
         }
+        if self.owners.is_some() || first_index != self.home.wrapping_add(first) {
+            for (k, owner) in self.owners_mut()[first as usize..(first + count) as usize]
+                .iter_mut()
+                .enumerate()
+            {
+                *owner = first_index + k as u32;
+            }
+        }
+        self.expect(first, first + count);
     }
 
     /// Whether places `first..end` (within the capacity) are all free, a word at a time.
@@ -405,14 +462,13 @@ impl<T> Chunk<T> {
     }
 
     /// Maximal runs of free places that have an expected owner, as `(first, count)`.
-    /// Looks at 64 places at a time: a mask of the expected owners, less the occupied.
+    /// Looks at 64 places at a time: the expected places, less the occupied.
     pub(crate) fn pending_runs(&self) -> Vec<(u32, u32)> {
         let mut runs: Vec<(u32, u32)> = Vec::new();
-        for (w, owners) in self.owners.chunks(64).enumerate() {
-            let expected = owners
-                .iter()
-                .enumerate()
-                .fold(0u64, |m, (i, &o)| m | u64::from(o != 0) << i);
+        let Some(expected) = &self.expected else {
+            return runs;
+        };
+        for (w, &expected) in expected.iter().enumerate() {
             let mut pending = expected & !self.occupied[w];
             while pending != 0 {
                 let start = pending.trailing_zeros();
@@ -430,6 +486,11 @@ impl<T> Chunk<T> {
             }
         }
         runs
+    }
+
+    /// Forgets which places a snapshot load expected (it has filled them).
+    pub(crate) fn end_restore(&mut self) {
+        self.expected = None;
     }
 
     /// Fills the free places `first..first + count` with objects read as raw bytes by
@@ -661,7 +722,7 @@ mod tests {
     /// A chunk of `capacity` places over `memory` (kept alive by the caller).
     fn over(memory: &mut Vec<u64>, capacity: u32) -> Chunk<u64> {
         memory.resize(capacity as usize, 0);
-        Chunk::new(NonNull::new(memory.as_mut_ptr()).unwrap(), capacity, 0)
+        Chunk::new(NonNull::new(memory.as_mut_ptr()).unwrap(), capacity, 1, 0)
     }
 
     /// A chunk of 128 places holding `i` with owner `i + 1` at every place but `holes`.

@@ -384,6 +384,16 @@ impl<T> Table<T> {
         table.per_chunk = image.per_chunk;
         table.shift = image.per_chunk.ilog2();
         let pool = table.pool.clone();
+        let away = image
+            .slots
+            .iter()
+            .enumerate()
+            .any(|(index, (version, place))| {
+                version % 2 == 1 && place != (index as u32).wrapping_sub(1)
+            });
+        if away {
+            table.slots.list_places(&pool)?;
+        }
         table.slots.reset_zeroed(&pool, image.slots.len())?;
         let mut live = 0usize;
         match &image.slots {
@@ -431,9 +441,9 @@ impl<T> Table<T> {
             SlotImage::Records(_) => {
                 let (shift, mask) = (table.shift, table.per_chunk - 1);
                 let (slots, chunks) = (&table.slots, &mut table.chunks);
-                for (index, (&word, &place)) in slots.words().iter().zip(slots.places()).enumerate()
-                {
+                for (index, &word) in slots.words().iter().enumerate() {
                     if word & 1 == 1 {
+                        let place = slots.place(index);
                         chunks[(place >> shift) as usize]
                             .as_mut()
                             .expect("a checked image names existing chunks")
@@ -523,6 +533,9 @@ impl<T> Table<T> {
 
     /// Marks full chunks as such once every object is in place.
     fn finish_restore(&mut self) {
+        for chunk in self.chunks.iter_mut().flatten() {
+            chunk.end_restore();
+        }
         for ci in 0..self.chunks.len() {
             let non_full = self.chunks[ci]
                 .as_ref()

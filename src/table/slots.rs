@@ -7,16 +7,19 @@
 //! place while the word is still on its way; only an object that was moved (by
 //! defragmentation, or an insert that found slot `p + 1` taken) needs the place array.
 //! The words are half the bytes of whole slots, so more of them stay in cache: on a
-//! million-object table a lookup costs about what `SlotMap::get` does.
+//! million-object table a lookup costs about what `SlotMap::get` does. While every
+//! object is at home there is no place array at all: it is made (four bytes a slot) by
+//! [`SlotArray::list_places`], which whatever may move an object away calls first.
 //!
 //! The arrays live in spans rather than `Vec`s so that they are the pool's memory, grow
 //! without copying, and get huge pages once they are large.
 //!
-//! Invariants: `len` slots are initialised in both arrays; slot 0, once there, is the
-//! sentinel (word 0, place 0), never live; a live slot's word is `version | AWAY` where
-//! `version` is odd and below 2^31 and [`AWAY`] is set iff its place is not `index - 1`;
-//! a vacant slot's word is its even version; the first `committed` bytes of each span are
-//! counted in the pool and hold at least `len` entries.
+//! Invariants: `len` words are initialised, and `len` places while `places_listed`
+//! (else no live slot is away); slot 0, once there, is the sentinel (word 0, place 0),
+//! never live; a live slot's word is `version | AWAY` where `version` is odd and below
+//! 2^31 and [`AWAY`] is set iff its place is not `index - 1`; a vacant slot's word is its
+//! even version; the first `committed` bytes of each span are counted in the pool and
+//! hold at least `len` entries (the places' span only while listed).
 
 use crate::error::Error;
 use crate::pool::HierarchicalPool;
@@ -66,6 +69,8 @@ const COMMIT_STEP: usize = 64 << 10;
 pub(crate) struct SlotArray {
     words: Span,
     places: Span,
+    /// Whether the place array is kept (some live slot is, or was, away).
+    places_listed: bool,
     len: usize,
 }
 
@@ -120,27 +125,70 @@ impl SlotArray {
     /// The place of live slot `index` (0 past the end; meaningless while vacant).
     #[inline]
     pub(crate) fn place(&self, index: usize) -> u32 {
-        if index < self.len {
-            // SAFETY: as in `word`, for the place array.
+        if index >= self.len {
+            0
+        } else if self.places_listed {
+            // SAFETY: as in `word`, for the place array (listed: `len` places are there).
             unsafe { *self.places_ptr().add(index) }
         } else {
-            0
+            (index as u32).wrapping_sub(1)
         }
     }
 
-    /// Writes slot `index` (below `len`).
+    /// Whether the place array is kept.
+    #[cfg(test)]
+    pub(crate) fn lists_places(&self) -> bool {
+        self.places_listed
+    }
+
+    /// Makes the place array (from the home places, every live slot being at home) if
+    /// there is none, so that slots may be pointed away from home. On error nothing
+    /// changes.
+    pub(crate) fn list_places(&mut self, pool: &HierarchicalPool) -> Result<(), Error> {
+        if self.places_listed {
+            return Ok(());
+        }
+        let bytes = self.words.committed();
+        if bytes > self.places.committed() {
+            self.places.reserve(bytes)?;
+            let more = bytes - self.places.committed();
+            self.places.commit(pool, more)?;
+        }
+        self.places_listed = true;
+        let len = self.len;
+        if len > 0 {
+            // SAFETY: the places' span holds at least `len` committed entries (above),
+            // which nothing else borrows.
+            let places = unsafe { std::slice::from_raw_parts_mut(self.places_ptr(), len) };
+            for (i, p) in places.iter_mut().enumerate() {
+                *p = (i as u32).wrapping_sub(1);
+            }
+            places[0] = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes slot `index` (below `len`): its word and, where the place array is kept,
+    /// its place. A slot pointed away needs the array ([`list_places`](Self::list_places)).
     #[inline]
     fn write(&mut self, index: usize, word: u32, place: u32) {
         assert!(index < self.len, "slot {index} is past the array");
-        // SAFETY: in bounds (checked), inside the committed part of both spans; the
-        // exclusive borrow means nothing else reads them now.
+        assert!(
+            self.places_listed || word & AWAY == 0,
+            "slot {index} points away from home without a place array"
+        );
+        // SAFETY: in bounds (checked), inside the committed part of the words' span and,
+        // when listed, of the places'; the exclusive borrow means nothing reads them now.
         unsafe {
             self.words_ptr().add(index).write(word);
-            self.places_ptr().add(index).write(place);
+            if self.places_listed {
+                self.places_ptr().add(index).write(place);
+            }
         }
     }
 
-    /// Points the live slot `index` at `place`.
+    /// Points the live slot `index` at `place` (away from home only once the place array
+    /// is kept).
     #[inline]
     pub(crate) fn set_place(&mut self, index: u32, place: u32) {
         let version = self.version(index as usize);
@@ -179,34 +227,35 @@ impl SlotArray {
     }
 
     /// Sets the `count` slots from `first` (below `len`) from a snapshot's run: `version`
-    /// (below 2^31) and, for live slots, consecutive places from `first_place`.
+    /// (below 2^31) and, for live slots, consecutive places from `first_place` (away from
+    /// home only once the place array is kept).
     pub(crate) fn restore_run(&mut self, first: u32, version: u32, first_place: u32, count: u32) {
         let range = first as usize..first as usize + count as usize;
-        let (words, places) = self.parts_mut();
-        if word_is_live(version) {
-            let home = first_place == first.wrapping_sub(1);
-            words[range.clone()].fill(if home { version } else { version | AWAY });
-            for (p, place) in places[range].iter_mut().zip(first_place..) {
-                *p = place;
-            }
+        assert!(range.end <= self.len, "slots {range:?} are past the array");
+        let live = word_is_live(version);
+        let word = if live && first_place != first.wrapping_sub(1) {
+            version | AWAY
         } else {
-            words[range.clone()].fill(version);
-            places[range].fill(0);
-        }
-    }
-
-    /// The words and the places, mutably.
-    fn parts_mut(&mut self) -> (&mut [u32], &mut [u32]) {
-        if self.len == 0 {
-            return (&mut [], &mut []);
-        }
-        // SAFETY: the first `len` entries of each span are initialised; the two spans are
-        // distinct mappings, and the exclusive borrow keeps both slices unique.
-        unsafe {
-            (
-                std::slice::from_raw_parts_mut(self.words_ptr(), self.len),
-                std::slice::from_raw_parts_mut(self.places_ptr(), self.len),
-            )
+            version
+        };
+        assert!(
+            self.places_listed || word & AWAY == 0,
+            "slots {range:?} point away from home without a place array"
+        );
+        // SAFETY: `range` lies below `len` (checked), inside the committed words (and,
+        // when listed, places); the exclusive borrow keeps the slices unique.
+        let words = unsafe { std::slice::from_raw_parts_mut(self.words_ptr(), self.len) };
+        words[range.clone()].fill(word);
+        if self.places_listed {
+            // SAFETY: as above, for the place array.
+            let places = unsafe { std::slice::from_raw_parts_mut(self.places_ptr(), self.len) };
+            if live {
+                for (p, place) in places[range].iter_mut().zip(first_place..) {
+                    *p = place;
+                }
+            } else {
+                places[range].fill(0);
+            }
         }
     }
 
@@ -215,9 +264,13 @@ impl SlotArray {
     /// there are more than `budget` of them.
     pub(crate) fn runs_within(&self, budget: usize) -> Option<Vec<[u32; 3]>> {
         let mut runs: Vec<[u32; 3]> = Vec::new();
-        for (&word, &place) in self.words().iter().zip(self.places()) {
+        for (index, &word) in self.words().iter().enumerate() {
             let version = word_version(word);
-            let place = if word_is_live(word) { place } else { 0 };
+            let place = if word_is_live(word) {
+                self.place(index)
+            } else {
+                0
+            };
             if let Some([v, p, n]) = runs.last_mut()
                 && *v == version
                 && (if word_is_live(word) {
@@ -240,9 +293,9 @@ impl SlotArray {
     /// Every slot's `(version, place)` in index order, the sentinel first; a vacant slot's
     /// place is given as 0.
     pub(crate) fn records(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        self.words().iter().zip(self.places()).map(|(&w, &p)| {
+        self.words().iter().enumerate().map(|(index, &w)| {
             if word_is_live(w) {
-                (word_version(w), p)
+                (word_version(w), self.place(index))
             } else {
                 (w, 0)
             }
@@ -256,15 +309,6 @@ impl SlotArray {
         }
         // SAFETY: the first `len` words are initialised and the borrow keeps them.
         unsafe { std::slice::from_raw_parts(self.words_ptr(), self.len) }
-    }
-
-    /// The places, the sentinel's first.
-    pub(crate) fn places(&self) -> &[u32] {
-        if self.len == 0 {
-            return &[];
-        }
-        // SAFETY: as in `words`, for the place array.
-        unsafe { std::slice::from_raw_parts(self.places_ptr(), self.len) }
     }
 
     /// Makes room for `additional` more slots (and the sentinel, if missing) without
@@ -283,7 +327,12 @@ impl SlotArray {
                 places: MAX_SLOTS as u64,
             })?;
         let bytes = want * 4;
-        for span in [&mut self.words, &mut self.places] {
+        let spans = if self.places_listed {
+            [Some(&mut self.words), Some(&mut self.places)]
+        } else {
+            [Some(&mut self.words), None]
+        };
+        for span in spans.into_iter().flatten() {
             if bytes > span.committed() {
                 let to = bytes.div_ceil(COMMIT_STEP) * COMMIT_STEP;
                 span.reserve(to)?;
@@ -303,7 +352,12 @@ impl SlotArray {
         version: u32,
         place: u32,
     ) -> Result<u32, Error> {
-        if (self.len.max(1) + 1) * 4 > self.words.committed().min(self.places.committed()) {
+        let room = if self.places_listed {
+            self.words.committed().min(self.places.committed())
+        } else {
+            self.words.committed()
+        };
+        if (self.len.max(1) + 1) * 4 > room {
             self.reserve(pool, 1)?;
         }
         if self.len == 0 {
@@ -324,10 +378,13 @@ impl SlotArray {
         len: usize,
     ) -> Result<(), Error> {
         self.reserve(pool, len.saturating_sub(self.len.max(1)))?;
-        // SAFETY: `len` entries fit in the committed bytes of both spans (reserved above).
+        // SAFETY: `len` entries fit in the committed bytes of the words' span and, when
+        // listed, of the places' (reserved above).
         unsafe {
             std::ptr::write_bytes(self.words_ptr(), 0, len);
-            std::ptr::write_bytes(self.places_ptr(), 0, len);
+            if self.places_listed {
+                std::ptr::write_bytes(self.places_ptr(), 0, len);
+            }
         }
         self.len = len;
         Ok(())
@@ -341,6 +398,7 @@ impl SlotArray {
             self.places.release(pool);
         }
         self.len = 0;
+        self.places_listed = false;
     }
 }
 
@@ -442,20 +500,18 @@ mod tests {
         let pool = default_pool();
         let mut a = SlotArray::default();
         assert_eq!(a.word(0), None);
-        for i in 1..100_000u32 {
+        a.push(&pool, 1, 0).unwrap();
+        assert!(!a.lists_places(), "a slot at home needs no place array");
+        a.list_places(&pool).unwrap();
+        for i in 2..100_000u32 {
             let index = a.push(&pool, 1, i * 3).unwrap();
             assert_eq!(index, i);
         }
         assert_eq!(a.len(), 100_000);
-        assert_eq!((a.word(0), a.place(0)), (Some(0), 0));
+        assert_eq!((a.word(0), a.place(0), a.place(1)), (Some(0), 0, 0));
+        assert!((2..100_000).all(|i| a.place(i) == i as u32 * 3));
         assert!(
-            a.places()[1..]
-                .iter()
-                .enumerate()
-                .all(|(k, &p)| p == (k as u32 + 1) * 3)
-        );
-        assert!(
-            a.words()[1..]
+            a.words()[2..]
                 .iter()
                 .all(|&w| word_version(w) == 1 && w & AWAY != 0)
         );
@@ -473,6 +529,14 @@ mod tests {
         let mut a = SlotArray::default();
         assert_eq!(a.push(&pool, 1, 0).unwrap(), 1);
         assert_eq!(a.word(1), Some(home_word(1)));
+        assert_eq!(a.place(1), 0, "a home place without a place array");
+        let away = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut b = SlotArray::default();
+            b.push(&pool, 1, 0).unwrap();
+            b.set_place(1, 5);
+        }));
+        assert!(away.is_err(), "pointing away needs the place array first");
+        a.list_places(&pool).unwrap();
         a.set_place(1, 5);
         assert_eq!(a.word(1), Some(1 | AWAY));
         assert_eq!((a.version(1), a.place(1)), (1, 5));

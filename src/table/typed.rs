@@ -365,7 +365,8 @@ impl<T> Table<T> {
         debug_assert!(self.chunks[ci].is_none(), "chunk {ci} exists already");
         let data = NonNull::new(self.place_ptr((ci as u32) << self.shift))
             .expect("the span's places are not at address 0");
-        self.chunks[ci] = Some(Chunk::new(data, self.per_chunk, self.epoch()));
+        let home = ((ci as u32) << self.shift).wrapping_add(1);
+        self.chunks[ci] = Some(Chunk::new(data, self.per_chunk, home, self.epoch()));
         self.set_non_full(ci, true);
         Ok(())
     }
@@ -538,12 +539,18 @@ impl<T> Table<T> {
     #[inline]
     fn take_slot(&mut self, place: u32) -> Result<Handle<T>, Error> {
         let matching = place as usize + 1;
-        let index = if self.slots.word(matching).is_some_and(|w| w & 1 == 0) {
+        let home_is_free = self.slots.word(matching).is_some_and(|w| w & 1 == 0);
+        let home_is_next = matching == self.slots.len().max(1);
+        if !home_is_free && !home_is_next {
+            // The object will be away from home: the slots need their place array.
+            self.slots.list_places(&self.pool)?;
+        }
+        let index = if home_is_free {
             // Vacant: its entry on the vacant stack goes stale.
             self.vacant
                 .compact_if_stale(&self.slots, self.vacant_count() - 1);
             matching
-        } else if matching == self.slots.len().max(1) || self.vacant_count() == 0 {
+        } else if home_is_next || self.vacant_count() == 0 {
             let next = self.slots.len().max(1) as u32;
             let index = self.slots.push(&self.pool, 1, place)?;
             debug_assert_eq!(index, next);
@@ -1320,6 +1327,11 @@ impl<T> Table<T> {
     /// object cursor never needs to see it) and frees a place above every hole still to
     /// fill (the hole cursor never needs to see it either).
     pub(crate) fn fill_holes_from_top(&mut self, max_moves: usize) -> (usize, bool) {
+        if self.slots.list_places(&self.pool).is_err() {
+            // Moved objects need the place array and there is no memory for it: nothing
+            // moves, and the pass counts as done so that a loop of steps ends.
+            return (0, true);
+        }
         let mut holes = HoleCursor::default();
         let mut objects = ObjectCursor::from_top(self);
         let mut carried: Vec<(T, u32)> = Vec::with_capacity(64);
@@ -1460,6 +1472,7 @@ impl<T> Table<T> {
     /// fails nothing has moved. Returns the number of objects that changed place.
     pub(crate) fn permute(&mut self, order: &[Loc]) -> Result<usize, Error> {
         assert_eq!(order.len(), self.len(), "permute lists every object once");
+        self.slots.list_places(&self.pool)?;
         let n = order.len() as u64;
         let chunks_needed = n.div_ceil(u64::from(self.per_chunk)) as usize;
         while self.chunks.len() < chunks_needed {
