@@ -1,14 +1,14 @@
 //! The main job: the Potjans & Diesmann (2014) cortical microcircuit, end to end.
 //!
-//! Builds the network in a `NeuralGraph` (a tenth of its 77,169 neurons and about 30M
-//! synapses by default), simulates a 500 ms transient and one measured second with
+//! Builds the network in a `NeuralGraph` (at full scale by default: 77,169 neurons and
+//! about 299M synapses, 8 GiB), simulates a 500 ms transient and one measured second with
 //! exact integration at 0.1 ms, reports per-population rates beside the published ones,
 //! then removes a random tenth of the neurons, collects, defragments, saves a snapshot,
 //! loads it into a new store and verifies every handle, and plots a raster and the rates.
 //!
 //! ```sh
-//! cargo run --release --example microcircuit                       # scale 0.1
-//! cargo run --release --example microcircuit -- --scale 1.0        # full scale, ~299M synapses
+//! cargo run --release --example microcircuit                       # full scale, ~299M synapses
+//! cargo run --release --example microcircuit -- --scale 0.1        # a tenth, ~30M synapses
 //! cargo run --release --example microcircuit -- --help
 //! ```
 
@@ -25,7 +25,8 @@ use neurostore::snapshot::Progress;
 const USAGE: &str = "\
 usage: microcircuit [OPTIONS]
 
-  --scale S          population sizes times S, in-degrees kept (default 0.1)
+  --scale S          population sizes times S, in-degrees kept (default 1, the full
+                     model: 77,169 neurons, 299M synapses, about 8 GiB)
   --time-ms T        measured model time after the transient (default 1000)
   --transient-ms T   model time simulated and discarded first (default 500)
   --seed N           seed of every random draw (default 55)

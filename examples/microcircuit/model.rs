@@ -102,7 +102,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            scale: 0.1,
+            scale: 1.0,
             time_ms: 1000.0,
             transient_ms: 500.0,
             seed: 55,

@@ -102,12 +102,16 @@ impl DelaySteps {
     #[inline]
     fn of(&self, delay_ms: f32) -> u64 {
         let q = f64::from(delay_ms) * self.per_ms;
-        let fraction = q - q.trunc();
-        if (fraction - 0.5).abs() < 1e-9 || q < 1.5 {
+        // `as` truncates in one instruction, where `trunc` and `round` are calls into libm
+        // on the baseline x86-64 target.
+        let whole = q as u64;
+        let fraction = q - whole as f64;
+        if !(1.5..4e15).contains(&q) || (fraction - 0.5).abs() < 1e-9 {
             return delay_steps(delay_ms, self.dt);
         }
-        // At least 1.5 and finite here: the rounding is exact and positive.
-        q.round() as u64
+        // Finite, at least 1.5 and far below 2^53 here, and not near a half step: the
+        // nearest whole number of steps.
+        whole + u64::from(fraction > 0.5)
     }
 }
 
@@ -471,6 +475,7 @@ impl NeuralGraph {
     /// # Ok::<(), neurostore::Error>(())
     /// ```
     pub fn collect(&mut self) -> GcReport {
+        let started = std::time::Instant::now();
         let mut report = self.store.collect();
         let neurons = self.neurons();
         let live = |index: u32| neurons.live_handle(index).is_some();
@@ -489,6 +494,8 @@ impl NeuralGraph {
             .collect();
         report.dangling_count += dangling.len();
         report.dangling.extend(dangling);
+        report.duration = started.elapsed();
+        report.paused = report.duration;
         report
     }
 
@@ -1076,40 +1083,36 @@ impl NeuralGraph {
             ..
         } = self;
         let inputs = ring.inputs(now);
-        let update = |cache: &mut PropagatorCache, n: NeuronId, neuron: &mut Neuron| {
-            let (ex, inh) = inputs.of(n.index() as usize);
+        let update = |cache: &mut PropagatorCache, index: u32, neuron: &mut Neuron| {
+            let (ex, inh) = inputs.of(index as usize);
             let p = cache.get(neuron);
-            advance(neuron, &p, ex, inh, now).then_some(n)
+            advance(neuron, &p, ex, inh, now)
         };
         let table = table_of_mut::<Neuron>(store);
-        spikes.clear();
-        if table.len() < PARALLEL_NEURONS {
+        let mut fired: Vec<u32> = if table.len() < PARALLEL_NEURONS {
             let mut cache = PropagatorCache::new(dt);
-            spikes.extend(
-                table
-                    .iter_mut()
-                    .filter_map(|(n, neuron)| update(&mut cache, n, neuron)),
-            );
+            table
+                .iter_mut()
+                .filter_map(|(n, neuron)| {
+                    update(&mut cache, n.index(), neuron).then_some(n.index())
+                })
+                .collect()
         } else {
-            spikes.par_extend(
-                table
-                    .par_iter_mut()
-                    .map_init(
-                        || PropagatorCache::new(dt),
-                        |cache, (n, neuron)| update(cache, n, neuron),
-                    )
-                    .flatten_iter(),
-            );
-        }
-        spikes.sort_unstable_by_key(|n| n.index());
+            table.par_update_indexed(|| PropagatorCache::new(dt), update)
+        };
+        fired.sort_unstable();
+        spikes.clear();
+        spikes.extend(fired.iter().filter_map(|&i| table.live_handle(i)));
     }
 
     /// Sends the spikes of `sources` through their outgoing synapses into the ring, in
     /// source order and storage order, so that each neuron's input is summed in the same
-    /// order however many threads run. Many events are delivered in two parallel phases:
-    /// the sources are cut into one contiguous share per thread, each share's events are
-    /// written into a buffer per ring block, then each block takes the buffers of every
-    /// share, in share order. Returns the number of synaptic events.
+    /// order however many threads run. Many events are delivered in two phases, each in
+    /// parallel: the sources are cut into one contiguous share per thread, each share's
+    /// events are written into a buffer per ring block, then each block takes the buffers
+    /// of every share, in share order, while the block is in cache (on one thread too,
+    /// this beats adding each event where it falls). Returns the number of synaptic
+    /// events.
     fn propagate(&mut self, sources: &[NeuronId], dt: f64, now: u64) -> usize {
         let NeuralGraph {
             store,
@@ -1130,7 +1133,7 @@ impl NeuralGraph {
             .collect();
         let events: usize = walks.iter().map(|o| o.live as usize).sum();
         let threads = rayon::current_num_threads();
-        if events < PARALLEL_EVENTS || threads == 1 {
+        if events < PARALLEL_EVENTS {
             for o in &walks {
                 walk.events(o, |column, slot, w| ring.add(slot, column, w));
             }
@@ -1219,7 +1222,7 @@ pub(crate) struct Event {
 impl Event {
     #[inline]
     fn new(column: usize, slot: usize, weight: f32) -> Self {
-        debug_assert!(slot < MAX_RING_SLOTS && BLOCK_COLUMNS == 1 << 12);
+        debug_assert!(slot < MAX_RING_SLOTS && BLOCK_COLUMNS <= 1 << 12);
         Event {
             at: (slot as u32) << 12 | (column % BLOCK_COLUMNS) as u32,
             weight,

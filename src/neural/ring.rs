@@ -16,7 +16,7 @@ use crate::error::OomReason;
 pub(crate) const MAX_RING_SLOTS: usize = 1 << 20;
 
 /// Neuron columns per block.
-pub(crate) const BLOCK_COLUMNS: usize = 4096;
+pub(crate) const BLOCK_COLUMNS: usize = 1024;
 
 /// The shape of a [`SpikeRing`]: columns and slots.
 #[derive(Clone, Copy, Debug)]

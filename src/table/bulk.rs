@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use super::chunk::Chunk;
 use super::handle::Handle;
 use super::typed::Table;
 use crate::error::Error;
@@ -33,6 +34,42 @@ impl<T> Table<T> {
     pub(crate) fn get_at_place(&self, place: u64) -> Option<&T> {
         let loc = self.loc_of_global(place);
         self.chunks.get(loc.chunk as usize)?.as_ref()?.get(loc.pos)
+    }
+
+    /// Calls `f` with every live object and its slot index, in parallel over chunks (each
+    /// chunk's objects in order on one thread), and returns the slot indices for which
+    /// `f` returned true, in storage order. Stamps every chunk as changed. Reads no slot:
+    /// the index of an object at its home place is its place plus one.
+    pub(crate) fn par_update_indexed<S: Send>(
+        &mut self,
+        init: impl Fn() -> S + Sync + Send,
+        f: impl Fn(&mut S, u32, &mut T) -> bool + Sync + Send,
+    ) -> Vec<u32>
+    where
+        T: Send + Sync,
+    {
+        let epoch = self.epoch();
+        self.chunks
+            .par_iter_mut()
+            .flatten()
+            .map_init(&init, |state, c| {
+                c.dirty = epoch;
+                let c: &Chunk<T> = c;
+                let mut picked = Vec::new();
+                for pos in c.occupied_places() {
+                    // SAFETY: the place is occupied, so it holds an object; each place of
+                    // this chunk is visited once by this one task, and chunks are disjoint,
+                    // so the `&mut T`s are unique; the table is borrowed exclusively.
+                    let value = unsafe { &mut *c.place_ptr(pos) };
+                    let index = c.owner(pos);
+                    if f(state, index, value) {
+                        picked.push(index);
+                    }
+                }
+                picked
+            })
+            .flatten_iter()
+            .collect()
     }
 
     /// Every object with its global storage place, in storage order.
