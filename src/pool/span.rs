@@ -261,13 +261,16 @@ mod sys {
     /// `[base, base + old)` is a whole mapping from [`map`] or [`grow`], unborrowed.
     pub(super) unsafe fn grow(base: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
         let target = map(new)?;
-        // SAFETY: both ranges are mappings this module made; MREMAP_FIXED replaces the
-        // fresh target with the old pages, which keeps the target's alignment.
+        // SAFETY: both ranges are mappings this module made. MREMAP_FIXED puts the old
+        // pages over the first `old` bytes of the fresh, aligned target (the kernel unmaps
+        // those first, atomically); the rest of the target stays as mapped above. The
+        // mapping is moved at its own length rather than grown by mremap, so that tools
+        // that track mappings (valgrind) see every byte of the result mapped.
         let moved = unsafe {
             libc::mremap(
                 base.as_ptr().cast(),
                 old,
-                new,
+                old,
                 libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
                 target.as_ptr().cast::<libc::c_void>(),
             )
