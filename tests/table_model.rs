@@ -2,7 +2,8 @@
 //! get_mut / remove / retain / clear sequences with drop counting, checking after every
 //! step that every live handle resolves to its value, stale handles stay stale, iteration
 //! yields exactly the live set, every object is dropped exactly once, and a
-//! `slotmap::SecondaryMap` keyed by the table's handles agrees with the table.
+//! `slotmap::SecondaryMap` keyed by the table's handles agrees with the table; and that a
+//! new object takes a place no higher than the lowest free place of a chunk in use.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -40,6 +41,29 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The table's place of `h`'s object, counting every chunk's places.
+fn global_place<T>(table: &Table<T>, h: Handle<T>) -> u64 {
+    let loc = table.location(h).expect("live handle");
+    u64::from(loc.chunk) * u64::from(table.chunk_capacity()) + u64::from(loc.pos)
+}
+
+/// The places of the table's objects, in order.
+fn occupied_places<T>(table: &Table<T>) -> Vec<u64> {
+    let mut places: Vec<u64> = table.iter().map(|(h, _)| global_place(table, h)).collect();
+    places.sort_unstable();
+    places
+}
+
+/// The lowest free place of a chunk of `per_chunk` places that holds an object, if any.
+fn lowest_free_in_a_used_chunk(sorted_places: &[u64], per_chunk: u64) -> Option<u64> {
+    let mut chunks: Vec<u64> = sorted_places.iter().map(|p| p / per_chunk).collect();
+    chunks.dedup();
+    chunks
+        .iter()
+        .flat_map(|c| c * per_chunk..(c + 1) * per_chunk)
+        .find(|p| sorted_places.binary_search(p).is_err())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -58,7 +82,14 @@ proptest! {
                 Op::Insert => {
                     next_id += 1;
                     made += 1;
+                    let places = occupied_places(&table);
                     let h = table.insert(Counted { id: next_id, drops: drops.clone() });
+                    let place = global_place(&table, h);
+                    prop_assert!(places.binary_search(&place).is_err(), "place {} was taken", place);
+                    if let Some(free) = lowest_free_in_a_used_chunk(&places, u64::from(table.chunk_capacity())) {
+                        // A kept empty chunk below it may come first.
+                        prop_assert!(place <= free, "place {} past the free place {}", place, free);
+                    }
                     prop_assert!(!model.contains_key(&h), "a live handle was handed out twice");
                     prop_assert!(!stale.contains(&h), "a stale handle was handed out again");
                     model.insert(h, next_id);

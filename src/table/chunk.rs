@@ -77,7 +77,7 @@ impl<T> Chunk<T> {
 
     /// Sets the owner of place `pos`, making the owner list if `owner` is not the
     /// place's home slot.
-    #[inline]
+    #[inline(always)]
     fn set_owner(&mut self, pos: u32, owner: u32) {
         let home = self.home.wrapping_add(pos);
         match &mut self.owners {
@@ -126,6 +126,34 @@ impl<T> Chunk<T> {
                 let pos = (from + w) as u32 * 64 + (!word).trailing_zeros();
                 (word != u64::MAX && pos < self.capacity()).then_some(pos)
             })
+    }
+
+    /// Places `value` at `pos` for slot `owner` if `pos` is the chunk's lowest free place
+    /// ([`first_free`](Self::first_free)), told from the cursor's word alone; else gives
+    /// `value` back and changes nothing.
+    #[inline(always)]
+    pub(crate) fn try_put_lowest(&mut self, pos: u32, value: T, owner: u32) -> Result<(), T> {
+        let w = pos as usize / 64;
+        let bit = 1u64 << (pos % 64);
+        let lowest = pos < self.capacity
+            && self.free_cursor as usize == w
+            && self
+                .occupied
+                .get(w)
+                .is_some_and(|&word| word & (bit | (bit - 1)) == bit - 1);
+        if !lowest {
+            return Err(value);
+        }
+        // SAFETY: `pos` is within the chunk's places and free (checked above), so writing
+        // does not overwrite a live object.
+        unsafe { self.data.as_ptr().add(pos as usize).write(value) };
+        self.occupied[w] |= bit;
+        if self.occupied[w] == u64::MAX {
+            self.advance_free_cursor();
+        }
+        self.set_owner(pos, owner);
+        self.live += 1;
+        Ok(())
     }
 
     /// The highest occupied place below `limit`.

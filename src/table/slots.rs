@@ -19,7 +19,7 @@
 //! never live; a live slot's word is `version | AWAY` where `version` is odd and below
 //! 2^31 and [`AWAY`] is set iff its place is not `index - 1`; a vacant slot's word is its
 //! even version; the first `committed` bytes of each span are counted in the pool and
-//! hold at least `len` entries (the places' span only while listed).
+//! hold at least `room` entries (the places' span only while listed), and `len <= room`.
 
 use crate::error::Error;
 use crate::pool::HierarchicalPool;
@@ -72,6 +72,8 @@ pub(crate) struct SlotArray {
     /// Whether the place array is kept (some live slot is, or was, away).
     places_listed: bool,
     len: usize,
+    /// Slots that fit in the committed memory of the words and, when listed, the places.
+    room: usize,
 }
 
 impl SlotArray {
@@ -155,6 +157,7 @@ impl SlotArray {
             self.places.commit(pool, more)?;
         }
         self.places_listed = true;
+        self.set_room();
         let len = self.len;
         if len > 0 {
             // SAFETY: the places' span holds at least `len` committed entries (above),
@@ -170,7 +173,7 @@ impl SlotArray {
 
     /// Writes slot `index` (below `len`): its word and, where the place array is kept,
     /// its place. A slot pointed away needs the array ([`list_places`](Self::list_places)).
-    #[inline]
+    #[inline(always)]
     fn write(&mut self, index: usize, word: u32, place: u32) {
         assert!(index < self.len, "slot {index} is past the array");
         assert!(
@@ -340,7 +343,18 @@ impl SlotArray {
                 span.commit(pool, more)?;
             }
         }
+        self.set_room();
         Ok(())
+    }
+
+    /// Recounts `room` from the committed bytes.
+    fn set_room(&mut self) {
+        let bytes = if self.places_listed {
+            self.words.committed().min(self.places.committed())
+        } else {
+            self.words.committed()
+        };
+        self.room = bytes / 4;
     }
 
     /// Appends a live slot of `version` naming `place` (after the sentinel, which comes
@@ -352,12 +366,7 @@ impl SlotArray {
         version: u32,
         place: u32,
     ) -> Result<u32, Error> {
-        let room = if self.places_listed {
-            self.words.committed().min(self.places.committed())
-        } else {
-            self.words.committed()
-        };
-        if (self.len.max(1) + 1) * 4 > room {
+        if self.len.max(1) + 1 > self.room {
             self.reserve(pool, 1)?;
         }
         if self.len == 0 {
@@ -368,6 +377,26 @@ impl SlotArray {
         self.len += 1;
         self.write(index as usize, live_word(index, version, place), place);
         Ok(index)
+    }
+
+    /// Whether [`push_home`](Self::push_home) has the memory for one more slot.
+    #[inline(always)]
+    pub(crate) fn has_room_for_one(&self) -> bool {
+        self.len < self.room
+    }
+
+    /// Appends a live slot of version 1 for an object at `place`, its home: the array
+    /// holds `place + 1` slots (the sentinel included) and
+    /// [`has_room_for_one`](Self::has_room_for_one).
+    #[inline(always)]
+    pub(crate) fn push_home(&mut self, place: u32) {
+        assert!(
+            self.len == place as usize + 1 && self.has_room_for_one(),
+            "slot {} is not next or has no room",
+            place as usize + 1
+        );
+        self.len += 1;
+        self.write(place as usize + 1, 1, place);
     }
 
     /// Sets the length to `len` slots, all vacant of version 0 (the sentinel's form), for
@@ -399,6 +428,7 @@ impl SlotArray {
         }
         self.len = 0;
         self.places_listed = false;
+        self.room = 0;
     }
 }
 

@@ -503,7 +503,7 @@ impl<T> Table<T> {
     /// Inserts `value` at the lowest free place. Aborts through
     /// [`handle_alloc_error`] if the pool cannot give a new chunk, as `Vec` does; use
     /// [`try_insert`](Self::try_insert) to get the error instead.
-    #[inline]
+    #[inline(always)]
     pub fn insert(&mut self, value: T) -> Handle<T> {
         match self.try_insert(value) {
             Ok(h) => h,
@@ -513,8 +513,56 @@ impl<T> Table<T> {
 
     /// Inserts `value` at the lowest free place, or returns the pool's error (the value
     /// is dropped; the table keeps any chunk it took).
-    #[inline]
+    #[inline(always)]
     pub fn try_insert(&mut self, value: T) -> Result<Handle<T>, Error> {
+        match self.try_append(value) {
+            Ok(h) => Ok(h),
+            Err(value) => self.try_insert_anywhere(value),
+        }
+    }
+
+    /// The insert of a table whose lowest free place is right after its objects and
+    /// whose next slot is that place's home slot (a table filled in order): the same
+    /// result as [`try_insert_anywhere`](Self::try_insert_anywhere), told from a few
+    /// words instead of searched for. Gives `value` back when the table is not in that
+    /// state or needs memory.
+    #[inline(always)]
+    fn try_append(&mut self, value: T) -> Result<Handle<T>, T> {
+        let Ok(place) = u32::try_from(self.len) else {
+            return Err(value);
+        };
+        let index = place.wrapping_add(1);
+        let ci = (place >> self.shift) as usize;
+        let pos = place & (self.per_chunk - 1);
+        let lowest_non_full = self
+            .non_full
+            .get(self.non_full_floor)
+            .map(|w| self.non_full_floor * 64 + w.trailing_zeros() as usize);
+        if self.slots.len() != index as usize
+            || lowest_non_full != Some(ci)
+            || !self.slots.has_room_for_one()
+        {
+            return Err(value);
+        }
+        let epoch = *self.epoch.get_mut();
+        let Some(Some(chunk)) = self.chunks.get_mut(ci) else {
+            return Err(value);
+        };
+        chunk.try_put_lowest(pos, value, index)?;
+        chunk.dirty = epoch;
+        let full = chunk.live() == chunk.capacity();
+        self.slots.push_home(place);
+        self.len += 1;
+        self.slots_changed = epoch;
+        if full {
+            self.set_non_full(ci, false);
+        }
+        Ok(Handle::from_bits(1 << 32 | u64::from(index)))
+    }
+
+    /// [`try_insert`](Self::try_insert) in any state: searches for the lowest free place.
+    #[inline(never)]
+    fn try_insert_anywhere(&mut self, value: T) -> Result<Handle<T>, Error> {
         let (ci, pos) = self.free_place()?;
         let place = (ci << self.shift) | pos;
         let h = self.take_slot(place)?;
@@ -539,26 +587,29 @@ impl<T> Table<T> {
     #[inline]
     fn take_slot(&mut self, place: u32) -> Result<Handle<T>, Error> {
         let matching = place as usize + 1;
-        let home_is_free = self.slots.word(matching).is_some_and(|w| w & 1 == 0);
-        let home_is_next = matching == self.slots.len().max(1);
-        if !home_is_free && !home_is_next {
-            // The object will be away from home: the slots need their place array.
-            self.slots.list_places(&self.pool)?;
+        let next = self.slots.len().max(1);
+        if matching == next || (matching > next && self.vacant_count() == 0) {
+            // Appending: the new slot is `place + 1` or, when that one is further out,
+            // the object is away from home.
+            if matching != next {
+                self.slots.list_places(&self.pool)?;
+            }
+            let index = self.slots.push(&self.pool, 1, place)?;
+            self.len += 1;
+            return Ok(Handle::from_bits(u64::from(1u32) << 32 | u64::from(index)));
         }
-        let index = if home_is_free {
+        let index = if self.slots.word(matching).is_some_and(|w| w & 1 == 0) {
             // Vacant: its entry on the vacant stack goes stale.
             self.vacant
                 .compact_if_stale(&self.slots, self.vacant_count() - 1);
             matching
-        } else if home_is_next || self.vacant_count() == 0 {
-            let next = self.slots.len().max(1) as u32;
-            let index = self.slots.push(&self.pool, 1, place)?;
-            debug_assert_eq!(index, next);
-            index as usize
         } else {
-            self.vacant
-                .pop(&self.slots)
-                .expect("the vacant stack lists every vacant slot") as usize
+            // The object will be away from home: the slots need their place array.
+            self.slots.list_places(&self.pool)?;
+            match self.vacant.pop(&self.slots) {
+                Some(index) => index as usize,
+                None => self.slots.push(&self.pool, 1, place)? as usize,
+            }
         };
         if !self.slots.is_live(index) {
             self.slots.occupy(index as u32, place);
