@@ -303,6 +303,20 @@ impl<T> Table<T> {
     /// assert_eq!(t.fragmentation().holes, 0);
     /// ```
     pub fn defragment_step(&mut self, budget: DefragBudget) -> DefragProgress {
+        // Moved objects are away from their home slots, which needs the slots' place
+        // array (4 bytes a slot); a table without one makes it over as many steps as the
+        // budget asks, counting an entry as 4 bytes moved, before anything moves.
+        if !self.lists_places() && self.fragmentation().holes > 0 {
+            let listed = self.list_places_step(budget.moves_for(4).max(1));
+            return DefragProgress {
+                moved: 0,
+                bytes_moved: 0,
+                chunks_released: 0,
+                // Without memory for the array nothing can move: the pass is over.
+                done: listed.is_err(),
+                fragmentation: self.fragmentation().ratio,
+            };
+        }
         let (moved, done) = self.fill_holes_from_top(budget.moves_for(size_of::<T>()));
         let chunks_released = self.release_all_empty_chunks();
         DefragProgress {

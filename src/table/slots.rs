@@ -71,6 +71,9 @@ pub(crate) struct SlotArray {
     places: Span,
     /// Whether the place array is kept (some live slot is, or was, away).
     places_listed: bool,
+    /// While the place array is not kept: entries below this one are written already
+    /// (see [`list_places_step`](Self::list_places_step)).
+    listed_upto: usize,
     len: usize,
     /// Slots that fit in the committed memory of the words and, when listed, the places.
     room: usize,
@@ -138,17 +141,29 @@ impl SlotArray {
     }
 
     /// Whether the place array is kept.
-    #[cfg(test)]
     pub(crate) fn lists_places(&self) -> bool {
         self.places_listed
     }
 
     /// Makes the place array (from the home places, every live slot being at home) if
     /// there is none, so that slots may be pointed away from home. On error nothing
-    /// changes.
+    /// changes but the entries already written.
     pub(crate) fn list_places(&mut self, pool: &HierarchicalPool) -> Result<(), Error> {
+        self.list_places_step(pool, usize::MAX).map(|_| ())
+    }
+
+    /// Writes at most `max_entries` more entries of the place array, so that making it
+    /// can be spread over bounded steps; returns whether the array is kept now. Entries
+    /// written before a step hold their slots' home places, which stay right while no
+    /// slot is away (and none is until the array is complete). On error nothing changes
+    /// but the entries already written.
+    pub(crate) fn list_places_step(
+        &mut self,
+        pool: &HierarchicalPool,
+        max_entries: usize,
+    ) -> Result<bool, Error> {
         if self.places_listed {
-            return Ok(());
+            return Ok(true);
         }
         let bytes = self.words.committed();
         if bytes > self.places.committed() {
@@ -156,19 +171,24 @@ impl SlotArray {
             let more = bytes - self.places.committed();
             self.places.commit(pool, more)?;
         }
-        self.places_listed = true;
-        self.set_room();
-        let len = self.len;
-        if len > 0 {
+        let start = self.listed_upto.min(self.len);
+        let end = self.len.min(start.saturating_add(max_entries));
+        if end > start {
             // SAFETY: the places' span holds at least `len` committed entries (above),
             // which nothing else borrows.
-            let places = unsafe { std::slice::from_raw_parts_mut(self.places_ptr(), len) };
-            for (i, p) in places.iter_mut().enumerate() {
-                *p = (i as u32).wrapping_sub(1);
+            let places = unsafe {
+                std::slice::from_raw_parts_mut(self.places_ptr().add(start), end - start)
+            };
+            for (i, p) in (start..).zip(places.iter_mut()) {
+                *p = (i as u32).saturating_sub(1);
             }
-            places[0] = 0;
         }
-        Ok(())
+        self.listed_upto = end;
+        if end == self.len {
+            self.places_listed = true;
+            self.set_room();
+        }
+        Ok(self.places_listed)
     }
 
     /// Writes slot `index` (below `len`): its word and, where the place array is kept,
@@ -428,6 +448,7 @@ impl SlotArray {
         }
         self.len = 0;
         self.places_listed = false;
+        self.listed_upto = 0;
         self.room = 0;
     }
 }
@@ -551,6 +572,39 @@ mod tests {
         assert!(a.records().eq(std::iter::repeat_n((0, 0), 10)));
         a.release(&pool);
         assert_eq!((a.len(), a.committed()), (0, 0));
+    }
+
+    #[test]
+    fn a_place_array_made_in_steps_between_changes_names_every_home_place() {
+        let pool = default_pool();
+        let mut a = SlotArray::default();
+        for place in 0..1000 {
+            a.push(&pool, 1, place).unwrap();
+        }
+        assert!(!a.list_places_step(&pool, 300).unwrap());
+        assert!(!a.lists_places(), "a partial array is not used");
+        // Changes between steps: slots vacated and taken again, new slots past the end.
+        a.vacate(10);
+        a.occupy(10, 9);
+        for place in 1000..70_000 {
+            a.push(&pool, 1, place).unwrap();
+        }
+        let mut more_steps = 1;
+        while !a.list_places_step(&pool, 16_384).unwrap() {
+            more_steps += 1;
+        }
+        assert_eq!(more_steps, (70_001 - 300_usize).div_ceil(16_384));
+        assert!(a.lists_places());
+        assert_eq!((a.word(0), a.place(0)), (Some(0), 0));
+        assert!((1..70_001).all(|i| a.place(i) == i as u32 - 1));
+        assert!(
+            a.list_places_step(&pool, 1).unwrap(),
+            "a kept array needs no step"
+        );
+        a.set_place(5, 60_000);
+        assert_eq!(a.place(5), 60_000);
+        a.release(&pool);
+        assert!(!a.lists_places());
     }
 
     #[test]

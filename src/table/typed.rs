@@ -618,6 +618,17 @@ impl<T> Table<T> {
         Ok(self.handle_at(index as u32))
     }
 
+    /// Whether the slots keep their place array (objects may be away from home).
+    pub(crate) fn lists_places(&self) -> bool {
+        self.slots.lists_places()
+    }
+
+    /// Writes at most `max_entries` more entries of the slots' place array; returns
+    /// whether it is complete ([`SlotArray::list_places_step`]).
+    pub(crate) fn list_places_step(&mut self, max_entries: usize) -> Result<bool, Error> {
+        self.slots.list_places_step(&self.pool, max_entries)
+    }
+
     /// Slots that are vacant (the sentinel not counted).
     #[inline]
     fn vacant_count(&self) -> usize {
