@@ -106,6 +106,56 @@ fn timed<F: FnMut() -> Duration>(mut f: F) -> impl FnMut(u64) -> Duration {
     move |iters| (0..iters).map(|_| f()).sum()
 }
 
+/// A group of one save or load per sample (at 1 GB each is a second or so), rated in
+/// `bytes` of objects.
+fn one_second_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    bytes: u64,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1))
+        .throughput(Throughput::Bytes(bytes));
+    g
+}
+
+/// `neurostore_save` and `neurostore_load` of `store` through the file at `path`, in
+/// group `name`; returns the file's size.
+fn bench_save_and_load(
+    c: &mut Criterion,
+    name: &str,
+    store: &Store,
+    path: &Path,
+    registry: &TypeRegistry,
+    bytes: u64,
+) -> u64 {
+    let mut file_bytes = 0;
+    let objects = store.table::<Cell>().map(|t| t.len());
+    let mut g = one_second_group(c, name, bytes);
+    g.bench_function("neurostore_save", |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            file_bytes = store.save(path).expect("save").bytes;
+            t.elapsed()
+        }))
+    });
+    g.bench_function("neurostore_load", |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            let loaded = Store::load(path, registry).expect("load");
+            let took = t.elapsed();
+            assert_eq!(loaded.table::<Cell>().map(|t| t.len()), objects);
+            drop(black_box(loaded));
+            took
+        }))
+    });
+    g.finish();
+    file_bytes
+}
+
 fn main() {
     let n = objects();
     let bytes = (n * size_of::<Cell>()) as u64;
@@ -136,66 +186,16 @@ fn main() {
         .flat_map(|c| bytemuck::bytes_of(c).to_vec())
         .collect();
 
-    let mut file_bytes = 0;
-    let mut g = c.benchmark_group("snapshot_1GB");
-    // One save or load per sample: at 1 GB each is a second or so.
-    g.sample_size(10)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(1))
-        .throughput(Throughput::Bytes(bytes));
-    g.bench_function("neurostore_save", |b| {
-        b.iter_custom(timed(|| {
-            let t = Instant::now();
-            let report = store.save(&path).expect("save");
-            file_bytes = report.bytes;
-            t.elapsed()
-        }))
-    });
-    g.bench_function("neurostore_load", |b| {
-        b.iter_custom(timed(|| {
-            let t = Instant::now();
-            let loaded = Store::load(&path, &registry).expect("load");
-            let took = t.elapsed();
-            assert_eq!(loaded.table::<Cell>().map(|t| t.len()), Some(n));
-            drop(black_box(loaded));
-            took
-        }))
-    });
-    g.finish();
-    let mut g = c.benchmark_group("snapshot_churned");
-    g.sample_size(10)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(1))
-        .throughput(Throughput::Bytes(churned_bytes));
-    g.bench_function("neurostore_save", |b| {
-        b.iter_custom(timed(|| {
-            let t = Instant::now();
-            churned.save(&churned_path).expect("save");
-            t.elapsed()
-        }))
-    });
-    g.bench_function("neurostore_load", |b| {
-        b.iter_custom(timed(|| {
-            let t = Instant::now();
-            let loaded = Store::load(&churned_path, &registry).expect("load");
-            let took = t.elapsed();
-            assert_eq!(
-                loaded.table::<Cell>().map(|t| t.len()),
-                churned.table::<Cell>().map(|t| t.len())
-            );
-            drop(black_box(loaded));
-            took
-        }))
-    });
-    g.finish();
-    let mut g = c.benchmark_group("snapshot_1GB");
-    g.sample_size(10)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(1))
-        .throughput(Throughput::Bytes(bytes));
+    let file_bytes = bench_save_and_load(&mut c, "snapshot_1GB", &store, &path, &registry, bytes);
+    bench_save_and_load(
+        &mut c,
+        "snapshot_churned",
+        &churned,
+        &churned_path,
+        &registry,
+        churned_bytes,
+    );
+    let mut g = one_second_group(&mut c, "snapshot_1GB", bytes);
     g.bench_function("slotmap_bincode_save", |b| {
         b.iter_custom(timed(|| {
             let t = Instant::now();

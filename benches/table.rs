@@ -130,6 +130,16 @@ fn remove_half<M: Keyed>(m: &mut M, keys: &[M::Key]) {
     }
 }
 
+/// Runs `$f` (generic over [`Keyed`]) on a full table, `SlotMap` and `DenseSlotMap` in
+/// group `$group`.
+macro_rules! for_each_keyed {
+    ($c:expr, $group:expr, $f:ident) => {
+        per_element($c, $group, "table", table_full, |(t, hs)| $f(t, hs));
+        per_element($c, $group, "slotmap", slotmap_full, |(m, ks)| $f(m, ks));
+        per_element($c, $group, "dense_slotmap", dense_full, |(m, ks)| $f(m, ks));
+    };
+}
+
 fn bench(c: &mut Criterion) {
     // insert
     per_element(c, "insert", "table", Table::<Obj>::new, |t| {
@@ -252,11 +262,7 @@ fn bench(c: &mut Criterion) {
     }
 
     // churn: remove a random half, insert as many, iterate
-    per_element(c, "churn", "table", table_full, |(t, hs)| churn(t, hs));
-    per_element(c, "churn", "slotmap", slotmap_full, |(m, ks)| churn(m, ks));
-    per_element(c, "churn", "dense_slotmap", dense_full, |(m, ks)| {
-        churn(m, ks)
-    });
+    for_each_keyed!(c, "churn", churn);
     per_element(c, "churn", "vec", vec_full, |(v, is)| {
         // A Vec has no stable names: swap_remove at random positions, then push.
         let q = shuffled(is, 2);
@@ -271,26 +277,10 @@ fn bench(c: &mut Criterion) {
     });
 
     // remove a random half
-    per_element(c, "remove_half", "table", table_full, |(t, hs)| {
-        remove_half(t, hs)
-    });
-    per_element(c, "remove_half", "slotmap", slotmap_full, |(m, ks)| {
-        remove_half(m, ks)
-    });
-    per_element(c, "remove_half", "dense_slotmap", dense_full, |(m, ks)| {
-        remove_half(m, ks)
-    });
+    for_each_keyed!(c, "remove_half", remove_half);
 
     // remove all
-    per_element(c, "remove_all", "table", table_full, |(t, hs)| {
-        remove_all(t, hs)
-    });
-    per_element(c, "remove_all", "slotmap", slotmap_full, |(m, ks)| {
-        remove_all(m, ks)
-    });
-    per_element(c, "remove_all", "dense_slotmap", dense_full, |(m, ks)| {
-        remove_all(m, ks)
-    });
+    for_each_keyed!(c, "remove_all", remove_all);
     per_element(c, "remove_all", "vec", vec_full, |(v, _)| {
         while let Some(o) = v.pop() {
             black_box(o);

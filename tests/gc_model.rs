@@ -748,12 +748,20 @@ fn nodes_and_anchors() -> (Store, Arc<Mutex<Vec<u64>>>) {
     (store, Arc::new(Mutex::new(Vec::new())))
 }
 
-#[test]
-fn a_handle_moved_into_a_scanned_object_during_a_cycle_keeps_its_target() {
+/// The objects of [`cycle_with_an_unscanned_far_end`].
+struct ChainToTarget {
+    target: Handle<Node>,
+    far_end: Handle<Node>,
+    anchor: Handle<Anchor>,
+}
+
+/// A store in an open collection cycle whose first step scanned an anchor: the anchor
+/// holds the head of a chain of 1,000 nodes whose far end alone holds `target`, and the
+/// far end is not scanned yet. Returns the store and its drop log with the objects.
+fn cycle_with_an_unscanned_far_end() -> (Store, Arc<Mutex<Vec<u64>>>, ChainToTarget) {
     let (mut store, log) = nodes_and_anchors();
     let node = |edges, id| node(edges, id, &log);
     let target = store.insert(node(vec![], 0));
-    // A chain of 1,000 nodes whose far end alone holds `target`.
     let mut next = store.insert(node(vec![target], 1));
     let far_end = next;
     for id in 2..1000 {
@@ -766,6 +774,22 @@ fn a_handle_moved_into_a_scanned_object_during_a_cycle_keeps_its_target() {
     store.gc_begin().unwrap();
     let first = store.gc_step(Duration::ZERO);
     assert!(!first.done && first.scanned <= 16, "{first:?}");
+    let chain = ChainToTarget {
+        target,
+        far_end,
+        anchor,
+    };
+    (store, log, chain)
+}
+
+#[test]
+fn a_handle_moved_into_a_scanned_object_during_a_cycle_keeps_its_target() {
+    let (mut store, _log, chain) = cycle_with_an_unscanned_far_end();
+    let ChainToTarget {
+        target,
+        far_end,
+        anchor,
+    } = chain;
     // The anchor was scanned; the far end was not. Move the handle across.
     store.get_mut(anchor).unwrap().nodes.push(target);
     store.get_mut(far_end).unwrap().edges.clear();
@@ -781,21 +805,12 @@ fn a_handle_moved_into_a_scanned_object_during_a_cycle_keeps_its_target() {
 
 #[test]
 fn a_handle_moved_through_the_erased_tables_during_a_cycle_keeps_its_target() {
-    let (mut store, log) = nodes_and_anchors();
-    let node = |edges, id| node(edges, id, &log);
-    let target = store.insert(node(vec![], 0));
-    let mut next = store.insert(node(vec![target], 1));
-    let far_end = next;
-    for id in 2..1000 {
-        next = store.insert(node(vec![next], id));
-    }
-    let anchor = store.insert(Anchor {
-        nodes: vec![next],
-        leaves: vec![],
-    });
-    store.gc_begin().unwrap();
-    let first = store.gc_step(Duration::ZERO);
-    assert!(!first.done && first.scanned <= 16, "{first:?}");
+    let (mut store, log, chain) = cycle_with_an_unscanned_far_end();
+    let ChainToTarget {
+        target,
+        far_end,
+        anchor,
+    } = chain;
     // The same move as above, through the erased tables a generic tool walks: each
     // table is downcast to its type and changed without `Store::get_mut`.
     for table in store.tables_mut() {

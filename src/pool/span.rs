@@ -224,34 +224,7 @@ mod sys {
     /// Maps `len` bytes (a multiple of 64 KiB), readable and writable, aligned to
     /// [`SPAN_ALIGN`], without reserving swap for them.
     pub(super) fn map(len: usize) -> Option<NonNull<u8>> {
-        let span = len.checked_add(SPAN_ALIGN)?;
-        // SAFETY: an anonymous private mapping with a null hint has no preconditions; the
-        // result is checked against MAP_FAILED before use.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                span,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return None;
-        }
-        let raw_addr = raw as usize;
-        let start = (raw_addr + SPAN_ALIGN - 1) & !(SPAN_ALIGN - 1);
-        let (head, tail) = (start - raw_addr, span - (start - raw_addr) - len);
-        if head > 0 {
-            // SAFETY: the unused head of the mapping made above.
-            unsafe { libc::munmap(raw, head) };
-        }
-        if tail > 0 {
-            // SAFETY: the unused tail of the same mapping.
-            unsafe { libc::munmap((start + len) as *mut libc::c_void, tail) };
-        }
-        NonNull::new(start as *mut u8)
+        crate::pool::os::map(len, SPAN_ALIGN, false)
     }
 
     /// Moves the mapping `[base, base + old)` to a fresh aligned one of `new` bytes
@@ -304,8 +277,8 @@ mod sys {
     /// # Safety
     /// The range is a whole mapping of ours that nothing uses.
     pub(super) unsafe fn unmap(base: NonNull<u8>, len: usize) {
-        // SAFETY: per the contract.
-        unsafe { libc::munmap(base.as_ptr().cast(), len) };
+        // SAFETY: per the contract, a whole mapping that `map` (`os::map`) or `grow` made.
+        unsafe { crate::pool::os::unmap(base, len, SPAN_ALIGN) };
     }
 }
 
