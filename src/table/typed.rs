@@ -564,17 +564,24 @@ impl<T> Table<T> {
     #[inline(never)]
     fn try_insert_anywhere(&mut self, value: T) -> Result<Handle<T>, Error> {
         let (ci, pos) = self.free_place()?;
-        let place = (ci << self.shift) | pos;
+        let epoch = self.epoch();
+        self.put_new((ci << self.shift) | pos, value, epoch)
+    }
+
+    /// Puts `value` at the free `place` of a chunk the table holds, with a slot from
+    /// [`take_slot`](Self::take_slot), stamping the chunk with `epoch`.
+    fn put_new(&mut self, place: u32, value: T, epoch: u64) -> Result<Handle<T>, Error> {
+        let Loc { chunk, pos } = self.unpack(place);
+        let ci = chunk as usize;
         let h = self.take_slot(place)?;
         self.stamp_slots();
-        let epoch = self.epoch();
-        let chunk = self.chunks[ci as usize]
+        let chunk = self.chunks[ci]
             .as_mut()
-            .expect("free_place returns a live chunk");
+            .expect("a free place lies in a chunk the table holds");
         chunk.put(pos, value, h.index());
         chunk.dirty = epoch;
         if chunk.live() == chunk.capacity() {
-            self.set_non_full(ci as usize, false);
+            self.set_non_full(ci, false);
         }
         Ok(h)
     }
@@ -955,20 +962,11 @@ impl<T> Table<T> {
     /// Puts `value` at the free global place `place` (making its chunk if needed).
     fn put_after_top(&mut self, place: u64, value: T, epoch: u64) -> Result<Handle<T>, Error> {
         let place = u32::try_from(place).map_err(|_| Error::TableFull { places: 1u64 << 32 })?;
-        let Loc { chunk, pos } = self.unpack(place);
-        let ci = chunk as usize;
+        let ci = self.unpack(place).chunk as usize;
         if self.chunks.get(ci).is_none_or(Option::is_none) {
             self.make_chunk_at(ci)?;
         }
-        let h = self.take_slot(place)?;
-        self.stamp_slots();
-        let chunk = self.chunks[ci].as_mut().expect("made above");
-        chunk.put(pos, value, h.index());
-        chunk.dirty = epoch;
-        if chunk.live() == chunk.capacity() {
-            self.set_non_full(ci, false);
-        }
-        Ok(h)
+        self.put_new(place, value, epoch)
     }
 
     /// Where `h`'s object lives, if it is live.
