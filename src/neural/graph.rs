@@ -185,6 +185,9 @@ impl NeuronSet {
 /// each arriving `round(delay / dt)` steps later (at least one). Results are deterministic:
 /// they do not depend on the number of threads.
 ///
+/// A graph is `Send + Sync` (checked when the crate compiles): it can move to a worker
+/// thread, and `&NeuralGraph` can be read from many.
+///
 /// ```
 /// use neurostore::neural::{NeuralGraph, NeuronParams};
 ///
@@ -232,6 +235,11 @@ pub struct NeuralGraph {
     /// Per share of the sources, a buffer of events per ring block (kept between steps).
     delivery: Vec<Vec<Vec<Event>>>,
 }
+
+const _: () = {
+    const fn send_and_sync<G: Send + Sync>() {}
+    send_and_sync::<NeuralGraph>();
+};
 
 impl Default for NeuralGraph {
     fn default() -> Self {

@@ -438,12 +438,43 @@ impl Store {
             .expect("the table under TypeId::of::<T>() is a Table<T>")
     }
 
-    /// Inserts `value` into the table of `T` (registering it if needed).
+    /// Inserts `value` into the table of `T` (making the table if needed). Aborts
+    /// through [`handle_alloc_error`](std::alloc::handle_alloc_error) if the pool refuses
+    /// memory, as `Vec` does; [`try_insert`](Self::try_insert) returns the error instead.
     pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Handle<T> {
         let h = self.table_entry::<T>().insert(value);
+        self.after_insert(h);
+        h
+    }
+
+    /// Inserts `value` into the table of `T` (making the table if needed), or returns
+    /// the pool's refusal.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] when the pool cannot give the table a chunk (a
+    /// `total_memory` cap, for one), [`Error::TableFull`] when the table has used every
+    /// handle index; `value` is dropped and no object is added.
+    ///
+    /// ```
+    /// use neurostore::{Error, HierarchicalPool, PoolConfig, Store};
+    ///
+    /// let mut config = PoolConfig::default();
+    /// config.total_memory = Some(1 << 20);
+    /// let mut store = Store::with_pool(HierarchicalPool::new(config)?.into());
+    /// let refused = (0..1_000_000u64).map(|i| store.try_insert([i; 8])).find_map(Result::err);
+    /// assert!(matches!(refused, Some(Error::OutOfMemory { .. })));
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn try_insert<T: Send + Sync + 'static>(&mut self, value: T) -> Result<Handle<T>, Error> {
+        let h = self.table_entry::<T>().try_insert(value)?;
+        self.after_insert(h);
+        Ok(h)
+    }
+
+    /// What an open collection cycle and the collection policy learn of a new object.
+    fn after_insert<T: Send + Sync + 'static>(&mut self, h: Handle<T>) {
         self.gc_barrier::<T>(h.to_bits(), true);
         self.gc_after_insert();
-        h
     }
 
     /// The object `h` names.
@@ -611,9 +642,20 @@ impl SharedStore {
         any.downcast().ok()
     }
 
-    /// Inserts `value` into the table of `T` (registering it if needed).
+    /// Inserts `value` into the table of `T` (making the table if needed). Aborts as
+    /// [`Store::insert`] does if the pool refuses memory; [`try_insert`](Self::try_insert)
+    /// returns the error instead.
     pub fn insert<T: Send + Sync + 'static>(&self, value: T) -> Handle<T> {
         self.ensure_table::<T>().write().insert(value)
+    }
+
+    /// Inserts `value` into the table of `T` (making the table if needed), or returns
+    /// the pool's refusal.
+    ///
+    /// # Errors
+    /// As [`Store::try_insert`].
+    pub fn try_insert<T: Send + Sync + 'static>(&self, value: T) -> Result<Handle<T>, Error> {
+        self.ensure_table::<T>().write().try_insert(value)
     }
 
     /// Runs `f` on the object `h` names, under the table's read lock.
@@ -643,6 +685,14 @@ impl SharedStore {
         self.table::<T>()?.write().remove(h)
     }
 }
+
+// Both stores cross threads: `Store` moves to a worker or is read from many (`&Store`
+// gives only `&T`), and `SharedStore` is shared behind an `Arc`.
+const _: () = {
+    const fn send_and_sync<S: Send + Sync>() {}
+    send_and_sync::<Store>();
+    send_and_sync::<SharedStore>();
+};
 
 #[cfg(test)]
 mod tests {

@@ -637,6 +637,7 @@ fn occupied_runs_of(words: &[u64], capacity: u32) -> impl Iterator<Item = (u32, 
 }
 
 /// The set bits of an occupancy bitmap, in order, without allocating.
+#[derive(Clone)]
 pub(crate) struct OccupiedPlaces<'a> {
     words: &'a [u64],
     word: usize,
@@ -672,6 +673,15 @@ impl Iterator for OccupiedPlaces<'_> {
 pub(crate) enum ChunkValues<'a, T> {
     Full(std::slice::Iter<'a, T>),
     Sparse(&'a Chunk<T>, OccupiedPlaces<'a>),
+}
+
+impl<T> Clone for ChunkValues<'_, T> {
+    fn clone(&self) -> Self {
+        match self {
+            ChunkValues::Full(it) => ChunkValues::Full(it.clone()),
+            ChunkValues::Sparse(c, places) => ChunkValues::Sparse(c, places.clone()),
+        }
+    }
 }
 
 impl<'a, T> Iterator for ChunkValues<'a, T> {

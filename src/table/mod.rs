@@ -25,12 +25,14 @@
 mod bulk;
 mod chunk;
 mod handle;
+mod iter;
 mod persist;
 mod slots;
 mod typed;
 
 pub use handle::Handle;
 pub(crate) use handle::short_type_name;
+pub use iter::{Drain, IntoIter, Iter, IterMut, Values, ValuesMut};
 pub(crate) use persist::{SlotImage, TableImage};
 #[cfg(feature = "cuda")]
 pub(crate) use slots::{word_is_live, word_version};

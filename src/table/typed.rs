@@ -1030,54 +1030,6 @@ impl<T> Table<T> {
         }
     }
 
-    /// Every live object with its handle, in storage order (chunk by chunk, place by place).
-    pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> + '_ {
-        self.chunks.iter().flatten().flat_map(move |c| {
-            c.occupied_places().map(move |pos| {
-                // SAFETY: the place is occupied (from the bitmap), so it holds an object.
-                (self.handle_at(c.owner(pos)), unsafe {
-                    c.get_unchecked(pos)
-                })
-            })
-        })
-    }
-
-    /// Every live object, in storage order, without handles (the fastest walk: a full
-    /// chunk is one slice).
-    pub fn values(&self) -> impl Iterator<Item = &T> + '_ {
-        self.chunks.iter().flatten().flat_map(|c| c.values())
-    }
-
-    /// Every live object, mutably, in storage order, without handles. Stamps every
-    /// chunk as changed.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
-        let epoch = self.epoch();
-        self.chunks.iter_mut().flatten().flat_map(move |c| {
-            c.dirty = epoch;
-            c.values_mut()
-        })
-    }
-
-    /// Every live object with its handle, mutably, in storage order. Stamps every chunk
-    /// as changed.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Handle<T>, &mut T)> + '_ {
-        let epoch = self.epoch();
-        let slots = &self.slots;
-        self.chunks.iter_mut().flatten().flat_map(move |c| {
-            c.dirty = epoch;
-            let c: &Chunk<T> = c;
-            c.occupied_places().map(move |pos| {
-                // SAFETY: the place is occupied, so it holds an object; each place is
-                // visited once, so the `&mut T`s handed out are disjoint; the pointer comes
-                // from the chunk's places, not from a reference, and the table is borrowed
-                // exclusively for as long as the iterator and its items live.
-                (handle_in(slots, c.owner(pos)), unsafe {
-                    &mut *c.place_ptr(pos)
-                })
-            })
-        })
-    }
-
     /// Every live object with its handle, in parallel over chunks (rayon).
     pub fn par_iter(&self) -> impl ParallelIterator<Item = (Handle<T>, &T)> + '_
     where
@@ -1153,17 +1105,6 @@ impl<T> Table<T> {
         unsafe { self.objects.release(&self.pool) };
     }
 
-    /// Removes every object, yielding it with its handle.
-    pub fn drain(&mut self) -> impl Iterator<Item = (Handle<T>, T)> + '_ {
-        let handles: Vec<Handle<T>> = self.iter().map(|(h, _)| h).collect();
-        handles.into_iter().map(move |h| {
-            let v = self
-                .remove(h)
-                .expect("handles collected from a live iteration");
-            (h, v)
-        })
-    }
-
     /// The table's figures.
     pub fn stats(&self) -> TableStats {
         let live = self.len();
@@ -1215,7 +1156,7 @@ impl<T> Table<T> {
 
 /// The handle of live slot `index` of `slots`.
 #[inline]
-fn handle_in<T>(slots: &SlotArray, index: u32) -> Handle<T> {
+pub(super) fn handle_in<T>(slots: &SlotArray, index: u32) -> Handle<T> {
     let version = slots.version(index as usize);
     Handle::from_bits(u64::from(version) << 32 | u64::from(index))
 }
