@@ -82,6 +82,23 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A `ConfigError` is an error of its own, so that code reading a configuration can
+/// return it through `Box<dyn Error>` or `anyhow`, and it is the
+/// [`source`](std::error::Error::source) of [`Error::Config`].
+///
+/// ```
+/// use std::error::Error as _;
+/// use neurostore::{Error, PoolConfig};
+///
+/// let err = PoolConfig::from_toml_str("[memory_pools.small]\nsizes = [64, 32]").unwrap_err();
+/// let source = err.source().expect("a config error has its key and message as source");
+/// assert!(source.to_string().contains("memory_pools.small.sizes"));
+/// let Error::Config(config_error) = err else { panic!("a config error") };
+/// let boxed: Box<dyn std::error::Error> = config_error.into();
+/// assert!(boxed.to_string().starts_with("`memory_pools.small.sizes`"));
+/// ```
+impl std::error::Error for ConfigError {}
+
 /// The error type of every fallible neurostore operation.
 ///
 /// ```
@@ -133,7 +150,7 @@ pub enum Error {
     },
     /// A configuration value is impossible; the key names it.
     #[error("invalid configuration {0}")]
-    Config(ConfigError),
+    Config(#[source] ConfigError),
     /// A table cannot hold more objects: its slot table addresses at most `places` places.
     #[error("the table is full: it can address at most {places} places")]
     TableFull {

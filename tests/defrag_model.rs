@@ -269,7 +269,7 @@ fn defragmentation_returns_chunks_and_the_pool_gives_them_back() {
 #[test]
 fn the_store_policy_defragments_after_removals() {
     let mut store = neurostore::Store::new();
-    assert_eq!(store.defrag_policy().map(|p| p.threshold), Some(0.3));
+    assert_eq!(store.defrag_policy().map(|p| p.threshold()), Some(0.3));
     let hs: Vec<_> = (0..100_000u64).map(|i| store.insert(i)).collect();
     // Remove a random 60 %: without the policy the ratio would reach about 0.6.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;

@@ -108,7 +108,10 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
     let lifetime = option_variant(quote!(Lifetime), container.lifetime);
     let pod = container.pod.is_some();
     let align_expr = quote_spanned!(align_span=>
-        ::neurostore::pooled::hint_align::<Self>(#align)
+        match ::neurostore::pooled::hint_align::<Self>(#align) {
+            ::core::result::Result::Ok(align) => align,
+            ::core::result::Result::Err(e) => ::core::panic!("{}", e.message()),
+        }
     );
     // A concrete type's hints are checked when the crate compiles; a generic one's when
     // an instance is used.

@@ -188,9 +188,15 @@ impl<M: ArenaMemory> ArenaSet<M> {
                 Some(f) => f,
                 None => {
                     let arena_bytes = self.config.arena_bytes;
-                    let address = self.memory.map(arena_bytes)?;
+                    // Map after the bookkeeping: the geometry was validated with the
+                    // config, so only the host allocation of the bookkeeping can fail.
                     let mut buddy =
-                        BuddyAllocator::new(arena_bytes, min).expect("the config was validated");
+                        BuddyAllocator::new(arena_bytes, min).map_err(|_| Error::OutOfMemory {
+                            requested: bytes as usize,
+                            align: min as usize,
+                            reason: OomReason::OsRefused,
+                        })?;
+                    let address = self.memory.map(arena_bytes)?;
                     let offset = buddy.allocate(bytes, min).expect("a fresh arena holds it");
                     let size = buddy.block_size(offset).expect("just allocated");
                     let i = self.install(Arena {

@@ -31,6 +31,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use crate::table::Table;
 
 /// How a table's holes are spread.
@@ -138,14 +139,49 @@ pub struct DefragProgress {
 }
 
 /// When a [`Store`](crate::Store) defragments a table on its own: after removals, once the
-/// table's fragmentation ratio passes `threshold`.
+/// table's fragmentation ratio passes the policy's threshold. Made by
+/// [`DefragPolicy::new`], which refuses a threshold that could not work.
+///
+/// ```
+/// use neurostore::{DefragPolicy, Store};
+///
+/// let mut store = Store::new();
+/// store.set_defrag_policy(Some(DefragPolicy::new(0.5)?));
+/// assert_eq!(store.defrag_policy().map(|p| p.threshold()), Some(0.5));
+/// assert!(DefragPolicy::new(f64::NAN).is_err());
+/// assert!(DefragPolicy::new(-0.1).is_err());
+/// # Ok::<(), neurostore::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DefragPolicy {
-    /// The fragmentation ratio (0..1) above which a table is defragmented.
-    pub threshold: f64,
+    threshold: f64,
+}
+
+impl DefragPolicy {
+    /// A policy that defragments a table once its fragmentation ratio is above
+    /// `threshold` (0 defragments after any hole, 1 never).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `threshold` is not in `0.0..=1.0` (NaN included): a
+    /// NaN threshold would never fire and a negative one would fire after every removal.
+    pub fn new(threshold: f64) -> Result<Self, Error> {
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(Error::invalid_argument(
+                "threshold",
+                format!("{threshold} is not a fragmentation ratio in 0.0..=1.0"),
+            ));
+        }
+        Ok(DefragPolicy { threshold })
+    }
+
+    /// The fragmentation ratio above which a table is defragmented.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
 }
 
 impl Default for DefragPolicy {
+    /// Threshold 0.3.
     fn default() -> Self {
         DefragPolicy { threshold: 0.3 }
     }

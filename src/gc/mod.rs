@@ -42,13 +42,12 @@ mod mark;
 use std::any::TypeId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::pool::AlertKind;
 use crate::pooled::{AnyHandle, EdgeBuffer, Retention, Trace, Tracer};
 use crate::store::{ErasedTable, Store};
 use crate::table::{Handle, Table};
@@ -91,8 +90,7 @@ pub struct Dangling {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GcPolicy {
     /// Collect when the pool's reserved memory passes this fraction of its
-    /// `total_memory` cap (the pool's memory-pressure alert; pools without a cap never
-    /// raise it). Default 0.8.
+    /// `total_memory` cap (pools without a cap never trigger it). Default 0.8.
     pub trigger_ratio: f64,
     /// Collect after this many inserts through the store; `None` (the default) for never.
     pub every_n_inserts: Option<usize>,
@@ -300,9 +298,12 @@ pub(crate) struct GcState {
     policy: Option<GcPolicy>,
     dangling_policy: DanglingPolicy,
     inserts: usize,
-    /// Set by the pool's memory-pressure alert; read on insert.
-    pressure: Arc<AtomicBool>,
-    pressure_hooked: bool,
+    /// The policy's `trigger_ratio` of the pool's `total_memory`, in bytes (`None` without
+    /// a policy or a cap).
+    pressure_bytes: Option<usize>,
+    /// The pool's reserved bytes when the last collection ended: pressure starts another
+    /// only once the pool has reserved more than that.
+    reserved_after_collect: usize,
 }
 
 impl std::fmt::Debug for GcState {
@@ -392,26 +393,43 @@ impl Store {
 
     /// When the store collects on its own: `None` (the default) for never. With a
     /// policy, a collection runs on insert once `every_n_inserts` inserts have happened
-    /// since the last, or once the pool has raised its memory-pressure alert at
-    /// `trigger_ratio` (only pools with a `total_memory` cap raise it). Never during an
-    /// open incremental cycle.
+    /// since the last, or once the pool's reserved memory is past `trigger_ratio` of its
+    /// `total_memory` cap and has grown since the last collection (pools without a cap
+    /// never trigger it). Never during an open incremental cycle. The policy belongs to
+    /// this store: the pool, which other stores may share, is not changed.
     ///
     /// # Errors
-    /// [`Error::Config`] if `trigger_ratio` is not in `0.0..=1.0`; nothing changes.
+    /// [`Error::InvalidArgument`] if `trigger_ratio` is not in `0.0..=1.0` (NaN
+    /// included) or `every_n_inserts` is `Some(0)`; nothing changes.
+    ///
+    /// ```
+    /// use neurostore::{Error, GcPolicy, Store};
+    ///
+    /// let mut store = Store::new();
+    /// let bad = GcPolicy { trigger_ratio: f64::NAN, ..GcPolicy::default() };
+    /// assert!(matches!(store.set_gc_policy(Some(bad)), Err(Error::InvalidArgument { .. })));
+    /// store.set_gc_policy(Some(GcPolicy { every_n_inserts: Some(1000), ..GcPolicy::default() }))?;
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn set_gc_policy(&mut self, policy: Option<GcPolicy>) -> Result<(), Error> {
         if let Some(p) = policy {
-            self.pool
-                .set_alert_threshold(AlertKind::MemoryPressure, p.trigger_ratio)?;
-            if !self.gc.pressure_hooked {
-                let flag = Arc::clone(&self.gc.pressure);
-                self.pool.on_alert(move |alert| {
-                    if alert.kind == AlertKind::MemoryPressure {
-                        flag.store(true, Ordering::Relaxed);
-                    }
-                });
-                self.gc.pressure_hooked = true;
+            if !(0.0..=1.0).contains(&p.trigger_ratio) {
+                return Err(Error::invalid_argument(
+                    "trigger_ratio",
+                    format!("{} is not a fraction in 0.0..=1.0", p.trigger_ratio),
+                ));
+            }
+            if p.every_n_inserts == Some(0) {
+                return Err(Error::invalid_argument(
+                    "every_n_inserts",
+                    "must be at least 1 (None collects on no insert count)",
+                ));
             }
         }
+        self.gc.pressure_bytes = policy.and_then(|p| {
+            let cap = self.pool.memory_cap()?;
+            Some((cap as f64 * p.trigger_ratio) as usize)
+        });
         self.gc.policy = policy;
         Ok(())
     }
@@ -486,7 +504,7 @@ impl Store {
         report.duration = started.elapsed();
         report.paused = report.duration;
         self.gc.inserts = 0;
-        self.gc.pressure.store(false, Ordering::Relaxed);
+        self.gc.reserved_after_collect = self.pool.reserved_bytes();
         report
     }
 
@@ -638,7 +656,7 @@ impl Store {
         report.duration = cycle.started.elapsed();
         report.paused = cycle.paused + started.elapsed();
         self.gc.inserts = 0;
-        self.gc.pressure.store(false, Ordering::Relaxed);
+        self.gc.reserved_after_collect = self.pool.reserved_bytes();
         report
     }
 
@@ -883,7 +901,11 @@ impl Store {
             return;
         }
         let by_count = policy.every_n_inserts.is_some_and(|n| self.gc.inserts >= n);
-        if by_count || self.gc.pressure.load(Ordering::Relaxed) {
+        let pressed = self.gc.pressure_bytes.is_some_and(|at| {
+            let reserved = self.pool.reserved_bytes();
+            reserved >= at && reserved > self.gc.reserved_after_collect
+        });
+        if by_count || pressed {
             self.collect();
         }
     }

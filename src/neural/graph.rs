@@ -803,7 +803,7 @@ impl NeuralGraph {
             return;
         }
         self.removed_since_check = 0;
-        if self.synapses().fragmentation().ratio > policy.threshold {
+        if self.synapses().fragmentation().ratio > policy.threshold() {
             // Compaction only fails to make a chunk below the top; the table is then
             // left as it was, still correct.
             let _ = self.compact_synapses();

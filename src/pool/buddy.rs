@@ -35,6 +35,17 @@ pub enum BuddyError {
     /// The offset does not start a block this allocator handed out (or it was freed already).
     #[error("offset {0:#x} does not start an allocated block")]
     NotAllocated(u64),
+    /// The allocator's bookkeeping (10 bytes per minimum block) could not be allocated.
+    #[error(
+        "the bookkeeping of {blocks} minimum blocks ({bytes} bytes) could not be allocated: \
+         use a larger min_block or a smaller capacity"
+    )]
+    MetadataUnavailable {
+        /// Minimum blocks in the range (`capacity / min_block`).
+        blocks: u64,
+        /// Bytes of bookkeeping they need.
+        bytes: u64,
+    },
 }
 
 /// A binary buddy allocator over offsets `[0, capacity)`.
@@ -81,6 +92,25 @@ impl std::fmt::Debug for BuddyAllocator {
 
 impl BuddyAllocator {
     /// A buddy allocator over `[0, capacity)` with blocks of at least `min_block` bytes.
+    /// Its bookkeeping takes 10 bytes per minimum block (`capacity / min_block` of them),
+    /// allocated and written now.
+    ///
+    /// # Errors
+    /// [`BuddyError::BadGeometry`] when `capacity` or `min_block` is not a power of two,
+    /// `min_block > capacity`, or the range holds more than 2^31 minimum blocks;
+    /// [`BuddyError::MetadataUnavailable`] when the system allocator refuses the
+    /// bookkeeping.
+    ///
+    /// ```
+    /// use neurostore::pool::{BuddyAllocator, BuddyError};
+    ///
+    /// // 2^31 blocks of 512 bytes would need 20 GiB of bookkeeping: refused, not aborted.
+    /// match BuddyAllocator::new(1 << 40, 512) {
+    ///     Ok(_) | Err(BuddyError::MetadataUnavailable { .. }) => {}
+    ///     Err(e) => panic!("unexpected {e}"),
+    /// }
+    /// assert!(matches!(BuddyAllocator::new(1 << 50, 1), Err(BuddyError::BadGeometry { .. })));
+    /// ```
     pub fn new(capacity: u64, min_block: u64) -> Result<Self, BuddyError> {
         let bad = BuddyError::BadGeometry {
             capacity,
@@ -95,15 +125,19 @@ impl BuddyAllocator {
             return Err(bad);
         }
         let n = 1usize << max_order;
+        let unavailable = |_| BuddyError::MetadataUnavailable {
+            blocks: n as u64,
+            bytes: n as u64 * 10,
+        };
         let mut me = BuddyAllocator {
             capacity,
             min_shift,
             max_order,
             heads: [NONE; 64],
-            next: filled(n, NONE),
-            prev: filled(n, NONE),
-            free_order: filled(n, 0),
-            alloc_order: filled(n, 0),
+            next: filled(n, NONE).map_err(unavailable)?,
+            prev: filled(n, NONE).map_err(unavailable)?,
+            free_order: filled(n, 0).map_err(unavailable)?,
+            alloc_order: filled(n, 0).map_err(unavailable)?,
             allocated_bytes: 0,
             allocations: 0,
         };
@@ -251,10 +285,15 @@ impl BuddyAllocator {
     }
 }
 
-fn filled<T: Copy>(n: usize, value: T) -> SysVec<T, System> {
-    let mut v = SysVec::with_capacity_in(n, System);
+/// `n` copies of `value`, or the system allocator's refusal.
+fn filled<T: Copy>(
+    n: usize,
+    value: T,
+) -> Result<SysVec<T, System>, allocator_api2::collections::TryReserveError> {
+    let mut v = SysVec::new_in(System);
+    v.try_reserve_exact(n)?;
     v.resize(n, value);
-    v
+    Ok(v)
 }
 
 #[cfg(test)]

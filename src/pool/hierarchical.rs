@@ -109,6 +109,19 @@ impl std::fmt::Debug for HierarchicalPool {
     }
 }
 
+/// What [`HierarchicalPool::verify`] found wrong: the tier whose metadata breaks one of
+/// its invariants, and the inconsistency in words (which list, block or counter, and the
+/// values that disagree). A pool that fails `verify` has been corrupted, by a bug in the
+/// pool or by memory written through a pointer after it was freed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the pool's {tier:?} tier is inconsistent: {detail}")]
+pub struct PoolCorruption {
+    /// The tier whose metadata is wrong.
+    pub tier: Tier,
+    /// What is wrong, in words.
+    pub detail: String,
+}
+
 /// Live allocations found when a pool is dropped (or asked with
 /// [`HierarchicalPool::leaks`]).
 ///
@@ -554,6 +567,10 @@ impl HierarchicalPool {
     /// block is binned exactly once, and the counters equal what a walk finds. For tests
     /// and debugging: it walks all metadata, so it is slow on a large pool.
     ///
+    /// # Errors
+    /// [`PoolCorruption`] naming the first tier whose metadata is inconsistent and what
+    /// was found; the pool is not changed.
+    ///
     /// ```
     /// use std::alloc::Layout;
     /// use neurostore::{HierarchicalPool, PoolConfig};
@@ -566,11 +583,12 @@ impl HierarchicalPool {
     /// unsafe { pool.deallocate(b.cast(), l) };
     /// # Ok::<(), neurostore::Error>(())
     /// ```
-    pub fn verify(&self) -> Result<(), String> {
+    pub fn verify(&self) -> Result<(), PoolCorruption> {
         let s = &*self.shared;
-        s.small.verify()?;
-        s.medium.verify()?;
-        s.large.verify()
+        let in_tier = |tier| move |detail| PoolCorruption { tier, detail };
+        s.small.verify().map_err(in_tier(Tier::Small))?;
+        s.medium.verify().map_err(in_tier(Tier::Medium))?;
+        s.large.verify().map_err(in_tier(Tier::Large))
     }
 
     /// Counts `delta` bytes more (or fewer, when negative) as committed in the tables'
@@ -588,6 +606,16 @@ impl HierarchicalPool {
             s.budget.release(bytes);
         }
         Ok(())
+    }
+
+    /// Bytes reserved from the OS by all tiers (one relaxed load).
+    pub(crate) fn reserved_bytes(&self) -> usize {
+        self.shared.budget.reserved()
+    }
+
+    /// The `total_memory` cap, if the pool has one.
+    pub(crate) fn memory_cap(&self) -> Option<usize> {
+        self.shared.budget.limit()
     }
 
     /// The span figures of this pool.

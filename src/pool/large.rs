@@ -181,8 +181,14 @@ impl LargeTier {
             budget.release(len);
             return Err(OomReason::OsRefused);
         };
-        let mut buddy = BuddyAllocator::new(len as u64, self.min_block as u64)
-            .expect("validated powers of two");
+        // The geometry is valid (powers of two, validated with the config); only the
+        // bookkeeping's allocation can fail.
+        let Ok(mut buddy) = BuddyAllocator::new(len as u64, self.min_block as u64) else {
+            // SAFETY: mapped just above and not handed out.
+            unsafe { os::unmap(base, len, len.max(GRANULE)) };
+            budget.release(len);
+            return Err(OomReason::OsRefused);
+        };
         let off = buddy
             .allocate(size as u64, align as u64)
             .expect("a fresh arena holds the request");

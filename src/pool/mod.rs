@@ -54,6 +54,6 @@ mod thread_cache;
 pub use buddy::{BuddyAllocator, BuddyError};
 pub use config::{LargeConfig, LargeStrategy, MediumConfig, PoolConfig, SmallConfig};
 pub use global::NeuroAlloc;
-pub use hierarchical::{HierarchicalPool, LeakReport};
+pub use hierarchical::{HierarchicalPool, LeakReport, PoolCorruption};
 pub use registry::PoolRegistry;
 pub use stats::{Alert, AlertKind, ClassStats, PoolStats, Tier, TierStats};

@@ -190,33 +190,87 @@ pub const fn schema_fingerprint(token_hash: u64, size: usize, align: usize) -> u
     h
 }
 
+/// The largest object alignment a table offers: one page.
+pub const MAX_ALIGN: usize = 4096;
+
+/// Why an alignment hint cannot hold ([`hint_align`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AlignHintError {
+    /// The alignment asked for is not a power of two.
+    NotPowerOfTwo,
+    /// The alignment asked for is above [`MAX_ALIGN`].
+    TooLarge,
+    /// The type's size is not a multiple of the alignment asked for, so objects packed
+    /// in a chunk could not all be aligned.
+    SizeNotMultiple,
+}
+
+impl AlignHintError {
+    /// What is wrong and what to do, in words (usable in `const` code, as the derive's
+    /// compile-time check does).
+    pub const fn message(self) -> &'static str {
+        match self {
+            AlignHintError::NotPowerOfTwo => "#[pooled(align = N)]: N must be a power of two",
+            AlignHintError::TooLarge => "#[pooled(align = N)]: N must be at most 4096 (a page)",
+            AlignHintError::SizeNotMultiple => {
+                "#[pooled(align = N)] needs the type's size to be a multiple of N, so that \
+                 every object in a chunk is aligned: add #[repr(align(N))] or padding fields"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for AlignHintError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for AlignHintError {}
+
 /// The alignment objects of `T` get from `#[pooled(align = requested)]` (0: none asked):
-/// the larger of `requested` and `T`'s own alignment. Fails to compile (when evaluated in
-/// a constant, as the derive does) if `requested` is not a power of two or does not
-/// divide `T`'s size, since then objects packed in a chunk could not all be aligned.
+/// the larger of `requested` and `T`'s own alignment, or why `requested` cannot hold.
+/// The derive evaluates it in a constant, so a bad `align` fails to compile.
 ///
 /// ```
-/// use neurostore::pooled::hint_align;
+/// use neurostore::pooled::{AlignHintError, hint_align};
 ///
-/// assert_eq!(hint_align::<[f32; 16]>(64), 64);
-/// assert_eq!(hint_align::<u64>(0), 8);
-/// assert_eq!(hint_align::<u64>(2), 8);
+/// assert_eq!(hint_align::<[f32; 16]>(64), Ok(64));
+/// assert_eq!(hint_align::<u64>(0), Ok(8));
+/// assert_eq!(hint_align::<u64>(2), Ok(8));
+/// assert_eq!(hint_align::<[u8; 48]>(48), Err(AlignHintError::NotPowerOfTwo));
+/// assert_eq!(hint_align::<[u8; 24]>(16), Err(AlignHintError::SizeNotMultiple));
+/// assert_eq!(hint_align::<[u8; 8192]>(8192), Err(AlignHintError::TooLarge));
 /// ```
-pub const fn hint_align<T>(requested: usize) -> usize {
+pub const fn hint_align<T>(requested: usize) -> Result<usize, AlignHintError> {
     let natural = std::mem::align_of::<T>();
     if requested <= natural {
-        return natural;
+        return Ok(natural);
     }
-    assert!(
-        requested.is_power_of_two(),
-        "#[pooled(align = N)]: N must be a power of two"
-    );
-    assert!(
-        std::mem::size_of::<T>().is_multiple_of(requested),
-        "#[pooled(align = N)] needs the type's size to be a multiple of N, so that every \
-         object in a chunk is aligned: add #[repr(align(N))] or padding fields"
-    );
-    requested
+    if !requested.is_power_of_two() {
+        return Err(AlignHintError::NotPowerOfTwo);
+    }
+    if requested > MAX_ALIGN {
+        return Err(AlignHintError::TooLarge);
+    }
+    if !std::mem::size_of::<T>().is_multiple_of(requested) {
+        return Err(AlignHintError::SizeNotMultiple);
+    }
+    Ok(requested)
+}
+
+/// `T::HINTS` with its alignment checked and raised to `T`'s own, when the code that
+/// names [`HINTS`](Self::HINTS) compiles: a hand-written [`Pooled`] impl with an
+/// alignment that cannot hold fails to compile where its table is made, as a derived one
+/// fails where the type is declared.
+pub(crate) struct CheckedHints<T>(std::marker::PhantomData<T>);
+
+impl<T: Pooled> CheckedHints<T> {
+    pub(crate) const HINTS: PoolHints = match hint_align::<T>(T::HINTS.align) {
+        Ok(align) => PoolHints { align, ..T::HINTS },
+        Err(e) => panic!("{}", e.message()),
+    };
 }
 
 /// Items the derive's generated code names. Not part of the public API.

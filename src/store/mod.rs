@@ -363,7 +363,7 @@ impl Store {
             return;
         }
         *pending = 0;
-        if table.fragmentation().ratio > policy.threshold {
+        if table.fragmentation().ratio > policy.threshold() {
             table.defragment();
         }
     }

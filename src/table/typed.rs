@@ -13,13 +13,10 @@ use super::slots::{AWAY, SlotArray, VacantSlots, home_word};
 use crate::error::Error;
 use crate::pool::span::Span;
 use crate::pool::{HierarchicalPool, PoolConfig};
-use crate::pooled::{PoolHints, Pooled, Retention};
+use crate::pooled::{CheckedHints, MAX_ALIGN, PoolHints, Pooled, Retention};
 
 /// Default bytes of object storage per chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 64 << 10;
-
-/// The largest object alignment a table accepts: its storage is page aligned.
-pub const MAX_ALIGN: usize = 4096;
 
 /// Where an object lives: which chunk and which place in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,6 +210,24 @@ impl<T> Table<T> {
     /// let h = rows.insert(Row([0.0; 16]));
     /// assert_eq!(rows.get(h).map(|r| r as *const Row as usize % 64), Some(0));
     /// ```
+    ///
+    /// The derive checks its hints where the type is declared. A hand-written [`Pooled`]
+    /// impl whose alignment cannot hold (not a power of two, above 4096, or not dividing
+    /// the size) fails to build where its table is made, instead of failing at run time:
+    ///
+    /// ```compile_fail,E0080
+    /// use neurostore::{PoolHints, Pooled, table::Table};
+    ///
+    /// struct Odd([u8; 24]);
+    ///
+    /// impl Pooled for Odd {
+    ///     const TYPE_NAME: &'static str = "Odd";
+    ///     const SCHEMA: u64 = 1;
+    ///     const HINTS: PoolHints = PoolHints { align: 16, ..PoolHints::of::<Odd>() };
+    /// }
+    ///
+    /// let table: Table<Odd> = Table::pooled();
+    /// ```
     pub fn pooled() -> Self
     where
         T: Pooled,
@@ -225,8 +240,9 @@ impl<T> Table<T> {
     where
         T: Pooled,
     {
-        Self::with_hints(pool, T::HINTS)
-            .expect("the derive checks the hints when the type compiles")
+        let mut table = Self::with_pool(pool);
+        table.hints = CheckedHints::<T>::HINTS;
+        table
     }
 
     /// An empty table whose chunks come from `pool`, built from `hints` (for types
