@@ -80,3 +80,141 @@ fn a_refused_store_insert_is_an_error_and_the_store_keeps_what_it_held() {
         Some(inserted)
     );
 }
+
+#[test]
+fn a_store_gc_policy_leaves_the_shared_pool_as_it_was() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use neurostore::{AlertKind, GcPolicy};
+
+    let pool = capped_pool(64 << 20);
+    pool.set_alert_threshold(AlertKind::MemoryPressure, 0.9)
+        .unwrap();
+    let alerts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&alerts);
+    pool.on_alert(move |alert| {
+        if alert.kind == AlertKind::MemoryPressure {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let mut store = Store::with_pool(Arc::clone(&pool));
+    let policy = GcPolicy {
+        trigger_ratio: 0.1,
+        every_n_inserts: None,
+    };
+    store.set_gc_policy(Some(policy)).unwrap();
+    // Half the cap: past the store's ratio, below the pool's own threshold.
+    let layout = std::alloc::Layout::from_size_align(32 << 20, 4096).unwrap();
+    let block = pool.allocate(layout).unwrap();
+    assert_eq!(
+        alerts.load(Ordering::Relaxed),
+        0,
+        "the pool's alert threshold is still its own"
+    );
+    // SAFETY: allocated above with this layout and not used since.
+    unsafe { pool.deallocate(block.cast(), layout) };
+    drop(store);
+    assert_eq!(
+        Arc::strong_count(&pool),
+        1,
+        "the store left nothing in the pool"
+    );
+
+    for bad in [f64::NAN, -0.5, 1.5] {
+        let policy = GcPolicy {
+            trigger_ratio: bad,
+            every_n_inserts: None,
+        };
+        let mut store = Store::with_pool(Arc::clone(&pool));
+        assert!(matches!(
+            store.set_gc_policy(Some(policy)),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert_eq!(store.gc_policy(), None, "a refused policy changes nothing");
+    }
+}
+
+#[test]
+fn a_defrag_policy_that_could_not_work_is_refused() {
+    use neurostore::DefragPolicy;
+
+    for bad in [f64::NAN, -0.01, 1.01, f64::INFINITY] {
+        let err = DefragPolicy::new(bad).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidArgument {
+                    name: "threshold",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    for good in [0.0, 0.3, 1.0] {
+        assert_eq!(DefragPolicy::new(good).unwrap().threshold(), good);
+    }
+}
+
+#[test]
+fn alignment_hints_that_cannot_hold_are_errors() {
+    use neurostore::PoolHints;
+    use neurostore::pooled::{AlignHintError, hint_align};
+
+    assert_eq!(
+        hint_align::<[u8; 24]>(3),
+        Err(AlignHintError::NotPowerOfTwo)
+    );
+    assert_eq!(
+        hint_align::<[u8; 24]>(16),
+        Err(AlignHintError::SizeNotMultiple)
+    );
+    assert_eq!(
+        hint_align::<[u8; 1 << 14]>(1 << 13),
+        Err(AlignHintError::TooLarge)
+    );
+    assert_eq!(hint_align::<[u8; 24]>(8), Ok(8));
+    let bad = PoolHints {
+        align: 16,
+        ..PoolHints::of::<[u8; 24]>()
+    };
+    let err = Table::<[u8; 24]>::with_hints(neurostore::table::default_pool(), bad).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidArgument { name: "align", .. }),
+        "{err}"
+    );
+}
+
+/// The buddy allocator's bookkeeping for 2^31 minimum blocks is 20 GiB: under an address
+/// space limit its allocation fails, and `new` must say so instead of aborting. Run in a
+/// child process, so that the limit binds only there.
+#[test]
+fn buddy_bookkeeping_the_system_refuses_is_an_error() {
+    const CHILD: &str = "NEUROSTORE_BUDDY_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let limit = libc::rlimit {
+            rlim_cur: 4 << 30,
+            rlim_max: 4 << 30,
+        };
+        // SAFETY: setrlimit reads the struct we pass; it changes only this child process.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+        let refused = neurostore::pool::BuddyAllocator::new(1 << 40, 512).unwrap_err();
+        assert!(matches!(
+            refused,
+            neurostore::pool::BuddyError::MetadataUnavailable { blocks, .. } if blocks == 1 << 31
+        ));
+        return;
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "buddy_bookkeeping_the_system_refuses_is_an_error",
+        ])
+        .env(CHILD, "1")
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the child saw an error, not an abort: {status}"
+    );
+}

@@ -104,12 +104,11 @@ impl BuddyAllocator {
     /// ```
     /// use neurostore::pool::{BuddyAllocator, BuddyError};
     ///
-    /// // 2^31 blocks of 512 bytes would need 20 GiB of bookkeeping: refused, not aborted.
-    /// match BuddyAllocator::new(1 << 40, 512) {
-    ///     Ok(_) | Err(BuddyError::MetadataUnavailable { .. }) => {}
-    ///     Err(e) => panic!("unexpected {e}"),
-    /// }
+    /// let buddy = BuddyAllocator::new(1 << 30, 4096)?; // 2^18 blocks: 2.5 MiB of bookkeeping
+    /// assert_eq!(buddy.capacity(), 1 << 30);
+    /// // 2^50 blocks of one byte: more than 2^31, refused before anything is allocated.
     /// assert!(matches!(BuddyAllocator::new(1 << 50, 1), Err(BuddyError::BadGeometry { .. })));
+    /// # Ok::<(), BuddyError>(())
     /// ```
     pub fn new(capacity: u64, min_block: u64) -> Result<Self, BuddyError> {
         let bad = BuddyError::BadGeometry {
