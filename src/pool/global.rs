@@ -66,6 +66,9 @@ thread_local! {
 /// }
 /// ```
 pub struct NeuroAlloc {
+    /// What the pool is built from on first use: the default size classes (the fast paths'
+    /// constant tables are made from them) with the knobs of the `with_` methods.
+    config: ResolvedConfig,
     gate: InitGate,
     pool: UnsafeCell<MaybeUninit<HierarchicalPool>>,
     /// The pool's id once it is built, 0 before. The small fast paths use it with the
@@ -87,13 +90,76 @@ impl Default for NeuroAlloc {
 }
 
 impl NeuroAlloc {
-    /// A global allocator whose pool is built on first use.
+    /// A global allocator whose pool is built on first use, with the configuration of
+    /// [`PoolConfig::default`](super::PoolConfig::default).
     pub const fn new() -> Self {
         NeuroAlloc {
+            config: CONFIG,
             gate: InitGate::new(),
             pool: UnsafeCell::new(MaybeUninit::uninit()),
             pool_id: AtomicU64::new(0),
         }
+    }
+
+    /// Caps the bytes the pool reserves from the OS (`total_memory`): past it an
+    /// allocation returns null and the program stops through
+    /// [`handle_alloc_error`](std::alloc::handle_alloc_error), as with any refusing
+    /// global allocator. A `const fn`, for the `static` that names the allocator:
+    ///
+    /// ```no_run
+    /// use neurostore::NeuroAlloc;
+    ///
+    /// #[global_allocator]
+    /// static ALLOC: NeuroAlloc = NeuroAlloc::new()
+    ///     .with_total_memory(16 << 30)
+    ///     .with_huge_pages(true)
+    ///     .with_retain_empty(8);
+    ///
+    /// fn main() {
+    ///     let v = vec![0u8; 1 << 20];
+    ///     assert_eq!(ALLOC.total_memory(), Some(16 << 30));
+    ///     drop(v);
+    /// }
+    /// ```
+    ///
+    /// The size classes stay the defaults: the allocator's fast paths index tables made
+    /// from them when the crate compiles. A pool with other classes is a
+    /// [`HierarchicalPool`] used as an allocator (`Vec::new_in(&pool)`).
+    /// Set before the first allocation; the pool is built from it then.
+    pub const fn with_total_memory(mut self, bytes: usize) -> Self {
+        self.config.total_memory = bytes;
+        self
+    }
+
+    /// Asks the OS for transparent huge pages on every region (`use_huge_pages`).
+    pub const fn with_huge_pages(mut self, on: bool) -> Self {
+        self.config.use_huge_pages = on;
+        self
+    }
+
+    /// Keeps this many empty chunks (per small class), regions or arenas mapped for
+    /// reuse; beyond it, empty ones go back to the OS (`retain_empty`, default 2).
+    pub const fn with_retain_empty(mut self, count: usize) -> Self {
+        self.config.retain_empty = count;
+        self
+    }
+
+    /// The `total_memory` cap this allocator's pool has, if any.
+    pub const fn total_memory(&self) -> Option<usize> {
+        match self.config.total_memory {
+            usize::MAX => None,
+            bytes => Some(bytes),
+        }
+    }
+
+    /// Whether this allocator's pool asks for transparent huge pages.
+    pub const fn huge_pages(&self) -> bool {
+        self.config.use_huge_pages
+    }
+
+    /// How many empty chunks, regions or arenas this allocator's pool keeps mapped.
+    pub const fn retain_empty(&self) -> usize {
+        self.config.retain_empty
     }
 
     /// The pool behind this allocator (built now if it was not yet).
@@ -132,7 +198,7 @@ impl NeuroAlloc {
     fn initialise(&self) {
         if self.gate.try_begin() {
             INITIALISING_HERE.with(|f| f.set(true));
-            let pool = HierarchicalPool::from_resolved(CONFIG);
+            let pool = HierarchicalPool::from_resolved(self.config);
             let id = pool.id();
             // SAFETY: we won the gate, so no one else writes or reads the cell until we
             // publish it with `finish`.
@@ -246,6 +312,38 @@ mod tests {
             MEDIUM_GRID.count > 0,
             "the global pool caches medium blocks"
         );
+    }
+
+    #[test]
+    fn a_configured_allocator_builds_its_pool_from_its_config() {
+        let alloc = NeuroAlloc::new()
+            .with_total_memory(8 << 20)
+            .with_huge_pages(true)
+            .with_retain_empty(5);
+        assert_eq!(
+            (
+                alloc.total_memory(),
+                alloc.huge_pages(),
+                alloc.retain_empty()
+            ),
+            (Some(8 << 20), true, 5)
+        );
+        assert_eq!(NeuroAlloc::new().total_memory(), None);
+        let cfg = alloc.pool().shared().cfg;
+        assert_eq!(
+            (cfg.total_memory, cfg.use_huge_pages, cfg.retain_empty),
+            (8 << 20, true, 5)
+        );
+        // Past the cap: null, not an abort or a block the pool cannot account for.
+        let big = Layout::from_size_align(16 << 20, 4096).unwrap();
+        // SAFETY: a non-zero layout; a null result is not used.
+        assert!(unsafe { alloc.alloc(big) }.is_null());
+        let small = Layout::from_size_align(64, 8).unwrap();
+        // SAFETY: a non-zero layout; the block is freed below with it.
+        let p = unsafe { alloc.alloc(small) };
+        assert!(!p.is_null());
+        // SAFETY: allocated above with `small`, freed once.
+        unsafe { alloc.dealloc(p, small) };
     }
 
     #[test]
