@@ -9,8 +9,10 @@ use neurostore::{Error, HierarchicalPool, PoolConfig};
 
 /// A pool that refuses to reserve more than `bytes` from the OS.
 fn capped_pool(bytes: usize) -> Arc<HierarchicalPool> {
-    let mut config = PoolConfig::default();
-    config.total_memory = Some(bytes);
+    let config = PoolConfig {
+        total_memory: Some(bytes),
+        ..PoolConfig::default()
+    };
     Arc::new(HierarchicalPool::new(config).expect("a valid config"))
 }
 
