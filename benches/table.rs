@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Obj, estimate, shuffled};
 use criterion::Criterion;
 use neurostore::table::{Handle, Table};
+use neurostore::{Pooled, Store};
 use slotmap::{DefaultKey, DenseSlotMap, SlotMap};
 
 const N: usize = 1_000_000;
@@ -288,6 +289,86 @@ fn bench(c: &mut Criterion) {
     });
 }
 
+/// A spike in flight, declared short-lived: made and removed within a few steps.
+#[derive(Pooled, Clone, Copy)]
+#[pooled(lifetime = "short")]
+struct ShortSpike {
+    source: u64,
+    time_ms: f64,
+    weight: f64,
+    target: u64,
+}
+
+/// The same spike without the hint.
+#[derive(Pooled, Clone, Copy)]
+struct Spike {
+    source: u64,
+    time_ms: f64,
+    weight: f64,
+    target: u64,
+}
+
+/// Spikes made per round of the short-lived workload, then all delivered (removed).
+const SPIKES_PER_ROUND: usize = 100_000;
+/// Rounds timed per sample.
+const ROUNDS: usize = 20;
+
+/// The spikes of a simulation in a `Store` under its default defragmentation policy: each
+/// round inserts `SPIKES_PER_ROUND`, then removes them all in a shuffled order.
+fn spike_rounds<S: Pooled + neurostore::Trace + Send + Sync>(make: impl Fn(usize) -> S) {
+    let mut store = Store::new();
+    store.register::<S>().expect("fresh store");
+    let mut handles = Vec::with_capacity(SPIKES_PER_ROUND);
+    for round in 0..ROUNDS {
+        handles.clear();
+        handles.extend((0..SPIKES_PER_ROUND).map(|i| store.insert(make(i))));
+        for h in shuffled(&handles, round as u64 + 1) {
+            black_box(store.remove(h));
+        }
+    }
+}
+
+fn bench_short_lived(c: &mut Criterion) {
+    let mut g = c.benchmark_group("short_lived_rounds");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_millis(500));
+    g.bench_function("store_short", |b| {
+        b.iter(|| {
+            spike_rounds(|i| ShortSpike {
+                source: i as u64,
+                time_ms: 1.0,
+                weight: 2.0,
+                target: i as u64 + 1,
+            })
+        })
+    });
+    g.bench_function("store_unhinted", |b| {
+        b.iter(|| {
+            spike_rounds(|i| Spike {
+                source: i as u64,
+                time_ms: 1.0,
+                weight: 2.0,
+                target: i as u64 + 1,
+            })
+        })
+    });
+    g.bench_function("slotmap", |b| {
+        b.iter(|| {
+            let mut m: SlotMap<DefaultKey, Obj> = SlotMap::new();
+            let mut keys = Vec::with_capacity(SPIKES_PER_ROUND);
+            for round in 0..ROUNDS {
+                keys.clear();
+                keys.extend((0..SPIKES_PER_ROUND).map(|i| m.insert(obj(i))));
+                for k in shuffled(&keys, round as u64 + 1) {
+                    black_box(m.remove(k));
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
 /// Removes a random half and inserts as many, without the final pass.
 fn churn_only<M: Keyed>(m: &mut M, keys: &[M::Key]) {
     let q = shuffled(keys, 2);
@@ -371,6 +452,21 @@ fn summary() {
             format!("{t:.2} ({:.2}x)", t / b)
         );
     }
+    let per_spike = |p: &str| {
+        estimate("short_lived_rounds", p).map(|ns| ns / (SPIKES_PER_ROUND * ROUNDS) as f64)
+    };
+    if let (Some(short), Some(plain), Some(slotmap)) = (
+        per_spike("store_short"),
+        per_spike("store_unhinted"),
+        per_spike("slotmap"),
+    ) {
+        println!(
+            "spike rounds, ns per spike made and removed: store, lifetime = \"short\" {short:.2} \
+             ({:.2}x SlotMap), store, no lifetime hint {plain:.2} ({:.2}x), slotmap {slotmap:.2}",
+            short / slotmap,
+            plain / slotmap
+        );
+    }
     let bytes = bytes_after_churn();
     println!(
         "bytes per live object after churn: table {:.1}, slotmap {:.1}, dense_slotmap {:.1}, vec {:.1}",
@@ -381,6 +477,7 @@ fn summary() {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
+    bench_short_lived(&mut c);
     c.final_summary();
     if !std::env::args().any(|a| a == "--list" || a == "--test") {
         summary();

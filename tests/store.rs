@@ -102,3 +102,69 @@ fn shared_store_takes_many_writers() {
     }
     assert_eq!(store.table::<f64>().unwrap().read().len(), 2000);
 }
+
+/// The same spike twice: declared short-lived, and without the hint.
+#[derive(neurostore::Pooled)]
+#[pooled(kind = "signal", lifetime = "short")]
+struct ShortSpike {
+    at: u64,
+}
+
+#[derive(neurostore::Pooled)]
+struct PlainSpike {
+    at: u64,
+}
+
+/// Inserts `n` objects, then removes them all in a scattered order (every 7th first).
+fn fill_and_empty<T: neurostore::Pooled + neurostore::Trace + Send + Sync>(
+    store: &mut Store,
+    n: u64,
+    make: impl Fn(u64) -> T,
+) {
+    store.register::<T>().unwrap();
+    let hs: Vec<_> = (0..n).map(|i| store.insert(make(i))).collect();
+    for start in 0..7 {
+        for h in hs.iter().skip(start).step_by(7) {
+            assert!(store.remove(*h).is_some());
+        }
+    }
+}
+
+#[test]
+fn a_short_lived_table_keeps_its_chunks_and_is_not_defragmented_on_its_own() {
+    let mut store = Store::new();
+    fill_and_empty(&mut store, 100_000, |at| ShortSpike { at });
+    fill_and_empty(&mut store, 100_000, |at| PlainSpike { at });
+    let short = store.table::<ShortSpike>().unwrap();
+    let plain = store.table::<PlainSpike>().unwrap();
+    assert_eq!(
+        short.layout_version(),
+        0,
+        "the policy moved no short-lived object"
+    );
+    assert!(
+        plain.layout_version() > 0,
+        "the policy defragmented the other table"
+    );
+    let (short_stats, plain_stats) = (short.stats(), plain.stats());
+    assert!(short_stats.chunks * short.chunk_capacity() as usize >= 100_000);
+    assert!(
+        plain_stats.chunks <= 1,
+        "{} chunks kept",
+        plain_stats.chunks
+    );
+    assert_eq!(
+        (short_stats.kind, short_stats.lifetime),
+        (
+            Some(neurostore::ObjectKind::Signal),
+            Some(neurostore::Lifetime::Short)
+        )
+    );
+    // The next round fills the kept chunks; an explicit defragment gives them back.
+    let hs: Vec<_> = (0..1000)
+        .map(|at| store.insert(ShortSpike { at }))
+        .collect();
+    let report = store.defragment();
+    assert!(report.chunks_released > 0);
+    assert!(hs.iter().all(|h| store.contains(*h)));
+}

@@ -348,7 +348,9 @@ impl Store {
 
     /// Applies the [`DefragPolicy`] after `count` removals from the table of `T`. The
     /// table's fragmentation is looked at once per about as many removals as it has
-    /// chunks, so the check costs O(1) per removal.
+    /// chunks, so the check costs O(1) per removal. A table of short-lived objects
+    /// ([`Lifetime::Short`](crate::Lifetime::Short)) is left alone: its holes fill with
+    /// the next objects, and moving objects about to go is wasted work.
     pub(crate) fn note_removals<T: Send + Sync + 'static>(&mut self, count: usize) {
         let Some(policy) = self.defrag_policy else {
             return;
@@ -357,6 +359,9 @@ impl Store {
         let Some(table) = self.tables.get_mut(&id) else {
             return;
         };
+        if table.hints().lifetime == Some(crate::Lifetime::Short) {
+            return;
+        }
         let pending = self.removals.entry(id).or_insert(0);
         *pending += count;
         if *pending < table.chunk_slots().max(1) {

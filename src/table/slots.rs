@@ -489,22 +489,14 @@ impl VacantSlots {
         }
     }
 
-    /// Keeps each vacant slot once, where it is listed nearest the top.
+    /// Keeps each vacant slot once, where it is listed nearest the top: one pass from the
+    /// top down with a bit per slot, O(stack + slots / 64).
     #[cold]
     fn compact(&mut self, slots: &SlotArray) {
-        let mut entries: Vec<(u32, u32)> = self
-            .stack
-            .iter()
-            .enumerate()
-            .filter(|&(_, &i)| slots.word(i as usize).is_some_and(|w| !word_is_live(w)))
-            .map(|(at, &i)| (i, at as u32))
-            .collect();
-        // Per slot, the entry nearest the top (the highest position) is the one kept.
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        entries.dedup_by_key(|e| e.0);
-        entries.sort_unstable_by_key(|e| e.1);
+        let mut seen = vec![0u64; slots.len().div_ceil(64)];
+        let kept: Vec<u32> = self.order(slots, &mut seen).collect();
         self.stack.clear();
-        self.stack.extend(entries.into_iter().map(|(i, _)| i));
+        self.stack.extend(kept.into_iter().rev());
         // A stack that once held many stale entries gives their memory back.
         if self.stack.capacity() > 4 * self.stack.len() + 4096 {
             self.stack.shrink_to(2 * self.stack.len() + 1024);

@@ -13,7 +13,7 @@ use super::slots::{AWAY, SlotArray, VacantSlots, home_word};
 use crate::error::Error;
 use crate::pool::span::Span;
 use crate::pool::{HierarchicalPool, PoolConfig};
-use crate::pooled::{CheckedHints, MAX_ALIGN, PoolHints, Pooled, Retention};
+use crate::pooled::{CheckedHints, Lifetime, MAX_ALIGN, ObjectKind, PoolHints, Pooled, Retention};
 
 /// Default bytes of object storage per chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 64 << 10;
@@ -62,6 +62,12 @@ pub struct TableStats {
     pub holes: usize,
     /// `holes / (live + holes)`: 0 for a dense table.
     pub fragmentation: f64,
+    /// What the objects are, as declared with `#[pooled(kind = ...)]`: a label for
+    /// reports.
+    pub kind: Option<ObjectKind>,
+    /// How long the objects are expected to live, as declared with
+    /// `#[pooled(lifetime = ...)]` ([`Lifetime`] says what each changes).
+    pub lifetime: Option<Lifetime>,
 }
 
 /// A typed table: objects of type `T` in fixed-capacity chunks whose memory comes from a
@@ -1033,8 +1039,13 @@ impl<T> Table<T> {
     }
 
     /// Keeps the chunk just emptied for reuse and gives the one kept before back to the
-    /// pool if it is still empty: at most one empty chunk stays, in O(1).
+    /// pool if it is still empty: at most one empty chunk stays, in O(1). A table of
+    /// short-lived objects ([`Lifetime::Short`]) keeps every emptied chunk, committed, for
+    /// the objects that come next; [`defragment`](Self::defragment) gives them back.
     pub(super) fn keep_emptied_chunk(&mut self, ci: u32) {
+        if self.hints.lifetime == Some(Lifetime::Short) {
+            return;
+        }
         if let Some(old) = self.spare.replace(ci)
             && old != ci
             && self
@@ -1166,6 +1177,8 @@ impl<T> Table<T> {
             } else {
                 holes as f64 / (live + holes) as f64
             },
+            kind: self.hints.kind,
+            lifetime: self.hints.lifetime,
         }
     }
 }
