@@ -586,22 +586,51 @@ mod tables {
         );
     }
 
+    /// A generic derived type: not registered when the program links (a static cannot
+    /// name every instance), so `register` decides its table.
+    #[derive(Pooled, Clone, Copy, Debug, PartialEq)]
+    #[pooled(align = 64, retention = "traced")]
+    #[repr(C, align(64))]
+    struct Lane<T: Copy + 'static> {
+        value: T,
+    }
+
     #[test]
-    fn register_builds_the_table_from_the_hints_once() {
+    fn a_derived_type_gets_its_hinted_table_whatever_makes_it() {
+        let mut store = Store::new();
+        assert_eq!(store.ensure_table::<Line>().hints(), Line::HINTS);
+        let mut store = Store::new();
+        let h = store.insert(Line { values: [1.0; 16] });
+        assert_eq!(store.table::<Line>().unwrap().hints(), Line::HINTS);
+        assert!(
+            store.register::<Line>().is_ok(),
+            "registered already: a no-op"
+        );
+        assert_eq!(store.get(h).map(|l| l.values[0]), Some(1.0));
+        let shared = neurostore::SharedStore::new();
+        assert_eq!(shared.ensure_table::<Line>().read().hints(), Line::HINTS);
+    }
+
+    #[test]
+    fn register_builds_a_generic_types_table_from_the_hints_once() {
         let mut store = Store::new();
         // An empty default table is rebuilt with the hints.
-        store.ensure_table::<Line>();
-        assert_eq!(store.table::<Line>().unwrap().hints().align, 4);
-        let t = store.register::<Line>().unwrap();
-        assert_eq!(t.hints(), Line::HINTS);
-        let h = t.insert(Line { values: [1.0; 16] });
-        assert!(store.register::<Line>().is_ok(), "again: a no-op");
-        assert_eq!(store.get(h).map(|l| l.values[0]), Some(1.0));
+        store.ensure_table::<Lane<f32>>();
+        assert_eq!(store.table::<Lane<f32>>().unwrap().hints().align, 64);
+        assert_eq!(
+            store.table::<Lane<f32>>().unwrap().retention(),
+            Retention::Manual
+        );
+        let t = store.register::<Lane<f32>>().unwrap();
+        assert_eq!(t.hints(), Lane::<f32>::HINTS);
+        let h = t.insert(Lane { value: 1.0 });
+        assert!(store.register::<Lane<f32>>().is_ok(), "again: a no-op");
+        assert_eq!(store.get(h).map(|l| l.value), Some(1.0));
 
         // A table that already holds objects with other hints is refused, unchanged.
         let mut store = Store::new();
-        let early = store.insert(Line { values: [2.0; 16] });
-        let err = store.register::<Line>().unwrap_err();
+        let early = store.insert(Lane { value: 2u64 });
+        let err = store.register::<Lane<u64>>().unwrap_err();
         assert!(
             matches!(err, Error::InvalidArgument { name: "hints", .. }),
             "{err}"
@@ -611,14 +640,14 @@ mod tables {
                 .contains("register the type before its first insert")
         );
         assert_eq!(
-            store.table::<Line>().unwrap().retention(),
+            store.table::<Lane<u64>>().unwrap().retention(),
             Retention::Manual
         );
-        assert_eq!(store.get(early).map(|l| l.values[0]), Some(2.0));
+        assert_eq!(store.get(early).map(|l| l.value), Some(2));
 
         // The shared store does the same.
         let shared = neurostore::SharedStore::new();
-        let t = shared.register::<Line>().unwrap();
+        let t = shared.register::<Lane<u8>>().unwrap();
         assert_eq!(t.read().retention(), Retention::Traced);
     }
 

@@ -114,12 +114,32 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
         }
     );
     // A concrete type's hints are checked when the crate compiles; a generic one's when
-    // an instance is used.
+    // an instance is used. A concrete type is also registered when the program links, so
+    // that a store builds its table from these hints whatever makes the first object (a
+    // static cannot name every instance of a generic type).
     let eager_check = input.generics.params.is_empty().then(|| {
         quote! {
             const _: () = {
                 let _ = <#ident as ::neurostore::Pooled>::HINTS;
             };
+
+            ::neurostore::store::__private::inventory::submit! {
+                ::neurostore::store::__private::Registration::new(
+                    || ::core::any::TypeId::of::<#ident>(),
+                    <#ident as ::neurostore::Pooled>::HINTS,
+                    |store| {
+                        #[allow(unused_imports)]
+                        use ::neurostore::store::__private::{Unstorable as _, ViaStore as _};
+                        (&&::neurostore::store::__private::Probe::<#ident>::new()).in_store(store)
+                    },
+                    |registry| {
+                        #[allow(unused_imports)]
+                        use ::neurostore::store::__private::{Unstorable as _, ViaStore as _};
+                        (&&::neurostore::store::__private::Probe::<#ident>::new())
+                            .in_registry(registry)
+                    },
+                )
+            }
         }
     });
 

@@ -126,6 +126,14 @@ impl PoolHints {
 /// and on a field, `#[pooled(skip)]` leaves it out of [`Trace`]. Keys combine:
 /// `#[pooled(kind = "synapse", pod)]`.
 ///
+/// The derive also registers a type without generic parameters when the program links
+/// (through the `inventory` crate), so its hints hold however its first object arrives:
+/// a [`Store`](crate::Store) or [`SharedStore`](crate::SharedStore) builds the type's
+/// table from them on its first insert, and a snapshot load finds the type by its name
+/// without a [`TypeRegistry`](crate::TypeRegistry) listing it. A generic type cannot be
+/// registered that way: call [`Store::register`](crate::Store::register) for each
+/// instance before its first insert.
+///
 /// ```
 /// use neurostore::{Handle, Pooled, Retention, trace_handles};
 ///

@@ -1,7 +1,8 @@
 //! Layer 6, **snapshot**: stores and tables to disk and back.
 //!
 //! [`Store::save`] writes every table of a store (and its GC roots) to one file;
-//! [`Store::load`] rebuilds an equal store in any process that lists the same types in a
+//! [`Store::load`] rebuilds an equal store in any process that knows the same types: every
+//! `#[derive(Pooled)]` type without generic parameters by its name, others listed in a
 //! [`TypeRegistry`]. [`Table::save`] and [`Table::load`] do the same for one table. Every
 //! handle means after a load what it meant before: a live handle resolves to an equal
 //! object, a stale one stays stale, and the next inserts return the same handles as they
@@ -33,7 +34,6 @@
 //! use neurostore::{Neuron, Store, Synapse, neural::NeuronParams, snapshot::TypeRegistry};
 //!
 //! let mut store = Store::new();
-//! store.register::<Neuron>()?;
 //! let n = store.insert(Neuron::new(&NeuronParams::default()));
 //!
 //! let dir = tempfile::tempdir()?;
@@ -41,10 +41,13 @@
 //! let report = store.save(&path)?;
 //! assert_eq!(report.objects, 1);
 //!
+//! // Derived types are known by name; a registry lists generic types and hand-written
+//! // impls (listing a derived one as well changes nothing).
 //! let mut registry = TypeRegistry::new();
 //! registry.register::<Neuron>()?.register::<Synapse>()?;
 //! let loaded = Store::load(&path, &registry)?;
 //! assert_eq!(loaded.get(n), store.get(n));
+//! assert_eq!(Store::load(&path, &TypeRegistry::new())?.get(n), store.get(n));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -301,20 +304,18 @@ impl<'a> Options<'a> {
                 }
                 .into());
             }
-            let entry = registry
-                .entries
-                .get(header.type_name.as_str())
-                .ok_or_else(|| SnapshotError::UnknownType {
+            let entry = registry.entry(header.type_name.as_str()).ok_or_else(|| {
+                SnapshotError::UnknownType {
                     type_name: header.type_name.clone(),
-                })?;
+                }
+            })?;
             (entry.load_into)(&mut reader, &header, &pool, &mut store)?;
         }
         let (start, listed) = read_roots(&mut reader)?;
         let mut roots = Vec::with_capacity(listed.len());
         for (name, bits, n) in listed {
             let entry = registry
-                .entries
-                .get(name.as_str())
+                .entry(name.as_str())
                 .filter(|_| seen.contains(&name))
                 .ok_or_else(|| {
                     reader.malformed(
@@ -995,6 +996,7 @@ impl StoreTableOps {
 type LoadInto =
     fn(&mut Reader<'_>, &TableHeader, &Arc<HierarchicalPool>, &mut Store) -> Result<(), Error>;
 
+#[derive(Clone)]
 struct RegistryEntry {
     type_id: TypeId,
     load_into: LoadInto,
@@ -1095,6 +1097,41 @@ impl TypeRegistry {
     /// Whether a type is listed under `type_name`.
     pub fn contains(&self, type_name: &str) -> bool {
         self.entries.contains_key(type_name)
+    }
+
+    /// Every `#[derive(Pooled)]` type without generic parameters that has a snapshot
+    /// encoding and is linked into this program, by name; a name two such types share is
+    /// left out. A load looks here for any name its own registry does not list, so a
+    /// registry needs to list only generic types and hand-written impls.
+    ///
+    /// ```
+    /// use neurostore::snapshot::TypeRegistry;
+    ///
+    /// // The neural graph's own types are derived with `#[pooled(pod)]`.
+    /// assert!(TypeRegistry::linked().contains("Neuron"));
+    /// assert!(TypeRegistry::new().is_empty());
+    /// ```
+    pub fn linked() -> TypeRegistry {
+        let linked = crate::store::linked_registry();
+        TypeRegistry {
+            entries: linked
+                .entries
+                .iter()
+                .map(|(name, entry)| (*name, entry.clone()))
+                .collect(),
+        }
+    }
+
+    /// The entry of `type_name`: this registry's, else the linked type's of that name.
+    fn entry(&self, type_name: &str) -> Option<&RegistryEntry> {
+        self.entries
+            .get(type_name)
+            .or_else(|| crate::store::linked_registry().entries.get(type_name))
+    }
+
+    /// Drops the entry of `type_name` (a name that two linked types share).
+    pub(crate) fn forget(&mut self, type_name: &str) {
+        self.entries.remove(type_name);
     }
 
     /// Number of types listed.
@@ -1205,8 +1242,9 @@ impl Drop for AtomicFile {
 
 impl Store {
     /// Saves the whole store (every table, the GC roots) to `path`, atomically and
-    /// durably (see [`AtomicFile`]). Every table must have been made by
-    /// [`register`](Store::register) of a type with a snapshot encoding.
+    /// durably (see [`AtomicFile`]). Every table must be of a type with a snapshot
+    /// encoding whose table was built from its hints: a derived type without generic
+    /// parameters always is, others by [`register`](Store::register).
     ///
     /// # Errors
     /// [`SnapshotError::Unregistered`], [`SnapshotError::NotPersistable`],
@@ -1224,8 +1262,9 @@ impl Store {
         Options::new().save_store_to(self, out)
     }
 
-    /// Loads a store saved by [`save`](Self::save), in the default pool; `registry` lists
-    /// the types the file may hold.
+    /// Loads a store saved by [`save`](Self::save), in the default pool. A table's type
+    /// is found by its name in `registry`, else among the derived types linked into the
+    /// program ([`TypeRegistry::linked`]).
     ///
     /// # Errors
     /// [`Error::Io`], [`Error::SchemaMismatch`], or the [`SnapshotError`] that says what

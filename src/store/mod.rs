@@ -23,6 +23,12 @@ use crate::pool::{HierarchicalPool, PoolStats};
 use crate::pooled::{PoolHints, Pooled, Trace};
 use crate::table::{Handle, Table, TableStats, default_pool};
 
+mod linked;
+
+#[doc(hidden)]
+pub use linked::__private;
+pub(crate) use linked::linked_registry;
+
 mod sealed {
     /// Keeps [`ErasedTable`](super::ErasedTable) implemented by [`Table`](crate::Table)
     /// alone, so that methods can be added to it without breaking anyone.
@@ -378,10 +384,15 @@ impl Store {
         &self.pool
     }
 
-    /// The table of a `#[derive(Pooled)]` type, built from its hints ([`Table::pooled`]):
-    /// its [`Retention`](crate::Retention) and object alignment. Call it before the first
-    /// insert of `T`; [`insert`](Self::insert) alone makes a table with the defaults
-    /// (manual, natural alignment), as for any type without the derive.
+    /// The table of a [`Pooled`] type, built from its hints ([`Table::pooled`]): its
+    /// [`Retention`](crate::Retention), object alignment, tracing and snapshot encoding.
+    ///
+    /// A `#[derive(Pooled)]` type without generic parameters needs no call: the derive
+    /// registers it when the program links, and the store builds its table this way on
+    /// the type's first insert. Call it for a generic derived type (`Pair<u32>`) or a
+    /// hand-written impl, before the type's first insert; [`insert`](Self::insert) alone
+    /// makes their table with the defaults (manual, natural alignment), as for any type
+    /// without the derive.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if the table of `T` already holds objects and was built
@@ -402,7 +413,7 @@ impl Store {
     /// # Ok::<(), neurostore::Error>(())
     /// ```
     pub fn register<T: Pooled + Trace + Send + Sync>(&mut self) -> Result<&mut Table<T>, Error> {
-        self.table_entry::<T>().adopt_hints(T::HINTS)?;
+        self.table_as_made::<T>().adopt_hints(T::HINTS)?;
         // A type that holds no handle keeps nothing alive: the collector skips its table.
         if T::HOLDS_HANDLES {
             self.gc
@@ -412,7 +423,7 @@ impl Store {
         self.persist
             .insert(TypeId::of::<T>(), crate::snapshot::StoreTableOps::of::<T>());
         self.gc_touch::<T>();
-        Ok(self.table_entry::<T>())
+        Ok(self.table_as_made::<T>())
     }
 
     /// Puts a loaded table into this (new) store as `register` would have made it.
@@ -433,7 +444,18 @@ impl Store {
     }
 
     /// As [`ensure_table`](Self::ensure_table), without telling an open collection cycle.
+    /// A `#[derive(Pooled)]` type's new table is made as [`register`](Self::register)
+    /// makes it, from the registration the derive links into the program.
     fn table_entry<T: Send + Sync + 'static>(&mut self) -> &mut Table<T> {
+        let id = TypeId::of::<T>();
+        if !self.tables.contains_key(&id) {
+            linked::register_linked(self, id);
+        }
+        self.table_as_made::<T>()
+    }
+
+    /// The table of `T`, made with the default hints if there is none.
+    fn table_as_made<T: Send + Sync + 'static>(&mut self) -> &mut Table<T> {
         let pool = &self.pool;
         self.tables
             .entry(TypeId::of::<T>())
@@ -443,7 +465,8 @@ impl Store {
             .expect("the table under TypeId::of::<T>() is a Table<T>")
     }
 
-    /// Inserts `value` into the table of `T` (making the table if needed). Aborts
+    /// Inserts `value` into the table of `T` (making the table if needed, from the
+    /// declared hints of a derived type: see [`register`](Self::register)). Aborts
     /// through [`handle_alloc_error`](std::alloc::handle_alloc_error) if the pool refuses
     /// memory, as `Vec` does; [`try_insert`](Self::try_insert) returns the error instead.
     pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Handle<T> {
@@ -633,9 +656,14 @@ impl SharedStore {
             return t;
         }
         let mut tables = self.tables.write();
-        let entry = tables
-            .entry(TypeId::of::<T>())
-            .or_insert_with(|| Arc::new(RwLock::new(Table::<T>::with_pool(self.pool.clone()))));
+        let entry = tables.entry(TypeId::of::<T>()).or_insert_with(|| {
+            // A derived type's table is built from its declared hints (already checked
+            // when the type compiled).
+            let declared = linked::linked_hints(TypeId::of::<T>())
+                .and_then(|hints| Table::<T>::with_hints(self.pool.clone(), hints).ok());
+            let table = declared.unwrap_or_else(|| Table::<T>::with_pool(self.pool.clone()));
+            Arc::new(RwLock::new(table))
+        });
         Arc::clone(entry)
             .downcast()
             .expect("the table under TypeId::of::<T>() is a RwLock<Table<T>>")
