@@ -188,6 +188,20 @@ impl Default for DefragPolicy {
 }
 
 impl<T> Table<T> {
+    /// Applies a store's `policy` after `count` removals: looks at the table's
+    /// fragmentation once per about as many removals as it has chunks (so O(1) per
+    /// removal) and defragments it past the threshold. A table of short-lived objects
+    /// ([`Lifetime::Short`](crate::Lifetime::Short)) is left alone: its holes fill with
+    /// the next objects, and moving objects about to go is wasted work.
+    pub(crate) fn apply_defrag_policy(&mut self, count: usize, policy: DefragPolicy) {
+        if self.hints().lifetime == Some(crate::Lifetime::Short) || !self.tally_removals(count) {
+            return;
+        }
+        if self.fragmentation().ratio > policy.threshold() {
+            self.defragment();
+        }
+    }
+
     /// Measures the table's holes: how many, in how many sparse chunks, and their pattern.
     ///
     /// ```

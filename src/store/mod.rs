@@ -228,8 +228,6 @@ pub struct Store {
     /// How to save each registered type's table (filled by `register`).
     pub(crate) persist: TypeMap<crate::snapshot::StoreTableOps>,
     defrag_policy: Option<DefragPolicy>,
-    /// Removals per table since its fragmentation was last looked at.
-    removals: TypeMap<usize>,
 }
 
 /// What [`Store::defragment`] did, table by table.
@@ -303,7 +301,6 @@ impl Store {
             tables: TypeMap::default(),
             pool,
             defrag_policy: Some(DefragPolicy::default()),
-            removals: TypeMap::default(),
             gc: GcState::default(),
             persist: TypeMap::default(),
         }
@@ -343,39 +340,11 @@ impl Store {
             .map(|t| (t.type_name(), t.defragment()))
             .collect();
         tables.sort_by(|a, b| a.0.cmp(b.0));
-        self.removals.clear();
         StoreDefragReport {
             moved: tables.iter().map(|(_, r)| r.moved).sum(),
             bytes_moved: tables.iter().map(|(_, r)| r.bytes_moved).sum(),
             chunks_released: tables.iter().map(|(_, r)| r.chunks_released).sum(),
             tables,
-        }
-    }
-
-    /// Applies the [`DefragPolicy`] after `count` removals from the table of `T`. The
-    /// table's fragmentation is looked at once per about as many removals as it has
-    /// chunks, so the check costs O(1) per removal. A table of short-lived objects
-    /// ([`Lifetime::Short`](crate::Lifetime::Short)) is left alone: its holes fill with
-    /// the next objects, and moving objects about to go is wasted work.
-    pub(crate) fn note_removals<T: Send + Sync + 'static>(&mut self, count: usize) {
-        let Some(policy) = self.defrag_policy else {
-            return;
-        };
-        let id = TypeId::of::<T>();
-        let Some(table) = self.tables.get_mut(&id) else {
-            return;
-        };
-        if table.hints().lifetime == Some(crate::Lifetime::Short) {
-            return;
-        }
-        let pending = self.removals.entry(id).or_insert(0);
-        *pending += count;
-        if *pending < table.chunk_slots().max(1) {
-            return;
-        }
-        *pending = 0;
-        if table.fragmentation().ratio > policy.threshold() {
-            table.defragment();
         }
     }
 
@@ -524,8 +493,12 @@ impl Store {
     /// Removes and returns the object `h` names; a stale handle changes nothing. The
     /// store's [`DefragPolicy`] may defragment the table afterwards (handles stay valid).
     pub fn remove<T: Send + Sync + 'static>(&mut self, h: Handle<T>) -> Option<T> {
-        let value = self.table_mut_untouched::<T>()?.remove(h)?;
-        self.note_removals::<T>(1);
+        let policy = self.defrag_policy;
+        let table = self.table_mut_untouched::<T>()?;
+        let value = table.remove(h)?;
+        if let Some(policy) = policy {
+            table.apply_defrag_policy(1, policy);
+        }
         Some(value)
     }
 

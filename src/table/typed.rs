@@ -134,6 +134,8 @@ pub struct Table<T> {
     pub(super) layout_version: u64,
     /// Retention, chunk alignment and the other hints the table was built with.
     pub(super) hints: PoolHints,
+    /// Removals since a store's defragmentation policy last looked at the table.
+    pub(super) removals_unchecked: usize,
 }
 
 // SAFETY: a table owns its objects (like a Vec<T>); its raw parts (the spans and the
@@ -197,6 +199,7 @@ impl<T> Table<T> {
             slots_changed: 0,
             id: next_table_id(),
             layout_version: 0,
+            removals_unchecked: 0,
             hints: PoolHints::of::<T>(),
         }
     }
@@ -645,6 +648,18 @@ impl<T> Table<T> {
         }
         self.len += 1;
         Ok(self.handle_at(index as u32))
+    }
+
+    /// Counts `count` more removals for a defragmentation policy; true (and the count
+    /// starts again) once they reach the chunk slots, so that a policy looks at the
+    /// table's fragmentation, O(chunks), once per about as many removals.
+    pub(crate) fn tally_removals(&mut self, count: usize) -> bool {
+        self.removals_unchecked += count;
+        if self.removals_unchecked < self.chunk_slots().max(1) {
+            return false;
+        }
+        self.removals_unchecked = 0;
+        true
     }
 
     /// Whether the slots keep their place array (objects may be away from home).
