@@ -66,7 +66,7 @@ pub enum Lifetime {
     /// objects (holes refill with the next objects; moving objects about to go is
     /// wasted). An explicit [`defragment`](crate::table::Table::defragment) still
     /// compacts it and gives its empty chunks back. In `cargo bench --bench table`, a
-    /// store making and removing 100,000 spikes a round spends about half the time per
+    /// store making and removing 100,000 spikes a round spends 0.5–0.8× the time per
     /// spike with this hint as without it.
     Short,
     /// Made and removed during a run (plastic synapses): the default behaviour.
