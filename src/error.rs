@@ -240,7 +240,7 @@ pub enum SnapshotError {
         found: Vec<u8>,
     },
     /// The file was written in a format version this build cannot read.
-    #[error("format version {found} is not supported (this build reads version {supported})")]
+    #[error("format version {found} is not supported (this build reads versions 1 to {supported})")]
     UnsupportedVersion {
         /// The version in the file.
         found: u32,

@@ -261,8 +261,9 @@ fn slot_section_lengths(file: &[u8]) -> Vec<u64> {
 }
 
 #[test]
-fn slot_tables_are_written_as_runs_when_shorter() {
+fn slot_tables_are_written_in_their_shortest_form() {
     let mut store = new_store();
+    store.set_defrag_policy(None); // the removals below leave every object where it is
     let hs: Vec<_> = (0..10_000).map(|i| store.insert(spike(i))).collect();
     let dense = save(&store);
     // One run for the sentinel, one for the 10,000 live slots.
@@ -271,8 +272,13 @@ fn slot_tables_are_written_as_runs_when_shorter() {
         store.remove(*h);
     }
     let sparse = save(&store);
-    // Alternating live and vacant slots: plain records are shorter.
-    assert_eq!(slot_section_lengths(&sparse)[2], 1 + 10_001 * 8);
+    // Alternating live and vacant slots, all in their first generation: a liveness
+    // bitmap of 157 words, two generation runs (the sentinel's and the rest) and no slot
+    // away from home, where records would take 1 + 10,001 * 8 bytes.
+    assert_eq!(
+        slot_section_lengths(&sparse)[2],
+        1 + 157 * 8 + 4 + 2 * 8 + 4
+    );
     let (dense, sparse) = (load(&dense).unwrap(), load(&sparse).unwrap());
     for (i, h) in hs.iter().enumerate() {
         assert_eq!(dense.get(*h), Some(&spike(i as u64)));
@@ -287,6 +293,32 @@ fn slot_tables_are_written_as_runs_when_shorter() {
 fn every_flipped_byte_and_every_truncation_is_refused() {
     every_flip_and_truncation_of(&save(&small_store()));
     every_flip_and_truncation_of(&save(&dense_store()));
+    every_flip_and_truncation_of(&save(&churned_store()));
+}
+
+/// A store whose spike table had removals and a compaction, so that its slot table is
+/// written in the generation form, with slots away from home.
+fn churned_store() -> Store {
+    let mut store = new_store();
+    store.set_defrag_policy(None);
+    let hs: Vec<_> = (0..160).map(|i| store.insert(spike(i))).collect();
+    for h in hs.iter().step_by(3) {
+        store.remove(*h);
+    }
+    store.insert(note(5));
+    assert!(store.defragment().moved > 0);
+    for h in hs.iter().skip(1).step_by(5) {
+        store.remove(*h);
+    }
+    let spikes = store.table::<Spike>().unwrap();
+    let file = save(&store);
+    let records = 1 + spikes.slot_count() as u64 * 8;
+    let runs = slot_section_lengths(&file)[2];
+    assert!(
+        runs < records && !(runs - 1).is_multiple_of(12),
+        "{runs} bytes: not the generation form"
+    );
+    store
 }
 
 fn every_flip_and_truncation_of(file: &[u8]) {
@@ -339,7 +371,7 @@ fn random_flips_in_a_large_snapshot_are_refused() {
         rng
     };
     let mut spikes = Vec::new();
-    for i in 0..60_000 {
+    for i in 0..80_000 {
         spikes.push(store.insert(spike(i)));
         if i % 7 == 0 {
             store.insert(note(i));
@@ -675,12 +707,12 @@ fn foreign_files_get_typed_errors() {
         (b"PK\x03\x04 a zip file, not a snapshot", |e| {
             matches!(e, SnapshotError::BadMagic { .. })
         }),
-        (b"\x89NSNAP\r\n\x02\x00\x00\x00\x0d\x0c\x0b\x0a", |e| {
+        (b"\x89NSNAP\r\n\x03\x00\x00\x00\x0d\x0c\x0b\x0a", |e| {
             matches!(
                 e,
                 SnapshotError::UnsupportedVersion {
-                    found: 2,
-                    supported: 1
+                    found: 3,
+                    supported: 2
                 }
             )
         }),
@@ -698,4 +730,34 @@ fn foreign_files_get_typed_errors() {
             found: 0x0d0c_0b0a
         }))
     ));
+}
+
+/// `file` as a version 1 writer would have written it: the same sections (version 1 had
+/// the records and runs forms of SLOT), the version field 1, the footer's checksums
+/// recomputed.
+fn as_version_1(file: &[u8]) -> Vec<u8> {
+    const FOOTER: usize = 4 + 8 + 12 + 4;
+    let mut old = file.to_vec();
+    old[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let body_at = old.len() - FOOTER + 12;
+    let before = old.len() - FOOTER;
+    let file_crc = crc32fast::hash(&old[..before]);
+    old[body_at + 8..body_at + 12].copy_from_slice(&file_crc.to_le_bytes());
+    let section_crc = crc32fast::hash(&old[before..old.len() - 4]);
+    let end = old.len();
+    old[end - 4..].copy_from_slice(&section_crc.to_le_bytes());
+    old
+}
+
+#[test]
+fn a_version_1_file_still_loads() {
+    let store = dense_store();
+    let file = save(&store);
+    assert_eq!(file[8..12], 2u32.to_le_bytes());
+    let old = as_version_1(&file);
+    let loaded = load(&old).expect("a version 1 file loads");
+    for (h, spike) in store.table::<Spike>().unwrap().iter() {
+        assert_eq!(loaded.get(h), Some(spike));
+    }
+    assert_eq!(inspect(&old[..]).unwrap().format_version, 1);
 }

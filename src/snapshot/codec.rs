@@ -64,10 +64,14 @@ impl std::fmt::Display for Encoding {
     }
 }
 
+/// Hands every piece of a table's encoded objects, in order, to the writer it is given.
+type WalkPieces<'a> =
+    Box<dyn Fn(&mut dyn FnMut(&[u8]) -> Result<(), Error>) -> Result<(), Error> + 'a>;
+
 /// A table's objects, encoded and ready to write.
 pub(crate) enum Encoded<'a> {
-    /// Byte runs borrowed from chunk memory, written in order.
-    Runs(Vec<&'a [u8]>),
+    /// `len` bytes borrowed from chunk memory, handed over run by run when written.
+    Borrowed { len: u64, walk: WalkPieces<'a> },
     /// Bytes encoded into a buffer.
     Bytes(Vec<u8>),
 }
@@ -76,16 +80,19 @@ impl Encoded<'_> {
     /// Bytes in all.
     pub(crate) fn len(&self) -> u64 {
         match self {
-            Encoded::Runs(runs) => runs.iter().map(|r| r.len() as u64).sum(),
+            Encoded::Borrowed { len, .. } => *len,
             Encoded::Bytes(b) => b.len() as u64,
         }
     }
 
-    /// The pieces, in order.
-    pub(crate) fn pieces(&self) -> Box<dyn Iterator<Item = &[u8]> + '_> {
+    /// Calls `write` with the pieces, in order; stops at its first error.
+    pub(crate) fn for_each_piece(
+        &self,
+        write: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         match self {
-            Encoded::Runs(runs) => Box::new(runs.iter().copied()),
-            Encoded::Bytes(b) => Box::new(std::iter::once(b.as_slice())),
+            Encoded::Borrowed { walk, .. } => walk(write),
+            Encoded::Bytes(b) => write(b),
         }
     }
 }
@@ -220,12 +227,12 @@ impl<T> Codec<T> {
 }
 
 fn encode_pod<'a, T: bytemuck::Pod>(table: &'a Table<T>, _: &str) -> Result<Encoded<'a>, Error> {
-    Ok(Encoded::Runs(
-        table
-            .object_runs()
-            .map(bytemuck::cast_slice::<T, u8>)
-            .collect(),
-    ))
+    Ok(Encoded::Borrowed {
+        len: (table.len() * std::mem::size_of::<T>()) as u64,
+        walk: Box::new(move |write| {
+            table.for_each_object_run(|run| write(bytemuck::cast_slice::<T, u8>(run)))
+        }),
+    })
 }
 
 fn decode_pod<T: bytemuck::Pod>(table: &mut Table<T>, fill: &mut Fill<'_>) -> Result<(), Error> {

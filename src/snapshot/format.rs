@@ -20,8 +20,11 @@ use crate::error::{Error, SnapshotError};
 /// The first 8 bytes of every snapshot: a non-ASCII byte, the name, and CR LF so that a
 /// text-mode transfer that mangles line ends is caught at once.
 pub const MAGIC: [u8; 8] = *b"\x89NSNAP\r\n";
-/// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this build writes. Version 2 added the generation form of the
+/// SLOT section; a version 1 file still loads.
+pub const VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Written as a little-endian u32; any other reading means another byte order.
 pub const BYTE_ORDER_MARK: u32 = 0x0a0b_0c0d;
 /// Bytes of the preamble.
@@ -282,7 +285,8 @@ impl<'r> Reader<'r> {
     }
 
     /// Reads and checks the preamble.
-    pub(crate) fn preamble(&mut self) -> Result<(), Error> {
+    /// Reads and checks the preamble; returns the file's format version.
+    pub(crate) fn preamble(&mut self) -> Result<u32, Error> {
         let mut magic = Vec::with_capacity(8);
         (&mut *self.input).take(8).read_to_end(&mut magic)?;
         self.file_crc.update(&magic);
@@ -293,7 +297,7 @@ impl<'r> Reader<'r> {
         let mut rest = [0u8; 8];
         self.raw(&mut rest, "preamble")?;
         let version = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
-        if version != VERSION {
+        if !(OLDEST_READABLE_VERSION..=VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion {
                 found: version,
                 supported: VERSION,
@@ -304,7 +308,7 @@ impl<'r> Reader<'r> {
         if mark != BYTE_ORDER_MARK {
             return Err(SnapshotError::ByteOrder { found: mark }.into());
         }
-        Ok(())
+        Ok(version)
     }
 
     /// Opens the next section, which must be tagged `tag`.

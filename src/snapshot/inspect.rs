@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use super::format::{self, Reader, tag_text};
+use super::format::{Reader, tag_text};
 use super::{
     Content, Encoding, open_objects, read_head, read_image, read_roots, read_table_header,
 };
@@ -133,7 +133,7 @@ pub fn inspect(mut input: impl Read) -> Result<SnapshotInfo, Error> {
     let bytes = super::finish(&mut reader, &head)?;
     sections.extend(reader.take_sections());
     Ok(SnapshotInfo {
-        format_version: format::VERSION,
+        format_version: head.format_version,
         crate_version: head.crate_version,
         content: head.content,
         bytes,

@@ -9,7 +9,8 @@
 //! would have without the save and load (the slot table is rebuilt with each slot's
 //! version and slotmap's free-list order, see `table/persist.rs`).
 //!
-//! The format (v1, `docs/FORMAT.md`): a preamble (magic, version, byte order), then
+//! The format (version 2, `docs/FORMAT.md`; version 1 files still load): a preamble
+//! (magic, version, byte order), then
 //! length-prefixed sections, each with a CRC-32 of its bytes, then a footer with the
 //! CRC-32 of the whole file. Per table: its type name, schema fingerprint, element size
 //! and alignment, slot table, free list and chunk map, and objects, encoded by the type's
@@ -71,7 +72,7 @@ use crate::error::{Error, SnapshotError};
 use crate::pool::HierarchicalPool;
 use crate::pooled::{AnyHandle, Pooled, Retention, Trace};
 use crate::store::{ErasedTable, Store};
-use crate::table::{Handle, SlotImage, Table, TableImage, default_pool};
+use crate::table::{GenerationImage, Handle, SlotImage, Table, TableImage, default_pool};
 use codec::{Decoder, Encoded};
 use format::{FieldReader, Fields, Reader, SECTION_OVERHEAD, Writer};
 
@@ -448,6 +449,8 @@ impl<'a> Options<'a> {
 /// The fields of a file's HEAD section.
 #[derive(Clone, Debug)]
 pub(crate) struct Head {
+    /// The file's format version.
+    pub format_version: u32,
     pub crate_version: String,
     pub content: Content,
     pub tables: u32,
@@ -455,7 +458,7 @@ pub(crate) struct Head {
 }
 
 pub(crate) fn read_head(reader: &mut Reader<'_>) -> Result<Head, Error> {
-    reader.preamble()?;
+    let format_version = reader.preamble()?;
     let start = reader.open(format::HEAD)?;
     if start.len > 1 << 16 {
         return Err(reader.malformed(start, format!("a {}-byte header is too long", start.len)));
@@ -474,6 +477,7 @@ pub(crate) fn read_head(reader: &mut Reader<'_>) -> Result<Head, Error> {
     f.end()?;
     reader.set_total(total);
     Ok(Head {
+        format_version,
         crate_version,
         content,
         tables,
@@ -646,6 +650,49 @@ pub(crate) fn read_table_header(reader: &mut Reader<'_>) -> Result<TableHeader, 
     Ok(header)
 }
 
+/// Reads the rest of a SLOT body of the generation form, checking its counts against the
+/// section's length before reading what they count.
+fn read_generations(
+    reader: &mut Reader<'_>,
+    header: &TableHeader,
+    start: format::SectionStart,
+) -> Result<SlotImage, Error> {
+    let len = header.slot_count as usize;
+    let words = len.div_ceil(64) as u64;
+    let mut left = start.len - 1;
+    // Takes `bytes` of what is left of the body, or says which part the body ends in.
+    let mut take = |reader: &Reader<'_>, bytes: u64, what: &str| {
+        if bytes > left {
+            return Err(reader.malformed(start, format!("the slot section ends inside {what}")));
+        }
+        left -= bytes;
+        Ok(())
+    };
+    take(reader, words * 8 + 4, "the liveness bitmap")?;
+    let live: Vec<u64> = reader.pod_values(words)?;
+    let runs = u64::from(u32::from_le(reader.pod_values::<u32>(1)?[0]));
+    take(reader, runs * 8 + 4, "the generation runs")?;
+    let generations: Vec<[u32; 2]> = reader.pod_values(runs)?;
+    let away = u64::from(u32::from_le(reader.pod_values::<u32>(1)?[0]));
+    take(reader, away * 8, "the away slots")?;
+    if left != 0 {
+        return Err(reader.malformed(start, format!("{left} bytes after the away slots")));
+    }
+    let away: Vec<[u32; 2]> = reader.pod_values(away)?;
+    Ok(SlotImage::Generations(GenerationImage {
+        len,
+        live: live.into_iter().map(u64::from_le).collect(),
+        generations: generations
+            .into_iter()
+            .map(|r| r.map(u32::from_le))
+            .collect(),
+        away: away
+            .into_iter()
+            .map(|[i, p]| (u32::from_le(i), u32::from_le(p)))
+            .collect(),
+    }))
+}
+
 /// Reads a table's SLOT and FREE sections and checks them.
 pub(crate) fn read_image(
     reader: &mut Reader<'_>,
@@ -721,6 +768,7 @@ pub(crate) fn read_image(
             // Kept as runs: a filled, never churned table is one run, whatever its size.
             SlotImage::from_runs(runs)
         }
+        SLOTS_AS_GENERATIONS => read_generations(reader, header, start)?,
         other => return Err(reader.malformed(start, format!("unknown slot encoding {other}"))),
     };
     reader.close()?;
@@ -839,13 +887,22 @@ const SLOTS_AS_RECORDS: u8 = 0;
 /// SLOT body form: runs `(version, first place, count)` of consecutive slots with one
 /// version and consecutive places (vacant slots: place 0).
 const SLOTS_AS_RUNS: u8 = 1;
+/// SLOT body form (format version 2): a liveness bitmap, generation runs, and the places
+/// of live slots away from home ([`GenerationImage`]).
+const SLOTS_AS_GENERATIONS: u8 = 2;
+
+/// The form a table's SLOT section is written in: the shortest of the three.
+enum SlotForm {
+    Records,
+    Runs(Vec<[u32; 3]>),
+    Generations(GenerationImage),
+}
 
 struct Prepared<'a, T> {
     table: &'a Table<T>,
     header: TableHeader,
     fields: Fields,
-    /// The slot table as runs, when that is shorter than plain records.
-    slot_runs: Option<Vec<[u32; 3]>>,
+    slots: SlotForm,
     objects: Encoded<'a>,
 }
 
@@ -867,13 +924,26 @@ impl<'a, T: Pooled> Prepared<'a, T> {
             objects_len: objects.len(),
         };
         let fields = header.fields();
-        // Runs, unless they would take more bytes than records (12 bytes to 8).
-        let slot_runs = table.slot_runs((u64::from(header.slot_count) * 8 / 12) as usize);
+        // Runs while they take fewer bytes than the generation form's bitmap alone (a
+        // table filled in order is a couple of runs); else generations, unless records
+        // are shorter still (slots reused many times over, or many objects away).
+        let slot_count = u64::from(header.slot_count);
+        let slots = match table.slot_runs((slot_count / 96).max(4) as usize) {
+            Some(runs) => SlotForm::Runs(runs),
+            None => {
+                let generations = table.generation_image();
+                if generations.encoded_len() < slot_count * 8 {
+                    SlotForm::Generations(generations)
+                } else {
+                    SlotForm::Records
+                }
+            }
+        };
         Ok(Prepared {
             table,
             header,
             fields,
-            slot_runs,
+            slots,
             objects,
         })
     }
@@ -882,9 +952,10 @@ impl<'a, T: Pooled> Prepared<'a, T> {
 impl<T> Prepared<'_, T> {
     /// Bytes of the SLOT body.
     fn slot_len(&self) -> u64 {
-        match &self.slot_runs {
-            Some(runs) => 1 + runs.len() as u64 * 12,
-            None => self.header.slot_records_len(),
+        match &self.slots {
+            SlotForm::Runs(runs) => 1 + runs.len() as u64 * 12,
+            SlotForm::Generations(g) => 1 + g.encoded_len(),
+            SlotForm::Records => self.header.slot_records_len(),
         }
     }
 }
@@ -906,9 +977,16 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
         const BATCH: usize = 8192;
         w.section_bytes(format::TABL, &self.fields.0)?;
         w.section(format::SLOT, self.slot_len(), |b| {
-            if let Some(runs) = &self.slot_runs {
-                b.write(&[SLOTS_AS_RUNS])?;
-                return write_u32s_le(b, runs.as_flattened());
+            match &self.slots {
+                SlotForm::Runs(runs) => {
+                    b.write(&[SLOTS_AS_RUNS])?;
+                    return write_u32s_le(b, runs.as_flattened());
+                }
+                SlotForm::Generations(g) => {
+                    b.write(&[SLOTS_AS_GENERATIONS])?;
+                    return write_generations(b, g);
+                }
+                SlotForm::Records => {}
             }
             b.write(&[SLOTS_AS_RECORDS])?;
             let mut buf: Vec<u8> = Vec::with_capacity(BATCH * 8);
@@ -934,23 +1012,42 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
             // Short runs (a table that had objects removed) are gathered into one buffer,
             // so that checksum and write are called on large pieces.
             const GATHER: usize = 1 << 20;
-            let mut gathered: Vec<u8> = Vec::new();
-            for piece in self.objects.pieces() {
+            let mut gathered: Vec<u8> = Vec::with_capacity(GATHER + GATHER / 16);
+            self.objects.for_each_piece(&mut |piece| {
                 if piece.len() >= GATHER / 16 {
                     b.write(&gathered)?;
                     gathered.clear();
-                    b.write(piece)?;
-                    continue;
+                    return b.write(piece);
                 }
                 gathered.extend_from_slice(piece);
                 if gathered.len() >= GATHER {
                     b.write(&gathered)?;
                     gathered.clear();
                 }
-            }
+                Ok(())
+            })?;
             b.write(&gathered)
         })
     }
+}
+
+/// Writes a generation image: the bitmap, then the counted generation runs and away
+/// slots.
+fn write_generations(b: &mut format::BodyWriter<'_, '_>, g: &GenerationImage) -> Result<(), Error> {
+    if cfg!(target_endian = "little") {
+        b.write(bytemuck::cast_slice(&g.live))?;
+    } else {
+        for block in g.live.chunks(8192) {
+            let bytes: Vec<u8> = block.iter().flat_map(|v| v.to_le_bytes()).collect();
+            b.write(&bytes)?;
+        }
+    }
+    let count = |n: usize| u32::try_from(n).expect("fewer runs than slots, below 2^32");
+    write_u32s_le(b, &[count(g.generations.len())])?;
+    write_u32s_le(b, g.generations.as_flattened())?;
+    write_u32s_le(b, &[count(g.away.len())])?;
+    let away: Vec<u32> = g.away.iter().flat_map(|&(i, p)| [i, p]).collect();
+    write_u32s_le(b, &away)
 }
 
 /// Writes `values` as little-endian bytes, straight from memory where that is their form.

@@ -97,6 +97,11 @@ impl<T> Chunk<T> {
     }
 
     /// Word `w` of the occupancy bitmap: bit `i` is set when place `64 * w + i` is taken.
+    /// The occupancy bitmap (bits past the capacity clear).
+    pub(crate) fn occupied_words(&self) -> &[u64] {
+        &self.occupied
+    }
+
     pub(crate) fn occupied_word(&self, w: usize) -> u64 {
         self.occupied[w]
     }

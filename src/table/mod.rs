@@ -24,6 +24,7 @@
 
 mod bulk;
 mod chunk;
+mod generations;
 mod handle;
 mod iter;
 mod persist;
@@ -33,7 +34,7 @@ mod typed;
 pub use handle::Handle;
 pub(crate) use handle::short_type_name;
 pub use iter::{Drain, IntoIter, Iter, IterMut, Values, ValuesMut};
-pub(crate) use persist::{SlotImage, TableImage};
+pub(crate) use persist::{GenerationImage, SlotImage, TableImage};
 #[cfg(feature = "cuda")]
 pub(crate) use slots::{word_is_live, word_version};
 pub use typed::{DEFAULT_CHUNK_BYTES, Loc, Table, TableStats, default_pool};

@@ -11,6 +11,8 @@
 use std::sync::Arc;
 
 use super::chunk::set_range;
+pub(crate) use super::generations::GenerationImage;
+use super::generations::bit_runs;
 use super::slots::AWAY;
 use super::typed::Table;
 use crate::error::{Error, SnapshotError};
@@ -75,6 +77,9 @@ pub(crate) enum SlotImage {
         runs: Vec<[u32; 3]>,
         starts: Vec<u64>,
     },
+    /// Liveness bits and generation runs, with the places of live slots away from home:
+    /// the short form of a table that has seen removals.
+    Generations(GenerationImage),
 }
 
 impl Default for SlotImage {
@@ -106,14 +111,28 @@ impl SlotImage {
                 (Some(r), Some(&s)) => (s + u64::from(r[2])) as usize,
                 _ => 0,
             },
+            SlotImage::Generations(g) => g.len,
         }
     }
 
-    /// The runs `(first index, version, first place, count)`: a record is a run of one.
+    /// Whether a live slot names a place other than its home place `index - 1` (the
+    /// rebuilt slot array then needs its place array).
+    pub(crate) fn has_away(&self) -> bool {
+        match self {
+            SlotImage::Generations(g) => !g.away.is_empty(),
+            _ => self.iter().enumerate().any(|(index, (version, place))| {
+                version % 2 == 1 && place != (index as u32).wrapping_sub(1)
+            }),
+        }
+    }
+
+    /// The runs `(first index, version, first place, count)`: a record is a run of one
+    /// (a generation image gives none: it is checked on its own).
     fn runs(&self) -> impl Iterator<Item = (u64, u32, u32, u32)> + '_ {
         let (records, runs) = match self {
             SlotImage::Records(r) => (Some(r), None),
             SlotImage::Runs { runs, starts } => (None, Some(runs.iter().zip(starts))),
+            SlotImage::Generations(_) => (None, None),
         };
         let records = records
             .into_iter()
@@ -127,16 +146,18 @@ impl SlotImage {
 
     /// Every slot's `(version, place)`, in index order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let (records, runs) = match self {
-            SlotImage::Records(r) => (Some(r), None),
-            SlotImage::Runs { runs, .. } => (None, Some(runs)),
+        let (records, runs, generations) = match self {
+            SlotImage::Records(r) => (Some(r), None, None),
+            SlotImage::Runs { runs, .. } => (None, Some(runs), None),
+            SlotImage::Generations(g) => (None, None, Some(g)),
         };
         let records = records.into_iter().flat_map(|r| r.iter().copied());
         let runs = runs.into_iter().flatten().flat_map(|&[v, p, n]| {
             let live = v % 2 == 1;
             (0..n).map(move |k| (v, if live { p + k } else { p }))
         });
-        records.chain(runs)
+        let generations = generations.into_iter().flat_map(GenerationImage::records);
+        records.chain(runs).chain(generations)
     }
 
     /// The version of slot `index`.
@@ -150,18 +171,19 @@ impl SlotImage {
                     .checked_sub(1)?;
                 (index < self.len()).then(|| runs[run][0])
             }
+            SlotImage::Generations(g) => g.version(index),
         }
     }
 
     /// The records, to edit (tests build broken images this way).
     #[cfg(test)]
     pub(crate) fn records_mut(&mut self) -> &mut Vec<(u32, u32)> {
-        if let SlotImage::Runs { .. } = self {
+        if !matches!(self, SlotImage::Records(_)) {
             *self = SlotImage::Records(self.iter().collect());
         }
         match self {
             SlotImage::Records(r) => r,
-            SlotImage::Runs { .. } => unreachable!("converted above"),
+            _ => unreachable!("converted above"),
         }
     }
 }
@@ -196,6 +218,9 @@ impl TableImage {
                 "{} slots exceed the limit of a table",
                 self.slots.len()
             )));
+        }
+        if let SlotImage::Generations(g) = &self.slots {
+            return self.check_generations(g, bad);
         }
         match self.slots.iter().next() {
             Some((0, 0)) => {}
@@ -361,7 +386,23 @@ impl<T> Table<T> {
         }
     }
 
+    /// Calls `f` with every run of live objects that lie next to each other, in storage
+    /// order, reading each chunk's occupancy a bitmap word at a time; stops at the first
+    /// error.
+    pub(crate) fn for_each_object_run<E>(
+        &self,
+        mut f: impl FnMut(&[T]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for chunk in self.chunks.iter().flatten() {
+            for (first, count) in bit_runs(chunk.occupied_words()) {
+                f(chunk.run(first, count).expect("a run of occupied places"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every live object in storage order, as runs of objects that lie next to each other.
+    #[cfg(test)]
     pub(crate) fn object_runs(&self) -> impl Iterator<Item = &[T]> + '_ {
         self.chunks.iter().flatten().flat_map(|c| {
             c.occupied_runs()
@@ -384,14 +425,7 @@ impl<T> Table<T> {
         table.per_chunk = image.per_chunk;
         table.shift = image.per_chunk.ilog2();
         let pool = table.pool.clone();
-        let away = image
-            .slots
-            .iter()
-            .enumerate()
-            .any(|(index, (version, place))| {
-                version % 2 == 1 && place != (index as u32).wrapping_sub(1)
-            });
-        if away {
+        if image.slots.has_away() {
             table.slots.list_places(&pool)?;
         }
         table.slots.reset_zeroed(&pool, image.slots.len())?;
@@ -409,9 +443,10 @@ impl<T> Table<T> {
                     live += if version % 2 == 1 { count as usize } else { 0 };
                 }
             }
+            // Slots and owners together, once the chunks exist (below).
+            SlotImage::Generations(_) => {}
         }
         table.vacant.set_order(&image.free_order);
-        table.len = live;
         for (ci, &present) in image.chunks_present.iter().enumerate() {
             if present {
                 table.make_chunk_at(ci)?;
@@ -419,6 +454,7 @@ impl<T> Table<T> {
         }
         table.chunk_floor = 0;
         match &image.slots {
+            SlotImage::Generations(g) => live = table.restore_generations(g),
             // A run of live slots names consecutive places: their owners are written a
             // chunk's stretch at a time.
             SlotImage::Runs { runs, starts } => {
@@ -452,6 +488,7 @@ impl<T> Table<T> {
                 }
             }
         }
+        table.len = live;
         Ok(table)
     }
 

@@ -249,6 +249,41 @@ impl SlotArray {
         }
     }
 
+    /// Sets the `count` slots from `first` (below `len`) from a snapshot's generation run:
+    /// each gets version `2 × generation − live`, where `live` (one bit per slot, over
+    /// the whole array) says whether it is live; a live one is at its home place. Slots
+    /// away from home are set afterwards with [`restore`](Self::restore).
+    pub(crate) fn restore_generation_run(
+        &mut self,
+        first: usize,
+        count: usize,
+        generation: u32,
+        live: &[u64],
+    ) {
+        let range = first..first + count;
+        assert!(range.end <= self.len, "slots {range:?} are past the array");
+        assert!(
+            live.len() * 64 >= range.end,
+            "the liveness bits cover the slots"
+        );
+        // SAFETY: `range` lies below `len` (checked), inside the committed words (and,
+        // when listed, places); the exclusive borrow keeps the slices unique.
+        let words = unsafe { std::slice::from_raw_parts_mut(self.words_ptr(), self.len) };
+        let twice = generation.wrapping_mul(2);
+        for i in range.clone() {
+            let bit = (live[i / 64] >> (i % 64)) as u32 & 1;
+            words[i] = twice.wrapping_sub(bit);
+        }
+        if self.places_listed {
+            // SAFETY: as above, for the place array.
+            let places = unsafe { std::slice::from_raw_parts_mut(self.places_ptr(), self.len) };
+            for i in range {
+                let bit = (live[i / 64] >> (i % 64)) as u32 & 1;
+                places[i] = (i as u32).wrapping_sub(1) & bit.wrapping_neg();
+            }
+        }
+    }
+
     /// Sets the `count` slots from `first` (below `len`) from a snapshot's run: `version`
     /// (below 2^31) and, for live slots, consecutive places from `first_place` (away from
     /// home only once the place array is kept).

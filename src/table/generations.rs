@@ -1,0 +1,557 @@
+//! The compact image of a slot table that has seen removals: per slot one bit (live or
+//! vacant) and a generation, with the places of the few live slots away from home.
+//!
+//! A slot's version is `2 × generation − live`: a live slot in its `g`-th occupation has
+//! the odd version `2g − 1`, the same slot vacant after it the even version `2g`. A table
+//! filled once and then thinned keeps every slot at generation 1, live or not, so its
+//! whole slot table is a bitmap and one generation run, whatever the removals did to the
+//! runs of versions and places ([`SlotImage::Runs`](super::persist::SlotImage)). A live slot
+//! is at its home place `index − 1` unless listed among the away slots.
+//!
+//! Checking and rebuilding work on the bitmap a word at a time: the home places of 64
+//! slots are one shifted word of the place bitmap.
+
+use super::chunk::set_range;
+use super::persist::{ImageSummary, TableImage};
+use super::slots::{AWAY, word_version};
+use super::typed::Table;
+use crate::error::SnapshotError;
+
+/// Every slot as liveness and generation, and the places of live slots away from home.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GenerationImage {
+    /// Slots, the sentinel at index 0 included.
+    pub len: usize,
+    /// Bit `i % 64` of word `i / 64` is set when slot `i` is live; `len.div_ceil(64)`
+    /// words, bits past `len` clear.
+    pub live: Vec<u64>,
+    /// `[generation, count]` runs (counts above 0) covering the slots in index order.
+    pub generations: Vec<[u32; 2]>,
+    /// `(index, place)` of each live slot whose object is not at `index − 1`, in
+    /// ascending index order.
+    pub away: Vec<(u32, u32)>,
+}
+
+/// The largest generation: versions count within 31 bits.
+const MAX_GENERATION: u32 = 1 << 30;
+
+impl GenerationImage {
+    /// Whether slot `index` is live.
+    pub(crate) fn is_live(&self, index: usize) -> bool {
+        self.live
+            .get(index / 64)
+            .is_some_and(|w| w >> (index % 64) & 1 == 1)
+    }
+
+    /// Every slot's `(version, place)`, in index order (a vacant slot's place is 0).
+    pub(crate) fn records(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let mut away = self.away.iter().peekable();
+        let generations = self
+            .generations
+            .iter()
+            .flat_map(|&[g, n]| std::iter::repeat_n(g, n as usize));
+        generations.enumerate().map(move |(index, g)| {
+            let live = self.is_live(index);
+            let version = (2 * g).wrapping_sub(u32::from(live));
+            if !live {
+                return (version, 0);
+            }
+            match away.peek() {
+                Some(&&(i, place)) if i as usize == index => {
+                    away.next();
+                    (version, place)
+                }
+                _ => (version, (index as u32).wrapping_sub(1)),
+            }
+        })
+    }
+
+    /// Bytes of this image in a snapshot's SLOT body (after the form byte): the bitmap,
+    /// then the counted generation runs and away slots.
+    pub(crate) fn encoded_len(&self) -> u64 {
+        self.live.len() as u64 * 8
+            + 4
+            + self.generations.len() as u64 * 8
+            + 4
+            + self.away.len() as u64 * 8
+    }
+
+    /// The version of slot `index`.
+    #[cfg(test)]
+    pub(crate) fn version(&self, index: usize) -> Option<u32> {
+        self.records().nth(index).map(|r| r.0)
+    }
+}
+
+impl TableImage {
+    /// [`check`](TableImage::check) for a slot table given as [`GenerationImage`].
+    pub(crate) fn check_generations(
+        &self,
+        image: &GenerationImage,
+        bad: impl Fn(String) -> SnapshotError,
+    ) -> Result<ImageSummary, SnapshotError> {
+        let n = image.len;
+        if n == 0 || image.live.len() != n.div_ceil(64) {
+            return Err(bad(format!(
+                "a liveness bitmap of {} words for {n} slots",
+                image.live.len()
+            )));
+        }
+        if image.live[0] & 1 != 0 {
+            return Err(bad("slot 0 is the sentinel (0, 0), not a live slot".into()));
+        }
+        if !n.is_multiple_of(64) && image.live[n / 64] >> (n % 64) != 0 {
+            return Err(bad(format!("the liveness bitmap marks slots past the {n}")));
+        }
+        check_generation_runs(image, &bad)?;
+        let shift = self.per_chunk.ilog2();
+        let places = (self.chunks_present.len() as u64) << shift;
+        let taken = taken_places(image, places, &bad)?;
+        let live: u64 = image.live.iter().map(|w| u64::from(w.count_ones())).sum();
+        // Every taken place lies in a chunk that exists.
+        let mut per_chunk_live = vec![0u32; self.chunks_present.len()];
+        for (c, present) in self.chunks_present.iter().enumerate() {
+            let (from, to) = ((c as u64) << shift, ((c as u64 + 1) << shift));
+            let count = count_in(&taken, from, to);
+            if count > 0 && !present {
+                let p = first_in(&taken, from, to).expect("a counted bit");
+                return Err(bad(format!(
+                    "a live slot names place {p} in chunk {c}, which does not exist"
+                )));
+            }
+            per_chunk_live[c] = count as u32;
+        }
+        let vacant = n as u64 - 1 - live;
+        if self.free_order.len() as u64 != vacant {
+            return Err(bad(format!(
+                "the free list holds {} slots, but {vacant} slots are vacant",
+                self.free_order.len()
+            )));
+        }
+        let mut listed = vec![0u64; n.div_ceil(64)];
+        for &index in &self.free_order {
+            let i = index as usize;
+            if i == 0
+                || i >= n
+                || image.is_live(i)
+                || set_range(&mut listed, i as u64, i as u64 + 1).is_some()
+            {
+                return Err(bad(format!(
+                    "the free list names slot {index}, which is not vacant or is listed twice"
+                )));
+            }
+        }
+        let top = last_set(&taken);
+        let holes = top.map_or(0, |top| {
+            (0..=(top >> shift) as usize)
+                .filter(|&c| self.chunks_present[c])
+                .map(|c| {
+                    let span = if c as u64 == top >> shift {
+                        (top & u64::from(self.per_chunk - 1)) + 1
+                    } else {
+                        u64::from(self.per_chunk)
+                    };
+                    span - u64::from(per_chunk_live[c])
+                })
+                .sum()
+        });
+        Ok(ImageSummary {
+            live,
+            vacant,
+            chunks: self.chunks_present.iter().filter(|p| **p).count() as u64,
+            holes,
+        })
+    }
+}
+
+/// The generation runs cover the slots exactly, and every slot's version is within 31
+/// bits: slot 0 is the sentinel at generation 0, a live slot needs a generation from 1
+/// (an odd version), a vacant one a generation below 2^30.
+fn check_generation_runs(
+    image: &GenerationImage,
+    bad: &impl Fn(String) -> SnapshotError,
+) -> Result<(), SnapshotError> {
+    let mut at = 0u64;
+    for &[g, count] in &image.generations {
+        let end = at + u64::from(count);
+        if count == 0 || end > image.len as u64 {
+            return Err(bad(format!(
+                "the generation run ({g}, {count}) from slot {at} does not fit the {} slots",
+                image.len
+            )));
+        }
+        if at == 0 && g != 0 {
+            return Err(bad(format!(
+                "slot 0 is the sentinel (0, 0), not generation {g}"
+            )));
+        }
+        let live = count_in(&image.live, at, end);
+        let fits = match g {
+            0 => live == 0,
+            MAX_GENERATION => live == u64::from(count),
+            g => g < MAX_GENERATION,
+        };
+        if !fits {
+            return Err(bad(format!(
+                "slots {at}..{end} of generation {g}: versions count within 31 bits, and a \
+                 live slot has an odd one"
+            )));
+        }
+        at = end;
+    }
+    if at != image.len as u64 {
+        return Err(bad(format!(
+            "the generation runs cover {at} of the {} slots",
+            image.len
+        )));
+    }
+    Ok(())
+}
+
+/// The place bitmap of every live slot (`places` bits): home places from the liveness
+/// bitmap shifted by one, then the away places, each checked to be inside the table and
+/// taken once.
+fn taken_places(
+    image: &GenerationImage,
+    places: u64,
+    bad: &impl Fn(String) -> SnapshotError,
+) -> Result<Vec<u64>, SnapshotError> {
+    let n = image.len as u64;
+    // The live slots at home.
+    let mut home = image.live.clone();
+    let mut previous: Option<u32> = None;
+    for &(index, place) in &image.away {
+        let i = index as usize;
+        if previous.is_some_and(|p| p >= index)
+            || !image.is_live(i)
+            || place == index.wrapping_sub(1)
+        {
+            return Err(bad(format!(
+                "the away list names slot {index} at place {place}: not a live slot away from \
+                 home, or out of order"
+            )));
+        }
+        previous = Some(index);
+        home[i / 64] &= !(1u64 << (i % 64));
+    }
+    // Slot i's home place is i - 1: slots from `places + 1` on would be past the chunks.
+    if count_in(&home, places + 1, n) > 0 {
+        let i = first_in(&home, places + 1, n).expect("a counted bit");
+        return Err(bad(format!(
+            "live slot {i} names place {}, past the {places} places of the table's chunks",
+            i - 1
+        )));
+    }
+    // Bit p of `taken` is bit p + 1 of `home`.
+    let words = places.div_ceil(64) as usize;
+    let mut taken: Vec<u64> = (0..words)
+        .map(|w| {
+            let lo = home.get(w).copied().unwrap_or(0) >> 1;
+            let hi = home.get(w + 1).copied().unwrap_or(0) << 63;
+            lo | hi
+        })
+        .collect();
+    if !places.is_multiple_of(64)
+        && let Some(last) = taken.last_mut()
+    {
+        *last &= (1u64 << (places % 64)) - 1;
+    }
+    for &(index, place) in &image.away {
+        if u64::from(place) >= places {
+            return Err(bad(format!(
+                "live slot {index} names place {place}, past the {places} places of the \
+                 table's chunks"
+            )));
+        }
+        if set_range(&mut taken, u64::from(place), u64::from(place) + 1).is_some() {
+            return Err(bad(format!(
+                "two live slots name place {place} (one is slot {index})"
+            )));
+        }
+    }
+    Ok(taken)
+}
+
+/// Set bits of `words` in `from..to`.
+fn count_in(words: &[u64], from: u64, to: u64) -> u64 {
+    if from >= to {
+        return 0;
+    }
+    let (first, last) = (from / 64, (to - 1) / 64);
+    (first..=last)
+        .map(|w| {
+            let word = words.get(w as usize).copied().unwrap_or(0);
+            let lo = from.max(w * 64) - w * 64;
+            let hi = to.min(w * 64 + 64) - w * 64;
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            u64::from((word & mask).count_ones())
+        })
+        .sum()
+}
+
+/// The first set bit of `words` in `from..to`.
+fn first_in(words: &[u64], from: u64, to: u64) -> Option<u64> {
+    (from..to).find(|&p| {
+        words
+            .get(p as usize / 64)
+            .is_some_and(|w| w >> (p % 64) & 1 == 1)
+    })
+}
+
+/// The highest set bit of `words`.
+fn last_set(words: &[u64]) -> Option<u64> {
+    let w = words.iter().rposition(|&w| w != 0)?;
+    Some(w as u64 * 64 + 63 - u64::from(words[w].leading_zeros()))
+}
+
+impl<T> Table<T> {
+    /// The slot table as a [`GenerationImage`]: one pass over the slot words.
+    pub(crate) fn generation_image(&self) -> GenerationImage {
+        let words = self.slots.words();
+        if words.is_empty() {
+            return GenerationImage {
+                len: 1,
+                live: vec![0],
+                generations: vec![[0, 1]],
+                away: Vec::new(),
+            };
+        }
+        let mut live = vec![0u64; words.len().div_ceil(64)];
+        let mut generations: Vec<[u32; 2]> = Vec::new();
+        let mut away = Vec::new();
+        for (index, &word) in words.iter().enumerate() {
+            let is_live = word & 1;
+            live[index / 64] |= u64::from(is_live) << (index % 64);
+            let generation = (word_version(word) + is_live) / 2;
+            match generations.last_mut() {
+                Some([g, n]) if *g == generation => *n += 1,
+                _ => generations.push([generation, 1]),
+            }
+            if word & AWAY != 0 {
+                away.push((index as u32, self.slots.place(index)));
+            }
+        }
+        GenerationImage {
+            len: words.len(),
+            live,
+            generations,
+            away,
+        }
+    }
+
+    /// Sets the slots and the chunks' expected owners from `image`, which passed
+    /// [`TableImage::check_generations`]; the slot array holds `image.len` zeroed slots
+    /// (with a place array if any slot is away) and the chunks exist.
+    pub(crate) fn restore_generations(&mut self, image: &GenerationImage) -> usize {
+        let mut first = 0usize;
+        for &[g, count] in &image.generations {
+            self.slots
+                .restore_generation_run(first, count as usize, g, &image.live);
+            first += count as usize;
+        }
+        for &(index, place) in &image.away {
+            let version = self.slots.words()[index as usize];
+            self.slots.restore(index, version, place);
+        }
+        // Owners: runs of home slots a chunk's stretch at a time, then the away slots.
+        let mut home = image.live.clone();
+        for &(i, _) in &image.away {
+            home[i as usize / 64] &= !(1u64 << (i % 64));
+        }
+        let mut live = 0usize;
+        for (first, count) in bit_runs(&home) {
+            live += count as usize;
+            let (mut place, mut slot, mut left) = (first - 1, first, count);
+            while left > 0 {
+                let loc = self.unpack(place);
+                let here = left.min(self.per_chunk - loc.pos);
+                self.chunks[loc.chunk as usize]
+                    .as_mut()
+                    .expect("a checked image names existing chunks")
+                    .expect_owner_run(loc.pos, here, slot);
+                (place, slot, left) = (place + here, slot + here, left - here);
+            }
+        }
+        for &(i, place) in &image.away {
+            let loc = self.unpack(place);
+            self.chunks[loc.chunk as usize]
+                .as_mut()
+                .expect("a checked image names existing chunks")
+                .expect_owner(loc.pos, i);
+            live += 1;
+        }
+        live
+    }
+}
+
+/// Maximal runs of set bits, as `(first bit, count)`, a word at a time.
+pub(super) fn bit_runs(words: &[u64]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let total = words.len() as u64 * 64;
+    let mut p = 0u64;
+    std::iter::from_fn(move || {
+        // The next set bit.
+        loop {
+            if p >= total {
+                return None;
+            }
+            let rest = words[(p / 64) as usize] >> (p % 64);
+            if rest != 0 {
+                p += u64::from(rest.trailing_zeros());
+                break;
+            }
+            p = (p / 64 + 1) * 64;
+        }
+        let first = p;
+        // The ones from there, across words while they stay set.
+        while p < total {
+            let ones = u64::from((!(words[(p / 64) as usize] >> (p % 64))).trailing_zeros());
+            p += ones;
+            if ones == 0 || !p.is_multiple_of(64) {
+                break;
+            }
+        }
+        Some((first as u32, (p - first) as u32))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::persist::SlotImage;
+    use crate::table::{Handle, default_pool};
+
+    /// A table of 64-place chunks with removals, reused slots and (after a partial
+    /// compaction) objects away from their home places.
+    fn churned(moved: bool) -> (Table<u64>, Vec<Handle<u64>>) {
+        let mut t = Table::<u64>::with_pool_and_chunk_bytes(default_pool(), 64 * 8);
+        let hs: Vec<_> = (0..700u64).map(|i| t.insert(i)).collect();
+        for (k, h) in hs.iter().enumerate() {
+            if k % 3 == 1 || (200..260).contains(&k) {
+                t.remove(*h);
+            }
+        }
+        for i in 0..50u64 {
+            t.insert(1000 + i);
+        }
+        if moved {
+            t.defragment();
+        }
+        (t, hs)
+    }
+
+    fn as_generations(t: &Table<u64>) -> TableImage {
+        TableImage {
+            slots: SlotImage::Generations(t.generation_image()),
+            ..t.image()
+        }
+    }
+
+    #[test]
+    fn a_generation_image_holds_checks_and_rebuilds_like_records() {
+        for moved in [false, true] {
+            let (t, hs) = churned(moved);
+            let records = t.image();
+            let generations = as_generations(&t);
+            let SlotImage::Generations(g) = &generations.slots else {
+                unreachable!()
+            };
+            assert_eq!(g.away.is_empty(), !moved, "moved {moved}");
+            assert!(generations.slots.iter().eq(records.slots.iter()));
+            assert_eq!(generations.slots.has_away(), records.slots.has_away());
+            assert_eq!(
+                generations.check("u64").unwrap(),
+                records.check("u64").unwrap()
+            );
+            let mut r = Table::<u64>::restore(default_pool(), t.hints(), &generations).unwrap();
+            let mut values = t.object_runs().flatten().copied();
+            r.fill_pending("u64", || values.next().map(Ok)).unwrap();
+            drop(values);
+            assert_eq!(r.image(), records);
+            for h in &hs {
+                assert_eq!(r.get(*h), t.get(*h));
+            }
+            let mut t = t;
+            for i in 0..100u64 {
+                let (a, b) = (t.insert(i), r.insert(i));
+                assert_eq!((a, t.location(a)), (b, r.location(b)));
+            }
+        }
+        // A table that never held an object is its sentinel.
+        let empty = Table::<u64>::new();
+        assert_eq!(as_generations(&empty).check("u64").unwrap().live, 0);
+    }
+
+    #[test]
+    fn check_refuses_inconsistent_generation_images() {
+        let (t, _) = churned(true);
+        let good = as_generations(&t);
+        good.check("u64").unwrap();
+        let edit = |f: &dyn Fn(&mut GenerationImage)| {
+            let mut image = good.clone();
+            let SlotImage::Generations(g) = &mut image.slots else {
+                unreachable!()
+            };
+            f(g);
+            image
+        };
+        let first_vacant = |g: &GenerationImage| (1..g.len).find(|&i| !g.is_live(i)).unwrap();
+        let cases: Vec<(&str, TableImage)> = vec![
+            ("sentinel", edit(&|g| g.live[0] |= 1)),
+            ("sentinel", edit(&|g| g.generations[0][0] = 3)),
+            (
+                "cover",
+                edit(&|g| g.generations.last_mut().unwrap()[1] -= 1),
+            ),
+            ("does not fit", edit(&|g| g.generations.push([1, 5]))),
+            (
+                "31 bits",
+                edit(&|g| g.generations.last_mut().unwrap()[0] = 1 << 31),
+            ),
+            ("liveness bitmap", edit(&|g| g.live.push(0))),
+            ("past the", edit(&|g| g.live[g.len / 64] |= 1 << 63)),
+            ("away list", edit(&|g| g.away.reverse())),
+            ("away list", edit(&|g| g.away[0].1 = g.away[0].0 - 1)),
+            ("two live slots", edit(&|g| g.away[0].1 = g.away[1].1)),
+            ("past the", edit(&|g| g.away[0].1 = 1 << 30)),
+            (
+                "two live slots",
+                // A vacant slot made live at home, where a moved object lies.
+                edit(&|g| {
+                    let v = first_vacant(g);
+                    g.live[v / 64] |= 1 << (v % 64);
+                }),
+            ),
+        ];
+        for (want, image) in cases {
+            let err = image.check("u64").unwrap_err().to_string();
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+        let mut short = good.clone();
+        short.free_order.pop();
+        assert!(
+            short
+                .check("u64")
+                .unwrap_err()
+                .to_string()
+                .contains("free list holds")
+        );
+    }
+
+    #[test]
+    fn bit_runs_cross_words_and_stop_at_clear_bits() {
+        let mut words = vec![0u64; 4];
+        for p in (3..70).chain(100..101).chain(128..256) {
+            words[p / 64] |= 1 << (p % 64);
+        }
+        let runs: Vec<_> = bit_runs(&words).collect();
+        assert_eq!(runs, [(3, 67), (100, 1), (128, 128)]);
+        assert_eq!(bit_runs(&[0, 0]).count(), 0);
+        assert_eq!(bit_runs(&[u64::MAX]).collect::<Vec<_>>(), [(0, 64)]);
+        assert_eq!(last_set(&words), Some(255));
+        assert_eq!(count_in(&words, 60, 130), 10 + 1 + 2);
+    }
+}
