@@ -425,6 +425,7 @@ impl<T> Chunk<T> {
 
     /// The `count` objects from place `first` on, as one slice; `None` unless every one of
     /// those places is occupied.
+    #[cfg(test)]
     pub(crate) fn run(&self, first: u32, count: u32) -> Option<&[T]> {
         let end = first.checked_add(count)?;
         if end > self.capacity() || !(first..end).all(|p| self.is_occupied(p)) {

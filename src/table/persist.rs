@@ -386,19 +386,42 @@ impl<T> Table<T> {
         }
     }
 
-    /// Calls `f` with every run of live objects that lie next to each other, in storage
-    /// order, reading each chunk's occupancy a bitmap word at a time; stops at the first
-    /// error.
+    /// Calls `f` with every maximal run of live objects that lie next to each other, in
+    /// storage order, reading each chunk's occupancy a bitmap word at a time; a run goes on
+    /// into the next chunk when that one's first places are occupied (chunks lie end to
+    /// end in the span), so a table filled in order is one run. Stops at the first error.
     pub(crate) fn for_each_object_run<E>(
         &self,
         mut f: impl FnMut(&[T]) -> Result<(), E>,
     ) -> Result<(), E> {
-        for chunk in self.chunks.iter().flatten() {
+        let mut emit = |(first, count): (u64, u64)| {
+            // SAFETY: every place of `first..first + count` is occupied (from the chunks'
+            // bitmaps below) and their chunks lie end to end in the span, so the range
+            // holds `count` initialised objects in a row; `&self` keeps them there.
+            let run =
+                unsafe { std::slice::from_raw_parts(self.place_ptr(first as u32), count as usize) };
+            f(run)
+        };
+        let mut pending: Option<(u64, u64)> = None;
+        for (ci, chunk) in self.chunks.iter().enumerate() {
+            let Some(chunk) = chunk else { continue };
+            let base = ci as u64 * u64::from(self.per_chunk);
             for (first, count) in bit_runs(chunk.occupied_words()) {
-                f(chunk.run(first, count).expect("a run of occupied places"))?;
+                let (first, count) = (base + u64::from(first), u64::from(count));
+                match pending {
+                    Some((at, n)) if at + n == first => pending = Some((at, n + count)),
+                    _ => {
+                        if let Some(run) = pending.replace((first, count)) {
+                            emit(run)?;
+                        }
+                    }
+                }
             }
         }
-        Ok(())
+        match pending {
+            Some(run) => emit(run),
+            None => Ok(()),
+        }
     }
 
     /// Every live object in storage order, as runs of objects that lie next to each other.

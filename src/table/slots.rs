@@ -321,6 +321,9 @@ impl SlotArray {
     /// of one version with consecutive places, or vacant slots with place 0), unless
     /// there are more than `budget` of them.
     pub(crate) fn runs_within(&self, budget: usize) -> Option<Vec<[u32; 3]>> {
+        if !self.places_listed {
+            return self.home_runs_within(budget);
+        }
         let mut runs: Vec<[u32; 3]> = Vec::new();
         for (index, &word) in self.words().iter().enumerate() {
             let version = word_version(word);
@@ -344,6 +347,33 @@ impl SlotArray {
                 return None;
             }
             runs.push([version, place, 1]);
+        }
+        Some(runs)
+    }
+
+    /// [`runs_within`](Self::runs_within) while every live slot is at home: a run is then
+    /// a stretch of equal words (live ones name consecutive places), found with a
+    /// comparison the compiler can vectorise.
+    fn home_runs_within(&self, budget: usize) -> Option<Vec<[u32; 3]>> {
+        let words = self.words();
+        let mut runs: Vec<[u32; 3]> = Vec::new();
+        let mut index = 0;
+        while index < words.len() {
+            if runs.len() == budget {
+                return None;
+            }
+            let word = words[index];
+            let count = words[index..]
+                .iter()
+                .position(|&w| w != word)
+                .unwrap_or(words.len() - index);
+            let place = if word_is_live(word) {
+                (index as u32).wrapping_sub(1)
+            } else {
+                0
+            };
+            runs.push([word, place, count as u32]);
+            index += count;
         }
         Some(runs)
     }
