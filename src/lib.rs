@@ -41,20 +41,27 @@ extern crate self as neurostore;
 #[cfg(all(feature = "cuda", not(loom)))]
 pub mod cuda;
 #[cfg(not(loom))]
+#[forbid(unsafe_code)]
 pub mod defrag;
 #[cfg(not(loom))]
+#[forbid(unsafe_code)]
 pub mod error;
 #[cfg(not(loom))]
+#[forbid(unsafe_code)]
 pub mod gc;
 #[cfg(not(loom))]
+#[forbid(unsafe_code)]
 pub mod neural;
 #[cfg(not(loom))]
 pub mod pool;
 #[cfg(not(loom))]
+#[forbid(unsafe_code)]
 pub mod pooled;
 #[cfg(not(loom))]
+#[forbid(unsafe_code)]
 pub mod snapshot;
 #[cfg(not(loom))]
+#[forbid(unsafe_code)]
 pub mod store;
 #[cfg(not(loom))]
 pub mod table;

@@ -27,7 +27,7 @@
 //! address identity unless pinned, a table never hands out `Pin`, and a move needs
 //! `&mut Table`, so no reference into the table survives it.
 //!
-//! This layer has no unsafe code.
+//! This layer has no unsafe code: `lib.rs` declares it `#[forbid(unsafe_code)]`.
 
 use std::time::{Duration, Instant};
 

@@ -34,7 +34,7 @@
 //! collectors mark at memory speed (see `benches/gc.rs`), and a nursery would add a
 //! remembered set to every `get_mut`. We will add one only if a benchmark shows it pays.
 //!
-//! This layer has no unsafe code.
+//! This layer has no unsafe code: `lib.rs` declares it `#[forbid(unsafe_code)]`.
 
 mod levels;
 mod mark;

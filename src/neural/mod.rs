@@ -18,7 +18,7 @@
 //!   removal;
 //! - a step's result does not depend on the number of threads.
 //!
-//! This layer has no unsafe code.
+//! This layer has no unsafe code: `lib.rs` declares it `#[forbid(unsafe_code)]`.
 //!
 //! ```
 //! use neurostore::neural::{NeuralGraph, NeuronParams};

@@ -17,7 +17,7 @@
 //! - a derived `trace` visits every handle in every field that is not `#[pooled(skip)]`,
 //!   and the null handle is never passed to the tracer.
 //!
-//! This module has no unsafe code.
+//! This module has no unsafe code: `lib.rs` declares it `#[forbid(unsafe_code)]`.
 
 mod trace;
 

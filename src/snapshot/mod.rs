@@ -29,7 +29,7 @@
 //!   dangling handles) are the defaults, as a new store's, and an open incremental GC
 //!   cycle is not saved.
 //!
-//! This layer has no unsafe code.
+//! This layer has no unsafe code: `lib.rs` declares it `#[forbid(unsafe_code)]`.
 //!
 //! ```
 //! use neurostore::{Neuron, Store, Synapse, neural::NeuronParams, snapshot::TypeRegistry};

@@ -7,7 +7,7 @@
 //!
 //! Invariants: at most one table per type; a handle of type `T` is only ever looked up
 //! in the table of `T` (the type system routes it), so it resolves exactly as in
-//! [`Table`]. This layer has no unsafe code.
+//! [`Table`]. This layer has no unsafe code: `lib.rs` declares it `#[forbid(unsafe_code)]`.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
