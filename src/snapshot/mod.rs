@@ -924,20 +924,15 @@ impl<'a, T: Pooled> Prepared<'a, T> {
             objects_len: objects.len(),
         };
         let fields = header.fields();
-        // Runs while they take fewer bytes than the generation form's bitmap alone (a
-        // table filled in order is a couple of runs); else generations, unless records
-        // are shorter still (slots reused many times over, or many objects away).
-        let slot_count = u64::from(header.slot_count);
-        let slots = match table.slot_runs((slot_count / 96).max(4) as usize) {
+        // The shortest form. The generation form's length is counted first (one pass, no
+        // allocation); runs are looked for only while they stay shorter than both others
+        // (a table filled in order, or compacted in order, is few runs).
+        let records = header.slot_records_len() - 1;
+        let generations = table.generation_image_len();
+        let slots = match table.slot_runs((records.min(generations) / 12) as usize) {
             Some(runs) => SlotForm::Runs(runs),
-            None => {
-                let generations = table.generation_image();
-                if generations.encoded_len() < slot_count * 8 {
-                    SlotForm::Generations(generations)
-                } else {
-                    SlotForm::Records
-                }
-            }
+            None if generations < records => SlotForm::Generations(table.generation_image()),
+            None => SlotForm::Records,
         };
         Ok(Prepared {
             table,

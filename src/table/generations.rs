@@ -309,6 +309,25 @@ fn last_set(words: &[u64]) -> Option<u64> {
 }
 
 impl<T> Table<T> {
+    /// Bytes the slot table would take as a [`GenerationImage`] in a snapshot
+    /// ([`GenerationImage::encoded_len`]), counted in one pass without building it.
+    pub(crate) fn generation_image_len(&self) -> u64 {
+        let words = self.slots.words();
+        if words.is_empty() {
+            return 8 + 4 + 8 + 4;
+        }
+        let (mut runs, mut away, mut last) = (0u64, 0u64, None);
+        for &word in words {
+            let generation = (word_version(word) + (word & 1)) / 2;
+            if last != Some(generation) {
+                runs += 1;
+                last = Some(generation);
+            }
+            away += u64::from(word >> 31);
+        }
+        words.len().div_ceil(64) as u64 * 8 + 4 + runs * 8 + 4 + away * 8
+    }
+
     /// The slot table as a [`GenerationImage`]: one pass over the slot words.
     pub(crate) fn generation_image(&self) -> GenerationImage {
         let words = self.slots.words();
@@ -460,6 +479,7 @@ mod tests {
                 unreachable!()
             };
             assert_eq!(g.away.is_empty(), !moved, "moved {moved}");
+            assert_eq!(t.generation_image_len(), g.encoded_len());
             assert!(generations.slots.iter().eq(records.slots.iter()));
             assert_eq!(generations.slots.has_away(), records.slots.has_away());
             assert_eq!(
@@ -483,6 +503,10 @@ mod tests {
         // A table that never held an object is its sentinel.
         let empty = Table::<u64>::new();
         assert_eq!(as_generations(&empty).check("u64").unwrap().live, 0);
+        assert_eq!(
+            empty.generation_image_len(),
+            empty.generation_image().encoded_len()
+        );
     }
 
     #[test]
