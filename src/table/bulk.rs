@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::chunk::Chunk;
+use super::chunk::{Chunk, bit_runs};
 use super::handle::Handle;
 use super::typed::Table;
 use crate::error::Error;
@@ -172,16 +172,17 @@ impl<T> Table<T> {
         let mut dst = 0u64;
         let mut moved = 0usize;
         let mut runs = Vec::new();
+        let mut owners = Vec::new();
         for ci in 0..self.chunks.len() {
             let Some(chunk) = &self.chunks[ci] else {
                 continue;
             };
             runs.clear();
-            runs.extend(chunk.occupied_runs());
+            runs.extend(bit_runs(chunk.occupied_words()));
             for &(first, count) in &runs {
                 let src = (ci as u64) * per + u64::from(first);
                 if src != dst {
-                    self.slide(src, dst, count);
+                    self.slide(src, dst, count, &mut owners);
                     moved += count as usize;
                 }
                 dst += u64::from(count);
@@ -204,9 +205,9 @@ impl<T> Table<T> {
 
     /// Moves the `count` objects at places `src..` to places `dst..` (`dst < src`; the
     /// ranges may overlap; every place lies in a chunk the table holds), with their
-    /// owners, and points their slots at the new places. The occupancy bitmaps are left
-    /// to the caller.
-    fn slide(&mut self, src: u64, dst: u64, count: u32) {
+    /// owners, and points their slots at the new places (the slots keep their place
+    /// array). The occupancy bitmaps are left to the caller. `owners` is scratch space.
+    fn slide(&mut self, src: u64, dst: u64, count: u32, owners: &mut Vec<u32>) {
         debug_assert!(dst < src);
         let (from, to) = (self.place_ptr(src as u32), self.place_ptr(dst as u32));
         // SAFETY: both ranges lie in chunks the table holds, in its one span of places, so
@@ -214,19 +215,29 @@ impl<T> Table<T> {
         // bitwise: the places they leave are marked free by the caller before anything
         // reads them as objects again, so none is dropped or read twice.
         unsafe { std::ptr::copy(from, to, count as usize) };
-        for k in 0..u64::from(count) {
-            // Ascending order: an owner entry is read before a move can overwrite it.
-            let from = self.loc_of_global(src + k);
-            let owner = self.chunks[from.chunk as usize]
+        // Stretch by stretch, each within one source and one target chunk: the owners
+        // are read out first (the two chunks may be one), then written at the target.
+        let mut done = 0u64;
+        while done < u64::from(count) {
+            let (from, to) = (
+                self.loc_of_global(src + done),
+                self.loc_of_global(dst + done),
+            );
+            let here = (u64::from(count) - done)
+                .min(u64::from(self.per_chunk - from.pos))
+                .min(u64::from(self.per_chunk - to.pos)) as u32;
+            owners.clear();
+            self.chunks[from.chunk as usize]
                 .as_ref()
                 .expect("a source place lies in a held chunk")
-                .owner(from.pos);
-            let to = self.loc_of_global(dst + k);
+                .owners_of(from.pos, here, owners);
             self.chunks[to.chunk as usize]
                 .as_mut()
                 .expect("a target place lies in a held chunk")
-                .owners_mut()[to.pos as usize] = owner;
-            self.slots.set_place(owner, (dst + k) as u32);
+                .owners_mut()[to.pos as usize..(to.pos + here) as usize]
+                .copy_from_slice(owners);
+            self.slots.set_places(owners, (dst + done) as u32);
+            done += u64::from(here);
         }
     }
 }

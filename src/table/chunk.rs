@@ -413,14 +413,18 @@ impl<T> Chunk<T> {
         }
     }
 
+    /// Appends the owners of places `first..first + count` to `out`.
+    pub(crate) fn owners_of(&self, first: u32, count: u32, out: &mut Vec<u32>) {
+        let range = first as usize..(first + count) as usize;
+        match &self.owners {
+            Some(owners) => out.extend_from_slice(&owners[range]),
+            None => out.extend(range.map(|pos| self.home.wrapping_add(pos as u32))),
+        }
+    }
+
     /// The occupied places, in order.
     pub(crate) fn occupied_places(&self) -> OccupiedPlaces<'_> {
         OccupiedPlaces::new(&self.occupied)
-    }
-
-    /// Maximal runs of consecutive occupied places, as `(first place, count)`, in order.
-    pub(crate) fn occupied_runs(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        occupied_runs_of(&self.occupied, self.capacity())
     }
 
     /// The `count` objects from place `first` on, as one slice; `None` unless every one of
@@ -619,26 +623,33 @@ pub(crate) fn set_range(words: &mut [u64], start: u64, end: u64) -> Option<u64> 
     None
 }
 
-/// Maximal runs of set bits among the first `capacity` bits of `words`.
-fn occupied_runs_of(words: &[u64], capacity: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
-    let set = move |p: u32| words[p as usize / 64] >> (p % 64) & 1 == 1;
-    // A whole word can be skipped (or taken) at once when it is all clear (or all set).
-    let word_is = move |p: u32, all: u64| {
-        p.is_multiple_of(64) && p + 64 <= capacity && words[p as usize / 64] == all
-    };
-    let mut pos = 0u32;
+/// Maximal runs of set bits, as `(first bit, count)`, a word at a time.
+pub(crate) fn bit_runs(words: &[u64]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let total = words.len() as u64 * 64;
+    let mut p = 0u64;
     std::iter::from_fn(move || {
-        while pos < capacity && !set(pos) {
-            pos += if word_is(pos, 0) { 64 } else { 1 };
+        // The next set bit.
+        loop {
+            if p >= total {
+                return None;
+            }
+            let rest = words[(p / 64) as usize] >> (p % 64);
+            if rest != 0 {
+                p += u64::from(rest.trailing_zeros());
+                break;
+            }
+            p = (p / 64 + 1) * 64;
         }
-        if pos >= capacity {
-            return None;
+        let first = p;
+        // The ones from there, across words while they stay set.
+        while p < total {
+            let ones = u64::from((!(words[(p / 64) as usize] >> (p % 64))).trailing_zeros());
+            p += ones;
+            if ones == 0 || !p.is_multiple_of(64) {
+                break;
+            }
         }
-        let first = pos;
-        while pos < capacity && set(pos) {
-            pos += if word_is(pos, u64::MAX) { 64 } else { 1 };
-        }
-        Some((first, pos - first))
+        Some((first as u32, (p - first) as u32))
     })
 }
 

@@ -11,7 +11,7 @@
 //! Checking and rebuilding work on the bitmap a word at a time: the home places of 64
 //! slots are one shifted word of the place bitmap.
 
-use super::chunk::set_range;
+use super::chunk::{bit_runs, set_range};
 use super::persist::{ImageSummary, TableImage};
 use super::slots::{AWAY, word_version};
 use super::typed::Table;
@@ -405,36 +405,6 @@ impl<T> Table<T> {
         }
         live
     }
-}
-
-/// Maximal runs of set bits, as `(first bit, count)`, a word at a time.
-pub(super) fn bit_runs(words: &[u64]) -> impl Iterator<Item = (u32, u32)> + '_ {
-    let total = words.len() as u64 * 64;
-    let mut p = 0u64;
-    std::iter::from_fn(move || {
-        // The next set bit.
-        loop {
-            if p >= total {
-                return None;
-            }
-            let rest = words[(p / 64) as usize] >> (p % 64);
-            if rest != 0 {
-                p += u64::from(rest.trailing_zeros());
-                break;
-            }
-            p = (p / 64 + 1) * 64;
-        }
-        let first = p;
-        // The ones from there, across words while they stay set.
-        while p < total {
-            let ones = u64::from((!(words[(p / 64) as usize] >> (p % 64))).trailing_zeros());
-            p += ones;
-            if ones == 0 || !p.is_multiple_of(64) {
-                break;
-            }
-        }
-        Some((first as u32, (p - first) as u32))
-    })
 }
 
 #[cfg(test)]

@@ -10,9 +10,8 @@
 
 use std::sync::Arc;
 
-use super::chunk::set_range;
+use super::chunk::{bit_runs, set_range};
 pub(crate) use super::generations::GenerationImage;
-use super::generations::bit_runs;
 use super::slots::AWAY;
 use super::typed::Table;
 use crate::error::{Error, SnapshotError};
@@ -428,7 +427,7 @@ impl<T> Table<T> {
     #[cfg(test)]
     pub(crate) fn object_runs(&self) -> impl Iterator<Item = &[T]> + '_ {
         self.chunks.iter().flatten().flat_map(|c| {
-            c.occupied_runs()
+            bit_runs(c.occupied_words())
                 .map(move |(first, count)| c.run(first, count).expect("a run of occupied places"))
         })
     }

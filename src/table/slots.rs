@@ -218,6 +218,25 @@ impl SlotArray {
         self.write(index as usize, live_word(index, version, place), place);
     }
 
+    /// Points the live slots `owners` at places `first_place`, `first_place + 1`, …, as
+    /// [`set_place`](Self::set_place) each; the place array must be kept.
+    pub(crate) fn set_places(&mut self, owners: &[u32], first_place: u32) {
+        assert!(self.places_listed, "places are set only with a place array");
+        // SAFETY: the first `len` words and places are committed and initialised; the
+        // exclusive borrow keeps the slices unique; indexing below checks bounds.
+        let (words, places) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.words_ptr(), self.len),
+                std::slice::from_raw_parts_mut(self.places_ptr(), self.len),
+            )
+        };
+        for (k, &owner) in owners.iter().enumerate() {
+            let (index, place) = (owner as usize, first_place.wrapping_add(k as u32));
+            words[index] = live_word(owner, word_version(words[index]), place);
+            places[index] = place;
+        }
+    }
+
     /// Makes the live slot `index` vacant: the next version, even.
     #[inline]
     pub(crate) fn vacate(&mut self, index: u32) {
