@@ -289,23 +289,27 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-/// A spike in flight, declared short-lived: made and removed within a few steps.
-#[derive(Pooled, Clone, Copy)]
-#[pooled(lifetime = "short")]
-struct ShortSpike {
-    source: u64,
-    time_ms: f64,
-    weight: f64,
-    target: u64,
-}
-
-/// The same spike without the hint.
+/// A spike in flight.
 #[derive(Pooled, Clone, Copy)]
 struct Spike {
     source: u64,
     time_ms: f64,
     weight: f64,
     target: u64,
+}
+
+/// The same spike, declared short-lived: made and removed within a few steps.
+#[derive(Pooled, Clone, Copy)]
+#[pooled(lifetime = "short")]
+struct ShortSpike(Spike);
+
+fn spike(i: usize) -> Spike {
+    Spike {
+        source: i as u64,
+        time_ms: 1.0,
+        weight: 2.0,
+        target: i as u64 + 1,
+    }
 }
 
 /// Spikes made per round of the short-lived workload, then all delivered (removed).
@@ -334,25 +338,9 @@ fn bench_short_lived(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_millis(500));
     g.bench_function("store_short", |b| {
-        b.iter(|| {
-            spike_rounds(|i| ShortSpike {
-                source: i as u64,
-                time_ms: 1.0,
-                weight: 2.0,
-                target: i as u64 + 1,
-            })
-        })
+        b.iter(|| spike_rounds(|i| ShortSpike(spike(i))))
     });
-    g.bench_function("store_unhinted", |b| {
-        b.iter(|| {
-            spike_rounds(|i| Spike {
-                source: i as u64,
-                time_ms: 1.0,
-                weight: 2.0,
-                target: i as u64 + 1,
-            })
-        })
-    });
+    g.bench_function("store_unhinted", |b| b.iter(|| spike_rounds(spike)));
     g.bench_function("slotmap", |b| {
         b.iter(|| {
             let mut m: SlotMap<DefaultKey, Obj> = SlotMap::new();

@@ -384,16 +384,7 @@ impl<T> Table<T> {
         let mut live = 0usize;
         for (first, count) in bit_runs(&home) {
             live += count as usize;
-            let (mut place, mut slot, mut left) = (first - 1, first, count);
-            while left > 0 {
-                let loc = self.unpack(place);
-                let here = left.min(self.per_chunk - loc.pos);
-                self.chunks[loc.chunk as usize]
-                    .as_mut()
-                    .expect("a checked image names existing chunks")
-                    .expect_owner_run(loc.pos, here, slot);
-                (place, slot, left) = (place + here, slot + here, left - here);
-            }
+            self.expect_owner_run(first - 1, first, count);
         }
         for &(i, place) in &image.away {
             let loc = self.unpack(place);

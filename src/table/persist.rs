@@ -484,16 +484,7 @@ impl<T> Table<T> {
                     if version % 2 == 0 {
                         continue;
                     }
-                    let (mut place, mut index, mut left) = (first_place, start as u32, count);
-                    while left > 0 {
-                        let loc = table.unpack(place);
-                        let here = left.min(table.per_chunk - loc.pos);
-                        table.chunks[loc.chunk as usize]
-                            .as_mut()
-                            .expect("a checked image names existing chunks")
-                            .expect_owner_run(loc.pos, here, index);
-                        (place, index, left) = (place + here, index + here, left - here);
-                    }
+                    table.expect_owner_run(first_place, start as u32, count);
                 }
             }
             SlotImage::Records(_) => {
@@ -512,6 +503,22 @@ impl<T> Table<T> {
         }
         table.len = live;
         Ok(table)
+    }
+
+    /// Marks the `count` places from `first_place` on as pending for the slots from
+    /// `first_slot` on, a chunk's stretch at a time (the places lie in existing chunks:
+    /// the image was checked).
+    pub(super) fn expect_owner_run(&mut self, first_place: u32, first_slot: u32, count: u32) {
+        let (mut place, mut slot, mut left) = (first_place, first_slot, count);
+        while left > 0 {
+            let loc = self.unpack(place);
+            let here = left.min(self.per_chunk - loc.pos);
+            self.chunks[loc.chunk as usize]
+                .as_mut()
+                .expect("a checked image names existing chunks")
+                .expect_owner_run(loc.pos, here, slot);
+            (place, slot, left) = (place + here, slot + here, left - here);
+        }
     }
 
     /// Puts objects made by `next` into the pending places, in storage order, then checks
