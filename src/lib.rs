@@ -4,8 +4,7 @@
 //! generational handles instead of pointers, so the store can move, collect, mirror and
 //! snapshot them while every handle stays valid or is reliably reported stale.
 //!
-//! The crate is built in layers (see `DESIGN.md` of the project); this release holds the
-//! bottom ones:
+//! The crate is built in layers (the README's "Layers" section draws them):
 //!
 //! - [`pool`]: the hierarchical size-class memory pool ([`HierarchicalPool`]), also usable
 //!   as the global allocator ([`NeuroAlloc`]).
@@ -20,6 +19,7 @@
 //!   synced by changed chunk, with handles resolved on the device.
 //! - [`pooled`]: what `#[derive(Pooled)]` implements: stable names, schema fingerprints,
 //!   table hints ([`Pooled`](trait@Pooled)) and the handles a value holds ([`Trace`]).
+//! - [`snapshot`]: stores and tables to disk and back, checked on every byte.
 //!
 //! ```
 //! use std::alloc::Layout;
