@@ -66,7 +66,26 @@ fn a_refused_store_insert_is_an_error_and_the_store_keeps_what_it_held() {
     };
     assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
     assert_eq!(store.table::<Row>().map(Table::len), Some(handles.len()));
-    assert!(handles.iter().all(|h| store.contains(*h)));
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(
+            store.get(*h),
+            Some(&[i as u64; 8]),
+            "intact after the refusal"
+        );
+    }
+    // The store keeps working: what removals free, inserts take again.
+    let (gone, kept) = handles.split_at(handles.len() / 2);
+    for h in gone {
+        assert!(store.remove(*h).is_some());
+    }
+    let again: Vec<_> = (0..gone.len())
+        .map(|i| store.try_insert([u64::MAX - i as u64; 8]))
+        .collect::<Result<_, _>>()
+        .expect("room freed by removals is used again");
+    for (i, h) in kept.iter().enumerate() {
+        assert_eq!(store.get(*h), Some(&[(gone.len() + i) as u64; 8]));
+    }
+    assert!(again.iter().all(|h| store.contains(*h)) && gone.iter().all(|h| !store.contains(*h)));
 
     let shared = SharedStore::with_pool(capped_pool(1 << 20));
     let mut inserted = 0;
