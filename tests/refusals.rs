@@ -18,16 +18,21 @@ fn capped_pool(bytes: usize) -> Arc<HierarchicalPool> {
 
 type Row = [u64; 8];
 
+/// Calls `insert` with 0, 1, 2, ... until it refuses: the handles it gave and its error.
+fn fill_until_refused<H>(mut insert: impl FnMut(u64) -> Result<H, Error>) -> (Vec<H>, Error) {
+    let mut handles = Vec::new();
+    loop {
+        match insert(handles.len() as u64) {
+            Ok(h) => handles.push(h),
+            Err(e) => return (handles, e),
+        }
+    }
+}
+
 #[test]
 fn a_refused_table_insert_is_an_error_and_the_table_keeps_what_it_held() {
     let mut table: Table<Row> = Table::with_pool(capped_pool(1 << 20));
-    let mut handles = Vec::new();
-    let err = loop {
-        match table.try_insert([handles.len() as u64; 8]) {
-            Ok(h) => handles.push(h),
-            Err(e) => break e,
-        }
-    };
+    let (handles, err) = fill_until_refused(|i| table.try_insert([i; 8]));
     assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
     assert!(!handles.is_empty());
     assert_eq!(table.len(), handles.len());
@@ -57,13 +62,7 @@ fn a_refused_table_insert_is_an_error_and_the_table_keeps_what_it_held() {
 #[test]
 fn a_refused_store_insert_is_an_error_and_the_store_keeps_what_it_held() {
     let mut store = Store::with_pool(capped_pool(1 << 20));
-    let mut handles = Vec::new();
-    let err = loop {
-        match store.try_insert([handles.len() as u64; 8]) {
-            Ok(h) => handles.push(h),
-            Err(e) => break e,
-        }
-    };
+    let (handles, err) = fill_until_refused(|i| store.try_insert([i; 8]));
     assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
     assert_eq!(store.table::<Row>().map(Table::len), Some(handles.len()));
     for (i, h) in handles.iter().enumerate() {
@@ -88,13 +87,8 @@ fn a_refused_store_insert_is_an_error_and_the_store_keeps_what_it_held() {
     assert!(again.iter().all(|h| store.contains(*h)) && gone.iter().all(|h| !store.contains(*h)));
 
     let shared = SharedStore::with_pool(capped_pool(1 << 20));
-    let mut inserted = 0;
-    let err = loop {
-        match shared.try_insert([7u64; 8]) {
-            Ok(_) => inserted += 1,
-            Err(e) => break e,
-        }
-    };
+    let (made, err) = fill_until_refused(|_| shared.try_insert([7u64; 8]));
+    let inserted = made.len();
     assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
     assert_eq!(
         shared.table::<Row>().map(|t| t.read().len()),

@@ -316,11 +316,7 @@ impl<T> Iterator for Drain<'_, T> {
     type Item = (Handle<T>, T);
 
     fn next(&mut self) -> Option<Self::Item> {
-        // Every handle was live when the drain began and the table is borrowed
-        // exclusively since, so each still resolves.
-        self.handles
-            .by_ref()
-            .find_map(|h| self.table.remove(h).map(|v| (h, v)))
+        take_next(self.table, &mut self.handles)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -340,14 +336,22 @@ impl<T> Iterator for IntoIter<T> {
     type Item = (Handle<T>, T);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.handles
-            .by_ref()
-            .find_map(|h| self.table.remove(h).map(|v| (h, v)))
+        take_next(&mut self.table, &mut self.handles)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.handles.size_hint()
     }
+}
+
+/// Removes the object of the next listed handle from `table`, with its handle. Every handle
+/// was live when the list was made and the table has been held exclusively since, so each
+/// still resolves.
+fn take_next<T>(
+    table: &mut Table<T>,
+    handles: &mut std::vec::IntoIter<Handle<T>>,
+) -> Option<(Handle<T>, T)> {
+    handles.find_map(|h| table.remove(h).map(|v| (h, v)))
 }
 
 impl<T> ExactSizeIterator for Iter<'_, T> {}
