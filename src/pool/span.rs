@@ -122,7 +122,9 @@ impl Span {
         .ok_or(oom(OomReason::OsRefused))?;
         self.base = base;
         self.mapped = want;
-        if !self.huge && want >= HUGE_PAGES_FROM {
+        // Every growth maps fresh address space for the part past the old pages, and the
+        // advice is per mapping: it is given again over the whole span each time.
+        if want >= HUGE_PAGES_FROM {
             sys::advise_huge(base, want);
             self.huge = true;
         }
@@ -363,6 +365,46 @@ mod tests {
         let st = pool.stats();
         assert_eq!((st.reserved_bytes, st.large.regions), (0, 0));
         assert_eq!(span.mapped(), 0);
+    }
+
+    /// The `VmFlags` of every mapping of this process that overlaps `[start, end)`.
+    #[cfg(target_os = "linux")]
+    fn vm_flags_over(start: usize, end: usize) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut flags = Vec::new();
+        let mut overlaps = false;
+        for line in smaps.lines() {
+            if let Some(rest) = line.strip_prefix("VmFlags:") {
+                if overlaps {
+                    flags.push(rest.trim().to_string());
+                }
+            } else if let Some((range, _)) = line.split_once(' ')
+                && let Some((a, b)) = range.split_once('-')
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                overlaps = a < end && start < b;
+            }
+        }
+        flags
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn every_growth_past_the_threshold_asks_for_huge_pages_over_the_whole_span() {
+        let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
+        let mut span = Span::new();
+        for len in [HUGE_PAGES_FROM, 4 * HUGE_PAGES_FROM, 16 * HUGE_PAGES_FROM] {
+            span.reserve(len).unwrap();
+            let start = span.base().as_ptr() as usize;
+            let flags = vm_flags_over(start, start + span.mapped());
+            assert!(!flags.is_empty(), "the span's mapping is listed");
+            assert!(
+                flags.iter().all(|f| f.split(' ').any(|x| x == "hg")),
+                "after growing to {len} bytes, a part of the span lacks the huge-page advice: {flags:?}"
+            );
+        }
+        // SAFETY: nothing uses the span.
+        unsafe { span.release(&pool) };
     }
 
     #[test]
