@@ -3,8 +3,8 @@
 //! get of every handle in shuffled order, `get_many` of the same, iterate (sum a field),
 //! `iter_mut`, churn (remove a random 50 %, insert as many, iterate), remove a random
 //! half, remove all (shuffled), and bytes per live object after churn (the table's chunks
-//! and slot array are pool memory, counted). A summary with ratios to `SlotMap` follows
-//! criterion's output.
+//! and slot array are pool memory, counted). Keys are shuffled before the clock starts.
+//! A summary with ratios to `SlotMap` follows criterion's output.
 
 mod common;
 
@@ -105,10 +105,9 @@ impl_keyed!(Table<Obj>, Handle<Obj>);
 impl_keyed!(SlotMap<DefaultKey, Obj>, DefaultKey);
 impl_keyed!(DenseSlotMap<DefaultKey, Obj>, DefaultKey);
 
-/// Removes a random half, inserts as many, iterates.
-fn churn<M: Keyed>(m: &mut M, keys: &[M::Key]) {
-    let q = shuffled(keys, 2);
-    for k in &q[..N / 2] {
+/// Removes the first half of `order` (the keys shuffled), inserts as many, iterates.
+fn churn<M: Keyed>(m: &mut M, order: &[M::Key]) {
+    for k in &order[..N / 2] {
         black_box(m.remove_key(*k));
     }
     for i in 0..N / 2 {
@@ -117,27 +116,53 @@ fn churn<M: Keyed>(m: &mut M, keys: &[M::Key]) {
     black_box(m.sum());
 }
 
-/// Removes every object, in a random order.
-fn remove_all<M: Keyed>(m: &mut M, keys: &[M::Key]) {
-    for k in &shuffled(keys, 3) {
+/// Removes every object, in the order of `order` (the keys shuffled).
+fn remove_all<M: Keyed>(m: &mut M, order: &[M::Key]) {
+    for k in order {
         black_box(m.remove_key(*k));
     }
 }
 
-/// Removes a random half.
-fn remove_half<M: Keyed>(m: &mut M, keys: &[M::Key]) {
-    for k in &shuffled(keys, 4)[..N / 2] {
+/// Removes the first half of `order` (the keys shuffled).
+fn remove_half<M: Keyed>(m: &mut M, order: &[M::Key]) {
+    for k in &order[..N / 2] {
         black_box(m.remove_key(*k));
+    }
+}
+
+/// A full container and its keys shuffled with `seed`, made outside the timed part.
+fn shuffled_full<M, K: Copy>(full: fn() -> (M, Vec<K>), seed: u64) -> impl FnMut() -> (M, Vec<K>) {
+    move || {
+        let (m, keys) = full();
+        (m, shuffled(&keys, seed))
     }
 }
 
 /// Runs `$f` (generic over [`Keyed`]) on a full table, `SlotMap` and `DenseSlotMap` in
-/// group `$group`.
+/// group `$group`, with the keys shuffled by `$seed` beforehand (not timed).
 macro_rules! for_each_keyed {
-    ($c:expr, $group:expr, $f:ident) => {
-        per_element($c, $group, "table", table_full, |(t, hs)| $f(t, hs));
-        per_element($c, $group, "slotmap", slotmap_full, |(m, ks)| $f(m, ks));
-        per_element($c, $group, "dense_slotmap", dense_full, |(m, ks)| $f(m, ks));
+    ($c:expr, $group:expr, $f:ident, $seed:expr) => {
+        per_element(
+            $c,
+            $group,
+            "table",
+            shuffled_full(table_full, $seed),
+            |(t, q)| $f(t, q),
+        );
+        per_element(
+            $c,
+            $group,
+            "slotmap",
+            shuffled_full(slotmap_full, $seed),
+            |(m, q)| $f(m, q),
+        );
+        per_element(
+            $c,
+            $group,
+            "dense_slotmap",
+            shuffled_full(dense_full, $seed),
+            |(m, q)| $f(m, q),
+        );
     };
 }
 
@@ -263,10 +288,9 @@ fn bench(c: &mut Criterion) {
     }
 
     // churn: remove a random half, insert as many, iterate
-    for_each_keyed!(c, "churn", churn);
-    per_element(c, "churn", "vec", vec_full, |(v, is)| {
+    for_each_keyed!(c, "churn", churn, 2);
+    per_element(c, "churn", "vec", shuffled_full(vec_full, 2), |(v, q)| {
         // A Vec has no stable names: swap_remove at random positions, then push.
-        let q = shuffled(is, 2);
         for i in &q[..N / 2] {
             let i = *i as usize % v.len();
             v.swap_remove(i);
@@ -278,10 +302,10 @@ fn bench(c: &mut Criterion) {
     });
 
     // remove a random half
-    for_each_keyed!(c, "remove_half", remove_half);
+    for_each_keyed!(c, "remove_half", remove_half, 4);
 
     // remove all
-    for_each_keyed!(c, "remove_all", remove_all);
+    for_each_keyed!(c, "remove_all", remove_all, 3);
     per_element(c, "remove_all", "vec", vec_full, |(v, _)| {
         while let Some(o) = v.pop() {
             black_box(o);
