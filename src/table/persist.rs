@@ -1,7 +1,8 @@
 //! A table's image for snapshots: its slot table (every slot's version, vacant slots
-//! included), the order of its vacant-slot list, and which chunks exist; taken from a
-//! live table and rebuilt into a new one. The list's order decides which handle the next
-//! insert returns, so [`Table::restore`] links it exactly as the image lists it.
+//! included), the list of its vacant slots, and which chunks exist; taken from a live
+//! table and rebuilt into a new one. Which slots are vacant decides which handle the
+//! next insert returns (the lowest vacant one, where the home slot is taken), so a
+//! restored table hands out the handles the saved one would have.
 //!
 //! Objects come after the skeleton: [`Table::restore`] names the owner of every place
 //! that will hold an object, and the codec fills those places in storage order
@@ -30,8 +31,8 @@ pub(crate) struct TableImage {
     /// (`(0, 0)`). An odd version is a live slot and `place` is its object's place
     /// (`chunk << log2(per_chunk) | position`); an even one is vacant and `place` is 0.
     pub slots: SlotImage,
-    /// The vacant slots' indices, each once, in the order inserts that need a vacant slot
-    /// take them (the first first).
+    /// The vacant slots' indices, each once, lowest first (the order inserts that need a
+    /// vacant slot take them in; files of older writers may list them otherwise).
     pub free_order: Vec<u32>,
     /// Which chunk indices hold a chunk (the free places are those of existing chunks that
     /// no live slot names).
@@ -362,11 +363,10 @@ impl<T> Table<T> {
         self.slots.runs_within(budget)
     }
 
-    /// The vacant slots' indices, each once, in the order the next inserts that need one
-    /// would take them (first the first).
+    /// The vacant slots' indices, lowest first: the order the next inserts that need one
+    /// take them in.
     pub(crate) fn free_order(&self) -> Vec<u32> {
-        let mut seen = vec![0u64; self.slots.len().div_ceil(64)];
-        self.vacant.order(&self.slots, &mut seen).collect()
+        self.slots.vacant_indices().collect()
     }
 
     /// Whether each chunk index holds a chunk.
@@ -468,7 +468,7 @@ impl<T> Table<T> {
             // Slots and owners together, once the chunks exist (below).
             SlotImage::Generations(_) => {}
         }
-        table.vacant.set_order(&image.free_order);
+        table.vacant.set(&image.free_order);
         for (ci, &present) in image.chunks_present.iter().enumerate() {
             if present {
                 table.make_chunk_at(ci)?;

@@ -250,6 +250,17 @@ impl SlotArray {
         }
     }
 
+    /// Makes the live slot `index`, whose version the caller read as `version`, vacant:
+    /// [`vacate`](Self::vacate) without reading the word again.
+    #[inline]
+    pub(crate) fn vacate_from(&mut self, index: u32, version: u32) {
+        let i = index as usize;
+        assert!(i < self.len, "slot {index} is past the array");
+        debug_assert_eq!(self.version(i), version, "slot {index} changed");
+        // SAFETY: in bounds (checked); the exclusive borrow makes the write unshared.
+        unsafe { *self.words_ptr().add(i) = version.wrapping_add(1) & !AWAY };
+    }
+
     /// Makes the vacant slot `index` live at `place`: the next version, odd.
     #[inline]
     pub(crate) fn occupy(&mut self, index: u32, place: u32) {
@@ -537,83 +548,171 @@ impl SlotArray {
     }
 }
 
-/// The vacant slots, as the stack of indices pushed when slots were vacated: a removal
-/// costs one store to memory that is already in cache. An entry goes stale when its slot
-/// is taken another way (an insert takes slot `p + 1` for place `p` when it is vacant) or
-/// when a slot is listed twice; [`pop`](Self::pop) skips such entries, and the stack is
-/// compacted once stale entries outnumber the vacant slots.
+/// Where the vacant slots are, for the inserts that cannot take their place's home slot:
+/// a hierarchy of bitmaps, lowest slot first.
+///
+/// Bit `g` of level 0 is set when slots `64 g .. 64 g + 64` may hold a vacant slot; bit
+/// `w` of level `l + 1` is set when word `w` of level `l` may be non-zero; the top level
+/// is one word. Bits are set when slots are vacated and cleared lazily, when a search
+/// finds nothing under them. A removal therefore usually only reads one word that
+/// is already set (a group of 64 slots rarely sees its first vacancy), and makes no
+/// store; a search clears at most one stale bit per bit set, so it is O(levels)
+/// amortised. Which slot comes next depends only on which slots are vacant (the lowest),
+/// not on the order they were vacated in, so a table loaded from a snapshot hands out the
+/// same handles as the one saved.
+///
+/// Invariant: every vacant slot's group bit is set, and every non-zero word below the top
+/// has its bit set in the level above.
 #[derive(Debug, Default)]
 pub(crate) struct VacantSlots {
-    stack: Vec<u32>,
+    /// Level 0, kept apart so that a removal reads it without going through `levels`.
+    groups: Vec<u64>,
+    /// Levels 1 and up.
+    upper: Vec<Vec<u64>>,
 }
 
 impl VacantSlots {
-    /// Lists slot `index`, just vacated.
+    /// Notes that slot `index` was just vacated.
     #[inline]
     pub(crate) fn push(&mut self, index: u32) {
-        self.stack.push(index);
+        if !self.covers(index) {
+            self.mark(index as usize / 64);
+        }
     }
 
-    /// The most recently listed slot that is still vacant, taken off the stack.
+    /// Whether the bit of `index`'s group is set already, so that vacating it needs no
+    /// [`push`](Self::push).
+    #[inline]
+    pub(crate) fn covers(&self, index: u32) -> bool {
+        let group = index as usize / 64;
+        self.groups
+            .get(group / 64)
+            .is_some_and(|&word| word & 1 << (group % 64) != 0)
+    }
+
+    /// Sets the bit of `group` in level 0 and, while a word was zero before, its word's
+    /// bit in the level above; adds levels while the top holds more than one word.
+    #[cold]
+    fn mark(&mut self, group: usize) {
+        let mut pos = group;
+        for l in 0.. {
+            if l == self.level_count() {
+                self.upper.push(Vec::new());
+            }
+            let words = self.level_mut(l);
+            let w = pos / 64;
+            if words.len() <= w {
+                words.resize(w + 1, 0);
+            }
+            let was = words[w];
+            words[w] = was | 1 << (pos % 64);
+            if l + 1 == self.level_count() {
+                break;
+            }
+            if was != 0 {
+                return;
+            }
+            pos = w;
+        }
+        self.cap_levels();
+    }
+
+    /// Adds levels above the top until the top is one word.
+    fn cap_levels(&mut self) {
+        loop {
+            let top = self.level_mut(self.level_count() - 1);
+            if top.len() <= 1 {
+                return;
+            }
+            let mut above = vec![0u64; top.len().div_ceil(64)];
+            for (w, _) in top.iter().enumerate().filter(|(_, word)| **word != 0) {
+                above[w / 64] |= 1 << (w % 64);
+            }
+            self.upper.push(above);
+        }
+    }
+
+    /// Levels there are (level 0 always counts).
+    fn level_count(&self) -> usize {
+        1 + self.upper.len()
+    }
+
+    fn level(&self, l: usize) -> &[u64] {
+        if l == 0 {
+            &self.groups
+        } else {
+            &self.upper[l - 1]
+        }
+    }
+
+    fn level_mut(&mut self, l: usize) -> &mut Vec<u64> {
+        if l == 0 {
+            &mut self.groups
+        } else {
+            &mut self.upper[l - 1]
+        }
+    }
+
+    /// The lowest vacant slot, if any (it stays vacant until the caller occupies it).
     pub(crate) fn pop(&mut self, slots: &SlotArray) -> Option<u32> {
-        while let Some(index) = self.stack.pop() {
-            if slots.word(index as usize).is_some_and(|w| !word_is_live(w)) {
-                return Some(index);
+        'search: loop {
+            let top = self.level_count() - 1;
+            let mut w = 0;
+            for l in (0..=top).rev() {
+                let word = self.level(l).get(w).copied().unwrap_or(0);
+                if word == 0 {
+                    if l == top {
+                        return None;
+                    }
+                    // A stale bit in the level above: clear it and search again.
+                    self.level_mut(l + 1)[w / 64] &= !(1 << (w % 64));
+                    continue 'search;
+                }
+                let bit = word.trailing_zeros() as usize;
+                if l == 0 {
+                    if let Some(index) = slots.first_vacant_in_group(w * 64 + bit) {
+                        return Some(index);
+                    }
+                    self.groups[w] &= !(1 << bit);
+                    continue 'search;
+                }
+                w = w * 64 + bit;
             }
         }
-        None
     }
 
-    /// Drops stale entries once they outnumber the `vacant` slots (plus some slack), so
-    /// that the stack stays within a constant factor of the vacant slots; O(1) amortised.
-    #[inline]
-    pub(crate) fn compact_if_stale(&mut self, slots: &SlotArray, vacant: usize) {
-        if self.stack.len() > 2 * vacant + 1024 {
-            self.compact(slots);
+    /// Makes the vacant slots exactly `indices` (the slots must be vacant in the slot
+    /// table the search reads).
+    pub(crate) fn set(&mut self, indices: &[u32]) {
+        self.groups.clear();
+        self.upper.clear();
+        for &index in indices {
+            self.push(index);
         }
     }
 
-    /// Keeps each vacant slot once, where it is listed nearest the top: one pass from the
-    /// top down with a bit per slot, O(stack + slots / 64).
-    #[cold]
-    fn compact(&mut self, slots: &SlotArray) {
-        let mut seen = vec![0u64; slots.len().div_ceil(64)];
-        let kept: Vec<u32> = self.order(slots, &mut seen).collect();
-        self.stack.clear();
-        self.stack.extend(kept.into_iter().rev());
-        // A stack that once held many stale entries gives their memory back.
-        if self.stack.capacity() > 4 * self.stack.len() + 4096 {
-            self.stack.shrink_to(2 * self.stack.len() + 1024);
-        }
-    }
-
-    /// Every vacant slot once, in the order inserts would take them from the stack (its
-    /// top first), marking each in `seen` (one bit per slot, zeroed by the caller).
-    pub(crate) fn order<'a>(
-        &'a self,
-        slots: &'a SlotArray,
-        seen: &'a mut [u64],
-    ) -> impl Iterator<Item = u32> + 'a {
-        self.stack.iter().rev().copied().filter(move |&i| {
-            let (w, bit) = (i as usize / 64, 1u64 << (i % 64));
-            let vacant = slots
-                .word(i as usize)
-                .is_some_and(|word| !word_is_live(word));
-            let fresh = vacant && seen[w] & bit == 0;
-            seen[w] |= bit;
-            fresh
-        })
-    }
-
-    /// Replaces the stack with `order` (the first to be taken first).
-    pub(crate) fn set_order(&mut self, order: &[u32]) {
-        self.stack.clear();
-        self.stack.extend(order.iter().rev());
-    }
-
-    /// Bytes of the stack.
+    /// Bytes of the bitmaps.
     pub(crate) fn bytes(&self) -> usize {
-        self.stack.capacity() * 4
+        (self.groups.capacity() + self.upper.iter().map(Vec::capacity).sum::<usize>()) * 8
+    }
+}
+
+impl SlotArray {
+    /// The lowest vacant slot of `group` (slots `64 group .. 64 group + 64`), if any.
+    fn first_vacant_in_group(&self, group: usize) -> Option<u32> {
+        let start = (group * 64).max(1);
+        let end = (group * 64 + 64).min(self.len);
+        (start..end)
+            .find(|&i| self.word(i).is_some_and(|w| !word_is_live(w)))
+            .map(|i| i as u32)
+    }
+
+    /// Every vacant slot, lowest first: the order in which inserts that cannot take
+    /// their home slot take them.
+    pub(crate) fn vacant_indices(&self) -> impl Iterator<Item = u32> + '_ {
+        (1..self.len)
+            .filter(|&i| self.word(i).is_some_and(|w| !word_is_live(w)))
+            .map(|i| i as u32)
     }
 }
 
@@ -712,30 +811,36 @@ mod tests {
     }
 
     #[test]
-    fn the_vacant_stack_skips_stale_entries_and_compacts_to_each_vacant_slot_once() {
+    fn vacant_slots_are_found_lowest_first_past_stale_bits() {
         let pool = default_pool();
         let mut a = SlotArray::default();
-        for i in 1..=10u32 {
+        let n = 300_000u32;
+        for i in 1..=n {
             a.push(&pool, 1, i - 1).unwrap();
         }
         let mut v = VacantSlots::default();
-        for i in [3u32, 5, 7] {
+        assert_eq!(v.pop(&a), None);
+        for i in [250_000u32, 70_000, 3, 5, 7, 299_999] {
             a.vacate(i);
             v.push(i);
         }
-        // Slot 5 is taken another way, then 3 is vacated again (listed twice).
-        a.occupy(5, 4);
-        v.push(3);
-        let mut seen = vec![0u64; 1];
-        assert_eq!(v.order(&a, &mut seen).collect::<Vec<_>>(), vec![3, 7]);
-        v.compact(&a);
-        assert_eq!(v.stack, vec![7, 3]);
-        assert_eq!(v.pop(&a), Some(3));
+        assert_eq!(v.level_count(), 3, "300k slots need three levels");
+        // Slot 3 is taken another way: its bit stays, stale, and is passed over.
         a.occupy(3, 2);
-        assert_eq!(v.pop(&a), Some(7));
-        assert_eq!(v.pop(&a), None);
-        v.set_order(&[9, 8]);
-        assert_eq!(v.stack, vec![8, 9]);
+        let mut taken = Vec::new();
+        while let Some(i) = v.pop(&a) {
+            a.occupy(i, i - 1);
+            taken.push(i);
+        }
+        assert_eq!(taken, vec![5, 7, 70_000, 250_000, 299_999]);
+        assert!(
+            (0..v.level_count()).all(|l| v.level(l).iter().all(|&w| w == 0)),
+            "stale bits are cleared"
+        );
+        a.vacate(9);
+        v.set(&[9]);
+        assert_eq!(a.vacant_indices().collect::<Vec<_>>(), vec![9]);
+        assert_eq!(v.pop(&a), Some(9));
         a.release(&pool);
     }
 }

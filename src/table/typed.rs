@@ -631,9 +631,6 @@ impl<T> Table<T> {
             return Ok(Handle::from_bits(u64::from(1u32) << 32 | u64::from(index)));
         }
         let index = if self.slots.word(matching).is_some_and(|w| w & 1 == 0) {
-            // Vacant: its entry on the vacant stack goes stale.
-            self.vacant
-                .compact_if_stale(&self.slots, self.vacant_count() - 1);
             matching
         } else {
             // The object will be away from home: the slots need their place array.
@@ -1021,29 +1018,65 @@ impl<T> Table<T> {
     /// and changes nothing. O(1): the slot joins the vacant list and the place is freed.
     #[inline]
     pub fn remove(&mut self, h: Handle<T>) -> Option<T> {
+        // A removal is bound by the cache misses on the slot and the object; the less
+        // else it touches and stores, the more removals the CPU keeps in flight at once.
+        // The common case (a chunk neither full before nor empty after, a slot group
+        // already marked as holding vacant slots) takes no call and stamps epochs only
+        // when they change; the rest is in `remove_at_edge`.
         let (place, ptr) = self.object_ptr(h)?;
-        let index = h.index();
-        self.slots.vacate(index);
-        self.vacant.push(index);
-        self.len -= 1;
-        // Few stores on this path: each waits for the ones before it to leave the CPU.
+        let loc = self.unpack(place);
+        let Some(Some(chunk)) = self.chunks.get_mut(loc.chunk as usize) else {
+            unreachable!("a live slot names a live chunk")
+        };
+        let live_before = chunk.live();
+        if live_before == chunk.capacity() || live_before == 1 || !self.vacant.covers(h.index()) {
+            return self.remove_at_edge(h, loc, ptr);
+        }
         let epoch = *self.epoch.get_mut();
+        chunk.forget(loc.pos);
+        if chunk.dirty != epoch {
+            chunk.dirty = epoch;
+        }
+        let index = h.index();
+        self.slots.vacate_from(index, home_word(h.generation()));
+        self.len -= 1;
         if self.slots_changed != epoch {
             self.slots_changed = epoch;
         }
-        let loc = self.unpack(place);
+        // SAFETY: the slot was live, so its place held an initialised object; the place
+        // is marked free now (above), so the object is moved out exactly once.
+        Some(unsafe { ptr.as_ptr().read() })
+    }
+
+    /// Vacates the live slot of `h` (whose generation is the slot's) after its object was
+    /// taken out.
+    #[inline(always)]
+    fn vacate_slot(&mut self, h: Handle<T>, epoch: u64) {
+        let index = h.index();
+        self.slots.vacate_from(index, home_word(h.generation()));
+        self.vacant.push(index);
+        self.len -= 1;
+        if self.slots_changed != epoch {
+            self.slots_changed = epoch;
+        }
+    }
+
+    /// [`remove`](Self::remove) of the live object at `loc`, whose chunk was full or is
+    /// left empty, or whose slot's group is not yet marked as holding vacant slots.
+    #[cold]
+    #[inline(never)]
+    fn remove_at_edge(&mut self, h: Handle<T>, loc: Loc, ptr: NonNull<T>) -> Option<T> {
+        let epoch = *self.epoch.get_mut();
         let chunk = self.chunks[loc.chunk as usize]
             .as_mut()
             .expect("a live slot names a live chunk");
         let was_full = chunk.live() == chunk.capacity();
         chunk.forget(loc.pos);
-        // SAFETY: the slot was live, so its place held an initialised object; the place
-        // is marked free now (above), so the object is moved out exactly once.
-        let value = unsafe { ptr.as_ptr().read() };
-        if chunk.dirty != epoch {
-            chunk.dirty = epoch;
-        }
+        chunk.dirty = epoch;
         let empty = chunk.live() == 0;
+        self.vacate_slot(h, epoch);
+        // SAFETY: as in `remove`.
+        let value = unsafe { ptr.as_ptr().read() };
         if was_full {
             self.set_non_full(loc.chunk as usize, true);
         }
