@@ -464,6 +464,28 @@ impl<T> Chunk<T> {
         debug_assert!(clash.is_none(), "a place expected twice");
     }
 
+    /// Expects, for each place of bitmap word `w` that `bits` names, the object of its
+    /// home slot; the places must be free and not yet expected.
+    pub(crate) fn expect_home_word(&mut self, w: usize, bits: u64) {
+        let words = self.occupied.len();
+        let expected = self
+            .expected
+            .get_or_insert_with(|| vec![0; words].into_boxed_slice());
+        assert!(
+            (expected[w] | self.occupied[w]) & bits == 0,
+            "places of word {w} are expected twice or taken"
+        );
+        expected[w] |= bits;
+        if let Some(owners) = &mut self.owners {
+            for (start, len) in word_runs(bits) {
+                let first = 64 * w as u32 + start;
+                for pos in first..first + len {
+                    owners[pos as usize] = self.home.wrapping_add(pos);
+                }
+            }
+        }
+    }
+
     /// Expects owners for the `count` free places from `first`: slot indices from
     /// `first_index` on.
     pub(crate) fn expect_owner_run(&mut self, first: u32, count: u32, first_index: u32) {
@@ -524,6 +546,77 @@ impl<T> Chunk<T> {
             }
         }
         runs
+    }
+
+    /// The pending places (see [`pending_runs`](Self::pending_runs)) when they are one
+    /// run, else `None` (also when there are none).
+    pub(crate) fn pending_as_one_run(&self) -> Option<(u32, u32)> {
+        let expected = self.expected.as_deref()?;
+        let mut run: Option<(u32, u32)> = None;
+        for (w, &expected) in expected.iter().enumerate() {
+            for (start, len) in word_runs(expected & !self.occupied[w]) {
+                let first = 64 * w as u32 + start;
+                run = match run {
+                    None => Some((first, len)),
+                    Some((f, n)) if f + n == first => Some((f, n + len)),
+                    Some(_) => return None,
+                };
+            }
+        }
+        run
+    }
+
+    /// Places whose objects a snapshot load still expects.
+    pub(crate) fn pending_count(&self) -> usize {
+        self.expected.as_ref().map_or(0, |expected| {
+            expected
+                .iter()
+                .zip(self.occupied.iter())
+                .map(|(e, o)| (e & !o).count_ones() as usize)
+                .sum()
+        })
+    }
+
+    /// Fills every pending place from `bytes`, the objects' bytes in storage order (one
+    /// object for each of [`pending_count`](Self::pending_count) places), a bitmap word
+    /// at a time, and marks the places occupied.
+    pub(crate) fn fill_pending_from(&mut self, bytes: &[u8])
+    where
+        T: bytemuck::Pod,
+    {
+        let size = std::mem::size_of::<T>();
+        assert_eq!(
+            bytes.len(),
+            self.pending_count() * size,
+            "one object per place"
+        );
+        let Some(expected) = self.expected.as_deref() else {
+            return;
+        };
+        let mut at = 0;
+        for (w, &expected) in expected.iter().enumerate() {
+            let pending = expected & !self.occupied[w];
+            for (start, len) in word_runs(pending) {
+                let first = 64 * w as u32 + start;
+                let run = &bytes[at..at + len as usize * size];
+                // SAFETY: `first..first + len` are places of this chunk (bits of its
+                // bitmap below the capacity: pending places are expected ones, which
+                // lie within it) and free (their occupied bits are clear), so no live
+                // object is overwritten; the exclusive borrow keeps them unshared. `T`
+                // is Pod, so the bytes make whole objects.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        run.as_ptr(),
+                        self.data.as_ptr().add(first as usize).cast::<u8>(),
+                        run.len(),
+                    );
+                }
+                at += run.len();
+            }
+            self.occupied[w] |= pending;
+            self.live += pending.count_ones();
+        }
+        self.advance_free_cursor();
     }
 
     /// Forgets which places a snapshot load expected (it has filled them).
@@ -621,6 +714,23 @@ pub(crate) fn set_range(words: &mut [u64], start: u64, end: u64) -> Option<u64> 
         words[w as usize] |= mask(w);
     }
     None
+}
+
+/// The maximal runs of set bits of one word, as `(first bit, count)`, lowest first.
+fn word_runs(mut word: u64) -> impl Iterator<Item = (u32, u32)> {
+    std::iter::from_fn(move || {
+        if word == 0 {
+            return None;
+        }
+        let start = word.trailing_zeros();
+        let len = (!(word >> start)).trailing_zeros().min(64 - start);
+        word &= if start + len == 64 {
+            (1u64 << start).wrapping_sub(1)
+        } else {
+            !(((1u64 << len) - 1) << start)
+        };
+        Some((start, len))
+    })
 }
 
 /// Maximal runs of set bits, as `(first bit, count)`, a word at a time.
@@ -808,6 +918,48 @@ mod tests {
         }
         assert_eq!(c.free_word(0), 0);
         assert_eq!(c.free_word(1), take);
+        c.drop_objects();
+    }
+
+    #[test]
+    fn home_words_are_expected_then_filled_a_word_at_a_time() {
+        let mut memory = Vec::new();
+        let mut c = over(&mut memory, 192);
+        // Places 60..70 (across a word boundary) and 130, 131, 191; 65 is taken already.
+        c.put(65, 999, 66);
+        c.expect_home_word(0, 0b1111 << 60);
+        c.expect_home_word(1, 0b111111 & !(1 << 1));
+        c.expect_home_word(2, 1 << (130 - 128) | 1 << (131 - 128) | 1 << 63);
+        assert!(
+            catch_unwind(AssertUnwindSafe(|| c.expect_home_word(1, 1 << 1))).is_err(),
+            "a taken place is refused"
+        );
+        assert!(
+            catch_unwind(AssertUnwindSafe(|| c.expect_home_word(2, 1 << 63))).is_err(),
+            "a place expected twice is refused"
+        );
+        assert_eq!(c.pending_runs(), vec![(60, 5), (66, 4), (130, 2), (191, 1)]);
+        assert_eq!((c.pending_count(), c.pending_as_one_run()), (12, None));
+        let values: Vec<u64> = (0..12).map(|k| 1000 + k).collect();
+        c.fill_pending_from(bytemuck::cast_slice(&values));
+        let placed: Vec<(u32, u64)> = (0..192)
+            .filter_map(|p| c.get(p).map(|v| (p, *v)))
+            .filter(|&(p, _)| p != 65)
+            .collect();
+        let places = [60, 61, 62, 63, 64, 66, 67, 68, 69, 130, 131, 191];
+        assert_eq!(
+            placed,
+            places.iter().copied().zip(values).collect::<Vec<_>>()
+        );
+        assert_eq!((c.live(), c.pending_count()), (13, 0));
+        assert_eq!(c.owner(130), 131, "home owners");
+        // One run is told as one.
+        let mut memory = Vec::new();
+        let mut d = over(&mut memory, 128);
+        d.expect_home_word(0, u64::MAX << 40);
+        d.expect_home_word(1, 0xff);
+        assert_eq!(d.pending_as_one_run(), Some((40, 32)));
+        d.drop_objects();
         c.drop_objects();
     }
 

@@ -382,9 +382,13 @@ impl<T> Table<T> {
             home[i as usize / 64] &= !(1u64 << (i % 64));
         }
         let mut live = 0usize;
-        for (first, count) in bit_runs(&home) {
-            live += count as usize;
-            self.expect_owner_run(first - 1, first, count);
+        if self.per_chunk.is_multiple_of(64) {
+            live += self.expect_home_slots(&home);
+        } else {
+            for (first, count) in bit_runs(&home) {
+                live += count as usize;
+                self.expect_owner_run(first - 1, first, count);
+            }
         }
         for &(i, place) in &image.away {
             let loc = self.unpack(place);
@@ -398,6 +402,39 @@ impl<T> Table<T> {
     }
 }
 
+impl<T> Table<T> {
+    /// Expects the object of every slot whose bit is set in `home` at its home place
+    /// (slot `i` at place `i - 1`), 64 places at a time; the chunks hold at least 64
+    /// places, a multiple of 64. Returns how many it expects.
+    fn expect_home_slots(&mut self, home: &[u64]) -> usize {
+        let per = self.per_chunk as usize;
+        // Bits `bit .. bit + 64` of `home` (zero past its end).
+        let bits_at = |bit: usize| {
+            let (k, shift) = (bit / 64, bit % 64);
+            let low = home.get(k).copied().unwrap_or(0) >> shift;
+            let high = match shift {
+                0 => 0,
+                _ => home.get(k + 1).copied().unwrap_or(0) << (64 - shift),
+            };
+            low | high
+        };
+        let mut expected = 0;
+        for (ci, chunk) in self.chunks.iter_mut().enumerate() {
+            let Some(chunk) = chunk else { continue };
+            for w in 0..per / 64 {
+                let bits = bits_at(ci * per + 64 * w + 1);
+                if bits != 0 {
+                    chunk.expect_home_word(w, bits);
+                    expected += bits.count_ones() as usize;
+                }
+            }
+        }
+        let listed: usize = home.iter().map(|w| w.count_ones() as usize).sum();
+        assert_eq!(expected, listed, "a checked image names existing chunks");
+        expected
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,7 +444,12 @@ mod tests {
     /// A table of 64-place chunks with removals, reused slots and (after a partial
     /// compaction) objects away from their home places.
     fn churned(moved: bool) -> (Table<u64>, Vec<Handle<u64>>) {
-        let mut t = Table::<u64>::with_pool_and_chunk_bytes(default_pool(), 64 * 8);
+        churned_in_chunks_of(64, moved)
+    }
+
+    /// As [`churned`], with `places` places a chunk.
+    fn churned_in_chunks_of(places: usize, moved: bool) -> (Table<u64>, Vec<Handle<u64>>) {
+        let mut t = Table::<u64>::with_pool_and_chunk_bytes(default_pool(), places * 8);
         let hs: Vec<_> = (0..700u64).map(|i| t.insert(i)).collect();
         for (k, h) in hs.iter().enumerate() {
             if k % 3 == 1 || (200..260).contains(&k) {
@@ -432,8 +474,16 @@ mod tests {
 
     #[test]
     fn a_generation_image_holds_checks_and_rebuilds_like_records() {
-        for moved in [false, true] {
-            let (t, hs) = churned(moved);
+        // Chunks of 64 places and more take home slots a bitmap word at a time; smaller
+        // ones a run at a time.
+        for (places, moved) in [
+            (64, false),
+            (64, true),
+            (256, false),
+            (16, false),
+            (16, true),
+        ] {
+            let (t, hs) = churned_in_chunks_of(places, moved);
             let records = t.image();
             let generations = as_generations(&t);
             let SlotImage::Generations(g) = &generations.slots else {

@@ -574,24 +574,17 @@ impl<T> Table<T> {
         let size = std::mem::size_of::<T>();
         let mut staging: Vec<u8> = Vec::new();
         for chunk in self.chunks.iter_mut().flatten() {
-            let runs = chunk.pending_runs();
-            if let [(first, count)] = runs[..] {
+            if let Some((first, count)) = chunk.pending_as_one_run() {
                 chunk.fill_run_with(first, count, &mut read)?;
                 continue;
             }
-            let total: usize = runs.iter().map(|&(_, n)| n as usize * size).sum();
-            staging.clear();
-            staging.resize(total, 0);
-            read(&mut staging)?;
-            let mut at = 0;
-            for (first, count) in runs {
-                let len = count as usize * size;
-                chunk.fill_run_with(first, count, |dst| {
-                    dst.copy_from_slice(&staging[at..at + len]);
-                    Ok::<(), Error>(())
-                })?;
-                at += len;
+            if chunk.pending_count() == 0 {
+                continue;
             }
+            staging.clear();
+            staging.resize(chunk.pending_count() * size, 0);
+            read(&mut staging)?;
+            chunk.fill_pending_from(&staging);
         }
         self.finish_restore();
         Ok(())
