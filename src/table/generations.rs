@@ -339,19 +339,40 @@ impl<T> Table<T> {
                 away: Vec::new(),
             };
         }
-        let mut live = vec![0u64; words.len().div_ceil(64)];
+        let generation_of = |word: u32| (word_version(word) + (word & 1)) / 2;
+        let mut live = Vec::with_capacity(words.len().div_ceil(64));
         let mut generations: Vec<[u32; 2]> = Vec::new();
         let mut away = Vec::new();
-        for (index, &word) in words.iter().enumerate() {
-            let is_live = word & 1;
-            live[index / 64] |= u64::from(is_live) << (index % 64);
-            let generation = (word_version(word) + is_live) / 2;
-            match generations.last_mut() {
-                Some([g, n]) if *g == generation => *n += 1,
-                _ => generations.push([generation, 1]),
+        // 64 slots at a time: their liveness bits gathered in a register, and their
+        // generations counted in one go when they all continue the current run.
+        for (block, slots) in words.chunks(64).enumerate() {
+            let (mut bits, mut any_away) = (0u64, 0u32);
+            for (k, &word) in slots.iter().enumerate() {
+                bits |= u64::from(word & 1) << k;
+                any_away |= word & AWAY;
             }
-            if word & AWAY != 0 {
-                away.push((index as u32, self.slots.place(index)));
+            live.push(bits);
+            match generations.last_mut() {
+                Some([g, n]) if slots.iter().all(|&w| generation_of(w) == *g) => {
+                    *n += slots.len() as u32;
+                }
+                _ => {
+                    for &word in slots {
+                        let generation = generation_of(word);
+                        match generations.last_mut() {
+                            Some([g, n]) if *g == generation => *n += 1,
+                            _ => generations.push([generation, 1]),
+                        }
+                    }
+                }
+            }
+            if any_away != 0 {
+                for (k, &word) in slots.iter().enumerate() {
+                    if word & AWAY != 0 {
+                        let index = block * 64 + k;
+                        away.push((index as u32, self.slots.place(index)));
+                    }
+                }
             }
         }
         GenerationImage {

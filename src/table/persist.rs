@@ -366,7 +366,7 @@ impl<T> Table<T> {
     /// The vacant slots' indices, lowest first: the order the next inserts that need one
     /// take them in.
     pub(crate) fn free_order(&self) -> Vec<u32> {
-        self.slots.vacant_indices().collect()
+        self.slots.vacant_indices()
     }
 
     /// Whether each chunk index holds a chunk.
