@@ -52,6 +52,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod atomic;
 mod codec;
 mod format;
 mod inspect;
@@ -59,11 +60,12 @@ mod inspect;
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufReader, Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use atomic::AtomicFile;
 pub use codec::{Codec, Encoding, MAX_DECODED_OBJECT_BYTES};
 pub use format::{MAGIC, Progress, ProgressFn, VERSION};
 pub use inspect::{SectionInfo, SnapshotInfo, TableInfo, inspect, inspect_file};
@@ -1234,101 +1236,6 @@ impl TypeRegistry {
     /// True when no type is listed.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-}
-
-/// A file written atomically: bytes go to `<path>.tmp`; [`commit`](Self::commit) flushes
-/// and fsyncs it, renames it over `<path>` and fsyncs the directory. Dropped without a
-/// commit (after an error), it removes the temporary file and leaves `<path>` as it was.
-///
-/// ```
-/// use std::io::Write;
-/// use neurostore::snapshot::AtomicFile;
-///
-/// let dir = tempfile::tempdir()?;
-/// let path = dir.path().join("notes.txt");
-/// std::fs::write(&path, "old")?;
-/// let mut f = AtomicFile::create(&path)?;
-/// f.write_all(b"new")?;
-/// drop(f); // no commit: the old file stays
-/// assert_eq!(std::fs::read_to_string(&path)?, "old");
-/// let mut f = AtomicFile::create(&path)?;
-/// f.write_all(b"new")?;
-/// f.commit()?;
-/// assert_eq!(std::fs::read_to_string(&path)?, "new");
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug)]
-pub struct AtomicFile {
-    path: PathBuf,
-    tmp: PathBuf,
-    file: Option<BufWriter<File>>,
-}
-
-impl AtomicFile {
-    /// Creates (or truncates) `<path>.tmp`.
-    ///
-    /// # Errors
-    /// [`Error::Io`] if the temporary file cannot be created.
-    pub fn create(path: impl AsRef<Path>) -> Result<AtomicFile, Error> {
-        let path = path.as_ref().to_path_buf();
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let file = File::create(&tmp)?;
-        Ok(AtomicFile {
-            path,
-            tmp,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-        })
-    }
-
-    /// The temporary file's path.
-    pub fn temp_path(&self) -> &Path {
-        &self.tmp
-    }
-
-    /// Flushes and fsyncs the temporary file, renames it over the target, and fsyncs
-    /// the directory, so the new file survives a crash.
-    ///
-    /// # Errors
-    /// [`Error::Io`] from any step; the target is then the old file (or, if only the
-    /// directory fsync failed, the new one, not yet durable).
-    pub fn commit(mut self) -> Result<(), Error> {
-        let file = self.file.take().expect("commit runs once");
-        let file = file.into_inner().map_err(|e| e.into_error())?;
-        let result = file.sync_all().and_then(|()| {
-            drop(file);
-            std::fs::rename(&self.tmp, &self.path)
-        });
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(e.into());
-        }
-        let dir = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        File::open(dir)?.sync_all()?;
-        Ok(())
-    }
-}
-
-impl Write for AtomicFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.as_mut().expect("open until commit").write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.as_mut().expect("open until commit").flush()
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }
 
