@@ -707,12 +707,12 @@ fn foreign_files_get_typed_errors() {
         (b"PK\x03\x04 a zip file, not a snapshot", |e| {
             matches!(e, SnapshotError::BadMagic { .. })
         }),
-        (b"\x89NSNAP\r\n\x03\x00\x00\x00\x0d\x0c\x0b\x0a", |e| {
+        (b"\x89NSNAP\r\n\x04\x00\x00\x00\x0d\x0c\x0b\x0a", |e| {
             matches!(
                 e,
                 SnapshotError::UnsupportedVersion {
-                    found: 3,
-                    supported: 2
+                    found: 4,
+                    supported: 3
                 }
             )
         }),
@@ -733,8 +733,8 @@ fn foreign_files_get_typed_errors() {
 }
 
 /// `file` as a version 1 writer would have written it: the same sections (version 1 had
-/// the records and runs forms of SLOT), the version field 1, the footer's checksums
-/// recomputed.
+/// the records and runs forms of SLOT, and a list of vacant slots, empty for a table
+/// without any), the version field 1, the footer's checksums recomputed.
 fn as_version_1(file: &[u8]) -> Vec<u8> {
     const FOOTER: usize = 4 + 8 + 12 + 4;
     let mut old = file.to_vec();
@@ -753,11 +753,51 @@ fn as_version_1(file: &[u8]) -> Vec<u8> {
 fn a_version_1_file_still_loads() {
     let store = dense_store();
     let file = save(&store);
-    assert_eq!(file[8..12], 2u32.to_le_bytes());
+    assert_eq!(file[8..12], 3u32.to_le_bytes());
     let old = as_version_1(&file);
     let loaded = load(&old).expect("a version 1 file loads");
     for (h, spike) in store.table::<Spike>().unwrap().iter() {
         assert_eq!(loaded.get(h), Some(spike));
     }
     assert_eq!(inspect(&old[..]).unwrap().format_version, 1);
+}
+
+/// The store of `tests/data/version_2_churned.nsnap`: tables with vacant slots and objects
+/// away from their home places.
+fn churned_fixture_store() -> (Store, Vec<Handle<Spike>>, Vec<Handle<Note>>) {
+    let mut store = new_store();
+    let spikes: Vec<_> = (0..200).map(|i| store.insert(spike(i))).collect();
+    for h in spikes.iter().step_by(3) {
+        store.remove(*h);
+    }
+    let notes: Vec<_> = (0..20).map(|i| store.insert(note(i))).collect();
+    store.remove(notes[4]);
+    store.defragment();
+    for h in spikes.iter().skip(1).step_by(7) {
+        store.remove(*h);
+    }
+    (store, spikes, notes)
+}
+
+/// A version 2 file lists the vacant slots in FREE; it loads, and the loaded store hands
+/// out the handles the saved one would.
+#[test]
+fn a_version_2_file_with_vacant_slots_still_loads() {
+    let old = include_bytes!("data/version_2_churned.nsnap");
+    assert_eq!(inspect(&old[..]).unwrap().format_version, 2);
+    let (mut store, spikes, notes) = churned_fixture_store();
+    let mut loaded = load(old).expect("a version 2 file loads");
+    for h in &spikes {
+        assert_eq!(loaded.get(*h), store.get(*h));
+    }
+    for h in &notes {
+        assert_eq!(loaded.get(*h), store.get(*h));
+    }
+    for i in 0..80 {
+        assert_eq!(loaded.insert(spike(i)), store.insert(spike(i)));
+    }
+    assert_eq!(loaded.insert(note(1)), store.insert(note(1)));
+    // Written again, it is a version 3 file, as the store's own save is.
+    assert_eq!(save(&loaded), save(&store));
+    assert_eq!(inspect(&save(&loaded)[..]).unwrap().format_version, 3);
 }

@@ -1,9 +1,9 @@
-//! Format v1 on the wire: the preamble, length-prefixed checksummed sections, the footer,
+//! The format on the wire: the preamble, length-prefixed checksummed sections, the footer,
 //! and the little-endian fields inside section bodies. Knows nothing of Rust types.
 //!
 //! ```text
 //! file     = preamble section* footer
-//! preamble = magic "\x89NSNAP\r\n" (8 bytes), version u32 = 1, byte-order mark u32 = 0x0a0b0c0d
+//! preamble = magic "\x89NSNAP\r\n" (8 bytes), version u32 (`VERSION`), byte-order mark u32 = 0x0a0b0c0d
 //! section  = tag [u8; 4], body length u64, body, crc32 u32 (of tag, length and body)
 //! footer   = a section tagged DONE whose body is: bytes before the footer u64,
 //!            crc32 of every byte before the footer u32
@@ -21,8 +21,9 @@ use crate::error::{Error, SnapshotError};
 /// text-mode transfer that mangles line ends is caught at once.
 pub const MAGIC: [u8; 8] = *b"\x89NSNAP\r\n";
 /// The format version this build writes. Version 2 added the generation form of the
-/// SLOT section; a version 1 file still loads.
-pub const VERSION: u32 = 2;
+/// SLOT section; version 3 dropped the list of vacant slots from the FREE section (the
+/// slot table says which slots are vacant). Version 1 and 2 files still load.
+pub const VERSION: u32 = 3;
 /// The oldest format version this build reads.
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Written as a little-endian u32; any other reading means another byte order.
@@ -40,7 +41,8 @@ pub const HEAD: [u8; 4] = *b"HEAD";
 pub const TABL: [u8; 4] = *b"TABL";
 /// A table's slot table: `(version, place)` per slot.
 pub const SLOT: [u8; 4] = *b"SLOT";
-/// A table's free-position state: the free list, then the chunk-presence bitmap.
+/// A table's free-position state: the chunk-presence bitmap (after the list of vacant
+/// slots in files before version 3).
 pub const FREE: [u8; 4] = *b"FREE";
 /// A table's objects.
 pub const OBJS: [u8; 4] = *b"OBJS";
@@ -235,6 +237,8 @@ pub(crate) struct Reader<'r> {
     open: Option<(SectionStart, Hasher, u64)>,
     /// Every closed section: tag, offset, body length, checksum.
     closed: Vec<([u8; 4], u64, u64, u32)>,
+    /// The file's format version, once the preamble is read.
+    version: u32,
 }
 
 impl<'r> Reader<'r> {
@@ -245,6 +249,7 @@ impl<'r> Reader<'r> {
             meter: Meter::new(0, progress),
             open: None,
             closed: Vec::new(),
+            version: VERSION,
         }
     }
 
@@ -308,7 +313,13 @@ impl<'r> Reader<'r> {
         if mark != BYTE_ORDER_MARK {
             return Err(SnapshotError::ByteOrder { found: mark }.into());
         }
+        self.version = version;
         Ok(version)
+    }
+
+    /// The file's format version (read by [`preamble`](Self::preamble)).
+    pub(crate) fn version(&self) -> u32 {
+        self.version
     }
 
     /// Opens the next section, which must be tagged `tag`.

@@ -587,8 +587,11 @@ impl TableHeader {
         1 + u64::from(self.slot_count) * 8
     }
 
-    fn free_len(&self) -> u64 {
-        self.vacant() * 4 + u64::from(self.chunk_count).div_ceil(8)
+    /// Bytes of a FREE body: the chunk-presence bitmap, after the list of vacant slots
+    /// in files before version 3 (`lists_vacant`).
+    fn free_len(&self, lists_vacant: bool) -> u64 {
+        let list = if lists_vacant { self.vacant() * 4 } else { 0 };
+        list + u64::from(self.chunk_count).div_ceil(8)
     }
 }
 
@@ -774,26 +777,30 @@ pub(crate) fn read_image(
         other => return Err(reader.malformed(start, format!("unknown slot encoding {other}"))),
     };
     reader.close()?;
+    let lists_vacant = reader.version() < 3;
     let start = reader.open(format::FREE)?;
-    if start.len != header.free_len() {
+    if start.len != header.free_len(lists_vacant) {
         return Err(reader.malformed(
             start,
             format!(
                 "{} vacant slots and {} chunks need {} bytes, not {}",
                 header.vacant(),
                 header.chunk_count,
-                header.free_len(),
+                header.free_len(lists_vacant),
                 start.len
             ),
         ));
     }
-    let free: Vec<u32> = reader.pod_values(header.vacant())?;
+    let free: Option<Vec<u32>> = match lists_vacant {
+        true => Some(reader.pod_values(header.vacant())?),
+        false => None,
+    };
     let present: Vec<u8> = reader.pod_values(u64::from(header.chunk_count).div_ceil(8))?;
     reader.close()?;
     let image = TableImage {
         per_chunk: header.per_chunk,
         slots,
-        free_order: free.into_iter().map(u32::from_le).collect(),
+        free_order: free.map(|list| list.into_iter().map(u32::from_le).collect()),
         chunks_present: (0..header.chunk_count as usize)
             .map(|c| present[c / 8] >> (c % 8) & 1 == 1)
             .collect(),
@@ -966,7 +973,7 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
         4 * SECTION_OVERHEAD
             + self.fields.0.len() as u64
             + self.slot_len()
-            + self.header.free_len()
+            + self.header.free_len(false)
             + self.header.objects_len
     }
 
@@ -997,8 +1004,7 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
             }
             b.write(&buf)
         })?;
-        w.section(format::FREE, self.header.free_len(), |b| {
-            write_u32s_le(b, &self.table.free_order())?;
+        w.section(format::FREE, self.header.free_len(false), |b| {
             let mut present = vec![0u8; (self.header.chunk_count as usize).div_ceil(8)];
             for (c, p) in self.table.chunks_present().enumerate() {
                 present[c / 8] |= u8::from(p) << (c % 8);

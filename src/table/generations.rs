@@ -122,23 +122,25 @@ impl TableImage {
             per_chunk_live[c] = count as u32;
         }
         let vacant = n as u64 - 1 - live;
-        if self.free_order.len() as u64 != vacant {
-            return Err(bad(format!(
-                "the free list holds {} slots, but {vacant} slots are vacant",
-                self.free_order.len()
-            )));
-        }
-        let mut listed = vec![0u64; n.div_ceil(64)];
-        for &index in &self.free_order {
-            let i = index as usize;
-            if i == 0
-                || i >= n
-                || image.is_live(i)
-                || set_range(&mut listed, i as u64, i as u64 + 1).is_some()
-            {
+        if let Some(free_order) = &self.free_order {
+            if free_order.len() as u64 != vacant {
                 return Err(bad(format!(
-                    "the free list names slot {index}, which is not vacant or is listed twice"
+                    "the free list holds {} slots, but {vacant} slots are vacant",
+                    free_order.len()
                 )));
+            }
+            let mut listed = vec![0u64; n.div_ceil(64)];
+            for &index in free_order {
+                let i = index as usize;
+                if i == 0
+                    || i >= n
+                    || image.is_live(i)
+                    || set_range(&mut listed, i as u64, i as u64 + 1).is_some()
+                {
+                    return Err(bad(format!(
+                        "the free list names slot {index}, which is not vacant or is listed twice"
+                    )));
+                }
             }
         }
         let top = last_set(&taken);
@@ -587,7 +589,7 @@ mod tests {
             assert!(err.contains(want), "{want:?} not in {err:?}");
         }
         let mut short = good.clone();
-        short.free_order.pop();
+        short.free_order.as_mut().unwrap().pop();
         assert!(
             short
                 .check("u64")

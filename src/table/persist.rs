@@ -31,9 +31,10 @@ pub(crate) struct TableImage {
     /// (`(0, 0)`). An odd version is a live slot and `place` is its object's place
     /// (`chunk << log2(per_chunk) | position`); an even one is vacant and `place` is 0.
     pub slots: SlotImage,
-    /// The vacant slots' indices, each once, lowest first (the order inserts that need a
-    /// vacant slot take them in; files of older writers may list them otherwise).
-    pub free_order: Vec<u32>,
+    /// The vacant slots' indices, each once, as files before format version 3 list
+    /// them: checked, then not needed (the slot table says which slots are vacant, and
+    /// inserts take the lowest). `None` for newer files.
+    pub free_order: Option<Vec<u32>>,
     /// Which chunk indices hold a chunk (the free places are those of existing chunks that
     /// no live slot names).
     pub chunks_present: Vec<bool>,
@@ -290,20 +291,22 @@ impl TableImage {
             highest = highest.max(Some(last));
         }
         let vacant_count = self.slots.len() as u64 - 1 - live;
-        if self.free_order.len() as u64 != vacant_count {
-            return Err(bad(format!(
-                "the free list holds {} slots, but {vacant_count} slots are vacant",
-                self.free_order.len()
-            )));
-        }
-        for &index in &self.free_order {
-            let (word, bit) = (index as usize / 64, 1u64 << (index % 64));
-            match vacant.get_mut(word) {
-                Some(w) if *w & bit != 0 => *w &= !bit,
-                _ => {
-                    return Err(bad(format!(
-                        "the free list names slot {index}, which is not vacant or is listed twice"
-                    )));
+        if let Some(free_order) = &self.free_order {
+            if free_order.len() as u64 != vacant_count {
+                return Err(bad(format!(
+                    "the free list holds {} slots, but {vacant_count} slots are vacant",
+                    free_order.len()
+                )));
+            }
+            for &index in free_order {
+                let (word, bit) = (index as usize / 64, 1u64 << (index % 64));
+                match vacant.get_mut(word) {
+                    Some(w) if *w & bit != 0 => *w &= !bit,
+                    _ => {
+                        return Err(bad(format!(
+                            "the free list names slot {index}, which is not vacant or is listed twice"
+                        )));
+                    }
                 }
             }
         }
@@ -365,6 +368,7 @@ impl<T> Table<T> {
 
     /// The vacant slots' indices, lowest first: the order the next inserts that need one
     /// take them in.
+    #[cfg(test)]
     pub(crate) fn free_order(&self) -> Vec<u32> {
         self.slots.vacant_indices()
     }
@@ -380,7 +384,7 @@ impl<T> Table<T> {
         TableImage {
             per_chunk: self.per_chunk,
             slots: SlotImage::Records(self.slot_records().collect()),
-            free_order: self.free_order(),
+            free_order: Some(self.free_order()),
             chunks_present: self.chunks_present().collect(),
         }
     }
@@ -468,7 +472,6 @@ impl<T> Table<T> {
             // Slots and owners together, once the chunks exist (below).
             SlotImage::Generations(_) => {}
         }
-        table.vacant.set(&image.free_order);
         for (ci, &present) in image.chunks_present.iter().enumerate() {
             if present {
                 table.make_chunk_at(ci)?;
@@ -502,6 +505,7 @@ impl<T> Table<T> {
             }
         }
         table.len = live;
+        table.vacant.rebuild(&table.slots);
         Ok(table)
     }
 
@@ -707,11 +711,11 @@ mod tests {
         i.slots.records_mut()[vacant].0 += 1; // made live, naming place 0, which another slot holds
         cases.push(("two live slots", i));
         let mut i = good.clone();
-        i.free_order.swap_remove(0);
+        i.free_order.as_mut().unwrap().swap_remove(0);
         cases.push(("free list holds", i));
         let mut i = good.clone();
-        let first = i.free_order[0];
-        i.free_order[1] = first;
+        let list = i.free_order.as_mut().unwrap();
+        list[1] = list[0];
         cases.push(("listed twice", i));
         let mut i = good.clone();
         i.slots.records_mut()[0] = (1, 0);
@@ -777,7 +781,7 @@ mod tests {
         let image = |runs: Vec<[u32; 3]>, free_order: Vec<u32>| TableImage {
             per_chunk: 4,
             slots: SlotImage::from_runs(runs),
-            free_order,
+            free_order: Some(free_order),
             chunks_present: vec![true, true],
         };
         let good = image(vec![[0, 0, 1], [1, 0, 8]], vec![]);

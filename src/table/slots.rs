@@ -681,13 +681,19 @@ impl VacantSlots {
         }
     }
 
-    /// Makes the vacant slots exactly `indices` (the slots must be vacant in the slot
-    /// table the search reads).
-    pub(crate) fn set(&mut self, indices: &[u32]) {
+    /// Marks the groups of `slots` that hold a vacant slot, and only those.
+    pub(crate) fn rebuild(&mut self, slots: &SlotArray) {
         self.groups.clear();
         self.upper.clear();
-        for &index in indices {
-            self.push(index);
+        for (group, words) in slots.words().chunks(64).enumerate() {
+            // Slot 0, the sentinel, is never vacant.
+            let first = usize::from(group == 0);
+            if words[first.min(words.len())..]
+                .iter()
+                .any(|&w| !word_is_live(w))
+            {
+                self.mark(group);
+            }
         }
     }
 
@@ -709,6 +715,7 @@ impl SlotArray {
 
     /// Every vacant slot, lowest first: the order in which inserts that cannot take
     /// their home slot take them.
+    #[cfg(test)]
     pub(crate) fn vacant_indices(&self) -> Vec<u32> {
         let words = self.words().get(1..).unwrap_or_default();
         let count = words.iter().filter(|&&w| !word_is_live(w)).count();
@@ -847,7 +854,8 @@ mod tests {
             "stale bits are cleared"
         );
         a.vacate(9);
-        v.set(&[9]);
+        v.rebuild(&a);
+        assert_eq!(v.level_count(), 1, "one group marked");
         assert_eq!(a.vacant_indices(), vec![9]);
         assert_eq!(v.pop(&a), Some(9));
         a.release(&pool);
