@@ -12,7 +12,7 @@
 //!   removed, and never again after; the null and the all-zero handle never resolve;
 //! - a live slot's place is an occupied place whose back-reference is that slot's index;
 //!   its word says whether that place is `index - 1`; a vacant slot has an even version
-//!   and is listed on the table's vacant stack;
+//!   and its group of 64 is marked in the table's vacant-slot bitmaps;
 //! - `Drop` runs exactly once for every object;
 //! - a handle's 64-bit form is slotmap's FFI encoding and converts to and from slotmap's
 //!   `KeyData` exactly.

@@ -826,6 +826,70 @@ mod tests {
         a.release(&pool);
     }
 
+    /// Every vacant slot of `slots` has its group marked, and every marked word below the
+    /// top is marked in the level above.
+    fn assert_marked(v: &VacantSlots, slots: &SlotArray) {
+        for (i, &w) in slots.words().iter().enumerate().skip(1) {
+            assert!(
+                word_is_live(w) || v.covers(i as u32),
+                "vacant slot {i} is not marked"
+            );
+        }
+        for l in 0..v.level_count() - 1 {
+            for (w, &word) in v.level(l).iter().enumerate() {
+                let above = v.level(l + 1).get(w / 64).copied().unwrap_or(0);
+                assert!(
+                    word == 0 || above & 1 << (w % 64) != 0,
+                    "level {l} word {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn random_vacates_and_takes_keep_every_vacant_slot_marked_and_take_the_lowest() {
+        let pool = default_pool();
+        let mut a = SlotArray::default();
+        let n = 20_000u32;
+        for i in 1..=n {
+            a.push(&pool, 1, i - 1).unwrap();
+        }
+        let mut v = VacantSlots::default();
+        let mut x = 0x2545_f491_u64;
+        for step in 0..30_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = 1 + (x % u64::from(n)) as u32;
+            if x % 5 < 3 {
+                if a.is_live(i as usize) {
+                    a.vacate(i);
+                    v.push(i);
+                }
+            } else if x % 5 == 3 {
+                // Taken another way (its home place): its bit goes stale.
+                if !a.is_live(i as usize) {
+                    a.occupy(i, i - 1);
+                }
+            } else {
+                let lowest = (1..=n).find(|&j| !a.is_live(j as usize));
+                let taken = v.pop(&a);
+                assert_eq!(taken, lowest, "step {step}");
+                if let Some(j) = taken {
+                    a.occupy(j, j - 1);
+                }
+            }
+            if step % 1000 == 0 {
+                assert_marked(&v, &a);
+            }
+        }
+        assert_marked(&v, &a);
+        let mut rebuilt = VacantSlots::default();
+        rebuilt.rebuild(&a);
+        assert_marked(&rebuilt, &a);
+        a.release(&pool);
+    }
+
     #[test]
     fn vacant_slots_are_found_lowest_first_past_stale_bits() {
         let pool = default_pool();
