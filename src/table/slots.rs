@@ -565,7 +565,7 @@ impl SlotArray {
 /// has its bit set in the level above.
 #[derive(Debug, Default)]
 pub(crate) struct VacantSlots {
-    /// Level 0, kept apart so that a removal reads it without going through `levels`.
+    /// Level 0, apart from the others so that a removal reads it in one step.
     groups: Vec<u64>,
     /// Levels 1 and up.
     upper: Vec<Vec<u64>>,

@@ -1015,7 +1015,7 @@ impl<T> Table<T> {
     }
 
     /// Removes and returns the object `h` names. A stale or null handle returns `None`
-    /// and changes nothing. O(1): the slot joins the vacant list and the place is freed.
+    /// and changes nothing. O(1): the slot becomes vacant and the place free.
     #[inline]
     pub fn remove(&mut self, h: Handle<T>) -> Option<T> {
         // A removal is bound by the cache misses on the slot and the object; the less
@@ -1037,24 +1037,17 @@ impl<T> Table<T> {
         if chunk.dirty != epoch {
             chunk.dirty = epoch;
         }
-        let index = h.index();
-        self.slots.vacate_from(index, home_word(h.generation()));
-        self.len -= 1;
-        if self.slots_changed != epoch {
-            self.slots_changed = epoch;
-        }
+        self.release_slot(h, epoch);
         // SAFETY: the slot was live, so its place held an initialised object; the place
         // is marked free now (above), so the object is moved out exactly once.
         Some(unsafe { ptr.as_ptr().read() })
     }
 
     /// Vacates the live slot of `h` (whose generation is the slot's) after its object was
-    /// taken out.
+    /// taken out; the caller has its group marked in the vacant-slot bitmaps.
     #[inline(always)]
-    fn vacate_slot(&mut self, h: Handle<T>, epoch: u64) {
-        let index = h.index();
-        self.slots.vacate_from(index, home_word(h.generation()));
-        self.vacant.push(index);
+    fn release_slot(&mut self, h: Handle<T>, epoch: u64) {
+        self.slots.vacate_from(h.index(), home_word(h.generation()));
         self.len -= 1;
         if self.slots_changed != epoch {
             self.slots_changed = epoch;
@@ -1074,7 +1067,8 @@ impl<T> Table<T> {
         chunk.forget(loc.pos);
         chunk.dirty = epoch;
         let empty = chunk.live() == 0;
-        self.vacate_slot(h, epoch);
+        self.vacant.push(h.index());
+        self.release_slot(h, epoch);
         // SAFETY: as in `remove`.
         let value = unsafe { ptr.as_ptr().read() };
         if was_full {
