@@ -122,41 +122,9 @@ impl TableImage {
             per_chunk_live[c] = count as u32;
         }
         let vacant = n as u64 - 1 - live;
-        if let Some(free_order) = &self.free_order {
-            if free_order.len() as u64 != vacant {
-                return Err(bad(format!(
-                    "the free list holds {} slots, but {vacant} slots are vacant",
-                    free_order.len()
-                )));
-            }
-            let mut listed = vec![0u64; n.div_ceil(64)];
-            for &index in free_order {
-                let i = index as usize;
-                if i == 0
-                    || i >= n
-                    || image.is_live(i)
-                    || set_range(&mut listed, i as u64, i as u64 + 1).is_some()
-                {
-                    return Err(bad(format!(
-                        "the free list names slot {index}, which is not vacant or is listed twice"
-                    )));
-                }
-            }
-        }
-        let top = last_set(&taken);
-        let holes = top.map_or(0, |top| {
-            (0..=(top >> shift) as usize)
-                .filter(|&c| self.chunks_present[c])
-                .map(|c| {
-                    let span = if c as u64 == top >> shift {
-                        (top & u64::from(self.per_chunk - 1)) + 1
-                    } else {
-                        u64::from(self.per_chunk)
-                    };
-                    span - u64::from(per_chunk_live[c])
-                })
-                .sum()
-        });
+        self.check_vacant_list(vacant, |i| !image.is_live(i))
+            .map_err(&bad)?;
+        let holes = self.holes(last_set(&taken), &per_chunk_live);
         Ok(ImageSummary {
             live,
             vacant,

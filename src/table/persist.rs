@@ -201,25 +201,7 @@ impl TableImage {
             type_name: type_name.to_owned(),
             message,
         };
-        let per_chunk = self.per_chunk;
-        if !per_chunk.is_power_of_two() || per_chunk > MAX_PER_CHUNK {
-            return Err(bad(format!(
-                "{per_chunk} places per chunk is not a power of two from 1 to {MAX_PER_CHUNK}"
-            )));
-        }
-        let shift = per_chunk.ilog2();
-        if self.chunks_present.len() as u64 > 1u64 << (32 - shift) {
-            return Err(bad(format!(
-                "{} chunks of {per_chunk} places exceed the 2^32 places a table addresses",
-                self.chunks_present.len()
-            )));
-        }
-        if self.slots.len() as u64 >= u64::from(u32::MAX) {
-            return Err(bad(format!(
-                "{} slots exceed the limit of a table",
-                self.slots.len()
-            )));
-        }
+        self.check_limits().map_err(bad)?;
         if let SlotImage::Generations(g) = &self.slots {
             return self.check_generations(g, bad);
         }
@@ -227,109 +209,177 @@ impl TableImage {
             Some((0, 0)) => {}
             other => return Err(bad(format!("slot 0 is the sentinel (0, 0), not {other:?}"))),
         }
+        let tally = self.tally_runs().map_err(bad)?;
+        let vacant = self.slots.len() as u64 - 1 - tally.live;
+        let is_vacant = |i: usize| tally.vacant[i / 64] & 1 << (i % 64) != 0;
+        self.check_vacant_list(vacant, is_vacant).map_err(bad)?;
+        Ok(ImageSummary {
+            live: tally.live,
+            vacant,
+            chunks: self.chunks_present.iter().filter(|p| **p).count() as u64,
+            holes: self.holes(tally.highest, &tally.per_chunk_live),
+        })
+    }
+
+    /// The chunk size is a power of two within bounds, and the chunks and slots fit the
+    /// 32-bit places and indices of a table.
+    fn check_limits(&self) -> Result<(), String> {
+        let per_chunk = self.per_chunk;
+        if !per_chunk.is_power_of_two() || per_chunk > MAX_PER_CHUNK {
+            return Err(format!(
+                "{per_chunk} places per chunk is not a power of two from 1 to {MAX_PER_CHUNK}"
+            ));
+        }
+        let shift = per_chunk.ilog2();
+        if self.chunks_present.len() as u64 > 1u64 << (32 - shift) {
+            return Err(format!(
+                "{} chunks of {per_chunk} places exceed the 2^32 places a table addresses",
+                self.chunks_present.len()
+            ));
+        }
+        if self.slots.len() as u64 >= u64::from(u32::MAX) {
+            return Err(format!(
+                "{} slots exceed the limit of a table",
+                self.slots.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Goes through the records or runs of the slot table (after the sentinel), checking
+    /// that each live run names free places in existing chunks and each vacant one names
+    /// place 0; counts what it finds.
+    fn tally_runs(&self) -> Result<RunTally, String> {
+        let shift = self.per_chunk.ilog2();
         let places = (self.chunks_present.len() as u64) << shift;
         let mut taken = vec![0u64; places.div_ceil(64) as usize];
-        let mut vacant = vec![0u64; self.slots.len().div_ceil(64)];
-        let mut live = 0u64;
-        let mut per_chunk_live = vec![0u32; self.chunks_present.len()];
-        let mut highest: Option<u64> = None;
+        let mut tally = RunTally {
+            live: 0,
+            vacant: vec![0u64; self.slots.len().div_ceil(64)],
+            per_chunk_live: vec![0u32; self.chunks_present.len()],
+            highest: None,
+        };
         // Run by run (a record is a run of one): a run of live slots takes a range of
         // places, checked and marked a word at a time.
         for (index, version, place, count) in self.slots.runs() {
             let (from, to) = (index.max(1), index + u64::from(count));
             if from >= to {
-                continue; // the sentinel, checked above
+                continue; // the sentinel, checked by the caller
             }
             let place = place + (from - index) as u32;
             let n = to - from;
             if version & AWAY != 0 {
-                return Err(bad(format!(
+                return Err(format!(
                     "slot {from} has version {version}: versions count within 31 bits"
-                )));
+                ));
             }
             if version % 2 == 0 {
                 if place != 0 {
-                    return Err(bad(format!("vacant slot {from} names place {place}")));
+                    return Err(format!("vacant slot {from} names place {place}"));
                 }
-                set_range(&mut vacant, from, to);
+                set_range(&mut tally.vacant, from, to);
                 continue;
             }
             let (first, last) = (u64::from(place), u64::from(place) + n - 1);
-            // The first place of the run in a chunk that does not exist, if any.
-            if let Some(p) = ((first >> shift)..=(last >> shift))
-                .find(|&c| {
-                    !self
-                        .chunks_present
-                        .get(c as usize)
-                        .copied()
-                        .unwrap_or(false)
-                })
-                .map(|c| first.max(c << shift))
-            {
-                return Err(bad(format!(
+            if let Some(p) = self.first_place_without_chunk(first, last) {
+                return Err(format!(
                     "live slot {} names place {p} in chunk {}, which does not exist",
                     from + (p - first),
                     p >> shift
-                )));
+                ));
             }
             if let Some(p) = set_range(&mut taken, first, last + 1) {
-                return Err(bad(format!(
+                return Err(format!(
                     "two live slots name place {p} (one is slot {})",
                     from + (p - first)
-                )));
+                ));
             }
-            if first >> shift == last >> shift {
-                per_chunk_live[(first >> shift) as usize] += n as u32;
-            } else {
-                for c in (first >> shift)..=(last >> shift) {
-                    let lo = first.max(c << shift);
-                    let hi = last.min(((c + 1) << shift) - 1);
-                    per_chunk_live[c as usize] += (hi - lo + 1) as u32;
-                }
+            for c in (first >> shift)..=(last >> shift) {
+                let lo = first.max(c << shift);
+                let hi = last.min(((c + 1) << shift) - 1);
+                tally.per_chunk_live[c as usize] += (hi - lo + 1) as u32;
             }
-            live += n;
-            highest = highest.max(Some(last));
+            tally.live += n;
+            tally.highest = tally.highest.max(Some(last));
         }
-        let vacant_count = self.slots.len() as u64 - 1 - live;
-        if let Some(free_order) = &self.free_order {
-            if free_order.len() as u64 != vacant_count {
-                return Err(bad(format!(
-                    "the free list holds {} slots, but {vacant_count} slots are vacant",
-                    free_order.len()
-                )));
-            }
-            for &index in free_order {
-                let (word, bit) = (index as usize / 64, 1u64 << (index % 64));
-                match vacant.get_mut(word) {
-                    Some(w) if *w & bit != 0 => *w &= !bit,
-                    _ => {
-                        return Err(bad(format!(
-                            "the free list names slot {index}, which is not vacant or is listed twice"
-                        )));
-                    }
-                }
+        Ok(tally)
+    }
+
+    /// The first of places `first..=last` that lies in a chunk that does not exist.
+    fn first_place_without_chunk(&self, first: u64, last: u64) -> Option<u64> {
+        let shift = self.per_chunk.ilog2();
+        ((first >> shift)..=(last >> shift))
+            .find(|&c| {
+                !self
+                    .chunks_present
+                    .get(c as usize)
+                    .copied()
+                    .unwrap_or(false)
+            })
+            .map(|c| first.max(c << shift))
+    }
+
+    /// A version 1 or 2 file's list of vacant slots, if the image has one, holds
+    /// `vacant` entries, each a slot for which `is_vacant` holds (called only for
+    /// indices below the slot count), none twice.
+    pub(super) fn check_vacant_list(
+        &self,
+        vacant: u64,
+        is_vacant: impl Fn(usize) -> bool,
+    ) -> Result<(), String> {
+        let Some(list) = &self.free_order else {
+            return Ok(());
+        };
+        if list.len() as u64 != vacant {
+            return Err(format!(
+                "the free list holds {} slots, but {vacant} slots are vacant",
+                list.len()
+            ));
+        }
+        let n = self.slots.len();
+        let mut listed = vec![0u64; n.div_ceil(64)];
+        for &index in list {
+            let i = index as usize;
+            if i == 0
+                || i >= n
+                || !is_vacant(i)
+                || set_range(&mut listed, i as u64, i as u64 + 1).is_some()
+            {
+                return Err(format!(
+                    "the free list names slot {index}, which is not vacant or is listed twice"
+                ));
             }
         }
-        let holes = highest.map_or(0, |top| {
+        Ok(())
+    }
+
+    /// Free places of existing chunks up to the highest live place `top`, given each
+    /// chunk's live objects.
+    pub(super) fn holes(&self, top: Option<u64>, per_chunk_live: &[u32]) -> u64 {
+        let shift = self.per_chunk.ilog2();
+        top.map_or(0, |top| {
             (0..=(top >> shift) as usize)
                 .filter(|&c| self.chunks_present[c])
                 .map(|c| {
                     let span = if c as u64 == top >> shift {
-                        (top & u64::from(per_chunk - 1)) + 1
+                        (top & u64::from(self.per_chunk - 1)) + 1
                     } else {
-                        u64::from(per_chunk)
+                        u64::from(self.per_chunk)
                     };
                     span - u64::from(per_chunk_live[c])
                 })
                 .sum()
-        });
-        Ok(ImageSummary {
-            live,
-            vacant: vacant_count,
-            chunks: self.chunks_present.iter().filter(|p| **p).count() as u64,
-            holes,
         })
     }
+}
+
+/// What [`TableImage::tally_runs`] counts: live slots, the vacant ones (a bit each), the
+/// live objects per chunk and the highest live place.
+struct RunTally {
+    live: u64,
+    vacant: Vec<u64>,
+    per_chunk_live: Vec<u32>,
+    highest: Option<u64>,
 }
 
 impl<T> Table<T> {
