@@ -710,73 +710,115 @@ pub(crate) fn read_image(
     }
     reader.body(&mut form)?;
     let slots = match form[0] {
-        SLOTS_AS_RECORDS => {
-            if start.len != header.slot_records_len() {
-                return Err(reader.malformed(
-                    start,
-                    format!(
-                        "{} slots need {} bytes, not {}",
-                        header.slot_count,
-                        header.slot_records_len(),
-                        start.len
-                    ),
-                ));
-            }
-            let raw: Vec<[u32; 2]> = reader.pod_values(u64::from(header.slot_count))?;
-            SlotImage::Records(
-                raw.into_iter()
-                    .map(|[v, p]| (u32::from_le(v), u32::from_le(p)))
-                    .collect(),
-            )
-        }
-        SLOTS_AS_RUNS => {
-            if (start.len - 1) % 12 != 0 || (start.len - 1) / 12 > u64::from(header.slot_count) {
-                return Err(reader.malformed(
-                    start,
-                    format!(
-                        "{} bytes are not runs of the {} slots",
-                        start.len - 1,
-                        header.slot_count
-                    ),
-                ));
-            }
-            let mut runs: Vec<[u32; 3]> = reader.pod_values((start.len - 1) / 12)?;
-            let mut covered = 0u64;
-            for run in &mut runs {
-                let [version, place, count] = run.map(u32::from_le);
-                let live = version % 2 == 1;
-                let fits = count > 0
-                    && covered + u64::from(count) <= u64::from(header.slot_count)
-                    && (live || place == 0)
-                    && (!live || u64::from(place) + u64::from(count) <= 1 << 32);
-                if !fits {
-                    return Err(reader.malformed(
-                        start,
-                        format!(
-                            "the run ({version}, {place}, {count}) does not fit the {} slots",
-                            header.slot_count
-                        ),
-                    ));
-                }
-                covered += u64::from(count);
-                *run = [version, place, count];
-            }
-            if covered != u64::from(header.slot_count) {
-                return Err(reader.malformed(
-                    start,
-                    format!(
-                        "the runs cover {covered} of the {} slots",
-                        header.slot_count
-                    ),
-                ));
-            }
-            // Kept as runs: a filled, never churned table is one run, whatever its size.
-            SlotImage::from_runs(runs)
-        }
+        SLOTS_AS_RECORDS => read_slot_records(reader, header, start)?,
+        SLOTS_AS_RUNS => read_slot_runs(reader, header, start)?,
         SLOTS_AS_GENERATIONS => read_generations(reader, header, start)?,
         other => return Err(reader.malformed(start, format!("unknown slot encoding {other}"))),
     };
     reader.close()?;
+    let (free_order, chunks_present) = read_free(reader, header)?;
+    let image = TableImage {
+        per_chunk: header.per_chunk,
+        slots,
+        free_order,
+        chunks_present,
+    };
+    let summary = image.check(&header.type_name)?;
+    if summary.live != header.live {
+        return Err(SnapshotError::InconsistentSlots {
+            type_name: header.type_name.clone(),
+            message: format!(
+                "the header counts {} live objects, the slot table {}",
+                header.live, summary.live
+            ),
+        }
+        .into());
+    }
+    Ok(image)
+}
+
+/// The body of a SLOT section in the records form, after its form byte.
+fn read_slot_records(
+    reader: &mut Reader<'_>,
+    header: &TableHeader,
+    start: format::SectionStart,
+) -> Result<SlotImage, Error> {
+    if start.len != header.slot_records_len() {
+        return Err(reader.malformed(
+            start,
+            format!(
+                "{} slots need {} bytes, not {}",
+                header.slot_count,
+                header.slot_records_len(),
+                start.len
+            ),
+        ));
+    }
+    let raw: Vec<[u32; 2]> = reader.pod_values(u64::from(header.slot_count))?;
+    Ok(SlotImage::Records(
+        raw.into_iter()
+            .map(|[v, p]| (u32::from_le(v), u32::from_le(p)))
+            .collect(),
+    ))
+}
+
+/// The body of a SLOT section in the runs form, after its form byte: runs that cover
+/// the slots exactly, each within the places a table addresses.
+fn read_slot_runs(
+    reader: &mut Reader<'_>,
+    header: &TableHeader,
+    start: format::SectionStart,
+) -> Result<SlotImage, Error> {
+    if !(start.len - 1).is_multiple_of(12) || (start.len - 1) / 12 > u64::from(header.slot_count) {
+        return Err(reader.malformed(
+            start,
+            format!(
+                "{} bytes are not runs of the {} slots",
+                start.len - 1,
+                header.slot_count
+            ),
+        ));
+    }
+    let mut runs: Vec<[u32; 3]> = reader.pod_values((start.len - 1) / 12)?;
+    let mut covered = 0u64;
+    for run in &mut runs {
+        let [version, place, count] = run.map(u32::from_le);
+        let live = version % 2 == 1;
+        let fits = count > 0
+            && covered + u64::from(count) <= u64::from(header.slot_count)
+            && (live || place == 0)
+            && (!live || u64::from(place) + u64::from(count) <= 1 << 32);
+        if !fits {
+            return Err(reader.malformed(
+                start,
+                format!(
+                    "the run ({version}, {place}, {count}) does not fit the {} slots",
+                    header.slot_count
+                ),
+            ));
+        }
+        covered += u64::from(count);
+        *run = [version, place, count];
+    }
+    if covered != u64::from(header.slot_count) {
+        return Err(reader.malformed(
+            start,
+            format!(
+                "the runs cover {covered} of the {} slots",
+                header.slot_count
+            ),
+        ));
+    }
+    // Kept as runs: a filled, never churned table is one run, whatever its size.
+    Ok(SlotImage::from_runs(runs))
+}
+
+/// A FREE section: the list of vacant slots of a file before version 3, and which
+/// chunks exist.
+fn read_free(
+    reader: &mut Reader<'_>,
+    header: &TableHeader,
+) -> Result<(Option<Vec<u32>>, Vec<bool>), Error> {
     let lists_vacant = reader.version() < 3;
     let start = reader.open(format::FREE)?;
     if start.len != header.free_len(lists_vacant) {
@@ -791,32 +833,18 @@ pub(crate) fn read_image(
             ),
         ));
     }
-    let free: Option<Vec<u32>> = match lists_vacant {
+    let list: Option<Vec<u32>> = match lists_vacant {
         true => Some(reader.pod_values(header.vacant())?),
         false => None,
     };
     let present: Vec<u8> = reader.pod_values(u64::from(header.chunk_count).div_ceil(8))?;
     reader.close()?;
-    let image = TableImage {
-        per_chunk: header.per_chunk,
-        slots,
-        free_order: free.map(|list| list.into_iter().map(u32::from_le).collect()),
-        chunks_present: (0..header.chunk_count as usize)
+    Ok((
+        list.map(|l| l.into_iter().map(u32::from_le).collect()),
+        (0..header.chunk_count as usize)
             .map(|c| present[c / 8] >> (c % 8) & 1 == 1)
             .collect(),
-    };
-    let summary = image.check(&header.type_name)?;
-    if summary.live != header.live {
-        return Err(SnapshotError::InconsistentSlots {
-            type_name: header.type_name.clone(),
-            message: format!(
-                "the header counts {} live objects, the slot table {}",
-                header.live, summary.live
-            ),
-        }
-        .into());
-    }
-    Ok(image)
+    ))
 }
 
 /// Checks that the file's table fits `T` as this program compiled it.
