@@ -341,8 +341,8 @@ pub enum SnapshotError {
         found: String,
     },
     /// The slot table contradicts itself or the objects: a live slot without an object,
-    /// two slots at one place, a place outside every chunk, a free list that is not the
-    /// vacant slots.
+    /// two slots at one place, a place outside every chunk, a list of vacant slots (in
+    /// files before format version 3) that is not the vacant slots.
     #[error("inconsistent slot table of `{type_name}`: {message}")]
     InconsistentSlots {
         /// The table's type name.

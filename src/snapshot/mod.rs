@@ -7,13 +7,13 @@
 //! handle means after a load what it meant before: a live handle resolves to an equal
 //! object, a stale one stays stale, and the next inserts return the same handles as they
 //! would have without the save and load (the slot table is rebuilt with each slot's
-//! version and slotmap's free-list order, see `table/persist.rs`).
+//! version, and inserts that need a vacant slot take the lowest; see `table/persist.rs`).
 //!
-//! The format (version 2, `docs/FORMAT.md`; version 1 files still load): a preamble
+//! The format (version 3, `docs/FORMAT.md`; version 1 and 2 files still load): a preamble
 //! (magic, version, byte order), then
 //! length-prefixed sections, each with a CRC-32 of its bytes, then a footer with the
 //! CRC-32 of the whole file. Per table: its type name, schema fingerprint, element size
-//! and alignment, slot table, free list and chunk map, and objects, encoded by the type's
+//! and alignment, slot table, chunk map, and objects, encoded by the type's
 //! [`Codec`] (`codec.rs`, the one module that knows encodings): `Pod` types as raw bytes
 //! read straight into chunk memory, others through serde and bincode 2.
 //!
@@ -924,7 +924,7 @@ const SLOTS_AS_RECORDS: u8 = 0;
 /// SLOT body form: runs `(version, first place, count)` of consecutive slots with one
 /// version and consecutive places (vacant slots: place 0).
 const SLOTS_AS_RUNS: u8 = 1;
-/// SLOT body form (format version 2): a liveness bitmap, generation runs, and the places
+/// SLOT body form (from format version 2 on): a liveness bitmap, generation runs, and the places
 /// of live slots away from home ([`GenerationImage`]).
 const SLOTS_AS_GENERATIONS: u8 = 2;
 

@@ -192,7 +192,8 @@ impl SlotImage {
 impl TableImage {
     /// Checks everything a table needs of an image: the sentinel, that live slots have
     /// odd versions and name distinct places inside existing chunks, that vacant slots
-    /// have even versions, and that the free list holds each vacant slot exactly once.
+    /// have even versions, and that a version 1 or 2 file's list of vacant slots holds
+    /// each vacant slot exactly once.
     ///
     /// # Errors
     /// [`SnapshotError::InconsistentSlots`] saying what contradicts what.
@@ -486,7 +487,7 @@ impl<T> Table<T> {
         })
     }
 
-    /// A table with `image`'s slot table, free list and chunks, whose objects are still
+    /// A table with `image`'s slot table and chunks, whose objects are still
     /// to come: every place a live slot names is pending until a `fill_pending*` call puts
     /// its object there. `image` must have passed [`TableImage::check`].
     ///
