@@ -120,6 +120,11 @@ impl Drop for WriteBehind {
 /// and fsyncs it, renames it over `<path>` and fsyncs the directory. Dropped without a
 /// commit (after an error), it removes the temporary file and leaves `<path>` as it was.
 ///
+/// Writes are buffered 4 MiB at a time and handed to a thread of the file's own, which
+/// makes the `write` calls, so the caller's work overlaps the kernel's copying into the
+/// page cache; an error of that thread comes back from a later `write` or `flush`, or
+/// from `commit`.
+///
 /// ```
 /// use std::io::Write;
 /// use neurostore::snapshot::AtomicFile;
