@@ -846,14 +846,20 @@ mod tests {
         }
     }
 
+    /// Slots `1..=n`, each live at its home place.
+    fn home_slots(pool: &HierarchicalPool, n: u32) -> SlotArray {
+        let mut a = SlotArray::default();
+        for i in 1..=n {
+            a.push(pool, 1, i - 1).unwrap();
+        }
+        a
+    }
+
     #[test]
     fn random_vacates_and_takes_keep_every_vacant_slot_marked_and_take_the_lowest() {
         let pool = default_pool();
-        let mut a = SlotArray::default();
         let n = 20_000u32;
-        for i in 1..=n {
-            a.push(&pool, 1, i - 1).unwrap();
-        }
+        let mut a = home_slots(&pool, n);
         let mut v = VacantSlots::default();
         let mut x = 0x2545_f491_u64;
         for step in 0..30_000 {
@@ -893,11 +899,7 @@ mod tests {
     #[test]
     fn vacant_slots_are_found_lowest_first_past_stale_bits() {
         let pool = default_pool();
-        let mut a = SlotArray::default();
-        let n = 300_000u32;
-        for i in 1..=n {
-            a.push(&pool, 1, i - 1).unwrap();
-        }
+        let mut a = home_slots(&pool, 300_000);
         let mut v = VacantSlots::default();
         assert_eq!(v.pop(&a), None);
         for i in [250_000u32, 70_000, 3, 5, 7, 299_999] {
