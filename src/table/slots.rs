@@ -717,18 +717,10 @@ impl SlotArray {
     /// their home slot take them.
     #[cfg(test)]
     pub(crate) fn vacant_indices(&self) -> Vec<u32> {
-        let words = self.words().get(1..).unwrap_or_default();
-        let count = words.iter().filter(|&&w| !word_is_live(w)).count();
-        // Without a branch per slot: each index is written, and kept by moving on when
-        // its slot is vacant (the spare entry at the end takes the last write).
-        let mut out = vec![0u32; count + 1];
-        let mut n = 0;
-        for (i, &w) in (1u32..).zip(words) {
-            out[n] = i;
-            n += usize::from(!word_is_live(w));
-        }
-        out.truncate(count);
-        out
+        (1..self.len)
+            .filter(|&i| self.word(i).is_some_and(|w| !word_is_live(w)))
+            .map(|i| i as u32)
+            .collect()
     }
 }
 
