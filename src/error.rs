@@ -350,6 +350,14 @@ pub enum SnapshotError {
         /// What contradicts what.
         message: String,
     },
+    /// A graph checkpoint whose sections each pass their checks but contradict one
+    /// another: a synapse naming a slot that holds no neuron, a neuron beyond the
+    /// graph's columns, input in flight the graph could not have, and the like.
+    #[error("inconsistent graph checkpoint: {message}")]
+    InconsistentGraph {
+        /// What contradicts what.
+        message: String,
+    },
     /// An object's bytes could not be decoded (serde + bincode).
     #[error("object {index} of `{type_name}` does not decode: {message}")]
     Decode {

@@ -1,8 +1,9 @@
 //! NeuralGraph: connectivity stays exact under connect, connect_many, disconnect,
-//! remove_neuron, remove_neurons, defragment and optimize_layout (a proptest against a
-//! HashMap reference), and the reference step integrates NEST's
-//! `iaf_psc_exp` exactly: firing rates and PSPs match closed-form solutions, delays and
-//! refractoriness are exact to the step, results do not depend on the thread count.
+//! remove_neuron, remove_neurons, defragment, optimize_layout and a checkpoint saved and
+//! loaded (a proptest against a HashMap reference), and the reference step integrates
+//! NEST's `iaf_psc_exp` exactly: firing rates and PSPs match closed-form solutions,
+//! delays and refractoriness are exact to the step, results do not depend on the thread
+//! count.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,6 +27,7 @@ enum Op {
     Step,
     OptimizeLayout,
     Defragment,
+    Checkpoint,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Op::ConnectManyStale(a, b)),
         1 => prop::collection::vec(any::<usize>(), 0..5).prop_map(Op::RemoveNeurons),
         1 => Just(Op::Defragment),
+        2 => Just(Op::Checkpoint),
     ]
 }
 
@@ -273,6 +276,17 @@ proptest! {
                 }
                 Op::Defragment => {
                     graph.defragment().unwrap();
+                }
+                Op::Checkpoint => {
+                    let mut file = Vec::new();
+                    graph.save_to(&mut file).unwrap();
+                    let mut loaded = NeuralGraph::load_from(&file[..]).unwrap();
+                    // The loaded graph and the original go on alike.
+                    prop_assert_eq!(loaded.step(0.1).unwrap(), graph.step(0.1).unwrap());
+                    for (n, neuron) in graph.neurons().iter() {
+                        prop_assert_eq!(loaded.neuron(n), Some(neuron));
+                    }
+                    graph = loaded;
                 }
                 Op::RemoveStaleNeuron(i) => {
                     if model.dead_neurons.is_empty() {

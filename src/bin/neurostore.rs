@@ -27,7 +27,7 @@ fn main() -> ExitCode {
 mod cli {
     use std::process::ExitCode;
 
-    use neurostore::snapshot::{SnapshotInfo, inspect_file};
+    use neurostore::snapshot::{GraphInfo, SnapshotInfo, inspect_file};
 
     const USAGE: &str = "usage: neurostore inspect FILE | neurostore verify FILE";
 
@@ -66,6 +66,37 @@ mod cli {
         }
     }
 
+    /// The lines of the `inspect` report about a graph checkpoint's simulation state.
+    fn describe_graph(out: &mut String, info: &SnapshotInfo, g: &GraphInfo) {
+        use std::fmt::Write;
+        let count = |name: &str| {
+            info.tables
+                .iter()
+                .find(|t| t.type_name == name)
+                .map_or(0, |t| t.live)
+        };
+        let resolution = g.resolution.map_or_else(
+            || "none (never stepped)".to_owned(),
+            |dt| format!("{dt} ms"),
+        );
+        let _ = writeln!(
+            out,
+            "\ngraph: {} neurons, {} synapses\n\
+             step {} ({} ms of model time), resolution {resolution}\n\
+             spikes in the last step: {}\n\
+             input in flight: {} (neuron, step) entries, up to {} steps ahead \
+             (the ring spans {} steps)",
+            count("Neuron"),
+            count("Synapse"),
+            g.step,
+            g.time_ms,
+            g.last_spikes,
+            g.pending_inputs,
+            g.pending_span,
+            g.ring_steps
+        );
+    }
+
     /// The `inspect` report.
     fn describe(path: &str, info: &SnapshotInfo) -> String {
         use std::fmt::Write;
@@ -73,6 +104,7 @@ mod cli {
         let content = match info.content {
             neurostore::snapshot::Content::Store => "store",
             neurostore::snapshot::Content::Table => "single table",
+            neurostore::snapshot::Content::Graph => "neural graph checkpoint",
         };
         let _ = writeln!(
             out,
@@ -111,6 +143,9 @@ mod cli {
         }
         if info.content == neurostore::snapshot::Content::Store {
             let _ = writeln!(out, "\nGC roots: {}", info.roots);
+        }
+        if let Some(g) = &info.graph {
+            describe_graph(&mut out, info, g);
         }
         let _ = writeln!(
             out,

@@ -26,6 +26,8 @@ use crate::pooled::AnyHandle;
 use crate::store::{Store, StoreDefragReport};
 use crate::table::Table;
 
+mod checkpoint;
+
 /// Below this many neurons a step updates them on the calling thread: rayon's fork and
 /// join would cost more than the work.
 const PARALLEL_NEURONS: usize = 4096;
@@ -146,6 +148,26 @@ fn check_weight(weight: f32) -> Result<(), Error> {
     }
 }
 
+/// What one chunk of the synapse table holds, for [`NeuralGraph::find_runs`].
+#[derive(Default)]
+struct ChunkRuns {
+    /// `(presynaptic slot index, first place, places)`: consecutive places whose
+    /// synapses leave one neuron, in storage order.
+    segments: Vec<(u32, u64, u32)>,
+    /// The longest delay (ms).
+    longest_delay: f32,
+    /// The first synapse naming a slot index that holds no neuron of the graph, and its
+    /// place (never, in a graph that keeps its invariants).
+    stray: Option<(u64, Synapse)>,
+}
+
+/// What [`NeuralGraph::find_runs`] saw in the whole synapse table.
+#[derive(Debug, Default)]
+struct RunsFound {
+    longest_delay: f32,
+    stray: Option<(u64, Synapse)>,
+}
+
 /// One bit per neuron slot index.
 struct NeuronSet(Vec<u64>);
 
@@ -258,14 +280,20 @@ impl NeuralGraph {
         Self::over(Store::with_pool(pool))
     }
 
+    /// A graph over `store`, which holds no tables or (a loaded checkpoint's) the neuron
+    /// and synapse tables.
     fn over(mut store: Store) -> Self {
         // The built-in types' hints: neurons one per cache line.
-        store
-            .register::<Neuron>()
-            .expect("a new store has no table of neurons yet");
-        store
-            .register::<Synapse>()
-            .expect("a new store has no table of synapses yet");
+        if store.table::<Neuron>().is_none() {
+            store
+                .register::<Neuron>()
+                .expect("a store without a table of neurons can register one");
+        }
+        if store.table::<Synapse>().is_none() {
+            store
+                .register::<Synapse>()
+                .expect("a store without a table of synapses can register one");
+        }
         // The graph compacts its synapses itself, keeping their order.
         store.set_defrag_policy(None);
         NeuralGraph {
@@ -817,29 +845,50 @@ impl NeuralGraph {
         Ok(report)
     }
 
-    /// Rebuilds every neuron's runs from the synapse table's storage order.
-    fn find_runs(&mut self) {
-        for out in &mut self.out {
+    /// Rebuilds every neuron's runs from the synapse table's storage order, in parallel
+    /// over the table's chunks, and says what it saw.
+    fn find_runs(&mut self) -> RunsFound {
+        let mut live = NeuronSet::new(self.out.len());
+        for (i, out) in self.out.iter_mut().enumerate() {
             out.runs.clear();
             out.live = 0;
-        }
-        let NeuralGraph {
-            store,
-            out,
-            runs_end,
-            ..
-        } = self;
-        let synapses = table_of::<Synapse>(store);
-        *runs_end = 0;
-        for (place, s) in synapses.places_and_values() {
-            if let Some(o) = out.get_mut(s.pre_index() as usize) {
-                o.note(place, 1);
-                *runs_end = place + 1;
+            if !out.owner.is_null() {
+                live.insert(i as u32);
             }
         }
-        for o in out.iter_mut() {
+        let per_chunk = self
+            .synapses()
+            .par_fold_chunks(ChunkRuns::default, |c, place, s| {
+                c.longest_delay = c.longest_delay.max(s.delay);
+                if !(live.contains(s.pre_index()) && live.contains(s.post_index())) {
+                    c.stray.get_or_insert((place, *s));
+                    return;
+                }
+                match c.segments.last_mut() {
+                    Some((pre, start, len))
+                        if *pre == s.pre_index() && *start + u64::from(*len) == place =>
+                    {
+                        *len += 1
+                    }
+                    _ => c.segments.push((s.pre_index(), place, 1)),
+                }
+            });
+        let mut found = RunsFound::default();
+        self.runs_end = 0;
+        for c in per_chunk {
+            found.longest_delay = found.longest_delay.max(c.longest_delay);
+            if found.stray.is_none() {
+                found.stray = c.stray;
+            }
+            for (pre, start, len) in c.segments {
+                self.out[pre as usize].note(start, len);
+                self.runs_end = start + u64::from(len);
+            }
+        }
+        for o in &mut self.out {
             o.runs.shrink_to_fit();
         }
+        found
     }
 
     /// Defragments the neuron and synapse tables: neurons by moving the last into the

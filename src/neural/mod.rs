@@ -4,15 +4,16 @@
 //! - the `#[repr(C)]` Pod types [`Neuron`] (leaky integrate-and-fire state and parameters),
 //!   [`Synapse`], [`Weight`] and [`Signal`], with the handle aliases [`NeuronId`],
 //!   [`SynapseId`], [`WeightId`] and [`SignalId`] (`types.rs`);
-//! - [`NeuralGraph`], neurons and synapses in a [`Store`](crate::Store) with exact outgoing
-//!   and incoming lists per neuron (`graph.rs`);
+//! - [`NeuralGraph`], neurons and synapses in a [`Store`](crate::Store), each neuron's
+//!   outgoing synapses found through runs of the synapse table's storage (`graph.rs`);
 //! - the reference CPU step: exact integration of NEST's `iaf_psc_exp` (`lif.rs`) and spike
-//!   propagation through per-neuron ring buffers of future input (`ring.rs`).
+//!   propagation through per-neuron ring buffers of future input (`ring.rs`);
+//! - checkpoints: [`NeuralGraph::save`] and [`NeuralGraph::load`], after which the loaded
+//!   graph steps exactly as the saved one would have (`graph/checkpoint.rs`).
 //!
 //! Invariants kept here:
-//! - every live synapse is in exactly its presynaptic neuron's outgoing list and its
-//!   postsynaptic neuron's incoming list, at the positions it records; no synapse names a
-//!   removed neuron;
+//! - every live synapse lies in one of its presynaptic neuron's runs, and no run covers a
+//!   place at or above where new synapses go; no synapse names a removed neuron;
 //! - a spike emitted in step `t` through a synapse of delay `d` is added to its target's
 //!   current in step `t + max(1, round(d / dt))`, and no input survives its target's
 //!   removal;

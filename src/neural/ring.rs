@@ -11,6 +11,7 @@
 
 use crate::Error;
 use crate::error::OomReason;
+use crate::snapshot::RingImage;
 
 /// The most slots a ring may have: the longest delay, in steps, plus one.
 pub(crate) const MAX_RING_SLOTS: usize = 1 << 20;
@@ -278,6 +279,57 @@ impl SpikeRing {
         }
     }
 
+    /// The ring's storage as a checkpoint holds it.
+    pub(crate) fn image(&self) -> RingImage<&[f32]> {
+        RingImage {
+            slots: u32::try_from(self.slots).expect("at most MAX_RING_SLOTS slots"),
+            block_columns: BLOCK_COLUMNS as u32,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| [&b.ex[..], &b.inh[..]])
+                .collect(),
+        }
+    }
+
+    /// The ring a checkpoint's [`image`](Self::image) describes, or what is wrong with
+    /// its shape.
+    pub(crate) fn from_image(image: RingImage<Vec<f32>>) -> Result<Self, String> {
+        let slots = image.slots as usize;
+        if image.block_columns as usize != BLOCK_COLUMNS {
+            return Err(format!(
+                "the ring has blocks of {} columns; this build's have {BLOCK_COLUMNS}",
+                image.block_columns
+            ));
+        }
+        let shaped = (2..=MAX_RING_SLOTS).contains(&slots);
+        if !(shaped || slots == 0 && image.blocks.is_empty()) {
+            return Err(format!(
+                "a ring of {slots} slots and {} blocks: a ring is unshaped (0 slots, no \
+                 blocks) or spans 2 to {MAX_RING_SLOTS} slots",
+                image.blocks.len()
+            ));
+        }
+        let len = slots * BLOCK_COLUMNS;
+        if let Some([ex, inh]) = image
+            .blocks
+            .iter()
+            .find(|[ex, inh]| ex.len().max(inh.len()) != len)
+        {
+            return Err(format!(
+                "a ring block holds {} and {} values where {slots} slots take {len}",
+                ex.len(),
+                inh.len()
+            ));
+        }
+        let blocks = image
+            .blocks
+            .into_iter()
+            .map(|[ex, inh]| RingBlock { ex, inh })
+            .collect();
+        Ok(SpikeRing { blocks, slots })
+    }
+
     /// The blocks of columns, in order: block `b` holds columns
     /// `b * BLOCK_COLUMNS .. (b + 1) * BLOCK_COLUMNS`.
     pub(crate) fn blocks_mut(&mut self) -> &mut [RingBlock] {
@@ -340,6 +392,40 @@ mod tests {
                 assert_eq!(one.input(s, c), split.input(s, c), "{c} {s}");
             }
         }
+    }
+
+    #[test]
+    fn a_ring_comes_back_from_its_image() {
+        let mut ring = SpikeRing::default();
+        ring.reshape(BLOCK_COLUMNS + 3, 5, 0, |k| k).unwrap();
+        add(&mut ring, 3, 2, BLOCK_COLUMNS + 1, 4.0);
+        add(&mut ring, 3, 4, 7, -1.5);
+        let image = ring.image();
+        let owned = RingImage {
+            slots: image.slots,
+            block_columns: image.block_columns,
+            blocks: image
+                .blocks
+                .iter()
+                .map(|[e, i]| [e.to_vec(), i.to_vec()])
+                .collect(),
+        };
+        let back = SpikeRing::from_image(owned.clone()).unwrap();
+        assert_eq!((back.stride(), back.slots()), (ring.stride(), ring.slots()));
+        assert_eq!(back.input(5, BLOCK_COLUMNS + 1), (4.0, 0.0));
+        assert_eq!(back.input(7, 7), (0.0, -1.5));
+        assert_eq!(back.last_pending_offset(3), Some(4));
+
+        let mut one_slot = owned.clone();
+        one_slot.slots = 1;
+        assert!(SpikeRing::from_image(one_slot).is_err());
+        let mut narrow = owned;
+        narrow.block_columns = 512;
+        assert!(
+            SpikeRing::from_image(narrow)
+                .unwrap_err()
+                .contains("512 columns")
+        );
     }
 
     #[test]

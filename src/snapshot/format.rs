@@ -48,6 +48,10 @@ pub const FREE: [u8; 4] = *b"FREE";
 pub const OBJS: [u8; 4] = *b"OBJS";
 /// A store's GC roots.
 pub const ROOT: [u8; 4] = *b"ROOT";
+/// A graph checkpoint's simulation state outside its tables.
+pub const GRPH: [u8; 4] = *b"GRPH";
+/// A graph checkpoint's synaptic input in flight.
+pub const RING: [u8; 4] = *b"RING";
 /// The footer.
 pub const DONE: [u8; 4] = *b"DONE";
 
@@ -533,7 +537,8 @@ impl<'a> FieldReader<'a> {
         FieldReader { bytes, start }
     }
 
-    fn err(&self, message: String) -> Error {
+    /// A [`SnapshotError::Malformed`] for this body.
+    pub(crate) fn error(&self, message: String) -> Error {
         SnapshotError::Malformed {
             section: tag_text(self.start.tag),
             offset: self.start.offset,
@@ -544,7 +549,7 @@ impl<'a> FieldReader<'a> {
 
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], Error> {
         if self.bytes.len() < n {
-            return Err(self.err(format!("the body ends inside {what}")));
+            return Err(self.error(format!("the body ends inside {what}")));
         }
         let (head, rest) = self.bytes.split_at(n);
         self.bytes = rest;
@@ -567,7 +572,7 @@ impl<'a> FieldReader<'a> {
     pub(crate) fn str(&mut self, what: &str) -> Result<String, Error> {
         let len = u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes"));
         let bytes = self.take(len as usize, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.err(format!("{what} is not UTF-8")))
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.error(format!("{what} is not UTF-8")))
     }
 
     /// Fails unless every byte was read.
@@ -575,7 +580,7 @@ impl<'a> FieldReader<'a> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(self.err(format!(
+            Err(self.error(format!(
                 "{} bytes left after the last field",
                 self.bytes.len()
             )))

@@ -9,7 +9,8 @@ use std::path::Path;
 
 use super::format::{Reader, tag_text};
 use super::{
-    Content, Encoding, open_objects, read_head, read_image, read_roots, read_table_header,
+    Content, Encoding, GraphState, RingImage, open_objects, read_head, read_image, read_roots,
+    read_table_header,
 };
 use crate::error::Error;
 use crate::pooled::Retention;
@@ -17,7 +18,8 @@ use crate::pooled::Retention;
 /// One section of a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SectionInfo {
-    /// The section's tag (`HEAD`, `TABL`, `SLOT`, `FREE`, `OBJS`, `ROOT`, `DONE`).
+    /// The section's tag (`HEAD`, `TABL`, `SLOT`, `FREE`, `OBJS`, `ROOT`, `GRPH`, `RING`,
+    /// `DONE`).
     pub tag: String,
     /// Where the section starts.
     pub offset: u64,
@@ -58,6 +60,60 @@ pub struct TableInfo {
     pub object_bytes: u64,
 }
 
+/// The simulation state of a graph checkpoint, beside its tables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphInfo {
+    /// Steps simulated when it was saved.
+    pub step: u64,
+    /// Model time simulated (ms).
+    pub time_ms: f64,
+    /// The step length of the last step (ms), if the graph had stepped.
+    pub resolution: Option<f64>,
+    /// Neurons that fired in the last step.
+    pub last_spikes: u64,
+    /// Steps the ring of input in flight spans.
+    pub ring_steps: u32,
+    /// Input in flight: (neuron, step) entries of the ring that hold input.
+    pub pending_inputs: u64,
+    /// The last step ahead that has input pending, counted from the saved step (0 when
+    /// nothing is in flight).
+    pub pending_span: u32,
+}
+
+impl GraphInfo {
+    fn new(state: &GraphState, ring: &RingImage<Vec<f32>>) -> Self {
+        let columns = ring.block_columns as usize;
+        let mut pending_inputs = 0u64;
+        let mut pending_span = 0;
+        for k in 0..ring.slots {
+            let row = (state.step.wrapping_add(u64::from(k)) % u64::from(ring.slots)) as usize;
+            let range = row * columns..(row + 1) * columns;
+            let here = ring
+                .blocks
+                .iter()
+                .map(|[ex, inh]| {
+                    let pending =
+                        |a: &[f32]| a[range.clone()].iter().filter(|&&x| x != 0.0).count();
+                    (pending(ex) + pending(inh)) as u64
+                })
+                .sum::<u64>();
+            if here > 0 {
+                pending_inputs += here;
+                pending_span = k;
+            }
+        }
+        GraphInfo {
+            step: state.step,
+            time_ms: state.time_ms,
+            resolution: state.resolution,
+            last_spikes: state.spikes.len() as u64,
+            ring_steps: ring.slots,
+            pending_inputs,
+            pending_span,
+        }
+    }
+}
+
 /// What a snapshot file holds, from [`inspect`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct SnapshotInfo {
@@ -73,6 +129,8 @@ pub struct SnapshotInfo {
     pub tables: Vec<TableInfo>,
     /// GC roots saved with a store (distinct handles).
     pub roots: u64,
+    /// The simulation state of a graph checkpoint.
+    pub graph: Option<GraphInfo>,
     /// Every section, in file order.
     pub sections: Vec<SectionInfo>,
 }
@@ -126,9 +184,15 @@ pub fn inspect(mut input: impl Read) -> Result<SnapshotInfo, Error> {
             object_bytes: header.objects_len,
         });
     }
-    let mut roots = 0;
-    if head.content == Content::Store {
-        roots = read_roots(&mut reader)?.1.len() as u64;
+    let (mut roots, mut graph) = (0, None);
+    match head.content {
+        Content::Store => roots = read_roots(&mut reader)?.1.len() as u64,
+        Content::Table => {}
+        Content::Graph => {
+            let state = GraphState::read(&mut reader)?;
+            let ring = RingImage::read(&mut reader)?;
+            graph = Some(GraphInfo::new(&state, &ring));
+        }
     }
     let bytes = super::finish(&mut reader, &head)?;
     sections.extend(reader.take_sections());
@@ -139,6 +203,7 @@ pub fn inspect(mut input: impl Read) -> Result<SnapshotInfo, Error> {
         bytes,
         tables,
         roots,
+        graph,
         sections: sections
             .into_iter()
             .map(|(tag, offset, len, crc)| SectionInfo {

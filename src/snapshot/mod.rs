@@ -55,6 +55,7 @@
 mod atomic;
 mod codec;
 mod format;
+mod graph;
 mod inspect;
 
 use std::any::TypeId;
@@ -68,7 +69,8 @@ use std::time::{Duration, Instant};
 pub use atomic::AtomicFile;
 pub use codec::{Codec, Encoding, MAX_DECODED_OBJECT_BYTES};
 pub use format::{MAGIC, Progress, ProgressFn, VERSION};
-pub use inspect::{SectionInfo, SnapshotInfo, TableInfo, inspect, inspect_file};
+pub(crate) use graph::{GraphSections, GraphState, RingImage};
+pub use inspect::{GraphInfo, SectionInfo, SnapshotInfo, TableInfo, inspect, inspect_file};
 
 use crate::error::{Error, SnapshotError};
 use crate::pool::HierarchicalPool;
@@ -100,13 +102,16 @@ impl SnapshotReport {
     }
 }
 
-/// What a file holds: a whole store or one table.
+/// What a file holds: a whole store, one table, or a neural graph checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Content {
     /// A [`Store`]: its tables and GC roots.
     Store,
     /// One [`Table`].
     Table,
+    /// A [`NeuralGraph`](crate::neural::NeuralGraph) checkpoint: its neuron and synapse
+    /// tables and the simulation state around them.
+    Graph,
 }
 
 impl Content {
@@ -114,6 +119,7 @@ impl Content {
         match self {
             Content::Store => 0,
             Content::Table => 1,
+            Content::Graph => 2,
         }
     }
 
@@ -121,8 +127,58 @@ impl Content {
         match self {
             Content::Store => "a store",
             Content::Table => "a single table",
+            Content::Graph => "a neural graph checkpoint",
         }
     }
+}
+
+/// What follows a file's tables.
+enum Trailer<'a> {
+    /// Nothing (a single table).
+    None,
+    /// A store's ROOT body.
+    Roots(&'a [u8]),
+    /// A graph checkpoint's sections.
+    Graph(&'a GraphSections<'a>),
+}
+
+impl Trailer<'_> {
+    fn file_len(&self) -> u64 {
+        match self {
+            Trailer::None => 0,
+            Trailer::Roots(body) => SECTION_OVERHEAD + body.len() as u64,
+            Trailer::Graph(sections) => sections.file_len(),
+        }
+    }
+
+    fn write(&self, writer: &mut Writer<'_>) -> Result<(), Error> {
+        match self {
+            Trailer::None => Ok(()),
+            Trailer::Roots(body) => writer.section_bytes(format::ROOT, body),
+            Trailer::Graph(sections) => sections.write(writer),
+        }
+    }
+}
+
+/// What a graph checkpoint holds, as read: its two tables and the sections after them.
+pub(crate) struct GraphParts<A, B> {
+    pub tables: (Table<A>, Table<B>),
+    pub state: GraphState,
+    pub ring: RingImage<Vec<f32>>,
+}
+
+/// Saves to `path` atomically and durably: `write` fills an [`AtomicFile`], which is
+/// committed only if it succeeds. The report's duration covers the whole save.
+pub(crate) fn save_to_path(
+    path: impl AsRef<Path>,
+    write: impl FnOnce(&mut AtomicFile) -> Result<SnapshotReport, Error>,
+) -> Result<SnapshotReport, Error> {
+    let started = Instant::now();
+    let mut file = AtomicFile::create(path)?;
+    let mut report = write(&mut file)?;
+    file.commit()?;
+    report.duration = started.elapsed();
+    Ok(report)
 }
 
 /// Options for saving and loading: a progress callback and, for loads, the pool that
@@ -187,7 +243,7 @@ impl<'a> Options<'a> {
         }
     }
 
-    fn pool_or_default(&self) -> Arc<HierarchicalPool> {
+    pub(crate) fn pool_or_default(&self) -> Arc<HierarchicalPool> {
         self.pool.clone().unwrap_or_else(default_pool)
     }
 
@@ -200,12 +256,7 @@ impl<'a> Options<'a> {
         store: &Store,
         path: impl AsRef<Path>,
     ) -> Result<SnapshotReport, Error> {
-        let started = Instant::now();
-        let mut file = AtomicFile::create(path)?;
-        let mut report = self.save_store_to(store, &mut file)?;
-        file.commit()?;
-        report.duration = started.elapsed();
-        Ok(report)
+        save_to_path(path, |file| self.save_store_to(store, file))
     }
 
     /// [`Store::save_to`] with these options.
@@ -260,7 +311,7 @@ impl<'a> Options<'a> {
             roots.str(name).u64(h.to_bits()).u64(n as u64);
         }
         let tables: Vec<&dyn PreparedTable> = prepared.iter().map(|p| &**p).collect();
-        let mut report = self.write(Content::Store, &tables, Some(&roots.0), out)?;
+        let mut report = self.write(Content::Store, &tables, Trailer::Roots(&roots.0), out)?;
         report.duration = started.elapsed();
         Ok(report)
     }
@@ -346,12 +397,7 @@ impl<'a> Options<'a> {
         table: &Table<T>,
         path: impl AsRef<Path>,
     ) -> Result<SnapshotReport, Error> {
-        let started = Instant::now();
-        let mut file = AtomicFile::create(path)?;
-        let mut report = self.save_table_to(table, &mut file)?;
-        file.commit()?;
-        report.duration = started.elapsed();
-        Ok(report)
+        save_to_path(path, |file| self.save_table_to(table, file))
     }
 
     /// [`Table::save_to`] with these options.
@@ -365,7 +411,7 @@ impl<'a> Options<'a> {
     ) -> Result<SnapshotReport, Error> {
         let started = Instant::now();
         let prepared = Prepared::new(table)?;
-        let mut report = self.write(Content::Table, &[&prepared], None, out)?;
+        let mut report = self.write(Content::Table, &[&prepared], Trailer::None, out)?;
         report.duration = started.elapsed();
         Ok(report)
     }
@@ -394,25 +440,67 @@ impl<'a> Options<'a> {
             }
             .into());
         }
-        let header = read_table_header(&mut reader)?;
-        if header.type_name != T::TYPE_NAME {
-            return Err(SnapshotError::WrongContent {
-                expected: format!("a table of `{}`", T::TYPE_NAME),
-                found: format!("a table of `{}`", header.type_name),
-            }
-            .into());
-        }
-        let table = read_table::<T>(&mut reader, &header, pool)?;
+        let table = read_named_table::<T>(&mut reader, &pool)?;
         finish(&mut reader, &head)?;
         Ok(table)
     }
 
-    /// Writes a whole file: preamble, header, tables, roots (stores), footer.
+    /// Writes a graph checkpoint to `out`: its neuron and synapse tables (in that order,
+    /// ascending type names), then `sections`.
+    pub(crate) fn save_graph_to<A: Pooled, B: Pooled>(
+        &mut self,
+        tables: (&Table<A>, &Table<B>),
+        sections: &GraphSections<'_>,
+        out: impl Write,
+    ) -> Result<SnapshotReport, Error> {
+        let started = Instant::now();
+        let first = Prepared::new(tables.0)?;
+        let second = Prepared::new(tables.1)?;
+        let mut report = self.write(
+            Content::Graph,
+            &[&first, &second],
+            Trailer::Graph(sections),
+            out,
+        )?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Reads a graph checkpoint written by [`save_graph_to`](Self::save_graph_to) with
+    /// tables of `A` and `B`: a file of other content or other tables is
+    /// [`SnapshotError::WrongContent`].
+    pub(crate) fn load_graph_from<A: Pooled, B: Pooled>(
+        &mut self,
+        mut input: impl Read,
+    ) -> Result<GraphParts<A, B>, Error> {
+        let pool = self.pool_or_default();
+        let mut reader = Reader::new(&mut input, self.progress_fn());
+        let head = read_head(&mut reader)?;
+        if head.content != Content::Graph || head.tables != 2 {
+            return Err(SnapshotError::WrongContent {
+                expected: Content::Graph.describe().to_owned(),
+                found: head.content.describe().to_owned(),
+            }
+            .into());
+        }
+        let first = read_named_table::<A>(&mut reader, &pool)?;
+        let second = read_named_table::<B>(&mut reader, &pool)?;
+        let state = GraphState::read(&mut reader)?;
+        let ring = RingImage::read(&mut reader)?;
+        finish(&mut reader, &head)?;
+        Ok(GraphParts {
+            tables: (first, second),
+            state,
+            ring,
+        })
+    }
+
+    /// Writes a whole file: preamble, header, tables, what follows them, footer.
     fn write(
         &mut self,
         content: Content,
         tables: &[&dyn PreparedTable],
-        roots: Option<&[u8]>,
+        trailer: Trailer<'_>,
         mut out: impl Write,
     ) -> Result<SnapshotReport, Error> {
         let mut head = Fields::default();
@@ -424,7 +512,7 @@ impl<'a> Options<'a> {
             + SECTION_OVERHEAD
             + head_len
             + tables.iter().map(|t| t.file_len()).sum::<u64>()
-            + roots.map_or(0, |r| SECTION_OVERHEAD + r.len() as u64)
+            + trailer.file_len()
             + format::FOOTER_LEN;
         head.u64(total);
         let mut writer = Writer::new(&mut out, total, self.progress_fn());
@@ -433,9 +521,7 @@ impl<'a> Options<'a> {
         for t in tables {
             t.write(&mut writer)?;
         }
-        if let Some(roots) = roots {
-            writer.section_bytes(format::ROOT, roots)?;
-        }
+        trailer.write(&mut writer)?;
         let bytes = writer.footer()?;
         debug_assert_eq!(bytes, total);
         Ok(SnapshotReport {
@@ -472,6 +558,7 @@ pub(crate) fn read_head(reader: &mut Reader<'_>) -> Result<Head, Error> {
     let content = match f.u8("the content")? {
         0 => Content::Store,
         1 => Content::Table,
+        2 => Content::Graph,
         other => return Err(reader.malformed(start, format!("unknown content code {other}"))),
     };
     let tables = f.u32("the table count")?;
@@ -877,6 +964,22 @@ fn check_type<T: Pooled>(header: &TableHeader, align: usize) -> Result<(), Error
         .into());
     }
     Ok(())
+}
+
+/// Reads one table, which must be of `T`: its TABL section, checks, image, objects.
+fn read_named_table<T: Pooled>(
+    reader: &mut Reader<'_>,
+    pool: &Arc<HierarchicalPool>,
+) -> Result<Table<T>, Error> {
+    let header = read_table_header(reader)?;
+    if header.type_name != T::TYPE_NAME {
+        return Err(SnapshotError::WrongContent {
+            expected: format!("a table of `{}`", T::TYPE_NAME),
+            found: format!("a table of `{}`", header.type_name),
+        }
+        .into());
+    }
+    read_table::<T>(reader, &header, pool.clone())
 }
 
 /// Reads one table of `T` (after its TABL section): checks, image, objects.

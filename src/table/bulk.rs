@@ -72,10 +72,31 @@ impl<T> Table<T> {
             .collect()
     }
 
-    /// Every object with its global storage place, in storage order.
-    pub(crate) fn places_and_values(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
-        self.objects_with_locs()
-            .map(|(loc, value)| (self.global_place(loc), value))
+    /// Folds every object with its global storage place into a state per chunk, in
+    /// parallel over chunks (each chunk's objects in storage order on one thread), and
+    /// returns the states of the present chunks in storage order.
+    pub(crate) fn par_fold_chunks<S: Send>(
+        &self,
+        init: impl Fn() -> S + Sync + Send,
+        fold: impl Fn(&mut S, u64, &T) + Sync + Send,
+    ) -> Vec<S>
+    where
+        T: Sync,
+    {
+        self.chunks
+            .par_iter()
+            .enumerate()
+            .filter_map(|(ci, c)| {
+                let c = c.as_ref()?;
+                let first = u64::try_from(ci).expect("chunk indices fit u64") << self.shift;
+                let mut state = init();
+                for pos in c.occupied_places() {
+                    let value = c.get(pos).expect("occupied places hold objects");
+                    fold(&mut state, first | u64::from(pos), value);
+                }
+                Some(state)
+            })
+            .collect()
     }
 
     /// The handle of the object at global storage place `place`, if one is there.
