@@ -73,3 +73,39 @@ fn inspect_and_verify_a_good_file_and_refuse_a_bad_one() {
     assert_eq!(code, 2);
     assert!(err.contains("usage"), "{err}");
 }
+
+#[test]
+fn inspect_shows_a_graph_checkpoint() {
+    use neurostore::neural::NeuralGraph;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("graph.nsnap");
+    let mut graph = NeuralGraph::new();
+    let ns = graph.add_neurons(5, &NeuronParams::default()).unwrap();
+    graph.connect(ns[0], ns[1], 10.0, 1.0).unwrap();
+    graph.connect(ns[0], ns[2], -10.0, 0.5).unwrap();
+    for _ in 0..42 {
+        graph.step(0.1).unwrap();
+    }
+    graph.inject_spikes(&[ns[0]], 0.1).unwrap();
+    graph.save(&path).unwrap();
+
+    let (code, out, err) = run(&["inspect", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("neural graph checkpoint"), "{out}");
+    for row in [
+        "neurons                  5",
+        "synapses                 2",
+        "step                     42 (4.",
+        "resolution               0.1 ms",
+        "input in flight          2 (neuron, step) entries, up to 10 step(s) ahead",
+        "ring span                11 steps",
+    ] {
+        assert!(out.contains(row), "`{row}` missing from {out}");
+    }
+    for tag in ["GRPH", "RING"] {
+        assert!(out.contains(tag), "{tag} missing from {out}");
+    }
+    let (code, out, _) = run(&["verify", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ok"), "{out}");
+}

@@ -222,3 +222,65 @@ fn a_changed_object_fails_the_round_trip_verification() {
         graph.neuron_count() as u64
     );
 }
+
+#[test]
+fn a_run_resumed_from_a_checkpoint_fires_the_spikes_of_the_uninterrupted_run() {
+    let config = Config {
+        scale: 0.005,
+        time_ms: 100.0,
+        transient_ms: 50.0,
+        seed: 11,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut checkpoint = model::Checkpointing {
+        step: 700,
+        path: dir.path().join("t70.nsnap"),
+        saved: None,
+    };
+    let mut network = model::build(&config, &mut |_| {}).unwrap();
+    let (record, report) = model::simulate_with(
+        &mut network,
+        &config,
+        None,
+        Some(&mut checkpoint),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(checkpoint.saved.is_some());
+    assert_eq!(report.digests.first_step, 0);
+    assert_eq!(report.digests.per_step.len(), 1500);
+    let after = report.digests.since(700);
+    let digests = dir.path().join("t70.nsnap.spikes");
+    after.save(&digests).unwrap();
+
+    let mut resumed = model::resume(&checkpoint.path, &mut |_| {}).unwrap();
+    assert_eq!(resumed.graph.current_step(), 700);
+    let sizes = |n: &model::Network| -> Vec<usize> { n.populations.iter().map(Vec::len).collect() };
+    assert_eq!(sizes(&resumed), sizes(&network));
+    assert_eq!(resumed.populations, network.populations);
+    let (resumed_record, resumed_report) =
+        model::simulate(&mut resumed, &config, &mut |_| {}).unwrap();
+    let saved = model::SpikeDigests::load(&digests).unwrap();
+    assert_eq!(saved, after);
+    assert_eq!(resumed_report.digests.compare(&saved), Ok(800));
+    // The resumed run measures from its first step (700), the original from the end of
+    // the transient (500): the same spikes, in the same order, at the same steps.
+    let at_steps = |spikes: &[(f32, u8, neurostore::neural::NeuronId)], first: u64| {
+        spikes
+            .iter()
+            .map(|&(t, p, n)| (first + (f64::from(t) / model::DT_MS).round() as u64, p, n))
+            .filter(|&(step, _, _)| step >= 700)
+            .collect::<Vec<_>>()
+    };
+    let resumed_spikes = at_steps(&resumed_record.spikes, 700);
+    assert!(!resumed_spikes.is_empty());
+    assert_eq!(resumed_spikes, at_steps(&record.spikes, 500));
+    for (n, neuron) in network.graph.neurons().iter() {
+        assert_eq!(resumed.graph.neuron(n), Some(neuron));
+    }
+
+    // A digest that differs is found at its step.
+    let mut changed = saved.clone();
+    changed.per_step[123] ^= 1;
+    assert_eq!(resumed_report.digests.compare(&changed), Err(823));
+}

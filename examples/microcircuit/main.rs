@@ -6,20 +6,30 @@
 //! then removes a random tenth of the neurons, collects, defragments, saves a snapshot,
 //! loads it into a new store and verifies every handle, and plots a raster and the rates.
 //!
+//! With `--checkpoint-at MS PATH` it saves the running network at model time `MS` and
+//! goes on; `--resume PATH` starts from such a checkpoint instead of building, and reports
+//! whether every later step fires exactly the spikes of the run that saved it.
+//!
 //! ```sh
 //! cargo run --release --example microcircuit                       # full scale, ~299M synapses
 //! cargo run --release --example microcircuit -- --scale 0.1        # a tenth, ~30M synapses
+//! cargo run --release --example microcircuit -- --checkpoint-at 500 target/t500.nsnap
+//! cargo run --release --example microcircuit -- --resume target/t500.nsnap
 //! cargo run --release --example microcircuit -- --help
 //! ```
 
 mod model;
 mod plots;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use model::{Config, POPULATIONS, PUBLISHED_RATES_HZ};
+use model::{
+    Checkpointing, Config, POPULATIONS, PUBLISHED_RATES_HZ, SimulationReport, SpikeDigests,
+    SpikeRecord,
+};
+use neurostore::neural::{GraphMemory, NeuronId};
 use neurostore::snapshot::Progress;
 
 const USAGE: &str = "\
@@ -32,6 +42,12 @@ usage: microcircuit [OPTIONS]
   --seed N           seed of every random draw (default 55)
   --threads N        worker threads (default: one per core)
   --gpu              run the step on the GPU through device mirrors when available
+  --checkpoint-at MS PATH
+                     save the network as a checkpoint at model time MS and go on; the
+                     digests of every later step's spikes go to PATH.spikes
+  --resume PATH      start from a checkpoint instead of building (the scale is the
+                     checkpoint's); when PATH.spikes is there, the spikes after the
+                     checkpoint are compared with those of the run that saved it
   --snapshot PATH    where the snapshot goes (default OUT/microcircuit.nsnap)
   --out DIR          where plots and the snapshot go (default target/microcircuit)
   --keep-original    compare the loaded store with the original object by object, both
@@ -45,6 +61,8 @@ struct Args {
     config: Config,
     threads: Option<usize>,
     gpu: bool,
+    checkpoint: Option<(f64, PathBuf)>,
+    resume: Option<PathBuf>,
     snapshot: Option<PathBuf>,
     out: PathBuf,
     keep_original: bool,
@@ -55,6 +73,8 @@ fn parse_args() -> Result<Args, String> {
         config: Config::default(),
         threads: None,
         gpu: false,
+        checkpoint: None,
+        resume: None,
         snapshot: None,
         out: PathBuf::from("target/microcircuit"),
         keep_original: false,
@@ -75,6 +95,11 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => args.config.seed = number("--seed", value("--seed")?)?,
             "--threads" => args.threads = Some(number("--threads", value("--threads")?)?),
             "--gpu" => args.gpu = true,
+            "--checkpoint-at" => {
+                let ms = number("--checkpoint-at", value("--checkpoint-at")?)?;
+                args.checkpoint = Some((ms, PathBuf::from(value("--checkpoint-at")?)));
+            }
+            "--resume" => args.resume = Some(PathBuf::from(value("--resume")?)),
             "--snapshot" => args.snapshot = Some(PathBuf::from(value("--snapshot")?)),
             "--out" => args.out = PathBuf::from(value("--out")?),
             "--keep-original" => args.keep_original = true,
@@ -96,6 +121,21 @@ fn parse_args() -> Result<Args, String> {
             "--time-ms {} must cover at least one step of 0.1 ms",
             c.time_ms
         ));
+    }
+    if let Some((ms, _)) = args.checkpoint {
+        let end = c.transient_ms + c.time_ms;
+        if !(ms.is_finite() && (0.0..end).contains(&ms)) {
+            return Err(format!(
+                "--checkpoint-at {ms} must lie in the run's model time, [0, {end}) ms"
+            ));
+        }
+    }
+    if args.gpu && (args.checkpoint.is_some() || args.resume.is_some()) {
+        return Err(
+            "--checkpoint-at and --resume need the CPU step: the GPU step keeps \
+                    its state on the device"
+                .into(),
+        );
     }
     if args.threads == Some(0) {
         return Err("--threads must be at least 1".into());
@@ -178,14 +218,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let config = &args.config;
     std::fs::create_dir_all(&args.out)?;
-    let snapshot_path = args
-        .snapshot
-        .clone()
-        .unwrap_or_else(|| args.out.join("microcircuit.nsnap"));
+    let scale = match args.resume {
+        Some(_) => "the checkpoint's".to_owned(),
+        None => config.scale.to_string(),
+    };
     println!(
-        "Potjans & Diesmann (2014) microcircuit: scale {}, {} ms after a {} ms transient, \
-         dt {} ms, seed {}, {} threads",
-        config.scale,
+        "Potjans & Diesmann (2014) microcircuit: scale {scale}, {} ms after a {} ms \
+         transient, dt {} ms, seed {}, {} threads",
         config.time_ms,
         config.transient_ms,
         model::DT_MS,
@@ -193,37 +232,93 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         rayon::current_num_threads()
     );
     let gpu = if args.gpu { open_gpu() } else { None };
-
-    // Build.
-    let building = bar(0, "     build [{bar:40}] {pos}/{len} synapses ({per_sec})");
-    let mut network = model::build(config, &mut |p| {
-        building.set_length(p.total);
-        building.set_position(p.synapses);
-    })?;
-    building.finish_and_clear();
-    let neurons = network.graph.neuron_count();
-    let synapses = network.graph.synapse_count();
+    let mut network = build_or_resume(&args)?;
     let memory = network.graph.memory();
-    println!(
-        "built {neurons} neurons and {synapses} synapses in {} (optimize_layout {})",
-        secs(network.build_time),
-        secs(network.layout_time)
-    );
-
-    // Simulate.
+    let mut checkpoint = args.checkpoint.as_ref().map(|(ms, path)| Checkpointing {
+        step: (ms / model::DT_MS).round() as u64,
+        path: path.clone(),
+        saved: None,
+    });
     let simulating = bar(
         0,
         "  simulate [{bar:40}] {pos}/{len} steps ({per_sec}, eta {eta})",
     );
-    let (record, sim) = model::simulate_with(&mut network, config, gpu.as_ref(), &mut |p| {
-        simulating.set_length(p.total);
-        simulating.set_position(p.steps);
-    })?;
+    let (record, sim) = model::simulate_with(
+        &mut network,
+        config,
+        gpu.as_ref(),
+        checkpoint.as_mut(),
+        &mut |p| {
+            simulating.set_length(p.total);
+            simulating.set_position(p.steps);
+        },
+    )?;
     simulating.finish_and_clear();
-    let sizes: [usize; 8] = std::array::from_fn(|p| network.populations[p].len());
-    let rates = model::population_rates(&record, &sizes);
-    let into = model::synapses_into(&network);
+    let rates = report_rates(&network, &record, &sim);
+    report_figures(&network, &memory, &record, &sim);
+    report_checkpoint(&args, checkpoint.as_ref(), &sim)?;
 
+    // Plots (before the network may be dropped for the snapshot check).
+    let raster = args.out.join("raster.png");
+    let rates_png = args.out.join("rates.png");
+    let font = plots::load_font();
+    plots::raster(&raster, &record, &network, font)?;
+    plots::rates(&rates_png, &rates, font)?;
+
+    let removed = remove_collect_defragment(&mut network, config.seed)?;
+    snapshot_round_trip(network, &removed, &args)?;
+    if let Some(rss) = peak_rss() {
+        println!("{:<40} {}", "peak resident memory", gib(rss));
+    }
+    println!();
+    println!("wrote {}", raster.display());
+    println!("wrote {}", rates_png.display());
+    Ok(())
+}
+
+/// Builds the network, or loads it from the checkpoint `--resume` names.
+fn build_or_resume(args: &Args) -> Result<model::Network, Box<dyn std::error::Error>> {
+    if let Some(path) = &args.resume {
+        let loading = bytes_bar("resume");
+        let network = model::resume(path, &mut follow(&loading))?;
+        loading.finish_and_clear();
+        let graph = &network.graph;
+        println!(
+            "resumed {} neurons and {} synapses at step {} ({:.1} ms) from {} in {}",
+            graph.neuron_count(),
+            graph.synapse_count(),
+            graph.current_step(),
+            graph.time_ms(),
+            path.display(),
+            secs(network.build_time)
+        );
+        return Ok(network);
+    }
+    let building = bar(0, "     build [{bar:40}] {pos}/{len} synapses ({per_sec})");
+    let network = model::build(&args.config, &mut |p| {
+        building.set_length(p.total);
+        building.set_position(p.synapses);
+    })?;
+    building.finish_and_clear();
+    println!(
+        "built {} neurons and {} synapses in {} (optimize_layout {})",
+        network.graph.neuron_count(),
+        network.graph.synapse_count(),
+        secs(network.build_time),
+        secs(network.layout_time)
+    );
+    Ok(network)
+}
+
+/// Prints each population's rate beside the published one; returns the rates.
+fn report_rates(
+    network: &model::Network,
+    record: &SpikeRecord,
+    sim: &SimulationReport,
+) -> [f64; 8] {
+    let sizes: [usize; 8] = std::array::from_fn(|p| network.populations[p].len());
+    let rates = model::population_rates(record, &sizes);
+    let into = model::synapses_into(network);
     println!();
     println!(
         "{:<6} {:>8} {:>12} {:>10} {:>14} {:>7}",
@@ -240,6 +335,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             rates[p] / PUBLISHED_RATES_HZ[p]
         );
     }
+    let neurons = network.graph.neuron_count();
     let mean_rate = sim.spikes as f64 / (neurons as f64 * record.time_ms / 1000.0);
     let published_mean = (0..8)
         .map(|p| PUBLISHED_RATES_HZ[p] * sizes[p] as f64)
@@ -249,13 +345,24 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "{:<6} {:>8} {:>12} {:>10.3} {:>14.3} {:>7.2}",
         "all",
         neurons,
-        synapses,
+        network.graph.synapse_count(),
         mean_rate,
         published_mean,
         mean_rate / published_mean
     );
+    rates
+}
+
+/// Prints the memory, build and simulation figures.
+fn report_figures(
+    network: &model::Network,
+    memory: &GraphMemory,
+    record: &SpikeRecord,
+    sim: &SimulationReport,
+) {
     println!();
-    let rss = peak_rss();
+    let neurons = network.graph.neuron_count();
+    let synapses = network.graph.synapse_count();
     println!("{:<40} {}", "neurons", neurons);
     println!("{:<40} {}", "synapses", synapses);
     println!(
@@ -274,7 +381,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         gib(pool.reserved_bytes),
         gib(pool.in_use_bytes)
     );
-    if let Some(rss) = rss {
+    if let Some(rss) = peak_rss() {
         println!(
             "{:<40} {:.1} B ({} peak resident)",
             "bytes per synapse, whole process",
@@ -296,25 +403,93 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         sim.events,
         secs(sim.measured_wall)
     );
-    let frag_before = network.graph.synapses().fragmentation().ratio;
     println!(
         "{:<40} {:.2} % (neurons {:.2} %)",
         "synapse table fragmentation",
-        frag_before * 100.0,
+        network.graph.synapses().fragmentation().ratio * 100.0,
         network.graph.neurons().fragmentation().ratio * 100.0
     );
+}
 
-    // Plots (before the network may be dropped for the snapshot check).
-    let raster = args.out.join("raster.png");
-    let rates_png = args.out.join("rates.png");
-    let font = plots::load_font();
-    plots::raster(&raster, &record, &network, font)?;
-    plots::rates(&rates_png, &rates, font)?;
+/// Where the spike digests of the steps after a checkpoint go: beside it.
+fn digests_path(checkpoint: &Path) -> PathBuf {
+    let mut name = checkpoint.as_os_str().to_owned();
+    name.push(".spikes");
+    PathBuf::from(name)
+}
 
-    // Remove a tenth, collect, defragment.
+/// Reports the checkpoint taken (and writes the digests of the steps after it beside
+/// it), and, for a resumed run, compares its spikes with those of the run that saved the
+/// checkpoint.
+fn report_checkpoint(
+    args: &Args,
+    checkpoint: Option<&Checkpointing>,
+    sim: &SimulationReport,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(cp) = checkpoint {
+        let saved = cp.saved.as_ref().ok_or_else(|| {
+            format!(
+                "the run never reached the checkpoint's step {}: it started at step {}",
+                cp.step, sim.digests.first_step
+            )
+        })?;
+        let after = sim.digests.since(cp.step);
+        let digests = digests_path(&cp.path);
+        after.save(&digests)?;
+        println!(
+            "{:<40} {} ({:.2} GB, {:.2} GB/s) at step {} to {}; spike digests of the {} \
+             steps after it in {}",
+            "checkpoint",
+            secs(saved.duration),
+            saved.bytes as f64 / 1e9,
+            saved.bytes_per_second() / 1e9,
+            cp.step,
+            cp.path.display(),
+            after.per_step.len(),
+            digests.display()
+        );
+    }
+    let Some(path) = &args.resume else {
+        return Ok(());
+    };
+    let digests = digests_path(path);
+    if !digests.exists() {
+        println!(
+            "{:<40} no {} to compare the spikes with",
+            "resumed run",
+            digests.display()
+        );
+        return Ok(());
+    }
+    let original = SpikeDigests::load(&digests)?;
+    match sim.digests.compare(&original) {
+        Ok(steps) => {
+            println!(
+                "{:<40} the {steps} steps after the checkpoint fire exactly the spikes of \
+                 the run that saved it ({})",
+                "resumed run",
+                digests.display()
+            );
+            Ok(())
+        }
+        Err(step) => Err(format!(
+            "the resumed run's spikes differ from those of the run that saved the \
+             checkpoint at step {step} ({})",
+            digests.display()
+        )
+        .into()),
+    }
+}
+
+/// Removes a random tenth of the neurons, collects and defragments, printing each;
+/// returns the removed neurons.
+fn remove_collect_defragment(
+    network: &mut model::Network,
+    seed: u64,
+) -> Result<Vec<NeuronId>, Box<dyn std::error::Error>> {
     println!();
     let started = Instant::now();
-    let (removed, synapses_removed) = model::remove_random_neurons(&mut network, 0.1, config.seed);
+    let (removed, synapses_removed) = model::remove_random_neurons(network, 0.1, seed);
     println!(
         "{:<40} {} ({} neurons, {} synapses with them)",
         "removed a random 10 % of neurons",
@@ -349,8 +524,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         frag_removed * 100.0,
         network.graph.synapses().fragmentation().ratio * 100.0
     );
+    Ok(removed)
+}
 
-    // Snapshot round trip.
+/// Saves the store, loads it into a new one and verifies every handle, printing each.
+fn snapshot_round_trip(
+    network: model::Network,
+    removed: &[NeuronId],
+    args: &Args,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let snapshot_path = args
+        .snapshot
+        .clone()
+        .unwrap_or_else(|| args.out.join("microcircuit.nsnap"));
     let table_bytes = {
         let m = network.graph.memory();
         m.object_bytes + m.metadata_bytes
@@ -372,7 +558,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut slot = Some(network);
     let trip = model::snapshot_round_trip(
         &mut slot,
-        &removed,
+        removed,
         &snapshot_path,
         keep,
         &mut follow(&saving),
@@ -407,12 +593,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "compared through digests of every (handle, object) pair"
         }
     );
-    if let Some(rss) = peak_rss() {
-        println!("{:<40} {}", "peak resident memory", gib(rss));
-    }
-    println!();
-    println!("wrote {}", raster.display());
-    println!("wrote {}", rates_png.display());
     Ok(())
 }
 

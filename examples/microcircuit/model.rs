@@ -21,7 +21,7 @@
 #![allow(dead_code)]
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use neurostore::neural::{NeuralGraph, NeuronId, NeuronParams};
@@ -441,12 +441,14 @@ pub struct SpikeRecord {
 pub struct SimulationReport {
     /// Wall time of the transient.
     pub transient_wall: Duration,
-    /// Wall time of the measured window.
+    /// Wall time of the measured window (a checkpoint's save not included).
     pub measured_wall: Duration,
     /// Synaptic events delivered in the measured window.
     pub events: u64,
     /// Spikes in the measured window.
     pub spikes: u64,
+    /// A digest of every simulated step's spikes, from the step the run started at.
+    pub digests: SpikeDigests,
 }
 
 impl SimulationReport {
@@ -478,6 +480,90 @@ pub type Gpu = neurostore::cuda::Device;
 #[cfg(not(feature = "cuda"))]
 pub enum Gpu {}
 
+/// A checkpoint to take during [`simulate_with`]: the graph is saved to `path` just
+/// before step `step`.
+#[derive(Debug)]
+pub struct Checkpointing {
+    /// The step before which the graph is saved.
+    pub step: u64,
+    /// Where the checkpoint goes.
+    pub path: PathBuf,
+    /// The save's report, once it is taken.
+    pub saved: Option<SnapshotReport>,
+}
+
+/// A digest of each of consecutive steps' spikes (which neurons fired, in order): a run
+/// resumed from a checkpoint fires exactly the spikes of the run that saved it when its
+/// digests equal that run's from the checkpoint on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpikeDigests {
+    /// The step of the first digest.
+    pub first_step: u64,
+    /// One digest per step.
+    pub per_step: Vec<u64>,
+}
+
+impl SpikeDigests {
+    /// Adds the digest of the next step's spikes (FNV-1a over the handles).
+    pub fn push(&mut self, fired: &[NeuronId]) {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for n in fired {
+            h = (h ^ n.to_bits()).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.per_step.push(h ^ fired.len() as u64);
+    }
+
+    /// The digests of `step` and the steps after it.
+    pub fn since(&self, step: u64) -> SpikeDigests {
+        let skip = step.saturating_sub(self.first_step) as usize;
+        SpikeDigests {
+            first_step: self.first_step.max(step),
+            per_step: self.per_step.get(skip..).unwrap_or_default().to_vec(),
+        }
+    }
+
+    /// Writes the digests as text: the first step, then one digest a line.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let mut text = format!("first step {}\n", self.first_step);
+        for d in &self.per_step {
+            text.push_str(&format!("{d:016x}\n"));
+        }
+        std::fs::write(path, text)
+    }
+
+    /// Reads digests written by [`save`](Self::save).
+    pub fn load(path: &Path) -> Result<SpikeDigests, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bad = |line: usize| format!("{}: line {line} is not a spike digest", path.display());
+        let mut lines = text.lines();
+        let first_step = lines
+            .next()
+            .and_then(|l| l.strip_prefix("first step "))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| bad(1))?;
+        let per_step = lines
+            .enumerate()
+            .map(|(k, l)| u64::from_str_radix(l, 16).map_err(|_| bad(k + 2)))
+            .collect::<Result<_, _>>()?;
+        Ok(SpikeDigests {
+            first_step,
+            per_step,
+        })
+    }
+
+    /// Compares the steps both cover: their number when every one is equal, else the
+    /// first step that differs.
+    pub fn compare(&self, other: &SpikeDigests) -> Result<u64, u64> {
+        let first = self.first_step.max(other.first_step);
+        let ours = self.since(first).per_step;
+        let theirs = other.since(first).per_step;
+        match ours.iter().zip(&theirs).position(|(a, b)| a != b) {
+            Some(k) => Err(first + k as u64),
+            None => Ok(ours.len().min(theirs.len()) as u64),
+        }
+    }
+}
+
 /// Simulates the transient, then the measured window, recording its spikes, on the CPU.
 /// `progress` is called every 100 steps and at the end.
 pub fn simulate(
@@ -485,37 +571,63 @@ pub fn simulate(
     config: &Config,
     progress: &mut dyn FnMut(SimulationProgress),
 ) -> Result<(SpikeRecord, SimulationReport), Error> {
-    simulate_with(network, config, None, progress)
+    simulate_with(network, config, None, None, progress)
 }
 
 /// As [`simulate`], with the step on `gpu` when one is given (`GpuNetwork`: the same
-/// spikes as the CPU step); the neurons' final state is then pulled back into the graph.
+/// spikes as the CPU step; the neurons' final state is then pulled back into the graph),
+/// and `checkpoint` taken on the way (CPU step only). A graph that has simulated some
+/// steps already (one resumed from a checkpoint) goes on from its current step: only the
+/// part of the measured window after it is measured.
 pub fn simulate_with(
     network: &mut Network,
     config: &Config,
     gpu: Option<&Gpu>,
+    mut checkpoint: Option<&mut Checkpointing>,
     progress: &mut dyn FnMut(SimulationProgress),
 ) -> Result<(SpikeRecord, SimulationReport), Error> {
     let transient_steps = (config.transient_ms / DT_MS).round() as u64;
-    let measured_steps = (config.time_ms / DT_MS).round() as u64;
-    let total = transient_steps + measured_steps;
+    let total = transient_steps + (config.time_ms / DT_MS).round() as u64;
     let graph = &mut network.graph;
+    let start = graph.current_step();
+    if start > total || (gpu.is_some() && checkpoint.is_some()) {
+        return Err(Error::InvalidArgument {
+            name: "simulate",
+            message: format!(
+                "a run of {total} steps cannot start at step {start}, and checkpoints come \
+                 from the CPU step"
+            ),
+        });
+    }
+    let measured_from = start.max(transient_steps);
     #[cfg(feature = "cuda")]
     let mut on_device = gpu
         .map(|d| neurostore::cuda::GpuNetwork::new(graph, d, DT_MS))
         .transpose()?;
     #[cfg(not(feature = "cuda"))]
     let _ = gpu;
-    let mut report = SimulationReport::default();
+    let mut report = SimulationReport {
+        digests: SpikeDigests {
+            first_step: start,
+            per_step: Vec::new(),
+        },
+        ..SimulationReport::default()
+    };
     let mut record = SpikeRecord {
         spikes: Vec::new(),
-        time_ms: measured_steps as f64 * DT_MS,
+        time_ms: (total - measured_from) as f64 * DT_MS,
     };
     let mut fired = Vec::new();
+    let mut paused = Duration::ZERO;
     let started = Instant::now();
-    for k in 0..total {
-        if k == transient_steps {
-            report.transient_wall = started.elapsed();
+    for k in start..total {
+        if k == measured_from {
+            report.transient_wall = started.elapsed() - paused;
+        }
+        if let Some(cp) = checkpoint.as_deref_mut().filter(|cp| cp.step == k) {
+            let saving = Instant::now();
+            cp.saved = Some(graph.save(&cp.path)?);
+            paused += saving.elapsed();
         }
         fired.clear();
         #[cfg(feature = "cuda")]
@@ -526,13 +638,10 @@ pub fn simulate_with(
         }
         #[cfg(not(feature = "cuda"))]
         fired.extend_from_slice(graph.step(DT_MS)?);
-        if k >= transient_steps {
-            let t = ((k - transient_steps) as f64 * DT_MS) as f32;
-            for &n in &fired {
-                let population = graph.neuron(n).map_or(0, |x| x.population) as u8;
-                report.events += graph.out_degree(n).unwrap_or(0) as u64;
-                record.spikes.push((t, population, n));
-            }
+        report.digests.push(&fired);
+        if k >= measured_from {
+            let t = ((k - measured_from) as f64 * DT_MS) as f32;
+            report.events += record_spikes(graph, t, &fired, &mut record);
         }
         if k % 100 == 99 || k + 1 == total {
             progress(SimulationProgress {
@@ -541,16 +650,58 @@ pub fn simulate_with(
             });
         }
     }
-    if transient_steps == total {
-        report.transient_wall = started.elapsed();
+    if measured_from == total {
+        report.transient_wall = started.elapsed() - paused;
     }
-    report.measured_wall = started.elapsed() - report.transient_wall;
+    report.measured_wall = started.elapsed() - paused - report.transient_wall;
     report.spikes = record.spikes.len() as u64;
     #[cfg(feature = "cuda")]
     if let Some(mut net) = on_device {
         net.pull_neurons(graph)?;
     }
     Ok((record, report))
+}
+
+/// Records the spikes `fired` at time `t` of the measured window; returns the synaptic
+/// events they cause.
+fn record_spikes(graph: &NeuralGraph, t: f32, fired: &[NeuronId], record: &mut SpikeRecord) -> u64 {
+    let mut events = 0;
+    for &n in fired {
+        let population = graph.neuron(n).map_or(0, |x| x.population) as u8;
+        events += graph.out_degree(n).unwrap_or(0) as u64;
+        record.spikes.push((t, population, n));
+    }
+    events
+}
+
+/// The network saved in the checkpoint at `path`: the graph, and its populations read
+/// from the neurons (each in handle order, as [`build`] made them). `build_time` is the
+/// load's wall time.
+pub fn resume(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Network, Error> {
+    let started = Instant::now();
+    let graph = NeuralGraph::load_with(path, &mut Options::new().progress(progress))?;
+    let mut populations = vec![Vec::new(); 8];
+    for (n, neuron) in graph.neurons().iter() {
+        let p = populations
+            .get_mut(neuron.population as usize)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "resume",
+                message: format!(
+                    "neuron {n:?} belongs to population {}: the model has 8",
+                    neuron.population
+                ),
+            })?;
+        p.push(n);
+    }
+    for p in &mut populations {
+        p.sort_by_key(|n| n.index());
+    }
+    Ok(Network {
+        graph,
+        populations,
+        build_time: started.elapsed(),
+        layout_time: Duration::ZERO,
+    })
 }
 
 /// Mean rate (Hz) of each population over the measured window.

@@ -1,7 +1,9 @@
 //! `neurostore`: looks inside snapshot files.
 //!
 //! ```text
-//! neurostore inspect FILE   tables, types, counts, bytes, fragmentation, schema, sections
+//! neurostore inspect FILE   tables, types, counts, bytes, fragmentation, schema, sections;
+//!                           for a graph checkpoint also the step, model time, resolution,
+//!                           last spikes and input in flight
 //! neurostore verify FILE    checks the whole file; exits 1 with the error if it is bad
 //! ```
 //!
@@ -79,22 +81,28 @@ mod cli {
             || "none (never stepped)".to_owned(),
             |dt| format!("{dt} ms"),
         );
-        let _ = writeln!(
-            out,
-            "\ngraph: {} neurons, {} synapses\n\
-             step {} ({} ms of model time), resolution {resolution}\n\
-             spikes in the last step: {}\n\
-             input in flight: {} (neuron, step) entries, up to {} steps ahead \
-             (the ring spans {} steps)",
-            count("Neuron"),
-            count("Synapse"),
-            g.step,
-            g.time_ms,
-            g.last_spikes,
-            g.pending_inputs,
-            g.pending_span,
-            g.ring_steps
-        );
+        let rows = [
+            ("neurons", count("Neuron").to_string()),
+            ("synapses", count("Synapse").to_string()),
+            (
+                "step",
+                format!("{} ({} ms of model time)", g.step, g.time_ms),
+            ),
+            ("resolution", resolution),
+            ("spikes in the last step", g.last_spikes.to_string()),
+            (
+                "input in flight",
+                format!(
+                    "{} (neuron, step) entries, up to {} step(s) ahead",
+                    g.pending_inputs, g.pending_span
+                ),
+            ),
+            ("ring span", format!("{} steps", g.ring_steps)),
+        ];
+        let _ = writeln!(out, "\ngraph checkpoint");
+        for (name, value) in rows {
+            let _ = writeln!(out, "  {name:<24} {value}");
+        }
     }
 
     /// The `inspect` report.

@@ -210,10 +210,12 @@ impl NeuralGraph {
             )));
         }
         graph.runs_end = state.runs_end;
-        if !state.max_delay_stale && found.longest_delay > state.max_delay_ms {
+        // Unless marked stale, the graph's longest delay is its synapses' longest: every
+        // change that could lower it marks it stale.
+        if !state.max_delay_stale && found.longest_delay != state.max_delay_ms {
             return Err(inconsistent(format!(
-                "a synapse has a delay of {} ms, above the longest the graph records ({} ms)",
-                found.longest_delay, state.max_delay_ms
+                "the longest delay is recorded as {} ms, but the synapses' longest is {} ms",
+                state.max_delay_ms, found.longest_delay
             )));
         }
         Ok(graph)
@@ -231,12 +233,18 @@ impl NeuralGraph {
                  slots, the highest live at index {highest:?}"
             )));
         }
-        let owners: Vec<Outgoing> = (0..columns as u32)
-            .map(|i| Outgoing {
-                owner: neurons.live_handle(i).unwrap_or_else(NeuronId::null),
-                ..Outgoing::default()
-            })
-            .collect();
+        let mut owners: Vec<Outgoing> = Vec::new();
+        owners
+            .try_reserve_exact(columns as usize)
+            .map_err(|_| Error::OutOfMemory {
+                requested: (columns as usize).saturating_mul(size_of::<Outgoing>()),
+                align: align_of::<Outgoing>(),
+                reason: crate::error::OomReason::OsRefused,
+            })?;
+        owners.extend((0..columns as u32).map(|i| Outgoing {
+            owner: neurons.live_handle(i).unwrap_or_else(NeuronId::null),
+            ..Outgoing::default()
+        }));
         self.out = owners;
         Ok(())
     }
@@ -345,10 +353,12 @@ mod tests {
     }
 
     #[test]
-    fn a_longest_delay_below_a_synapse_s_is_refused() {
+    fn a_longest_delay_that_is_not_the_synapses_longest_is_refused() {
         let (mut graph, _) = graph();
         graph.max_delay_ms = 1.0;
-        refused(&graph, "delay of 2.5 ms");
+        refused(&graph, "the synapses' longest is 2.5 ms");
+        graph.max_delay_ms = 1e6;
+        refused(&graph, "recorded as 1000000 ms");
         graph.max_delay_stale = true;
         assert!(
             reload(&graph).is_ok(),
