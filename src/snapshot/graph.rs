@@ -154,6 +154,13 @@ impl RingImage<Vec<f32>> {
         let expected = u64::from(count)
             .checked_mul(2 * 4 * per_array)
             .and_then(|n| n.checked_add(12));
+        // Empty blocks take no bytes, so their number is not bounded by the body's.
+        if per_array == 0 && count != 0 {
+            return Err(reader.malformed(
+                start,
+                format!("{count} blocks of {slots} slots × {block_columns} columns hold nothing"),
+            ));
+        }
         if expected != Some(start.len) {
             return Err(reader.malformed(
                 start,
@@ -254,6 +261,24 @@ mod tests {
         let back = RingImage::read(&mut reader).unwrap();
         assert_eq!((back.slots, back.block_columns), (3, 2));
         assert_eq!(back.blocks, vec![[ex.clone(), inh.clone()]]);
+    }
+
+    #[test]
+    fn empty_blocks_are_malformed() {
+        let ring = RingImage {
+            slots: 0,
+            block_columns: 1024,
+            blocks: vec![[&[][..], &[][..]]; 3],
+        };
+        let bytes = write_both(&state(), &ring);
+        let mut input = &bytes[..];
+        let mut reader = Reader::new(&mut input, None);
+        GraphState::read(&mut reader).unwrap();
+        let err = RingImage::read(&mut reader).unwrap_err().to_string();
+        assert!(
+            err.contains("3 blocks of 0 slots × 1024 columns hold nothing"),
+            "{err}"
+        );
     }
 
     #[test]
