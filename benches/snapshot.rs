@@ -1,11 +1,14 @@
 //! Snapshot save and load of a 1 GB Pod store: 32M 32-byte neurons in one table, written
-//! to a temporary file (fsync and rename included) and read back into a new store; and of
+//! to a temporary file (fsync and rename included) and read back into a new store; of
 //! the same table after a random third of its objects was removed (its slots and places
-//! no longer in runs).
+//! no longer in runs); and a checkpoint of a running `NeuralGraph` of the same object
+//! bytes (64M 16-byte synapses, laid out for the step, with input in flight).
 //!
 //! Beside it, from the same run: the same 32M objects in a `slotmap::SlotMap` through
 //! serde + bincode 2 (buffered file, fsync included), and the raw rate of the same disk
-//! (one 1 GB buffer written with `write_all` + fsync, and read back with `read_exact`).
+//! (one 1 GB buffer written with `write_all` + fsync, and read back with `read_exact`;
+//! and written as a save writes, in 4 MiB pieces with an fdatasync every 64 MiB on a
+//! second thread).
 //!
 //! Loads read a file that the save just wrote, so it is in the page cache: the figures
 //! are of the software path (parsing, checking, building), not of the disk's read rate.
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::estimate;
 use criterion::{Criterion, SamplingMode, Throughput};
+use neurostore::neural::{NeuralGraph, NeuronParams};
 use neurostore::snapshot::TypeRegistry;
 use neurostore::{Pooled, Store};
 use serde::{Deserialize, Serialize};
@@ -99,6 +103,98 @@ fn churned_store(n: usize) -> Store {
         }
     }
     store
+}
+
+/// A graph of `synapses` synapses (2,000 from each neuron, to neurons drawn by xorshift,
+/// delays 0.5 to 3 ms), built with `connect_many` a thousand neurons at a time and stepped
+/// 50 times so that its ring holds input in flight.
+fn running_graph(synapses: usize) -> NeuralGraph {
+    const FAN_OUT: usize = 2000;
+    let neurons = synapses.div_ceil(FAN_OUT);
+    let mut graph = NeuralGraph::new();
+    let driven = NeuronParams {
+        i_e: 450.0,
+        ..NeuronParams::default()
+    };
+    let ns = graph.add_neurons(neurons, &driven).expect("neurons");
+    graph.reserve_synapse_table(synapses).expect("memory");
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    for sources in ns.chunks(1000) {
+        let (mut pre, mut post, mut weight, mut delay) = (vec![], vec![], vec![], vec![]);
+        for &a in sources {
+            for _ in 0..FAN_OUT {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                pre.push(a);
+                post.push(ns[(x % neurons as u64) as usize]);
+                weight.push(if x & 1 == 0 { 5.0 } else { -20.0 });
+                delay.push(0.5 + (x >> 40) as f32 % 26.0 / 10.0);
+            }
+        }
+        graph
+            .connect_many(&pre, &post, &weight, &delay)
+            .expect("connect");
+    }
+    for _ in 0..50 {
+        graph.step(0.1).expect("step");
+    }
+    graph
+}
+
+/// `graph_save` and `graph_load` of `graph`'s checkpoint through the file at `path`, in
+/// group `name`; returns the file's size.
+fn bench_checkpoint(
+    c: &mut Criterion,
+    name: &str,
+    graph: &NeuralGraph,
+    path: &Path,
+    bytes: u64,
+) -> u64 {
+    let mut file_bytes = 0;
+    let mut g = one_second_group(c, name, bytes);
+    g.bench_function("graph_save", |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            file_bytes = graph.save(path).expect("save").bytes;
+            t.elapsed()
+        }))
+    });
+    g.bench_function("graph_load", |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            let loaded = NeuralGraph::load(path).expect("load");
+            let took = t.elapsed();
+            assert_eq!(loaded.current_step(), graph.current_step());
+            drop(black_box(loaded));
+            took
+        }))
+    });
+    g.finish();
+    file_bytes
+}
+
+/// Writes `data` to `path` in 4 MiB pieces while a second thread fdatasyncs the file
+/// every 64 MiB, then fsyncs it and its directory: the raw form of what a save does.
+fn write_with_early_writeback(path: &Path, data: &[u8]) {
+    let mut f = File::create(path).expect("create");
+    let syncer = f.try_clone().expect("a second handle");
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let thread = std::thread::spawn(move || {
+        for () in rx {
+            syncer.sync_data().expect("fdatasync");
+        }
+    });
+    for (k, piece) in data.chunks(4 << 20).enumerate() {
+        f.write_all(piece).expect("write");
+        if k % 16 == 15 {
+            let _ = tx.try_send(());
+        }
+    }
+    drop(tx);
+    thread.join().expect("the syncing thread");
+    f.sync_all().expect("fsync");
+    fsync_dir(path);
 }
 
 /// Runs `f` once per iteration and sums its own timings.
@@ -195,6 +291,11 @@ fn main() {
         &registry,
         churned_bytes,
     );
+    let graph = running_graph(n * size_of::<Cell>() / 16);
+    let graph_bytes = (graph.synapse_count() * 16 + graph.neuron_count() * 64) as u64;
+    let graph_path = dir().join("graph.nsnap");
+    bench_checkpoint(&mut c, "snapshot_graph", &graph, &graph_path, graph_bytes);
+    drop(graph);
     let mut g = one_second_group(&mut c, "snapshot_1GB", bytes);
     g.bench_function("slotmap_bincode_save", |b| {
         b.iter_custom(timed(|| {
@@ -232,6 +333,13 @@ fn main() {
             t.elapsed()
         }))
     });
+    g.bench_function("raw_disk_write_early_writeback", |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            write_with_early_writeback(&raw_path, &raw);
+            t.elapsed()
+        }))
+    });
     g.bench_function("raw_disk_read", |b| {
         let mut buf = vec![0u8; raw.len()];
         b.iter_custom(timed(|| {
@@ -256,6 +364,7 @@ fn main() {
     let (save, load) = (rate("neurostore_save"), rate("neurostore_load"));
     let (psave, pload) = (rate("slotmap_bincode_save"), rate("slotmap_bincode_load"));
     let (wr, rd) = (rate("raw_disk_write"), rate("raw_disk_read"));
+    let early = rate("raw_disk_write_early_writeback");
     println!();
     println!(
         "snapshot of {n} 32-byte Pod objects ({:.2} GB of objects; rates are object bytes per second)",
@@ -281,6 +390,14 @@ fn main() {
         show(csave),
         show(cload)
     );
+    let graph_rate = |id: &str| estimate("snapshot_graph", id).map(|ns| graph_bytes as f64 / ns);
+    let (gsave, gload) = (graph_rate("graph_save"), graph_rate("graph_load"));
+    println!(
+        "  {:<26} {:>12} {:>12}",
+        "neurostore graph checkpoint",
+        show(gsave),
+        show(gload)
+    );
     println!(
         "  {:<26} {:>12} {:>12}",
         "slotmap + serde + bincode",
@@ -293,6 +410,7 @@ fn main() {
         show(wr),
         show(rd)
     );
+    println!("  {:<26} {:>12}", "raw write, early writeback", show(early));
     println!(
         "  neurostore vs slotmap+bincode: save {}, load {}",
         ratio(save, psave),
@@ -305,11 +423,20 @@ fn main() {
         )
     };
     println!(
-        "  save as a share of the raw write rate (target >= 80 %): filled {}, a third removed {}",
+        "  save as a share of the raw write rate (target >= 80 %): filled {}, a third \
+         removed {}, graph checkpoint {}",
         share(save, wr),
-        share(csave, wr)
+        share(csave, wr),
+        share(gsave, wr)
     );
-    for p in [&path, &peer_path, &raw_path, &churned_path] {
+    println!(
+        "  against a raw write with the same early writeback: filled {}, a third removed {}, \
+         graph checkpoint {}",
+        share(save, early),
+        share(csave, early),
+        share(gsave, early)
+    );
+    for p in [&path, &peer_path, &raw_path, &churned_path, &graph_path] {
         let _ = std::fs::remove_file(p);
     }
 }
