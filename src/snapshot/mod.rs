@@ -3,7 +3,9 @@
 //! [`Store::save`] writes every table of a store (and its GC roots) to one file;
 //! [`Store::load`] rebuilds an equal store in any process that knows the same types: every
 //! `#[derive(Pooled)]` type without generic parameters by its name, others listed in a
-//! [`TypeRegistry`]. [`Table::save`] and [`Table::load`] do the same for one table. Every
+//! [`TypeRegistry`]. [`Table::save`] and [`Table::load`] do the same for one table, and
+//! the neural layer's checkpoints (`NeuralGraph::save`) write a graph's two tables with
+//! two sections of simulation state that this layer frames (`graph.rs`). Every
 //! handle means after a load what it meant before: a live handle resolves to an equal
 //! object, a stale one stays stale, and the next inserts return the same handles as they
 //! would have without the save and load (the slot table is rebuilt with each slot's
