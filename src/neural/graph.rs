@@ -104,16 +104,19 @@ impl DelaySteps {
     #[inline]
     fn of(&self, delay_ms: f32) -> u64 {
         let q = f64::from(delay_ms) * self.per_ms;
-        // `as` truncates in one instruction, where `trunc` and `round` are calls into libm
-        // on the baseline x86-64 target.
-        let whole = q as u64;
-        let fraction = q - whole as f64;
-        if !(1.5..4e15).contains(&q) || (fraction - 0.5).abs() < 1e-9 {
+        if !(1.5..4e15).contains(&q) {
             return delay_steps(delay_ms, self.dt);
         }
-        // Finite, at least 1.5 and far below 2^53 here, and not near a half step: the
-        // nearest whole number of steps.
-        whole + u64::from(fraction > 0.5)
+        // Finite, at least 1.5 and far below 2^53 here. `as` truncates in one instruction
+        // to and from `i64` (where `trunc` and `round` are calls into libm, and `u64`
+        // conversions take several instructions, on the baseline x86-64 target).
+        let whole = q as i64;
+        let fraction = q - whole as f64;
+        if (fraction - 0.5).abs() < 1e-9 {
+            return delay_steps(delay_ms, self.dt);
+        }
+        // Not near a half step: the nearest whole number of steps.
+        (whole + i64::from(fraction > 0.5)) as u64
     }
 }
 
@@ -1353,5 +1356,35 @@ impl GraphMemory {
     /// All of it.
     pub fn total(&self) -> usize {
         self.object_bytes + self.metadata_bytes + self.adjacency_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_steps_for_many_delays_equal_the_one_at_a_time_rounding() {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for dt in [0.1, 0.05, 0.01, 0.25, 1.0 / 3.0, 0.1 + 1e-12, 0.125, 2.0] {
+            let steps = DelaySteps::new(dt);
+            // Whole and half steps, where the rounding is decided by the last bit.
+            for k in 0..2000 {
+                for delay in [(k as f64 * dt) as f32, ((k as f64 + 0.5) * dt) as f32] {
+                    assert_eq!(steps.of(delay), delay_steps(delay, dt), "{delay} ms, dt {dt}");
+                }
+            }
+            // Random delays from far below a step to far above.
+            for _ in 0..20_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let delay = f32::from_bits(0x3000_0000 + (x % 0x1800_0000) as u32);
+                assert_eq!(steps.of(delay), delay_steps(delay, dt), "{delay} ms, dt {dt}");
+            }
+            for delay in [f32::MIN_POSITIVE, 1e30, f32::MAX, 0.0] {
+                assert_eq!(steps.of(delay), delay_steps(delay, dt), "{delay} ms, dt {dt}");
+            }
+        }
     }
 }
