@@ -1371,7 +1371,11 @@ mod tests {
             // Whole and half steps, where the rounding is decided by the last bit.
             for k in 0..2000 {
                 for delay in [(k as f64 * dt) as f32, ((k as f64 + 0.5) * dt) as f32] {
-                    assert_eq!(steps.of(delay), delay_steps(delay, dt), "{delay} ms, dt {dt}");
+                    assert_eq!(
+                        steps.of(delay),
+                        delay_steps(delay, dt),
+                        "{delay} ms, dt {dt}"
+                    );
                 }
             }
             // Random delays from far below a step to far above.
@@ -1380,10 +1384,18 @@ mod tests {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let delay = f32::from_bits(0x3000_0000 + (x % 0x1800_0000) as u32);
-                assert_eq!(steps.of(delay), delay_steps(delay, dt), "{delay} ms, dt {dt}");
+                assert_eq!(
+                    steps.of(delay),
+                    delay_steps(delay, dt),
+                    "{delay} ms, dt {dt}"
+                );
             }
             for delay in [f32::MIN_POSITIVE, 1e30, f32::MAX, 0.0] {
-                assert_eq!(steps.of(delay), delay_steps(delay, dt), "{delay} ms, dt {dt}");
+                assert_eq!(
+                    steps.of(delay),
+                    delay_steps(delay, dt),
+                    "{delay} ms, dt {dt}"
+                );
             }
         }
     }

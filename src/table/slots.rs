@@ -21,6 +21,8 @@
 //! even version; the first `committed` bytes of each span are counted in the pool and
 //! hold at least `room` entries (the places' span only while listed), and `len <= room`.
 
+use rayon::prelude::*;
+
 use crate::error::Error;
 use crate::pool::HierarchicalPool;
 use crate::pool::span::Span;
@@ -63,6 +65,9 @@ pub(crate) const MAX_SLOTS: usize = u32::MAX as usize;
 
 /// Slots are committed in steps of this many bytes of each array.
 const COMMIT_STEP: usize = 64 << 10;
+
+/// Place-array entries one task writes when the array is made (4 MiB of them).
+const PLACES_PER_TASK: usize = 1 << 20;
 
 /// A table's slots; see the module doc.
 #[derive(Debug, Default)]
@@ -179,9 +184,18 @@ impl SlotArray {
             let places = unsafe {
                 std::slice::from_raw_parts_mut(self.places_ptr().add(start), end - start)
             };
-            for (i, p) in (start..).zip(places.iter_mut()) {
-                *p = (i as u32).saturating_sub(1);
-            }
+            // In parallel: for a large table, first writes to fresh pages cost more in the
+            // kernel (zeroing, and under a hypervisor the host's provisioning) than the
+            // writes themselves, and that cost is paid by the thread that faults.
+            places
+                .par_chunks_mut(PLACES_PER_TASK)
+                .enumerate()
+                .for_each(|(k, chunk)| {
+                    let first = start + k * PLACES_PER_TASK;
+                    for (i, p) in (first..).zip(chunk.iter_mut()) {
+                        *p = (i as u32).saturating_sub(1);
+                    }
+                });
         }
         self.listed_upto = end;
         if end == self.len {
