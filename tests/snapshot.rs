@@ -1,6 +1,8 @@
 //! Snapshots: round trips against a reference model, determinism of later handles, and
 //! refusal of every corrupt, truncated or foreign file with a typed error.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{self, Write};
 
@@ -342,22 +344,7 @@ fn every_flip_and_truncation_of(file: &[u8]) {
             );
         }
     }
-    for len in 0..file.len() {
-        let err = load(&file[..len]).expect_err("a truncated file loads");
-        assert!(
-            matches!(
-                err,
-                Error::Snapshot(SnapshotError::Truncated { .. } | SnapshotError::BadMagic { .. })
-            ),
-            "truncated at {len}: {err}"
-        );
-    }
-    let mut longer = file.clone();
-    longer.push(0);
-    assert!(matches!(
-        load(&longer),
-        Err(Error::Snapshot(SnapshotError::TrailingBytes { .. }))
-    ));
+    common::every_truncation_is_refused(&file, load);
 }
 
 #[test]

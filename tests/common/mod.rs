@@ -19,3 +19,31 @@ impl Drop for Counted {
         self.drops.set(self.drops.get() + 1);
     }
 }
+
+/// Checks that `load` refuses every truncation of the snapshot `file` as truncated (or,
+/// below the magic's length, as not a snapshot), and `file` with one byte appended as
+/// having trailing bytes.
+pub fn every_truncation_is_refused<T>(
+    file: &[u8],
+    load: impl Fn(&[u8]) -> Result<T, neurostore::Error>,
+) {
+    use neurostore::{Error, SnapshotError};
+    for len in 0..file.len() {
+        let Err(err) = load(&file[..len]) else {
+            panic!("a file truncated at {len} of {} bytes loads", file.len());
+        };
+        assert!(
+            matches!(
+                err,
+                Error::Snapshot(SnapshotError::Truncated { .. } | SnapshotError::BadMagic { .. })
+            ),
+            "truncated at {len}: {err}"
+        );
+    }
+    let mut longer = file.to_vec();
+    longer.push(0);
+    assert!(matches!(
+        load(&longer),
+        Err(Error::Snapshot(SnapshotError::TrailingBytes { .. }))
+    ));
+}
