@@ -1240,13 +1240,15 @@ impl Walk<'_> {
         let pre = o.owner.index();
         for &(start, len) in &o.runs {
             self.synapses
-                .for_each_in_places(start, u64::from(len), |s| {
-                    if s.pre_index() != pre {
-                        return;
-                    }
-                    let column = s.post_index() as usize;
-                    if let Some(slot) = self.slots.slot(self.steps.of(s.delay), column) {
-                        f(column, slot, s.weight);
+                .for_each_run_in_places(start, u64::from(len), |run| {
+                    for s in run {
+                        if s.pre_index() != pre {
+                            continue;
+                        }
+                        let column = s.post_index() as usize;
+                        if let Some(slot) = self.slots.slot(self.steps.of(s.delay), column) {
+                            f(column, slot, s.weight);
+                        }
                     }
                 });
         }

@@ -327,44 +327,50 @@ impl<T> Chunk<T> {
         unsafe { &*self.data.as_ptr().add(pos as usize) }
     }
 
-    /// Calls `f` with each object at places `from..to` (within the capacity), in order,
-    /// a bitmap word at a time: a word whose places are all taken is walked as a slice.
+    /// Calls `f` with each maximal run of objects at consecutive occupied places within
+    /// `from..to` (within the capacity), in order, each run as one slice.
     #[inline]
-    pub(crate) fn for_each_occupied_in<'a>(
+    pub(crate) fn for_each_occupied_run_in<'a>(
         &'a self,
         from: u32,
         to: u32,
-        f: &mut impl FnMut(&'a T),
+        f: &mut impl FnMut(&'a [T]),
     ) {
         debug_assert!(from <= to && to <= self.capacity());
-        if from >= to {
-            return;
-        }
-        for w in (from / 64) as usize..=((to - 1) / 64) as usize {
-            let lo = (from as usize).max(w * 64) - w * 64;
-            let hi = (to as usize).min(w * 64 + 64) - w * 64;
-            let range = if hi - lo == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << (hi - lo)) - 1) << lo
-            };
-            let mut bits = self.occupied[w] & range;
-            if bits == range {
-                // SAFETY: every place `w * 64 + lo .. w * 64 + hi` is occupied (checked
-                // just above), so the block holds initialised objects there in a row; the
-                // shared borrow keeps them in place and unchanged.
-                let run = unsafe {
-                    std::slice::from_raw_parts(self.data.as_ptr().add(w * 64 + lo), hi - lo)
-                };
-                run.iter().for_each(&mut *f);
+        let (mut p, to) = (u64::from(from), u64::from(to));
+        while p < to {
+            // The next occupied place.
+            let rest = self.occupied[(p / 64) as usize] >> (p % 64);
+            if rest == 0 {
+                p = (p / 64 + 1) * 64;
                 continue;
             }
-            while bits != 0 {
-                let pos = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                // SAFETY: the place is occupied (its bit is set), so it holds an object.
-                f(unsafe { &*self.data.as_ptr().add(pos) });
+            p += u64::from(rest.trailing_zeros());
+            if p >= to {
+                break;
             }
+            // The occupied places from there, across words while they stay occupied.
+            let first = p;
+            loop {
+                let word = self.occupied[(p / 64) as usize] >> (p % 64);
+                let ones = u64::from((!word).trailing_zeros());
+                p += ones;
+                if ones == 0 || !p.is_multiple_of(64) || p >= to {
+                    break;
+                }
+            }
+            let end = p.min(to);
+            // SAFETY: every place `first..end` is occupied (their bits were found set just
+            // above), so the block holds initialised objects there in a row; the shared
+            // borrow of the chunk keeps them in place and unchanged.
+            let run = unsafe {
+                std::slice::from_raw_parts(
+                    self.data.as_ptr().add(first as usize),
+                    (end - first) as usize,
+                )
+            };
+            f(run);
+            p = end;
         }
     }
 
@@ -897,6 +903,46 @@ mod tests {
             c.put(pos, u64::from(pos), pos + 1);
         }
         c
+    }
+
+    #[test]
+    fn occupied_runs_are_the_maximal_runs_of_objects_in_a_range() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..300 {
+            // Holes from none to most places, in runs of every length.
+            let density = round % 10;
+            let holes: Vec<u32> = (0..128u32).filter(|_| next() % 10 < density).collect();
+            let mut memory = Vec::new();
+            let c = filled(&mut memory, &holes);
+            let from = (next() % 129) as u32;
+            let to = from + (next() % u64::from(129 - from)) as u32;
+            let mut runs: Vec<Vec<u64>> = Vec::new();
+            c.for_each_occupied_run_in(from, to, &mut |run| runs.push(run.to_vec()));
+            let objects: Vec<u64> = runs.iter().flatten().copied().collect();
+            let expected: Vec<u64> = (from..to)
+                .filter(|p| !holes.contains(p))
+                .map(u64::from)
+                .collect();
+            assert_eq!(objects, expected, "{from}..{to}, holes {holes:?}");
+            for run in &runs {
+                assert!(!run.is_empty());
+                assert!(
+                    run.windows(2).all(|w| w[1] == w[0] + 1),
+                    "a run is consecutive"
+                );
+            }
+            for pair in runs.windows(2) {
+                let gap = *pair[0].last().unwrap() + 1;
+                assert!(gap < pair[1][0], "runs {pair:?} should be one");
+            }
+            c.drop_objects();
+        }
     }
 
     #[test]

@@ -1638,16 +1638,23 @@ impl<T> Table<T> {
         self.slots.set_place(owner, packed);
     }
 
-    /// Calls `f` with each object in the storage places `start .. start + len` (a place
-    /// without an object is skipped), walking chunk memory in order without slot lookups.
-    pub(crate) fn for_each_in_places<'a>(&'a self, start: u64, len: u64, mut f: impl FnMut(&'a T)) {
+    /// Calls `f` with each run of objects at consecutive occupied places within
+    /// `start..start + len` (places past the table's chunks hold none), in storage order,
+    /// each run as one slice: a caller's loop over a run's objects is its own, inlined.
+    #[inline]
+    pub(crate) fn for_each_run_in_places<'a>(
+        &'a self,
+        start: u64,
+        len: u64,
+        mut f: impl FnMut(&'a [T]),
+    ) {
         let mut g = start;
         let end = start.saturating_add(len);
         while g < end {
             let loc = self.loc_of_global(g);
             let in_chunk = (u64::from(self.per_chunk - loc.pos)).min(end - g) as u32;
             if let Some(Some(c)) = self.chunks.get(loc.chunk as usize) {
-                c.for_each_occupied_in(loc.pos, loc.pos + in_chunk, &mut f);
+                c.for_each_occupied_run_in(loc.pos, loc.pos + in_chunk, &mut f);
             }
             g += u64::from(in_chunk);
         }
