@@ -210,6 +210,9 @@ impl NeuronSet {
 /// each arriving `round(delay / dt)` steps later (at least one). Results are deterministic:
 /// they do not depend on the number of threads.
 ///
+/// [`save`](Self::save) writes a checkpoint of everything a step reads, and
+/// [`load`](Self::load) gives back a graph that goes on exactly as this one would.
+///
 /// A graph is `Send + Sync` (checked when the crate compiles): it can move to a worker
 /// thread, and `&NeuralGraph` can be read from many.
 ///
