@@ -142,38 +142,6 @@ fn running_graph(synapses: usize) -> NeuralGraph {
     graph
 }
 
-/// `graph_save` and `graph_load` of `graph`'s checkpoint through the file at `path`, in
-/// group `name`; returns the file's size.
-fn bench_checkpoint(
-    c: &mut Criterion,
-    name: &str,
-    graph: &NeuralGraph,
-    path: &Path,
-    bytes: u64,
-) -> u64 {
-    let mut file_bytes = 0;
-    let mut g = one_second_group(c, name, bytes);
-    g.bench_function("graph_save", |b| {
-        b.iter_custom(timed(|| {
-            let t = Instant::now();
-            file_bytes = graph.save(path).expect("save").bytes;
-            t.elapsed()
-        }))
-    });
-    g.bench_function("graph_load", |b| {
-        b.iter_custom(timed(|| {
-            let t = Instant::now();
-            let loaded = NeuralGraph::load(path).expect("load");
-            let took = t.elapsed();
-            assert_eq!(loaded.current_step(), graph.current_step());
-            drop(black_box(loaded));
-            took
-        }))
-    });
-    g.finish();
-    file_bytes
-}
-
 /// Writes `data` to `path` in 4 MiB pieces while a second thread fdatasyncs the file
 /// every 64 MiB, then fsyncs it and its directory: the raw form of what a save does.
 fn write_with_early_writeback(path: &Path, data: &[u8]) {
@@ -218,6 +186,41 @@ fn one_second_group<'c>(
     g
 }
 
+/// Benches `save` (which returns the file's size) and then `load` as `{what}_save` and
+/// `{what}_load` in group `name`, one call per iteration; `check` looks at what each load
+/// gave (outside the timing). Returns the file's size.
+fn bench_save_then_load<T>(
+    c: &mut Criterion,
+    name: &str,
+    what: &str,
+    bytes: u64,
+    save: impl Fn() -> u64,
+    load: impl Fn() -> T,
+    check: impl Fn(&T),
+) -> u64 {
+    let mut file_bytes = 0;
+    let mut g = one_second_group(c, name, bytes);
+    g.bench_function(format!("{what}_save"), |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            file_bytes = save();
+            t.elapsed()
+        }))
+    });
+    g.bench_function(format!("{what}_load"), |b| {
+        b.iter_custom(timed(|| {
+            let t = Instant::now();
+            let loaded = load();
+            let took = t.elapsed();
+            check(&loaded);
+            drop(black_box(loaded));
+            took
+        }))
+    });
+    g.finish();
+    file_bytes
+}
+
 /// `neurostore_save` and `neurostore_load` of `store` through the file at `path`, in
 /// group `name`; returns the file's size.
 fn bench_save_and_load(
@@ -228,28 +231,16 @@ fn bench_save_and_load(
     registry: &TypeRegistry,
     bytes: u64,
 ) -> u64 {
-    let mut file_bytes = 0;
     let objects = store.table::<Cell>().map(|t| t.len());
-    let mut g = one_second_group(c, name, bytes);
-    g.bench_function("neurostore_save", |b| {
-        b.iter_custom(timed(|| {
-            let t = Instant::now();
-            file_bytes = store.save(path).expect("save").bytes;
-            t.elapsed()
-        }))
-    });
-    g.bench_function("neurostore_load", |b| {
-        b.iter_custom(timed(|| {
-            let t = Instant::now();
-            let loaded = Store::load(path, registry).expect("load");
-            let took = t.elapsed();
-            assert_eq!(loaded.table::<Cell>().map(|t| t.len()), objects);
-            drop(black_box(loaded));
-            took
-        }))
-    });
-    g.finish();
-    file_bytes
+    bench_save_then_load(
+        c,
+        name,
+        "neurostore",
+        bytes,
+        || store.save(path).expect("save").bytes,
+        || Store::load(path, registry).expect("load"),
+        |loaded| assert_eq!(loaded.table::<Cell>().map(|t| t.len()), objects),
+    )
 }
 
 fn main() {
@@ -294,7 +285,15 @@ fn main() {
     let graph = running_graph(n * size_of::<Cell>() / 16);
     let graph_bytes = (graph.synapse_count() * 16 + graph.neuron_count() * 64) as u64;
     let graph_path = dir().join("graph.nsnap");
-    bench_checkpoint(&mut c, "snapshot_graph", &graph, &graph_path, graph_bytes);
+    bench_save_then_load(
+        &mut c,
+        "snapshot_graph",
+        "graph",
+        graph_bytes,
+        || graph.save(&graph_path).expect("save").bytes,
+        || NeuralGraph::load(&graph_path).expect("load"),
+        |loaded| assert_eq!(loaded.current_step(), graph.current_step()),
+    );
     drop(graph);
     let mut g = one_second_group(&mut c, "snapshot_1GB", bytes);
     g.bench_function("slotmap_bincode_save", |b| {
