@@ -157,6 +157,13 @@ struct ChunkRuns {
     /// `(presynaptic slot index, first place, places)`: consecutive places whose
     /// synapses leave one neuron, in storage order.
     segments: Vec<(u32, u64, u32)>,
+    /// What the chunk's synapses showed.
+    seen: RunsFound,
+}
+
+/// What [`NeuralGraph::find_runs`] saw in the synapse table (or one chunk of it).
+#[derive(Debug, Default)]
+struct RunsFound {
     /// The longest delay (ms).
     longest_delay: f32,
     /// The first synapse naming a slot index that holds no neuron of the graph, and its
@@ -164,11 +171,14 @@ struct ChunkRuns {
     stray: Option<(u64, Synapse)>,
 }
 
-/// What [`NeuralGraph::find_runs`] saw in the whole synapse table.
-#[derive(Debug, Default)]
-struct RunsFound {
-    longest_delay: f32,
-    stray: Option<(u64, Synapse)>,
+impl RunsFound {
+    /// Takes in what a later part of the table showed.
+    fn merge(&mut self, later: RunsFound) {
+        self.longest_delay = self.longest_delay.max(later.longest_delay);
+        if self.stray.is_none() {
+            self.stray = later.stray;
+        }
+    }
 }
 
 /// One bit per neuron slot index.
@@ -865,9 +875,9 @@ impl NeuralGraph {
         let per_chunk = self
             .synapses()
             .par_fold_chunks(ChunkRuns::default, |c, place, s| {
-                c.longest_delay = c.longest_delay.max(s.delay);
+                c.seen.longest_delay = c.seen.longest_delay.max(s.delay);
                 if !(live.contains(s.pre_index()) && live.contains(s.post_index())) {
-                    c.stray.get_or_insert((place, *s));
+                    c.seen.stray.get_or_insert((place, *s));
                     return;
                 }
                 match c.segments.last_mut() {
@@ -882,10 +892,7 @@ impl NeuralGraph {
         let mut found = RunsFound::default();
         self.runs_end = 0;
         for c in per_chunk {
-            found.longest_delay = found.longest_delay.max(c.longest_delay);
-            if found.stray.is_none() {
-                found.stray = c.stray;
-            }
+            found.merge(c.seen);
             for (pre, start, len) in c.segments {
                 self.out[pre as usize].note(start, len);
                 self.runs_end = start + u64::from(len);
