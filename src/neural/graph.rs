@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::lif::{PropagatorCache, advance};
-use super::ring::{BLOCK_COLUMNS, MAX_RING_SLOTS, SpikeRing, StepSlots};
+use super::ring::{MAX_RING_SLOTS, Sender, SpikeRing};
 use super::types::{Neuron, NeuronId, NeuronParams, Synapse, SynapseId, SynapseView};
 use crate::Error;
 use crate::defrag::{DefragPolicy, DefragReport};
@@ -270,8 +270,6 @@ pub struct NeuralGraph {
     /// No run of any neuron reaches this place: new synapses go here or above, so that
     /// no run ever covers a place twice.
     runs_end: u64,
-    /// Per share of the sources, a buffer of events per ring block (kept between steps).
-    delivery: Vec<Vec<Vec<Event>>>,
 }
 
 const _: () = {
@@ -325,7 +323,6 @@ impl NeuralGraph {
             defrag_policy: Some(DefragPolicy::default()),
             removed_since_check: 0,
             runs_end: 0,
-            delivery: Vec::new(),
         }
     }
 
@@ -826,9 +823,9 @@ impl NeuralGraph {
         for n in doomed {
             let i = n.index() as usize;
             self.out[i] = Outgoing::default();
-            self.ring.clear_column(i);
             self.neurons_table_mut().remove(n);
         }
+        self.ring.clear_columns(|c| dead.contains(c as u32));
         if removed > 0 {
             self.max_delay_stale = true;
         }
@@ -1033,8 +1030,8 @@ impl NeuralGraph {
         check_dt(dt)?;
         self.shape_ring(dt)?;
         let now = self.step;
+        self.ring.gather(now);
         self.update_neurons(dt, now);
-        self.ring.clear_slot(now);
         let spikes = std::mem::take(&mut self.spikes);
         self.propagate(&spikes, dt, now);
         self.spikes = spikes;
@@ -1054,17 +1051,12 @@ impl NeuralGraph {
     ) -> Result<InputInFlight, Error> {
         check_dt(dt)?;
         self.shape_ring(dt)?;
-        let rows = self.ring.slots();
-        let mut ex = vec![0.0; rows * columns];
-        let mut inh = vec![0.0; rows * columns];
-        for k in 0..rows {
-            for c in 0..columns {
-                let (e, i) = self.ring.input(self.step + k as u64, c);
-                ex[k * columns + c] = e;
-                inh[k * columns + c] = i;
-            }
-        }
-        Ok(InputInFlight { rows, ex, inh })
+        let (ex, inh) = self.ring.rows_from(self.step, columns)?;
+        Ok(InputInFlight {
+            rows: self.ring.slots(),
+            ex,
+            inh,
+        })
     }
 
     /// For a device copy of the step: every live synapse's handle with its record, in
@@ -1152,9 +1144,9 @@ impl NeuralGraph {
             spikes,
             ..
         } = self;
-        let inputs = ring.inputs(now);
+        let inputs = ring.input_of_step();
         let update = |cache: &mut PropagatorCache, index: u32, neuron: &mut Neuron| {
-            let (ex, inh) = inputs.of(index as usize);
+            let [ex, inh] = inputs.get(index as usize).copied().unwrap_or_default();
             let p = cache.get(neuron);
             advance(neuron, &p, ex, inh, now)
         };
@@ -1177,24 +1169,16 @@ impl NeuralGraph {
 
     /// Sends the spikes of `sources` through their outgoing synapses into the ring, in
     /// source order and storage order, so that each neuron's input is summed in the same
-    /// order however many threads run. Many events are delivered in two phases, each in
-    /// parallel: the sources are cut into one contiguous share per thread, each share's
-    /// events are written into a buffer per ring block, then each block takes the buffers
-    /// of every share, in share order, while the block is in cache (on one thread too,
-    /// this beats adding each event where it falls). Returns the number of synaptic
+    /// order however many threads run. Many events are sent in parallel: the sources are
+    /// cut into one contiguous share per thread, each with its own sender, and the ring
+    /// then orders the senders' events share by share. Returns the number of synaptic
     /// events.
     fn propagate(&mut self, sources: &[NeuronId], dt: f64, now: u64) -> usize {
         let NeuralGraph {
-            store,
-            out,
-            ring,
-            delivery,
-            ..
+            store, out, ring, ..
         } = self;
-        let synapses = table_of::<Synapse>(store);
         let walk = Walk {
-            synapses,
-            slots: ring.geometry().after(now),
+            synapses: table_of::<Synapse>(store),
             steps: DelaySteps::new(dt),
         };
         let walks: Vec<&Outgoing> = sources
@@ -1202,62 +1186,48 @@ impl NeuralGraph {
             .filter_map(|n| out.get(n.index() as usize).filter(|o| o.owner == *n))
             .collect();
         let events: usize = walks.iter().map(|o| o.live as usize).sum();
-        let threads = rayon::current_num_threads();
-        if events < PARALLEL_EVENTS {
-            for o in &walks {
-                walk.events(o, |column, slot, w| ring.add(slot, column, w));
-            }
-            return events;
-        }
-        let blocks = ring.blocks_mut();
+        let threads = if events < PARALLEL_EVENTS {
+            1
+        } else {
+            rayon::current_num_threads()
+        };
         let shares = shares_by_events(&walks, threads);
-        delivery.resize_with(shares.len(), Vec::new);
-        delivery
-            .par_iter_mut()
-            .zip(&shares)
-            .for_each(|(buffers, share)| {
-                buffers.resize_with(blocks.len(), Vec::new);
-                buffers.iter_mut().for_each(Vec::clear);
-                for o in &walks[share.clone()] {
-                    walk.events(o, |column, slot, w| {
-                        buffers[column / BLOCK_COLUMNS].push(Event::new(column, slot, w));
-                    });
-                }
-            });
-        blocks.par_iter_mut().enumerate().for_each(|(b, block)| {
-            for buffers in delivery.iter() {
-                for e in &buffers[b] {
-                    let (offset, slot, w) = e.parts();
-                    block.add(slot, offset, w);
-                }
+        let mut senders = ring.senders(shares.len(), now);
+        let send = |sender: &mut Sender<'_>, share: &std::ops::Range<usize>| {
+            for o in &walks[share.clone()] {
+                walk.events(o, |column, offset, w| sender.send(offset, column, w));
             }
-        });
+        };
+        if let [sender] = &mut senders[..] {
+            send(sender, &shares[0]);
+        } else {
+            senders
+                .par_iter_mut()
+                .zip(&shares)
+                .for_each(|(s, share)| send(s, share));
+        }
+        ring.seal(shares.len());
         events
     }
 }
 
-/// What propagation reads: the synapses, the ring's slots after this step, and `dt`.
+/// What propagation reads: the synapses and the step length their delays are counted in.
 struct Walk<'a> {
     synapses: &'a Table<Synapse>,
-    slots: StepSlots,
     steps: DelaySteps,
 }
 
 impl Walk<'_> {
-    /// Calls `f(column, slot, weight)` for every synapse of `o`, in walk order.
+    /// Calls `f(column, delay in steps, weight)` for every synapse of `o`, in walk order.
     #[inline]
-    fn events(&self, o: &Outgoing, mut f: impl FnMut(usize, usize, f32)) {
+    fn events(&self, o: &Outgoing, mut f: impl FnMut(usize, u64, f32)) {
         let pre = o.owner.index();
         for &(start, len) in &o.runs {
             self.synapses
                 .for_each_run_in_places(start, u64::from(len), |run| {
                     for s in run {
-                        if s.pre_index() != pre {
-                            continue;
-                        }
-                        let column = s.post_index() as usize;
-                        if let Some(slot) = self.slots.slot(self.steps.of(s.delay), column) {
-                            f(column, slot, s.weight);
+                        if s.pre_index() == pre {
+                            f(s.post_index() as usize, self.steps.of(s.delay), s.weight);
                         }
                     }
                 });
@@ -1281,34 +1251,6 @@ fn shares_by_events(walks: &[&Outgoing], threads: usize) -> Vec<std::ops::Range<
     }
     shares.push(start..walks.len());
     shares
-}
-
-/// One synaptic event in a delivery buffer: the column within its ring block (12 bits)
-/// and the slot (20 bits) in one word, and the weight.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Event {
-    at: u32,
-    weight: f32,
-}
-
-impl Event {
-    #[inline]
-    fn new(column: usize, slot: usize, weight: f32) -> Self {
-        debug_assert!(slot < MAX_RING_SLOTS && BLOCK_COLUMNS <= 1 << 12);
-        Event {
-            at: (slot as u32) << 12 | (column % BLOCK_COLUMNS) as u32,
-            weight,
-        }
-    }
-
-    #[inline]
-    fn parts(&self) -> (usize, usize, f32) {
-        (
-            (self.at & 0xfff) as usize,
-            (self.at >> 12) as usize,
-            self.weight,
-        )
-    }
 }
 
 /// The indices `0..pre.len()` in the order [`NeuralGraph::connect_many`] lays its

@@ -1,13 +1,30 @@
-//! Spike input in flight: one ring buffer of future steps per neuron.
+//! Spike input in flight: the synaptic events of every future step, queued by the step
+//! they arrive in.
 //!
-//! The neuron columns are cut into blocks of [`BLOCK_COLUMNS`]; each block holds two
-//! arrays (excitatory and inhibitory input, pA) of `slots × BLOCK_COLUMNS` values,
-//! slot-major: slot `s` holds, for each column of the block, the input that neuron
-//! receives in the steps `t` with `t % slots == s`. A neuron's column is its handle's slot
-//! index, which moving objects (defragmentation) never changes. Reading one step is a
-//! sequential walk of each block's row and clearing it one `fill` per block; and the
-//! blocks split the columns into disjoint parts that threads fill at once
-//! ([`SpikeRing::blocks_mut`]).
+//! The ring has `slots` arrival slots (the longest delay in steps, plus one): an event
+//! arriving in step `t` waits in slot `t % slots`. The neuron columns (a neuron's column
+//! is its handle's slot index, which moving objects never changes) are cut into parts of
+//! [`PART_COLUMNS`], and each slot keeps one queue of events per part. Queues are written
+//! by one or more *senders* at once (one per share of a step's spiking neurons, each on
+//! its own thread) and sealed in sender order, so that every (step, column, channel) sums
+//! its events in delivery order: source step, then source, then walk order, whatever the
+//! number of threads.
+//!
+//! Just before the neurons of step `t` read their input, [`SpikeRing::gather`] adds slot
+//! `t % slots`'s events, part by part, into one dense array of the step's input
+//! (excitatory and inhibitory, pA, per column) and empties the slot. Writing an event is an
+//! append to one of a few hundred queue tails and reading it back a sequential read plus
+//! an add into a part's input that stays in the core's cache, where a dense ring of every
+//! future step (tens of megabytes for the full microcircuit) would take a cache miss per
+//! event.
+//!
+//! Checkpoints hold the input in flight as the dense ring would: per block of
+//! [`BLOCK_COLUMNS`] columns, an excitatory and an inhibitory array of `slots ×
+//! BLOCK_COLUMNS` values, slot-major ([`SpikeRing::image`]). Each value is its events' sum
+//! in delivery order, and a ring made from an image holds one event per non-zero value,
+//! so that later events add to the same sums as they would have without the round trip.
+
+use rayon::prelude::*;
 
 use crate::Error;
 use crate::error::OomReason;
@@ -16,123 +33,171 @@ use crate::snapshot::RingImage;
 /// The most slots a ring may have: the longest delay, in steps, plus one.
 pub(crate) const MAX_RING_SLOTS: usize = 1 << 20;
 
-/// Neuron columns per block.
+/// Neuron columns per block of a checkpoint's ring image (and the unit the ring's width
+/// grows by).
 pub(crate) const BLOCK_COLUMNS: usize = 1024;
 
-/// The shape of a [`SpikeRing`]: columns and slots.
+/// Neuron columns per part: one part's input (8 bytes a column) fits a core's L1 cache.
+const PART_COLUMNS: usize = 4 * BLOCK_COLUMNS;
+
+/// From this many columns up, [`SpikeRing::gather`] runs its parts on rayon's threads.
+const PARALLEL_COLUMNS: usize = 4 * PART_COLUMNS;
+
+/// The flag of an [`Event`] for inhibitory input.
+const INHIBITORY: u32 = 1 << 31;
+
+/// One synaptic event in a queue: its column within the part, the channel, and the
+/// weight.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RingGeometry {
-    columns: usize,
-    slots: u64,
+struct Event {
+    /// The column within its part; [`INHIBITORY`] set for the inhibitory channel.
+    at: u32,
+    weight: f32,
 }
 
-impl RingGeometry {
-    /// The slots after `now`, for the events of one step.
-    pub(crate) fn after(&self, now: u64) -> StepSlots {
-        StepSlots {
-            base: if self.slots == 0 {
-                0
-            } else {
-                (now % self.slots) as usize
-            },
-            slots: self.slots as usize,
-            columns: self.columns,
+impl Event {
+    #[inline]
+    fn new(column_in_part: usize, inhibitory: bool, weight: f32) -> Self {
+        debug_assert!(column_in_part < PART_COLUMNS);
+        Event {
+            at: column_in_part as u32 | if inhibitory { INHIBITORY } else { 0 },
+            weight,
+        }
+    }
+
+    fn column_in_part(&self) -> usize {
+        (self.at & !INHIBITORY) as usize
+    }
+
+    fn channel(&self) -> usize {
+        (self.at >> 31) as usize
+    }
+
+    /// Adds the event to its column's channel in `input`, one part's input.
+    #[inline]
+    fn add_to(&self, input: &mut [[f32; 2]]) {
+        if let Some(x) = input.get_mut(self.column_in_part()) {
+            x[self.channel()] += self.weight;
         }
     }
 }
 
-/// The ring's slots seen from one step ([`RingGeometry::after`]).
+/// What one sender appended to a queue since the queue was last emptied.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct StepSlots {
-    base: usize,
-    slots: usize,
-    columns: usize,
+struct Segment {
+    sender: usize,
+    start: usize,
+    end: usize,
 }
 
-impl StepSlots {
-    /// The slot of input `offset` steps after the step this was made for (`offset`
-    /// clamped to the ring's span), or `None` for a column outside the ring or an
-    /// unshaped ring.
-    #[inline]
-    pub(crate) fn slot(&self, offset: u64, column: usize) -> Option<usize> {
-        if column >= self.columns || self.slots == 0 {
-            return None;
-        }
-        let offset = offset.min(self.slots as u64 - 1) as usize;
-        let slot = self.base + offset;
-        Some(if slot >= self.slots {
-            slot - self.slots
-        } else {
-            slot
-        })
-    }
+/// The order of one (slot, part)'s events: its senders' segments, in delivery order.
+#[derive(Clone, Debug, Default)]
+struct Delivery {
+    segments: Vec<Segment>,
+    /// Per sender, how many of its queue's events segments already cover.
+    sealed: Vec<usize>,
 }
 
-/// The input of one step ([`SpikeRing::inputs`]).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct StepInputs<'a> {
-    blocks: &'a [RingBlock],
-    row: usize,
-}
-
-impl StepInputs<'_> {
-    /// The excitatory and inhibitory input of `column` (none past the ring's columns).
-    #[inline]
-    pub(crate) fn of(&self, column: usize) -> (f32, f32) {
-        let Some(block) = self.blocks.get(column / BLOCK_COLUMNS) else {
-            return (0.0, 0.0);
-        };
-        let at = self.row + column % BLOCK_COLUMNS;
-        (block.ex[at], block.inh[at])
-    }
-}
-
-/// One block of columns: excitatory and inhibitory input, slot-major.
-#[derive(Debug, Default)]
-pub(crate) struct RingBlock {
-    ex: Vec<f32>,
-    inh: Vec<f32>,
-}
-
-impl RingBlock {
-    /// Adds `weight` to `offset` (column within the block) in `slot`: to the excitatory
-    /// input when `weight >= 0`, else to the inhibitory one.
-    #[inline]
-    pub(crate) fn add(&mut self, slot: usize, offset: usize, weight: f32) {
-        let at = slot * BLOCK_COLUMNS + offset;
-        let target = if weight >= 0.0 {
-            &mut self.ex
-        } else {
-            &mut self.inh
-        };
-        if let Some(x) = target.get_mut(at) {
-            *x += weight;
-        }
-    }
-}
+/// A sender's queues, one per (slot, part), slot-major.
+#[derive(Clone, Debug, Default)]
+struct Queues(Vec<Vec<Event>>);
 
 #[derive(Debug, Default)]
 pub(crate) struct SpikeRing {
-    blocks: Vec<RingBlock>,
     slots: usize,
+    /// Columns held: a multiple of [`BLOCK_COLUMNS`].
+    stride: usize,
+    senders: Vec<Queues>,
+    /// Per (slot, part), slot-major.
+    deliveries: Vec<Delivery>,
+    /// The input of the step last gathered, per column.
+    input: Vec<[f32; 2]>,
 }
 
-/// A zeroed `Vec<f32>` of `len` values, or the error that it could not be allocated.
-fn zeroed(len: usize) -> Result<Vec<f32>, Error> {
+/// Appends one share's events to the ring, for the step a [`SpikeRing::senders`] call
+/// named.
+pub(crate) struct Sender<'a> {
+    queues: &'a mut [Vec<Event>],
+    /// The slot of the step the events are sent in.
+    base: usize,
+    slots: usize,
+    parts: usize,
+}
+
+impl Sender<'_> {
+    /// Queues input of `weight` for `column`, `offset` steps after the step (clamped to
+    /// the ring's span): excitatory when `weight >= 0`, else inhibitory. Columns past the
+    /// ring's get none.
+    #[inline]
+    pub(crate) fn send(&mut self, offset: u64, column: usize, weight: f32) {
+        let part = column / PART_COLUMNS;
+        if part >= self.parts {
+            return;
+        }
+        let offset = offset.min(self.slots as u64 - 1) as usize;
+        let mut slot = self.base + offset;
+        if slot >= self.slots {
+            slot -= self.slots;
+        }
+        if let Some(queue) = self.queues.get_mut(slot * self.parts + part) {
+            queue.push(Event::new(column % PART_COLUMNS, weight < 0.0, weight));
+        }
+    }
+
+    /// Queues `value` for `column`'s `inhibitory` or excitatory channel `offset` slots
+    /// after the sender's step (`offset < slots`, `column` within the ring).
+    fn queue(&mut self, offset: usize, column: usize, inhibitory: bool, value: f32) {
+        let slot = (self.base + offset) % self.slots;
+        let cell = slot * self.parts + column / PART_COLUMNS;
+        self.queues[cell].push(Event::new(column % PART_COLUMNS, inhibitory, value));
+    }
+}
+
+/// An allocation of `bytes` the system refused, or one too large to ask for.
+fn out_of_memory(bytes: Option<usize>, align: usize) -> Error {
+    Error::OutOfMemory {
+        requested: bytes.unwrap_or(usize::MAX),
+        align,
+        reason: if bytes.is_some() {
+            OomReason::OsRefused
+        } else {
+            OomReason::LayoutTooLarge
+        },
+    }
+}
+
+/// `len` copies of `value`, or the error that they could not be allocated.
+fn filled<T: Clone>(len: usize, value: T) -> Result<Vec<T>, Error> {
+    let bytes = len
+        .checked_mul(size_of::<T>())
+        .filter(|&n| n <= isize::MAX as usize);
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
-        requested: len.saturating_mul(size_of::<f32>()),
-        align: align_of::<f32>(),
-        reason: OomReason::OsRefused,
-    })?;
-    v.resize(len, 0.0);
+    v.try_reserve_exact(len)
+        .map_err(|_| out_of_memory(bytes, align_of::<T>()))?;
+    v.resize(len, value);
     Ok(v)
 }
 
 impl SpikeRing {
+    /// An empty ring of `stride` columns (a multiple of [`BLOCK_COLUMNS`]) and `slots`
+    /// slots, or the error that its bookkeeping could not be allocated.
+    fn shaped(stride: usize, slots: usize) -> Result<Self, Error> {
+        debug_assert_eq!(stride % BLOCK_COLUMNS, 0);
+        let cells = slots
+            .checked_mul(stride.div_ceil(PART_COLUMNS))
+            .ok_or_else(|| out_of_memory(None, align_of::<Delivery>()))?;
+        Ok(SpikeRing {
+            slots,
+            stride,
+            senders: vec![Queues(filled(cells, Vec::new())?)],
+            deliveries: filled(cells, Delivery::default())?,
+            input: filled(stride, [0.0; 2])?,
+        })
+    }
+
     /// Neuron columns the ring holds (a multiple of [`BLOCK_COLUMNS`]).
     pub(crate) fn stride(&self) -> usize {
-        self.blocks.len() * BLOCK_COLUMNS
+        self.stride
     }
 
     /// Steps the ring spans.
@@ -140,9 +205,19 @@ impl SpikeRing {
         self.slots
     }
 
+    fn parts(&self) -> usize {
+        self.stride.div_ceil(PART_COLUMNS)
+    }
+
+    /// The slot of `step`.
+    fn slot_of(&self, step: u64) -> usize {
+        (step % self.slots as u64) as usize
+    }
+
     /// Gives the ring at least `columns` columns and exactly `slots` slots (2 ..=
     /// [`MAX_RING_SLOTS`]). Input pending `k` steps after `now` moves to `remap(k)` steps
-    /// after `now` (clamped into the new ring; offset 0 stays 0). On error nothing changes.
+    /// after `now` (clamped into the new ring; offset 0 stays 0), each pending value
+    /// added to its new place in order of `k`. On error nothing changes.
     pub(crate) fn reshape(
         &mut self,
         columns: usize,
@@ -151,145 +226,261 @@ impl SpikeRing {
         remap: impl Fn(usize) -> usize,
     ) -> Result<(), Error> {
         debug_assert!((2..=MAX_RING_SLOTS).contains(&slots));
-        let too_large = || Error::OutOfMemory {
-            requested: usize::MAX,
-            align: align_of::<f32>(),
-            reason: OomReason::LayoutTooLarge,
-        };
-        let count = columns.div_ceil(BLOCK_COLUMNS);
-        let len = BLOCK_COLUMNS.checked_mul(slots).ok_or_else(too_large)?;
-        count
-            .checked_mul(len)
-            .and_then(|n| n.checked_mul(2 * size_of::<f32>()))
-            .filter(|&n| n <= isize::MAX as usize)
-            .ok_or_else(too_large)?;
-        let mut blocks = Vec::new();
-        blocks
-            .try_reserve_exact(count)
-            .map_err(|_| Error::OutOfMemory {
-                requested: count.saturating_mul(size_of::<RingBlock>()),
-                align: align_of::<RingBlock>(),
-                reason: OomReason::OsRefused,
-            })?;
-        for _ in 0..count {
-            blocks.push(RingBlock {
-                ex: zeroed(len)?,
-                inh: zeroed(len)?,
-            });
-        }
-        for (old, new) in self.blocks.iter().zip(&mut blocks) {
-            for k in 0..self.slots {
-                let to = if k == 0 {
-                    0
-                } else {
-                    remap(k).clamp(1, slots - 1)
-                };
-                let from = ((now + k as u64) % self.slots as u64) as usize * BLOCK_COLUMNS;
-                let to = ((now + to as u64) % slots as u64) as usize * BLOCK_COLUMNS;
-                for (src, dst) in [(&old.ex, &mut new.ex), (&old.inh, &mut new.inh)] {
-                    let from = &src[from..from + BLOCK_COLUMNS];
-                    for (d, s) in dst[to..to + BLOCK_COLUMNS].iter_mut().zip(from) {
-                        *d += *s;
+        let stride = columns
+            .checked_next_multiple_of(BLOCK_COLUMNS)
+            .ok_or_else(|| out_of_memory(None, align_of::<f32>()))?;
+        let mut ring = SpikeRing::shaped(stride, slots)?;
+        let pending = self.dense()?;
+        let mut sender = ring.sender(now);
+        for k in 0..self.slots {
+            let to = if k == 0 {
+                0
+            } else {
+                remap(k).clamp(1, slots - 1)
+            };
+            let row = self.slot_of(now + k as u64) * self.stride;
+            for (column, input) in pending[row..row + self.stride].iter().enumerate() {
+                for (channel, &value) in input.iter().enumerate() {
+                    if value != 0.0 {
+                        sender.queue(to, column, channel == 1, value);
                     }
                 }
             }
         }
-        self.blocks = blocks;
-        self.slots = slots;
+        ring.seal(1);
+        *self = ring;
         Ok(())
     }
 
-    /// The largest `k < slots` such that some input is pending `k` steps after `now`.
+    /// Every value of the dense ring this one stands for, `[slot * stride + column]`,
+    /// each its events' sum in delivery order.
+    fn dense(&self) -> Result<Vec<[f32; 2]>, Error> {
+        let len = self
+            .slots
+            .checked_mul(self.stride)
+            .ok_or_else(|| out_of_memory(None, align_of::<f32>()))?;
+        let mut values = filled(len, [0.0; 2])?;
+        let parts = self.parts();
+        for (cell, delivery) in self.deliveries.iter().enumerate() {
+            let (slot, part) = (cell / parts, cell % parts);
+            let start = slot * self.stride + part * PART_COLUMNS;
+            let end = (start + PART_COLUMNS).min((slot + 1) * self.stride);
+            for event in self.events_of(cell, delivery) {
+                event.add_to(&mut values[start..end]);
+            }
+        }
+        Ok(values)
+    }
+
+    /// The events of `cell`, in delivery order.
+    fn events_of<'a>(
+        &'a self,
+        cell: usize,
+        delivery: &'a Delivery,
+    ) -> impl Iterator<Item = &'a Event> + 'a {
+        delivery
+            .segments
+            .iter()
+            .flat_map(move |s| &self.senders[s.sender].0[cell][s.start..s.end])
+    }
+
+    /// The largest `k < slots` such that some non-zero input is pending `k` steps after
+    /// `now`.
     pub(crate) fn last_pending_offset(&self, now: u64) -> Option<usize> {
+        let parts = self.parts();
         (0..self.slots).rev().find(|&k| {
-            let start = self.row_start(now + k as u64);
-            let range = start..start + BLOCK_COLUMNS;
-            self.blocks.iter().any(|b| {
-                b.ex[range.clone()]
+            let first = self.slot_of(now + k as u64) * parts;
+            self.senders.iter().any(|s| {
+                s.0[first..first + parts]
                     .iter()
-                    .chain(&b.inh[range.clone()])
-                    .any(|&x| x != 0.0)
+                    .flatten()
+                    .any(|e| e.weight != 0.0)
             })
         })
     }
 
-    fn row_start(&self, step: u64) -> usize {
-        (step % self.slots as u64) as usize * BLOCK_COLUMNS
-    }
-
-    /// The excitatory and inhibitory input `column` receives in `step` (none past the
+    /// The excitatory and inhibitory input pending for `column` in `step` (none past the
     /// ring's columns).
-    #[inline]
-    #[cfg(any(test, feature = "cuda"))]
+    #[cfg(test)]
     pub(crate) fn input(&self, step: u64, column: usize) -> (f32, f32) {
-        self.inputs(step).of(column)
-    }
-
-    /// The input of every column in `step`.
-    pub(crate) fn inputs(&self, step: u64) -> StepInputs<'_> {
-        StepInputs {
-            blocks: &self.blocks,
-            row: if self.slots == 0 {
-                0
-            } else {
-                self.row_start(step)
-            },
+        if self.slots == 0 || column >= self.stride {
+            return (0.0, 0.0);
         }
+        let cell = self.slot_of(step) * self.parts() + column / PART_COLUMNS;
+        let mut input = [0.0; 2];
+        for event in self.events_of(cell, &self.deliveries[cell]) {
+            if event.column_in_part() == column % PART_COLUMNS {
+                input[event.channel()] += event.weight;
+            }
+        }
+        (input[0], input[1])
     }
 
-    /// Zeroes the input of `step`, once it has been delivered.
-    pub(crate) fn clear_slot(&mut self, step: u64) {
+    /// The input pending in the `rows` steps from `now`, `columns` values a row (columns
+    /// past the ring's get none): excitatory rows, then inhibitory rows.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn rows_from(
+        &self,
+        now: u64,
+        columns: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), Error> {
+        let dense = self.dense()?;
+        let len = self
+            .slots
+            .checked_mul(columns)
+            .ok_or_else(|| out_of_memory(None, align_of::<f32>()))?;
+        let (mut ex, mut inh) = (filled(len, 0.0)?, filled(len, 0.0)?);
+        for k in 0..self.slots {
+            let row = self.slot_of(now + k as u64) * self.stride;
+            let held = columns.min(self.stride);
+            for (c, input) in dense[row..row + held].iter().enumerate() {
+                ex[k * columns + c] = input[0];
+                inh[k * columns + c] = input[1];
+            }
+        }
+        Ok((ex, inh))
+    }
+
+    /// Adds the events arriving in `now` into the step's input
+    /// ([`input_of_step`](Self::input_of_step) reads it) and empties their queues.
+    pub(crate) fn gather(&mut self, now: u64) {
         if self.slots == 0 {
             return;
         }
-        let start = self.row_start(step);
-        for b in &mut self.blocks {
-            b.ex[start..start + BLOCK_COLUMNS].fill(0.0);
-            b.inh[start..start + BLOCK_COLUMNS].fill(0.0);
+        let parts = self.parts();
+        let cells = self.slot_of(now) * parts..(self.slot_of(now) + 1) * parts;
+        let mut queues: Vec<Vec<&mut Vec<Event>>> = (0..parts)
+            .map(|_| Vec::with_capacity(self.senders.len()))
+            .collect();
+        for sender in &mut self.senders {
+            for (part, queue) in sender.0[cells.clone()].iter_mut().enumerate() {
+                queues[part].push(queue);
+            }
+        }
+        let deliveries = &mut self.deliveries[cells];
+        if self.stride >= PARALLEL_COLUMNS {
+            self.input
+                .par_chunks_mut(PART_COLUMNS)
+                .zip(deliveries.par_iter_mut())
+                .zip(queues)
+                .for_each(|((input, delivery), queues)| gather_part(input, delivery, queues));
+        } else {
+            self.input
+                .chunks_mut(PART_COLUMNS)
+                .zip(deliveries.iter_mut())
+                .zip(queues)
+                .for_each(|((input, delivery), queues)| gather_part(input, delivery, queues));
         }
     }
 
-    /// Zeroes every pending input of `column` (its neuron was removed).
-    pub(crate) fn clear_column(&mut self, column: usize) {
-        let Some(block) = self.blocks.get_mut(column / BLOCK_COLUMNS) else {
-            return;
-        };
-        for slot in 0..self.slots {
-            let at = slot * BLOCK_COLUMNS + column % BLOCK_COLUMNS;
-            block.ex[at] = 0.0;
-            block.inh[at] = 0.0;
+    /// The input of the step last [`gather`](Self::gather)ed: per column, excitatory and
+    /// inhibitory.
+    pub(crate) fn input_of_step(&self) -> &[[f32; 2]] {
+        &self.input
+    }
+
+    /// One sender per share of a step's events, for the step `now`: senders append to
+    /// their own queues, and [`seal`](Self::seal) then orders their events sender by
+    /// sender.
+    pub(crate) fn senders(&mut self, shares: usize, now: u64) -> Vec<Sender<'_>> {
+        let cells = self.deliveries.len();
+        if self.senders.len() < shares {
+            self.senders
+                .resize_with(shares, || Queues(vec![Vec::new(); cells]));
+        }
+        let (base, slots, parts) = (self.base_of(now), self.slots, self.parts());
+        self.senders[..shares]
+            .iter_mut()
+            .map(|q| Sender {
+                queues: &mut q.0,
+                base,
+                slots,
+                parts,
+            })
+            .collect()
+    }
+
+    fn base_of(&self, now: u64) -> usize {
+        if self.slots == 0 {
+            0
+        } else {
+            self.slot_of(now)
         }
     }
 
-    /// The ring's shape, detached from its storage.
-    pub(crate) fn geometry(&self) -> RingGeometry {
-        RingGeometry {
-            columns: self.stride(),
-            slots: self.slots as u64,
+    /// The first sender, alone, for step `now`.
+    fn sender(&mut self, now: u64) -> Sender<'_> {
+        let (base, slots, parts) = (self.base_of(now), self.slots, self.parts());
+        Sender {
+            queues: &mut self.senders[0].0,
+            base,
+            slots,
+            parts,
         }
     }
 
-    /// Adds a spike of `weight` to `column` in `slot` (from
-    /// [`RingGeometry::slot`]): to the excitatory input when `weight >= 0`, else to the
-    /// inhibitory one.
-    #[inline]
-    pub(crate) fn add(&mut self, slot: usize, column: usize, weight: f32) {
-        if let Some(block) = self.blocks.get_mut(column / BLOCK_COLUMNS) {
-            block.add(slot, column % BLOCK_COLUMNS, weight);
+    /// Orders what the first `shares` senders queued since the last seal after every
+    /// earlier event of the same queue, sender 0's first.
+    pub(crate) fn seal(&mut self, shares: usize) {
+        for (index, sender) in self.senders[..shares].iter().enumerate() {
+            for (queue, delivery) in sender.0.iter().zip(&mut self.deliveries) {
+                if delivery.sealed.len() <= index {
+                    delivery.sealed.resize(index + 1, 0);
+                }
+                let sealed = &mut delivery.sealed[index];
+                if queue.len() > *sealed {
+                    delivery.segments.push(Segment {
+                        sender: index,
+                        start: *sealed,
+                        end: queue.len(),
+                    });
+                    *sealed = queue.len();
+                }
+            }
         }
     }
 
-    /// The ring's storage as a checkpoint holds it.
-    pub(crate) fn image(&self) -> RingImage<&[f32]> {
-        RingImage {
+    /// Zeroes every pending input of the columns for which `removed` is true (their
+    /// neurons were removed). An event keeps its place with weight 0, which adds nothing
+    /// to any sum.
+    pub(crate) fn clear_columns(&mut self, removed: impl Fn(usize) -> bool + Sync) {
+        let parts = self.parts().max(1);
+        self.senders.par_iter_mut().for_each(|sender| {
+            for (cell, queue) in sender.0.iter_mut().enumerate() {
+                let first = cell % parts * PART_COLUMNS;
+                for event in queue {
+                    if removed(first + event.column_in_part()) {
+                        event.weight = 0.0;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The input in flight as a checkpoint holds it: the dense ring, block by block.
+    pub(crate) fn image(&self) -> Result<RingImage<Vec<f32>>, Error> {
+        let dense = self.dense()?;
+        let len = self.slots * BLOCK_COLUMNS;
+        let mut blocks = Vec::new();
+        blocks
+            .try_reserve_exact(self.stride / BLOCK_COLUMNS)
+            .map_err(|_| out_of_memory(None, align_of::<f32>()))?;
+        for first in (0..self.stride).step_by(BLOCK_COLUMNS) {
+            let (mut ex, mut inh) = (filled(len, 0.0)?, filled(len, 0.0)?);
+            for slot in 0..self.slots {
+                let row = &dense[slot * self.stride + first..][..BLOCK_COLUMNS];
+                for (c, input) in row.iter().enumerate() {
+                    ex[slot * BLOCK_COLUMNS + c] = input[0];
+                    inh[slot * BLOCK_COLUMNS + c] = input[1];
+                }
+            }
+            blocks.push([ex, inh]);
+        }
+        Ok(RingImage {
             slots: u32::try_from(self.slots).expect("at most MAX_RING_SLOTS slots"),
             block_columns: BLOCK_COLUMNS as u32,
-            blocks: self
-                .blocks
-                .iter()
-                .map(|b| [&b.ex[..], &b.inh[..]])
-                .collect(),
-        }
+            blocks,
+        })
     }
 
     /// The ring a checkpoint's [`image`](Self::image) describes, or what is wrong with
@@ -322,18 +513,37 @@ impl SpikeRing {
                 inh.len()
             ));
         }
-        let blocks = image
-            .blocks
-            .into_iter()
-            .map(|[ex, inh]| RingBlock { ex, inh })
-            .collect();
-        Ok(SpikeRing { blocks, slots })
+        let mut ring = SpikeRing::shaped(image.blocks.len() * BLOCK_COLUMNS, slots)
+            .map_err(|e| e.to_string())?;
+        // Seen from step 0, offsets are slots.
+        let mut sender = ring.sender(0);
+        for (b, arrays) in image.blocks.iter().enumerate() {
+            for (channel, values) in arrays.iter().enumerate() {
+                for (at, &value) in values.iter().enumerate() {
+                    if value != 0.0 {
+                        let column = b * BLOCK_COLUMNS + at % BLOCK_COLUMNS;
+                        sender.queue(at / BLOCK_COLUMNS, column, channel == 1, value);
+                    }
+                }
+            }
+        }
+        ring.seal(1);
+        Ok(ring)
     }
+}
 
-    /// The blocks of columns, in order: block `b` holds columns
-    /// `b * BLOCK_COLUMNS .. (b + 1) * BLOCK_COLUMNS`.
-    pub(crate) fn blocks_mut(&mut self) -> &mut [RingBlock] {
-        &mut self.blocks
+/// Zeroes one part's input, adds its events in delivery order, and empties its queues.
+fn gather_part(input: &mut [[f32; 2]], delivery: &mut Delivery, queues: Vec<&mut Vec<Event>>) {
+    input.fill([0.0; 2]);
+    for s in &delivery.segments {
+        for event in &queues[s.sender][s.start..s.end] {
+            event.add_to(input);
+        }
+    }
+    delivery.segments.clear();
+    delivery.sealed.fill(0);
+    for queue in queues {
+        queue.clear();
     }
 }
 
@@ -342,8 +552,8 @@ mod tests {
     use super::*;
 
     fn add(ring: &mut SpikeRing, now: u64, offset: u64, column: usize, w: f32) {
-        let slot = ring.geometry().after(now).slot(offset, column).unwrap();
-        ring.add(slot, column, w);
+        ring.senders(1, now)[0].send(offset, column, w);
+        ring.seal(1);
     }
 
     #[test]
@@ -362,34 +572,87 @@ mod tests {
         assert_eq!(ring.input(now + 4, 1).0, 5.0);
         assert_eq!(ring.input(now + 2, 3).1, -2.0);
         assert_eq!(ring.last_pending_offset(now), Some(4));
-        ring.clear_column(1);
+        ring.clear_columns(|c| c == 1);
         assert_eq!(ring.last_pending_offset(now), Some(2));
         assert_eq!(ring.input(now + 4, 1).0, 0.0);
-        ring.clear_slot(now + 2);
+        ring.gather(now + 2);
+        assert_eq!(ring.input_of_step()[3], [0.0, -2.0]);
         assert_eq!(ring.input(now + 2, 3).1, 0.0);
+        assert_eq!(ring.last_pending_offset(now), None);
+    }
+
+    /// The reference: a dense ring of every future step, each event added where it falls.
+    struct DenseRing {
+        values: Vec<[f32; 2]>,
+        columns: usize,
+        slots: usize,
+    }
+
+    impl DenseRing {
+        fn add(&mut self, now: u64, offset: u64, column: usize, w: f32) {
+            let slot = ((now + offset.min(self.slots as u64 - 1)) % self.slots as u64) as usize;
+            if column < self.columns {
+                self.values[slot * self.columns + column][usize::from(w < 0.0)] += w;
+            }
+        }
+
+        fn take(&mut self, now: u64) -> Vec<[f32; 2]> {
+            let slot = (now % self.slots as u64) as usize;
+            let row = &mut self.values[slot * self.columns..][..self.columns];
+            let taken = row.to_vec();
+            row.fill([0.0; 2]);
+            taken
+        }
     }
 
     #[test]
-    fn blocks_hold_their_columns() {
-        let columns = 3 * BLOCK_COLUMNS + 5;
-        let (mut one, mut split) = (SpikeRing::default(), SpikeRing::default());
-        for r in [&mut one, &mut split] {
-            r.reshape(columns, 4, 0, |k| k).unwrap();
+    fn senders_sum_every_input_in_delivery_order() {
+        let (columns, slots) = (3 * PART_COLUMNS + 5, 7);
+        let mut ring = SpikeRing::default();
+        ring.reshape(columns, slots, 0, |k| k).unwrap();
+        let stride = ring.stride();
+        let mut dense = DenseRing {
+            values: vec![[0.0; 2]; stride * slots],
+            columns: stride,
+            slots,
+        };
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        for now in 0..40u64 {
+            ring.gather(now);
+            assert_eq!(ring.input_of_step(), &dense.take(now)[..], "step {now}");
+            // Events of very different sizes, so that their order shows in the sums.
+            let events: Vec<(u64, usize, f32)> = (0..2000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let w = (x % 1000) as f32 * [1e-4, 1.0, 1e4][(x >> 20) as usize % 3];
+                    let sign = if x >> 40 & 1 == 1 { -1.0 } else { 1.0 };
+                    (
+                        1 + (x >> 8) % 9,
+                        (x >> 24) as usize % (columns + 50),
+                        sign * w,
+                    )
+                })
+                .collect();
+            let shares = 1 + (now as usize % 3);
+            let per = events.len().div_ceil(shares);
+            for (sender, share) in ring.senders(shares, now).iter_mut().zip(events.chunks(per)) {
+                for &(offset, column, w) in share {
+                    sender.send(offset, column, w);
+                }
+            }
+            ring.seal(shares);
+            for &(offset, column, w) in &events {
+                dense.add(now, offset, column, w);
+            }
         }
-        let events: Vec<(usize, usize, f32)> = (0..500)
-            .map(|k| ((k * 7919) % columns, k % 4, k as f32 - 250.0))
-            .collect();
-        for &(c, s, w) in &events {
-            one.add(s, c, w);
-        }
-        let blocks = split.blocks_mut();
-        assert_eq!(blocks.len(), 4);
-        for &(c, s, w) in &events {
-            blocks[c / BLOCK_COLUMNS].add(s, c % BLOCK_COLUMNS, w);
-        }
-        for c in 0..columns {
-            for s in 0..4u64 {
-                assert_eq!(one.input(s, c), split.input(s, c), "{c} {s}");
+        let image = ring.image().unwrap();
+        let back = SpikeRing::from_image(image.clone()).unwrap();
+        assert_eq!(back.image().unwrap(), image);
+        for k in 0..slots as u64 {
+            for c in (0..stride).step_by(97) {
+                assert_eq!(back.input(40 + k, c), ring.input(40 + k, c));
             }
         }
     }
@@ -400,40 +663,22 @@ mod tests {
         ring.reshape(BLOCK_COLUMNS + 3, 5, 0, |k| k).unwrap();
         add(&mut ring, 3, 2, BLOCK_COLUMNS + 1, 4.0);
         add(&mut ring, 3, 4, 7, -1.5);
-        let image = ring.image();
-        let owned = RingImage {
-            slots: image.slots,
-            block_columns: image.block_columns,
-            blocks: image
-                .blocks
-                .iter()
-                .map(|[e, i]| [e.to_vec(), i.to_vec()])
-                .collect(),
-        };
-        let back = SpikeRing::from_image(owned.clone()).unwrap();
+        let image = ring.image().unwrap();
+        let back = SpikeRing::from_image(image.clone()).unwrap();
         assert_eq!((back.stride(), back.slots()), (ring.stride(), ring.slots()));
         assert_eq!(back.input(5, BLOCK_COLUMNS + 1), (4.0, 0.0));
         assert_eq!(back.input(7, 7), (0.0, -1.5));
         assert_eq!(back.last_pending_offset(3), Some(4));
 
-        let mut one_slot = owned.clone();
+        let mut one_slot = image.clone();
         one_slot.slots = 1;
         assert!(SpikeRing::from_image(one_slot).is_err());
-        let mut narrow = owned;
+        let mut narrow = image;
         narrow.block_columns = 512;
         assert!(
             SpikeRing::from_image(narrow)
                 .unwrap_err()
                 .contains("512 columns")
         );
-    }
-
-    #[test]
-    fn impossible_sizes_are_errors_that_change_nothing() {
-        let mut ring = SpikeRing::default();
-        ring.reshape(2, 2, 0, |k| k).unwrap();
-        assert!(ring.reshape(usize::MAX, 2, 0, |k| k).is_err());
-        assert!(ring.reshape(usize::MAX / 4, 2, 0, |k| k).is_err());
-        assert_eq!((ring.stride(), ring.slots()), (BLOCK_COLUMNS, 2));
     }
 }

@@ -142,6 +142,15 @@ impl<A: AsRef<[f32]>> RingImage<A> {
 }
 
 impl RingImage<Vec<f32>> {
+    /// The same image, borrowed.
+    pub(crate) fn borrowed(&self) -> RingImage<&[f32]> {
+        RingImage {
+            slots: self.slots,
+            block_columns: self.block_columns,
+            blocks: self.blocks.iter().map(|[e, i]| [&e[..], &i[..]]).collect(),
+        }
+    }
+
     /// Reads a RING section, growing its arrays only as bytes arrive (a corrupt shape
     /// cannot make it allocate more than the file holds).
     pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Self, Error> {

@@ -107,10 +107,10 @@ impl NeuralGraph {
             runs_end: self.runs_end,
             spikes: self.spikes.iter().map(|n| n.to_bits()).collect(),
         };
-        let ring = self.ring.image();
+        let ring = self.ring.image()?;
         let sections = GraphSections {
             state: &state,
-            ring: &ring,
+            ring: &ring.borrowed(),
         };
         options.save_graph_to((self.neurons(), self.synapses()), &sections, out)
     }
@@ -333,7 +333,7 @@ mod tests {
             (graph.step, graph.time_ms, graph.dt, graph.runs_end)
         );
         assert_eq!(back.max_delay_ms, graph.max_delay_ms);
-        assert_eq!(back.ring.image(), graph.ring.image());
+        assert_eq!(back.ring.image().unwrap(), graph.ring.image().unwrap());
     }
 
     #[test]
