@@ -18,6 +18,11 @@
 //! future step (tens of megabytes for the full microcircuit) would take a cache miss per
 //! event.
 //!
+//! The queues hold the events in flight (for the full microcircuit about 1.5 million, 12
+//! MB); a queue that grows past twice its part's columns (spikes injected again and
+//! again before a step) is collapsed to one event per column and channel, so no queue
+//! outgrows a dense ring's row by more than that.
+//!
 //! Checkpoints hold the input in flight as the dense ring would: per block of
 //! [`BLOCK_COLUMNS`] columns, an excitatory and an inhibitory array of `slots ×
 //! BLOCK_COLUMNS` values, slot-major ([`SpikeRing::image`]). Each value is its events' sum
@@ -45,6 +50,10 @@ const PART_COLUMNS: usize = 16 * BLOCK_COLUMNS;
 
 /// From this many columns up, [`SpikeRing::gather`] runs its parts on rayon's threads.
 const PARALLEL_COLUMNS: usize = 2 * PART_COLUMNS;
+
+/// A queue (one slot of one part, all senders) holding more events than this is
+/// collapsed to one event per column and channel ([`SpikeRing::collapse`]).
+const COLLAPSE_EVENTS: usize = 2 * PART_COLUMNS;
 
 /// The flag of an [`Event`] for inhibitory input.
 const INHIBITORY: u32 = 1 << 31;
@@ -441,6 +450,45 @@ impl SpikeRing {
                 }
             }
         }
+        for cell in 0..self.deliveries.len() {
+            if self.deliveries[cell].sealed.iter().sum::<usize>() > COLLAPSE_EVENTS {
+                self.collapse(cell);
+            }
+        }
+    }
+
+    /// Replaces the events of `cell` with one per column and channel, their sum in
+    /// delivery order (which later events then add to, as they would have to the events
+    /// one by one): spikes injected again and again before a step keep the queue no
+    /// longer than a dense ring's row.
+    #[cold]
+    fn collapse(&mut self, cell: usize) {
+        let mut sums = vec![[0.0f32; 2]; PART_COLUMNS];
+        for event in self.events_of(cell, &self.deliveries[cell]) {
+            event.add_to(&mut sums);
+        }
+        for sender in &mut self.senders {
+            sender.0[cell].clear();
+        }
+        let queue = &mut self.senders[0].0[cell];
+        for (column, input) in sums.iter().enumerate() {
+            for (channel, &value) in input.iter().enumerate() {
+                if value != 0.0 {
+                    queue.push(Event::new(column, channel == 1, value));
+                }
+            }
+        }
+        let delivery = &mut self.deliveries[cell];
+        delivery.segments.clear();
+        delivery.sealed.fill(0);
+        if !queue.is_empty() {
+            delivery.segments.push(Segment {
+                sender: 0,
+                start: 0,
+                end: queue.len(),
+            });
+            delivery.sealed[0] = queue.len();
+        }
     }
 
     /// Zeroes every pending input of the columns for which `removed` is true (their
@@ -657,6 +705,43 @@ mod tests {
             for c in (0..stride).step_by(97) {
                 assert_eq!(back.input(40 + k, c), ring.input(40 + k, c));
             }
+        }
+    }
+
+    #[test]
+    fn spikes_injected_again_and_again_keep_a_queue_short() {
+        let mut ring = SpikeRing::default();
+        ring.reshape(100, 4, 0, |k| k).unwrap();
+        let mut dense = DenseRing {
+            values: vec![[0.0; 2]; ring.stride() * 4],
+            columns: ring.stride(),
+            slots: 4,
+        };
+        for round in 0..1000 {
+            let shares = 1 + round % 2;
+            for (i, sender) in ring.senders(shares, 0).iter_mut().enumerate() {
+                for column in 0..100 {
+                    let w = (round * 7 + column + i) as f32 * 0.37 - 30.0;
+                    sender.send(1 + column as u64 % 2, column, w);
+                }
+            }
+            ring.seal(shares);
+            for i in 0..shares {
+                for column in 0..100 {
+                    let w = (round * 7 + column + i) as f32 * 0.37 - 30.0;
+                    dense.add(0, 1 + column as u64 % 2, column, w);
+                }
+            }
+        }
+        let queued: usize = ring
+            .senders
+            .iter()
+            .map(|s| s.0.iter().map(Vec::len).sum::<usize>())
+            .sum();
+        assert!(queued <= 2 * COLLAPSE_EVENTS, "{queued} events queued");
+        for step in [1, 2] {
+            ring.gather(step);
+            assert_eq!(ring.input_of_step(), &dense.take(step)[..], "step {step}");
         }
     }
 
