@@ -19,9 +19,9 @@
 //! event.
 //!
 //! The queues hold the events in flight (for the full microcircuit about 1.5 million, 12
-//! MB); a queue that grows past twice its part's columns (spikes injected again and
-//! again before a step) is collapsed to one event per column and channel, so no queue
-//! outgrows a dense ring's row by more than that.
+//! MB); a queue that grows past four times its part's columns (spikes injected again and
+//! again before a step, or far more events in flight than neurons) is collapsed to one
+//! event per column and channel, so no queue outgrows twice a dense ring's row.
 //!
 //! Checkpoints hold the input in flight as the dense ring would: per block of
 //! [`BLOCK_COLUMNS`] columns, an excitatory and an inhibitory array of `slots ×
@@ -51,8 +51,9 @@ const PART_COLUMNS: usize = 16 * BLOCK_COLUMNS;
 /// From this many columns up, [`SpikeRing::gather`] runs its parts on rayon's threads.
 const PARALLEL_COLUMNS: usize = 2 * PART_COLUMNS;
 
-/// A queue (one slot of one part, all senders) holding more events than this is
-/// collapsed to one event per column and channel ([`SpikeRing::collapse`]).
+/// A queue (one slot of one part, all senders) holding more than twice this many events,
+/// or twice as many as its last collapse left, is collapsed to one event per column and
+/// channel ([`SpikeRing::collapse`]), so that collapses cost O(1) per event.
 const COLLAPSE_EVENTS: usize = 2 * PART_COLUMNS;
 
 /// The flag of an [`Event`] for inhibitory input.
@@ -108,6 +109,8 @@ struct Delivery {
     segments: Vec<Segment>,
     /// Per sender, how many of its queue's events segments already cover.
     sealed: Vec<usize>,
+    /// The events left by the last collapse (see [`COLLAPSE_EVENTS`]).
+    collapsed: usize,
 }
 
 /// A sender's queues, one per (slot, part), slot-major.
@@ -451,7 +454,8 @@ impl SpikeRing {
             }
         }
         for cell in 0..self.deliveries.len() {
-            if self.deliveries[cell].sealed.iter().sum::<usize>() > COLLAPSE_EVENTS {
+            let delivery = &self.deliveries[cell];
+            if delivery.sealed.iter().sum::<usize>() > 2 * delivery.collapsed.max(COLLAPSE_EVENTS) {
                 self.collapse(cell);
             }
         }
@@ -481,6 +485,7 @@ impl SpikeRing {
         let delivery = &mut self.deliveries[cell];
         delivery.segments.clear();
         delivery.sealed.fill(0);
+        delivery.collapsed = queue.len();
         if !queue.is_empty() {
             delivery.segments.push(Segment {
                 sender: 0,
@@ -593,6 +598,7 @@ fn gather_part(input: &mut [[f32; 2]], delivery: &mut Delivery, queues: Vec<&mut
     }
     delivery.segments.clear();
     delivery.sealed.fill(0);
+    delivery.collapsed = 0;
     for queue in queues {
         queue.clear();
     }
@@ -717,7 +723,7 @@ mod tests {
             columns: ring.stride(),
             slots: 4,
         };
-        for round in 0..1000 {
+        for round in 0..2000 {
             let shares = 1 + round % 2;
             for (i, sender) in ring.senders(shares, 0).iter_mut().enumerate() {
                 for column in 0..100 {
@@ -738,7 +744,7 @@ mod tests {
             .iter()
             .map(|s| s.0.iter().map(Vec::len).sum::<usize>())
             .sum();
-        assert!(queued <= 2 * COLLAPSE_EVENTS, "{queued} events queued");
+        assert!(queued <= 4 * COLLAPSE_EVENTS, "{queued} events queued");
         for step in [1, 2] {
             ring.gather(step);
             assert_eq!(ring.input_of_step(), &dense.take(step)[..], "step {step}");
