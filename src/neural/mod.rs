@@ -7,7 +7,7 @@
 //! - [`NeuralGraph`], neurons and synapses in a [`Store`](crate::Store), each neuron's
 //!   outgoing synapses found through runs of the synapse table's storage (`graph.rs`);
 //! - the reference CPU step: exact integration of NEST's `iaf_psc_exp` (`lif.rs`) and spike
-//!   propagation through per-neuron ring buffers of future input (`ring.rs`);
+//!   propagation through queues of input in flight, one per arrival step (`ring.rs`);
 //! - checkpoints: [`NeuralGraph::save`] and [`NeuralGraph::load`], after which the loaded
 //!   graph steps exactly as the saved one would have (`graph/checkpoint.rs`).
 //!

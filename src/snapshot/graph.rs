@@ -117,7 +117,7 @@ impl GraphState {
     }
 }
 
-/// A RING section: the input in flight, as the ring buffer holds it. Each block of
+/// A RING section: the input in flight, as a dense ring buffer of future steps. Each block of
 /// `block_columns` neuron columns is two arrays (excitatory, inhibitory) of
 /// `slots × block_columns` values, slot-major.
 #[derive(Clone, Debug, Default, PartialEq)]

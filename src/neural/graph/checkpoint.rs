@@ -6,7 +6,7 @@
 //! with its version), then a `GRPH` section with the state the tables do not hold (step,
 //! model time, resolution, the last step's spikes, the longest delay, the columns, the
 //! compaction policy and where new synapses go) and a `RING` section with the input in
-//! flight, as the ring buffer holds it. The neurons' runs of outgoing synapses are not
+//! flight, as a dense ring of future steps. The neurons' runs of outgoing synapses are not
 //! saved: they are found again from the synapse table's storage order, in the order a
 //! spike walks them, which is also the check that every synapse names live neurons.
 
