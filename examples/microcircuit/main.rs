@@ -366,13 +366,15 @@ fn report_figures(
     println!("{:<40} {}", "neurons", neurons);
     println!("{:<40} {}", "synapses", synapses);
     println!(
-        "{:<40} {:.1} B ({} in all: objects {}, slots and chunk metadata {}, adjacency {})",
+        "{:<40} {:.1} B ({} in all: objects {}, slots and chunk metadata {}, adjacency {}, \
+         input in flight {})",
         "bytes per synapse, store-wide",
         memory.total() as f64 / synapses as f64,
         gib(memory.total()),
         gib(memory.object_bytes),
         gib(memory.metadata_bytes),
-        gib(memory.adjacency_bytes)
+        gib(memory.adjacency_bytes),
+        gib(memory.input_bytes)
     );
     let pool = network.graph.store().pool().stats();
     println!(

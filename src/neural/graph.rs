@@ -548,8 +548,8 @@ impl NeuralGraph {
         report
     }
 
-    /// The bytes the graph holds: its tables (objects, slots and per-chunk bookkeeping)
-    /// and its per-neuron runs of outgoing synapses.
+    /// The bytes the graph holds: its tables (objects, slots and per-chunk bookkeeping),
+    /// its per-neuron runs of outgoing synapses and the synaptic input in flight.
     ///
     /// ```
     /// use neurostore::neural::{NeuralGraph, NeuronParams};
@@ -559,7 +559,9 @@ impl NeuralGraph {
     /// graph.connect(ns[0], ns[1], 10.0, 1.0)?;
     /// let memory = graph.memory();
     /// assert!(memory.object_bytes >= 2 * 64 + 16);
-    /// assert_eq!(memory.total(), memory.object_bytes + memory.metadata_bytes + memory.adjacency_bytes);
+    /// assert_eq!(memory.input_bytes, 0); // nothing sent yet
+    /// graph.step(0.1)?;
+    /// assert!(graph.memory().input_bytes > 0); // the step's input, per neuron
     /// # Ok::<(), neurostore::Error>(())
     /// ```
     pub fn memory(&self) -> GraphMemory {
@@ -573,6 +575,7 @@ impl NeuralGraph {
             object_bytes: neurons.bytes_reserved + synapses.bytes_reserved,
             metadata_bytes: neurons.metadata_bytes + synapses.metadata_bytes,
             adjacency_bytes: runs + self.out.capacity() * size_of::<Outgoing>(),
+            input_bytes: self.ring.bytes(),
         }
     }
 
@@ -1304,12 +1307,15 @@ pub struct GraphMemory {
     pub metadata_bytes: usize,
     /// The per-neuron runs of outgoing synapses.
     pub adjacency_bytes: usize,
+    /// The synaptic input in flight: the queues of events by arrival step (their
+    /// capacity) and the input of one step per neuron.
+    pub input_bytes: usize,
 }
 
 impl GraphMemory {
     /// All of it.
     pub fn total(&self) -> usize {
-        self.object_bytes + self.metadata_bytes + self.adjacency_bytes
+        self.object_bytes + self.metadata_bytes + self.adjacency_bytes + self.input_bytes
     }
 }
 

@@ -388,6 +388,27 @@ impl SpikeRing {
         }
     }
 
+    /// The bytes the ring holds: its queues' capacity, their bookkeeping and one step's
+    /// input.
+    pub(crate) fn bytes(&self) -> usize {
+        let queues: usize = self
+            .senders
+            .iter()
+            .flat_map(|s| &s.0)
+            .map(|q| q.capacity() * size_of::<Event>() + size_of::<Vec<Event>>())
+            .sum();
+        let deliveries: usize = self
+            .deliveries
+            .iter()
+            .map(|d| {
+                d.segments.capacity() * size_of::<Segment>()
+                    + d.sealed.capacity() * size_of::<usize>()
+                    + size_of::<Delivery>()
+            })
+            .sum();
+        queues + deliveries + self.input.capacity() * size_of::<[f32; 2]>()
+    }
+
     /// The input of the step last [`gather`](Self::gather)ed: per column, excitatory and
     /// inhibitory.
     pub(crate) fn input_of_step(&self) -> &[[f32; 2]] {
@@ -704,6 +725,9 @@ mod tests {
                 dense.add(now, offset, column, w);
             }
         }
+        let queued: usize = ring.senders.iter().flat_map(|s| &s.0).map(Vec::len).sum();
+        assert!(queued > 0);
+        assert!(ring.bytes() >= queued * size_of::<Event>() + stride * size_of::<[f32; 2]>());
         let image = ring.image().unwrap();
         let back = SpikeRing::from_image(image.clone()).unwrap();
         assert_eq!(back.image().unwrap(), image);
