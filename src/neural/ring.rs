@@ -145,26 +145,31 @@ impl Sender<'_> {
     /// ring's get none.
     #[inline]
     pub(crate) fn send(&mut self, offset: u64, column: usize, weight: f32) {
-        let part = column / PART_COLUMNS;
-        if part >= self.parts {
-            return;
-        }
-        let offset = offset.min(self.slots as u64 - 1) as usize;
+        // An unshaped ring (no slots) has no parts either: `push` drops the event.
+        let offset = offset.min((self.slots as u64).saturating_sub(1)) as usize;
         let mut slot = self.base + offset;
         if slot >= self.slots {
             slot -= self.slots;
         }
-        if let Some(queue) = self.queues.get_mut(slot * self.parts + part) {
-            queue.push(Event::new(column % PART_COLUMNS, weight < 0.0, weight));
-        }
+        self.push(slot, column, weight < 0.0, weight);
     }
 
     /// Queues `value` for `column`'s `inhibitory` or excitatory channel `offset` slots
-    /// after the sender's step (`offset < slots`, `column` within the ring).
+    /// after the sender's step (`offset < slots`).
     fn queue(&mut self, offset: usize, column: usize, inhibitory: bool, value: f32) {
-        let slot = (self.base + offset) % self.slots;
-        let cell = slot * self.parts + column / PART_COLUMNS;
-        self.queues[cell].push(Event::new(column % PART_COLUMNS, inhibitory, value));
+        self.push((self.base + offset) % self.slots, column, inhibitory, value);
+    }
+
+    /// Appends `value` for `column`'s channel to the queue of `slot` (none past the
+    /// ring's columns).
+    #[inline]
+    fn push(&mut self, slot: usize, column: usize, inhibitory: bool, value: f32) {
+        let part = column / PART_COLUMNS;
+        if part < self.parts
+            && let Some(queue) = self.queues.get_mut(slot * self.parts + part)
+        {
+            queue.push(Event::new(column % PART_COLUMNS, inhibitory, value));
+        }
     }
 }
 
