@@ -1,8 +1,9 @@
 //! The neural step on the GPU: [`NeuralGraph::step`]'s leaky integrate-and-fire update
 //! and spike propagation as one kernel over mirrored `Neuron` and `Synapse` tables.
 //!
-//! The CPU step pushes each spike into a ring of future input; summing in float, the
-//! order of the additions into each input cell decides the last bits of the result. A
+//! The CPU step queues each synaptic event for the step it arrives in and adds the events
+//! into each neuron's input in the order they were sent; summing in float, the order of
+//! the additions into each input cell decides the last bits of the result. A
 //! GPU that pushed with atomic additions would sum in a random order, and after a few
 //! hundred steps of a recurrent network a neuron near threshold would fire one step
 //! earlier or later. So the kernel *pulls*: each neuron (one thread, its column being its
