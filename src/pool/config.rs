@@ -215,10 +215,9 @@ impl PoolConfig {
         self.resolve().map(|_| ()).map_err(Error::from)
     }
 
-    pub(crate) fn resolve(&self) -> Result<ResolvedConfig, ConfigError> {
+    /// Checks the small tier's keys.
+    fn check_small(&self) -> Result<(), ConfigError> {
         let s = &self.small;
-        let bad =
-            |key: &str, msg: String| Err(ConfigError::new(format!("memory_pools.{key}"), msg));
         if !s.alignment.is_power_of_two() || s.alignment < 8 || s.alignment > 4096 {
             return bad(
                 "small.alignment",
@@ -247,7 +246,12 @@ impl PoolConfig {
                 format!("{} is above 65536", s.thread_cache_size),
             );
         }
-        let m = &self.medium;
+        Ok(())
+    }
+
+    /// Checks the medium tier's keys, against the small tier's largest class.
+    fn check_medium(&self) -> Result<(), ConfigError> {
+        let (s, m) = (&self.small, &self.medium);
         check_classes("medium.sizes", &m.sizes, MAX_MEDIUM_CLASSES, MEDIUM_QUANTUM)?;
         let small_max = *s.sizes.last().expect("checked non-empty");
         if m.sizes[0] <= small_max {
@@ -284,7 +288,13 @@ impl PoolConfig {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// Checks the large tier's keys, against the medium tier's largest class.
+    fn check_large(&self) -> Result<(), ConfigError> {
         let l = &self.large;
+        let medium_max = *self.medium.sizes.last().expect("checked non-empty");
         if !l.min_size.is_power_of_two() || l.min_size < 4096 {
             return bad(
                 "large.min_size",
@@ -318,6 +328,15 @@ impl PoolConfig {
                 format!("{} is not a power of two in 4096..=min_size", l.alignment),
             );
         }
+        Ok(())
+    }
+
+    /// Checks the pool's keys (the tiers first, in order: a later check relies on an
+    /// earlier one, such as the size lists being non-empty) and resolves the config.
+    pub(crate) fn resolve(&self) -> Result<ResolvedConfig, ConfigError> {
+        self.check_small()?;
+        self.check_medium()?;
+        self.check_large()?;
         if self.total_memory == Some(0) {
             return bad(
                 "total_memory",
@@ -330,6 +349,7 @@ impl PoolConfig {
                 format!("{} is not one of 1, 2, 4, 8", self.growth_factor),
             );
         }
+        let (s, m, l) = (&self.small, &self.medium, &self.large);
         let mut small_sizes = [0; MAX_SMALL_CLASSES];
         small_sizes[..s.sizes.len()].copy_from_slice(&s.sizes);
         let mut medium_sizes = [0; MAX_MEDIUM_CLASSES];
@@ -361,6 +381,11 @@ impl PoolConfig {
             growth_factor: self.growth_factor,
         })
     }
+}
+
+/// The error that `key` (under `memory_pools.`) is wrong, as `msg` says.
+fn bad<T>(key: &str, msg: String) -> Result<T, ConfigError> {
+    Err(ConfigError::new(format!("memory_pools.{key}"), msg))
 }
 
 fn check_classes(
