@@ -72,6 +72,111 @@ impl PoolShared {
     }
 }
 
+/// The per-class counters of every thread's caches for one pool, summed at one moment.
+struct ThreadCounts {
+    allocs: [u64; MAX_SMALL_CLASSES],
+    frees: [u64; MAX_SMALL_CLASSES],
+    medium_allocs: [u64; MAX_CACHE_CLASSES],
+    medium_frees: [u64; MAX_CACHE_CLASSES],
+    /// Threads with a cache for the pool.
+    threads: usize,
+}
+
+impl PoolShared {
+    /// The threads' counters, from one look at the thread list (so that small and
+    /// medium counts come from one moment).
+    fn thread_counts(&self) -> ThreadCounts {
+        let mut counts = ThreadCounts {
+            allocs: [0; MAX_SMALL_CLASSES],
+            frees: [0; MAX_SMALL_CLASSES],
+            medium_allocs: [0; MAX_CACHE_CLASSES],
+            medium_frees: [0; MAX_CACHE_CLASSES],
+            threads: 0,
+        };
+        let list = lock(&self.threads);
+        list.sum(&mut counts.allocs, &mut counts.frees);
+        list.sum_medium(&mut counts.medium_allocs, &mut counts.medium_frees);
+        counts.threads = list.threads();
+        counts
+    }
+
+    /// The small tier's figures, each class's appended to `classes`.
+    fn small_stats(&self, counts: &ThreadCounts, classes: &mut Vec<ClassStats>) -> TierStats {
+        let mut small = TierStats::default();
+        for (ci, class) in self.small.classes[..self.small.count].iter().enumerate() {
+            let a = counts.allocs[ci].wrapping_add(class.shared_allocs.load(Ordering::Relaxed));
+            let f = counts.frees[ci].wrapping_add(class.shared_frees.load(Ordering::Relaxed));
+            let live = a.saturating_sub(f);
+            let c = ClassStats {
+                tier: Tier::Small,
+                size: class.size,
+                allocations: a,
+                deallocations: f,
+                in_use_bytes: live as usize * class.size,
+                reserved_bytes: self.small.reserved_bytes(ci),
+                chunks: self.small.chunks(ci),
+            };
+            small.reserved_bytes += c.reserved_bytes;
+            small.in_use_bytes += c.in_use_bytes;
+            small.allocations += a;
+            small.deallocations += f;
+            small.regions += c.chunks;
+            classes.push(c);
+        }
+        small
+    }
+
+    /// The medium tier's figures, each class's appended to `classes`.
+    fn medium_stats(&self, counts: &ThreadCounts, classes: &mut Vec<ClassStats>) -> TierStats {
+        let mut medium = TierStats {
+            reserved_bytes: self.medium.counters.reserved.load(Ordering::Relaxed),
+            regions: self.medium.counters.regions.load(Ordering::Relaxed),
+            ..TierStats::default()
+        };
+        let cache = &self.medium.cache;
+        for (k, &(size, a, f, in_use)) in self.medium.class_figures().iter().enumerate() {
+            // The tier counts what it handed straight to callers; the threads count what
+            // their caches handed out and took back (a block may leave through one thread
+            // and come back through another, so only the sums mean something).
+            let (mut a, mut f, mut bytes) = (a, f, in_use as i128);
+            for j in (0..cache.count).filter(|&j| cache.stat_class[j] as usize == k) {
+                a = a.wrapping_add(counts.medium_allocs[j]);
+                f = f.wrapping_add(counts.medium_frees[j]);
+                bytes += (i128::from(counts.medium_allocs[j]) - i128::from(counts.medium_frees[j]))
+                    * cache.sizes[j] as i128;
+            }
+            let in_use = bytes.max(0) as usize;
+            medium.allocations += a;
+            medium.deallocations += f;
+            medium.in_use_bytes += in_use;
+            classes.push(ClassStats {
+                tier: Tier::Medium,
+                size,
+                allocations: a,
+                deallocations: f,
+                in_use_bytes: in_use,
+                reserved_bytes: 0,
+                chunks: 0,
+            });
+        }
+        medium
+    }
+
+    /// The large tier's figures, the tables' spans counted with it.
+    fn large_stats(&self) -> TierStats {
+        let lc = &self.large.counters;
+        let spans = &self.spans;
+        let span_bytes = spans.committed.load(Ordering::Relaxed);
+        TierStats {
+            reserved_bytes: lc.reserved.load(Ordering::Relaxed) + span_bytes,
+            in_use_bytes: lc.in_use.load(Ordering::Relaxed) + span_bytes,
+            allocations: lc.allocs.load(Ordering::Relaxed) + spans.allocs.load(Ordering::Relaxed),
+            deallocations: lc.frees.load(Ordering::Relaxed) + spans.frees.load(Ordering::Relaxed),
+            regions: lc.regions.load(Ordering::Relaxed) + spans.spans.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A hierarchical size-class memory pool.
 ///
 /// Small requests (default up to 256 B) come from fixed-size pools with per-thread caches,
@@ -632,79 +737,12 @@ impl HierarchicalPool {
     /// counters), never a lock of the allocation path.
     pub fn stats(&self) -> PoolStats {
         let s = &*self.shared;
-        let mut allocs = [0u64; MAX_SMALL_CLASSES];
-        let mut frees = [0u64; MAX_SMALL_CLASSES];
-        let mut medium_allocs = [0u64; MAX_CACHE_CLASSES];
-        let mut medium_frees = [0u64; MAX_CACHE_CLASSES];
-        // One look at the thread list, so small and medium counts come from one moment.
-        let cached_threads = {
-            let list = lock(&s.threads);
-            list.sum(&mut allocs, &mut frees);
-            list.sum_medium(&mut medium_allocs, &mut medium_frees);
-            list.threads()
-        };
+        let counts = s.thread_counts();
         let mut classes = Vec::with_capacity(s.small.count + s.cfg.medium_count);
-        let mut small = TierStats::default();
-        for (ci, class) in s.small.classes[..s.small.count].iter().enumerate() {
-            let a = allocs[ci].wrapping_add(class.shared_allocs.load(Ordering::Relaxed));
-            let f = frees[ci].wrapping_add(class.shared_frees.load(Ordering::Relaxed));
-            let live = a.saturating_sub(f);
-            let c = ClassStats {
-                tier: Tier::Small,
-                size: class.size,
-                allocations: a,
-                deallocations: f,
-                in_use_bytes: live as usize * class.size,
-                reserved_bytes: s.small.reserved_bytes(ci),
-                chunks: s.small.chunks(ci),
-            };
-            small.reserved_bytes += c.reserved_bytes;
-            small.in_use_bytes += c.in_use_bytes;
-            small.allocations += a;
-            small.deallocations += f;
-            small.regions += c.chunks;
-            classes.push(c);
-        }
-        let mut medium = TierStats {
-            reserved_bytes: s.medium.counters.reserved.load(Ordering::Relaxed),
-            regions: s.medium.counters.regions.load(Ordering::Relaxed),
-            ..TierStats::default()
-        };
-        let cache = &s.medium.cache;
-        for (k, &(size, a, f, in_use)) in s.medium.class_figures().iter().enumerate() {
-            // The tier counts what it handed straight to callers; the threads count what
-            // their caches handed out and took back (a block may leave through one thread
-            // and come back through another, so only the sums mean something).
-            let (mut a, mut f, mut bytes) = (a, f, in_use as i128);
-            for j in (0..cache.count).filter(|&j| cache.stat_class[j] as usize == k) {
-                a = a.wrapping_add(medium_allocs[j]);
-                f = f.wrapping_add(medium_frees[j]);
-                bytes += (i128::from(medium_allocs[j]) - i128::from(medium_frees[j]))
-                    * cache.sizes[j] as i128;
-            }
-            let in_use = bytes.max(0) as usize;
-            medium.allocations += a;
-            medium.deallocations += f;
-            medium.in_use_bytes += in_use;
-            classes.push(ClassStats {
-                tier: Tier::Medium,
-                size,
-                allocations: a,
-                deallocations: f,
-                in_use_bytes: in_use,
-                reserved_bytes: 0,
-                chunks: 0,
-            });
-        }
-        let lc = &s.large.counters;
-        let span_bytes = s.spans.committed.load(Ordering::Relaxed);
-        let large = TierStats {
-            reserved_bytes: lc.reserved.load(Ordering::Relaxed) + span_bytes,
-            in_use_bytes: lc.in_use.load(Ordering::Relaxed) + span_bytes,
-            allocations: lc.allocs.load(Ordering::Relaxed) + s.spans.allocs.load(Ordering::Relaxed),
-            deallocations: lc.frees.load(Ordering::Relaxed) + s.spans.frees.load(Ordering::Relaxed),
-            regions: lc.regions.load(Ordering::Relaxed) + s.spans.spans.load(Ordering::Relaxed),
-        };
+        let small = s.small_stats(&counts, &mut classes);
+        let medium = s.medium_stats(&counts, &mut classes);
+        let large = s.large_stats();
+        let cached_threads = counts.threads;
         let reserved = small.reserved_bytes + medium.reserved_bytes + large.reserved_bytes;
         let in_use = small.in_use_bytes + medium.in_use_bytes + large.in_use_bytes;
         let allocations = small.allocations + medium.allocations + large.allocations;
