@@ -113,6 +113,27 @@ struct Delivery {
     collapsed: usize,
 }
 
+impl Delivery {
+    /// Forgets every segment: the cell's queues were emptied.
+    fn clear(&mut self) {
+        self.segments.clear();
+        self.sealed.fill(0);
+        self.collapsed = 0;
+    }
+}
+
+/// The non-zero values of `inputs` (per column, excitatory and inhibitory), as (column,
+/// inhibitory, value).
+fn nonzero(inputs: &[[f32; 2]]) -> impl Iterator<Item = (usize, bool, f32)> + '_ {
+    inputs.iter().enumerate().flat_map(|(column, input)| {
+        input
+            .iter()
+            .enumerate()
+            .filter(|(_, value)| **value != 0.0)
+            .map(move |(channel, &value)| (column, channel == 1, value))
+    })
+}
+
 /// A sender's queues, one per (slot, part), slot-major.
 #[derive(Clone, Debug, Default)]
 struct Queues(Vec<Vec<Event>>);
@@ -251,7 +272,7 @@ impl SpikeRing {
             .ok_or_else(|| out_of_memory(None, align_of::<f32>()))?;
         let mut ring = SpikeRing::shaped(stride, slots)?;
         let pending = self.dense()?;
-        let mut sender = ring.sender(now);
+        let mut sender = ring.senders(1, now).pop().expect("one sender");
         for k in 0..self.slots {
             let to = if k == 0 {
                 0
@@ -259,12 +280,8 @@ impl SpikeRing {
                 remap(k).clamp(1, slots - 1)
             };
             let row = self.slot_of(now + k as u64) * self.stride;
-            for (column, input) in pending[row..row + self.stride].iter().enumerate() {
-                for (channel, &value) in input.iter().enumerate() {
-                    if value != 0.0 {
-                        sender.queue(to, column, channel == 1, value);
-                    }
-                }
+            for (column, inhibitory, value) in nonzero(&pending[row..row + self.stride]) {
+                sender.queue(to, column, inhibitory, value);
             }
         }
         ring.seal(1);
@@ -449,42 +466,37 @@ impl SpikeRing {
         }
     }
 
-    /// The first sender, alone, for step `now`.
-    fn sender(&mut self, now: u64) -> Sender<'_> {
-        let (base, slots, parts) = (self.base_of(now), self.slots, self.parts());
-        Sender {
-            queues: &mut self.senders[0].0,
-            base,
-            slots,
-            parts,
-        }
-    }
-
     /// Orders what the first `shares` senders queued since the last seal after every
-    /// earlier event of the same queue, sender 0's first.
+    /// earlier event of the same queue, sender 0's first, and collapses the queues that
+    /// grew too long ([`COLLAPSE_EVENTS`]).
     pub(crate) fn seal(&mut self, shares: usize) {
-        for (index, sender) in self.senders[..shares].iter().enumerate() {
-            for (queue, delivery) in sender.0.iter().zip(&mut self.deliveries) {
-                if delivery.sealed.len() <= index {
-                    delivery.sealed.resize(index + 1, 0);
-                }
-                let sealed = &mut delivery.sealed[index];
-                if queue.len() > *sealed {
-                    delivery.segments.push(Segment {
-                        sender: index,
-                        start: *sealed,
-                        end: queue.len(),
-                    });
-                    *sealed = queue.len();
-                }
-            }
-        }
         for cell in 0..self.deliveries.len() {
-            let delivery = &self.deliveries[cell];
-            if delivery.sealed.iter().sum::<usize>() > 2 * delivery.collapsed.max(COLLAPSE_EVENTS) {
+            let events = self.seal_cell(cell, shares);
+            if events > 2 * self.deliveries[cell].collapsed.max(COLLAPSE_EVENTS) {
                 self.collapse(cell);
             }
         }
+    }
+
+    /// Covers with segments what the first `shares` senders appended to `cell`'s queues
+    /// since its last seal, sender 0's first, and returns the events the cell holds.
+    fn seal_cell(&mut self, cell: usize, shares: usize) -> usize {
+        let delivery = &mut self.deliveries[cell];
+        if delivery.sealed.len() < shares {
+            delivery.sealed.resize(shares, 0);
+        }
+        for (index, sender) in self.senders[..shares].iter().enumerate() {
+            let (len, sealed) = (sender.0[cell].len(), &mut delivery.sealed[index]);
+            if len > *sealed {
+                delivery.segments.push(Segment {
+                    sender: index,
+                    start: *sealed,
+                    end: len,
+                });
+                *sealed = len;
+            }
+        }
+        delivery.sealed.iter().sum()
     }
 
     /// Replaces the events of `cell` with one per column and channel, their sum in
@@ -500,26 +512,12 @@ impl SpikeRing {
         for sender in &mut self.senders {
             sender.0[cell].clear();
         }
+        self.deliveries[cell].clear();
         let queue = &mut self.senders[0].0[cell];
-        for (column, input) in sums.iter().enumerate() {
-            for (channel, &value) in input.iter().enumerate() {
-                if value != 0.0 {
-                    queue.push(Event::new(column, channel == 1, value));
-                }
-            }
+        for (column, inhibitory, value) in nonzero(&sums) {
+            queue.push(Event::new(column, inhibitory, value));
         }
-        let delivery = &mut self.deliveries[cell];
-        delivery.segments.clear();
-        delivery.sealed.fill(0);
-        delivery.collapsed = queue.len();
-        if !queue.is_empty() {
-            delivery.segments.push(Segment {
-                sender: 0,
-                start: 0,
-                end: queue.len(),
-            });
-            delivery.sealed[0] = queue.len();
-        }
+        self.deliveries[cell].collapsed = self.seal_cell(cell, 1);
     }
 
     /// Zeroes every pending input of the columns for which `removed` is true (their
@@ -598,7 +596,7 @@ impl SpikeRing {
         let mut ring = SpikeRing::shaped(image.blocks.len() * BLOCK_COLUMNS, slots)
             .map_err(|e| e.to_string())?;
         // Seen from step 0, offsets are slots.
-        let mut sender = ring.sender(0);
+        let mut sender = ring.senders(1, 0).pop().expect("one sender");
         for (b, arrays) in image.blocks.iter().enumerate() {
             for (channel, values) in arrays.iter().enumerate() {
                 for (at, &value) in values.iter().enumerate() {
@@ -622,9 +620,7 @@ fn gather_part(input: &mut [[f32; 2]], delivery: &mut Delivery, queues: Vec<&mut
             event.add_to(input);
         }
     }
-    delivery.segments.clear();
-    delivery.sealed.fill(0);
-    delivery.collapsed = 0;
+    delivery.clear();
     for queue in queues {
         queue.clear();
     }
