@@ -1,7 +1,7 @@
 //! Model test: random allocate / deallocate / reallocate sequences over random layouts,
 //! checked against a plain list of live blocks after every step: no two live blocks
 //! overlap, each is aligned and holds what was written over its whole length, and the
-//! pool's statistics equal the model's.
+//! pool's statistics equal the model's. A reset ends every block of the model at once.
 
 use std::alloc::Layout;
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ enum Op {
     Free(usize),
     Realloc(usize, usize),
     FlushCache,
+    Reset,
 }
 
 fn size_strategy() -> impl Strategy<Value = usize> {
@@ -35,6 +36,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         4 => any::<usize>().prop_map(Op::Free),
         2 => (any::<usize>(), size_strategy()).prop_map(|(i, s)| Op::Realloc(i, s)),
         1 => Just(Op::FlushCache),
+        1 => Just(Op::Reset),
     ]
 }
 
@@ -159,7 +161,7 @@ proptest! {
 
     #[test]
     fn random_sequences_match_the_model(which in 0u8..4, ops in prop::collection::vec(op_strategy(), 1..160)) {
-        let pool = HierarchicalPool::new(config(which)).unwrap();
+        let mut pool = HierarchicalPool::new(config(which)).unwrap();
         let mut m = Model { blocks: Vec::new(), spans: BTreeMap::new(), next_tag: 0 };
         for op in ops {
             match op {
@@ -185,6 +187,19 @@ proptest! {
                     m.add(fresh, Layout::from_size_align(new_size, b.layout.align()).unwrap())?;
                 }
                 Op::FlushCache => pool.flush_thread_cache(),
+                Op::Reset => {
+                    for b in &m.blocks {
+                        prop_assert!(b.bytes().iter().all(|&x| x == b.tag), "block changed while live");
+                    }
+                    let live = m.blocks.iter().filter(|b| b.layout.size() > 0);
+                    let (count, bytes) = live.fold((0, 0), |(c, n), b| (c + 1, n + b.ptr.len()));
+                    let ended = pool.reset();
+                    prop_assert_eq!((ended.count, ended.bytes), (count, bytes));
+                    m.blocks.clear();
+                    m.spans.clear();
+                    let st = pool.stats();
+                    prop_assert_eq!((st.allocations, st.deallocations, st.peak_in_use_bytes), (0, 0, 0));
+                }
                 _ => {}
             }
             m.check(&pool)?;

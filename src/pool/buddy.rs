@@ -144,6 +144,45 @@ impl BuddyAllocator {
         Ok(me)
     }
 
+    /// Frees every block at once: afterwards the whole range is one free block, as
+    /// after [`new`](Self::new), with the bookkeeping it already has (nothing is
+    /// allocated). O(capacity / min_block).
+    ///
+    /// ```
+    /// use neurostore::pool::BuddyAllocator;
+    ///
+    /// let mut buddy = BuddyAllocator::new(1 << 20, 4096)?;
+    /// let a = buddy.allocate(10_000, 8).unwrap();
+    /// buddy.allocate(300_000, 4096).unwrap();
+    /// buddy.clear();
+    /// assert!(buddy.is_empty());
+    /// assert_eq!(buddy.largest_free(), 1 << 20);
+    /// assert!(buddy.deallocate(a).is_err()); // ended by the clear
+    /// # Ok::<(), neurostore::pool::BuddyError>(())
+    /// ```
+    pub fn clear(&mut self) {
+        self.heads = [NONE; 64];
+        self.next.fill(NONE);
+        self.prev.fill(NONE);
+        self.free_order.fill(0);
+        self.alloc_order.fill(0);
+        self.allocated_bytes = 0;
+        self.allocations = 0;
+        self.push(0, self.max_order);
+    }
+
+    /// Calls `f(offset, size)` for every allocated block, lowest offset first.
+    pub(crate) fn for_each_allocated(&self, mut f: impl FnMut(u64, u64)) {
+        for (i, &order) in self.alloc_order.iter().enumerate() {
+            if order != 0 {
+                f(
+                    (i as u64) << self.min_shift,
+                    1u64 << (self.min_shift + u32::from(order) - 1),
+                );
+            }
+        }
+    }
+
     /// The size of the managed range.
     pub fn capacity(&self) -> u64 {
         self.capacity

@@ -35,7 +35,11 @@ enum Route {
 
 /// The state of one pool, shared with the thread caches.
 pub(crate) struct PoolShared {
+    /// The key of the pool's entries in the thread caches and in their list of live
+    /// pools; [`HierarchicalPool::reset`] changes it.
     pub id: u64,
+    /// The id written into the headers of the pool's regions; fixed for the pool's life.
+    owner: u64,
     pub cfg: ResolvedConfig,
     pub budget: Budget,
     pub small: SmallTier,
@@ -266,6 +270,7 @@ impl HierarchicalPool {
         let shared = SysBox::new_in(
             PoolShared {
                 id,
+                owner: id,
                 cfg,
                 budget: Budget::new(cfg.total_memory),
                 small: SmallTier::new(id, &cfg),
@@ -488,7 +493,7 @@ impl HierarchicalPool {
         if route != Route::Zero {
             let hp = page_map::lookup(addr).ok_or(Error::ForeignPointer { address: addr })?;
             let h = page_map::lookup_ref(addr).ok_or(Error::ForeignPointer { address: addr })?;
-            if h.pool_id != self.shared.id {
+            if h.pool_id != self.shared.owner {
                 return Err(Error::ForeignPointer { address: addr });
             }
             let tier_matches = match (route, h.kind) {
@@ -664,6 +669,91 @@ impl HierarchicalPool {
             released += before.saturating_sub(after);
         }
         released + s.medium.trim(&s.budget)
+    }
+
+    /// Frees every block of the pool at once, arena style, and returns what was still
+    /// handed out when it did. For per-step scratch (spikes in flight, temporary
+    /// buffers): allocate freely during a step, then end all of it in one call instead of
+    /// freeing block by block. The pool is usable afterwards, with the same configuration,
+    /// alert thresholds and callbacks, and its statistics start again at zero
+    /// (allocations, frees, bytes in use, peak, invalid frees, cached threads).
+    ///
+    /// Memory is kept as if every block had been freed: each size class keeps up to
+    /// `retain_empty` empty chunks, the medium and large tiers as many empty regions
+    /// and arenas, so the next step reuses memory that is already mapped and touched;
+    /// the rest is given back to the OS, and mappings of single huge blocks are unmapped.
+    /// The call costs one pass over the pool's chunk and region metadata, never over its
+    /// blocks (except in checked mode, below).
+    ///
+    /// Taking `&mut self` makes the reset safe for everything that borrows the pool: a
+    /// collection allocating through `&pool` (`Vec::new_in(&pool)`) cannot be alive
+    /// across it, and a pool shared through an `Arc` (as tables share theirs) can only be
+    /// reset once nothing else holds it ([`Arc::get_mut`]). Raw blocks from
+    /// [`allocate`](Self::allocate) are not borrows: they end with the reset, and using
+    /// or deallocating one afterwards breaks [`deallocate`](Self::deallocate)'s contract.
+    /// The returned [`LeakReport`] counts them. In checked mode
+    /// ([`PoolConfig::debug`](super::PoolConfig::debug)) the reset also prints that count,
+    /// fills the memory it keeps with the poison byte and unmaps what it does not keep, so
+    /// that a use after the reset reads poison or faults, and a late
+    /// [`try_deallocate`](Self::try_deallocate) of such a block is refused.
+    ///
+    /// Blocks that other threads cache for this pool are dropped from their caches, not
+    /// given back: the pool answers to a new id in the thread caches from now on.
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use neurostore::{HierarchicalPool, PoolConfig};
+    ///
+    /// let mut pool = HierarchicalPool::new(PoolConfig::default())?;
+    /// let event = Layout::from_size_align(64, 8).unwrap();
+    /// for _step in 0..3 {
+    ///     for _ in 0..10_000 {
+    ///         pool.allocate(event)?; // scratch, never freed one by one
+    ///     }
+    ///     assert_eq!(pool.stats().live_allocations, 10_000);
+    ///     let ended = pool.reset();
+    ///     assert_eq!(ended.count, 10_000);
+    ///     assert_eq!(pool.stats().allocations, 0);
+    ///     assert!(pool.stats().reserved_bytes > 0); // kept for the next step
+    /// }
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    ///
+    /// A collection that allocates through the pool keeps it borrowed:
+    ///
+    /// ```compile_fail
+    /// use neurostore::{HierarchicalPool, PoolConfig};
+    ///
+    /// let mut pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
+    /// let mut spikes = allocator_api2::vec::Vec::new_in(&pool);
+    /// spikes.push(7u32);
+    /// pool.reset(); // error: `pool` is borrowed by `spikes`
+    /// spikes.push(8);
+    /// ```
+    pub fn reset(&mut self) -> LeakReport {
+        let ended = self.leaks();
+        if self.shared.cfg.checked && ended.count > 0 {
+            eprintln!(
+                "neurostore: pool reset with {} live allocations ({} bytes) still handed out",
+                ended.count, ended.bytes
+            );
+        }
+        let s = &mut *self.shared;
+        let fresh = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        thread_cache::pool_reset(s.id, fresh, &s.threads);
+        s.id = fresh;
+        // SAFETY: the exclusive borrow means no caller holds a borrow of a block; raw
+        // blocks end here by this method's contract; and no thread cache gives a block
+        // back any more, since the caches know the pool by its old id only.
+        unsafe {
+            s.small.reset(&s.budget);
+            s.medium.reset(&s.budget);
+            s.large.reset(&s.budget);
+        }
+        *s.peak.get_mut() = 0;
+        *s.invalid_frees.get_mut() = 0;
+        s.created = Instant::now();
+        ended
     }
 
     /// Checks the pool's internal invariants, tier by tier, taking each tier's locks in

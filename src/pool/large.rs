@@ -331,16 +331,8 @@ impl LargeTier {
                     .deallocate(off)
                     .expect("block_size found it allocated");
                 if a.buddy.is_empty() {
-                    st.empty_arenas += 1;
-                    if st.empty_arenas > self.retain_empty {
-                        st.empty_arenas -= 1;
-                        // SAFETY: the arena is live, ours and empty; we hold the lock.
-                        unsafe {
-                            unlink_node!(st.arenas, arena);
-                            self.unmap_region(&a.header, a.header.len.max(GRANULE), budget);
-                            drop(SysBox::from_raw_in(arena, System));
-                        }
-                    }
+                    // SAFETY: the arena is live, ours and empty; we hold the lock.
+                    unsafe { self.count_empty_arena(&mut st, arena, budget) };
                 }
                 block as usize
             }
@@ -373,6 +365,63 @@ impl LargeTier {
         st.in_use -= freed;
         self.publish(&st);
         Ok(())
+    }
+
+    /// Counts `arena`, just emptied, as empty, and gives it back to the OS when that makes
+    /// more than `retain_empty` empty arenas.
+    ///
+    /// # Safety
+    /// `arena` is a live, empty arena of ours on the arena list; lock held (as `st`).
+    unsafe fn count_empty_arena(&self, st: &mut LargeState, arena: *mut Arena, budget: &Budget) {
+        st.empty_arenas += 1;
+        if st.empty_arenas > self.retain_empty {
+            st.empty_arenas -= 1;
+            // SAFETY: per the contract; the arena is unregistered before it is unmapped.
+            unsafe {
+                unlink_node!(st.arenas, arena);
+                self.unmap_region(&(*arena).header, (*arena).header.len.max(GRANULE), budget);
+                drop(SysBox::from_raw_in(arena, System));
+            }
+        }
+    }
+
+    /// Frees every block, as if each had been given back: mappings of single blocks are
+    /// unmapped, every arena becomes empty and those beyond `retain_empty` go back to the
+    /// OS; the counters restart at zero. In checked mode the blocks that were allocated
+    /// are filled with [`POISON`], as a free fills them.
+    ///
+    /// # Safety
+    /// No block of this tier is used after this call.
+    pub(crate) unsafe fn reset(&self, budget: &Budget) {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        // SAFETY: mappings and arenas on the lists are live and ours; by the contract none
+        // of their blocks is used any more; the lock is held.
+        unsafe {
+            while let Some(m) = st.huge.as_mut() {
+                let huge: *mut Huge = m;
+                unlink_node!(st.huge, huge);
+                self.unmap_region(&m.header, m.align, budget);
+                drop(SysBox::from_raw_in(huge, System));
+            }
+            st.empty_arenas = 0;
+            let mut next = st.arenas;
+            while let Some(a) = next.as_mut() {
+                next = a.next;
+                if self.checked {
+                    let base = a.header.base as *mut u8;
+                    a.buddy.for_each_allocated(|offset, len| {
+                        ptr::write_bytes(base.add(offset as usize), POISON, len as usize);
+                    });
+                }
+                a.buddy.clear();
+                self.count_empty_arena(st, a, budget);
+            }
+        }
+        st.in_use = 0;
+        st.allocs = 0;
+        st.frees = 0;
+        self.publish(st);
     }
 
     /// Copies the counters to their lock-free mirrors (plain stores: the lock orders writers).

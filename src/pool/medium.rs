@@ -1135,6 +1135,57 @@ impl MediumTier {
         Ok(())
     }
 
+    /// Makes every region one free block again, as if every block had been given back:
+    /// the empty regions beyond `retain_empty` go back to the OS, and the counters
+    /// restart at zero. In checked mode the regions kept are filled with [`POISON`], and
+    /// the blocks that were live are marked freed, so that a late free of one is a
+    /// double free.
+    ///
+    /// # Safety
+    /// No block of this tier is used after this call, and no thread cache gives one back
+    /// to the tier (the pool's thread-cache id has changed).
+    pub(crate) unsafe fn reset(&self, budget: &Budget) {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        st.bins = [ptr::null_mut(); MAX_BINS];
+        st.nonempty = 0;
+        let mut next = std::mem::replace(&mut st.regions, ptr::null_mut());
+        st.region_count = 0;
+        st.empty_regions = 0;
+        // SAFETY: every region on the list is live metadata of ours, and by the contract
+        // none of its blocks is used any more; the lock is held.
+        while let Some(r) = unsafe { next.as_mut() } {
+            next = r.next;
+            for (live, freed) in r.live.iter_mut().zip(r.freed.iter_mut()) {
+                *freed |= std::mem::take(live);
+            }
+            let (base, len) = (r.header.base, r.header.len);
+            // `install_region` counts the region as reserved again.
+            self.counters.reserved.fetch_sub(len, Ordering::Relaxed);
+            // SAFETY: as above; the region is off every list and its bytes are ours.
+            unsafe {
+                if self.checked && st.empty_regions < self.retain_empty {
+                    ptr::write_bytes(base as *mut u8, POISON, len);
+                }
+                self.install_region(st, r);
+                if st.empty_regions > self.retain_empty {
+                    st.empty_regions -= 1;
+                    self.unlink(st, base as *mut Header);
+                    self.free_region(st, r, budget);
+                }
+            }
+        }
+        st.in_use = 0;
+        st.slack = 0;
+        st.direct_in_use = 0;
+        st.allocs = 0;
+        st.frees = 0;
+        st.class_allocs = [0; MAX_MEDIUM_CLASSES];
+        st.class_frees = [0; MAX_MEDIUM_CLASSES];
+        st.class_in_use = [0; MAX_MEDIUM_CLASSES];
+        self.publish(st);
+    }
+
     /// Unmaps every region; used when the pool is dropped.
     ///
     /// # Safety

@@ -14,7 +14,8 @@
 //! All memory comes from the OS in regions (`os.rs`, `mmap`, huge pages on request) that
 //! the process-wide page map (`page_map.rs`) registers, so `deallocate` finds the owning
 //! tier from the layout and the owning chunk or region from the pointer in O(1). Empty
-//! regions beyond `retain_empty` go back to the OS.
+//! regions beyond `retain_empty` go back to the OS. [`HierarchicalPool::reset`] frees
+//! every block at once (arena style), keeping that many empty regions per tier and class.
 //!
 //! The pool is also the global allocator ([`NeuroAlloc`]), an `allocator_api2`
 //! [`Allocator`](allocator_api2::alloc::Allocator) (for `&HierarchicalPool`), and can be

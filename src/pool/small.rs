@@ -453,6 +453,11 @@ impl SmallTier {
             unsafe { st.relist(chunk, was, now) };
         }
         class.outstanding.fetch_sub(blocks.len(), Ordering::Relaxed);
+        self.free_empty_beyond_retained(ci, st, budget);
+    }
+
+    /// Gives back the empty chunks of class `ci` beyond `retain_empty`.
+    fn free_empty_beyond_retained(&self, ci: usize, st: &mut ClassState, budget: &Budget) {
         while st.empty.len > self.retain_empty {
             let c = st.empty.head;
             // SAFETY: `c` heads the empty list: a live chunk with every block free, so no
@@ -748,6 +753,43 @@ impl SmallTier {
             }
         }
         Ok(())
+    }
+
+    /// Makes every block of every class free, as if each had been given back: the
+    /// transfer caches are emptied, every chunk becomes empty (in checked mode filled
+    /// with [`POISON`]) and the empty chunks beyond `retain_empty` go back to the OS;
+    /// the class counters restart at zero.
+    ///
+    /// # Safety
+    /// No block of this tier is used after this call, and no thread cache gives one back
+    /// to the tier (the pool's thread-cache id has changed).
+    pub(crate) unsafe fn reset(&self, budget: &Budget) {
+        for ci in 0..self.count {
+            let class = &self.classes[ci];
+            let mut guard = lock(&class.state);
+            let st = &mut *guard;
+            st.transfer.clear();
+            for id in [ListId::Partial, ListId::Full] {
+                while !st.list_mut(id).head.is_null() {
+                    let c = st.list_mut(id).head;
+                    // SAFETY: `c` heads one of this class's lists, so it is live; the lock
+                    // is held, and by the contract none of its blocks is used any more.
+                    unsafe {
+                        st.list_mut(id).unlink(c);
+                        (*c).reset_bits();
+                        if self.checked {
+                            let (base, len) = ((*c).header.base, (*c).header.len);
+                            ptr::write_bytes(base as *mut u8, POISON, len);
+                        }
+                        st.empty.push(c, ListId::Empty);
+                    }
+                }
+            }
+            self.free_empty_beyond_retained(ci, st, budget);
+            class.outstanding.store(0, Ordering::Relaxed);
+            class.shared_allocs.store(0, Ordering::Relaxed);
+            class.shared_frees.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Unmaps every chunk of every class; used when the pool is dropped.

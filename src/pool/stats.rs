@@ -26,9 +26,9 @@ pub struct TierStats {
     pub reserved_bytes: usize,
     /// Bytes in blocks handed out to callers (block sizes, not requested sizes).
     pub in_use_bytes: usize,
-    /// Allocations served since the pool was made.
+    /// Allocations served since the pool was made or last reset.
     pub allocations: u64,
-    /// Deallocations since the pool was made.
+    /// Deallocations since the pool was made or last reset.
     pub deallocations: u64,
     /// Chunks (small), regions (medium) or arenas and single mappings (large) held.
     pub regions: usize,
@@ -89,15 +89,15 @@ pub struct PoolStats {
     pub in_use_bytes: usize,
     /// The highest `in_use_bytes` seen (see above).
     pub peak_in_use_bytes: usize,
-    /// Allocations since the pool was made.
+    /// Allocations since the pool was made or last reset.
     pub allocations: u64,
-    /// Deallocations since the pool was made.
+    /// Deallocations since the pool was made or last reset.
     pub deallocations: u64,
     /// Blocks handed out and not yet freed.
     pub live_allocations: u64,
     /// `1 - in_use_bytes / reserved_bytes`.
     pub fragmentation: f64,
-    /// Allocations per second since the pool was made.
+    /// Allocations per second since the pool was made or last reset.
     pub allocation_rate: f64,
     /// Deallocations refused in checked mode (double frees, foreign pointers, layout mismatches).
     pub invalid_frees: u64,

@@ -28,7 +28,9 @@
 //! [`LIVE`] lists the ids of pools that exist; a pool removes its id before it tears
 //! down, and a thread flushes an entry into its pool only while holding `LIVE` and
 //! finding the id there, so it never touches a dropped pool. Entries of dropped pools are
-//! recycled. Lock order: `LIVE`, then a pool's thread list, then a class lock.
+//! recycled. A pool that is reset takes a fresh id (under `LIVE`), so that the entries of
+//! its old id are recycled the same way and never give back blocks that the reset made
+//! free already. Lock order: `LIVE`, then a pool's thread list, then a class lock.
 
 use std::alloc::System;
 use std::cell::{Cell, UnsafeCell};
@@ -62,7 +64,28 @@ pub(crate) fn pool_dropped(id: u64) {
         live.swap_remove(i);
     }
     drop(live);
-    // Recycle this thread's entry now rather than at its next claim or exit.
+    forget_entries_of(id);
+}
+
+/// A pool that is being reset (`HierarchicalPool::reset`) stops answering to `old` and
+/// answers to `fresh` from now on: every thread's cache entry for `old` is then a dead
+/// entry, recycled without giving its blocks back, exactly as for a dropped pool. The
+/// pool's thread list forgets the threads' counters (each thread still owns its node and
+/// frees it when it recycles the entry), so that the pool's figures start again at zero.
+pub(crate) fn pool_reset(old: u64, fresh: u64, threads: &Mutex<ThreadList>) {
+    let mut live = lock(&LIVE);
+    *lock(threads) = ThreadList::new();
+    match live.iter_mut().find(|x| **x == old) {
+        Some(id) => *id = fresh,
+        None => live.push(fresh),
+    }
+    drop(live);
+    forget_entries_of(old);
+}
+
+/// Recycles this thread's cache entries for the pool id `id`, which no longer names a
+/// live pool, now rather than at the thread's next claim or exit.
+fn forget_entries_of(id: u64) {
     let _ = CACHES.try_with(|c| {
         if c.busy.replace(true) {
             return;
@@ -280,8 +303,9 @@ impl Entry {
     /// Drops the entry without touching its pool (which is gone or going).
     fn forget(&mut self) {
         if !self.stats.is_null() {
-            // SAFETY: `stats` was made by `claim` with SysBox and is unlinked from any
-            // live pool's list (its pool is gone, or `retire` unlinked it).
+            // SAFETY: `stats` was made by `claim` with SysBox and no live pool's list
+            // links it: its pool is gone, was reset (which empties the list) or `retire`
+            // unlinked it.
             drop(unsafe { SysBox::from_raw_in(self.stats, System) });
         }
         if !self.slots.is_null() {
