@@ -7,12 +7,21 @@ use std::alloc::Layout;
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
-use neurostore::{HierarchicalPool, PoolConfig};
+use neurostore::{AllocFlags, Error, HierarchicalPool, PoolConfig};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { size: usize, align: usize },
+    Alloc {
+        size: usize,
+        align: usize,
+    },
+    /// `allocate_with` these flag bits (huge pages only where the large tier serves).
+    AllocWith {
+        size: usize,
+        align: usize,
+        flags: u32,
+    },
     Free(usize),
     Realloc(usize, usize),
     FlushCache,
@@ -33,6 +42,7 @@ fn size_strategy() -> impl Strategy<Value = usize> {
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (size_strategy(), 0u32..=13).prop_map(|(size, a)| Op::Alloc { size, align: 1 << a }),
+        2 => (size_strategy(), 0u32..=13, 0u32..8).prop_map(|(size, a, flags)| Op::AllocWith { size, align: 1 << a, flags }),
         4 => any::<usize>().prop_map(Op::Free),
         2 => (any::<usize>(), size_strategy()).prop_map(|(i, s)| Op::Realloc(i, s)),
         1 => Just(Op::FlushCache),
@@ -169,6 +179,24 @@ proptest! {
                     let layout = Layout::from_size_align(size, align).unwrap();
                     let ptr = pool.allocate(layout).unwrap();
                     m.add(ptr, layout)?;
+                }
+                Op::AllocWith { size, align, flags } => {
+                    let layout = Layout::from_size_align(size, align).unwrap();
+                    let flags = AllocFlags::from_bits(flags).unwrap();
+                    match pool.allocate_with(layout, flags) {
+                        Ok(ptr) => {
+                            if flags.contains(AllocFlags::ZEROED) {
+                                // SAFETY: the block was just allocated, `ptr.len()` bytes.
+                                let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>().as_ptr(), ptr.len()) };
+                                prop_assert!(bytes.iter().all(|&x| x == 0), "a zeroed block is not zero");
+                            }
+                            m.add(ptr, layout)?;
+                        }
+                        Err(Error::InvalidArgument { name: "flags", .. }) => {
+                            prop_assert!(flags.contains(AllocFlags::HUGE_PAGES), "refused without HUGE_PAGES");
+                        }
+                        Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
+                    }
                 }
                 Op::Free(i) if !m.blocks.is_empty() => {
                     let b = m.take(i % m.blocks.len())?;

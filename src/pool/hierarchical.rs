@@ -11,7 +11,8 @@ use allocator_api2::boxed::Box as SysBox;
 
 use super::budget::Budget;
 use super::config::{MAX_SMALL_CLASSES, PoolConfig, ResolvedConfig};
-use super::large::LargeTier;
+use super::flags::AllocFlags;
+use super::large::{LargeRequest, LargeTier};
 use super::medium::MAX_CACHE_CLASSES;
 use super::medium::MediumTier;
 use super::page_map::{self, RegionKind};
@@ -417,6 +418,111 @@ impl HierarchicalPool {
                 Ok(NonNull::slice_from_raw_parts(p, len))
             }
         }
+    }
+
+    /// [`allocate`](Self::allocate), with `flags` asking for more: a block that reads as
+    /// zeros ([`AllocFlags::ZEROED`], which writes zeros only where the memory may hold
+    /// old bytes: never over a fresh mapping or the untouched part of a large arena), a
+    /// block taken from the shared tier rather than this thread's cache
+    /// ([`AllocFlags::BYPASS_THREAD_CACHE`]), or transparent huge pages under a large block
+    /// ([`AllocFlags::HUGE_PAGES`]). The block is freed with
+    /// [`deallocate`](Self::deallocate) as any other.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `HUGE_PAGES` is asked for a layout the large tier
+    /// does not serve (nothing is allocated); otherwise as [`allocate`](Self::allocate).
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use neurostore::{AllocFlags, Error, HierarchicalPool, PoolConfig};
+    ///
+    /// let pool = HierarchicalPool::new(PoolConfig::default())?;
+    /// let layout = Layout::from_size_align(200, 8).unwrap();
+    /// let block = pool.allocate_with(layout, AllocFlags::ZEROED | AllocFlags::BYPASS_THREAD_CACHE)?;
+    /// // SAFETY: the block is at least 200 bytes long and zeroed.
+    /// assert!(unsafe { block.as_ref() }.iter().all(|&b| b == 0));
+    /// // SAFETY: allocated above with this layout.
+    /// unsafe { pool.deallocate(block.cast(), layout) };
+    ///
+    /// let refused = pool.allocate_with(layout, AllocFlags::HUGE_PAGES);
+    /// assert!(matches!(refused, Err(Error::InvalidArgument { name: "flags", .. })));
+    /// # Ok::<(), neurostore::Error>(())
+    /// ```
+    pub fn allocate_with(&self, layout: Layout, flags: AllocFlags) -> Result<NonNull<[u8]>, Error> {
+        let (size, align) = (layout.size(), layout.align());
+        let route = self.route(size, align);
+        if flags.contains(AllocFlags::HUGE_PAGES) && route != Route::Large {
+            let served = match route {
+                Route::Zero => "takes no memory".to_string(),
+                Route::Small(_) => "is served by the small tier".to_string(),
+                _ => "is served by the medium tier".to_string(),
+            };
+            return Err(Error::invalid_argument(
+                "flags",
+                format!(
+                    "HUGE_PAGES applies to blocks of the large tier, and a layout of \
+                     {size} bytes at alignment {align} {served}"
+                ),
+            ));
+        }
+        let block = match route {
+            Route::Large => self.allocate_large(layout, flags)?,
+            _ if flags.contains(AllocFlags::BYPASS_THREAD_CACHE) => self.allocate_shared(layout)?,
+            _ => self.allocate(layout)?,
+        };
+        if flags.contains(AllocFlags::ZEROED) && route != Route::Large {
+            // SAFETY: the block was just allocated and is `block.len()` bytes long.
+            unsafe { std::ptr::write_bytes(block.cast::<u8>().as_ptr(), 0, block.len()) };
+        }
+        Ok(block)
+    }
+
+    /// A large block, zeroed or on huge pages as `flags` ask.
+    fn allocate_large(&self, layout: Layout, flags: AllocFlags) -> Result<NonNull<[u8]>, Error> {
+        let s = &*self.shared;
+        let request = LargeRequest {
+            zeroed: flags.contains(AllocFlags::ZEROED),
+            huge_pages: flags.contains(AllocFlags::HUGE_PAGES),
+        };
+        let r = s
+            .large
+            .allocate_with(layout.size(), layout.align(), request, &s.budget);
+        s.after_slow_path();
+        let (p, len) = r.map_err(|reason| Error::OutOfMemory {
+            requested: layout.size(),
+            align: layout.align(),
+            reason,
+        })?;
+        Ok(NonNull::slice_from_raw_parts(p, len))
+    }
+
+    /// A small or medium block taken under the tier's lock, past this thread's cache (a
+    /// cacheable medium request still gets its cache class's size, so that freeing it
+    /// through the cache stays exact).
+    fn allocate_shared(&self, layout: Layout) -> Result<NonNull<[u8]>, Error> {
+        let s = &*self.shared;
+        let (size, align) = (layout.size(), layout.align());
+        let (r, len) = match self.route(size, align) {
+            Route::Small(ci) => (
+                s.small.alloc_locked(ci, &s.budget),
+                s.small.classes[ci].size,
+            ),
+            Route::Medium if s.medium.cache.serves(size, align) => {
+                let j = s.medium.cache.class_of(size);
+                (
+                    s.medium.allocate_class(j, &s.budget),
+                    s.medium.cache.sizes[j],
+                )
+            }
+            _ => return self.allocate(layout),
+        };
+        s.after_slow_path();
+        let p = r.map_err(|reason| Error::OutOfMemory {
+            requested: size,
+            align,
+            reason,
+        })?;
+        Ok(NonNull::slice_from_raw_parts(p, len))
     }
 
     #[inline]

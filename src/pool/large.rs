@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use allocator_api2::boxed::Box as SysBox;
+use allocator_api2::vec::Vec as SysVec;
 
 use super::buddy::BuddyAllocator;
 use super::budget::Budget;
@@ -36,8 +37,36 @@ const GROWN_ARENA_LIMIT: usize = 64 << 20;
 struct Arena {
     header: RegionHeader,
     buddy: BuddyAllocator,
+    /// Bit per minimum block: set once a block covering it was handed out, so that the
+    /// bytes may no longer be the zeros the OS mapped.
+    touched: SysVec<u64, System>,
     next: *mut Arena,
     prev: *mut Arena,
+}
+
+impl Arena {
+    /// Marks the bytes `[offset, offset + len)` as handed out; true when none of them
+    /// had been before (they still read as zeros).
+    fn touch(&mut self, offset: u64, len: u64) -> bool {
+        let shift = self.buddy.min_block().trailing_zeros();
+        let (first, end) = (offset >> shift, (offset + len).div_ceil(1 << shift));
+        let mut untouched = true;
+        for unit in first..end {
+            let (word, bit) = ((unit / 64) as usize, 1u64 << (unit % 64));
+            untouched &= self.touched[word] & bit == 0;
+            self.touched[word] |= bit;
+        }
+        untouched
+    }
+}
+
+/// What a request asks of the large tier beyond its size and alignment.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LargeRequest {
+    /// The block must read as zeros.
+    pub zeroed: bool,
+    /// Back the block with transparent huge pages.
+    pub huge_pages: bool,
 }
 
 #[repr(C)]
@@ -128,19 +157,44 @@ impl LargeTier {
         align: usize,
         budget: &Budget,
     ) -> Result<(NonNull<u8>, usize), OomReason> {
+        self.allocate_with(size, align, LargeRequest::default(), budget)
+    }
+
+    /// [`allocate`](Self::allocate), zeroed or backed by huge pages as `request` asks.
+    /// Zeros are written (outside the lock) only over bytes that were handed out before.
+    pub(crate) fn allocate_with(
+        &self,
+        size: usize,
+        align: usize,
+        request: LargeRequest,
+        budget: &Budget,
+    ) -> Result<(NonNull<u8>, usize), OomReason> {
         let align = align.max(self.alignment);
         let block = self
             .block_size_for(size, align)
             .ok_or(OomReason::LayoutTooLarge)?;
         let mut st = lock(&self.state);
-        let p = if size.max(align) <= self.max_size {
+        let (p, untouched) = if size.max(align) <= self.max_size {
             self.alloc_in_arena(&mut st, size, align, block, budget)?
         } else {
-            self.alloc_huge(&mut st, block, align, budget)?
+            let huge_pages = self.huge_pages || request.huge_pages;
+            (
+                self.alloc_huge(&mut st, block, align, huge_pages, budget)?,
+                true,
+            )
         };
         st.allocs += 1;
         st.in_use += block;
         self.publish(&st);
+        drop(st);
+        if request.huge_pages {
+            // SAFETY: the block lies in a mapping of this tier and is the caller's now.
+            unsafe { os::advise_huge(p, block) };
+        }
+        if request.zeroed && !untouched {
+            // SAFETY: as above; the block is `block` bytes long.
+            unsafe { ptr::write_bytes(p.as_ptr(), 0, block) };
+        }
         Ok((p, block))
     }
 
@@ -151,7 +205,7 @@ impl LargeTier {
         align: usize,
         block: usize,
         budget: &Budget,
-    ) -> Result<NonNull<u8>, OomReason> {
+    ) -> Result<(NonNull<u8>, bool), OomReason> {
         let mut a = st.arenas;
         // SAFETY: arenas on the list are live; we hold the lock.
         unsafe {
@@ -161,9 +215,9 @@ impl LargeTier {
                     if was_empty {
                         st.empty_arenas -= 1;
                     }
-                    return Ok(NonNull::new_unchecked(
-                        (arena.header.base + off as usize) as *mut u8,
-                    ));
+                    let untouched = arena.touch(off, block as u64);
+                    let p = NonNull::new_unchecked((arena.header.base + off as usize) as *mut u8);
+                    return Ok((p, untouched));
                 }
                 a = arena.next;
             }
@@ -192,20 +246,29 @@ impl LargeTier {
         let off = buddy
             .allocate(size as u64, align as u64)
             .expect("a fresh arena holds the request");
-        let meta = SysBox::into_raw(SysBox::new_in(
-            Arena {
-                header: RegionHeader {
-                    pool_id: self.pool_id,
-                    kind: RegionKind::LargeArena,
-                    base: base.as_ptr() as usize,
-                    len,
-                },
-                buddy,
-                next: st.arenas,
-                prev: ptr::null_mut(),
+        let mut touched = SysVec::new_in(System);
+        let units = len / self.min_block;
+        if touched.try_reserve_exact(units.div_ceil(64)).is_err() {
+            // SAFETY: mapped just above and not handed out.
+            unsafe { os::unmap(base, len, len.max(GRANULE)) };
+            budget.release(len);
+            return Err(OomReason::OsRefused);
+        }
+        touched.resize(units.div_ceil(64), 0);
+        let mut arena = Arena {
+            header: RegionHeader {
+                pool_id: self.pool_id,
+                kind: RegionKind::LargeArena,
+                base: base.as_ptr() as usize,
+                len,
             },
-            System,
-        ));
+            buddy,
+            touched,
+            next: st.arenas,
+            prev: ptr::null_mut(),
+        };
+        arena.touch(off, block as u64);
+        let meta = SysBox::into_raw(SysBox::new_in(arena, System));
         if !page_map::register(base.as_ptr() as usize, len, meta.cast()) {
             // SAFETY: made above, published nowhere.
             unsafe {
@@ -230,7 +293,10 @@ impl LargeTier {
         self.counters.reserved.fetch_add(len, Ordering::Relaxed);
         self.counters.regions.fetch_add(1, Ordering::Relaxed);
         // SAFETY: `off` is inside the fresh mapping.
-        Ok(unsafe { NonNull::new_unchecked(base.as_ptr().add(off as usize)) })
+        Ok((
+            unsafe { NonNull::new_unchecked(base.as_ptr().add(off as usize)) },
+            true,
+        ))
     }
 
     fn alloc_huge(
@@ -238,11 +304,12 @@ impl LargeTier {
         st: &mut LargeState,
         len: usize,
         align: usize,
+        huge_pages: bool,
         budget: &Budget,
     ) -> Result<NonNull<u8>, OomReason> {
         let map_align = align.max(GRANULE);
         budget.reserve(len)?;
-        let Some(base) = os::map(len, map_align, self.huge_pages) else {
+        let Some(base) = os::map(len, map_align, huge_pages) else {
             budget.release(len);
             return Err(OomReason::OsRefused);
         };

@@ -37,6 +37,7 @@
 pub mod buddy;
 mod budget;
 pub mod config;
+mod flags;
 mod global;
 mod hierarchical;
 mod intrusive;
@@ -54,6 +55,7 @@ mod thread_cache;
 
 pub use buddy::{BuddyAllocator, BuddyError};
 pub use config::{LargeConfig, LargeStrategy, MediumConfig, PoolConfig, SmallConfig};
+pub use flags::AllocFlags;
 pub use global::NeuroAlloc;
 pub use hierarchical::{HierarchicalPool, LeakReport, PoolCorruption};
 pub use registry::PoolRegistry;

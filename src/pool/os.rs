@@ -62,6 +62,22 @@ pub(crate) fn map(len: usize, align: usize, huge_pages: bool) -> Option<NonNull<
     NonNull::new(start as *mut u8)
 }
 
+/// Asks for transparent huge pages over `[ptr, ptr + len)` (a hint; only Linux acts on
+/// it, and only over whole 2 MiB pages inside the range).
+///
+/// # Safety
+/// The range lies in a mapping from [`map`].
+pub(crate) unsafe fn advise_huge(ptr: NonNull<u8>, len: usize) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: per the contract the range is mapped and ours; madvise only changes paging
+    // policy.
+    unsafe {
+        libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE)
+    };
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
 /// Returns a region to the OS.
 ///
 /// # Safety
