@@ -80,8 +80,8 @@ pub use neural::{NeuralGraph, Neuron, NeuronId, Synapse, SynapseId};
 pub use neurostore_derive::Pooled;
 #[cfg(not(loom))]
 pub use pool::{
-    Alert, AlertKind, AllocFlags, HierarchicalPool, LeakReport, NeuroAlloc, PoolConfig,
-    PoolCorruption, PoolRegistry, PoolStats,
+    Alert, AlertKind, AllocFlags, HierarchicalPool, LeakReport, NeuroAlloc, NumaPlacement,
+    PoolConfig, PoolCorruption, PoolRegistry, PoolStats,
 };
 #[cfg(not(loom))]
 pub use pooled::{

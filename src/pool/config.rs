@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use super::numa::{NumaBinding, NumaPlacement};
 use crate::error::{ConfigError, Error};
 
 /// The most small size classes a pool may have.
@@ -126,6 +127,10 @@ pub struct PoolConfig {
     /// Each new large arena is this many times the previous one (1, 2, 4 or 8), from
     /// 4 MiB up to 64 MiB or `large.max_size`. Medium regions keep `medium.region_size`.
     pub growth_factor: usize,
+    /// The NUMA node(s) the pool's memory is bound to (TOML `numa_node = N` or
+    /// `numa_interleave = true`); checked against the machine's online nodes when the
+    /// pool is made.
+    pub numa: NumaPlacement,
 }
 
 impl Default for PoolConfig {
@@ -158,6 +163,7 @@ impl Default for PoolConfig {
             checked: false,
             retain_empty: 2,
             growth_factor: 2,
+            numa: NumaPlacement::Anywhere,
         }
     }
 }
@@ -349,6 +355,7 @@ impl PoolConfig {
                 format!("{} is not one of 1, 2, 4, 8", self.growth_factor),
             );
         }
+        let numa = NumaBinding::resolve(self.numa)?;
         let (s, m, l) = (&self.small, &self.medium, &self.large);
         let mut small_sizes = [0; MAX_SMALL_CLASSES];
         small_sizes[..s.sizes.len()].copy_from_slice(&s.sizes);
@@ -379,6 +386,7 @@ impl PoolConfig {
             checked: self.checked,
             retain_empty: self.retain_empty,
             growth_factor: self.growth_factor,
+            numa,
         })
     }
 }
@@ -454,6 +462,7 @@ pub(crate) struct ResolvedConfig {
     pub checked: bool,
     pub retain_empty: usize,
     pub growth_factor: usize,
+    pub numa: NumaBinding,
 }
 
 impl ResolvedConfig {
@@ -495,6 +504,7 @@ impl ResolvedConfig {
             checked: false,
             retain_empty: 2,
             growth_factor: 2,
+            numa: NumaBinding::NONE,
         }
     }
 
@@ -576,6 +586,8 @@ mod toml_form {
             "checked",
             "retain_empty",
             "growth_factor",
+            "numa_node",
+            "numa_interleave",
         ];
         for (k, v) in t {
             let key = format!("memory_pools.{k}");
@@ -588,8 +600,27 @@ mod toml_form {
                 "checked" => c.checked = flag(v, &key)?,
                 "retain_empty" => c.retain_empty = size(v, &key)?,
                 "growth_factor" => c.growth_factor = size(v, &key)?,
+                "numa_node" => {
+                    let n = size(v, &key)?;
+                    let n =
+                        u32::try_from(n).map_err(|_| err(&key, format!("{n} is not a node")))?;
+                    c.numa = NumaPlacement::Node(n);
+                }
+                "numa_interleave" => {
+                    if flag(v, &key)? {
+                        c.numa = NumaPlacement::Interleave;
+                    }
+                }
                 _ => return Err(unknown(&key, KNOWN)),
             }
+        }
+        if t.contains_key("numa_node")
+            && t.get("numa_interleave").and_then(|v| v.as_bool()) == Some(true)
+        {
+            return Err(err(
+                "memory_pools.numa_interleave",
+                "numa_node is set too: a pool is bound to one node or interleaved, not both",
+            ));
         }
         Ok(())
     }
@@ -682,6 +713,11 @@ mod toml_form {
             "use_huge_pages = {}\nchecked = {}\nretain_empty = {}\ngrowth_factor = {}\n",
             c.use_huge_pages, c.checked, c.retain_empty, c.growth_factor
         );
+        match c.numa {
+            NumaPlacement::Anywhere => {}
+            NumaPlacement::Node(n) => out += &format!("numa_node = {n}\n"),
+            NumaPlacement::Interleave => out += "numa_interleave = true\n",
+        }
         out += &format!(
             "\n[memory_pools.small]\nsizes = [{}]\nblocks_per_chunk = {}\nmax_chunks = {}\nthread_cache_size = {}\nalignment = {}\n",
             list(&c.small.sizes),

@@ -15,6 +15,7 @@ use super::flags::AllocFlags;
 use super::large::{LargeRequest, LargeTier};
 use super::medium::MAX_CACHE_CLASSES;
 use super::medium::MediumTier;
+use super::numa::NumaBinding;
 use super::page_map::{self, RegionKind};
 use super::small::{self, SmallTier};
 use super::span::SpanCounters;
@@ -308,6 +309,11 @@ impl HierarchicalPool {
     #[inline]
     pub(crate) fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    /// Where the pool's memory is placed (NUMA); the spans of its tables follow it.
+    pub(crate) fn numa_binding(&self) -> NumaBinding {
+        self.shared.cfg.numa
     }
 
     /// The pool's state (for tests inside the crate).

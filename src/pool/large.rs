@@ -22,6 +22,7 @@ use super::buddy::BuddyAllocator;
 use super::budget::Budget;
 use super::config::ResolvedConfig;
 use super::intrusive::unlink_node;
+use super::numa::NumaBinding;
 use super::os::{self, GRANULE};
 use super::page_map::{self, RegionHeader, RegionKind};
 use super::small::POISON;
@@ -111,6 +112,8 @@ pub(crate) struct LargeTier {
     alignment: usize,
     checked: bool,
     huge_pages: bool,
+    /// Where the tier's regions are placed (NUMA).
+    numa: NumaBinding,
     retain_empty: usize,
     growth: usize,
 }
@@ -134,6 +137,7 @@ impl LargeTier {
             alignment: cfg.large_alignment,
             checked: cfg.checked,
             huge_pages: cfg.use_huge_pages,
+            numa: cfg.numa,
             retain_empty: cfg.retain_empty,
             growth: cfg.growth_factor,
         }
@@ -231,7 +235,7 @@ impl LargeTier {
             len = block;
             budget.reserve(len)?;
         }
-        let Some(base) = os::map(len, len.max(GRANULE), self.huge_pages) else {
+        let Some(base) = os::map_placed(len, len.max(GRANULE), self.huge_pages, self.numa) else {
             budget.release(len);
             return Err(OomReason::OsRefused);
         };
@@ -309,7 +313,7 @@ impl LargeTier {
     ) -> Result<NonNull<u8>, OomReason> {
         let map_align = align.max(GRANULE);
         budget.reserve(len)?;
-        let Some(base) = os::map(len, map_align, huge_pages) else {
+        let Some(base) = os::map_placed(len, map_align, huge_pages, self.numa) else {
             budget.release(len);
             return Err(OomReason::OsRefused);
         };

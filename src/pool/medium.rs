@@ -50,6 +50,7 @@ use allocator_api2::vec::Vec as SysVec;
 use super::budget::Budget;
 use super::config::{MAX_MEDIUM_CLASSES, MEDIUM_QUANTUM, ResolvedConfig};
 use super::intrusive::unlink_node;
+use super::numa::NumaBinding;
 use super::os::{self, GRANULE};
 use super::page_map::{self, RegionHeader, RegionKind};
 use super::small::POISON;
@@ -325,6 +326,8 @@ pub(crate) struct MediumTier {
     coalescing: bool,
     checked: bool,
     huge_pages: bool,
+    /// Where the tier's regions are placed (NUMA).
+    numa: NumaBinding,
     retain_empty: usize,
 }
 
@@ -396,6 +399,7 @@ impl MediumTier {
             coalescing: cfg.coalescing,
             checked: cfg.checked,
             huge_pages: cfg.use_huge_pages,
+            numa: cfg.numa,
             retain_empty: cfg.retain_empty,
         }
     }
@@ -907,7 +911,7 @@ impl MediumTier {
             return Ok(());
         }
         budget.reserve(len)?;
-        let Some(base) = os::map(len, GRANULE, self.huge_pages) else {
+        let Some(base) = os::map_placed(len, GRANULE, self.huge_pages, self.numa) else {
             budget.release(len);
             return Err(OomReason::OsRefused);
         };

@@ -14,7 +14,8 @@
 //! All memory comes from the OS in regions (`os.rs`, `mmap`, huge pages on request) that
 //! the process-wide page map (`page_map.rs`) registers, so `deallocate` finds the owning
 //! tier from the layout and the owning chunk or region from the pointer in O(1). Empty
-//! regions beyond `retain_empty` go back to the OS. [`HierarchicalPool::reset`] frees
+//! regions beyond `retain_empty` go back to the OS. A [`NumaPlacement`] binds every region
+//! (and the tables' spans) to a node or interleaves them (`numa.rs`). [`HierarchicalPool::reset`] frees
 //! every block at once (arena style), keeping that many empty regions per tier and class.
 //!
 //! The pool is also the global allocator ([`NeuroAlloc`]), an `allocator_api2`
@@ -44,6 +45,7 @@ mod intrusive;
 mod large;
 pub(crate) mod lockfree;
 mod medium;
+mod numa;
 mod os;
 mod page_map;
 mod registry;
@@ -58,5 +60,6 @@ pub use config::{LargeConfig, LargeStrategy, MediumConfig, PoolConfig, SmallConf
 pub use flags::AllocFlags;
 pub use global::NeuroAlloc;
 pub use hierarchical::{HierarchicalPool, LeakReport, PoolCorruption};
+pub use numa::NumaPlacement;
 pub use registry::PoolRegistry;
 pub use stats::{Alert, AlertKind, ClassStats, PoolStats, Tier, TierStats};

@@ -8,6 +8,8 @@
 
 use std::ptr::NonNull;
 
+use super::numa::NumaBinding;
+
 /// Alignment and size granule of every region, and the page map's unit.
 pub(crate) const GRANULE: usize = 1 << 16;
 
@@ -60,6 +62,24 @@ pub(crate) fn map(len: usize, align: usize, huge_pages: bool) -> Option<NonNull<
     #[cfg(not(target_os = "linux"))]
     let _ = huge_pages;
     NonNull::new(start as *mut u8)
+}
+
+/// [`map`], then binds the region's pages to the NUMA placement `numa`; `None` (and
+/// nothing mapped) when either step is refused.
+pub(crate) fn map_placed(
+    len: usize,
+    align: usize,
+    huge_pages: bool,
+    numa: NumaBinding,
+) -> Option<NonNull<u8>> {
+    let base = map(len, align, huge_pages)?;
+    // SAFETY: `[base, base + len)` was just mapped, page aligned, and nothing uses it.
+    if unsafe { numa.apply(base.as_ptr(), len) } {
+        return Some(base);
+    }
+    // SAFETY: the whole region mapped above, unused.
+    unsafe { unmap(base, len, align) };
+    None
 }
 
 /// Asks for transparent huge pages over `[ptr, ptr + len)` (a hint; only Linux acts on

@@ -36,6 +36,7 @@ use allocator_api2::vec::Vec as SysVec;
 use super::budget::Budget;
 use super::config::{MAX_SMALL_CLASSES, ResolvedConfig};
 use super::intrusive::unlink_node;
+use super::numa::NumaBinding;
 use super::os::{self, GRANULE};
 use super::page_map::{self, RegionHeader, RegionKind};
 use super::sync::lock;
@@ -218,6 +219,8 @@ pub(crate) struct SmallTier {
     max_chunks: usize,
     retain_empty: usize,
     huge_pages: bool,
+    /// Where the tier's regions are placed (NUMA).
+    numa: NumaBinding,
     checked: bool,
 }
 
@@ -279,6 +282,7 @@ impl SmallTier {
             max_chunks: cfg.max_chunks,
             retain_empty: cfg.retain_empty,
             huge_pages: cfg.use_huge_pages,
+            numa: cfg.numa,
             checked: cfg.checked,
         }
     }
@@ -576,7 +580,8 @@ impl SmallTier {
             class.chunks.store(st.chunks, Ordering::Relaxed);
             return Ok(c);
         }
-        let Some(base) = os::map(class.chunk_span, GRANULE, self.huge_pages) else {
+        let Some(base) = os::map_placed(class.chunk_span, GRANULE, self.huge_pages, self.numa)
+        else {
             budget.release(class.chunk_span);
             return Err(OomReason::OsRefused);
         };

@@ -51,6 +51,9 @@ pub(crate) struct Span {
     mapped: usize,
     committed: usize,
     huge: bool,
+    /// Bytes from `base` bound to the committing pool's NUMA placement (the whole
+    /// mapping, or less after a growth, or none when the pool has no placement).
+    bound: usize,
 }
 
 // SAFETY: a span is a plain mapping owned by one owner; moving it to another thread moves
@@ -73,6 +76,7 @@ impl Span {
             mapped: 0,
             committed: 0,
             huge: false,
+            bound: 0,
         }
     }
 
@@ -134,12 +138,21 @@ impl Span {
     /// Counts `len` more bytes of the span as committed in `pool` (the caller is about to
     /// use them), or refuses under the pool's cap and changes nothing.
     pub(crate) fn commit(&mut self, pool: &HierarchicalPool, len: usize) -> Result<(), Error> {
-        pool.span_account(len as isize)
-            .map_err(|reason| Error::OutOfMemory {
-                requested: len,
-                align: SPAN_ALIGN,
-                reason,
-            })?;
+        let refused = |reason| Error::OutOfMemory {
+            requested: len,
+            align: SPAN_ALIGN,
+            reason,
+        };
+        let numa = pool.numa_binding();
+        if numa.is_some() && self.bound != self.mapped {
+            // SAFETY: `[base, base + mapped)` is the span's own mapping (invariant); the
+            // placement applies to the pages touched from now on.
+            if !unsafe { numa.apply(self.base.as_ptr(), self.mapped) } {
+                return Err(refused(OomReason::OsRefused));
+            }
+            self.bound = self.mapped;
+        }
+        pool.span_account(len as isize).map_err(refused)?;
         if self.committed == 0 && len > 0 {
             let counters = pool.span_counters();
             counters.spans.fetch_add(1, Ordering::Relaxed);
@@ -183,6 +196,7 @@ impl Span {
         self.base = NonNull::dangling();
         self.mapped = 0;
         self.huge = false;
+        self.bound = 0;
     }
 
     fn uncount(&mut self, pool: &HierarchicalPool, len: usize) {
