@@ -6,9 +6,9 @@
 
 use bytemuck::{Pod, Zeroable};
 use neurostore::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
-use neurostore::cuda::{Device, DevicePoolConfig, resolve_place};
+use neurostore::cuda::{Device, DeviceMemory, DevicePoolConfig, DevicePoolRegistry, resolve_place};
 use neurostore::table::{Table, default_pool};
-use neurostore::{Error, Handle};
+use neurostore::{Error, Handle, PoolConfig, PoolRegistry};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -295,6 +295,71 @@ fn the_device_pool_round_trips_bytes_and_counts_its_blocks() {
     assert!(during.in_use_bytes >= before.in_use_bytes + 401_000);
     drop((small, buffer));
     assert_eq!(pool.stats().in_use_bytes, before.in_use_bytes);
+}
+
+#[test]
+fn a_managed_pool_is_read_and_written_in_place_by_the_host() {
+    let config = DevicePoolConfig {
+        memory: DeviceMemory::Managed,
+        arena_bytes: 16 << 20,
+        ..DevicePoolConfig::default()
+    };
+    let device = match Device::open_with(0, config) {
+        Ok(d) => d,
+        Err(Error::CudaUnavailable { reason }) => return println!("skipped: {reason}"),
+        Err(e) => panic!("opening device 0 with a managed pool failed: {e}"),
+    };
+    let pool = device.pool();
+    assert_eq!(pool.memory(), DeviceMemory::Managed);
+    let data: Vec<u32> = (0..100_000).collect();
+    let mut buffer = pool.allocate(400_000).unwrap();
+    pool.upload(&buffer, 0, &data).unwrap();
+    let host = buffer.host_bytes().unwrap();
+    assert_eq!(host.len(), 400_000);
+    assert_eq!(host[..400_000], *bytemuck::cast_slice::<u32, u8>(&data));
+    host[..4].copy_from_slice(&7u32.to_ne_bytes());
+    let mut back = vec![0u32; 4];
+    pool.download(&buffer, 0, &mut back).unwrap();
+    assert_eq!(back, [7, 1, 2, 3]);
+    let stats = pool.stats();
+    assert_eq!(stats.allocations, 1);
+    assert!(stats.reserved_bytes >= 16 << 20);
+    // A buffer of device memory is not used in place.
+    let mut plain = gpu()
+        .expect("the device opened above")
+        .pool()
+        .allocate(64)
+        .unwrap();
+    assert!(matches!(
+        plain.host_bytes(),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
+#[test]
+fn device_pools_are_registered_by_name_beside_host_pools() {
+    let registry = PoolRegistry::new();
+    registry.create("host", PoolConfig::default()).unwrap();
+    let made = match registry.create_gpu("weights", 0, DevicePoolConfig::default()) {
+        Ok(p) => p,
+        Err(Error::CudaUnavailable { reason }) => {
+            assert_eq!(registry.names(), ["host"]);
+            return println!("skipped: {reason}");
+        }
+        Err(e) => panic!("creating a device pool failed on a machine with CUDA: {e}"),
+    };
+    assert_eq!(registry.names(), ["host", "weights"]);
+    let found = registry.get_gpu("weights").unwrap();
+    let buffer = found.allocate(1000).unwrap();
+    assert_eq!(made.stats().allocations, 1, "clones share the pool");
+    assert!(matches!(
+        registry.create_gpu("weights", 0, DevicePoolConfig::default()),
+        Err(Error::PoolExists { .. })
+    ));
+    assert!(registry.get("weights").is_none(), "not a host pool");
+    drop(buffer);
+    assert!(registry.remove_gpu("weights").is_some());
+    assert_eq!(registry.names(), ["host"]);
 }
 
 #[test]

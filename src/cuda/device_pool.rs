@@ -35,6 +35,8 @@ pub struct DevicePoolConfig {
     pub min_block: u64,
     /// Empty arenas kept for reuse instead of going back to the driver. Default 1.
     pub retain_empty: usize,
+    /// Where the arenas live: device memory (the default), or managed (unified) memory.
+    pub memory: DeviceMemory,
 }
 
 impl Default for DevicePoolConfig {
@@ -43,8 +45,30 @@ impl Default for DevicePoolConfig {
             arena_bytes: 256 << 20,
             min_block: 256,
             retain_empty: 1,
+            memory: DeviceMemory::Device,
         }
     }
+}
+
+/// The kind of memory a [`DevicePool`] takes from the driver.
+///
+/// ```
+/// use neurostore::cuda::{DeviceMemory, DevicePoolConfig};
+///
+/// // For tables larger than the GPU's memory: the driver pages managed memory between
+/// // host and device on demand, and the host can read and write it directly.
+/// let config = DevicePoolConfig { memory: DeviceMemory::Managed, ..DevicePoolConfig::default() };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceMemory {
+    /// `cuMemAlloc`: memory on the device only, reached from the host by copies.
+    #[default]
+    Device,
+    /// `cuMemAllocManaged` (attached globally): one address space for host and device,
+    /// migrated page by page by the driver, so a pool may hold more than the GPU's memory
+    /// and the host can use a buffer in place ([`DeviceBuffer::host_bytes`]).
+    Managed,
 }
 
 impl DevicePoolConfig {
@@ -313,6 +337,7 @@ impl<M: ArenaMemory> Drop for ArenaSet<M> {
 /// Device memory from the driver, in the context of one device.
 pub(crate) struct DriverMemory {
     context: Arc<CudaContext>,
+    kind: DeviceMemory,
 }
 
 impl ArenaMemory for DriverMemory {
@@ -325,9 +350,25 @@ impl ArenaMemory for DriverMemory {
             align: 256,
             reason: OomReason::LayoutTooLarge,
         })?;
-        // SAFETY: the context is current on this thread; the memory is only reached
-        // through the blocks this pool hands out.
-        unsafe { cudarc::driver::result::malloc_sync(size) }.map_err(|e| {
+        let (allocated, call) = match self.kind {
+            // SAFETY: the context is current on this thread; the memory is only reached
+            // through the blocks this pool hands out.
+            DeviceMemory::Device => (
+                unsafe { cudarc::driver::result::malloc_sync(size) },
+                "cuMemAlloc",
+            ),
+            // SAFETY: as above; managed memory is freed with cuMemFree as well.
+            DeviceMemory::Managed => (
+                unsafe {
+                    cudarc::driver::result::malloc_managed(
+                        size,
+                        sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL,
+                    )
+                },
+                "cuMemAllocManaged",
+            ),
+        };
+        allocated.map_err(|e| {
             if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
                 Error::OutOfMemory {
                     requested: size,
@@ -335,7 +376,7 @@ impl ArenaMemory for DriverMemory {
                     reason: OomReason::DeviceRefused,
                 }
             } else {
-                driver_error("cuMemAlloc", e)
+                driver_error(call, e)
             }
         })
     }
@@ -363,6 +404,7 @@ pub struct DevicePool {
 }
 
 struct PoolShared {
+    memory: DeviceMemory,
     arenas: Mutex<ArenaSet<DriverMemory>>,
     stream: Arc<CudaStream>,
 }
@@ -383,7 +425,14 @@ impl DevicePool {
     ) -> Self {
         DevicePool {
             shared: Arc::new(PoolShared {
-                arenas: Mutex::new(ArenaSet::new(DriverMemory { context }, config)),
+                memory: config.memory,
+                arenas: Mutex::new(ArenaSet::new(
+                    DriverMemory {
+                        context,
+                        kind: config.memory,
+                    },
+                    config,
+                )),
                 stream,
             }),
         }
@@ -396,6 +445,11 @@ impl DevicePool {
             pool: self.clone(),
             block,
         })
+    }
+
+    /// The kind of memory the pool's arenas are.
+    pub fn memory(&self) -> DeviceMemory {
+        self.shared.memory
     }
 
     /// The ordinal of the device this pool's memory is on.
@@ -505,6 +559,38 @@ impl DeviceBuffer {
         self.block.requested == 0
     }
 
+    /// The bytes of this buffer of a managed pool, in place on the host: the device is
+    /// synchronized first (no work queued before this call still runs), and the driver
+    /// moves the pages the host touches. The exclusive borrow of the buffer keeps
+    /// neurostore's own copies off it meanwhile; kernels launched on the buffer's address
+    /// by the caller must not run while the slice lives.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a pool of device memory (use
+    /// [`DevicePool::download`] / [`DevicePool::upload`] there); a driver error if
+    /// synchronizing fails.
+    pub fn host_bytes(&mut self) -> Result<&mut [u8], Error> {
+        if self.pool.shared.memory != DeviceMemory::Managed {
+            return Err(Error::invalid_argument(
+                "buffer",
+                "only a buffer of a managed pool (DeviceMemory::Managed) can be used in place on the host",
+            ));
+        }
+        let context = self.pool.shared.stream.context();
+        context
+            .bind_to_thread()
+            .map_err(|e| driver_error("cuCtxSetCurrent", e))?;
+        context
+            .synchronize()
+            .map_err(|e| driver_error("cuCtxSynchronize", e))?;
+        let len = usize::try_from(self.len()).expect("a mapped buffer fits the address space");
+        // SAFETY: managed memory attached globally is addressable from the host at its
+        // device address; the buffer owns `len` bytes there until it is dropped, the
+        // exclusive borrow of `buffer` makes this the only reference neurostore hands
+        // out, and the context was synchronized above, so no queued work touches it.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.address() as *mut u8, len) })
+    }
+
     /// `InvalidArgument` unless `offset .. offset + len` lies inside the buffer.
     pub(crate) fn check_range(&self, offset: u64, len: usize) -> Result<(), Error> {
         match offset.checked_add(len as u64) {
@@ -568,6 +654,7 @@ mod tests {
             arena_bytes,
             min_block: 256,
             retain_empty: 1,
+            memory: DeviceMemory::Device,
         }
     }
 
@@ -676,6 +763,7 @@ mod tests {
                 arena_bytes,
                 min_block,
                 retain_empty: 0,
+                memory: DeviceMemory::Managed,
             };
             assert!(
                 matches!(c.validate(), Err(Error::InvalidArgument { name, .. }) if name == field),

@@ -11,6 +11,7 @@
 //! - [`HEADER`] (`include/neurostore.cuh`): `ns_resolve`, which resolves a handle on the
 //!   device exactly as `Table::get` does on the host ([`resolve_place`] is its host twin);
 //!   [`Device::compile`] prepends it to kernels compiled with NVRTC.
+//! - [`DevicePoolRegistry`]: device pools by name in the host pools' registry.
 //! - [`GpuNetwork`]: `NeuralGraph::step` on the device, over mirrored neuron and synapse
 //!   tables, with the CPU step's spikes and state bit for bit.
 //!
@@ -38,13 +39,15 @@ mod device;
 mod device_pool;
 mod mirror;
 mod neural;
+mod registry;
 mod slots;
 mod staging;
 
 pub use device::{Device, probe};
-pub use device_pool::{DeviceBuffer, DevicePool, DevicePoolConfig, DevicePoolStats};
+pub use device_pool::{DeviceBuffer, DeviceMemory, DevicePool, DevicePoolConfig, DevicePoolStats};
 pub use mirror::{DeviceMirror, MirrorView, PullReport, SyncReport};
 pub use neural::GpuNetwork;
+pub use registry::DevicePoolRegistry;
 pub use slots::{DeviceSlot, HEADER, resolve_place};
 
 /// cudarc, as this crate uses it (for launching kernels on [`Device::stream`]).

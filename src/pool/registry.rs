@@ -1,5 +1,6 @@
 //! [`PoolRegistry`]: pools by name.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -10,7 +11,9 @@ use super::hierarchical::HierarchicalPool;
 use crate::error::Error;
 
 /// Named pools, shared as `Arc<HierarchicalPool>`. Thread safe; a process-wide instance
-/// is [`PoolRegistry::global`].
+/// is [`PoolRegistry::global`]. With the `cuda` feature the same names can also hold
+/// device pools (`neurostore::cuda::DevicePoolRegistry::create_gpu`): one name names one
+/// pool, host or device.
 ///
 /// ```
 /// use neurostore::{PoolConfig, PoolRegistry};
@@ -25,7 +28,24 @@ use crate::error::Error;
 /// ```
 #[derive(Default)]
 pub struct PoolRegistry {
-    pools: RwLock<HashMap<String, Arc<HierarchicalPool>>>,
+    pools: RwLock<HashMap<String, Registered>>,
+}
+
+/// What a name holds: a host pool, or a pool of a layer above (a device pool).
+#[derive(Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+enum Registered {
+    Host(Arc<HierarchicalPool>),
+    Other(Arc<dyn Any + Send + Sync>),
+}
+
+impl Registered {
+    fn host(&self) -> Option<Arc<HierarchicalPool>> {
+        match self {
+            Registered::Host(p) => Some(Arc::clone(p)),
+            Registered::Other(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for PoolRegistry {
@@ -58,11 +78,53 @@ impl PoolRegistry {
             });
         }
         let pool = Arc::new(HierarchicalPool::new(config)?);
-        pools.insert(name.to_owned(), Arc::clone(&pool));
+        pools.insert(name.to_owned(), Registered::Host(Arc::clone(&pool)));
         Ok(pool)
     }
 
-    /// The pool under `name`, made with `config()` if there is none yet.
+    /// Registers what `make` returns under `name`, holding the registry's lock across
+    /// `make` so that a name is never taken twice. `Error::PoolExists` if the name is
+    /// taken (then `make` is not called); `make`'s error leaves the registry unchanged.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn create_other<T: Any + Send + Sync>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<T, Error>,
+    ) -> Result<Arc<T>, Error> {
+        let mut pools = self.pools.write();
+        if pools.contains_key(name) {
+            return Err(Error::PoolExists {
+                name: name.to_owned(),
+            });
+        }
+        let value = Arc::new(make()?);
+        pools.insert(name.to_owned(), Registered::Other(value.clone()));
+        Ok(value)
+    }
+
+    /// What `name` holds, if it is a `T` registered by [`create_other`](Self::create_other).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn get_other<T: Any + Send + Sync>(&self, name: &str) -> Option<Arc<T>> {
+        match self.pools.read().get(name)? {
+            Registered::Other(v) => Arc::clone(v).downcast::<T>().ok(),
+            Registered::Host(_) => None,
+        }
+    }
+
+    /// Removes `name` if it holds a `T` registered by [`create_other`](Self::create_other).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn remove_other<T: Any + Send + Sync>(&self, name: &str) -> Option<Arc<T>> {
+        let mut pools = self.pools.write();
+        let value = match pools.get(name)? {
+            Registered::Other(v) => Arc::clone(v).downcast::<T>().ok()?,
+            Registered::Host(_) => return None,
+        };
+        pools.remove(name);
+        Some(value)
+    }
+
+    /// The host pool under `name`, made with `config()` if there is none yet
+    /// (`Error::PoolExists` when the name holds a device pool).
     pub fn get_or_create(
         &self,
         name: &str,
@@ -72,25 +134,35 @@ impl PoolRegistry {
             return Ok(p);
         }
         let mut pools = self.pools.write();
-        if let Some(p) = pools.get(name) {
-            return Ok(Arc::clone(p));
+        match pools.get(name) {
+            Some(Registered::Host(p)) => return Ok(Arc::clone(p)),
+            Some(Registered::Other(_)) => {
+                return Err(Error::PoolExists {
+                    name: name.to_owned(),
+                });
+            }
+            None => {}
         }
         let pool = Arc::new(HierarchicalPool::new(config())?);
-        pools.insert(name.to_owned(), Arc::clone(&pool));
+        pools.insert(name.to_owned(), Registered::Host(Arc::clone(&pool)));
         Ok(pool)
     }
 
-    /// The pool under `name`.
+    /// The host pool under `name` (`None` when the name is free or holds a device pool).
     pub fn get(&self, name: &str) -> Option<Arc<HierarchicalPool>> {
-        self.pools.read().get(name).cloned()
+        self.pools.read().get(name)?.host()
     }
 
-    /// Removes `name` from the registry; the pool itself lives on while others hold it.
+    /// Removes the host pool `name` from the registry; the pool itself lives on while
+    /// others hold it. A device pool under `name` stays (it has its own `remove_gpu`).
     pub fn remove(&self, name: &str) -> Option<Arc<HierarchicalPool>> {
-        self.pools.write().remove(name)
+        let mut pools = self.pools.write();
+        let pool = pools.get(name)?.host()?;
+        pools.remove(name);
+        Some(pool)
     }
 
-    /// The registered names, sorted.
+    /// The registered names, host and device pools alike, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.pools.read().keys().cloned().collect();
         v.sort();
