@@ -4,7 +4,7 @@
 //! generational handles instead of pointers, so the store can move, collect, mirror and
 //! snapshot them while every handle stays valid or is reliably reported stale.
 //!
-//! The crate is built in layers (the README's "Layers" section draws them):
+//! The crate is built in layers (`docs/ARCHITECTURE.md` draws them):
 //!
 //! - [`pool`]: the hierarchical size-class memory pool ([`HierarchicalPool`]), also usable
 //!   as the global allocator ([`NeuroAlloc`]).

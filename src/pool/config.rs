@@ -193,8 +193,8 @@ impl PoolConfig {
         c
     }
 
-    /// Reads the TOML layout (see the crate README); keys left out keep their
-    /// [`Default`] values.
+    /// Reads the TOML layout that [`to_toml_string`](Self::to_toml_string) writes; keys
+    /// left out keep their [`Default`] values.
     pub fn from_toml_str(text: &str) -> Result<Self, Error> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             ConfigError::new("memory_pools", format!("not valid TOML: {e}"))
