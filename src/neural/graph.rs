@@ -73,15 +73,24 @@ fn table_of_mut<T: Send + Sync + 'static>(store: &mut Store) -> &mut Table<T> {
         .expect("NeuralGraph registers its tables when it is made")
 }
 
-/// A delay in milliseconds as whole steps of `dt`: rounded to nearest, at least one.
+/// A delay in milliseconds as whole steps of `dt`: rounded to nearest (halves away from
+/// zero, as `f64::round`), at least one. Written without `round`, which is a call into
+/// libm on the baseline x86-64 target: the step's walk inlines this, and a call there
+/// would make it keep its state on the stack.
 pub(crate) fn delay_steps(delay_ms: f32, dt: f64) -> u64 {
-    let steps = (f64::from(delay_ms) / dt).round();
-    if steps >= 1.0 {
-        // Saturating for absurd ratios; the ring's size check refuses those first.
-        steps.min(u64::MAX as f64) as u64
-    } else {
-        1
+    let x = f64::from(delay_ms) / dt;
+    if x.is_nan() || x < 0.5 {
+        // Below half a step (or not a number): it rounds below one step.
+        return 1;
     }
+    if x >= 4_503_599_627_370_496.0 {
+        // 2^52 and above every float is whole. Saturating for absurd ratios; the ring's
+        // size check refuses those first.
+        return x.min(u64::MAX as f64) as u64;
+    }
+    // `as` truncates; both conversions and the subtraction are exact below 2^52.
+    let whole = x as i64;
+    (whole + i64::from(x - whole as f64 >= 0.5)) as u64
 }
 
 /// [`delay_steps`] for one `dt`, many delays: a multiplication by `1 / dt` instead of a
@@ -103,20 +112,25 @@ impl DelaySteps {
 
     #[inline]
     fn of(&self, delay_ms: f32) -> u64 {
+        // 1.5 × 2^52: added to a `q` in [0, 2^51) it rounds `q` to the nearest whole
+        // number (ties to even), which then fills the low bits of the sum's mantissa. Two
+        // additions instead of a conversion to an integer and back, and no rounding call
+        // (the baseline x86-64 target has no rounding instruction).
+        const ROUNDER: f64 = 6_755_399_441_055_744.0;
         let q = f64::from(delay_ms) * self.per_ms;
-        if !(1.5..4e15).contains(&q) {
+        if !(1.5..2_147_483_648.0).contains(&q) {
             return delay_steps(delay_ms, self.dt);
         }
-        // Finite, at least 1.5 and far below 2^53 here. `as` truncates in one instruction
-        // to and from `i64` (where `trunc` and `round` are calls into libm, and `u64`
-        // conversions take several instructions, on the baseline x86-64 target).
-        let whole = q as i64;
-        let fraction = q - whole as f64;
-        if (fraction - 0.5).abs() < 1e-9 {
+        let sum = q + ROUNDER;
+        let nearest = sum - ROUNDER;
+        // Both subtractions are exact here, so this is the distance of `q`'s fraction
+        // from one half: within 1e-9 of a half step the product and the division could
+        // round apart.
+        if ((q - nearest).abs() - 0.5).abs() < 1e-9 {
             return delay_steps(delay_ms, self.dt);
         }
-        // Not near a half step: the nearest whole number of steps.
-        (whole + i64::from(fraction > 0.5)) as u64
+        // Not near a half step: the nearest whole number of steps, below 2^31.
+        u64::from(sum.to_bits() as u32)
     }
 }
 
@@ -1324,13 +1338,73 @@ mod tests {
     use super::*;
 
     #[test]
+    fn delay_steps_rounds_as_f64_round_does() {
+        let reference = |delay: f32, dt: f64| {
+            let steps = (f64::from(delay) / dt).round();
+            if steps >= 1.0 {
+                steps.min(u64::MAX as f64) as u64
+            } else {
+                1
+            }
+        };
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        for dt in [0.1, 0.05, 1.0 / 3.0, 0.125, 1e-30] {
+            for k in 0..3000 {
+                for delay in [(k as f64 * dt) as f32, ((k as f64 + 0.5) * dt) as f32] {
+                    assert_eq!(
+                        delay_steps(delay, dt),
+                        reference(delay, dt),
+                        "{delay} / {dt}"
+                    );
+                }
+            }
+            for _ in 0..20_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let delay = f32::from_bits(x as u32);
+                assert_eq!(
+                    delay_steps(delay, dt),
+                    reference(delay, dt),
+                    "{delay} / {dt}"
+                );
+            }
+            for delay in [
+                0.0,
+                -0.0,
+                -1.0,
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                f32::MAX,
+            ] {
+                assert_eq!(
+                    delay_steps(delay, dt),
+                    reference(delay, dt),
+                    "{delay} / {dt}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn delay_steps_for_many_delays_equal_the_one_at_a_time_rounding() {
         let mut x = 0x9e37_79b9_7f4a_7c15_u64;
         for dt in [0.1, 0.05, 0.01, 0.25, 1.0 / 3.0, 0.1 + 1e-12, 0.125, 2.0] {
             let steps = DelaySteps::new(dt);
-            // Whole and half steps, where the rounding is decided by the last bit.
+            // Whole and half steps, where the rounding is decided by the last bit, and the
+            // floats next to them on either side.
             for k in 0..2000 {
-                for delay in [(k as f64 * dt) as f32, ((k as f64 + 0.5) * dt) as f32] {
+                let half = ((k as f64 + 0.5) * dt) as f32;
+                let next = |d: f32, by: i32| f32::from_bits(d.to_bits().saturating_add_signed(by));
+                for delay in [
+                    (k as f64 * dt) as f32,
+                    half,
+                    next(half, 1),
+                    next(half, -1),
+                    next(half, 2),
+                    next(half, -2),
+                ] {
                     assert_eq!(
                         steps.of(delay),
                         delay_steps(delay, dt),

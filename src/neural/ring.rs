@@ -148,15 +148,18 @@ pub(crate) struct SpikeRing {
     deliveries: Vec<Delivery>,
     /// The input of the step last gathered, per column.
     input: Vec<[f32; 2]>,
+    /// For the step senders send in: per offset (steps after it), the first cell of the
+    /// slot that offset arrives in.
+    rows: Vec<usize>,
 }
 
 /// Appends one share's events to the ring, for the step a [`SpikeRing::senders`] call
 /// named.
 pub(crate) struct Sender<'a> {
     queues: &'a mut [Vec<Event>],
-    /// The slot of the step the events are sent in.
-    base: usize,
-    slots: usize,
+    /// Per offset, the first cell of its arrival slot ([`SpikeRing::rows`]); empty for an
+    /// unshaped ring.
+    rows: &'a [usize],
     parts: usize,
 }
 
@@ -166,32 +169,49 @@ impl Sender<'_> {
     /// ring's get none.
     #[inline]
     pub(crate) fn send(&mut self, offset: u64, column: usize, weight: f32) {
-        // An unshaped ring (no slots) has no parts either: `push` drops the event.
-        let offset = offset.min((self.slots as u64).saturating_sub(1)) as usize;
-        let mut slot = self.base + offset;
-        if slot >= self.slots {
-            slot -= self.slots;
+        let last = self.rows.len().wrapping_sub(1);
+        // An unshaped ring (no slots) has no rows: the event is dropped.
+        if let Some(&row) = self
+            .rows
+            .get(usize::try_from(offset).map_or(last, |o| o.min(last)))
+        {
+            self.push(row, column, weight < 0.0, weight);
         }
-        self.push(slot, column, weight < 0.0, weight);
     }
 
     /// Queues `value` for `column`'s `inhibitory` or excitatory channel `offset` slots
     /// after the sender's step (`offset < slots`).
     fn queue(&mut self, offset: usize, column: usize, inhibitory: bool, value: f32) {
-        self.push((self.base + offset) % self.slots, column, inhibitory, value);
-    }
-
-    /// Appends `value` for `column`'s channel to the queue of `slot` (none past the
-    /// ring's columns).
-    #[inline]
-    fn push(&mut self, slot: usize, column: usize, inhibitory: bool, value: f32) {
-        let part = column / PART_COLUMNS;
-        if part < self.parts
-            && let Some(queue) = self.queues.get_mut(slot * self.parts + part)
-        {
-            queue.push(Event::new(column % PART_COLUMNS, inhibitory, value));
+        if let Some(&row) = self.rows.get(offset) {
+            self.push(row, column, inhibitory, value);
         }
     }
+
+    /// Appends `value` for `column`'s channel to the queue of the slot whose first cell
+    /// is `row` (none past the ring's columns).
+    #[inline]
+    fn push(&mut self, row: usize, column: usize, inhibitory: bool, value: f32) {
+        let part = column / PART_COLUMNS;
+        if part < self.parts
+            && let Some(queue) = self.queues.get_mut(row + part)
+        {
+            let event = Event::new(column % PART_COLUMNS, inhibitory, value);
+            // With the room known, the push needs no call: nothing of the walk that
+            // calls this has to wait on the stack for one.
+            if queue.len() < queue.capacity() {
+                queue.push(event);
+            } else {
+                push_growing(queue, event);
+            }
+        }
+    }
+}
+
+/// Appends `event` to a full `queue`, which grows.
+#[cold]
+#[inline(never)]
+fn push_growing(queue: &mut Vec<Event>, event: Event) {
+    queue.push(event);
 }
 
 /// An allocation of `bytes` the system refused, or one too large to ask for.
@@ -233,6 +253,7 @@ impl SpikeRing {
             senders: vec![Queues(filled(cells, Vec::new())?)],
             deliveries: filled(cells, Delivery::default())?,
             input: filled(stride, [0.0; 2])?,
+            rows: Vec::with_capacity(slots),
         })
     }
 
@@ -447,12 +468,15 @@ impl SpikeRing {
                 .resize_with(shares, || Queues(vec![Vec::new(); cells]));
         }
         let (base, slots, parts) = (self.base_of(now), self.slots, self.parts());
+        self.rows.clear();
+        self.rows
+            .extend((0..slots).map(|offset| (base + offset) % slots * parts));
+        let rows = &self.rows;
         self.senders[..shares]
             .iter_mut()
             .map(|q| Sender {
                 queues: &mut q.0,
-                base,
-                slots,
+                rows,
                 parts,
             })
             .collect()
