@@ -1162,7 +1162,7 @@ impl NeuralGraph {
             ..
         } = self;
         let inputs = ring.input_of_step();
-        let update = |cache: &mut PropagatorCache, index: u32, neuron: &mut Neuron| {
+        let update = move |cache: &mut PropagatorCache, index: u32, neuron: &mut Neuron| {
             let [ex, inh] = inputs.get(index as usize).copied().unwrap_or_default();
             let p = cache.get(neuron);
             advance(neuron, &p, ex, inh, now)
