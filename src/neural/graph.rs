@@ -1337,6 +1337,31 @@ impl GraphMemory {
 mod tests {
     use super::*;
 
+    /// Delays to check at step `dt`: whole and half steps (where the rounding is decided
+    /// by the last bit) and the floats next to each half step on either side, random
+    /// floats from far below a step to far above, random bit patterns (negative, not a
+    /// number, infinite) and the edges.
+    fn delays_to_check(dt: f64, seed: u64) -> Vec<f32> {
+        let next = |d: f32, by: i32| f32::from_bits(d.to_bits().saturating_add_signed(by));
+        let mut delays = Vec::new();
+        for k in 0..2000 {
+            let half = ((k as f64 + 0.5) * dt) as f32;
+            delays.extend([(k as f64 * dt) as f32, half]);
+            delays.extend([1, -1, 2, -2].map(|by| next(half, by)));
+        }
+        let mut x = seed;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            delays.push(f32::from_bits(0x3000_0000 + (x % 0x1800_0000) as u32));
+            delays.push(f32::from_bits(x as u32));
+        }
+        delays.extend([0.0, -0.0, -1.0, f32::MIN_POSITIVE, 1e30, f32::MAX]);
+        delays.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
+        delays
+    }
+
     #[test]
     fn delay_steps_rounds_as_f64_round_does() {
         let reference = |delay: f32, dt: f64| {
@@ -1347,37 +1372,8 @@ mod tests {
                 1
             }
         };
-        let mut x = 0x2545_f491_4f6c_dd1d_u64;
         for dt in [0.1, 0.05, 1.0 / 3.0, 0.125, 1e-30] {
-            for k in 0..3000 {
-                for delay in [(k as f64 * dt) as f32, ((k as f64 + 0.5) * dt) as f32] {
-                    assert_eq!(
-                        delay_steps(delay, dt),
-                        reference(delay, dt),
-                        "{delay} / {dt}"
-                    );
-                }
-            }
-            for _ in 0..20_000 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let delay = f32::from_bits(x as u32);
-                assert_eq!(
-                    delay_steps(delay, dt),
-                    reference(delay, dt),
-                    "{delay} / {dt}"
-                );
-            }
-            for delay in [
-                0.0,
-                -0.0,
-                -1.0,
-                f32::NAN,
-                f32::INFINITY,
-                f32::NEG_INFINITY,
-                f32::MAX,
-            ] {
+            for delay in delays_to_check(dt, 0x2545_f491_4f6c_dd1d) {
                 assert_eq!(
                     delay_steps(delay, dt),
                     reference(delay, dt),
@@ -1389,42 +1385,9 @@ mod tests {
 
     #[test]
     fn delay_steps_for_many_delays_equal_the_one_at_a_time_rounding() {
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
         for dt in [0.1, 0.05, 0.01, 0.25, 1.0 / 3.0, 0.1 + 1e-12, 0.125, 2.0] {
             let steps = DelaySteps::new(dt);
-            // Whole and half steps, where the rounding is decided by the last bit, and the
-            // floats next to them on either side.
-            for k in 0..2000 {
-                let half = ((k as f64 + 0.5) * dt) as f32;
-                let next = |d: f32, by: i32| f32::from_bits(d.to_bits().saturating_add_signed(by));
-                for delay in [
-                    (k as f64 * dt) as f32,
-                    half,
-                    next(half, 1),
-                    next(half, -1),
-                    next(half, 2),
-                    next(half, -2),
-                ] {
-                    assert_eq!(
-                        steps.of(delay),
-                        delay_steps(delay, dt),
-                        "{delay} ms, dt {dt}"
-                    );
-                }
-            }
-            // Random delays from far below a step to far above.
-            for _ in 0..20_000 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let delay = f32::from_bits(0x3000_0000 + (x % 0x1800_0000) as u32);
-                assert_eq!(
-                    steps.of(delay),
-                    delay_steps(delay, dt),
-                    "{delay} ms, dt {dt}"
-                );
-            }
-            for delay in [f32::MIN_POSITIVE, 1e30, f32::MAX, 0.0] {
+            for delay in delays_to_check(dt, 0x9e37_79b9_7f4a_7c15) {
                 assert_eq!(
                     steps.of(delay),
                     delay_steps(delay, dt),

@@ -469,12 +469,7 @@ impl LargeTier {
         // SAFETY: mappings and arenas on the lists are live and ours; by the contract none
         // of their blocks is used any more; the lock is held.
         unsafe {
-            while let Some(m) = st.huge.as_mut() {
-                let huge: *mut Huge = m;
-                unlink_node!(st.huge, huge);
-                self.unmap_region(&m.header, m.align, budget);
-                drop(SysBox::from_raw_in(huge, System));
-            }
+            self.unmap_every_huge(st, budget);
             st.empty_arenas = 0;
             let mut next = st.arenas;
             while let Some(a) = next.as_mut() {
@@ -570,6 +565,19 @@ impl LargeTier {
                 self.unmap_region(&a.header, a.header.len.max(GRANULE), budget);
                 drop(SysBox::from_raw_in(arena, System));
             }
+            self.unmap_every_huge(&mut st, budget);
+        }
+        st.empty_arenas = 0;
+    }
+
+    /// Unmaps every mapping of a single block.
+    ///
+    /// # Safety
+    /// None of those blocks is used any more; the lock is held (as `st`).
+    unsafe fn unmap_every_huge(&self, st: &mut LargeState, budget: &Budget) {
+        // SAFETY: mappings on the list are live and ours, unused per the contract; each is
+        // unregistered (in `unmap_region`) before it is unmapped.
+        unsafe {
             while let Some(m) = st.huge.as_mut() {
                 let huge: *mut Huge = m;
                 unlink_node!(st.huge, huge);
@@ -577,6 +585,5 @@ impl LargeTier {
                 drop(SysBox::from_raw_in(huge, System));
             }
         }
-        st.empty_arenas = 0;
     }
 }
