@@ -148,19 +148,14 @@ pub(crate) struct SpikeRing {
     deliveries: Vec<Delivery>,
     /// The input of the step last gathered, per column.
     input: Vec<[f32; 2]>,
-    /// For the step senders send in: per offset (steps after it), the first cell of the
-    /// slot that offset arrives in.
-    rows: Vec<usize>,
 }
 
 /// Appends one share's events to the ring, for the step a [`SpikeRing::senders`] call
 /// named.
 pub(crate) struct Sender<'a> {
-    queues: &'a mut [Vec<Event>],
-    /// Per offset, the first cell of its arrival slot ([`SpikeRing::rows`]); empty for an
-    /// unshaped ring.
-    rows: &'a [usize],
-    parts: usize,
+    /// Per offset (steps after the sender's step), the queues of the slot that offset
+    /// arrives in, one per part; none for an unshaped ring.
+    rows: Vec<&'a mut [Vec<Event>]>,
 }
 
 impl Sender<'_> {
@@ -170,39 +165,34 @@ impl Sender<'_> {
     #[inline]
     pub(crate) fn send(&mut self, offset: u64, column: usize, weight: f32) {
         let last = self.rows.len().wrapping_sub(1);
+        let offset = usize::try_from(offset).map_or(last, |o| o.min(last));
         // An unshaped ring (no slots) has no rows: the event is dropped.
-        if let Some(&row) = self
-            .rows
-            .get(usize::try_from(offset).map_or(last, |o| o.min(last)))
-        {
-            self.push(row, column, weight < 0.0, weight);
+        if let Some(row) = self.rows.get_mut(offset) {
+            push(row, column, weight < 0.0, weight);
         }
     }
 
     /// Queues `value` for `column`'s `inhibitory` or excitatory channel `offset` slots
     /// after the sender's step (`offset < slots`).
     fn queue(&mut self, offset: usize, column: usize, inhibitory: bool, value: f32) {
-        if let Some(&row) = self.rows.get(offset) {
-            self.push(row, column, inhibitory, value);
+        if let Some(row) = self.rows.get_mut(offset) {
+            push(row, column, inhibitory, value);
         }
     }
+}
 
-    /// Appends `value` for `column`'s channel to the queue of the slot whose first cell
-    /// is `row` (none past the ring's columns).
-    #[inline]
-    fn push(&mut self, row: usize, column: usize, inhibitory: bool, value: f32) {
-        let part = column / PART_COLUMNS;
-        if part < self.parts
-            && let Some(queue) = self.queues.get_mut(row + part)
-        {
-            let event = Event::new(column % PART_COLUMNS, inhibitory, value);
-            // With the room known, the push needs no call: nothing of the walk that
-            // calls this has to wait on the stack for one.
-            if queue.len() < queue.capacity() {
-                queue.push(event);
-            } else {
-                push_growing(queue, event);
-            }
+/// Appends `value` for `column`'s channel to its part's queue in `row`, a slot's queues
+/// (none past the ring's columns).
+#[inline]
+fn push(row: &mut [Vec<Event>], column: usize, inhibitory: bool, value: f32) {
+    if let Some(queue) = row.get_mut(column / PART_COLUMNS) {
+        let event = Event::new(column % PART_COLUMNS, inhibitory, value);
+        // With the room known, the push needs no call: nothing of the walk that calls
+        // this has to wait on the stack for one.
+        if queue.len() < queue.capacity() {
+            queue.push(event);
+        } else {
+            push_growing(queue, event);
         }
     }
 }
@@ -253,7 +243,6 @@ impl SpikeRing {
             senders: vec![Queues(filled(cells, Vec::new())?)],
             deliveries: filled(cells, Delivery::default())?,
             input: filled(stride, [0.0; 2])?,
-            rows: Vec::with_capacity(slots),
         })
     }
 
@@ -467,17 +456,20 @@ impl SpikeRing {
             self.senders
                 .resize_with(shares, || Queues(vec![Vec::new(); cells]));
         }
-        let (base, slots, parts) = (self.base_of(now), self.slots, self.parts());
-        self.rows.clear();
-        self.rows
-            .extend((0..slots).map(|offset| (base + offset) % slots * parts));
-        let rows = &self.rows;
+        let (base, parts) = (self.base_of(now), self.parts());
         self.senders[..shares]
             .iter_mut()
-            .map(|q| Sender {
-                queues: &mut q.0,
-                rows,
-                parts,
+            .map(|q| {
+                // Slot-major rows of `parts` queues, turned so that offset 0 is the
+                // sender's step; an unshaped ring has none.
+                let mut rows: Vec<&mut [Vec<Event>]> = if parts == 0 {
+                    Vec::new()
+                } else {
+                    q.0.chunks_mut(parts).collect()
+                };
+                let turn = base.min(rows.len());
+                rows.rotate_left(turn);
+                Sender { rows }
             })
             .collect()
     }
