@@ -782,15 +782,23 @@ impl SmallTier {
                     unsafe {
                         st.list_mut(id).unlink(c);
                         (*c).reset_bits();
-                        if self.checked {
-                            let (base, len) = ((*c).header.base, (*c).header.len);
-                            ptr::write_bytes(base as *mut u8, POISON, len);
-                        }
                         st.empty.push(c, ListId::Empty);
                     }
                 }
             }
             self.free_empty_beyond_retained(ci, st, budget);
+            if self.checked {
+                // Only the chunks kept: the others are unmapped already.
+                let mut c = st.empty.head;
+                // SAFETY: chunks on the empty list are live and ours, none of their blocks
+                // is used (per the contract); the lock is held.
+                while let Some(chunk) = unsafe { c.as_ref() } {
+                    let (base, len) = (chunk.header.base, chunk.header.len);
+                    // SAFETY: as above; the chunk's mapping is `len` bytes from `base`.
+                    unsafe { ptr::write_bytes(base as *mut u8, POISON, len) };
+                    c = chunk.next;
+                }
+            }
             class.outstanding.store(0, Ordering::Relaxed);
             class.shared_allocs.store(0, Ordering::Relaxed);
             class.shared_frees.store(0, Ordering::Relaxed);
