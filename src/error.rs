@@ -421,6 +421,7 @@ impl From<ConfigError> for Error {
 
 impl Error {
     /// The [`Error::InvalidHandle`] for `handle`.
+    #[cfg(not(loom))]
     pub(crate) fn invalid_handle<T>(handle: crate::table::Handle<T>) -> Self {
         Error::InvalidHandle {
             type_name: crate::table::short_type_name::<T>(),

@@ -33,6 +33,9 @@
 //! # Ok::<(), neurostore::Error>(())
 //! ```
 
+// Under `--cfg loom` only the pool is built, and parts of it serve the layers left out.
+#![cfg_attr(loom, allow(dead_code))]
+
 // The derive's generated code names `::neurostore::...`; this makes those paths work
 // inside the crate too, where the built-in types use the derive.
 #[cfg(not(loom))]
@@ -43,7 +46,6 @@ pub mod cuda;
 #[cfg(not(loom))]
 #[forbid(unsafe_code)]
 pub mod defrag;
-#[cfg(not(loom))]
 #[forbid(unsafe_code)]
 pub mod error;
 #[cfg(not(loom))]
@@ -52,7 +54,6 @@ pub mod gc;
 #[cfg(not(loom))]
 #[forbid(unsafe_code)]
 pub mod neural;
-#[cfg(not(loom))]
 pub mod pool;
 #[cfg(not(loom))]
 #[forbid(unsafe_code)]
@@ -94,10 +95,10 @@ pub use store::{SharedStore, Store, StoreDefragReport};
 #[cfg(not(loom))]
 pub use table::{Handle, Table};
 
-/// Under `--cfg loom` the crate is only its lock-free pieces, for `tests/loom.rs`.
+/// Under `--cfg loom` the crate is only its pool (less the global allocator and the
+/// registry) and the error types, built over loom's locks and atomics for `tests/loom.rs`.
 #[cfg(loom)]
-#[path = "pool/lockfree.rs"]
-pub mod lockfree;
+pub use pool::{HierarchicalPool, PoolConfig, PoolStats, lockfree};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -1,6 +1,6 @@
 //! The pool-wide account of bytes reserved from the OS, with its cap.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use super::sync::{AtomicUsize, Ordering};
 
 use crate::error::OomReason;
 
@@ -12,7 +12,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    pub(crate) const fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Budget {
             reserved: AtomicUsize::new(0),
             limit,

@@ -3,8 +3,6 @@
 use std::alloc::{Layout, System};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use allocator_api2::boxed::Box as SysBox;
@@ -20,11 +18,12 @@ use super::page_map::{self, RegionKind};
 use super::small::{self, SmallTier};
 use super::span::SpanCounters;
 use super::stats::{Alert, AlertKind, Alerts, ClassStats, PoolStats, Tier, TierStats};
-use super::sync::lock;
+use super::sync::{AtomicU64, AtomicUsize, Mutex, Ordering, lock};
 use super::thread_cache::{self, ThreadList};
 use crate::error::{ConfigError, Error, OomReason};
 
-static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+/// Numbers pools; a plain std atomic even under loom (ids need no ordering, only uniqueness).
+static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Where a layout is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,7 +267,7 @@ impl HierarchicalPool {
     /// Makes a pool from a resolved config without allocating through the global
     /// allocator (all of the pool's own metadata comes from `System`).
     pub(crate) fn from_resolved(cfg: ResolvedConfig) -> Self {
-        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shared = SysBox::new_in(
             PoolShared {
                 id,
@@ -851,7 +850,7 @@ impl HierarchicalPool {
             );
         }
         let s = &mut *self.shared;
-        let fresh = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        let fresh = NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         thread_cache::pool_reset(s.id, fresh, &s.threads);
         s.id = fresh;
         // SAFETY: the exclusive borrow means no caller holds a borrow of a block; raw
@@ -862,8 +861,8 @@ impl HierarchicalPool {
             s.medium.reset(&s.budget);
             s.large.reset(&s.budget);
         }
-        *s.peak.get_mut() = 0;
-        *s.invalid_frees.get_mut() = 0;
+        s.peak.store(0, Ordering::Relaxed);
+        s.invalid_frees.store(0, Ordering::Relaxed);
         s.created = Instant::now();
         ended
     }

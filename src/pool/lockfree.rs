@@ -1,5 +1,5 @@
-//! The pool's lock-free pieces, written over an atomics facade so that loom can check
-//! every interleaving (`RUSTFLAGS="--cfg loom" cargo test --release --test loom`).
+//! The pool's lock-free pieces, written over loom's atomics under `--cfg loom` so that loom
+//! checks every interleaving (`RUSTFLAGS="--cfg loom" cargo test --release --test loom`).
 //!
 //! - [`InitGate`]: a one-time initialisation protocol (UNINIT → INITIALISING → READY)
 //!   that the global allocator uses, since it cannot use `OnceLock` (which may allocate).
@@ -10,9 +10,10 @@
 //! from null to one pointer that is never replaced or freed while the slot is in use.
 
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use loom::sync::atomic::{AtomicPtr, AtomicU8};
 #[cfg(not(loom))]
-use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering;
 
 const UNINIT: u8 = 0;
 const INITIALISING: u8 = 1;
@@ -78,25 +79,54 @@ impl InitGate {
     }
 }
 
+/// An atomic pointer that [`get_or_install`] can publish into: the standard library's (the
+/// page map's, which stays on std atomics even under loom) and, under loom, loom's.
+pub trait PointerSlot<T> {
+    /// The pointer in the slot (acquire).
+    fn load_acquire(&self) -> *mut T;
+    /// Puts `fresh` in the slot if it is null (acquire-release): `Ok(fresh)`, or
+    /// `Err(winner)` with the pointer another thread installed first.
+    fn install(&self, fresh: *mut T) -> Result<*mut T, *mut T>;
+}
+
+macro_rules! pointer_slot {
+    ($atomic:ty) => {
+        impl<T> PointerSlot<T> for $atomic {
+            #[inline]
+            fn load_acquire(&self) -> *mut T {
+                self.load(Ordering::Acquire)
+            }
+
+            fn install(&self, fresh: *mut T) -> Result<*mut T, *mut T> {
+                self.compare_exchange(
+                    std::ptr::null_mut(),
+                    fresh,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+            }
+        }
+    };
+}
+
+pointer_slot!(std::sync::atomic::AtomicPtr<T>);
+#[cfg(loom)]
+pointer_slot!(AtomicPtr<T>);
+
 /// The object in `slot`, made with `make` and installed if the slot is null. When another
 /// thread installs first, our object goes to `discard` and theirs is returned. `None` when
 /// `make` fails (the slot stays as it was).
 pub fn get_or_install<T>(
-    slot: &AtomicPtr<T>,
+    slot: &impl PointerSlot<T>,
     make: impl FnOnce() -> Option<*mut T>,
     discard: impl FnOnce(*mut T),
 ) -> Option<*mut T> {
-    let current = slot.load(Ordering::Acquire);
+    let current = slot.load_acquire();
     if !current.is_null() {
         return Some(current);
     }
     let fresh = make()?;
-    match slot.compare_exchange(
-        std::ptr::null_mut(),
-        fresh,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
+    match slot.install(fresh) {
         Ok(_) => Some(fresh),
         Err(winner) => {
             discard(fresh);

@@ -41,8 +41,6 @@
 
 use std::alloc::System;
 use std::ptr::{self, NonNull};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use allocator_api2::boxed::Box as SysBox;
 use allocator_api2::vec::Vec as SysVec;
@@ -54,7 +52,7 @@ use super::numa::NumaBinding;
 use super::os::{self, GRANULE};
 use super::page_map::{self, RegionHeader, RegionKind};
 use super::small::POISON;
-use super::sync::lock;
+use super::sync::{AtomicU64, AtomicUsize, Mutex, Ordering, lock};
 use crate::error::{Error, OomReason};
 
 const HEADER: usize = 16;

@@ -39,15 +39,20 @@ pub mod buddy;
 mod budget;
 pub mod config;
 mod flags;
+#[cfg(not(loom))]
 mod global;
 mod hierarchical;
 mod intrusive;
 mod large;
+#[cfg(not(loom))]
 pub(crate) mod lockfree;
+#[cfg(loom)]
+pub mod lockfree;
 mod medium;
 mod numa;
 mod os;
 mod page_map;
+#[cfg(not(loom))]
 mod registry;
 mod small;
 pub(crate) mod span;
@@ -58,8 +63,17 @@ mod thread_cache;
 pub use buddy::{BuddyAllocator, BuddyError};
 pub use config::{LargeConfig, LargeStrategy, MediumConfig, PoolConfig, SmallConfig};
 pub use flags::AllocFlags;
+#[cfg(not(loom))]
 pub use global::NeuroAlloc;
 pub use hierarchical::{HierarchicalPool, LeakReport, PoolCorruption};
 pub use numa::NumaPlacement;
+#[cfg(not(loom))]
 pub use registry::PoolRegistry;
+
+/// Ends this thread's use of every pool's cache, as the thread's exit does (loom models
+/// call it last in each thread they spawn; see `thread_cache::retire_this_thread`).
+#[cfg(loom)]
+pub fn retire_thread_caches() {
+    thread_cache::retire_this_thread();
+}
 pub use stats::{Alert, AlertKind, ClassStats, PoolStats, Tier, TierStats};

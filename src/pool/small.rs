@@ -27,8 +27,6 @@
 
 use std::alloc::System;
 use std::ptr::{self, NonNull};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use allocator_api2::boxed::Box as SysBox;
 use allocator_api2::vec::Vec as SysVec;
@@ -39,7 +37,7 @@ use super::intrusive::unlink_node;
 use super::numa::NumaBinding;
 use super::os::{self, GRANULE};
 use super::page_map::{self, RegionHeader, RegionKind};
-use super::sync::lock;
+use super::sync::{AtomicU64, AtomicUsize, Mutex, Ordering, lock};
 use crate::error::{Error, OomReason};
 
 /// Blocks a class's transfer cache holds before blocks go back to their chunks.

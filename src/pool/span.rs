@@ -17,8 +17,8 @@
 //! is what the span has counted in its pool and gives back exactly once, in
 //! [`Span::release`] or [`Span::decommit`].
 
+use super::sync::{AtomicU64, AtomicUsize, Ordering};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::HierarchicalPool;
 use super::os::round_up;

@@ -1,12 +1,11 @@
 //! [`PoolStats`] and threshold alerts.
 
 use std::alloc::System;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use allocator_api2::vec::Vec as SysVec;
 
-use super::sync::lock;
+use super::sync::{AtomicBool, AtomicU64, Mutex, Ordering, lock};
 
 /// The three tiers of a [`HierarchicalPool`](crate::HierarchicalPool).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -163,7 +162,7 @@ fn slot(kind: AlertKind) -> usize {
 }
 
 impl Alerts {
-    pub(crate) const fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Alerts {
             thresholds: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
             armed: [AtomicBool::new(true), AtomicBool::new(true)],

@@ -35,8 +35,6 @@
 use std::alloc::System;
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::{self, NonNull};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use allocator_api2::boxed::Box as SysBox;
 use allocator_api2::vec::Vec as SysVec;
@@ -45,21 +43,33 @@ use super::config::MAX_SMALL_CLASSES;
 use super::hierarchical::PoolShared;
 use super::intrusive::unlink_node;
 use super::medium::MAX_CACHE_CLASSES;
-use super::sync::lock;
+use super::sync::{AtomicU64, Mutex, Ordering, lock, zeroed_counters};
 use crate::error::OomReason;
 
 /// How many pools one thread caches at once; further pools take the locked path.
 pub(crate) const ENTRIES: usize = 8;
 
 /// Ids of the pools that exist.
-static LIVE: Mutex<SysVec<u64, System>> = Mutex::new(SysVec::new_in(System));
+type PoolIds = Mutex<SysVec<u64, System>>;
+
+#[cfg(not(loom))]
+static LIVE: PoolIds = Mutex::new(SysVec::new_in(System));
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref LIVE: PoolIds = Mutex::new(SysVec::new_in(System));
+}
+
+/// The ids of the pools that exist ([`LIVE`]), locked.
+fn live_ids() -> super::sync::MutexGuard<'static, SysVec<u64, System>> {
+    lock(&LIVE)
+}
 
 pub(crate) fn pool_created(id: u64) {
-    lock(&LIVE).push(id);
+    live_ids().push(id);
 }
 
 pub(crate) fn pool_dropped(id: u64) {
-    let mut live = lock(&LIVE);
+    let mut live = live_ids();
     if let Some(i) = live.iter().position(|&x| x == id) {
         live.swap_remove(i);
     }
@@ -73,7 +83,7 @@ pub(crate) fn pool_dropped(id: u64) {
 /// pool's thread list forgets the threads' counters (each thread still owns its node and
 /// frees it when it recycles the entry), so that the pool's figures start again at zero.
 pub(crate) fn pool_reset(old: u64, fresh: u64, threads: &Mutex<ThreadList>) {
-    let mut live = lock(&LIVE);
+    let mut live = live_ids();
     *lock(threads) = ThreadList::new();
     match live.iter_mut().find(|x| **x == old) {
         Some(id) => *id = fresh,
@@ -335,7 +345,7 @@ impl Entry {
         if self.pool_id == 0 {
             return;
         }
-        let live = lock(&LIVE);
+        let live = live_ids();
         if live.contains(&self.pool_id) {
             // SAFETY: the id is in LIVE and we hold LIVE, so the pool has not started to
             // drop and cannot until we release it.
@@ -387,33 +397,53 @@ struct ThreadCaches {
     entries: UnsafeCell<[Entry; ENTRIES]>,
 }
 
-/// Registered on a thread's first claim; its destructor retires every entry.
+/// Registered on a thread's first claim; its destructor retires every entry. (`CACHES`
+/// itself has no destructor, so that its fast-path accesses need no registration check,
+/// and it stays readable while thread-local destructors run.)
 struct ExitGuard;
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        let _ = CACHES.try_with(|c| {
-            if c.busy.replace(true) {
-                return;
-            }
-            // SAFETY: `busy` was false and stays true from now on, so this is the last
-            // borrow of the entries on this thread.
-            for e in unsafe { &mut *c.entries.get() }.iter_mut() {
-                e.retire();
-            }
-        });
+        retire_this_thread();
     }
 }
 
-thread_local! {
-    static CACHES: ThreadCaches = const {
-        ThreadCaches {
-            busy: Cell::new(false),
-            last: Cell::new(0),
-            entries: UnsafeCell::new([Entry::EMPTY; ENTRIES]),
+/// What a thread's exit does to its caches: every entry gives its blocks back to its pool
+/// (if the pool still exists) and is forgotten. Loom runs thread-local destructors after a
+/// join has returned, where std runs them before, so loom models call this as the last
+/// step of each thread they spawn, to model the exit in the order std keeps.
+pub(crate) fn retire_this_thread() {
+    let _ = CACHES.try_with(|c| {
+        if c.busy.replace(true) {
+            return;
         }
-    };
+        // SAFETY: `busy` was false and stays true from now on, so this is the last
+        // borrow of the entries on this thread (its later allocations take the locked
+        // path).
+        for e in unsafe { &mut *c.entries.get() }.iter_mut() {
+            e.retire();
+        }
+    });
+}
+
+/// A thread's caches before their first use.
+const fn no_caches() -> ThreadCaches {
+    ThreadCaches {
+        busy: Cell::new(false),
+        last: Cell::new(0),
+        entries: UnsafeCell::new([Entry::EMPTY; ENTRIES]),
+    }
+}
+
+#[cfg(not(loom))]
+thread_local! {
+    static CACHES: ThreadCaches = const { no_caches() };
     static EXIT_GUARD: ExitGuard = const { ExitGuard };
+}
+#[cfg(loom)]
+loom::thread_local! {
+    static CACHES: ThreadCaches = no_caches();
+    static EXIT_GUARD: ExitGuard = ExitGuard;
 }
 
 /// Runs `f` on this thread's entry for `pool`, claiming one if needed. `None` when the
@@ -455,7 +485,7 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
     // Make sure the exit guard is registered; a thread that is already exiting gets no
     // new entry, since nothing would hand its blocks back.
     EXIT_GUARD.try_with(|_| ()).ok()?;
-    let live = lock(&LIVE);
+    let live = live_ids();
     let slot = entries.iter().position(|e| e.pool_id == 0).or_else(|| {
         let i = entries.iter().position(|e| !live.contains(&e.pool_id))?;
         entries[i].forget();
@@ -464,10 +494,10 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
     drop(live);
     let stats = SysBox::into_raw(SysBox::new_in(
         ThreadStats {
-            allocs: [const { AtomicU64::new(0) }; MAX_SMALL_CLASSES],
-            frees: [const { AtomicU64::new(0) }; MAX_SMALL_CLASSES],
-            medium_allocs: [const { AtomicU64::new(0) }; MAX_CACHE_CLASSES],
-            medium_frees: [const { AtomicU64::new(0) }; MAX_CACHE_CLASSES],
+            allocs: zeroed_counters(),
+            frees: zeroed_counters(),
+            medium_allocs: zeroed_counters(),
+            medium_frees: zeroed_counters(),
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
         },
