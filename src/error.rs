@@ -422,9 +422,9 @@ impl From<ConfigError> for Error {
 impl Error {
     /// The [`Error::InvalidHandle`] for `handle`.
     #[cfg(not(loom))]
-    pub(crate) fn invalid_handle<T>(handle: crate::table::Handle<T>) -> Self {
+    pub(crate) fn invalid_handle<T>(handle: crate::handle::Handle<T>) -> Self {
         Error::InvalidHandle {
-            type_name: crate::table::short_type_name::<T>(),
+            type_name: crate::handle::short_type_name::<T>(),
             handle: handle.to_bits(),
         }
     }

@@ -52,6 +52,9 @@ pub mod error;
 #[forbid(unsafe_code)]
 pub mod gc;
 #[cfg(not(loom))]
+#[deny(unsafe_code)]
+pub mod handle;
+#[cfg(not(loom))]
 #[forbid(unsafe_code)]
 pub mod neural;
 pub mod pool;

@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::table::{Handle, short_type_name};
+use crate::handle::{Handle, short_type_name};
 
 /// A handle of any type: the target type and the handle's [`to_bits`](Handle::to_bits).
 ///

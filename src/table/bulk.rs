@@ -6,9 +6,9 @@
 use rayon::prelude::*;
 
 use super::chunk::{Chunk, bit_runs};
-use super::handle::Handle;
 use super::typed::Table;
 use crate::error::Error;
+use crate::handle::Handle;
 
 impl<T> Table<T> {
     /// The handle of the object slot `index` names, if the slot is live: for records

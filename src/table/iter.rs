@@ -10,9 +10,9 @@ use std::iter::FusedIterator;
 use std::ops::{Index, IndexMut};
 
 use super::chunk::{Chunk, ChunkValues, ChunkValuesMut, OccupiedPlaces};
-use super::handle::Handle;
 use super::slots::SlotArray;
 use super::typed::{Table, handle_in};
+use crate::handle::Handle;
 
 /// Every live object with its handle, in storage order: [`Table::iter`].
 pub struct Iter<'a, T> {

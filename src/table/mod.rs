@@ -25,14 +25,12 @@
 mod bulk;
 mod chunk;
 mod generations;
-mod handle;
 mod iter;
 mod persist;
 mod slots;
 mod typed;
 
-pub use handle::Handle;
-pub(crate) use handle::short_type_name;
+pub use crate::handle::Handle;
 pub use iter::{Drain, IntoIter, Iter, IterMut, Values, ValuesMut};
 pub(crate) use persist::{GenerationImage, SlotImage, TableImage};
 #[cfg(feature = "cuda")]

@@ -8,9 +8,9 @@ use std::sync::{Arc, OnceLock};
 use rayon::prelude::*;
 
 use super::chunk::Chunk;
-use super::handle::Handle;
 use super::slots::{AWAY, SlotArray, VacantSlots, home_word};
 use crate::error::Error;
+use crate::handle::Handle;
 use crate::pool::span::Span;
 use crate::pool::{HierarchicalPool, PoolConfig};
 use crate::pooled::{CheckedHints, Lifetime, MAX_ALIGN, ObjectKind, PoolHints, Pooled, Retention};
@@ -154,7 +154,7 @@ impl<T> Default for Table<T> {
 impl<T> std::fmt::Debug for Table<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Table")
-            .field("type", &super::handle::short_type_name::<T>())
+            .field("type", &crate::handle::short_type_name::<T>())
             .field("len", &self.len())
             .field("chunks", &self.chunks.iter().flatten().count())
             .finish()
@@ -290,7 +290,7 @@ impl<T> Table<T> {
                 format!(
                     "{} is {size} bytes, not a multiple of {align}: objects packed in a \
                      chunk could not all be aligned",
-                    super::handle::short_type_name::<T>()
+                    crate::handle::short_type_name::<T>()
                 ),
             ));
         }
@@ -322,7 +322,7 @@ impl<T> Table<T> {
                 format!(
                     "the table of {} holds {} objects built with {:?}; it cannot take {:?} \
                      (register the type before its first insert)",
-                    super::handle::short_type_name::<T>(),
+                    crate::handle::short_type_name::<T>(),
                     self.len(),
                     self.hints,
                     rebuilt.hints

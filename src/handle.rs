@@ -1,4 +1,11 @@
-//! [`Handle<T>`]: a typed generational name for an object in a table.
+//! Layer 0, **handle**: [`Handle<T>`], a typed generational name for an object in a table.
+//!
+//! It sits below every other layer, so that the table that resolves handles and the
+//! traits that find handles in values ([`Trace`](crate::Trace)) both build on it. A handle
+//! is 8 bytes: a slot index and a version, in slotmap's FFI encoding, so it is also a
+//! `slotmap::Key`. It imports nothing from the crate, and its only unsafe code is the three
+//! trait promises (`slotmap::Key`, `bytemuck::Zeroable`, `bytemuck::Pod`) that its layout
+//! makes true; the layer is otherwise `deny(unsafe_code)`.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -160,6 +167,7 @@ impl<T> From<KeyData> for Handle<T> {
     }
 }
 
+#[allow(unsafe_code)] // one of the three promises the layout makes true
 // SAFETY: slotmap requires a key to behave exactly as the KeyData it wraps. `data()`
 // returns `KeyData::from_ffi(to_bits())`, and `From<KeyData>` stores `as_ffi()` with the
 // generation made odd, which KeyData's versions always are, so the two convert into each
@@ -173,11 +181,13 @@ unsafe impl<T> slotmap::Key for Handle<T> {
     }
 }
 
+#[allow(unsafe_code)] // one of the three promises the layout makes true
 // SAFETY: `Handle<T>` is `#[repr(C)]` with two `u32` fields and a zero-sized
 // `PhantomData`, so it has no padding and no invalid bit patterns; all zeros is a valid
 // value (a handle that never resolves, as index 0 is slotmap's sentinel slot).
 unsafe impl<T> bytemuck::Zeroable for Handle<T> {}
 
+#[allow(unsafe_code)] // one of the three promises the layout makes true
 // SAFETY: as for `Zeroable`; every bit pattern is a valid handle, the type is `Copy`
 // for every `T`, and `'static` when `T` is.
 unsafe impl<T: 'static> bytemuck::Pod for Handle<T> {}
