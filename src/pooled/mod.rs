@@ -3,8 +3,9 @@
 //!
 //! This module owns the [`Pooled`] trait (a stable type name, a schema fingerprint and
 //! the hints a table is built from: [`PoolHints`], [`Retention`], [`ObjectKind`],
-//! [`Lifetime`]) and the [`Trace`] trait with its [`Tracer`], [`AnyHandle`] and
-//! [`trace_handles`]. The derive itself lives in the `neurostore-derive` crate
+//! [`Lifetime`], and the snapshot [`Codec`] of its objects) and the [`Trace`] trait with
+//! its [`Tracer`], [`AnyHandle`] and [`trace_handles`]. It builds only on the handle type,
+//! so the table and every layer above it can name these traits. The derive itself lives in the `neurostore-derive` crate
 //! (`derive/` in the workspace) and is re-exported as [`neurostore::Pooled`](crate::Pooled).
 //!
 //! Invariants kept here:
@@ -19,8 +20,11 @@
 //!
 //! This module has no unsafe code: `lib.rs` declares it `#[forbid(unsafe_code)]`.
 
+mod codec;
 mod trace;
 
+pub use codec::{Codec, Encoding, MAX_DECODED_OBJECT_BYTES};
+pub(crate) use codec::{PodBytes, SerdeForm};
 pub(crate) use trace::EdgeBuffer;
 pub use trace::{AnyHandle, Trace, Tracer, trace_handles};
 
@@ -174,7 +178,7 @@ pub trait Pooled: Sized + 'static {
     /// How snapshots encode the type's objects: raw bytes with `#[pooled(pod)]`, serde +
     /// bincode with `#[pooled(serde)]`, none otherwise (tables of the type cannot be
     /// saved).
-    const CODEC: crate::snapshot::Codec<Self> = crate::snapshot::Codec::unsupported();
+    const CODEC: Codec<Self> = Codec::unsupported();
 }
 
 /// FNV-1a, 64 bits: the prime. The offset basis starts the derive's token hash.

@@ -16,8 +16,9 @@
 //! length-prefixed sections, each with a CRC-32 of its bytes, then a footer with the
 //! CRC-32 of the whole file. Per table: its type name, schema fingerprint, element size
 //! and alignment, slot table, chunk map, and objects, encoded by the type's
-//! [`Codec`] (`codec.rs`, the one module that knows encodings): `Pod` types as raw bytes
-//! read straight into chunk memory, others through serde and bincode 2.
+//! [`Codec`] (declared with the type in the `pooled` layer, applied to tables by
+//! `codec.rs`): `Pod` types as raw bytes read straight into chunk memory, others through
+//! serde and bincode 2.
 //!
 //! Invariants kept here:
 //! - saving to a path is atomic and durable: the file is written to `<path>.tmp`, fsynced,
@@ -68,8 +69,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::pooled::{Codec, Encoding, MAX_DECODED_OBJECT_BYTES};
 pub use atomic::AtomicFile;
-pub use codec::{Codec, Encoding, MAX_DECODED_OBJECT_BYTES};
 pub use format::{MAGIC, Progress, ProgressFn, VERSION};
 pub(crate) use graph::{GraphSections, GraphState, RingImage};
 pub use inspect::{GraphInfo, SectionInfo, SnapshotInfo, TableInfo, inspect, inspect_file};
@@ -79,7 +80,7 @@ use crate::pool::HierarchicalPool;
 use crate::pooled::{AnyHandle, Pooled, Retention, Trace};
 use crate::store::{ErasedTable, Store};
 use crate::table::{GenerationImage, Handle, SlotImage, Table, TableImage, default_pool};
-use codec::{Decoder, Encoded};
+use codec::{Decoder, Encoded, decode_pod, decode_serde};
 use format::{FieldReader, Fields, Reader, SECTION_OVERHEAD, Writer};
 
 /// What a save wrote.
@@ -996,15 +997,15 @@ fn read_table<T: Pooled>(
     let mut table = Table::<T>::restore(pool, empty.hints(), &image)?;
     drop(image);
     open_objects(reader, header)?;
-    match T::CODEC.decoder() {
-        Some(Decoder::Raw(decode)) => {
-            decode(&mut table, &mut |buf| reader.body(buf))?;
+    match codec::decoder(&T::CODEC) {
+        Some(Decoder::Raw(pod)) => {
+            decode_pod(pod, &mut table, &mut |buf| reader.body(buf))?;
             reader.close()?;
         }
-        Some(Decoder::Bytes(decode)) => {
+        Some(Decoder::Bytes(form)) => {
             let body = reader.rest_of_body()?;
             reader.close()?;
-            decode(&mut table, &body, &header.type_name)?;
+            decode_serde(form, &mut table, &body, &header.type_name)?;
         }
         None => {
             return Err(SnapshotError::NotPersistable {
@@ -1050,7 +1051,7 @@ struct Prepared<'a, T> {
 
 impl<'a, T: Pooled> Prepared<'a, T> {
     fn new(table: &'a Table<T>) -> Result<Self, Error> {
-        let objects = T::CODEC.encode(table, T::TYPE_NAME)?;
+        let objects = codec::encode(&T::CODEC, table, T::TYPE_NAME)?;
         let header = TableHeader {
             type_name: T::TYPE_NAME.to_owned(),
             schema: T::SCHEMA,

@@ -17,6 +17,8 @@
 
 use std::ptr::NonNull;
 
+use crate::pooled::PodBytes;
+
 pub(crate) struct Chunk<T> {
     data: NonNull<T>,
     occupied: Box<[u64]>,
@@ -586,10 +588,7 @@ impl<T> Chunk<T> {
     /// Fills every pending place from `bytes`, the objects' bytes in storage order (one
     /// object for each of [`pending_count`](Self::pending_count) places), a bitmap word
     /// at a time, and marks the places occupied.
-    pub(crate) fn fill_pending_from(&mut self, bytes: &[u8])
-    where
-        T: bytemuck::Pod,
-    {
+    pub(crate) fn fill_pending_from(&mut self, _pod: PodBytes<T>, bytes: &[u8]) {
         let size = std::mem::size_of::<T>();
         assert_eq!(
             bytes.len(),
@@ -609,7 +608,8 @@ impl<T> Chunk<T> {
                 // bitmap below the capacity: pending places are expected ones, which
                 // lie within it) and free (their occupied bits are clear), so no live
                 // object is overwritten; the exclusive borrow keeps them unshared. `T`
-                // is Pod, so the bytes make whole objects.
+                // is Pod (the caller holds its `PodBytes`, which only a Pod type has),
+                // so the bytes make whole objects.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         run.as_ptr(),
@@ -633,16 +633,15 @@ impl<T> Chunk<T> {
     /// Fills the free places `first..first + count` with objects read as raw bytes by
     /// `read` (which gets exactly `count * size_of::<T>()` bytes to fill), each owned by
     /// the handle set with [`expect_owner`](Self::expect_owner). If `read` fails the
-    /// places stay free. Any bytes make valid objects because `T` is `Pod`.
+    /// places stay free. Any bytes make valid objects because `T` is `Pod` (`_pod` is the
+    /// evidence).
     pub(crate) fn fill_run_with<E>(
         &mut self,
+        _pod: PodBytes<T>,
         first: u32,
         count: u32,
         read: impl FnOnce(&mut [u8]) -> Result<(), E>,
-    ) -> Result<(), E>
-    where
-        T: bytemuck::Pod,
-    {
+    ) -> Result<(), E> {
         let end = first.checked_add(count).expect("run within the chunk");
         assert!(
             end <= self.capacity() && self.range_is_free(first, end),
@@ -658,7 +657,8 @@ impl<T> Chunk<T> {
         // with no padding, or is zero-filled again when decommitted.
         let buf = unsafe { std::slice::from_raw_parts_mut(start, bytes) };
         read(buf)?;
-        // The places now hold `count` objects: `T` is Pod, so every byte pattern is one.
+        // The places now hold `count` objects: `T` is Pod (`PodBytes` says so), so every
+        // byte pattern is one.
         let clash = set_range(&mut self.occupied, u64::from(first), u64::from(end));
         debug_assert!(clash.is_none(), "the places were checked free above");
         self.live += count;
@@ -987,7 +987,7 @@ mod tests {
         assert_eq!(c.pending_runs(), vec![(60, 5), (66, 4), (130, 2), (191, 1)]);
         assert_eq!((c.pending_count(), c.pending_as_one_run()), (12, None));
         let values: Vec<u64> = (0..12).map(|k| 1000 + k).collect();
-        c.fill_pending_from(bytemuck::cast_slice(&values));
+        c.fill_pending_from(PodBytes::new(), bytemuck::cast_slice(&values));
         let placed: Vec<(u32, u64)> = (0..192)
             .filter_map(|p| c.get(p).map(|v| (p, *v)))
             .filter(|&(p, _)| p != 65)

@@ -17,7 +17,7 @@ use super::slots::AWAY;
 use super::typed::Table;
 use crate::error::{Error, SnapshotError};
 use crate::pool::HierarchicalPool;
-use crate::pooled::PoolHints;
+use crate::pooled::{PodBytes, PoolHints};
 
 /// The largest chunk capacity a table uses (and a snapshot may claim).
 pub(crate) const MAX_PER_CHUNK: u32 = 1 << 24;
@@ -621,16 +621,14 @@ impl<T> Table<T> {
     /// its runs, so that the reader is called once per chunk, not once per run.
     pub(crate) fn fill_pending_pod(
         &mut self,
+        pod: PodBytes<T>,
         mut read: impl FnMut(&mut [u8]) -> Result<(), Error>,
-    ) -> Result<(), Error>
-    where
-        T: bytemuck::Pod,
-    {
+    ) -> Result<(), Error> {
         let size = std::mem::size_of::<T>();
         let mut staging: Vec<u8> = Vec::new();
         for chunk in self.chunks.iter_mut().flatten() {
             if let Some((first, count)) = chunk.pending_as_one_run() {
-                chunk.fill_run_with(first, count, &mut read)?;
+                chunk.fill_run_with(pod, first, count, &mut read)?;
                 continue;
             }
             if chunk.pending_count() == 0 {
@@ -639,7 +637,7 @@ impl<T> Table<T> {
             staging.clear();
             staging.resize(chunk.pending_count() * size, 0);
             read(&mut staging)?;
-            chunk.fill_pending_from(&staging);
+            chunk.fill_pending_from(pod, &staging);
         }
         self.finish_restore();
         Ok(())
@@ -905,7 +903,7 @@ mod tests {
             .flat_map(|run| bytemuck::cast_slice::<u64, u8>(run).to_vec())
             .collect();
         let mut at = 0;
-        r.fill_pending_pod(|buf| {
+        r.fill_pending_pod(PodBytes::new(), |buf| {
             buf.copy_from_slice(&bytes[at..at + buf.len()]);
             at += buf.len();
             Ok(())
