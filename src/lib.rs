@@ -46,6 +46,9 @@ pub mod cuda;
 #[cfg(not(loom))]
 #[forbid(unsafe_code)]
 pub mod defrag;
+#[cfg(not(loom))]
+#[forbid(unsafe_code)]
+mod erased;
 #[forbid(unsafe_code)]
 pub mod error;
 #[cfg(not(loom))]

@@ -804,7 +804,7 @@ mod tests {
             let layout = two_tables();
             let mut f = Frontier::new(5);
             for pushes in levels {
-                let mut expected = vec![Vec::new(); 5];
+                let mut expected = vec![Vec::<u64>::new(); 5];
                 for (ti, index, run) in pushes {
                     let bits: Vec<u64> = (0..run).map(|g| u64::from(g) << 32 | u64::from(index)).collect();
                     f.push(&layout, ti, &bits);

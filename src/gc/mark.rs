@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{Dangling, GcOps};
+use crate::erased::TableInternals;
 use crate::pooled::{AnyHandle, EdgeBuffer};
-use crate::store::TableInternals;
 
 /// A grey object: its table's position in the marker, and its handle's bits.
 pub(crate) type Grey = (u32, u64);

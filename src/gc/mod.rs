@@ -1,8 +1,8 @@
 //! Layer 5, **gc**: tracing garbage collection over handle graphs.
 //!
-//! This layer owns the collector's state in a [`Store`]: the roots ([`Store::add_root`],
+//! This layer owns the collector's state in a [`Store`](crate::Store): the roots ([`Store::add_root`](crate::Store::add_root),
 //! [`Root`]), the policies ([`GcPolicy`], [`DanglingPolicy`]), the per-type tracing
-//! entry points a table gets when its type is [registered](Store::register), and an
+//! entry points a table gets when its type is [registered](crate::Store::register), and an
 //! open incremental cycle. Marking itself is `levels.rs` (a full collection: level by
 //! level, each level's edges sorted into cache-sized buckets of their targets) and
 //! `mark.rs` (the incremental collector's bounded depth-first drains, and what both
@@ -19,9 +19,9 @@
 //! - a handle that does not resolve (dangling) is never followed; it is counted and, per
 //!   [`DanglingPolicy`], reported with its holder or has its holder removed;
 //! - during an incremental cycle, an object inserted is marked and scanned, an object
-//!   reached through [`Store::get_mut`] is scanned again if it was already scanned, and
-//!   a table handed out mutably ([`Store::table_mut`]) has all of its objects kept and
-//!   scanned at [`gc_finish`](Store::gc_finish): no object reachable at the finish is
+//!   reached through [`Store::get_mut`](crate::Store::get_mut) is scanned again if it was already scanned, and
+//!   a table handed out mutably ([`Store::table_mut`](crate::Store::table_mut)) has all of its objects kept and
+//!   scanned at [`gc_finish`](crate::Store::gc_finish): no object reachable at the finish is
 //!   ever freed.
 //!
 //! Types stored without the derive (no [`Trace`]) are opaque: their objects live as
@@ -47,9 +47,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::erased::{ErasedTable, Tables, TypeMap};
 use crate::error::Error;
+use crate::pool::HierarchicalPool;
 use crate::pooled::{AnyHandle, EdgeBuffer, Retention, Trace, Tracer};
-use crate::store::{ErasedTable, Store};
 use crate::table::{Handle, Table};
 use mark::{GreyStack, MarkTable, Marker, Push, is_marked, set_mark};
 
@@ -86,7 +87,7 @@ pub struct Dangling {
     pub target: AnyHandle,
 }
 
-/// When the store collects on its own ([`Store::set_gc_policy`]).
+/// When the store collects on its own ([`Store::set_gc_policy`](crate::Store::set_gc_policy)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GcPolicy {
     /// Collect when the pool's reserved memory passes this fraction of its
@@ -143,7 +144,7 @@ pub struct GcProgress {
     pub marked: usize,
     /// Objects waiting to be scanned.
     pub grey: usize,
-    /// True when marking has nothing left; [`gc_finish`](Store::gc_finish) is then short.
+    /// True when marking has nothing left; [`gc_finish`](crate::Store::gc_finish) is then short.
     pub done: bool,
     /// Wall time of this step.
     pub duration: Duration,
@@ -191,7 +192,7 @@ impl RootSet {
 }
 
 /// A root that lasts as long as the guard: the object stays alive (if its table is
-/// traced) until the guard is dropped. From [`Store::root`].
+/// traced) until the guard is dropped. From [`Store::root`](crate::Store::root).
 ///
 /// ```
 /// use neurostore::{Handle, Pooled, Store};
@@ -292,7 +293,7 @@ impl GcOps {
 /// The collector's part of a store.
 #[derive(Default)]
 pub(crate) struct GcState {
-    pub(crate) ops: crate::store::TypeMap<GcOps>,
+    pub(crate) ops: TypeMap<GcOps>,
     pub(crate) roots: Arc<RootSet>,
     cycle: Option<Box<Cycle>>,
     policy: Option<GcPolicy>,
@@ -358,60 +359,43 @@ fn bitmap(bits: usize) -> Vec<AtomicU64> {
     bytemuck::allocation::zeroed_slice_box::<AtomicU64>(bits.div_ceil(64)).into_vec()
 }
 
-impl Store {
-    /// Makes `h` a root: its object stays alive while the root is held (counted: as
-    /// many [`remove_root`](Self::remove_root) calls as `add_root` calls end it). A root
-    /// that does not resolve is reported as dangling by collections.
-    pub fn add_root<T: 'static>(&mut self, h: Handle<T>) {
-        self.gc.roots.add(AnyHandle::new(h));
-        self.gc_barrier::<T>(h.to_bits(), true);
+impl GcState {
+    /// [`Store::add_root`](crate::Store::add_root).
+    pub(crate) fn add_root(&mut self, tables: &Tables, h: AnyHandle) {
+        self.roots.add(h);
+        self.barrier(tables, h.type_id(), h.to_bits(), true);
     }
 
-    /// Drops one count of the root `h`; false if `h` was not a root.
-    pub fn remove_root<T: 'static>(&mut self, h: Handle<T>) -> bool {
-        self.gc.roots.remove(AnyHandle::new(h))
+    /// [`Store::remove_root`](crate::Store::remove_root).
+    pub(crate) fn remove_root(&mut self, h: AnyHandle) -> bool {
+        self.roots.remove(h)
     }
 
-    /// Roots `h` until the returned guard is dropped.
-    pub fn root<T: 'static>(&mut self, h: Handle<T>) -> Root<T> {
-        self.add_root(h);
+    /// [`Store::root`](crate::Store::root).
+    pub(crate) fn root<T: 'static>(&mut self, tables: &Tables, h: Handle<T>) -> Root<T> {
+        self.add_root(tables, AnyHandle::new(h));
         Root {
             handle: h,
-            roots: Arc::clone(&self.gc.roots),
+            roots: Arc::clone(&self.roots),
         }
     }
 
-    /// The explicit roots, each once.
-    pub fn roots(&self) -> Vec<AnyHandle> {
-        self.gc.roots.list()
+    /// [`Store::roots`](crate::Store::roots).
+    pub(crate) fn roots(&self) -> Vec<AnyHandle> {
+        self.roots.list()
     }
 
-    /// What to do with dangling handles ([`DanglingPolicy::Report`] by default).
-    pub fn set_dangling_policy(&mut self, policy: DanglingPolicy) {
-        self.gc.dangling_policy = policy;
+    /// [`Store::set_dangling_policy`](crate::Store::set_dangling_policy).
+    pub(crate) fn set_dangling_policy(&mut self, policy: DanglingPolicy) {
+        self.dangling_policy = policy;
     }
 
-    /// When the store collects on its own: `None` (the default) for never. With a
-    /// policy, a collection runs on insert once `every_n_inserts` inserts have happened
-    /// since the last, or once the pool's reserved memory is past `trigger_ratio` of its
-    /// `total_memory` cap and has grown since the last collection (pools without a cap
-    /// never trigger it). Never during an open incremental cycle. The policy belongs to
-    /// this store: the pool, which other stores may share, is not changed.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] if `trigger_ratio` is not in `0.0..=1.0` (NaN
-    /// included) or `every_n_inserts` is `Some(0)`; nothing changes.
-    ///
-    /// ```
-    /// use neurostore::{Error, GcPolicy, Store};
-    ///
-    /// let mut store = Store::new();
-    /// let bad = GcPolicy { trigger_ratio: f64::NAN, ..GcPolicy::default() };
-    /// assert!(matches!(store.set_gc_policy(Some(bad)), Err(Error::InvalidArgument { .. })));
-    /// store.set_gc_policy(Some(GcPolicy { every_n_inserts: Some(1000), ..GcPolicy::default() }))?;
-    /// # Ok::<(), Error>(())
-    /// ```
-    pub fn set_gc_policy(&mut self, policy: Option<GcPolicy>) -> Result<(), Error> {
+    /// [`Store::set_gc_policy`](crate::Store::set_gc_policy).
+    pub(crate) fn set_policy(
+        &mut self,
+        policy: Option<GcPolicy>,
+        pool: &HierarchicalPool,
+    ) -> Result<(), Error> {
         if let Some(p) = policy {
             if !(0.0..=1.0).contains(&p.trigger_ratio) {
                 return Err(Error::invalid_argument(
@@ -426,59 +410,35 @@ impl Store {
                 ));
             }
         }
-        self.gc.pressure_bytes = policy.and_then(|p| {
-            let cap = self.pool.memory_cap()?;
+        self.pressure_bytes = policy.and_then(|p| {
+            let cap = pool.memory_cap()?;
             Some((cap as f64 * p.trigger_ratio) as usize)
         });
-        self.gc.policy = policy;
+        self.policy = policy;
         Ok(())
     }
 
-    /// The current collection policy.
-    pub fn gc_policy(&self) -> Option<GcPolicy> {
-        self.gc.policy
+    /// [`Store::gc_policy`](crate::Store::gc_policy).
+    pub(crate) fn policy(&self) -> Option<GcPolicy> {
+        self.policy
     }
 
-    /// True while an incremental cycle is open.
-    pub fn gc_in_progress(&self) -> bool {
-        self.gc.cycle.is_some()
+    /// [`Store::gc_in_progress`](crate::Store::gc_in_progress).
+    pub(crate) fn in_progress(&self) -> bool {
+        self.cycle.is_some()
     }
 
-    /// Frees every object of a traced table that no root reaches: stop the world, mark
-    /// in parallel (rayon), sweep. An open incremental cycle is finished instead.
-    ///
-    /// ```
-    /// use neurostore::{Handle, Pooled, Store};
-    ///
-    /// #[derive(Pooled)]
-    /// #[pooled(retention = "traced")]
-    /// struct Node { next: Option<Handle<Node>> }
-    ///
-    /// #[derive(Pooled)]
-    /// struct Owner { first: Handle<Node> } // manual: a root
-    ///
-    /// let mut store = Store::new();
-    /// store.register::<Node>()?;
-    /// store.register::<Owner>()?;
-    /// let b = store.insert(Node { next: None });
-    /// let a = store.insert(Node { next: Some(b) });
-    /// let lost = store.insert(Node { next: None });
-    /// store.insert(Owner { first: a });
-    /// let report = store.collect();
-    /// assert_eq!((report.marked, report.freed_total), (2, 1));
-    /// assert!(store.contains(b) && !store.contains(lost));
-    /// # Ok::<(), neurostore::Error>(())
-    /// ```
-    pub fn collect(&mut self) -> GcReport {
-        if self.gc.cycle.is_some() {
-            return self.gc_finish();
+    /// [`Store::collect`](crate::Store::collect).
+    pub(crate) fn collect(&mut self, tables: &mut Tables, pool: &HierarchicalPool) -> GcReport {
+        if self.cycle.is_some() {
+            return self.finish(tables, pool);
         }
         let started = Instant::now();
-        let types: Vec<TypeId> = self.tables.keys().copied().collect();
+        let types: Vec<TypeId> = tables.keys().copied().collect();
         let marks: Vec<Vec<AtomicU64>> = types
             .iter()
             .map(|t| {
-                let table = &self.tables[t];
+                let table = &tables[t];
                 if table.hints().retention == Retention::Traced {
                     bitmap(table.slot_bound())
                 } else {
@@ -486,10 +446,10 @@ impl Store {
                 }
             })
             .collect();
-        let policy = self.gc.dangling_policy;
-        let roots = self.gc.roots.list();
+        let policy = self.dangling_policy;
+        let roots = self.roots.list();
         let (marked, scanned, dangling_count, dangling) = {
-            let marker = self.marker(&types, &marks, policy != DanglingPolicy::Ignore);
+            let marker = self.marker(tables, &types, &marks, policy != DanglingPolicy::Ignore);
             marker.mark_in_levels(&roots);
             Self::marker_totals(marker)
         };
@@ -500,52 +460,29 @@ impl Store {
             dangling,
             ..GcReport::default()
         };
-        self.sweep(&types, &marks, Marks::OfLiveObjectsOnly, &mut report);
+        self.sweep(
+            tables,
+            &types,
+            &marks,
+            Marks::OfLiveObjectsOnly,
+            &mut report,
+        );
         report.duration = started.elapsed();
         report.paused = report.duration;
-        self.gc.inserts = 0;
-        self.gc.reserved_after_collect = self.pool.reserved_bytes();
+        self.inserts = 0;
+        self.reserved_after_collect = pool.reserved_bytes();
         report
     }
 
-    /// Opens an incremental cycle: marking then proceeds in [`gc_step`](Self::gc_step)s
-    /// of bounded length while the program goes on using the store, and
-    /// [`gc_finish`](Self::gc_finish) sweeps. Taking no time itself.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] if a cycle is already open; nothing changes.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use neurostore::{Handle, Pooled, Store};
-    ///
-    /// #[derive(Pooled)]
-    /// #[pooled(retention = "traced")]
-    /// struct Node { next: Option<Handle<Node>> }
-    ///
-    /// let mut store = Store::new();
-    /// store.register::<Node>()?;
-    /// let kept = store.insert(Node { next: None });
-    /// store.add_root(kept);
-    /// let lost = store.insert(Node { next: None });
-    /// store.gc_begin()?;
-    /// while !store.gc_step(Duration::from_micros(500)).done {
-    ///     // the program runs between steps
-    /// }
-    /// let late = store.insert(Node { next: Some(kept) }); // made during the cycle: kept
-    /// let report = store.gc_finish();
-    /// assert_eq!(report.freed_total, 1);
-    /// assert!(store.contains(kept) && store.contains(late) && !store.contains(lost));
-    /// # Ok::<(), neurostore::Error>(())
-    /// ```
-    pub fn gc_begin(&mut self) -> Result<(), Error> {
-        if self.gc.cycle.is_some() {
+    /// [`Store::gc_begin`](crate::Store::gc_begin).
+    pub(crate) fn begin(&mut self, tables: &Tables) -> Result<(), Error> {
+        if self.cycle.is_some() {
             return Err(Error::invalid_argument(
                 "gc_begin",
                 "a collection cycle is already open: step it or finish it first",
             ));
         }
-        let types: Vec<TypeId> = self.tables.keys().copied().collect();
+        let types: Vec<TypeId> = tables.keys().copied().collect();
         let mut cycle = Cycle {
             marks: types.iter().map(|_| Vec::new()).collect(),
             root_cursor: Vec::new(),
@@ -561,28 +498,22 @@ impl Store {
             paused: Duration::ZERO,
         };
         for (i, t) in cycle.types.iter().enumerate() {
-            let table = &self.tables[t];
-            if table.hints().retention != Retention::Traced && self.gc.ops.contains_key(t) {
+            let table = &tables[t];
+            if table.hints().retention != Retention::Traced && self.ops.contains_key(t) {
                 cycle
                     .root_cursor
                     .push((i as u32, 0, table.layout_version()));
             }
         }
-        self.gc.cycle = Some(Box::new(cycle));
+        self.cycle = Some(Box::new(cycle));
         Ok(())
     }
 
-    /// Marks for at most about `budget`, then returns so the program can go on. The clock
-    /// is read every 16 objects scanned (and every 1024 explicit roots); marking stops
-    /// when the time left is less than the longest batch of the step so far, and 1/64 of
-    /// the budget is kept for the step's own bookkeeping, so that a step ends within its
-    /// budget unless the thread is held up. A step always does some work (at least one
-    /// batch of objects or roots), so a zero budget scans 16 objects at most. Without an
-    /// open cycle, reports done.
-    pub fn gc_step(&mut self, budget: Duration) -> GcProgress {
+    /// [`Store::gc_step`](crate::Store::gc_step).
+    pub(crate) fn step(&mut self, tables: &Tables, budget: Duration) -> GcProgress {
         let started = Instant::now();
         let deadline = started + budget - budget / STEP_RESERVE_DIVISOR;
-        let Some(mut cycle) = self.gc.cycle.take() else {
+        let Some(mut cycle) = self.cycle.take() else {
             return GcProgress {
                 scanned: 0,
                 marked: 0,
@@ -592,7 +523,7 @@ impl Store {
             };
         };
         let scanned_before = cycle.scanned;
-        let done = self.mark_some(&mut cycle, Some(deadline));
+        let done = self.mark_some(tables, &mut cycle, Some(deadline));
         let progress = GcProgress {
             scanned: cycle.scanned - scanned_before,
             marked: cycle.marked,
@@ -601,16 +532,14 @@ impl Store {
             duration: started.elapsed(),
         };
         cycle.paused += progress.duration;
-        self.gc.cycle = Some(cycle);
+        self.cycle = Some(cycle);
         progress
     }
 
-    /// Ends the open cycle: marks what is left (in parallel), keeps and scans every
-    /// object of the tables handed out mutably during the cycle, and sweeps. Without an
-    /// open cycle, runs a whole [`collect`](Self::collect).
-    pub fn gc_finish(&mut self) -> GcReport {
-        let Some(mut cycle) = self.gc.cycle.take() else {
-            return self.collect();
+    /// [`Store::gc_finish`](crate::Store::gc_finish).
+    pub(crate) fn finish(&mut self, tables: &mut Tables, pool: &HierarchicalPool) -> GcReport {
+        let Some(mut cycle) = self.cycle.take() else {
+            return self.collect(tables, pool);
         };
         let started = Instant::now();
         // Tables handed out mutably: anything may have changed, so every object of them
@@ -618,7 +547,7 @@ impl Store {
         let touched: Vec<TypeId> = cycle.touched.drain().collect();
         for type_id in touched {
             let ti = cycle.index_of(type_id);
-            let table = &self.tables[&type_id];
+            let table = &tables[&type_id];
             let traced = table.hints().retention == Retention::Traced;
             if traced {
                 cycle.marks[ti as usize] = bitmap(table.slot_bound());
@@ -638,7 +567,7 @@ impl Store {
             }
         }
         // Everything else, as far as it goes, in parallel.
-        self.mark_some(&mut cycle, None);
+        self.mark_some(tables, &mut cycle, None);
         // A handle seen dangling during the cycle stays dangling (generations only grow);
         // the list is kept whole until here so that the policy applies once.
         let dangling = std::mem::take(&mut cycle.dangling);
@@ -652,23 +581,23 @@ impl Store {
             ..GcReport::default()
         };
         // Objects marked and then removed during the cycle leave their bits set.
-        self.sweep(&types, &marks, Marks::MayNameRemoved, &mut report);
+        self.sweep(tables, &types, &marks, Marks::MayNameRemoved, &mut report);
         report.duration = cycle.started.elapsed();
         report.paused = cycle.paused + started.elapsed();
-        self.gc.inserts = 0;
-        self.gc.reserved_after_collect = self.pool.reserved_bytes();
+        self.inserts = 0;
+        self.reserved_after_collect = pool.reserved_bytes();
         report
     }
 
     /// Marks the cycle's work until `deadline` (or all of it, in parallel, for `None`).
     /// True when nothing is left.
-    fn mark_some(&mut self, cycle: &mut Cycle, deadline: Option<Instant>) -> bool {
+    fn mark_some(&mut self, tables: &Tables, cycle: &mut Cycle, deadline: Option<Instant>) -> bool {
         // Tables made since the cycle began join it; bitmaps grow with their tables.
-        for t in self.tables.keys() {
+        for t in tables.keys() {
             cycle.index_of(*t);
         }
         for (i, t) in cycle.types.iter().enumerate() {
-            let table = &self.tables[t];
+            let table = &tables[t];
             let m = &mut cycle.marks[i];
             if table.hints().retention == Retention::Traced && m.len() * 64 < table.slot_bound() {
                 if m.is_empty() {
@@ -682,9 +611,9 @@ impl Store {
         let record = true;
         if !cycle.explicit_roots_listed {
             cycle.explicit_roots_listed = true;
-            cycle.explicit_roots = self.gc.roots.list();
+            cycle.explicit_roots = self.roots.list();
         }
-        let marker = self.marker(&cycle.types, &cycle.marks, record);
+        let marker = self.marker(tables, &cycle.types, &cycle.marks, record);
         let mut grey = std::mem::take(&mut cycle.grey);
         let mut lookup = mark::Lookup::default();
         // Explicit roots: all of them at the finish, else blocks between looks at the
@@ -767,6 +696,7 @@ impl Store {
     /// A marker over the tables `types`, in that order.
     fn marker<'a>(
         &'a self,
+        tables: &'a Tables,
         types: &[TypeId],
         marks: &'a [Vec<AtomicU64>],
         record_dangling: bool,
@@ -775,11 +705,11 @@ impl Store {
             .iter()
             .zip(marks)
             .map(|(t, m)| {
-                let table = &*self.tables[t];
+                let table = &*tables[t];
                 MarkTable {
                     type_id: *t,
                     table,
-                    ops: self.gc.ops.get(t).copied(),
+                    ops: self.ops.get(t).copied(),
                     traced: table.hints().retention == Retention::Traced,
                     marks: m,
                 }
@@ -801,13 +731,14 @@ impl Store {
     /// policy.
     fn sweep(
         &mut self,
+        tables: &mut Tables,
         types: &[TypeId],
         marks: &[Vec<AtomicU64>],
         exact: Marks,
         report: &mut GcReport,
     ) {
         for (t, m) in types.iter().zip(marks) {
-            let table = self.tables.get_mut(t).expect("tables are never dropped");
+            let table = tables.get_mut(t).expect("tables are never dropped");
             if table.hints().retention != Retention::Traced {
                 continue;
             }
@@ -828,18 +759,18 @@ impl Store {
             }
         }
         report.freed.sort_by(|a, b| a.0.cmp(b.0));
-        if self.gc.dangling_policy == DanglingPolicy::RemoveHolder {
+        if self.dangling_policy == DanglingPolicy::RemoveHolder {
             let holders: HashSet<AnyHandle> =
                 report.dangling.iter().filter_map(|d| d.holder).collect();
             for h in holders {
-                if let Some(table) = self.tables.get_mut(&h.type_id())
+                if let Some(table) = tables.get_mut(&h.type_id())
                     && table.remove_bits(h.to_bits())
                 {
                     report.holders_removed += 1;
                 }
             }
         }
-        if self.gc.dangling_policy == DanglingPolicy::Ignore {
+        if self.dangling_policy == DanglingPolicy::Ignore {
             report.dangling.clear();
         }
     }
@@ -847,12 +778,11 @@ impl Store {
     /// The write barrier of an open cycle, for the object `bits` of `T`: an inserted
     /// object (`fresh`) is marked; a marked or manual object is queued to be scanned
     /// (again).
-    pub(crate) fn gc_barrier<T: 'static>(&mut self, bits: u64, fresh: bool) {
-        let Some(cycle) = self.gc.cycle.as_deref_mut() else {
+    pub(crate) fn barrier(&mut self, tables: &Tables, type_id: TypeId, bits: u64, fresh: bool) {
+        let Some(cycle) = self.cycle.as_deref_mut() else {
             return;
         };
-        let type_id = TypeId::of::<T>();
-        let Some(table) = self.tables.get(&type_id) else {
+        let Some(table) = tables.get(&type_id) else {
             return;
         };
         if !table.contains_bits(bits) {
@@ -876,37 +806,33 @@ impl Store {
         } else {
             true
         };
-        if queue && self.gc.ops.contains_key(&type_id) {
+        if queue && self.ops.contains_key(&type_id) {
             cycle.grey.push((ti, bits));
         }
     }
 
-    /// Notes that the table of `T` was handed out mutably during an open cycle.
-    pub(crate) fn gc_touch<T: 'static>(&mut self) {
-        self.gc_touch_type(TypeId::of::<T>());
-    }
-
-    /// As [`gc_touch`](Self::gc_touch), for the table of the type `type_id`.
-    pub(crate) fn gc_touch_type(&mut self, type_id: TypeId) {
-        if let Some(cycle) = self.gc.cycle.as_deref_mut() {
+    /// Notes that the table of the type `type_id` was handed out mutably during an open
+    /// cycle.
+    pub(crate) fn touch(&mut self, type_id: TypeId) {
+        if let Some(cycle) = self.cycle.as_deref_mut() {
             cycle.touched.insert(type_id);
         }
     }
 
     /// Counts an insert and collects if the policy says so.
-    pub(crate) fn gc_after_insert(&mut self) {
-        let Some(policy) = self.gc.policy else { return };
-        self.gc.inserts += 1;
-        if self.gc.cycle.is_some() {
+    pub(crate) fn after_insert(&mut self, tables: &mut Tables, pool: &HierarchicalPool) {
+        let Some(policy) = self.policy else { return };
+        self.inserts += 1;
+        if self.cycle.is_some() {
             return;
         }
-        let by_count = policy.every_n_inserts.is_some_and(|n| self.gc.inserts >= n);
-        let pressed = self.gc.pressure_bytes.is_some_and(|at| {
-            let reserved = self.pool.reserved_bytes();
-            reserved >= at && reserved > self.gc.reserved_after_collect
+        let by_count = policy.every_n_inserts.is_some_and(|n| self.inserts >= n);
+        let pressed = self.pressure_bytes.is_some_and(|at| {
+            let reserved = pool.reserved_bytes();
+            reserved >= at && reserved > self.reserved_after_collect
         });
         if by_count || pressed {
-            self.collect();
+            self.collect(tables, pool);
         }
     }
 }
