@@ -69,9 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = dir.join("network.nsnap");
 
     let saving = bar("save");
-    let report = Options::new()
-        .progress(follow(&saving))
-        .save_store(store, &path)?;
+    let report = store.save_with(&path, &mut Options::new().progress(follow(&saving)))?;
     saving.finish();
     println!(
         "saved {} objects, {} bytes, in {:.2?} ({:.2} GB/s)",
@@ -84,9 +82,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let registry = TypeRegistry::new().with::<Neuron>()?.with::<Synapse>()?;
     let loading = bar("load");
     let t = Instant::now();
-    let loaded = Options::new()
-        .progress(follow(&loading))
-        .load_store(&path, &registry)?;
+    let loaded = Store::load_with(
+        &path,
+        &registry,
+        &mut Options::new().progress(follow(&loading)),
+    )?;
     loading.finish();
     println!("loaded in {:.2?}", t.elapsed());
 

@@ -425,8 +425,8 @@ fn a_save_that_fails_after_n_bytes_leaves_the_previous_file_loadable() {
             limit,
             written: 0,
         };
-        let err = Options::new()
-            .save_store_to(&new, &mut failing)
+        let err = new
+            .save_to_with(&mut failing, &mut Options::new())
             .expect_err("the writer fails");
         assert!(matches!(err, Error::Io(_)), "{err}");
         drop(failing); // no commit: the temporary file goes

@@ -132,13 +132,16 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
                         use ::neurostore::store::__private::{Unstorable as _, ViaStore as _};
                         (&&::neurostore::store::__private::Probe::<#ident>::new()).in_store(store)
                     },
-                    |registry| {
-                        #[allow(unused_imports)]
-                        use ::neurostore::store::__private::{Unstorable as _, ViaStore as _};
-                        (&&::neurostore::store::__private::Probe::<#ident>::new())
-                            .in_registry(registry)
-                    },
                 )
+            }
+
+            ::neurostore::store::__private::inventory::submit! {
+                ::neurostore::store::__private::SnapshotRegistration::new(|registry| {
+                    #[allow(unused_imports)]
+                    use ::neurostore::store::__private::{Unlistable as _, ViaRegistry as _};
+                    (&&::neurostore::store::__private::Probe::<#ident>::new())
+                        .in_registry(registry)
+                })
             }
         }
     });

@@ -831,17 +831,17 @@ pub fn snapshot_round_trip(
     let store = network.as_ref().ok_or("no network to save")?.graph.store();
     let neuron_digest = Digest::of::<Neuron>(store);
     let synapse_digest = Digest::of::<Synapse>(store);
-    let saved = Options::new()
-        .progress(&mut *save_progress)
-        .save_store(store, path)?;
+    let saved = store.save_with(path, &mut Options::new().progress(&mut *save_progress))?;
     if !keep_original {
         *network = None;
     }
     let registry = TypeRegistry::new().with::<Neuron>()?.with::<Synapse>()?;
     let started = Instant::now();
-    let loaded = Options::new()
-        .progress(&mut *load_progress)
-        .load_store(path, &registry)?;
+    let loaded = Store::load_with(
+        path,
+        &registry,
+        &mut Options::new().progress(&mut *load_progress),
+    )?;
     let load_time = started.elapsed();
 
     let started = Instant::now();

@@ -1,4 +1,4 @@
-//! Layer 5, **gc**: tracing garbage collection over handle graphs.
+//! Layer 6, **gc**: tracing garbage collection over handle graphs.
 //!
 //! This layer owns the collector's state in a [`Store`](crate::Store): the roots ([`Store::add_root`](crate::Store::add_root),
 //! [`Root`]), the policies ([`GcPolicy`], [`DanglingPolicy`]), the per-type tracing
@@ -778,6 +778,7 @@ impl GcState {
     /// The write barrier of an open cycle, for the object `bits` of `T`: an inserted
     /// object (`fresh`) is marked; a marked or manual object is queued to be scanned
     /// (again).
+    #[inline]
     pub(crate) fn barrier(&mut self, tables: &Tables, type_id: TypeId, bits: u64, fresh: bool) {
         let Some(cycle) = self.cycle.as_deref_mut() else {
             return;
@@ -813,6 +814,7 @@ impl GcState {
 
     /// Notes that the table of the type `type_id` was handed out mutably during an open
     /// cycle.
+    #[inline]
     pub(crate) fn touch(&mut self, type_id: TypeId) {
         if let Some(cycle) = self.cycle.as_deref_mut() {
             cycle.touched.insert(type_id);
@@ -820,6 +822,7 @@ impl GcState {
     }
 
     /// Counts an insert and collects if the policy says so.
+    #[inline]
     pub(crate) fn after_insert(&mut self, tables: &mut Tables, pool: &HierarchicalPool) {
         let Some(policy) = self.policy else { return };
         self.inserts += 1;

@@ -1,4 +1,4 @@
-//! Layer 8's runtime half, **pooled**: what `#[derive(Pooled)]` implements, and the
+//! Layer 2, **pooled**: what `#[derive(Pooled)]` implements, and the
 //! tracing every later layer walks handles with.
 //!
 //! This module owns the [`Pooled`] trait (a stable type name, a schema fingerprint and
@@ -298,9 +298,30 @@ impl<T: Pooled> CheckedHints<T> {
     };
 }
 
+/// Picks, by autoref, how the derive's generated code registers a type when the program
+/// links: the store's and the snapshot layer's registration traits are implemented for
+/// `&Probe<T>` when `T` can live in a store (`Send + Sync`) and for `Probe<T>` otherwise,
+/// so `(&&Probe::<T>::new()).in_store(store)` picks the first that applies.
+#[doc(hidden)]
+pub struct Probe<T>(std::marker::PhantomData<T>);
+
+impl<T> Probe<T> {
+    /// The probe of `T`.
+    pub const fn new() -> Self {
+        Probe(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for Probe<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Items the derive's generated code names. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use super::Probe;
     pub use bytemuck::Pod;
     pub use serde::Serialize;
     pub use serde::de::DeserializeOwned;

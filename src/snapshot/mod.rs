@@ -1,7 +1,7 @@
-//! Layer 6, **snapshot**: stores and tables to disk and back.
+//! Layer 7, **snapshot**: stores and tables to disk and back.
 //!
-//! [`Store::save`] writes every table of a store (and its GC roots) to one file;
-//! [`Store::load`] rebuilds an equal store in any process that knows the same types: every
+//! [`Store::save`](crate::Store::save) writes every table of a store (and its GC roots) to one file;
+//! [`Store::load`](crate::Store::load) rebuilds an equal store in any process that knows the same types: every
 //! `#[derive(Pooled)]` type without generic parameters by its name, others listed in a
 //! [`TypeRegistry`]. [`Table::save`] and [`Table::load`] do the same for one table, and
 //! the neural layer's checkpoints (`NeuralGraph::save`) write a graph's two tables with
@@ -60,6 +60,7 @@ mod codec;
 mod format;
 mod graph;
 mod inspect;
+mod registry;
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -74,12 +75,16 @@ pub use atomic::AtomicFile;
 pub use format::{MAGIC, Progress, ProgressFn, VERSION};
 pub(crate) use graph::{GraphSections, GraphState, RingImage};
 pub use inspect::{GraphInfo, SectionInfo, SnapshotInfo, TableInfo, inspect, inspect_file};
+pub use registry::TypeRegistry;
+#[doc(hidden)]
+pub use registry::{Registration, Unlistable, ViaRegistry};
 
+use crate::erased::{ErasedTable, TableInternals, Tables, TypeMap};
 use crate::error::{Error, SnapshotError};
+use crate::gc::GcOps;
 use crate::pool::HierarchicalPool;
-use crate::pooled::{AnyHandle, Pooled, Retention, Trace};
-use crate::store::{ErasedTable, Store};
-use crate::table::{GenerationImage, Handle, SlotImage, Table, TableImage, default_pool};
+use crate::pooled::{AnyHandle, Pooled, Retention};
+use crate::table::{GenerationImage, SlotImage, Table, TableImage, default_pool};
 use codec::{Decoder, Encoded, decode_pod, decode_serde};
 use format::{FieldReader, Fields, Reader, SECTION_OVERHEAD, Writer};
 
@@ -108,7 +113,7 @@ impl SnapshotReport {
 /// What a file holds: a whole store, one table, or a neural graph checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Content {
-    /// A [`Store`]: its tables and GC roots.
+    /// A [`Store`](crate::Store): its tables and GC roots.
     Store,
     /// One [`Table`].
     Table,
@@ -195,13 +200,11 @@ pub(crate) fn save_to_path(
 /// store.insert(Neuron::new(&NeuronParams::default()));
 /// let mut file = Vec::new();
 /// let mut seen = Vec::new();
-/// Options::new()
-///     .progress(|p| seen.push(p))
-///     .save_store_to(&store, &mut file)?;
+/// store.save_to_with(&mut file, &mut Options::new().progress(|p| seen.push(p)))?;
 /// assert_eq!(seen.last().map(|p| (p.done, p.total)), Some((file.len() as u64, file.len() as u64)));
 ///
 /// let registry = TypeRegistry::new().with::<Neuron>()?;
-/// let loaded = Options::new().load_store_from(&file[..], &registry)?;
+/// let loaded = Store::load_from_with(&file[..], &registry, &mut Options::new())?;
 /// assert_eq!(loaded.table::<Neuron>().map(|t| t.len()), Some(1));
 /// # Ok::<(), neurostore::Error>(())
 /// ```
@@ -250,32 +253,21 @@ impl<'a> Options<'a> {
         self.pool.clone().unwrap_or_else(default_pool)
     }
 
-    /// [`Store::save`] with these options.
-    ///
-    /// # Errors
-    /// As [`Store::save`].
-    pub fn save_store(
+    /// Writes a store as a snapshot to `out`: its tables by type, how to save each
+    /// (`persist`, kept by the store for every registered type) and its explicit roots
+    /// with their counts. [`Store::save_to_with`](crate::Store::save_to_with) calls it.
+    pub(crate) fn save_store_parts_to(
         &mut self,
-        store: &Store,
-        path: impl AsRef<Path>,
-    ) -> Result<SnapshotReport, Error> {
-        save_to_path(path, |file| self.save_store_to(store, file))
-    }
-
-    /// [`Store::save_to`] with these options.
-    ///
-    /// # Errors
-    /// As [`Store::save_to`].
-    pub fn save_store_to(
-        &mut self,
-        store: &Store,
+        tables: &Tables,
+        persist: &TypeMap<StoreTableOps>,
+        mut counts: Vec<(AnyHandle, usize)>,
         out: impl Write,
     ) -> Result<SnapshotReport, Error> {
         let started = Instant::now();
         let mut prepared = Vec::new();
-        for (id, table) in &store.tables {
-            match store.persist.get(id) {
-                Some(ops) => prepared.push((ops.prepare)(&**table)?),
+        for (id, table) in tables {
+            match persist.get(id) {
+                Some(ops) => prepared.push((ops.prepare)(table.view())?),
                 // A table that never held an object has no state to lose.
                 None if table.slot_count() <= 1 => {}
                 None => {
@@ -296,13 +288,11 @@ impl<'a> Options<'a> {
             }
             .into());
         }
-        let names: HashMap<TypeId, &str> = store
-            .persist
+        let names: HashMap<TypeId, &str> = persist
             .iter()
             .map(|(id, ops)| (*id, ops.type_name))
             .collect();
         let mut roots = Fields::default();
-        let mut counts = store.gc.roots.counts();
         counts.sort_by_key(|(h, _)| (h.type_name(), h.to_bits()));
         roots.u32(counts.len() as u32);
         for (h, n) in counts {
@@ -319,28 +309,14 @@ impl<'a> Options<'a> {
         Ok(report)
     }
 
-    /// [`Store::load`] with these options.
-    ///
-    /// # Errors
-    /// As [`Store::load`].
-    pub fn load_store(
-        &mut self,
-        path: impl AsRef<Path>,
-        registry: &TypeRegistry,
-    ) -> Result<Store, Error> {
-        let file = File::open(path)?;
-        self.load_store_from(BufReader::with_capacity(1 << 20, file), registry)
-    }
-
-    /// [`Store::load_from`] with these options.
-    ///
-    /// # Errors
-    /// As [`Store::load_from`].
-    pub fn load_store_from(
+    /// Reads a store's snapshot from `input`: each table with what the store keeps beside
+    /// it, and the explicit roots with their counts, for
+    /// [`Store::load_from_with`](crate::Store::load_from_with) to put together.
+    pub(crate) fn load_store_parts_from(
         &mut self,
         mut input: impl Read,
         registry: &TypeRegistry,
-    ) -> Result<Store, Error> {
+    ) -> Result<StoreParts, Error> {
         let pool = self.pool_or_default();
         let mut reader = Reader::new(&mut input, self.progress_fn());
         let head = read_head(&mut reader)?;
@@ -351,7 +327,7 @@ impl<'a> Options<'a> {
             }
             .into());
         }
-        let mut store = Store::with_pool(pool.clone());
+        let mut tables = Vec::with_capacity(head.tables as usize);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..head.tables {
             let header = read_table_header(&mut reader)?;
@@ -366,7 +342,7 @@ impl<'a> Options<'a> {
                     type_name: header.type_name.clone(),
                 }
             })?;
-            (entry.load_into)(&mut reader, &header, &pool, &mut store)?;
+            tables.push((entry.load)(&mut reader, &header, &pool)?);
         }
         let (start, listed) = read_roots(&mut reader)?;
         let mut roots = Vec::with_capacity(listed.len());
@@ -385,10 +361,11 @@ impl<'a> Options<'a> {
             roots.push(((entry.any_handle)(bits), n));
         }
         finish(&mut reader, &head)?;
-        for (h, n) in roots {
-            store.gc.roots.add_n(h, n);
-        }
-        Ok(store)
+        Ok(StoreParts {
+            pool,
+            tables,
+            roots,
+        })
     }
 
     /// [`Table::save`] with these options.
@@ -1202,6 +1179,26 @@ fn write_u32s_le(b: &mut format::BodyWriter<'_, '_>, values: &[u32]) -> Result<(
 /// Prepares a store's erased table for writing.
 type PrepareFn = for<'a> fn(&'a dyn ErasedTable) -> Result<Box<dyn PreparedTable + 'a>, Error>;
 
+/// A store as read from a snapshot, in parts: the store layer puts them together.
+pub(crate) struct StoreParts {
+    /// The pool the tables were made in.
+    pub pool: Arc<HierarchicalPool>,
+    /// Every table, with what the store keeps beside it.
+    pub tables: Vec<LoadedTable>,
+    /// The explicit roots and their counts.
+    pub roots: Vec<(AnyHandle, usize)>,
+}
+
+/// One table of a loaded store, with the per-type entry points that
+/// [`Store::register`](crate::Store::register) would have kept for it.
+pub(crate) struct LoadedTable {
+    pub type_id: TypeId,
+    pub table: Box<dyn TableInternals>,
+    /// The tracing entry points, for a type whose objects hold handles.
+    pub gc_ops: Option<GcOps>,
+    pub persist: StoreTableOps,
+}
+
 /// What the store keeps per registered type to save its table.
 #[derive(Clone, Copy)]
 pub(crate) struct StoreTableOps {
@@ -1224,200 +1221,6 @@ impl StoreTableOps {
             type_name: T::TYPE_NAME,
             prepare: prepare::<T>,
         }
-    }
-}
-
-type LoadInto =
-    fn(&mut Reader<'_>, &TableHeader, &Arc<HierarchicalPool>, &mut Store) -> Result<(), Error>;
-
-#[derive(Clone)]
-struct RegistryEntry {
-    type_id: TypeId,
-    load_into: LoadInto,
-    any_handle: fn(u64) -> AnyHandle,
-}
-
-/// The Rust types a snapshot may contain, by their [`Pooled::TYPE_NAME`]: a load finds
-/// each table's type here, checks its schema fingerprint and layout, and decodes its
-/// objects with the type's [`Codec`].
-///
-/// ```
-/// use neurostore::{Neuron, Synapse, snapshot::TypeRegistry};
-///
-/// let mut registry = TypeRegistry::new();
-/// registry.register::<Neuron>()?.register::<Synapse>()?;
-/// assert!(registry.contains("Neuron"));
-/// registry.register::<Neuron>()?; // again: no change
-/// assert_eq!(registry.len(), 2);
-/// # Ok::<(), neurostore::Error>(())
-/// ```
-#[derive(Default)]
-pub struct TypeRegistry {
-    entries: HashMap<&'static str, RegistryEntry>,
-}
-
-impl std::fmt::Debug for TypeRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut names: Vec<_> = self.entries.keys().collect();
-        names.sort();
-        f.debug_struct("TypeRegistry")
-            .field("types", &names)
-            .finish()
-    }
-}
-
-impl TypeRegistry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        TypeRegistry::default()
-    }
-
-    /// Lists `T` under its [`TYPE_NAME`](Pooled::TYPE_NAME).
-    ///
-    /// # Errors
-    /// [`SnapshotError::NotPersistable`] if `T` has no snapshot encoding (derive it with
-    /// `#[pooled(pod)]` or `#[pooled(serde)]`); [`SnapshotError::DuplicateType`] if
-    /// another type is listed under the same name (every instantiation of a generic type
-    /// shares its name). On error the registry is unchanged.
-    pub fn register<T: Pooled + Trace + Send + Sync>(&mut self) -> Result<&mut Self, Error> {
-        if T::CODEC.encoding() == Encoding::Unsupported {
-            return Err(SnapshotError::NotPersistable {
-                type_name: T::TYPE_NAME.to_owned(),
-            }
-            .into());
-        }
-        fn load_into<T: Pooled + Trace + Send + Sync>(
-            reader: &mut Reader<'_>,
-            header: &TableHeader,
-            pool: &Arc<HierarchicalPool>,
-            store: &mut Store,
-        ) -> Result<(), Error> {
-            let table = read_table::<T>(reader, header, pool.clone())?;
-            store.install_table(table);
-            Ok(())
-        }
-        fn any_handle<T: 'static>(bits: u64) -> AnyHandle {
-            AnyHandle::new(Handle::<T>::from_bits(bits))
-        }
-        match self.entries.get(T::TYPE_NAME) {
-            Some(e) if e.type_id != TypeId::of::<T>() => Err(SnapshotError::DuplicateType {
-                type_name: T::TYPE_NAME.to_owned(),
-            }
-            .into()),
-            Some(_) => Ok(self),
-            None => {
-                self.entries.insert(
-                    T::TYPE_NAME,
-                    RegistryEntry {
-                        type_id: TypeId::of::<T>(),
-                        load_into: load_into::<T>,
-                        any_handle: any_handle::<T>,
-                    },
-                );
-                Ok(self)
-            }
-        }
-    }
-
-    /// [`register`](Self::register), by value, for chaining from [`new`](Self::new).
-    ///
-    /// # Errors
-    /// As [`register`](Self::register).
-    pub fn with<T: Pooled + Trace + Send + Sync>(mut self) -> Result<Self, Error> {
-        self.register::<T>()?;
-        Ok(self)
-    }
-
-    /// Whether a type is listed under `type_name`.
-    pub fn contains(&self, type_name: &str) -> bool {
-        self.entries.contains_key(type_name)
-    }
-
-    /// Every `#[derive(Pooled)]` type without generic parameters that has a snapshot
-    /// encoding and is linked into this program, by name; a name two such types share is
-    /// left out. A load looks here for any name its own registry does not list, so a
-    /// registry needs to list only generic types and hand-written impls.
-    ///
-    /// ```
-    /// use neurostore::snapshot::TypeRegistry;
-    ///
-    /// // The neural graph's own types are derived with `#[pooled(pod)]`.
-    /// assert!(TypeRegistry::linked().contains("Neuron"));
-    /// assert!(TypeRegistry::new().is_empty());
-    /// ```
-    pub fn linked() -> TypeRegistry {
-        let linked = crate::store::linked_registry();
-        TypeRegistry {
-            entries: linked
-                .entries
-                .iter()
-                .map(|(name, entry)| (*name, entry.clone()))
-                .collect(),
-        }
-    }
-
-    /// The entry of `type_name`: this registry's, else the linked type's of that name.
-    fn entry(&self, type_name: &str) -> Option<&RegistryEntry> {
-        self.entries
-            .get(type_name)
-            .or_else(|| crate::store::linked_registry().entries.get(type_name))
-    }
-
-    /// Drops the entry of `type_name` (a name that two linked types share).
-    pub(crate) fn forget(&mut self, type_name: &str) {
-        self.entries.remove(type_name);
-    }
-
-    /// Number of types listed.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when no type is listed.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-impl Store {
-    /// Saves the whole store (every table, the GC roots) to `path`, atomically and
-    /// durably (see [`AtomicFile`]). Every table must be of a type with a snapshot
-    /// encoding whose table was built from its hints: a derived type without generic
-    /// parameters always is, others by [`register`](Store::register).
-    ///
-    /// # Errors
-    /// [`SnapshotError::Unregistered`], [`SnapshotError::NotPersistable`],
-    /// [`SnapshotError::Encode`], [`SnapshotError::DuplicateType`], [`Error::Io`]; on any
-    /// error the file at `path` is as it was.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<SnapshotReport, Error> {
-        Options::new().save_store(self, path)
-    }
-
-    /// Writes the store as a snapshot to `out` (streaming; no atomicity of its own).
-    ///
-    /// # Errors
-    /// As [`save`](Self::save).
-    pub fn save_to(&self, out: impl Write) -> Result<SnapshotReport, Error> {
-        Options::new().save_store_to(self, out)
-    }
-
-    /// Loads a store saved by [`save`](Self::save), in the default pool. A table's type
-    /// is found by its name in `registry`, else among the derived types linked into the
-    /// program ([`TypeRegistry::linked`]).
-    ///
-    /// # Errors
-    /// [`Error::Io`], [`Error::SchemaMismatch`], or the [`SnapshotError`] that says what
-    /// is wrong with the file; nothing is built.
-    pub fn load(path: impl AsRef<Path>, registry: &TypeRegistry) -> Result<Store, Error> {
-        Options::new().load_store(path, registry)
-    }
-
-    /// Loads a store from a stream written by [`save_to`](Self::save_to).
-    ///
-    /// # Errors
-    /// As [`load`](Self::load).
-    pub fn load_from(input: impl Read, registry: &TypeRegistry) -> Result<Store, Error> {
-        Options::new().load_store_from(input, registry)
     }
 }
 

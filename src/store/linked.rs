@@ -5,22 +5,20 @@
 //! (through the `inventory` crate: a static in a linker section, collected before `main`).
 //! When a [`Store`] or [`SharedStore`](super::SharedStore) makes the table of a type on
 //! its first insert, it looks the type up here and builds the table as
-//! [`Store::register`] would: retention, alignment, tracing and snapshot encoding. A
-//! snapshot load finds every such type with an encoding by its name, so a
-//! [`TypeRegistry`] needs to list only generic types and hand-written impls.
+//! [`Store::register`] would: retention, alignment, tracing and snapshot encoding. (The
+//! derive registers the type for snapshot loads too, with the snapshot layer:
+//! [`TypeRegistry::linked`](crate::snapshot::TypeRegistry::linked).)
 //!
 //! A generic type cannot be registered this way (a static cannot name every instance):
 //! call `register::<Pair<u32>>()` before its first insert.
 
 use std::any::TypeId;
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use super::Store;
 use crate::error::Error;
-use crate::pooled::{PoolHints, Pooled, Trace};
-use crate::snapshot::TypeRegistry;
+use crate::pooled::{PoolHints, Pooled, Probe, Trace};
 
 /// What the derive registers for one type. Made only by the derive's generated code.
 #[doc(hidden)]
@@ -28,24 +26,21 @@ pub struct Registration {
     type_id: fn() -> TypeId,
     hints: PoolHints,
     in_store: fn(&mut Store) -> Result<bool, Error>,
-    in_registry: fn(&mut TypeRegistry) -> Result<bool, Error>,
 }
 
 impl Registration {
     /// The registration of one type: its `TypeId`, its hints, and how to register it in
-    /// a store and in a type registry (each returning false for a type that a store
-    /// cannot hold, one that is not `Send + Sync`).
+    /// a store (returning false for a type that a store cannot hold, one that is not
+    /// `Send + Sync`).
     pub const fn new(
         type_id: fn() -> TypeId,
         hints: PoolHints,
         in_store: fn(&mut Store) -> Result<bool, Error>,
-        in_registry: fn(&mut TypeRegistry) -> Result<bool, Error>,
     ) -> Self {
         Registration {
             type_id,
             hints,
             in_store,
-            in_registry,
         }
     }
 }
@@ -77,64 +72,18 @@ pub(crate) fn linked_hints(type_id: TypeId) -> Option<PoolHints> {
     linked(type_id).map(|r| r.hints)
 }
 
-/// Every linked type with a snapshot encoding, by name. A name two linked types share
-/// is left out: a load must be told which one it means.
-pub(crate) fn linked_registry() -> &'static TypeRegistry {
-    static REGISTRY: OnceLock<TypeRegistry> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        let mut registry = TypeRegistry::new();
-        let mut shared_names = Vec::new();
-        for r in inventory::iter::<Registration> {
-            if let Err(Error::Snapshot(crate::SnapshotError::DuplicateType { type_name })) =
-                (r.in_registry)(&mut registry)
-            {
-                shared_names.push(type_name);
-            }
-        }
-        for name in shared_names {
-            registry.forget(&name);
-        }
-        registry
-    })
-}
-
-/// Picks, by autoref, how a derived type registers: [`ViaStore`] for a type a store can
-/// hold, [`Unstorable`] for the rest. Named only by the derive's generated code, as
+/// Registration of a type a store can hold (chosen by autoref first, when `T` is
+/// `Send + Sync`): named only by the derive's generated code, as
 /// `(&&Probe::<T>::new()).in_store(store)`.
-#[doc(hidden)]
-pub struct Probe<T>(PhantomData<T>);
-
-impl<T> Probe<T> {
-    /// The probe of `T`.
-    pub const fn new() -> Self {
-        Probe(PhantomData)
-    }
-}
-
-impl<T> Default for Probe<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Registration of a type a store can hold (chosen first, when `T` is `Send + Sync`).
 #[doc(hidden)]
 pub trait ViaStore {
     /// Registers the type in `store`.
     fn in_store(&self, store: &mut Store) -> Result<bool, Error>;
-    /// Lists the type in `registry` if it has a snapshot encoding.
-    fn in_registry(&self, registry: &mut TypeRegistry) -> Result<bool, Error>;
 }
 
 impl<T: Pooled + Trace + Send + Sync> ViaStore for &Probe<T> {
     fn in_store(&self, store: &mut Store) -> Result<bool, Error> {
         store.register::<T>().map(|_| true)
-    }
-    fn in_registry(&self, registry: &mut TypeRegistry) -> Result<bool, Error> {
-        if T::CODEC.encoding() == crate::snapshot::Encoding::Unsupported {
-            return Ok(false);
-        }
-        registry.register::<T>().map(|_| true)
     }
 }
 
@@ -143,15 +92,10 @@ impl<T: Pooled + Trace + Send + Sync> ViaStore for &Probe<T> {
 pub trait Unstorable {
     /// Does nothing: the type is not `Send + Sync`.
     fn in_store(&self, store: &mut Store) -> Result<bool, Error>;
-    /// Does nothing: the type is not `Send + Sync`.
-    fn in_registry(&self, registry: &mut TypeRegistry) -> Result<bool, Error>;
 }
 
 impl<T> Unstorable for Probe<T> {
     fn in_store(&self, _: &mut Store) -> Result<bool, Error> {
-        Ok(false)
-    }
-    fn in_registry(&self, _: &mut TypeRegistry) -> Result<bool, Error> {
         Ok(false)
     }
 }
@@ -159,6 +103,8 @@ impl<T> Unstorable for Probe<T> {
 /// Items the derive's generated code names. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use super::{Probe, Registration, Unstorable, ViaStore};
+    pub use super::{Registration, Unstorable, ViaStore};
+    pub use crate::pooled::Probe;
+    pub use crate::snapshot::{Registration as SnapshotRegistration, Unlistable, ViaRegistry};
     pub use inventory;
 }

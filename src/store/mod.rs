@@ -1,4 +1,4 @@
-//! Layer 3, **store**: one owner for a table per type.
+//! Layer 8, **store**: one owner for a table per type.
 //!
 //! [`Store`] holds one [`Table<T>`] per registered type, behind the object-safe erased
 //! interface of the `erased` layer ([`ErasedTable`]), so that defragmentation, the
@@ -26,13 +26,13 @@ use crate::table::{Handle, Table, TableStats, default_pool};
 
 mod collect;
 mod linked;
+mod persist;
 
 pub use crate::erased::ErasedTable;
 pub(crate) use crate::erased::{TableInternals, TypeMap};
 
 #[doc(hidden)]
 pub use linked::__private;
-pub(crate) use linked::linked_registry;
 
 /// Figures of a whole store.
 #[derive(Clone, Debug)]
