@@ -4,22 +4,26 @@
 //! generational handles instead of pointers, so the store can move, collect, mirror and
 //! snapshot them while every handle stays valid or is reliably reported stale.
 //!
-//! The crate is built in layers (`docs/ARCHITECTURE.md` draws them):
+//! The crate is built in layers, each importing only the ones listed before it
+//! (`docs/ARCHITECTURE.md` draws them and says why; `tests/layers.rs` checks it):
 //!
+//! - [`handle`]: typed generational handles ([`Handle`]).
 //! - [`pool`]: the hierarchical size-class memory pool ([`HierarchicalPool`]), also usable
 //!   as the global allocator ([`NeuroAlloc`]).
-//! - [`table`]: typed generational handles ([`Handle`]) and pool-backed tables ([`Table`]).
+//! - [`pooled`]: what `#[derive(Pooled)]` implements: stable names, schema fingerprints,
+//!   table hints and snapshot encodings ([`Pooled`](trait@Pooled)) and the handles a value
+//!   holds ([`Trace`]).
+//! - [`table`]: pool-backed tables ([`Table`]).
+//! - [`defrag`]: moving objects to close holes or to reorder them, handles unchanged.
+//! - `erased`: tables without their type ([`ErasedTable`](store::ErasedTable)).
+//! - [`gc`]: tracing garbage collection over handles: parallel, or incremental in
+//!   bounded steps.
+//! - [`snapshot`]: stores and tables to disk and back, checked on every byte.
 //! - [`store`]: one table per type ([`Store`], and [`SharedStore`] for many threads).
 //! - [`neural`]: the built-in neuron and synapse types, [`NeuralGraph`] and the reference
 //!   simulation step.
-//! - [`defrag`]: moving objects to close holes or to reorder them, handles unchanged.
-//! - [`gc`]: tracing garbage collection over handles: parallel, or incremental in
-//!   bounded steps.
 //! - `cuda` (feature `cuda`, on by default): device mirrors of tables on NVIDIA GPUs,
 //!   synced by changed chunk, with handles resolved on the device.
-//! - [`pooled`]: what `#[derive(Pooled)]` implements: stable names, schema fingerprints,
-//!   table hints ([`Pooled`](trait@Pooled)) and the handles a value holds ([`Trace`]).
-//! - [`snapshot`]: stores and tables to disk and back, checked on every byte.
 //!
 //! ```
 //! use std::alloc::Layout;

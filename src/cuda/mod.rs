@@ -1,4 +1,4 @@
-//! Layer 7, **cuda** (cargo feature `cuda`, on by default): tables mirrored on NVIDIA GPUs.
+//! Layer 10, **cuda** (cargo feature `cuda`, on by default): tables mirrored on NVIDIA GPUs.
 //!
 //! What this layer owns:
 //! - [`Device`]: an opened GPU, its stream, and its [`DevicePool`] (device memory in

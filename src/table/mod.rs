@@ -1,4 +1,4 @@
-//! Layer 2, **table**: objects in typed tables, named by generational handles.
+//! Layer 3, **table**: objects in typed tables, named by generational handles.
 //!
 //! This layer owns the objects of each type and the mapping from a [`Handle<T>`] to the
 //! place of its object. [`Table<T>`] (`typed.rs`) keeps objects in fixed-capacity chunks
