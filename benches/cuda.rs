@@ -2,7 +2,7 @@
 //! objects), each beside a raw cudarc copy of the same bytes from pinned host memory in
 //! the same run.
 //!
-//! - full: `Table::mirror` (every chunk and the slot table) vs one pinned copy of the
+//! - full: `DeviceMirror::new` (every chunk and the slot table) vs one pinned copy of the
 //!   table's object bytes;
 //! - incremental: 1 % of the chunks changed (every hundredth), then `sync`, vs the same
 //!   number of chunk-sized pinned copies.
@@ -23,7 +23,7 @@ mod bench {
 
     use crate::common::Obj;
     use neurostore::cuda::cudarc::driver::CudaSlice;
-    use neurostore::cuda::{Device, GpuNetwork};
+    use neurostore::cuda::{Device, DeviceMirror, GpuNetwork};
     use neurostore::neural::{NeuralGraph, NeuronParams};
     use neurostore::table::Table;
     use neurostore::{Error, Handle};
@@ -108,7 +108,7 @@ mod bench {
         let mut full_bytes = 0;
         let full = best(rounds, || {
             let t = Instant::now();
-            let mirror = table.mirror(&gpu)?;
+            let mirror = DeviceMirror::new(&table, &gpu)?;
             let d = t.elapsed();
             full_bytes = mirror.device_bytes();
             Ok(d)
@@ -124,7 +124,7 @@ mod bench {
             100.0 * raw_full.as_secs_f64() / full.as_secs_f64()
         );
 
-        let mut mirror = table.mirror(&gpu)?;
+        let mut mirror = DeviceMirror::new(&table, &gpu)?;
         let per_chunk = objects.div_ceil(table.stats().chunks.max(1));
         let mut report = None;
         let incremental = best(rounds, || {

@@ -1,4 +1,4 @@
-//! Layer 5, **erased**: tables without their type.
+//! Layer 4, **erased**: tables without their type.
 //!
 //! [`ErasedTable`] is what every table of a [`Store`](crate::Store) offers without its
 //! type (figures, whole-table maintenance, a way back to the typed table), and the
@@ -14,9 +14,9 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::defrag::{DefragReport, FragmentationReport};
 use crate::handle::Handle;
 use crate::pooled::PoolHints;
+use crate::table::defrag::{DefragReport, FragmentationReport};
 use crate::table::{Table, TableStats};
 
 mod sealed {

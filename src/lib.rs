@@ -13,8 +13,8 @@
 //! - [`pooled`]: what `#[derive(Pooled)]` implements: stable names, schema fingerprints,
 //!   table hints and snapshot encodings ([`Pooled`](trait@Pooled)) and the handles a value
 //!   holds ([`Trace`]).
-//! - [`table`]: pool-backed tables ([`Table`]).
-//! - [`defrag`]: moving objects to close holes or to reorder them, handles unchanged.
+//! - [`table`]: pool-backed tables ([`Table`]), and moving their objects to close holes or
+//!   to reorder them with handles unchanged ([`defrag`]).
 //! - `erased`: tables without their type ([`ErasedTable`](store::ErasedTable)).
 //! - [`gc`]: tracing garbage collection over handles: parallel, or incremental in
 //!   bounded steps.
@@ -48,8 +48,7 @@ extern crate self as neurostore;
 #[cfg(all(feature = "cuda", not(loom)))]
 pub mod cuda;
 #[cfg(not(loom))]
-#[forbid(unsafe_code)]
-pub mod defrag;
+pub use table::defrag;
 #[cfg(not(loom))]
 #[forbid(unsafe_code)]
 mod erased;

@@ -6,7 +6,9 @@
 
 use bytemuck::{Pod, Zeroable};
 use neurostore::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
-use neurostore::cuda::{Device, DeviceMemory, DevicePoolConfig, DevicePoolRegistry, resolve_place};
+use neurostore::cuda::{
+    Device, DeviceMemory, DeviceMirror, DevicePoolConfig, DevicePoolRegistry, resolve_place,
+};
 use neurostore::table::{Table, default_pool};
 use neurostore::{Error, Handle, PoolConfig, PoolRegistry};
 use rand::rngs::StdRng;
@@ -124,7 +126,7 @@ fn after_random_mutations_and_a_defragmentation_sync_makes_the_device_equal_the_
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(7);
     let (mut t, issued) = churned_table(&mut rng);
-    let mut mirror = t.mirror(&gpu).unwrap();
+    let mut mirror = DeviceMirror::new(&t, &gpu).unwrap();
     assert_device_equals_host(&mirror, &t, &issued);
     t.defragment();
     let report = mirror.sync(&t).unwrap();
@@ -149,7 +151,7 @@ fn an_incremental_sync_uploads_exactly_the_dirty_chunks() {
             })
         })
         .collect(); // 256 objects per chunk: 100 chunks
-    let mut mirror = t.mirror(&gpu).unwrap();
+    let mut mirror = DeviceMirror::new(&t, &gpu).unwrap();
     assert_eq!(mirror.sync(&t).unwrap().bytes_up, 0);
     // Chunks 10, 11, 12 (one copy) and 50 (another).
     for i in [2600, 2900, 3100, 12_800] {
@@ -183,7 +185,7 @@ fn device_side_resolution_agrees_with_the_host() {
         Handle::from_bits(0),
         Handle::from_bits(u64::MAX),
     ]);
-    let mut mirror = t.mirror(&gpu).unwrap();
+    let mut mirror = DeviceMirror::new(&t, &gpu).unwrap();
     let source =
         format!("struct Particle_like {{ unsigned long long id; float x; float y; }};\n{RESOLVE}");
     let module = gpu.compile("resolve", &source).unwrap();

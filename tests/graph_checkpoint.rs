@@ -261,13 +261,13 @@ fn stores_and_graph_checkpoints_are_not_mistaken_for_each_other() {
     let registry = snapshot::TypeRegistry::new();
     assert!(wrong(Store::load_from(&file[..], &registry).unwrap_err()));
     assert!(wrong(
-        neurostore::table::Table::<Neuron>::load_from(&file[..]).unwrap_err()
+        snapshot::load_table_from::<Neuron>(&file[..]).unwrap_err()
     ));
     let graph = NeuralGraph::load_from(&file[..]).unwrap();
     let mut store_file = Vec::new();
     graph.store().save_to(&mut store_file).unwrap();
     assert!(wrong(NeuralGraph::load_from(&store_file[..]).unwrap_err()));
     let mut table_file = Vec::new();
-    graph.neurons().save_to(&mut table_file).unwrap();
+    snapshot::save_table_to(graph.neurons(), &mut table_file).unwrap();
     assert!(wrong(NeuralGraph::load_from(&table_file[..]).unwrap_err()));
 }

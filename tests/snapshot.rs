@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use neurostore::snapshot::{AtomicFile, Content, Encoding, Options, TypeRegistry, inspect};
+use neurostore::snapshot::{self, AtomicFile, Content, Encoding, Options, TypeRegistry, inspect};
 use neurostore::table::Table;
 use neurostore::{Error, Handle, Neuron, Pooled, SnapshotError, Store, Synapse};
 use proptest::prelude::*;
@@ -508,8 +508,8 @@ fn loading_refuses_unknown_types_and_changed_schemas() {
     let mut spikes: Table<Spike> = Table::pooled();
     spikes.insert(spike(5));
     let mut file = Vec::new();
-    spikes.save_to(&mut file).unwrap();
-    let err = Table::<changed::Spike>::load_from(&file[..]).unwrap_err();
+    snapshot::save_table_to(&spikes, &mut file).unwrap();
+    let err = snapshot::load_table_from::<changed::Spike>(&file[..]).unwrap_err();
     match err {
         Error::SchemaMismatch {
             type_name,
@@ -528,11 +528,11 @@ fn loading_refuses_unknown_types_and_changed_schemas() {
         Err(Error::Snapshot(SnapshotError::WrongContent { .. }))
     ));
     assert!(matches!(
-        Table::<Spike>::load_from(&save(&small_store())[..]),
+        snapshot::load_table_from::<Spike>(&save(&small_store())[..]),
         Err(Error::Snapshot(SnapshotError::WrongContent { .. }))
     ));
     assert!(matches!(
-        Table::<Note>::load_from(&file[..]),
+        snapshot::load_table_from::<Note>(&file[..]),
         Err(Error::Snapshot(SnapshotError::WrongContent { .. }))
     ));
 }
@@ -562,13 +562,13 @@ fn element_layout_and_encoding_are_checked() {
     let mut t: Table<Wide> = Table::pooled();
     t.insert(Wide { v: [1, 2] });
     let mut file = Vec::new();
-    t.save_to(&mut file).unwrap();
+    snapshot::save_table_to(&t, &mut file).unwrap();
     assert_eq!(
         Wide::SCHEMA,
         WideAligned::SCHEMA,
         "hints do not change the schema"
     );
-    let err = Table::<WideAligned>::load_from(&file[..]).unwrap_err();
+    let err = snapshot::load_table_from::<WideAligned>(&file[..]).unwrap_err();
     assert!(
         matches!(
             err,
@@ -580,7 +580,7 @@ fn element_layout_and_encoding_are_checked() {
         ),
         "{err}"
     );
-    let err = Table::<WideSerde>::load_from(&file[..]).unwrap_err();
+    let err = snapshot::load_table_from::<WideSerde>(&file[..]).unwrap_err();
     assert!(
         matches!(err, Error::Snapshot(SnapshotError::EncodingMismatch { .. })),
         "{err}"
@@ -603,7 +603,7 @@ fn saving_refuses_tables_it_cannot_name_or_encode() {
     );
     let mut t: Table<Opaque> = Table::pooled();
     t.insert(Opaque(2));
-    assert!(t.save_to(Vec::new()).is_err());
+    assert!(snapshot::save_table_to(&t, Vec::new()).is_err());
     assert!(matches!(
         TypeRegistry::new().register::<Opaque>(),
         Err(Error::Snapshot(SnapshotError::NotPersistable { .. }))

@@ -5,8 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use neurostore::neural::NeuralGraph;
-use neurostore::snapshot::TypeRegistry;
-use neurostore::{Handle, Neuron, Pooled, Store, Table};
+use neurostore::snapshot::{self, TypeRegistry};
+use neurostore::{Handle, Neuron, Pooled, Store};
 use serde::{Deserialize, Serialize};
 
 /// Heap data through serde + bincode.
@@ -31,13 +31,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(store.contains(h));
         let _ = store.collect();
     }
-    if let Ok(mut table) = Table::<Neuron>::load_from(data) {
+    if let Ok(mut table) = snapshot::load_table_from::<Neuron>(data) {
         let live = table.len();
         assert_eq!(table.iter().count(), live);
         let _ = table.defragment();
         assert_eq!(table.len(), live);
     }
-    let _ = Table::<Note>::load_from(data);
+    let _ = snapshot::load_table_from::<Note>(data);
     if let Ok(graph) = NeuralGraph::load_from(data) {
         use_graph(graph);
     }

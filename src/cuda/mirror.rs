@@ -290,17 +290,17 @@ impl MirrorState {
 
 /// A device copy of a [`Table<T>`] of `Pod` objects and of its slot table, so kernels
 /// read and write the same objects and resolve the same handles (with `ns_resolve` from
-/// [`HEADER`](super::HEADER)). Made by [`Table::mirror`], which uploads everything;
+/// [`HEADER`](super::HEADER)). Made by [`DeviceMirror::new`], which uploads everything;
 /// [`sync`](Self::sync) then uploads only the chunks changed since, and
 /// [`pull`](Self::pull) brings back what kernels wrote.
 ///
 /// ```no_run
-/// use neurostore::{Neuron, neural::NeuronParams, table::Table, cuda::Device};
+/// use neurostore::{Neuron, neural::NeuronParams, table::Table, cuda::{Device, DeviceMirror}};
 ///
 /// let gpu = Device::open(0)?;
 /// let mut neurons: Table<Neuron> = Table::new();
 /// let h = neurons.insert(Neuron::new(&NeuronParams::default()));
-/// let mut mirror = neurons.mirror(&gpu)?;
+/// let mut mirror = DeviceMirror::new(&neurons, &gpu)?;
 /// neurons.get_mut(h).unwrap().v_m = -60.0;
 /// let report = mirror.sync(&neurons)?; // one chunk goes up
 /// assert_eq!(report.chunks, 1);
@@ -324,21 +324,19 @@ impl<T: Pod + Sync> std::fmt::Debug for DeviceMirror<T> {
     }
 }
 
-impl<T: Pod + Sync> Table<T> {
-    /// A device mirror of this table on `device`, with everything uploaded.
-    pub fn mirror(&self, device: &Device) -> Result<DeviceMirror<T>, Error> {
+impl<T: Pod + Sync> DeviceMirror<T> {
+    /// A device mirror of `table` on `device`, with everything uploaded.
+    pub fn new(table: &Table<T>, device: &Device) -> Result<DeviceMirror<T>, Error> {
         let mut mirror = DeviceMirror {
             device: device.clone(),
-            state: MirrorState::new(self)?,
+            state: MirrorState::new(table)?,
             buffers: super::staging::Buffers::default(),
             _objects: PhantomData,
         };
-        mirror.sync(self)?;
+        mirror.sync(table)?;
         Ok(mirror)
     }
-}
 
-impl<T: Pod + Sync> DeviceMirror<T> {
     /// Uploads the chunks changed since the last sync, and the slot table if any slot
     /// changed. `table` must be the table the mirror was made from.
     pub fn sync(&mut self, table: &Table<T>) -> Result<SyncReport, Error> {

@@ -1,10 +1,10 @@
-//! Layer 10, **cuda** (cargo feature `cuda`, on by default): tables mirrored on NVIDIA GPUs.
+//! Layer 9, **cuda** (cargo feature `cuda`, on by default): tables mirrored on NVIDIA GPUs.
 //!
 //! What this layer owns:
 //! - [`Device`]: an opened GPU, its stream, and its [`DevicePool`] (device memory in
 //!   arenas split by the pool layer's [`BuddyAllocator`](crate::pool::BuddyAllocator)).
 //! - [`DeviceMirror<T>`]: a device copy of a `Table<T>` of `Pod` objects and of its slot
-//!   table, made by [`Table::mirror`](crate::table::Table::mirror). [`sync`](DeviceMirror::sync)
+//!   table, made by [`DeviceMirror::new`]. [`sync`](DeviceMirror::sync)
 //!   uploads the chunks changed since the last sync (adjacent ones in one copy, through
 //!   reused pinned staging buffers), [`pull`](DeviceMirror::pull) downloads what kernels
 //!   wrote.

@@ -276,8 +276,8 @@ impl GpuNetwork {
         let kernel = module
             .load_function("neurostore_lif_step")
             .map_err(|e| super::device::driver_error("cuModuleGetFunction", e))?;
-        let neurons = graph.neurons().mirror(device)?;
-        let synapses = graph.synapses().mirror(device)?;
+        let neurons = DeviceMirror::new(graph.neurons(), device)?;
+        let synapses = DeviceMirror::new(graph.synapses(), device)?;
         let history = vec![0u32; plan.rows * plan.words];
         let buffers = StepBuffers {
             props: upload(device, &plan.props)?,

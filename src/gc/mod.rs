@@ -1,4 +1,4 @@
-//! Layer 6, **gc**: tracing garbage collection over handle graphs.
+//! Layer 5, **gc**: tracing garbage collection over handle graphs.
 //!
 //! This layer owns the collector's state in a [`Store`](crate::Store): the roots ([`Store::add_root`](crate::Store::add_root),
 //! [`Root`]), the policies ([`GcPolicy`], [`DanglingPolicy`]), the per-type tracing

@@ -19,12 +19,12 @@ use super::lif::{PropagatorCache, advance};
 use super::ring::{MAX_RING_SLOTS, Sender, SpikeRing};
 use super::types::{Neuron, NeuronId, NeuronParams, Synapse, SynapseId, SynapseView};
 use crate::Error;
-use crate::defrag::{DefragPolicy, DefragReport};
 use crate::gc::{Dangling, GcReport};
 use crate::pool::HierarchicalPool;
 use crate::pooled::AnyHandle;
 use crate::store::{Store, StoreDefragReport};
 use crate::table::Table;
+use crate::table::defrag::{DefragPolicy, DefragReport};
 
 mod checkpoint;
 

@@ -1,4 +1,4 @@
-//! Layer 9, **neural**: the built-in neural types, [`NeuralGraph`] and the reference step.
+//! Layer 8, **neural**: the built-in neural types, [`NeuralGraph`] and the reference step.
 //!
 //! This layer owns:
 //! - the `#[repr(C)]` Pod types [`Neuron`] (leaky integrate-and-fire state and parameters),

@@ -1,9 +1,9 @@
-//! Layer 7, **snapshot**: stores and tables to disk and back.
+//! Layer 6, **snapshot**: stores and tables to disk and back.
 //!
 //! [`Store::save`](crate::Store::save) writes every table of a store (and its GC roots) to one file;
 //! [`Store::load`](crate::Store::load) rebuilds an equal store in any process that knows the same types: every
 //! `#[derive(Pooled)]` type without generic parameters by its name, others listed in a
-//! [`TypeRegistry`]. [`Table::save`] and [`Table::load`] do the same for one table, and
+//! [`TypeRegistry`]. [`save_table`] and [`load_table`] do the same for one table, and
 //! the neural layer's checkpoints (`NeuralGraph::save`) write a graph's two tables with
 //! two sections of simulation state that this layer frames (`graph.rs`). Every
 //! handle means after a load what it meant before: a live handle resolves to an equal
@@ -368,10 +368,10 @@ impl<'a> Options<'a> {
         })
     }
 
-    /// [`Table::save`] with these options.
+    /// [`save_table`] with these options.
     ///
     /// # Errors
-    /// As [`Table::save`].
+    /// As [`save_table`].
     pub fn save_table<T: Pooled>(
         &mut self,
         table: &Table<T>,
@@ -380,10 +380,10 @@ impl<'a> Options<'a> {
         save_to_path(path, |file| self.save_table_to(table, file))
     }
 
-    /// [`Table::save_to`] with these options.
+    /// [`save_table_to`] with these options.
     ///
     /// # Errors
-    /// As [`Table::save_to`].
+    /// As [`save_table_to`].
     pub fn save_table_to<T: Pooled>(
         &mut self,
         table: &Table<T>,
@@ -396,19 +396,19 @@ impl<'a> Options<'a> {
         Ok(report)
     }
 
-    /// [`Table::load`] with these options.
+    /// [`load_table`] with these options.
     ///
     /// # Errors
-    /// As [`Table::load`].
+    /// As [`load_table`].
     pub fn load_table<T: Pooled>(&mut self, path: impl AsRef<Path>) -> Result<Table<T>, Error> {
         let file = File::open(path)?;
         self.load_table_from(BufReader::with_capacity(1 << 20, file))
     }
 
-    /// [`Table::load_from`] with these options.
+    /// [`load_table_from`] with these options.
     ///
     /// # Errors
-    /// As [`Table::load_from`].
+    /// As [`load_table_from`].
     pub fn load_table_from<T: Pooled>(&mut self, mut input: impl Read) -> Result<Table<T>, Error> {
         let pool = self.pool_or_default();
         let mut reader = Reader::new(&mut input, self.progress_fn());
@@ -1224,58 +1224,62 @@ impl StoreTableOps {
     }
 }
 
-impl<T: Pooled> Table<T> {
-    /// Saves this table alone to `path`, atomically and durably (see [`AtomicFile`]).
-    ///
-    /// ```
-    /// use neurostore::{Neuron, neural::NeuronParams, table::Table};
-    ///
-    /// let params = NeuronParams::default();
-    /// let mut t: Table<Neuron> = Table::pooled();
-    /// let a = t.insert(Neuron::new(&params));
-    /// let b = t.insert(Neuron::new(&params));
-    /// t.remove(b);
-    /// let dir = tempfile::tempdir()?;
-    /// let path = dir.path().join("neurons.nsnap");
-    /// t.save(&path)?;
-    ///
-    /// let mut back: Table<Neuron> = Table::load(&path)?;
-    /// assert_eq!(back.get(a), t.get(a));
-    /// assert_eq!(back.get(b), None); // stale stays stale
-    /// assert_eq!(back.insert(Neuron::new(&params)), t.insert(Neuron::new(&params)));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`SnapshotError::NotPersistable`] for a type without an encoding,
-    /// [`SnapshotError::Encode`], [`Error::Io`]; the file at `path` is then as it was.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<SnapshotReport, Error> {
-        Options::new().save_table(self, path)
-    }
+/// Saves `table` alone to `path`, atomically and durably (see [`AtomicFile`]).
+///
+/// ```
+/// use neurostore::{Neuron, neural::NeuronParams, snapshot, table::Table};
+///
+/// let params = NeuronParams::default();
+/// let mut t: Table<Neuron> = Table::pooled();
+/// let a = t.insert(Neuron::new(&params));
+/// let b = t.insert(Neuron::new(&params));
+/// t.remove(b);
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("neurons.nsnap");
+/// snapshot::save_table(&t, &path)?;
+///
+/// let mut back: Table<Neuron> = snapshot::load_table(&path)?;
+/// assert_eq!(back.get(a), t.get(a));
+/// assert_eq!(back.get(b), None); // stale stays stale
+/// assert_eq!(back.insert(Neuron::new(&params)), t.insert(Neuron::new(&params)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`SnapshotError::NotPersistable`] for a type without an encoding,
+/// [`SnapshotError::Encode`], [`Error::Io`]; the file at `path` is then as it was.
+pub fn save_table<T: Pooled>(
+    table: &Table<T>,
+    path: impl AsRef<Path>,
+) -> Result<SnapshotReport, Error> {
+    Options::new().save_table(table, path)
+}
 
-    /// Writes this table as a snapshot to `out`.
-    ///
-    /// # Errors
-    /// As [`save`](Self::save).
-    pub fn save_to(&self, out: impl Write) -> Result<SnapshotReport, Error> {
-        Options::new().save_table_to(self, out)
-    }
+/// Writes `table` as a snapshot to `out`.
+///
+/// # Errors
+/// As [`save_table`].
+pub fn save_table_to<T: Pooled>(
+    table: &Table<T>,
+    out: impl Write,
+) -> Result<SnapshotReport, Error> {
+    Options::new().save_table_to(table, out)
+}
 
-    /// Loads a table saved by [`save`](Self::save), into the default pool.
-    ///
-    /// # Errors
-    /// [`Error::Io`], [`Error::SchemaMismatch`], or the [`SnapshotError`] that says what
-    /// is wrong with the file (also [`SnapshotError::WrongContent`] for a store's file or
-    /// another type's table).
-    pub fn load(path: impl AsRef<Path>) -> Result<Table<T>, Error> {
-        Options::new().load_table(path)
-    }
+/// Loads a table saved by [`save_table`], into the default pool.
+///
+/// # Errors
+/// [`Error::Io`], [`Error::SchemaMismatch`], or the [`SnapshotError`] that says what is
+/// wrong with the file (also [`SnapshotError::WrongContent`] for a store's file or another
+/// type's table).
+pub fn load_table<T: Pooled>(path: impl AsRef<Path>) -> Result<Table<T>, Error> {
+    Options::new().load_table(path)
+}
 
-    /// Loads a table from a stream written by [`save_to`](Self::save_to).
-    ///
-    /// # Errors
-    /// As [`load`](Self::load).
-    pub fn load_from(input: impl Read) -> Result<Table<T>, Error> {
-        Options::new().load_table_from(input)
-    }
+/// Loads a table from a stream written by [`save_table_to`].
+///
+/// # Errors
+/// As [`load_table`].
+pub fn load_table_from<T: Pooled>(input: impl Read) -> Result<Table<T>, Error> {
+    Options::new().load_table_from(input)
 }

@@ -1,4 +1,4 @@
-//! Layer 8, **store**: one owner for a table per type.
+//! Layer 7, **store**: one owner for a table per type.
 //!
 //! [`Store`] holds one [`Table<T>`] per registered type, behind the object-safe erased
 //! interface of the `erased` layer ([`ErasedTable`]), so that defragmentation, the
@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::defrag::{DefragPolicy, DefragReport};
 use crate::error::Error;
 use crate::gc::GcState;
 use crate::pool::{HierarchicalPool, PoolStats};
 use crate::pooled::{Pooled, Trace};
+use crate::table::defrag::{DefragPolicy, DefragReport};
 use crate::table::{Handle, Table, TableStats, default_pool};
 
 mod collect;

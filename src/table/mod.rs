@@ -24,6 +24,7 @@
 
 mod bulk;
 mod chunk;
+pub mod defrag;
 mod generations;
 mod iter;
 mod persist;

@@ -15,12 +15,12 @@ use std::path::Path;
 
 use super::{NeuralGraph, Outgoing, check_dt};
 use crate::Error;
-use crate::defrag::DefragPolicy;
 use crate::error::SnapshotError;
 use crate::neural::ring::SpikeRing;
 use crate::neural::{Neuron, NeuronId, Synapse};
 use crate::snapshot::{GraphSections, GraphState, Options, SnapshotReport, save_to_path};
 use crate::store::Store;
+use crate::table::defrag::DefragPolicy;
 
 /// A [`SnapshotError::InconsistentGraph`].
 fn inconsistent(message: impl Into<String>) -> Error {

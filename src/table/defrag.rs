@@ -1,10 +1,11 @@
-//! Layer 4, **defrag**: moving objects while every handle stays valid.
+//! Defragmentation: moving objects while every handle stays valid (part of the table
+//! layer, re-exported as `neurostore::defrag`).
 //!
 //! What pointer-based pools cannot do safely: compact memory while users hold names for
 //! objects. Because users hold [`Handle`](crate::Handle)s, not pointers, a table can move
 //! an object to another place and rewrite the one slot that names it.
 //!
-//! This layer owns the policies and reports:
+//! This module owns the policies and reports:
 //! - [`Table::fragmentation`] measures holes and classifies them ([`FragmentationReport`]);
 //! - [`Table::defragment`] fills the lowest holes with the highest objects until the table
 //!   is dense, then returns emptied chunks to the pool (the pool coalesces them);
@@ -14,7 +15,7 @@
 //! - [`Store::defragment`](crate::Store::defragment) walks every table, and a
 //!   [`DefragPolicy`] starts a table's defragmentation after removals.
 //!
-//! The table layer supplies the move itself. Invariants kept:
+//! The rest of the table layer supplies the move itself. Invariants kept:
 //! - moving an object changes no handle and no object's bytes: the object is moved as a
 //!   Rust value (a bitwise copy after which the source place is free and is never read or
 //!   dropped), so `Drop` still runs exactly once, at removal;
@@ -27,12 +28,14 @@
 //! address identity unless pinned, a table never hands out `Pin`, and a move needs
 //! `&mut Table`, so no reference into the table survives it.
 //!
-//! This layer has no unsafe code: `lib.rs` declares it `#[forbid(unsafe_code)]`.
+//! This module has no unsafe code, and says so: `#![forbid(unsafe_code)]`.
+
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
+use super::Table;
 use crate::error::Error;
-use crate::table::Table;
 
 /// How a table's holes are spread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
