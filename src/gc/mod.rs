@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::erased::{ErasedTable, Tables, TypeMap};
+use crate::erased::{ErasedTable, TableInternals, Tables, TypeMap};
 use crate::error::Error;
 use crate::pool::HierarchicalPool;
 use crate::pooled::{AnyHandle, EdgeBuffer, Retention, Trace, Tracer};
@@ -340,6 +340,25 @@ struct Cycle {
 }
 
 impl Cycle {
+    /// Takes in the tables made since the cycle began, and grows the mark bitmaps with
+    /// their tables.
+    fn grow_with(&mut self, tables: &Tables) {
+        for t in tables.keys() {
+            self.index_of(*t);
+        }
+        for (i, t) in self.types.iter().enumerate() {
+            let table = &tables[t];
+            let m = &mut self.marks[i];
+            if table.hints().retention == Retention::Traced && m.len() * 64 < table.slot_bound() {
+                if m.is_empty() {
+                    *m = bitmap(table.slot_bound());
+                } else {
+                    m.resize_with(table.slot_bound().div_ceil(64), || AtomicU64::new(0));
+                }
+            }
+        }
+    }
+
     fn index_of(&mut self, type_id: TypeId) -> u32 {
         match self.types.iter().position(|t| *t == type_id) {
             Some(i) => i as u32,
@@ -592,21 +611,7 @@ impl GcState {
     /// Marks the cycle's work until `deadline` (or all of it, in parallel, for `None`).
     /// True when nothing is left.
     fn mark_some(&mut self, tables: &Tables, cycle: &mut Cycle, deadline: Option<Instant>) -> bool {
-        // Tables made since the cycle began join it; bitmaps grow with their tables.
-        for t in tables.keys() {
-            cycle.index_of(*t);
-        }
-        for (i, t) in cycle.types.iter().enumerate() {
-            let table = &tables[t];
-            let m = &mut cycle.marks[i];
-            if table.hints().retention == Retention::Traced && m.len() * 64 < table.slot_bound() {
-                if m.is_empty() {
-                    *m = bitmap(table.slot_bound());
-                } else {
-                    m.resize_with(table.slot_bound().div_ceil(64), || AtomicU64::new(0));
-                }
-            }
-        }
+        cycle.grow_with(tables);
         // A cycle keeps every dangling edge until its finish looks at them again.
         let record = true;
         if !cycle.explicit_roots_listed {
@@ -615,75 +620,16 @@ impl GcState {
         }
         let marker = self.marker(tables, &cycle.types, &cycle.marks, record);
         let mut grey = std::mem::take(&mut cycle.grey);
-        let mut lookup = mark::Lookup::default();
-        // Explicit roots: all of them at the finish, else blocks between looks at the
-        // clock (a step visits at least one block).
-        let mut root_marked = 0;
-        let roots = &mut cycle.explicit_roots;
-        while !roots.is_empty() {
-            for r in roots.drain(roots.len().saturating_sub(ROOTS_PER_LOOK)..) {
-                root_marked += usize::from(marker.visit(None, r, &mut lookup, &mut grey));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-        }
-        marker.marked.fetch_add(root_marked, Ordering::Relaxed);
+        let roots_left =
+            visit_explicit_roots(&marker, &mut cycle.explicit_roots, &mut grey, deadline);
         let done = match deadline {
-            Some(_) if !roots.is_empty() => false,
+            Some(_) if roots_left => false,
             None => {
-                // The manual tables' roots not yet scanned, then everything, in parallel.
-                let mut owners = Vec::new();
-                for (ti, place, version) in std::mem::take(&mut cycle.root_cursor) {
-                    let table = marker.tables[ti as usize].table;
-                    let mut place = Some(if table.layout_version() == version {
-                        place
-                    } else {
-                        0
-                    });
-                    while let Some(p) = place {
-                        owners.clear();
-                        place = table.owners_from_bits(p, 4096, &mut owners);
-                        grey.extend(owners.iter().map(|&bits| (ti, bits)));
-                    }
-                }
-                let segments = std::mem::take(&mut grey).into_segments();
-                rayon::scope(|s| {
-                    for segment in segments {
-                        s.spawn(|s| marker.drain_parallel(s, segment));
-                    }
-                });
+                let cursors = std::mem::take(&mut cycle.root_cursor);
+                mark_everything_in_parallel(&marker, cursors, std::mem::take(&mut grey));
                 true
             }
-            Some(deadline) => loop {
-                if !marker.drain_until(&mut grey, deadline) {
-                    break false;
-                }
-                // The grey stack is empty: scan the next batch of manual roots (always
-                // in a step that has done nothing yet, so every step makes progress).
-                let Some(cursor) = cycle.root_cursor.last_mut() else {
-                    break true;
-                };
-                let idle = marker.scanned.load(Ordering::Relaxed) == 0;
-                if Instant::now() >= deadline && !idle {
-                    break false;
-                }
-                let (ti, place, version) = *cursor;
-                let table = marker.tables[ti as usize].table;
-                let from = if table.layout_version() == version {
-                    place
-                } else {
-                    0
-                };
-                let mut owners = Vec::new();
-                match table.owners_from_bits(from, 256, &mut owners) {
-                    Some(next) => *cursor = (ti, next, table.layout_version()),
-                    None => {
-                        cycle.root_cursor.pop();
-                    }
-                }
-                grey.extend(owners.iter().map(|&bits| (ti, bits)));
-            },
+            Some(deadline) => drain_until(&marker, &mut cycle.root_cursor, &mut grey, deadline),
         };
         let (marked, scanned, _, dangling) = Self::marker_totals(marker);
         cycle.grey = grey;
@@ -837,5 +783,96 @@ impl GcState {
         if by_count || pressed {
             self.collect(tables, pool);
         }
+    }
+}
+
+/// Visits the explicit roots `roots` (all of them without a deadline, else blocks of
+/// [`ROOTS_PER_LOOK`] between looks at the clock, at least one block): whether some are
+/// left.
+fn visit_explicit_roots(
+    marker: &Marker<'_>,
+    roots: &mut Vec<AnyHandle>,
+    grey: &mut GreyStack,
+    deadline: Option<Instant>,
+) -> bool {
+    let mut lookup = mark::Lookup::default();
+    let mut root_marked = 0;
+    while !roots.is_empty() {
+        for r in roots.drain(roots.len().saturating_sub(ROOTS_PER_LOOK)..) {
+            root_marked += usize::from(marker.visit(None, r, &mut lookup, grey));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    marker.marked.fetch_add(root_marked, Ordering::Relaxed);
+    !roots.is_empty()
+}
+
+/// Where a scan of `table` saved at `place` under layout `version` goes on: there, or
+/// from the start if objects have moved since.
+fn resume_place(table: &dyn TableInternals, place: u64, version: u64) -> u64 {
+    if table.layout_version() == version {
+        place
+    } else {
+        0
+    }
+}
+
+/// Scans every manual table's objects not yet scanned as roots, then marks everything
+/// grey in parallel.
+fn mark_everything_in_parallel(
+    marker: &Marker<'_>,
+    cursors: Vec<(u32, u64, u64)>,
+    mut grey: GreyStack,
+) {
+    let mut owners = Vec::new();
+    for (ti, place, version) in cursors {
+        let table = marker.tables[ti as usize].table;
+        let mut next = Some(resume_place(table, place, version));
+        while let Some(p) = next {
+            owners.clear();
+            next = table.owners_from_bits(p, 4096, &mut owners);
+            grey.extend(owners.iter().map(|&bits| (ti, bits)));
+        }
+    }
+    let segments = grey.into_segments();
+    rayon::scope(|s| {
+        for segment in segments {
+            s.spawn(|s| marker.drain_parallel(s, segment));
+        }
+    });
+}
+
+/// Drains grey objects and scans batches of manual roots until `deadline`: true when
+/// nothing is left. A step that has done nothing yet always scans one batch, so every
+/// step makes progress.
+fn drain_until(
+    marker: &Marker<'_>,
+    root_cursor: &mut Vec<(u32, u64, u64)>,
+    grey: &mut GreyStack,
+    deadline: Instant,
+) -> bool {
+    loop {
+        if !marker.drain_until(grey, deadline) {
+            return false;
+        }
+        let Some(cursor) = root_cursor.last_mut() else {
+            return true;
+        };
+        let idle = marker.scanned.load(Ordering::Relaxed) == 0;
+        if Instant::now() >= deadline && !idle {
+            return false;
+        }
+        let (ti, place, version) = *cursor;
+        let table = marker.tables[ti as usize].table;
+        let mut owners = Vec::new();
+        match table.owners_from_bits(resume_place(table, place, version), 256, &mut owners) {
+            Some(next) => *cursor = (ti, next, table.layout_version()),
+            None => {
+                root_cursor.pop();
+            }
+        }
+        grey.extend(owners.iter().map(|&bits| (ti, bits)));
     }
 }

@@ -208,6 +208,39 @@ impl LargeTier {
         block: usize,
         budget: &Budget,
     ) -> Result<(NonNull<u8>, bool), OomReason> {
+        if let Some(found) = Self::alloc_in_existing(st, size, align, block) {
+            return Ok(found);
+        }
+        let len = Self::reserve_arena(st, block, budget)?;
+        let Some(base) = os::map_placed(len, len.max(GRANULE), self.huge_pages, self.numa) else {
+            budget.release(len);
+            return Err(OomReason::OsRefused);
+        };
+        let (meta, off) = match self.new_arena(base, len, size, align, block) {
+            Ok(made) => made,
+            Err(e) => {
+                // SAFETY: mapped just above and not handed out.
+                unsafe { os::unmap(base, len, len.max(GRANULE)) };
+                budget.release(len);
+                return Err(e);
+            }
+        };
+        self.link_arena(st, meta, len);
+        // SAFETY: `off` is inside the fresh mapping.
+        Ok((
+            unsafe { NonNull::new_unchecked(base.as_ptr().add(off as usize)) },
+            true,
+        ))
+    }
+
+    /// A block from an arena the tier has, if one has room: its address and whether it
+    /// was never handed out before.
+    fn alloc_in_existing(
+        st: &mut LargeState,
+        size: usize,
+        align: usize,
+        block: usize,
+    ) -> Option<(NonNull<u8>, bool)> {
         let mut a = st.arenas;
         // SAFETY: arenas on the list are live; we hold the lock.
         unsafe {
@@ -219,44 +252,49 @@ impl LargeTier {
                     }
                     let untouched = arena.touch(off, block as u64);
                     let p = NonNull::new_unchecked((arena.header.base + off as usize) as *mut u8);
-                    return Ok((p, untouched));
+                    return Some((p, untouched));
                 }
                 a = arena.next;
             }
         }
-        // Prefer the next arena size; under a memory cap, settle for the block alone.
-        let mut len = st.next_arena.max(block);
-        if let Err(e) = budget.reserve(len) {
-            if len == block {
-                return Err(e);
-            }
-            len = block;
-            budget.reserve(len)?;
+        None
+    }
+
+    /// Reserves the length of the next arena in the budget: the next arena size, or under
+    /// a memory cap the block alone.
+    fn reserve_arena(st: &LargeState, block: usize, budget: &Budget) -> Result<usize, OomReason> {
+        let len = st.next_arena.max(block);
+        match budget.reserve(len) {
+            Ok(()) => Ok(len),
+            Err(e) if len == block => Err(e),
+            Err(_) => budget.reserve(block).map(|()| block),
         }
-        let Some(base) = os::map_placed(len, len.max(GRANULE), self.huge_pages, self.numa) else {
-            budget.release(len);
-            return Err(OomReason::OsRefused);
-        };
+    }
+
+    /// The bookkeeping of a fresh arena over the mapping `base..base + len`, registered in
+    /// the page map, with the request's block taken: the arena and the block's offset.
+    /// On failure nothing is registered and the mapping is the caller's to release.
+    fn new_arena(
+        &self,
+        base: NonNull<u8>,
+        len: usize,
+        size: usize,
+        align: usize,
+        block: usize,
+    ) -> Result<(*mut Arena, u64), OomReason> {
         // The geometry is valid (powers of two, validated with the config); only the
         // bookkeeping's allocation can fail.
-        let Ok(mut buddy) = BuddyAllocator::new(len as u64, self.min_block as u64) else {
-            // SAFETY: mapped just above and not handed out.
-            unsafe { os::unmap(base, len, len.max(GRANULE)) };
-            budget.release(len);
-            return Err(OomReason::OsRefused);
-        };
+        let mut buddy = BuddyAllocator::new(len as u64, self.min_block as u64)
+            .map_err(|_| OomReason::OsRefused)?;
         let off = buddy
             .allocate(size as u64, align as u64)
             .expect("a fresh arena holds the request");
+        let words = (len / self.min_block).div_ceil(64);
         let mut touched = SysVec::new_in(System);
-        let units = len / self.min_block;
-        if touched.try_reserve_exact(units.div_ceil(64)).is_err() {
-            // SAFETY: mapped just above and not handed out.
-            unsafe { os::unmap(base, len, len.max(GRANULE)) };
-            budget.release(len);
-            return Err(OomReason::OsRefused);
-        }
-        touched.resize(units.div_ceil(64), 0);
+        touched
+            .try_reserve_exact(words)
+            .map_err(|_| OomReason::OsRefused)?;
+        touched.resize(words, 0);
         let mut arena = Arena {
             header: RegionHeader {
                 pool_id: self.pool_id,
@@ -266,22 +304,26 @@ impl LargeTier {
             },
             buddy,
             touched,
-            next: st.arenas,
+            next: ptr::null_mut(),
             prev: ptr::null_mut(),
         };
         arena.touch(off, block as u64);
         let meta = SysBox::into_raw(SysBox::new_in(arena, System));
         if !page_map::register(base.as_ptr() as usize, len, meta.cast()) {
             // SAFETY: made above, published nowhere.
-            unsafe {
-                drop(SysBox::from_raw_in(meta, System));
-                os::unmap(base, len, len.max(GRANULE));
-            }
-            budget.release(len);
+            unsafe { drop(SysBox::from_raw_in(meta, System)) };
             return Err(OomReason::OsRefused);
         }
-        // SAFETY: the old head, if any, is a live arena; we hold the lock.
+        Ok((meta, off))
+    }
+
+    /// Puts the registered arena `meta` of `len` bytes at the head of the list, grows the
+    /// next arena's size and counts the region.
+    fn link_arena(&self, st: &mut LargeState, meta: *mut Arena, len: usize) {
+        // SAFETY: `meta` is a fresh arena no list holds; the old head, if any, is a live
+        // arena; we hold the lock.
         unsafe {
+            (*meta).next = st.arenas;
             if let Some(old) = st.arenas.as_mut() {
                 old.prev = meta;
             }
@@ -294,11 +336,6 @@ impl LargeTier {
         );
         self.counters.reserved.fetch_add(len, Ordering::Relaxed);
         self.counters.regions.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `off` is inside the fresh mapping.
-        Ok((
-            unsafe { NonNull::new_unchecked(base.as_ptr().add(off as usize)) },
-            true,
-        ))
     }
 
     fn alloc_huge(
@@ -373,67 +410,102 @@ impl LargeTier {
         }
         let expected = self.block_size_for(size, align).unwrap_or(0);
         let freed = match h.kind {
-            RegionKind::LargeArena => {
-                let arena = hp.as_ptr().cast::<Arena>();
-                // SAFETY: the page map names a live arena of ours; we hold the lock.
-                let a = unsafe { &mut *arena };
-                let off = (addr - a.header.base) as u64;
-                let Some(block) = a.buddy.block_size(off) else {
-                    return Err(if off.is_multiple_of(a.buddy.min_block()) {
-                        Error::DoubleFree { address: addr }
-                    } else {
-                        foreign
-                    });
-                };
-                if self.checked && block as usize != expected {
-                    return Err(Error::LayoutMismatch {
-                        address: addr,
-                        block_size: block as usize,
-                        layout_size: size,
-                    });
-                }
-                if self.checked {
-                    // SAFETY: the block is live and ours, `block` bytes long.
-                    unsafe { ptr::write_bytes(p.as_ptr(), POISON, block as usize) };
-                }
-                a.buddy
-                    .deallocate(off)
-                    .expect("block_size found it allocated");
-                if a.buddy.is_empty() {
-                    // SAFETY: the arena is live, ours and empty; we hold the lock.
-                    unsafe { self.count_empty_arena(&mut st, arena, budget) };
-                }
-                block as usize
-            }
-            RegionKind::Huge => {
-                let huge = hp.as_ptr().cast::<Huge>();
-                // SAFETY: the page map names a live mapping of ours; we hold the lock.
-                let m = unsafe { &mut *huge };
-                if addr != m.header.base {
-                    return Err(foreign);
-                }
-                if self.checked && m.header.len != expected {
-                    return Err(Error::LayoutMismatch {
-                        address: addr,
-                        block_size: m.header.len,
-                        layout_size: size,
-                    });
-                }
-                let len = m.header.len;
-                // SAFETY: as above; the mapping is unregistered before it is unmapped.
-                unsafe {
-                    unlink_node!(st.huge, huge);
-                    self.unmap_region(&m.header, m.align, budget);
-                    drop(SysBox::from_raw_in(huge, System));
-                }
-                len
-            }
+            // SAFETY: the page map names a live arena of ours; we hold the lock.
+            RegionKind::LargeArena => unsafe {
+                self.free_in_arena(&mut st, hp.as_ptr().cast(), p, size, expected, budget)?
+            },
+            // SAFETY: the page map names a live mapping of ours; we hold the lock.
+            RegionKind::Huge => unsafe {
+                self.free_huge(&mut st, hp.as_ptr().cast(), addr, size, expected, budget)?
+            },
             _ => return Err(foreign),
         };
         st.frees += 1;
         st.in_use -= freed;
         self.publish(&st);
         Ok(())
+    }
+
+    /// Frees the block at `p` of `arena` (a `size`-byte layout whose block is `expected`
+    /// bytes): its length.
+    ///
+    /// # Safety
+    /// `arena` is a live arena of this tier and `st` its locked state.
+    unsafe fn free_in_arena(
+        &self,
+        st: &mut LargeState,
+        arena: *mut Arena,
+        p: NonNull<u8>,
+        size: usize,
+        expected: usize,
+        budget: &Budget,
+    ) -> Result<usize, Error> {
+        let addr = p.as_ptr() as usize;
+        // SAFETY: live and ours (the caller's contract); the lock makes it unshared.
+        let a = unsafe { &mut *arena };
+        let off = (addr - a.header.base) as u64;
+        let Some(block) = a.buddy.block_size(off) else {
+            return Err(if off.is_multiple_of(a.buddy.min_block()) {
+                Error::DoubleFree { address: addr }
+            } else {
+                Error::ForeignPointer { address: addr }
+            });
+        };
+        if self.checked && block as usize != expected {
+            return Err(Error::LayoutMismatch {
+                address: addr,
+                block_size: block as usize,
+                layout_size: size,
+            });
+        }
+        if self.checked {
+            // SAFETY: the block is live and ours, `block` bytes long.
+            unsafe { ptr::write_bytes(p.as_ptr(), POISON, block as usize) };
+        }
+        a.buddy
+            .deallocate(off)
+            .expect("block_size found it allocated");
+        if a.buddy.is_empty() {
+            // SAFETY: the arena is live, ours and empty; we hold the lock.
+            unsafe { self.count_empty_arena(st, arena, budget) };
+        }
+        Ok(block as usize)
+    }
+
+    /// Unmaps the single mapping `huge`, which must start at `addr` (a `size`-byte
+    /// layout whose block is `expected` bytes): its length.
+    ///
+    /// # Safety
+    /// `huge` is a live mapping of this tier and `st` its locked state.
+    unsafe fn free_huge(
+        &self,
+        st: &mut LargeState,
+        huge: *mut Huge,
+        addr: usize,
+        size: usize,
+        expected: usize,
+        budget: &Budget,
+    ) -> Result<usize, Error> {
+        // SAFETY: live and ours (the caller's contract); the lock makes it unshared.
+        let m = unsafe { &mut *huge };
+        if addr != m.header.base {
+            return Err(Error::ForeignPointer { address: addr });
+        }
+        if self.checked && m.header.len != expected {
+            return Err(Error::LayoutMismatch {
+                address: addr,
+                block_size: m.header.len,
+                layout_size: size,
+            });
+        }
+        let len = m.header.len;
+        // SAFETY: as above; the mapping is unregistered before it is unmapped.
+        unsafe {
+            unlink_node!(st.huge, huge);
+            self.unmap_region(&m.header, m.align, budget);
+            drop(SysBox::from_raw_in(huge, System));
+        }
+        Ok(len)
     }
 
     /// Counts `arena`, just emptied, as empty, and gives it back to the OS when that makes

@@ -302,6 +302,16 @@ impl CacheClasses {
     }
 }
 
+/// What [`MediumTier::verify`] counted in one region.
+#[derive(Default)]
+struct RegionWalk {
+    free_blocks: usize,
+    /// Usable bytes of the blocks in use.
+    in_use: usize,
+    /// Whether the region is one free block.
+    empty: bool,
+}
+
 /// The medium tier of one pool.
 pub(crate) struct MediumTier {
     pool_id: u64,
@@ -1046,54 +1056,81 @@ impl MediumTier {
         while !r.is_null() {
             // SAFETY: regions on the list are live; we hold the lock.
             let meta = unsafe { &*r };
-            let (base, len) = (meta.header.base, meta.header.len);
-            let end = base + len - HEADER;
-            let (mut h, mut prev_size, mut prev_free, mut blocks) = (base, 0usize, false, 0usize);
-            while h < end {
-                // SAFETY: `h` is a block header inside the region (checked against `end`).
-                let (ps, size, used) = unsafe {
-                    let hp = h as *mut Header;
-                    ((*hp).prev_size, size_of_block(hp), is_used(hp))
-                };
-                if ps != prev_size
-                    || size < MIN_BLOCK
-                    || size % MEDIUM_QUANTUM != 0
-                    || h + size > end
-                {
-                    return Err(format!(
-                        "medium block {h:#x}: prev {ps} (want {prev_size}), size {size}"
-                    ));
-                }
-                if used {
-                    in_use += self.usable(size);
-                } else {
-                    if prev_free && self.coalescing {
-                        return Err(format!("medium block {h:#x}: two free neighbours"));
-                    }
-                    free_blocks += 1;
-                }
-                prev_free = !used;
-                prev_size = size;
-                blocks += 1;
-                h += size;
-            }
-            // SAFETY: `end` is the sentinel's address inside the region.
-            let sentinel_ok = h == end
-                && unsafe {
-                    (*(end as *mut Header)).size_flags == USED
-                        && (*(end as *mut Header)).prev_size == prev_size
-                };
-            if !sentinel_ok {
-                return Err(format!(
-                    "medium region {base:#x}: blocks do not end at the sentinel"
-                ));
-            }
-            if blocks == 1 && prev_free {
-                empties += 1;
-            }
+            let walked = self.verify_region(meta)?;
+            free_blocks += walked.free_blocks;
+            in_use += walked.in_use;
+            empties += usize::from(walked.empty);
             regions += 1;
             r = meta.next;
         }
+        let binned = self.verify_bins(&st, free_blocks)?;
+        if binned != free_blocks {
+            return Err(format!(
+                "medium: {free_blocks} free blocks, {binned} binned"
+            ));
+        }
+        if in_use != st.in_use + st.slack
+            || empties != st.empty_regions
+            || regions != st.region_count
+        {
+            return Err(format!(
+                "medium counters: in use {} + slack {} (walked {in_use}), empty regions {} ({empties}), regions {} ({regions})",
+                st.in_use, st.slack, st.empty_regions, st.region_count
+            ));
+        }
+        Ok(())
+    }
+
+    /// Walks the blocks of one live region (the caller holds the lock), checking the
+    /// boundary tags, the sentinel and, with coalescing, that no two free blocks touch.
+    fn verify_region(&self, meta: &RegionMeta) -> Result<RegionWalk, String> {
+        let (base, len) = (meta.header.base, meta.header.len);
+        let end = base + len - HEADER;
+        let mut walk = RegionWalk::default();
+        let (mut h, mut prev_size, mut prev_free, mut blocks) = (base, 0usize, false, 0usize);
+        while h < end {
+            // SAFETY: `h` is a block header inside the region (checked against `end`).
+            let (ps, size, used) = unsafe {
+                let hp = h as *mut Header;
+                ((*hp).prev_size, size_of_block(hp), is_used(hp))
+            };
+            if ps != prev_size || size < MIN_BLOCK || size % MEDIUM_QUANTUM != 0 || h + size > end {
+                return Err(format!(
+                    "medium block {h:#x}: prev {ps} (want {prev_size}), size {size}"
+                ));
+            }
+            if used {
+                walk.in_use += self.usable(size);
+            } else {
+                if prev_free && self.coalescing {
+                    return Err(format!("medium block {h:#x}: two free neighbours"));
+                }
+                walk.free_blocks += 1;
+            }
+            prev_free = !used;
+            prev_size = size;
+            blocks += 1;
+            h += size;
+        }
+        // SAFETY: `end` is the sentinel's address inside the region.
+        let sentinel_ok = h == end
+            && unsafe {
+                (*(end as *mut Header)).size_flags == USED
+                    && (*(end as *mut Header)).prev_size == prev_size
+            };
+        if !sentinel_ok {
+            return Err(format!(
+                "medium region {base:#x}: blocks do not end at the sentinel"
+            ));
+        }
+        walk.empty = blocks == 1 && prev_free;
+        Ok(walk)
+    }
+
+    /// Checks every bin's list (the caller holds the lock, `st`): free blocks of the bin's
+    /// sizes, linked both ways, no more of them than the `free_blocks` the regions hold.
+    /// How many blocks are binned.
+    fn verify_bins(&self, st: &MediumState, free_blocks: usize) -> Result<usize, String> {
         let mut binned = 0;
         for (b, &head) in st.bins.iter().enumerate() {
             if head.is_null() != (st.nonempty & (1 << b) == 0) {
@@ -1120,21 +1157,7 @@ impl MediumTier {
                 h = next;
             }
         }
-        if binned != free_blocks {
-            return Err(format!(
-                "medium: {free_blocks} free blocks, {binned} binned"
-            ));
-        }
-        if in_use != st.in_use + st.slack
-            || empties != st.empty_regions
-            || regions != st.region_count
-        {
-            return Err(format!(
-                "medium counters: in use {} + slack {} (walked {in_use}), empty regions {} ({empties}), regions {} ({regions})",
-                st.in_use, st.slack, st.empty_regions, st.region_count
-            ));
-        }
-        Ok(())
+        Ok(binned)
     }
 
     /// Makes every region one free block again, as if every block had been given back:

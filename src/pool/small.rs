@@ -675,52 +675,9 @@ impl SmallTier {
             ];
             let (mut live_chunks, mut handed_out) = (0, 0);
             for (list, id) in lists {
-                let mut c = list.head;
-                let mut n = 0;
-                while !c.is_null() {
-                    // SAFETY: chunks on a class list are live; we hold the class lock.
-                    let m = unsafe { &*c };
-                    let at = format!("class {} chunk {:#x}", class.size, m.header.base);
-                    if m.list != id || m.class != ci || m.header.pool_id != self.pool_id {
-                        return Err(format!("{at}: on the {id:?} list but marked {:?}", m.list));
-                    }
-                    if page_map::lookup(m.header.base).map(|p| p.as_ptr().cast::<ChunkMeta>())
-                        != Some(c)
-                    {
-                        return Err(format!("{at}: the page map does not name it"));
-                    }
-                    n += 1;
-                    c = m.next;
-                    if id == ListId::Decommitted {
-                        continue;
-                    }
-                    if SmallClass::list_state(m.available, m.capacity) != id {
-                        return Err(format!(
-                            "{at}: {} of {} blocks free on the {id:?} list",
-                            m.available, m.capacity
-                        ));
-                    }
-                    let set: u32 = m.free_bits.iter().map(|w| w.count_ones()).sum();
-                    let beyond = m.free_bits.len() * 64 - m.capacity as usize;
-                    let tail_clear =
-                        beyond == 0 || m.free_bits.last().is_some_and(|w| w >> (64 - beyond) == 0);
-                    let before_cursor_clear =
-                        m.free_bits[..m.cursor as usize].iter().all(|&w| w == 0);
-                    if set != m.available || !tail_clear || !before_cursor_clear {
-                        return Err(format!(
-                            "{at}: bitmap holds {set} free blocks, {} counted",
-                            m.available
-                        ));
-                    }
-                    live_chunks += 1;
-                    handed_out += (m.capacity - m.available) as usize;
-                }
-                if n != list.len {
-                    return Err(format!(
-                        "class {}: {id:?} list holds {n} chunks, counts {}",
-                        class.size, list.len
-                    ));
-                }
+                let (live, handed) = self.verify_list(ci, list, id)?;
+                live_chunks += live;
+                handed_out += handed;
             }
             if live_chunks != st.chunks {
                 return Err(format!(
@@ -728,29 +685,96 @@ impl SmallTier {
                     class.size, st.chunks
                 ));
             }
-            for &b in st.transfer.iter() {
-                let owner = page_map::lookup(b as usize).map(|p| p.as_ptr().cast::<ChunkMeta>());
-                // SAFETY: the page map names live chunks; we hold this class's lock, and
-                // only read the chunk if it is of this class.
-                let handed = owner.is_some_and(|c| unsafe {
-                    let m = &*c;
-                    if m.header.kind != RegionKind::SmallChunk || m.class != ci {
-                        return false;
-                    }
-                    let i = class.index(b as usize - m.header.base);
-                    m.free_bits[i / 64] & (1 << (i % 64)) == 0
-                });
-                if !handed {
-                    return Err(format!(
-                        "class {}: transfer cache holds {b:p}, not a handed-out block of it",
-                        class.size
-                    ));
-                }
-            }
+            Self::verify_transfer(ci, class, &st)?;
             let outstanding = class.outstanding.load(Ordering::Relaxed);
             if handed_out != outstanding {
                 return Err(format!(
                     "class {}: {handed_out} blocks handed out, {outstanding} counted",
+                    class.size
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the chunks of class `ci`'s list `id` (the caller holds the class lock): the
+    /// live chunks on it and the blocks they have handed out.
+    fn verify_list(
+        &self,
+        ci: usize,
+        list: &ChunkList,
+        id: ListId,
+    ) -> Result<(usize, usize), String> {
+        let size = self.classes[ci].size;
+        let (mut n, mut live_chunks, mut handed_out) = (0, 0, 0);
+        let mut c = list.head;
+        while !c.is_null() {
+            // SAFETY: chunks on a class list are live; the caller holds the class lock.
+            let m = unsafe { &*c };
+            let at = format!("class {size} chunk {:#x}", m.header.base);
+            if m.list != id || m.class != ci || m.header.pool_id != self.pool_id {
+                return Err(format!("{at}: on the {id:?} list but marked {:?}", m.list));
+            }
+            if page_map::lookup(m.header.base).map(|p| p.as_ptr().cast::<ChunkMeta>()) != Some(c) {
+                return Err(format!("{at}: the page map does not name it"));
+            }
+            n += 1;
+            c = m.next;
+            if id == ListId::Decommitted {
+                continue;
+            }
+            Self::verify_chunk_bits(m, id, &at)?;
+            live_chunks += 1;
+            handed_out += (m.capacity - m.available) as usize;
+        }
+        if n != list.len {
+            return Err(format!(
+                "class {size}: {id:?} list holds {n} chunks, counts {}",
+                list.len
+            ));
+        }
+        Ok((live_chunks, handed_out))
+    }
+
+    /// Checks a committed chunk's free count against its list and its bitmap.
+    fn verify_chunk_bits(m: &ChunkMeta, id: ListId, at: &str) -> Result<(), String> {
+        if SmallClass::list_state(m.available, m.capacity) != id {
+            return Err(format!(
+                "{at}: {} of {} blocks free on the {id:?} list",
+                m.available, m.capacity
+            ));
+        }
+        let set: u32 = m.free_bits.iter().map(|w| w.count_ones()).sum();
+        let beyond = m.free_bits.len() * 64 - m.capacity as usize;
+        let tail_clear = beyond == 0 || m.free_bits.last().is_some_and(|w| w >> (64 - beyond) == 0);
+        let before_cursor_clear = m.free_bits[..m.cursor as usize].iter().all(|&w| w == 0);
+        if set != m.available || !tail_clear || !before_cursor_clear {
+            return Err(format!(
+                "{at}: bitmap holds {set} free blocks, {} counted",
+                m.available
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that every block in class `ci`'s transfer cache is a handed-out block of it
+    /// (the caller holds the class lock, `st`).
+    fn verify_transfer(ci: usize, class: &SmallClass, st: &ClassState) -> Result<(), String> {
+        for &b in st.transfer.iter() {
+            let owner = page_map::lookup(b as usize).map(|p| p.as_ptr().cast::<ChunkMeta>());
+            // SAFETY: the page map names live chunks; the caller holds this class's lock,
+            // and the chunk is read only if it is of this class.
+            let handed = owner.is_some_and(|c| unsafe {
+                let m = &*c;
+                if m.header.kind != RegionKind::SmallChunk || m.class != ci {
+                    return false;
+                }
+                let i = class.index(b as usize - m.header.base);
+                m.free_bits[i / 64] & (1 << (i % 64)) == 0
+            });
+            if !handed {
+                return Err(format!(
+                    "class {}: transfer cache holds {b:p}, not a handed-out block of it",
                     class.size
                 ));
             }
