@@ -39,92 +39,92 @@ pub(crate) fn container(attrs: &[Attribute]) -> syn::Result<ContainerAttrs> {
                 .map(ToString::to_string)
                 .unwrap_or_default();
             match key.as_str() {
-                "name" => {
-                    let lit: LitStr = meta.value()?.parse()?;
-                    let value = lit.value();
-                    if value.is_empty() || value.chars().any(char::is_whitespace) {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            "`name` must be a non-empty name without whitespace, such as \"Neuron\"",
-                        ));
-                    }
-                    set_once(&meta, &key, &mut out.name, lit)?;
-                }
+                "name" => set_once(&meta, &key, &mut out.name, type_name(&meta)?),
                 "retention" => {
                     let v = choice(&meta, "retention", &[("manual", "Manual"), ("traced", "Traced")])?;
-                    set_once(&meta, &key, &mut out.retention, v)?;
+                    set_once(&meta, &key, &mut out.retention, v)
                 }
-                "kind" => {
-                    let v = choice(
-                        &meta,
-                        "kind",
-                        &[
-                            ("neuron", "Neuron"),
-                            ("synapse", "Synapse"),
-                            ("weight", "Weight"),
-                            ("signal", "Signal"),
-                            ("activation", "Activation"),
-                            ("gradient", "Gradient"),
-                        ],
-                    )?;
-                    set_once(&meta, &key, &mut out.kind, v)?;
-                }
+                "kind" => set_once(&meta, &key, &mut out.kind, choice(&meta, "kind", KINDS)?),
                 "lifetime" => {
                     let v = choice(
                         &meta,
                         "lifetime",
                         &[("short", "Short"), ("medium", "Medium"), ("long", "Long")],
                     )?;
-                    set_once(&meta, &key, &mut out.lifetime, v)?;
+                    set_once(&meta, &key, &mut out.lifetime, v)
                 }
-                "align" => {
-                    let lit: LitInt = meta.value()?.parse()?;
-                    let value: u64 = lit.base10_parse().unwrap_or(0);
-                    if !value.is_power_of_two() || value > MAX_ALIGN {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            format!(
-                                "`align` must be a power of two from 1 to {MAX_ALIGN}, such as 64"
-                            ),
-                        ));
-                    }
-                    set_once(&meta, &key, &mut out.align, (value, lit.span()))?;
-                }
-                "pod" | "serde" => {
-                    if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                        return Err(meta.error(format!(
-                            "`{key}` takes no value: write #[pooled({key})]"
-                        )));
-                    }
-                    let (this, other, other_key) = if key == "pod" {
-                        (&mut out.pod, &out.serde, "serde")
-                    } else {
-                        (&mut out.serde, &out.pod, "pod")
-                    };
-                    if other.is_some() {
-                        return Err(meta.error(format!(
-                            "`pod` and `serde` are two snapshot encodings: choose one \
-                             (`{other_key}` is already given)"
-                        )));
-                    }
-                    set_once(&meta, &key, this, meta.path.span())?;
-                }
-                "skip" => {
-                    return Err(meta.error(
-                        "`skip` goes on a field: #[pooled(skip)] before the field to leave out of tracing",
-                    ));
-                }
-                _ => {
-                    return Err(meta.error(format!(
-                        "unknown pooled attribute `{}`; expected one of {CONTAINER_KEYS}",
-                        path_text(&meta.path)
-                    )));
-                }
+                "align" => set_once(&meta, &key, &mut out.align, alignment(&meta)?),
+                "pod" | "serde" => encoding(&meta, &key, &mut out),
+                "skip" => Err(meta.error(
+                    "`skip` goes on a field: #[pooled(skip)] before the field to leave out of tracing",
+                )),
+                _ => Err(meta.error(format!(
+                    "unknown pooled attribute `{}`; expected one of {CONTAINER_KEYS}",
+                    path_text(&meta.path)
+                ))),
             }
-            Ok(())
         })?;
     }
     Ok(out)
+}
+
+/// The values of `kind`, and the `neurostore::ObjectKind` variant each names.
+const KINDS: &[(&str, &str)] = &[
+    ("neuron", "Neuron"),
+    ("synapse", "Synapse"),
+    ("weight", "Weight"),
+    ("signal", "Signal"),
+    ("activation", "Activation"),
+    ("gradient", "Gradient"),
+];
+
+/// `name = "..."`: a non-empty name without whitespace.
+fn type_name(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<LitStr> {
+    let lit: LitStr = meta.value()?.parse()?;
+    let value = lit.value();
+    if value.is_empty() || value.chars().any(char::is_whitespace) {
+        return Err(syn::Error::new(
+            lit.span(),
+            "`name` must be a non-empty name without whitespace, such as \"Neuron\"",
+        ));
+    }
+    Ok(lit)
+}
+
+/// `align = N`: a power of two up to `MAX_ALIGN`, with the literal's span.
+fn alignment(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<(u64, Span)> {
+    let lit: LitInt = meta.value()?.parse()?;
+    let value: u64 = lit.base10_parse().unwrap_or(0);
+    if !value.is_power_of_two() || value > MAX_ALIGN {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("`align` must be a power of two from 1 to {MAX_ALIGN}, such as 64"),
+        ));
+    }
+    Ok((value, lit.span()))
+}
+
+/// `pod` or `serde` (`key`): a flag, and at most one of the two.
+fn encoding(
+    meta: &syn::meta::ParseNestedMeta<'_>,
+    key: &str,
+    out: &mut ContainerAttrs,
+) -> syn::Result<()> {
+    if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+        return Err(meta.error(format!("`{key}` takes no value: write #[pooled({key})]")));
+    }
+    let (this, other, other_key) = if key == "pod" {
+        (&mut out.pod, &out.serde, "serde")
+    } else {
+        (&mut out.serde, &out.pod, "pod")
+    };
+    if other.is_some() {
+        return Err(meta.error(format!(
+            "`pod` and `serde` are two snapshot encodings: choose one \
+             (`{other_key}` is already given)"
+        )));
+    }
+    set_once(meta, key, this, meta.path.span())
 }
 
 /// Sets an attribute's value; a key given twice is an error at the second one.

@@ -10,6 +10,60 @@ use crate::schema;
 
 /// Both impls for `input`, or every error found in it.
 pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
+    let (container, traced_fields) = checked_input(input)?;
+    let ident = &input.ident;
+    let type_name = container
+        .name
+        .as_ref()
+        .map_or_else(|| ident.to_string(), syn::LitStr::value);
+    let token_hash = schema::fnv1a(schema::canonical_text(input, &type_name).as_bytes());
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let (codec, pooled_bounds) = codec_and_bounds(input, &container);
+    let pooled_where = merge_where(where_clause, &pooled_bounds);
+    let trace_bounds: Vec<TokenStream> = input
+        .generics
+        .type_params()
+        .map(|p| {
+            let p = &p.ident;
+            quote!(#p: ::neurostore::Trace)
+        })
+        .collect();
+    let trace_where = merge_where(where_clause, &trace_bounds);
+    let hints = hints(&container);
+    let registrations = link_time_registrations(input);
+    let trace_body = trace_body(input, &traced_fields);
+    let traced_types = traced_types(input, &traced_fields);
+    Ok(quote! {
+        #[automatically_derived]
+        impl #impl_generics ::neurostore::Pooled for #ident #ty_generics #pooled_where {
+            const TYPE_NAME: &'static str = #type_name;
+            const SCHEMA: u64 = ::neurostore::pooled::schema_fingerprint(
+                #token_hash,
+                ::core::mem::size_of::<Self>(),
+                ::core::mem::align_of::<Self>(),
+            );
+            const HINTS: ::neurostore::PoolHints = #hints;
+            #codec
+        }
+
+        #registrations
+
+        #[automatically_derived]
+        impl #impl_generics ::neurostore::Trace for #ident #ty_generics #trace_where {
+            const HOLDS_HANDLES: bool = false #(|| <#traced_types as ::neurostore::Trace>::HOLDS_HANDLES)*;
+            #[inline]
+            fn trace(&self, tracer: &mut ::neurostore::Tracer<'_>) {
+                let _ = &tracer;
+                #trace_body
+            }
+        }
+    })
+}
+
+/// The container attributes and, per variant (one for a struct), which fields are traced;
+/// or every error found in the input: a union, a lifetime parameter, a field that
+/// borrows, a bad attribute.
+fn checked_input(input: &DeriveInput) -> syn::Result<(attrs::ContainerAttrs, Vec<Vec<bool>>)> {
     let mut errors = Errors::default();
     let container = errors.keep(attrs::container(&input.attrs));
     if let Data::Union(u) = &input.data {
@@ -48,40 +102,41 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
         }
     }
     errors.finish()?;
-    let container = container.unwrap_or_default();
+    Ok((container.unwrap_or_default(), traced_fields))
+}
 
+/// The `CODEC` constant (none for the trait's default) and the bounds of the `Pooled`
+/// impl: every type parameter is 'static (Pooled: 'static), and a generic type is `Pooled`
+/// only where it has what its encoding needs.
+fn codec_and_bounds(
+    input: &DeriveInput,
+    container: &attrs::ContainerAttrs,
+) -> (Option<TokenStream>, Vec<TokenStream>) {
     let ident = &input.ident;
-    let type_name = container
-        .name
-        .as_ref()
-        .map_or_else(|| ident.to_string(), syn::LitStr::value);
-    let token_hash = schema::fnv1a(schema::canonical_text(input, &type_name).as_bytes());
-
-    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    let type_params: Vec<_> = input.generics.type_params().map(|p| &p.ident).collect();
-
-    // Pooled: every type parameter is 'static (Pooled: 'static), and `pod` asks for Pod.
-    let mut pooled_bounds: Vec<TokenStream> =
-        type_params.iter().map(|p| quote!(#p: 'static)).collect();
-    // `pod`: a generic type is Pooled only where it is Pod; a concrete one is checked by
-    // the `CODEC` constant below (one error, at the attribute, if it is not Pod).
-    if let Some(span) = container.pod
-        && !input.generics.params.is_empty()
-    {
-        pooled_bounds.push(quote_spanned!(span=>
-            #ident #ty_generics: ::neurostore::pooled::__private::Pod
-        ));
-    }
-    // Snapshot encoding: raw bytes for `pod`, serde + bincode for `serde`, else none (the
-    // trait's default). The constant names the attribute's span, so a type that lacks
-    // the traits is blamed there.
+    let (_, ty_generics, _) = input.generics.split_for_impl();
+    let generic = !input.generics.params.is_empty();
+    let mut bounds: Vec<TokenStream> = input
+        .generics
+        .type_params()
+        .map(|p| {
+            let p = &p.ident;
+            quote!(#p: 'static)
+        })
+        .collect();
+    // Raw bytes for `pod`, serde + bincode for `serde`. The constant names the
+    // attribute's span, so a concrete type that lacks the traits is blamed there, once.
     let codec = if let Some(span) = container.pod {
+        if generic {
+            bounds.push(quote_spanned!(span=>
+                #ident #ty_generics: ::neurostore::pooled::__private::Pod
+            ));
+        }
         Some(quote_spanned!(span=>
             const CODEC: ::neurostore::snapshot::Codec<Self> = ::neurostore::snapshot::Codec::pod();
         ))
     } else if let Some(span) = container.serde {
-        if !input.generics.params.is_empty() {
-            pooled_bounds.push(quote_spanned!(span=>
+        if generic {
+            bounds.push(quote_spanned!(span=>
                 #ident #ty_generics: ::neurostore::pooled::__private::Serialize
                     + ::neurostore::pooled::__private::DeserializeOwned
             ));
@@ -92,13 +147,11 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
     } else {
         None
     };
-    let pooled_where = merge_where(where_clause, &pooled_bounds);
-    let trace_bounds: Vec<TokenStream> = type_params
-        .iter()
-        .map(|p| quote!(#p: ::neurostore::Trace))
-        .collect();
-    let trace_where = merge_where(where_clause, &trace_bounds);
+    (codec, bounds)
+}
 
+/// The `HINTS` value.
+fn hints(container: &attrs::ContainerAttrs) -> TokenStream {
     let retention = format_ident!("{}", container.retention.unwrap_or("Manual"));
     let align = container.align.map_or(0, |(a, _)| a as usize);
     let align_span = container
@@ -113,11 +166,25 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
             ::core::result::Result::Err(e) => ::core::panic!("{}", e.message()),
         }
     );
-    // A concrete type's hints are checked when the crate compiles; a generic one's when
-    // an instance is used. A concrete type is also registered when the program links, so
-    // that a store builds its table from these hints whatever makes the first object (a
-    // static cannot name every instance of a generic type).
-    let eager_check = input.generics.params.is_empty().then(|| {
+    quote! {
+        ::neurostore::PoolHints {
+            retention: ::neurostore::Retention::#retention,
+            align: #align_expr,
+            kind: #kind,
+            lifetime: #lifetime,
+            pod: #pod,
+        }
+    }
+}
+
+/// For a concrete type: its hints checked when the crate compiles, and its registrations
+/// with the store and the snapshot layer when the program links, so that a store builds
+/// its table from the hints whatever makes the first object and a load knows it by name.
+/// Nothing for a generic type (a static cannot name every instance; its hints are checked
+/// when an instance is used).
+fn link_time_registrations(input: &DeriveInput) -> Option<TokenStream> {
+    let ident = &input.ident;
+    input.generics.params.is_empty().then(|| {
         quote! {
             const _: () = {
                 let _ = <#ident as ::neurostore::Pooled>::HINTS;
@@ -144,53 +211,22 @@ pub(crate) fn pooled(input: &DeriveInput) -> syn::Result<TokenStream> {
                 })
             }
         }
-    });
+    })
+}
 
-    let trace_body = trace_body(input, &traced_fields);
-    // The types of the traced fields, for `HOLDS_HANDLES`.
-    let traced_types: Vec<&syn::Type> = all_fields(input)
-        .iter()
-        .zip(&traced_fields)
+/// The types of the traced fields, for `HOLDS_HANDLES`.
+fn traced_types<'a>(input: &'a DeriveInput, traced_fields: &[Vec<bool>]) -> Vec<&'a syn::Type> {
+    all_fields(input)
+        .into_iter()
+        .zip(traced_fields)
         .flat_map(|(fields, kept)| {
             fields
-                .iter()
+                .into_iter()
                 .zip(kept)
                 .filter(|(_, k)| **k)
                 .map(|(f, _)| &f.ty)
         })
-        .collect();
-
-    Ok(quote! {
-        #[automatically_derived]
-        impl #impl_generics ::neurostore::Pooled for #ident #ty_generics #pooled_where {
-            const TYPE_NAME: &'static str = #type_name;
-            const SCHEMA: u64 = ::neurostore::pooled::schema_fingerprint(
-                #token_hash,
-                ::core::mem::size_of::<Self>(),
-                ::core::mem::align_of::<Self>(),
-            );
-            const HINTS: ::neurostore::PoolHints = ::neurostore::PoolHints {
-                retention: ::neurostore::Retention::#retention,
-                align: #align_expr,
-                kind: #kind,
-                lifetime: #lifetime,
-                pod: #pod,
-            };
-            #codec
-        }
-
-        #eager_check
-
-        #[automatically_derived]
-        impl #impl_generics ::neurostore::Trace for #ident #ty_generics #trace_where {
-            const HOLDS_HANDLES: bool = false #(|| <#traced_types as ::neurostore::Trace>::HOLDS_HANDLES)*;
-            #[inline]
-            fn trace(&self, tracer: &mut ::neurostore::Tracer<'_>) {
-                let _ = &tracer;
-                #trace_body
-            }
-        }
-    })
+        .collect()
 }
 
 /// The body of `trace`: one call per kept field, through a `match` for enums.
