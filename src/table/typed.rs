@@ -468,7 +468,10 @@ impl<T> Table<T> {
         let new_slots = additional.saturating_sub(self.vacant_count());
         self.slots.reserve(&self.pool, new_slots)
     }
+}
 
+/// Figures and change epochs.
+impl<T> Table<T> {
     /// The pool the chunks come from.
     pub fn pool(&self) -> &Arc<HierarchicalPool> {
         &self.pool
@@ -524,7 +527,10 @@ impl<T> Table<T> {
             .enumerate()
             .filter_map(move |(i, c)| c.as_ref().filter(|c| c.dirty >= epoch).map(|_| i as u32))
     }
+}
 
+/// Insertion, one object at a time.
+impl<T> Table<T> {
     /// Inserts `value` at the lowest free place. Aborts through
     /// [`handle_alloc_error`] if the pool cannot give a new chunk, as `Vec` does; use
     /// [`try_insert`](Self::try_insert) to get the error instead.
@@ -706,7 +712,10 @@ impl<T> Table<T> {
         self.chunk_floor = ci + 1;
         Ok(ci)
     }
+}
 
+/// What the other modules of the table layer and the device mirror read.
+impl<T> Table<T> {
     #[cfg(feature = "cuda")]
     /// This table's identity in the process: tables made separately never share one.
     pub(crate) fn id(&self) -> u64 {
@@ -796,7 +805,10 @@ impl<T> Table<T> {
             .expect("a chunk marked non-full has a free place");
         Ok((ci as u32, pos))
     }
+}
 
+/// Lookups.
+impl<T> Table<T> {
     /// The place of `h`'s object, if it is live. A handle's generation is read as odd
     /// (as [`Handle::from_bits`] makes it), so no vacant slot and no sentinel matches.
     #[inline]
@@ -925,7 +937,10 @@ impl<T> Table<T> {
             unsafe { &mut *self.place_ptr(place) }
         }))
     }
+}
 
+/// Insertion of many objects at once.
+impl<T> Table<T> {
     /// Inserts every value, placing them contiguously after the highest occupied place
     /// (taking new chunks as needed), and returns their handles in order. Aborts through
     /// [`handle_alloc_error`] if the pool cannot give a chunk, as `Vec` does;
@@ -1002,7 +1017,10 @@ impl<T> Table<T> {
         }
         self.put_new(place, value, epoch)
     }
+}
 
+/// Where an object is, and removal.
+impl<T> Table<T> {
     /// Where `h`'s object lives, if it is live.
     pub fn location(&self, h: Handle<T>) -> Option<Loc> {
         self.live_place(h).map(|p| self.unpack(p))
@@ -1098,7 +1116,10 @@ impl<T> Table<T> {
             self.free_chunk(old as usize);
         }
     }
+}
 
+/// The whole table: parallel iteration, retain, clear, figures.
+impl<T> Table<T> {
     /// Every live object with its handle, in parallel over chunks (rayon).
     pub fn par_iter(&self) -> impl ParallelIterator<Item = (Handle<T>, &T)> + '_
     where
