@@ -339,9 +339,46 @@ pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result
     let counts = synapse_counts(&sizes);
     let total: u64 = counts.iter().flatten().sum();
     let mut graph = NeuralGraph::new();
+    let populations = add_populations(&mut graph, &sizes, config.seed)?;
+    graph.reserve_synapse_table(usize::try_from(total).unwrap_or(usize::MAX))?;
+    let mut made = 0u64;
+    for s in 0..8 {
+        connect_from(
+            &mut graph,
+            config.seed,
+            s,
+            &counts,
+            &sizes,
+            &populations,
+            &mut |n| {
+                made += n;
+                progress(BuildProgress {
+                    synapses: made,
+                    total,
+                });
+            },
+        )?;
+    }
+    let layout_started = Instant::now();
+    graph.optimize_layout()?;
+    let layout_time = layout_started.elapsed();
+    Ok(Network {
+        graph,
+        populations,
+        build_time: started.elapsed(),
+        layout_time,
+    })
+}
+
+/// The neurons, population by population (so handle indices grow with the population),
+/// with their initial membrane potentials drawn per population.
+fn add_populations(
+    graph: &mut NeuralGraph,
+    sizes: &[u32; 8],
+    seed: u64,
+) -> Result<Vec<Vec<NeuronId>>, Error> {
     let mut populations = Vec::with_capacity(8);
-    // Neurons: population by population, so handle indices grow with the population.
-    let mut rng = stream(config.seed, 0);
+    let mut rng = stream(seed, 0);
     for (p, &size) in sizes.iter().enumerate() {
         let params = NeuronParams {
             c_m: C_M_PF as f32,
@@ -364,6 +401,23 @@ pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result
         }
         populations.push(ids);
     }
+    Ok(populations)
+}
+
+/// Connects every synapse from population `s`: source neurons in ascending order, a
+/// batch of whole sources at a time. Each batch's synapses are drawn in parallel and
+/// connected with one `connect_many`, so they enter the table sorted by source as
+/// `optimize_layout` wants them (it then moves nothing), and the arrays of only one batch
+/// are ever in memory. `made(n)` is told each batch's count.
+fn connect_from(
+    graph: &mut NeuralGraph,
+    seed: u64,
+    s: usize,
+    counts: &[[u64; 8]; 8],
+    sizes: &[u32; 8],
+    populations: &[Vec<NeuronId>],
+    made: &mut dyn FnMut(u64),
+) -> Result<(), Error> {
     let offsets: Vec<usize> = sizes
         .iter()
         .scan(0usize, |acc, &n| {
@@ -373,58 +427,26 @@ pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result
         })
         .collect();
     let all: Vec<NeuronId> = populations.iter().flatten().copied().collect();
-    graph.reserve_synapse_table(usize::try_from(total).unwrap_or(usize::MAX))?;
-
-    // Source neurons in ascending order, a batch of whole sources at a time: each
-    // batch's synapses are drawn in parallel and connected with one `connect_many`, so
-    // they enter the table sorted by source as `optimize_layout` wants them (it then
-    // moves nothing), and the arrays of only one batch are ever in memory.
-    let mut made = 0u64;
-    for s in 0..8 {
-        let degrees: Vec<Vec<u32>> = (0..8)
-            .into_par_iter()
-            .map(|t| out_degrees(config.seed, t, s, counts[t][s], sizes[s]))
-            .collect();
-        let per_source: Vec<u64> = (0..sizes[s] as usize)
-            .map(|k| degrees.iter().map(|d| u64::from(d[k])).sum())
-            .collect();
-        let mut first = 0;
-        while first < per_source.len() {
-            let mut last = first;
-            let mut size = 0u64;
-            while last < per_source.len()
-                && (size == 0 || size + per_source[last] <= BATCH_SYNAPSES)
-            {
-                size += per_source[last];
-                last += 1;
-            }
-            let batch = Batch::draw(
-                config.seed,
-                s,
-                first..last,
-                &degrees,
-                &sizes,
-                &offsets,
-                &all,
-            );
-            made +=
-                graph.connect_many(&batch.pre, &batch.post, &batch.weight, &batch.delay)? as u64;
-            progress(BuildProgress {
-                synapses: made,
-                total,
-            });
-            first = last;
+    let degrees: Vec<Vec<u32>> = (0..8)
+        .into_par_iter()
+        .map(|t| out_degrees(seed, t, s, counts[t][s], sizes[s]))
+        .collect();
+    let per_source: Vec<u64> = (0..sizes[s] as usize)
+        .map(|k| degrees.iter().map(|d| u64::from(d[k])).sum())
+        .collect();
+    let mut first = 0;
+    while first < per_source.len() {
+        let mut last = first;
+        let mut size = 0u64;
+        while last < per_source.len() && (size == 0 || size + per_source[last] <= BATCH_SYNAPSES) {
+            size += per_source[last];
+            last += 1;
         }
+        let batch = Batch::draw(seed, s, first..last, &degrees, sizes, &offsets, &all);
+        made(graph.connect_many(&batch.pre, &batch.post, &batch.weight, &batch.delay)? as u64);
+        first = last;
     }
-    let layout_started = Instant::now();
-    graph.optimize_layout()?;
-    let layout_time = layout_started.elapsed();
-    Ok(Network {
-        graph,
-        populations,
-        build_time: started.elapsed(),
-        layout_time,
-    })
+    Ok(())
 }
 
 /// Spikes recorded in the measured window.
