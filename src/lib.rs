@@ -5,7 +5,7 @@
 //! snapshot them while every handle stays valid or is reliably reported stale.
 //!
 //! The crate is built in layers, each importing only the ones listed before it
-//! (`docs/ARCHITECTURE.md` draws them and says why; `tests/layers.rs` checks it):
+//! ([`architecture`] draws them and says why; `tests/layers.rs` checks it):
 //!
 //! - [`handle`]: typed generational handles ([`Handle`]).
 //! - [`pool`]: the hierarchical size-class memory pool ([`HierarchicalPool`]), also usable
@@ -108,6 +108,13 @@ pub use table::{Handle, Table};
 /// registry) and the error types, built over loom's locks and atomics for `tests/loom.rs`.
 #[cfg(loom)]
 pub use pool::{HierarchicalPool, PoolConfig, PoolStats, lockfree};
+
+/// How the crate is laid out: its layers and the one way their imports run, where each
+/// part lives, and the tests and benches (`docs/ARCHITECTURE.md`, shown here).
+#[cfg(not(loom))]
+pub mod architecture {
+    #![doc = include_str!("../docs/ARCHITECTURE.md")]
+}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -12,21 +12,17 @@
 //! buckets. Buckets of one level are independent (disjoint slot ranges, so disjoint mark
 //! words too) and run in parallel on rayon's threads.
 //!
-//! On the 10M-object graph of `benches/gc.rs` this took a full collection from 1.29 s
-//! (depth first) to 0.61 s on one thread, and it scales better than depth-first
-//! draining: 0.37-0.38 s instead of 0.98 s on two, as no two threads ever work in one
-//! bucket's range.
+//! On large random graphs this halves a full collection against depth-first marking on
+//! one thread, and scales better across threads, as no two threads ever work in one
+//! bucket's range (`benches/gc.rs`; figures in BENCHMARKS.md).
 //!
 //! The price is memory while marking: a level's edges wait in buckets, 8 bytes each,
 //! up to [`FLUSH_AT`] per bucket and producer; a fuller bucket is visited at once. A
 //! bucket holds its edges in blocks of 32 KiB ([`Bucket`]) and grows by taking another
 //! block, from those that the frontier's earlier levels emptied, never by copying its
-//! edges into a larger buffer. With vectors that doubled, every collection of the bench
-//! graph (10M objects, 40M edges) copied its edges again into freshly faulted pages:
-//! 63k page faults and 100-180 ms of kernel time per collection. With blocks it takes
-//! 0-600 faults on one thread after the first collection (the allocator reuses the
-//! blocks freed by the last one) and 25k on two, and the process peaks at 0.98 GB
-//! (1.04 GB before, 0.88 GB depth first); the blocks are freed when marking ends.
+//! edges into a larger buffer: vectors that doubled would copy every collection's edges
+//! again into freshly faulted pages, while blocks freed by one collection are reused by
+//! the next. The blocks are freed when marking ends.
 //!
 //! A dangling edge is found in its target's bucket, where its holder is no longer
 //! known. Such targets are kept and, if the store records dangling handles, one pass
@@ -35,8 +31,8 @@
 //!
 //! Deep, thin graphs (a list of a million objects) make a level of one edge: a level
 //! walks only the buckets it touched, and a small one runs on the calling thread with
-//! buffers kept from level to level. Such a list still costs more than depth first
-//! (58 ms instead of 42 ms for a million links); wide graphs, the common case, gain.
+//! buffers kept from level to level. Such a list still costs somewhat more than depth
+//! first; wide graphs, the common case, gain.
 //!
 //! [`Store::collect`]: crate::Store::collect
 
