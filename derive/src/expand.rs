@@ -231,11 +231,6 @@ fn traced_types<'a>(input: &'a DeriveInput, traced_fields: &[Vec<bool>]) -> Vec<
 
 /// The body of `trace`: one call per kept field, through a `match` for enums.
 fn trace_body(input: &DeriveInput, kept: &[Vec<bool>]) -> TokenStream {
-    // Names the field's type as written, so a type that lacks `Trace` is blamed there.
-    let visit = |field: &syn::Field, access: TokenStream| {
-        let ty = &field.ty;
-        quote_spanned!(ty.span()=> <#ty as ::neurostore::Trace>::trace(#access, tracer);)
-    };
     match &input.data {
         Data::Struct(s) => {
             let calls = s
@@ -256,47 +251,58 @@ fn trace_body(input: &DeriveInput, kept: &[Vec<bool>]) -> TokenStream {
                 });
             quote!(#(#calls)*)
         }
+        Data::Enum(e) if e.variants.is_empty() => quote!(match *self {}),
         Data::Enum(e) => {
-            let arms = e.variants.iter().zip(kept).map(|(v, kept)| {
-                let name = &v.ident;
-                // Kept fields are bound by name; skipped ones match `_`.
-                let bindings: Vec<TokenStream> = kept
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| {
-                        if *k {
-                            let b = format_ident!("__field{}", i);
-                            quote!(#b)
-                        } else {
-                            quote!(_)
-                        }
-                    })
-                    .collect();
-                let calls = v
-                    .fields
-                    .iter()
-                    .zip(kept)
-                    .zip(&bindings)
-                    .filter(|((_, k), _)| **k)
-                    .map(|((f, _), b)| visit(f, b.clone()));
-                let pattern = match &v.fields {
-                    Fields::Named(named) => {
-                        let names = named.named.iter().map(|f| &f.ident);
-                        quote!(Self::#name { #(#names: #bindings),* })
-                    }
-                    Fields::Unnamed(_) => quote!(Self::#name(#(#bindings),*)),
-                    Fields::Unit => quote!(Self::#name),
-                };
-                quote!(#pattern => { #(#calls)* })
-            });
-            if e.variants.is_empty() {
-                quote!(match *self {})
-            } else {
-                quote!(match self { #(#arms)* })
-            }
+            let arms = e
+                .variants
+                .iter()
+                .zip(kept)
+                .map(|(v, kept)| variant_arm(v, kept));
+            quote!(match self { #(#arms)* })
         }
         Data::Union(_) => quote!(),
     }
+}
+
+/// The call that traces `field` through `access`, naming the field's type as written, so
+/// that a type that lacks `Trace` is blamed there.
+fn visit(field: &syn::Field, access: TokenStream) -> TokenStream {
+    let ty = &field.ty;
+    quote_spanned!(ty.span()=> <#ty as ::neurostore::Trace>::trace(#access, tracer);)
+}
+
+/// The `match` arm of one enum variant: its kept fields bound by name (skipped ones match
+/// `_`) and traced.
+fn variant_arm(v: &syn::Variant, kept: &[bool]) -> TokenStream {
+    let name = &v.ident;
+    let bindings: Vec<TokenStream> = kept
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            if *k {
+                let b = format_ident!("__field{}", i);
+                quote!(#b)
+            } else {
+                quote!(_)
+            }
+        })
+        .collect();
+    let calls = v
+        .fields
+        .iter()
+        .zip(kept)
+        .zip(&bindings)
+        .filter(|((_, k), _)| **k)
+        .map(|((f, _), b)| visit(f, b.clone()));
+    let pattern = match &v.fields {
+        Fields::Named(named) => {
+            let names = named.named.iter().map(|f| &f.ident);
+            quote!(Self::#name { #(#names: #bindings),* })
+        }
+        Fields::Unnamed(_) => quote!(Self::#name(#(#bindings),*)),
+        Fields::Unit => quote!(Self::#name),
+    };
+    quote!(#pattern => { #(#calls)* })
 }
 
 /// The fields of a struct, or of each variant of an enum.

@@ -156,6 +156,29 @@ struct MediumState {
     class_in_use: [usize; MAX_MEDIUM_CLASSES],
 }
 
+impl MediumState {
+    /// No region yet; the first will be `region_size` bytes.
+    fn new(region_size: usize) -> Self {
+        MediumState {
+            bins: [ptr::null_mut(); MAX_BINS],
+            nonempty: 0,
+            regions: ptr::null_mut(),
+            decommitted: ptr::null_mut(),
+            region_count: 0,
+            empty_regions: 0,
+            next_region_size: region_size,
+            in_use: 0,
+            slack: 0,
+            direct_in_use: 0,
+            allocs: 0,
+            frees: 0,
+            class_allocs: [0; MAX_MEDIUM_CLASSES],
+            class_frees: [0; MAX_MEDIUM_CLASSES],
+            class_in_use: [0; MAX_MEDIUM_CLASSES],
+        }
+    }
+}
+
 // SAFETY: the raw pointers name regions and blocks owned by this tier, only touched
 // under the tier's mutex.
 unsafe impl Send for MediumState {}
@@ -342,22 +365,7 @@ pub(crate) struct MediumTier {
 impl MediumTier {
     pub(crate) fn new(pool_id: u64, cfg: &ResolvedConfig) -> Self {
         let classes_in = cfg.medium_sizes();
-        // Regions are `region_size` bytes; one may be larger only to hold a single
-        // oversized aligned request, and no block is ever larger than its region.
-        let max_region = cfg
-            .region_size
-            .max(2 * (classes_in.last().copied().unwrap_or(0) + 4096 + 64));
-        let mut bounds = [0; MAX_MEDIUM_CLASSES + 2];
-        bounds[0] = MIN_BLOCK;
-        let mut n = 1;
-        for &c in classes_in {
-            if c > bounds[n - 1] {
-                bounds[n] = c;
-                n += 1;
-            }
-        }
-        bounds[n] = max_region + 1;
-        n += 1;
+        let (bounds, n) = Self::bin_bounds(classes_in, cfg.region_size);
         let mut classes = [0; MAX_MEDIUM_CLASSES];
         classes[..classes_in.len()].copy_from_slice(classes_in);
         let max_size = *classes_in.last().expect("validated non-empty");
@@ -380,23 +388,7 @@ impl MediumTier {
             bin_lut_len: lut_sizes,
             class_lut,
             pool_id,
-            state: Mutex::new(MediumState {
-                bins: [ptr::null_mut(); MAX_BINS],
-                nonempty: 0,
-                regions: ptr::null_mut(),
-                decommitted: ptr::null_mut(),
-                region_count: 0,
-                empty_regions: 0,
-                next_region_size: cfg.region_size,
-                in_use: 0,
-                slack: 0,
-                direct_in_use: 0,
-                allocs: 0,
-                frees: 0,
-                class_allocs: [0; MAX_MEDIUM_CLASSES],
-                class_frees: [0; MAX_MEDIUM_CLASSES],
-                class_in_use: [0; MAX_MEDIUM_CLASSES],
-            }),
+            state: Mutex::new(MediumState::new(cfg.region_size)),
             counters: MediumCounters::default(),
             bounds,
             bound_count: n,
@@ -410,6 +402,28 @@ impl MediumTier {
             numa: cfg.numa,
             retain_empty: cfg.retain_empty,
         }
+    }
+
+    /// The bins' lower bounds: the minimum block, each distinct class size, and one past
+    /// the largest region; with how many there are. Regions are `region_size` bytes; one
+    /// may be larger only to hold a single oversized aligned request, and no block is ever
+    /// larger than its region.
+    fn bin_bounds(
+        classes: &[usize],
+        region_size: usize,
+    ) -> ([usize; MAX_MEDIUM_CLASSES + 2], usize) {
+        let max_region = region_size.max(2 * (classes.last().copied().unwrap_or(0) + 4096 + 64));
+        let mut bounds = [0; MAX_MEDIUM_CLASSES + 2];
+        bounds[0] = MIN_BLOCK;
+        let mut n = 1;
+        for &c in classes {
+            if c > bounds[n - 1] {
+                bounds[n] = c;
+                n += 1;
+            }
+        }
+        bounds[n] = max_region + 1;
+        (bounds, n + 1)
     }
 
     /// Whether this tier serves `size` bytes at `align`.

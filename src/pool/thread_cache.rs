@@ -492,37 +492,13 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
         Some(i)
     })?;
     drop(live);
-    let stats = SysBox::into_raw(SysBox::new_in(
-        ThreadStats {
-            allocs: zeroed_counters(),
-            frees: zeroed_counters(),
-            medium_allocs: zeroed_counters(),
-            medium_frees: zeroed_counters(),
-            next: ptr::null_mut(),
-            prev: ptr::null_mut(),
-        },
-        System,
-    ));
-    let mut list = lock(&pool.threads);
-    // SAFETY: `stats` is fresh and ours; the head (if any) is linked and we hold the list.
-    unsafe {
-        (*stats).next = list.head;
-        if let Some(h) = list.head.as_mut() {
-            h.prev = stats;
-        }
-    }
-    list.head = stats;
-    drop(list);
+    let stats = link_thread_stats(pool);
     let cap = pool.cfg.thread_cache_size;
     let slots_len = cap * pool.small.count;
-    let mut slots = SysVec::with_capacity_in(slots_len, System);
-    slots.resize(slots_len, ptr::null_mut::<u8>());
-    let slots = SysBox::into_raw(slots.into_boxed_slice()).cast::<*mut u8>();
+    let slots = null_slots(slots_len);
     let cache = &pool.medium.cache;
     let medium_slots_len: usize = cache.depths[..cache.count].iter().sum();
-    let mut medium_slots = SysVec::with_capacity_in(medium_slots_len, System);
-    medium_slots.resize(medium_slots_len, ptr::null_mut::<u8>());
-    let medium_slots = SysBox::into_raw(medium_slots.into_boxed_slice()).cast::<*mut u8>();
+    let medium_slots = null_slots(medium_slots_len);
     let mut medium_bases = [ptr::null_mut(); MAX_CACHE_CLASSES];
     let mut medium_depths = [0; MAX_CACHE_CLASSES];
     let mut offset = 0;
@@ -551,6 +527,40 @@ fn claim(entries: &mut [Entry; ENTRIES], pool: &PoolShared) -> Option<usize> {
         medium_bases,
     };
     Some(slot)
+}
+
+/// This thread's counters for `pool`, fresh and linked at the head of the pool's thread
+/// list (which [`stats`](super::HierarchicalPool::stats) sums).
+fn link_thread_stats(pool: &PoolShared) -> *mut ThreadStats {
+    let stats = SysBox::into_raw(SysBox::new_in(
+        ThreadStats {
+            allocs: zeroed_counters(),
+            frees: zeroed_counters(),
+            medium_allocs: zeroed_counters(),
+            medium_frees: zeroed_counters(),
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+        },
+        System,
+    ));
+    let mut list = lock(&pool.threads);
+    // SAFETY: `stats` is fresh and ours; the head (if any) is linked and we hold the list.
+    unsafe {
+        (*stats).next = list.head;
+        if let Some(h) = list.head.as_mut() {
+            h.prev = stats;
+        }
+    }
+    list.head = stats;
+    stats
+}
+
+/// `len` null block pointers in a fresh allocation from the system allocator (the pool
+/// may be the global allocator), given up as a raw pointer: the entry frees it.
+fn null_slots(len: usize) -> *mut *mut u8 {
+    let mut slots = SysVec::with_capacity_in(len, System);
+    slots.resize(len, ptr::null_mut::<u8>());
+    SysBox::into_raw(slots.into_boxed_slice()).cast::<*mut u8>()
 }
 
 #[inline]
