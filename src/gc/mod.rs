@@ -443,6 +443,7 @@ impl GcState {
     }
 
     /// [`Store::gc_in_progress`](crate::Store::gc_in_progress).
+    #[inline]
     pub(crate) fn in_progress(&self) -> bool {
         self.cycle.is_some()
     }

@@ -157,9 +157,13 @@ impl Store {
     /// The write barrier of an open cycle, for the object `bits` of `T`: an inserted
     /// object (`fresh`) is marked; a marked or manual object is queued to be scanned
     /// (again).
+    #[inline]
     pub(crate) fn gc_barrier<T: 'static>(&mut self, bits: u64, fresh: bool) {
-        self.gc
-            .barrier(&self.tables, TypeId::of::<T>(), bits, fresh);
+        // Checked here, so that a store with no open cycle makes no call per insert.
+        if self.gc.in_progress() {
+            self.gc
+                .barrier(&self.tables, TypeId::of::<T>(), bits, fresh);
+        }
     }
 
     /// Notes that the table of `T` was handed out mutably during an open cycle.
