@@ -1162,22 +1162,22 @@ impl NeuralGraph {
             ..
         } = self;
         let inputs = ring.input_of_step();
-        let update = move |cache: &mut PropagatorCache, index: u32, neuron: &mut Neuron| {
-            let [ex, inh] = inputs.get(index as usize).copied().unwrap_or_default();
-            let p = cache.get(neuron);
-            advance(neuron, &p, ex, inh, now)
-        };
         let table = table_of_mut::<Neuron>(store);
+        // Each path has a closure of its own, so that each is called from one place and
+        // inlined into the loop over the neurons.
         let mut fired: Vec<u32> = if table.len() < PARALLEL_NEURONS {
             let mut cache = PropagatorCache::new(dt);
             table
                 .iter_mut()
                 .filter_map(|(n, neuron)| {
-                    update(&mut cache, n.index(), neuron).then_some(n.index())
+                    update_neuron(&mut cache, inputs, n.index(), neuron, now).then_some(n.index())
                 })
                 .collect()
         } else {
-            table.par_update_indexed(|| PropagatorCache::new(dt), update)
+            table.par_update_indexed(
+                || PropagatorCache::new(dt),
+                move |cache, index, neuron| update_neuron(cache, inputs, index, neuron, now),
+            )
         };
         fired.sort_unstable();
         spikes.clear();
@@ -1226,6 +1226,21 @@ impl NeuralGraph {
         ring.seal(shares.len());
         events
     }
+}
+
+/// Advances the neuron of slot index `index` by the step `now`, with the input `inputs`
+/// holds for it; whether it fired.
+#[inline(always)]
+fn update_neuron(
+    cache: &mut PropagatorCache,
+    inputs: &[[f32; 2]],
+    index: u32,
+    neuron: &mut Neuron,
+    now: u64,
+) -> bool {
+    let [ex, inh] = inputs.get(index as usize).copied().unwrap_or_default();
+    let p = cache.get(neuron);
+    advance(neuron, p, ex, inh, now)
 }
 
 /// What propagation reads: the synapses and the step length their delays are counted in.

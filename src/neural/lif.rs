@@ -99,18 +99,23 @@ impl PropagatorCache {
         }
     }
 
-    /// The propagators of `neuron`.
-    pub(crate) fn get(&mut self, neuron: &Neuron) -> Propagators {
-        let key = parameter_key(neuron);
-        match self.propagators {
-            Some(p) if key == self.key => p,
-            _ => {
-                let p = Propagators::new(neuron, self.h);
-                self.key = key;
-                self.propagators = Some(p);
-                p
-            }
+    /// The propagators of `neuron`. The common case (the same parameters as the last
+    /// neuron) is a comparison and a borrow; a change recomputes them out of line.
+    #[inline]
+    pub(crate) fn get(&mut self, neuron: &Neuron) -> &Propagators {
+        match &self.propagators {
+            Some(_) if parameter_key(neuron) == self.key => {}
+            _ => self.refill(neuron),
         }
+        self.propagators.as_ref().expect("filled above")
+    }
+
+    /// Computes and keeps the propagators of `neuron`.
+    #[cold]
+    #[inline(never)]
+    fn refill(&mut self, neuron: &Neuron) {
+        self.key = parameter_key(neuron);
+        self.propagators = Some(Propagators::new(neuron, self.h));
     }
 }
 
@@ -204,8 +209,10 @@ mod tests {
             ..NeuronParams::default()
         });
         let mut cache = PropagatorCache::new(0.1);
-        assert_eq!(cache.get(&a), Propagators::new(&a, 0.1));
-        assert_eq!(cache.get(&b), Propagators::new(&b, 0.1));
-        assert_ne!(cache.get(&a), cache.get(&b));
+        assert_eq!(*cache.get(&a), Propagators::new(&a, 0.1));
+        assert_eq!(*cache.get(&b), Propagators::new(&b, 0.1));
+        let pa = *cache.get(&a);
+        assert_ne!(pa, *cache.get(&b));
+        assert_eq!(pa, *cache.get(&a), "back to the first parameters");
     }
 }
