@@ -119,6 +119,31 @@ mod cli {
             "{path}: neurostore snapshot v{}, written by neurostore {}, {content}, {} bytes",
             info.format_version, info.crate_version, info.bytes
         );
+        describe_tables(&mut out, info);
+        if info.content == neurostore::snapshot::Content::Store {
+            let _ = writeln!(out, "\nGC roots: {}", info.roots);
+        }
+        if let Some(g) = &info.graph {
+            describe_graph(&mut out, info, g);
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<6} {:>14} {:>14} {:>10}",
+            "section", "offset", "length", "crc32"
+        );
+        for s in &info.sections {
+            let _ = writeln!(
+                out,
+                "{:<6} {:>14} {:>14} {:#010x}",
+                s.tag, s.offset, s.len, s.crc
+            );
+        }
+        out
+    }
+
+    /// The `inspect` report's table of tables.
+    fn describe_tables(out: &mut String, info: &SnapshotInfo) {
+        use std::fmt::Write;
         let _ = writeln!(
             out,
             "\n{:<20} {:>18} {:>6} {:>5} {:<14} {:>12} {:>10} {:>8} {:>7} {:>13}",
@@ -149,24 +174,5 @@ mod cli {
                 t.object_bytes
             );
         }
-        if info.content == neurostore::snapshot::Content::Store {
-            let _ = writeln!(out, "\nGC roots: {}", info.roots);
-        }
-        if let Some(g) = &info.graph {
-            describe_graph(&mut out, info, g);
-        }
-        let _ = writeln!(
-            out,
-            "\n{:<6} {:>14} {:>14} {:>10}",
-            "section", "offset", "length", "crc32"
-        );
-        for s in &info.sections {
-            let _ = writeln!(
-                out,
-                "{:<6} {:>14} {:>14} {:#010x}",
-                s.tag, s.offset, s.len, s.crc
-            );
-        }
-        out
     }
 }

@@ -588,25 +588,11 @@ impl MediumTier {
             if (*h).prev_size == 0 && is_used(next_block(h)) && size_of_block(next_block(h)) == 0 {
                 st.empty_regions -= 1;
             }
-            let mut h = h;
-            if align > MEDIUM_QUANTUM {
-                let start = h as usize;
-                let mut payload = os::round_up(start + HEADER, align).expect("inside a region");
-                if payload - HEADER != start && payload - HEADER - start < MIN_BLOCK {
-                    payload += align;
-                }
-                let gap = payload - HEADER - start;
-                if gap > 0 {
-                    let total = size_of_block(h);
-                    let rest = (payload - HEADER) as *mut Header;
-                    (*h).size_flags = gap;
-                    (*rest).prev_size = gap;
-                    (*rest).size_flags = total - gap;
-                    (*next_block(rest)).prev_size = total - gap;
-                    self.insert(st, h);
-                    h = rest;
-                }
-            }
+            let h = if align > MEDIUM_QUANTUM {
+                self.align_block(st, h, align)
+            } else {
+                h
+            };
             let total = size_of_block(h);
             debug_assert!(total >= need);
             let block = if total - need >= MIN_BLOCK {
@@ -621,6 +607,41 @@ impl MediumTier {
             };
             (*h).size_flags = block | USED;
             Ok(h)
+        }
+    }
+
+    /// The part of the free, unlinked block `h` whose payload is aligned to `align`: a
+    /// gap in front of it (at least a minimum block) goes back to the bins.
+    ///
+    /// # Safety
+    /// `h` is a free block of ours, unlinked and large enough for the alignment gap and
+    /// the request (`carve` searched for `need + align + MIN_BLOCK`); the lock is held.
+    unsafe fn align_block(
+        &self,
+        st: &mut MediumState,
+        h: *mut Header,
+        align: usize,
+    ) -> *mut Header {
+        let start = h as usize;
+        let mut payload = os::round_up(start + HEADER, align).expect("inside a region");
+        if payload - HEADER != start && payload - HEADER - start < MIN_BLOCK {
+            payload += align;
+        }
+        let gap = payload - HEADER - start;
+        if gap == 0 {
+            return h;
+        }
+        // SAFETY: the gap and the rest lie inside the block (the caller's contract), so
+        // the headers written are inside it and its successor's.
+        unsafe {
+            let total = size_of_block(h);
+            let rest = (payload - HEADER) as *mut Header;
+            (*h).size_flags = gap;
+            (*rest).prev_size = gap;
+            (*rest).size_flags = total - gap;
+            (*next_block(rest)).prev_size = total - gap;
+            self.insert(st, h);
+            rest
         }
     }
 

@@ -551,6 +551,31 @@ impl SmallTier {
         h.as_ptr().cast()
     }
 
+    /// The bookkeeping of a fresh chunk of class `ci` at `base`: every block free.
+    fn chunk_meta(&self, ci: usize, base: NonNull<u8>) -> ChunkMeta {
+        let class = &self.classes[ci];
+        let mut free_bits = SysVec::new_in(System);
+        free_bits.resize((class.capacity as usize).div_ceil(64), 0);
+        let mut meta = ChunkMeta {
+            header: RegionHeader {
+                pool_id: self.pool_id,
+                kind: RegionKind::SmallChunk,
+                base: base.as_ptr() as usize,
+                len: class.chunk_span,
+            },
+            class: ci,
+            free_bits,
+            available: 0,
+            capacity: class.capacity,
+            cursor: 0,
+            list: ListId::None,
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+        };
+        meta.reset_bits();
+        meta
+    }
+
     fn new_chunk(
         &self,
         ci: usize,
@@ -583,26 +608,7 @@ impl SmallTier {
             budget.release(class.chunk_span);
             return Err(OomReason::OsRefused);
         };
-        let mut free_bits = SysVec::new_in(System);
-        free_bits.resize((class.capacity as usize).div_ceil(64), 0);
-        let mut meta = ChunkMeta {
-            header: RegionHeader {
-                pool_id: self.pool_id,
-                kind: RegionKind::SmallChunk,
-                base: base.as_ptr() as usize,
-                len: class.chunk_span,
-            },
-            class: ci,
-            free_bits,
-            available: 0,
-            capacity: class.capacity,
-            cursor: 0,
-            list: ListId::None,
-            next: ptr::null_mut(),
-            prev: ptr::null_mut(),
-        };
-        meta.reset_bits();
-        let meta = SysBox::into_raw(SysBox::new_in(meta, System));
+        let meta = SysBox::into_raw(SysBox::new_in(self.chunk_meta(ci, base), System));
         if !page_map::register(base.as_ptr() as usize, class.chunk_span, meta.cast()) {
             // SAFETY: `meta` and `base` were made above and published nowhere.
             unsafe {

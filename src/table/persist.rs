@@ -506,23 +506,7 @@ impl<T> Table<T> {
             table.slots.list_places(&pool)?;
         }
         table.slots.reset_zeroed(&pool, image.slots.len())?;
-        let mut live = 0usize;
-        match &image.slots {
-            SlotImage::Records(records) => {
-                for (index, &(version, place)) in records.iter().enumerate() {
-                    table.slots.restore(index as u32, version, place);
-                    live += usize::from(version % 2 == 1);
-                }
-            }
-            SlotImage::Runs { runs, starts } => {
-                for (&[version, place, count], &start) in runs.iter().zip(starts) {
-                    table.slots.restore_run(start as u32, version, place, count);
-                    live += if version % 2 == 1 { count as usize } else { 0 };
-                }
-            }
-            // Slots and owners together, once the chunks exist (below).
-            SlotImage::Generations(_) => {}
-        }
+        let mut live = table.restore_slot_words(&image.slots);
         for (ci, &present) in image.chunks_present.iter().enumerate() {
             if present {
                 table.make_chunk_at(ci)?;
@@ -531,33 +515,59 @@ impl<T> Table<T> {
         table.chunk_floor = 0;
         match &image.slots {
             SlotImage::Generations(g) => live = table.restore_generations(g),
-            // A run of live slots names consecutive places: their owners are written a
-            // chunk's stretch at a time.
-            SlotImage::Runs { runs, starts } => {
-                for (&[version, first_place, count], &start) in runs.iter().zip(starts) {
-                    if version % 2 == 0 {
-                        continue;
-                    }
-                    table.expect_owner_run(first_place, start as u32, count);
-                }
-            }
-            SlotImage::Records(_) => {
-                let (shift, mask) = (table.shift, table.per_chunk - 1);
-                let (slots, chunks) = (&table.slots, &mut table.chunks);
-                for (index, &word) in slots.words().iter().enumerate() {
-                    if word & 1 == 1 {
-                        let place = slots.place(index);
-                        chunks[(place >> shift) as usize]
-                            .as_mut()
-                            .expect("a checked image names existing chunks")
-                            .expect_owner(place & mask, index as u32);
-                    }
-                }
-            }
+            SlotImage::Runs { runs, starts } => table.expect_owners_of_runs(runs, starts),
+            SlotImage::Records(_) => table.expect_owners_of_slots(),
         }
         table.len = live;
         table.vacant.rebuild(&table.slots);
         Ok(table)
+    }
+
+    /// Writes the slot words of a record or run image (a generation image's are written
+    /// with their owners, once the chunks exist): the live slots.
+    fn restore_slot_words(&mut self, image: &SlotImage) -> usize {
+        let mut live = 0usize;
+        match image {
+            SlotImage::Records(records) => {
+                for (index, &(version, place)) in records.iter().enumerate() {
+                    self.slots.restore(index as u32, version, place);
+                    live += usize::from(version % 2 == 1);
+                }
+            }
+            SlotImage::Runs { runs, starts } => {
+                for (&[version, place, count], &start) in runs.iter().zip(starts) {
+                    self.slots.restore_run(start as u32, version, place, count);
+                    live += if version % 2 == 1 { count as usize } else { 0 };
+                }
+            }
+            SlotImage::Generations(_) => {}
+        }
+        live
+    }
+
+    /// Names the owners of the live runs' places: a run of live slots names consecutive
+    /// places, so their owners are written a chunk's stretch at a time.
+    fn expect_owners_of_runs(&mut self, runs: &[[u32; 3]], starts: &[u64]) {
+        for (&[version, first_place, count], &start) in runs.iter().zip(starts) {
+            if version % 2 == 1 {
+                self.expect_owner_run(first_place, start as u32, count);
+            }
+        }
+    }
+
+    /// Names the owner of every live slot's place, slot by slot.
+    fn expect_owners_of_slots(&mut self) {
+        let (shift, mask) = (self.shift, self.per_chunk - 1);
+        let (slots, chunks) = (&self.slots, &mut self.chunks);
+        for (index, &word) in slots.words().iter().enumerate() {
+            if word & 1 == 1 {
+                let place = slots.place(index);
+                chunks[(place >> shift) as usize]
+                    .as_mut()
+                    .expect("a checked image names existing chunks")
+                    .expect_owner(place & mask, index as u32);
+            }
+        }
     }
 
     /// Marks the `count` places from `first_place` on as pending for the slots from

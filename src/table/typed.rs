@@ -1566,8 +1566,7 @@ impl<T> Table<T> {
     pub(crate) fn permute(&mut self, order: &[Loc]) -> Result<usize, Error> {
         assert_eq!(order.len(), self.len(), "permute lists every object once");
         self.slots.list_places(&self.pool)?;
-        let n = order.len() as u64;
-        let chunks_needed = n.div_ceil(u64::from(self.per_chunk)) as usize;
+        let chunks_needed = (order.len() as u64).div_ceil(u64::from(self.per_chunk)) as usize;
         while self.chunks.len() < chunks_needed {
             self.chunks.push(None);
         }
@@ -1596,28 +1595,7 @@ impl<T> Table<T> {
                 settled[g0] = true;
                 continue;
             }
-            // Follow the chain: carry the object to its place, pick up whoever waits there.
-            let (mut value, mut owner) = self.take_at(start);
-            let mut d = dest[g0] as usize;
-            loop {
-                let to = self.loc_of_global(d as u64);
-                let displaced = if self.is_occupied_at(to) {
-                    Some(self.take_at(to))
-                } else {
-                    None
-                };
-                self.put_at(to, value, owner);
-                settled[d] = true;
-                moved += 1;
-                match displaced {
-                    Some((v, o)) => {
-                        value = v;
-                        owner = o;
-                        d = dest[d] as usize;
-                    }
-                    None => break,
-                }
-            }
+            moved += self.carry_chain(start, &dest, &mut settled);
         }
         for ci in 0..self.chunks.len() {
             let non_full = self.chunks[ci]
@@ -1626,6 +1604,34 @@ impl<T> Table<T> {
             self.set_non_full(ci, non_full);
         }
         Ok(moved)
+    }
+
+    /// Follows one chain of `permute`'s moves from `start`: carries its object to its
+    /// destination, picks up whoever waits there, and so on until a free place ends the
+    /// chain. How many objects moved.
+    fn carry_chain(&mut self, start: Loc, dest: &[u32], settled: &mut [bool]) -> usize {
+        let (mut value, mut owner) = self.take_at(start);
+        let mut d = dest[self.global_place(start) as usize] as usize;
+        let mut moved = 0;
+        loop {
+            let to = self.loc_of_global(d as u64);
+            let displaced = if self.is_occupied_at(to) {
+                Some(self.take_at(to))
+            } else {
+                None
+            };
+            self.put_at(to, value, owner);
+            settled[d] = true;
+            moved += 1;
+            match displaced {
+                Some((v, o)) => {
+                    value = v;
+                    owner = o;
+                    d = dest[d] as usize;
+                }
+                None => return moved,
+            }
+        }
     }
 
     fn is_occupied_at(&self, loc: Loc) -> bool {
