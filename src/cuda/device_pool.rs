@@ -178,69 +178,10 @@ impl<M: ArenaMemory> ArenaSet<M> {
                 "a device block must hold at least one byte",
             ));
         }
-        let too_large = || Error::OutOfMemory {
-            requested: usize::try_from(bytes).unwrap_or(usize::MAX),
-            align: 256,
-            reason: OomReason::LayoutTooLarge,
-        };
-        let min = self.config.min_block;
         let block = if bytes > self.config.arena_bytes / 2 {
-            let size = bytes.checked_next_multiple_of(min).ok_or_else(too_large)?;
-            let address = self.memory.map(size)?;
-            let arena = self.install(Arena {
-                address,
-                bytes: size,
-                buddy: None,
-            });
-            Block {
-                arena,
-                offset: 0,
-                size,
-                requested: bytes,
-                address,
-            }
+            self.allocate_alone(bytes)?
         } else {
-            let found = self.arenas.iter_mut().enumerate().find_map(|(i, a)| {
-                let a = a.as_mut()?;
-                let buddy = a.buddy.as_mut()?;
-                let was_empty = buddy.is_empty();
-                let offset = buddy.allocate(bytes, min)?;
-                let size = buddy.block_size(offset).expect("just allocated");
-                Some((i, was_empty, offset, size, a.address))
-            });
-            let (i, was_empty, offset, size, base) = match found {
-                Some(f) => f,
-                None => {
-                    let arena_bytes = self.config.arena_bytes;
-                    // Map after the bookkeeping: the geometry was validated with the
-                    // config, so only the host allocation of the bookkeeping can fail.
-                    let mut buddy =
-                        BuddyAllocator::new(arena_bytes, min).map_err(|_| Error::OutOfMemory {
-                            requested: bytes as usize,
-                            align: min as usize,
-                            reason: OomReason::OsRefused,
-                        })?;
-                    let address = self.memory.map(arena_bytes)?;
-                    let offset = buddy.allocate(bytes, min).expect("a fresh arena holds it");
-                    let size = buddy.block_size(offset).expect("just allocated");
-                    let i = self.install(Arena {
-                        address,
-                        bytes: arena_bytes,
-                        buddy: Some(buddy),
-                    });
-                    (i as usize, false, offset, size, address)
-                }
-            };
-            if was_empty {
-                self.empty -= 1;
-            }
-            Block {
-                arena: i as u32,
-                offset,
-                size,
-                requested: bytes,
-                address: base + offset,
-            }
+            self.allocate_in_arena(bytes)?
         };
         let s = &mut self.stats;
         s.allocations += 1;
@@ -248,6 +189,79 @@ impl<M: ArenaMemory> ArenaSet<M> {
         s.requested_bytes += block.requested;
         s.peak_in_use_bytes = s.peak_in_use_bytes.max(s.in_use_bytes);
         Ok(block)
+    }
+
+    /// A block of `bytes` (more than half an arena) in a mapping of its own.
+    fn allocate_alone(&mut self, bytes: u64) -> Result<Block, Error> {
+        let size = bytes
+            .checked_next_multiple_of(self.config.min_block)
+            .ok_or_else(|| Error::OutOfMemory {
+                requested: usize::try_from(bytes).unwrap_or(usize::MAX),
+                align: 256,
+                reason: OomReason::LayoutTooLarge,
+            })?;
+        let address = self.memory.map(size)?;
+        let arena = self.install(Arena {
+            address,
+            bytes: size,
+            buddy: None,
+        });
+        Ok(Block {
+            arena,
+            offset: 0,
+            size,
+            requested: bytes,
+            address,
+        })
+    }
+
+    /// A block of `bytes` from the first arena with room, or from a new arena.
+    fn allocate_in_arena(&mut self, bytes: u64) -> Result<Block, Error> {
+        let min = self.config.min_block;
+        let found = self.arenas.iter_mut().enumerate().find_map(|(i, a)| {
+            let a = a.as_mut()?;
+            let buddy = a.buddy.as_mut()?;
+            let was_empty = buddy.is_empty();
+            let offset = buddy.allocate(bytes, min)?;
+            let size = buddy.block_size(offset).expect("just allocated");
+            Some((i as u32, was_empty, offset, size, a.address))
+        });
+        let (arena, was_empty, offset, size, base) = match found {
+            Some(f) => f,
+            None => self.new_arena_for(bytes)?,
+        };
+        if was_empty {
+            self.empty -= 1;
+        }
+        Ok(Block {
+            arena,
+            offset,
+            size,
+            requested: bytes,
+            address: base + offset,
+        })
+    }
+
+    /// A new arena with `bytes` taken from it: its index, `false` (it was not an empty
+    /// arena counted as such), the block's offset and size, and the arena's address.
+    fn new_arena_for(&mut self, bytes: u64) -> Result<(u32, bool, u64, u64, u64), Error> {
+        let (arena_bytes, min) = (self.config.arena_bytes, self.config.min_block);
+        // Map after the bookkeeping: the geometry was validated with the config, so only
+        // the host allocation of the bookkeeping can fail.
+        let mut buddy = BuddyAllocator::new(arena_bytes, min).map_err(|_| Error::OutOfMemory {
+            requested: bytes as usize,
+            align: min as usize,
+            reason: OomReason::OsRefused,
+        })?;
+        let address = self.memory.map(arena_bytes)?;
+        let offset = buddy.allocate(bytes, min).expect("a fresh arena holds it");
+        let size = buddy.block_size(offset).expect("just allocated");
+        let i = self.install(Arena {
+            address,
+            bytes: arena_bytes,
+            buddy: Some(buddy),
+        });
+        Ok((i, false, offset, size, address))
     }
 
     fn install(&mut self, arena: Arena) -> u32 {

@@ -177,11 +177,28 @@ impl MirrorState {
         let previous = self.synced.take();
         let ended = table.advance_epoch();
         let changed = |epoch: u64| previous.is_none_or(|p| epoch > p);
-        let chunk_bytes = self.chunk_bytes();
         let mut report = SyncReport::default();
+        self.put_changed_chunks(table, target, changed, &mut report)?;
+        if changed(table.slots_changed_epoch()) {
+            self.put_slots(table, target, &mut report)?;
+        }
+        report.copies = target.finish()?;
+        self.synced = Some(ended);
+        report.duration = start.elapsed();
+        Ok(report)
+    }
 
-        let chunks = table.chunk_indices() as u64;
-        let storage = chunks * chunk_bytes;
+    /// Queues the upload of every chunk whose stamp `changed` accepts, growing the
+    /// device storage to every chunk index first.
+    fn put_changed_chunks<T: Pod + Sync>(
+        &self,
+        table: &Table<T>,
+        target: &mut impl Target,
+        changed: impl Fn(u64) -> bool,
+        report: &mut SyncReport,
+    ) -> Result<(), Error> {
+        let chunk_bytes = self.chunk_bytes();
+        let storage = table.chunk_indices() as u64 * chunk_bytes;
         if storage > target.capacity(Region::Storage) {
             let grown = storage.max(2 * target.capacity(Region::Storage));
             target.grow(Region::Storage, grown)?;
@@ -210,28 +227,32 @@ impl MirrorState {
             report.chunks += 1;
             report.bytes_up += chunk_bytes;
         }
+        Ok(())
+    }
 
-        if changed(table.slots_changed_epoch()) {
-            slot_image(table, &mut self.scratch);
-            let bytes: &[u8] = bytemuck::cast_slice(&self.scratch);
-            let need = bytes.len() as u64;
-            if need > target.capacity(Region::Slots) {
-                let grown = need.max(2 * target.capacity(Region::Slots));
-                target.grow(Region::Slots, grown)?;
-            }
-            // SAFETY: `scratch` is not touched until `finish` returns below; the slots
-            // buffer holds `need` bytes.
-            unsafe { target.put(Region::Slots, 0, bytes.as_ptr(), bytes.len())? };
-            report.slot_bytes = need;
-            report.bytes_up += need;
-            self.slot_count = u32::try_from(self.scratch.len()).map_err(|_| {
-                Error::invalid_argument("table", "a slot table of 2^32 slots cannot be mirrored")
-            })?;
+    /// Queues the upload of the whole slot table, growing the device buffer if needed.
+    fn put_slots<T: Pod + Sync>(
+        &mut self,
+        table: &Table<T>,
+        target: &mut impl Target,
+        report: &mut SyncReport,
+    ) -> Result<(), Error> {
+        slot_image(table, &mut self.scratch);
+        let bytes: &[u8] = bytemuck::cast_slice(&self.scratch);
+        let need = bytes.len() as u64;
+        if need > target.capacity(Region::Slots) {
+            let grown = need.max(2 * target.capacity(Region::Slots));
+            target.grow(Region::Slots, grown)?;
         }
-        report.copies = target.finish()?;
-        self.synced = Some(ended);
-        report.duration = start.elapsed();
-        Ok(report)
+        // SAFETY: `scratch` is not touched until the target's `finish` returns (the
+        // caller's next step); the slots buffer holds `need` bytes.
+        unsafe { target.put(Region::Slots, 0, bytes.as_ptr(), bytes.len())? };
+        report.slot_bytes = need;
+        report.bytes_up += need;
+        self.slot_count = u32::try_from(self.scratch.len()).map_err(|_| {
+            Error::invalid_argument("table", "a slot table of 2^32 slots cannot be mirrored")
+        })?;
+        Ok(())
     }
 
     /// Downloads every chunk into `table`. Refused when the table changed since the last
