@@ -83,7 +83,7 @@ use crate::erased::{ErasedTable, TableInternals, Tables, TypeMap};
 use crate::error::{Error, SnapshotError};
 use crate::gc::GcOps;
 use crate::pool::HierarchicalPool;
-use crate::pooled::{AnyHandle, Pooled, Retention};
+use crate::pooled::{AnyHandle, Pooled, Retention, Trace};
 use crate::table::{GenerationImage, SlotImage, Table, TableImage, default_pool};
 use codec::{Decoder, Encoded, decode_pod, decode_serde};
 use format::{FieldReader, Fields, Reader, SECTION_OVERHEAD, Writer};
@@ -1194,9 +1194,25 @@ pub(crate) struct StoreParts {
 pub(crate) struct LoadedTable {
     pub type_id: TypeId,
     pub table: Box<dyn TableInternals>,
-    /// The tracing entry points, for a type whose objects hold handles.
-    pub gc_ops: Option<GcOps>,
+    pub ops: TypeOps,
+}
+
+/// What a store keeps beside the table of a registered type: its tracing entry points
+/// (only for a type whose objects hold handles: the collector skips the others' tables)
+/// and how to save it. Made where the type is known, by registration or a load.
+#[derive(Clone, Copy)]
+pub(crate) struct TypeOps {
+    pub gc: Option<GcOps>,
     pub persist: StoreTableOps,
+}
+
+impl TypeOps {
+    pub(crate) fn of<T: Pooled + Trace + Send + Sync>() -> Self {
+        TypeOps {
+            gc: T::HOLDS_HANDLES.then(GcOps::of::<T>),
+            persist: StoreTableOps::of::<T>(),
+        }
+    }
 }
 
 /// What the store keeps per registered type to save its table.

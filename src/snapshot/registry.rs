@@ -12,9 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use super::format::Reader;
-use super::{Encoding, LoadedTable, StoreTableOps, TableHeader, read_table};
+use super::{Encoding, LoadedTable, TableHeader, TypeOps, read_table};
 use crate::error::{Error, SnapshotError};
-use crate::gc::GcOps;
 use crate::handle::Handle;
 use crate::pool::HierarchicalPool;
 use crate::pooled::{AnyHandle, Pooled, Probe, Trace};
@@ -89,8 +88,7 @@ impl TypeRegistry {
             Ok(LoadedTable {
                 type_id: TypeId::of::<T>(),
                 table: Box::new(table),
-                gc_ops: T::HOLDS_HANDLES.then(GcOps::of::<T>),
-                persist: StoreTableOps::of::<T>(),
+                ops: TypeOps::of::<T>(),
             })
         }
         fn any_handle<T: 'static>(bits: u64) -> AnyHandle {

@@ -168,7 +168,7 @@ impl Store {
 
     /// Notes that the table of `T` was handed out mutably during an open cycle.
     pub(crate) fn gc_touch<T: 'static>(&mut self) {
-        self.gc.touch(TypeId::of::<T>());
+        self.gc_touch_type(TypeId::of::<T>());
     }
 
     /// As [`gc_touch`](Self::gc_touch), for the table of the type `type_id`.

@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::gc::GcState;
 use crate::pool::{HierarchicalPool, PoolStats};
 use crate::pooled::{Pooled, Trace};
+use crate::snapshot::{LoadedTable, TypeOps};
 use crate::table::defrag::{DefragPolicy, DefragReport};
 use crate::table::{Handle, Table, TableStats, default_pool};
 
@@ -196,27 +197,32 @@ impl Store {
     /// ```
     pub fn register<T: Pooled + Trace + Send + Sync>(&mut self) -> Result<&mut Table<T>, Error> {
         self.table_as_made::<T>().adopt_hints(T::HINTS)?;
-        // A type that holds no handle keeps nothing alive: the collector skips its table.
-        if T::HOLDS_HANDLES {
-            self.gc
-                .ops
-                .insert(TypeId::of::<T>(), crate::gc::GcOps::of::<T>());
-        }
-        self.persist
-            .insert(TypeId::of::<T>(), crate::snapshot::StoreTableOps::of::<T>());
+        self.keep_ops(TypeId::of::<T>(), TypeOps::of::<T>());
         self.gc_touch::<T>();
         Ok(self.table_as_made::<T>())
     }
 
     /// Puts a loaded table into this (new) store as `register` would have made it.
     pub(crate) fn install_table<T: Pooled + Trace + Send + Sync>(&mut self, table: Table<T>) {
-        let id = TypeId::of::<T>();
-        self.tables.insert(id, Box::new(table));
-        if T::HOLDS_HANDLES {
-            self.gc.ops.insert(id, crate::gc::GcOps::of::<T>());
+        self.install_loaded(LoadedTable {
+            type_id: TypeId::of::<T>(),
+            table: Box::new(table),
+            ops: TypeOps::of::<T>(),
+        });
+    }
+
+    /// Puts a table read from a snapshot into this (new) store, with its entry points.
+    pub(crate) fn install_loaded(&mut self, loaded: LoadedTable) {
+        self.tables.insert(loaded.type_id, loaded.table);
+        self.keep_ops(loaded.type_id, loaded.ops);
+    }
+
+    /// Keeps the entry points of the registered type `id`.
+    fn keep_ops(&mut self, id: TypeId, ops: TypeOps) {
+        if let Some(gc) = ops.gc {
+            self.gc.ops.insert(id, gc);
         }
-        self.persist
-            .insert(id, crate::snapshot::StoreTableOps::of::<T>());
+        self.persist.insert(id, ops.persist);
     }
 
     /// The table of `T`, made empty (with the default hints) if there is none yet.

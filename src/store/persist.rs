@@ -104,11 +104,7 @@ impl Store {
         let parts = options.load_store_parts_from(input, registry)?;
         let mut store = Store::with_pool(parts.pool);
         for loaded in parts.tables {
-            store.tables.insert(loaded.type_id, loaded.table);
-            if let Some(ops) = loaded.gc_ops {
-                store.gc.ops.insert(loaded.type_id, ops);
-            }
-            store.persist.insert(loaded.type_id, loaded.persist);
+            store.install_loaded(loaded);
         }
         for (h, n) in parts.roots {
             store.gc.roots.add_n(h, n);
