@@ -1,12 +1,13 @@
 //! Layer 5, **gc**: tracing garbage collection over handle graphs.
 //!
-//! This layer owns the collector's state in a [`Store`](crate::Store): the roots ([`Store::add_root`](crate::Store::add_root),
-//! [`Root`]), the policies ([`GcPolicy`], [`DanglingPolicy`]), the per-type tracing
-//! entry points a table gets when its type is [registered](crate::Store::register), and an
-//! open incremental cycle. Marking itself is `levels.rs` (a full collection: level by
-//! level, each level's edges sorted into cache-sized buckets of their targets) and
-//! `mark.rs` (the incremental collector's bounded depth-first drains, and what both
-//! share).
+//! This layer owns the collector's state (`GcState`), which a [`Store`] keeps and hands
+//! its tables to: the roots ([`Store::add_root`], [`Root`]), the policies ([`GcPolicy`],
+//! [`DanglingPolicy`]), the per-type tracing entry points a table gets when its type is
+//! [registered], and an open incremental cycle. It never names the store:
+//! the store's public collection methods live in `store/collect.rs`. Marking itself is
+//! `levels.rs` (a full collection: level by level, each level's edges sorted into
+//! cache-sized buckets of their targets) and `mark.rs` (the incremental collector's
+//! bounded depth-first drains, and what both share).
 //!
 //! What lives: every object of a [manual](crate::Retention::Manual) table (a root), every
 //! explicit root, and every object of a [traced](crate::Retention::Traced) table that
@@ -19,9 +20,9 @@
 //! - a handle that does not resolve (dangling) is never followed; it is counted and, per
 //!   [`DanglingPolicy`], reported with its holder or has its holder removed;
 //! - during an incremental cycle, an object inserted is marked and scanned, an object
-//!   reached through [`Store::get_mut`](crate::Store::get_mut) is scanned again if it was already scanned, and
-//!   a table handed out mutably ([`Store::table_mut`](crate::Store::table_mut)) has all of its objects kept and
-//!   scanned at [`gc_finish`](crate::Store::gc_finish): no object reachable at the finish is
+//!   reached through [`Store::get_mut`] is scanned again if it was already scanned, and a
+//!   table handed out mutably ([`Store::table_mut`]) has all of its objects kept and
+//!   scanned at [`gc_finish`]: no object reachable at the finish is
 //!   ever freed.
 //!
 //! Types stored without the derive (no [`Trace`]) are opaque: their objects live as
@@ -35,6 +36,13 @@
 //! remembered set to every `get_mut`. We will add one only if a benchmark shows it pays.
 //!
 //! This layer has no unsafe code: `lib.rs` declares it `#[forbid(unsafe_code)]`.
+//!
+//! [`Store`]: crate::Store
+//! [`Store::add_root`]: crate::Store::add_root
+//! [`Store::get_mut`]: crate::Store::get_mut
+//! [`Store::table_mut`]: crate::Store::table_mut
+//! [registered]: crate::Store::register
+//! [`gc_finish`]: crate::Store::gc_finish
 
 mod levels;
 mod mark;

@@ -5,8 +5,9 @@
 //! the hints a table is built from: [`PoolHints`], [`Retention`], [`ObjectKind`],
 //! [`Lifetime`], and the snapshot [`Codec`] of its objects) and the [`Trace`] trait with
 //! its [`Tracer`], [`AnyHandle`] and [`trace_handles`]. It builds only on the handle type,
-//! so the table and every layer above it can name these traits. The derive itself lives in the `neurostore-derive` crate
-//! (`derive/` in the workspace) and is re-exported as [`neurostore::Pooled`](crate::Pooled).
+//! so the table and every layer above it can name these traits. The derive itself lives
+//! in the `neurostore-derive` crate (`derive/` in the workspace) and is re-exported as
+//! [`neurostore::Pooled`](crate::Pooled).
 //!
 //! Invariants kept here:
 //! - `SCHEMA` depends only on the type's source tokens (name, shape, field names, field

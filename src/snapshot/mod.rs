@@ -1,9 +1,9 @@
 //! Layer 6, **snapshot**: stores and tables to disk and back.
 //!
-//! [`Store::save`](crate::Store::save) writes every table of a store (and its GC roots) to one file;
-//! [`Store::load`](crate::Store::load) rebuilds an equal store in any process that knows the same types: every
-//! `#[derive(Pooled)]` type without generic parameters by its name, others listed in a
-//! [`TypeRegistry`]. [`save_table`] and [`load_table`] do the same for one table, and
+//! [`Store::save`](crate::Store::save) writes every table of a store (and its GC roots)
+//! to one file; [`Store::load`](crate::Store::load) rebuilds an equal store in any
+//! process that knows the same types: every `#[derive(Pooled)]` type without generic
+//! parameters by its name, others listed in a [`TypeRegistry`]. [`save_table`] and [`load_table`] do the same for one table, and
 //! the neural layer's checkpoints (`NeuralGraph::save`) write a graph's two tables with
 //! two sections of simulation state that this layer frames (`graph.rs`). Every
 //! handle means after a load what it meant before: a live handle resolves to an equal
