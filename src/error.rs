@@ -217,6 +217,16 @@ pub enum Error {
         /// The driver's or compiler's message.
         message: String,
     },
+    /// The ranks of a distributed network could not complete a collective step together:
+    /// a rank left, sent what no rank of this library sends, or is not where the others
+    /// are (another step, another `dt`, a checkpoint that another rank could not load).
+    #[error("distributed exchange, rank {rank}: {message}")]
+    Exchange {
+        /// The rank that saw the problem.
+        rank: usize,
+        /// What was wrong, in words.
+        message: String,
+    },
 }
 
 /// Why a snapshot could not be written or read. Every way a file can be wrong has its

@@ -24,6 +24,8 @@
 //!   simulation step.
 //! - `cuda` (feature `cuda`, on by default): device mirrors of tables on NVIDIA GPUs,
 //!   synced by changed chunk, with handles resolved on the device.
+//! - [`distributed`]: a network shared out among ranks (threads, or MPI processes with
+//!   the `mpi` feature) that exchange only spikes, with the spikes of one process.
 //!
 //! ```
 //! use std::alloc::Layout;
@@ -49,6 +51,9 @@ extern crate self as neurostore;
 pub mod cuda;
 #[cfg(not(loom))]
 pub use table::defrag;
+#[cfg(not(loom))]
+#[forbid(unsafe_code)]
+pub mod distributed;
 #[cfg(not(loom))]
 #[forbid(unsafe_code)]
 mod erased;

@@ -7,7 +7,17 @@ use std::path::{Path, PathBuf};
 
 /// The top-level modules from the bottom up.
 const LAYERS: &[&str] = &[
-    "handle", "pool", "pooled", "table", "erased", "gc", "snapshot", "store", "neural", "cuda",
+    "handle",
+    "pool",
+    "pooled",
+    "table",
+    "erased",
+    "gc",
+    "snapshot",
+    "store",
+    "neural",
+    "cuda",
+    "distributed",
 ];
 
 /// Imported by every layer; imports none.

@@ -18,6 +18,8 @@
 //! cargo run --release --example microcircuit -- --help
 //! ```
 
+#[cfg(feature = "mpi")]
+mod distributed;
 mod model;
 mod plots;
 
@@ -216,6 +218,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .num_threads(n)
             .build_global()?;
     }
+    // Under `mpirun -np N` with N > 1, the network is shared out among the ranks.
+    #[cfg(feature = "mpi")]
+    let _universe = {
+        use neurostore::distributed::{MpiExchange, mpi, mpi::traits::Communicator};
+        let universe = mpi::initialize().ok_or("MPI was initialised already")?;
+        if universe.world().size() > 1 {
+            return distributed::run(&args, MpiExchange::new(universe.world()));
+        }
+        universe
+    };
     let config = &args.config;
     std::fs::create_dir_all(&args.out)?;
     let scale = match args.resume {

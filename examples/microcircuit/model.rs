@@ -325,26 +325,90 @@ pub struct Network {
     pub layout_time: Duration,
 }
 
+/// What building the network asks of a graph: a `NeuralGraph`, or one rank's part of a
+/// distributed network (which keeps the synapses that end on its own neurons).
+pub trait Builds {
+    /// Adds `count` neurons with `params`.
+    fn add_neurons(&mut self, count: usize, params: &NeuronParams) -> Result<Vec<NeuronId>, Error>;
+    /// Sets the membrane potential of `n`.
+    fn set_v_m(&mut self, n: NeuronId, v_m: f32);
+    /// Connects a batch; returns the synapses made here.
+    fn connect_many(
+        &mut self,
+        pre: &[NeuronId],
+        post: &[NeuronId],
+        weight: &[f32],
+        delay: &[f32],
+    ) -> Result<usize, Error>;
+}
+
+impl Builds for NeuralGraph {
+    fn add_neurons(&mut self, count: usize, params: &NeuronParams) -> Result<Vec<NeuronId>, Error> {
+        NeuralGraph::add_neurons(self, count, params)
+    }
+    fn set_v_m(&mut self, n: NeuronId, v_m: f32) {
+        self.neuron_mut(n).expect("just added").v_m = v_m;
+    }
+    fn connect_many(
+        &mut self,
+        pre: &[NeuronId],
+        post: &[NeuronId],
+        weight: &[f32],
+        delay: &[f32],
+    ) -> Result<usize, Error> {
+        NeuralGraph::connect_many(self, pre, post, weight, delay)
+    }
+}
+
 /// Builds the network at `config.scale`. `progress` is called every million synapses
 /// and at the end.
 pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result<Network, Error> {
+    let started = Instant::now();
+    let mut graph = NeuralGraph::new();
+    let total = total_synapses(config)?;
+    graph.reserve_synapse_table(usize::try_from(total).unwrap_or(usize::MAX))?;
+    let populations = build_into(&mut graph, config, progress)?;
+    let layout_started = Instant::now();
+    graph.optimize_layout()?;
+    let layout_time = layout_started.elapsed();
+    Ok(Network {
+        graph,
+        populations,
+        build_time: started.elapsed(),
+        layout_time,
+    })
+}
+
+/// The synapses of the network at `config.scale`.
+pub fn total_synapses(config: &Config) -> Result<u64, Error> {
     if !(config.scale.is_finite() && config.scale > 0.0) {
         return Err(Error::InvalidArgument {
             name: "scale",
             message: format!("{} must be a finite number above zero", config.scale),
         });
     }
-    let started = Instant::now();
+    Ok(synapse_counts(&population_sizes(config.scale))
+        .iter()
+        .flatten()
+        .sum())
+}
+
+/// Adds the neurons and connects the synapses of the network at `config.scale` to
+/// `graph`, in an order that needs no `optimize_layout`; returns each population's
+/// neurons.
+pub fn build_into(
+    graph: &mut impl Builds,
+    config: &Config,
+    progress: &mut dyn FnMut(BuildProgress),
+) -> Result<Vec<Vec<NeuronId>>, Error> {
+    let total = total_synapses(config)?;
     let sizes = population_sizes(config.scale);
     let counts = synapse_counts(&sizes);
-    let total: u64 = counts.iter().flatten().sum();
-    let mut graph = NeuralGraph::new();
-    let populations = add_populations(&mut graph, &sizes, config.seed)?;
-    graph.reserve_synapse_table(usize::try_from(total).unwrap_or(usize::MAX))?;
+    let populations = add_populations(graph, &sizes, config.seed)?;
     let mut made = 0u64;
     for s in 0..8 {
         connect_from(
-            &mut graph,
+            graph,
             config.seed,
             s,
             &counts,
@@ -359,21 +423,13 @@ pub fn build(config: &Config, progress: &mut dyn FnMut(BuildProgress)) -> Result
             },
         )?;
     }
-    let layout_started = Instant::now();
-    graph.optimize_layout()?;
-    let layout_time = layout_started.elapsed();
-    Ok(Network {
-        graph,
-        populations,
-        build_time: started.elapsed(),
-        layout_time,
-    })
+    Ok(populations)
 }
 
 /// The neurons, population by population (so handle indices grow with the population),
 /// with their initial membrane potentials drawn per population.
 fn add_populations(
-    graph: &mut NeuralGraph,
+    graph: &mut impl Builds,
     sizes: &[u32; 8],
     seed: u64,
 ) -> Result<Vec<Vec<NeuronId>>, Error> {
@@ -396,8 +452,7 @@ fn add_populations(
         let ids = graph.add_neurons(size as usize, &params)?;
         let v0 = Normal::new(V0_MEAN_MV[p], V0_STD_MV[p]).expect("a positive deviation");
         for &n in &ids {
-            let neuron = graph.neuron_mut(n).expect("just added");
-            neuron.v_m = v0.sample(&mut rng) as f32;
+            graph.set_v_m(n, v0.sample(&mut rng) as f32);
         }
         populations.push(ids);
     }
@@ -410,7 +465,7 @@ fn add_populations(
 /// `optimize_layout` wants them (it then moves nothing), and the arrays of only one batch
 /// are ever in memory. `made(n)` is told each batch's count.
 fn connect_from(
-    graph: &mut NeuralGraph,
+    graph: &mut impl Builds,
     seed: u64,
     s: usize,
     counts: &[[u64; 8]; 8],
@@ -686,7 +741,12 @@ pub fn simulate_with(
 
 /// Records the spikes `fired` at time `t` of the measured window; returns the synaptic
 /// events they cause.
-fn record_spikes(graph: &NeuralGraph, t: f32, fired: &[NeuronId], record: &mut SpikeRecord) -> u64 {
+pub fn record_spikes(
+    graph: &NeuralGraph,
+    t: f32,
+    fired: &[NeuronId],
+    record: &mut SpikeRecord,
+) -> u64 {
     let mut events = 0;
     for &n in fired {
         let population = graph.neuron(n).map_or(0, |x| x.population) as u8;
@@ -749,10 +809,21 @@ pub fn remove_random_neurons(
     fraction: f64,
     seed: u64,
 ) -> (Vec<NeuronId>, usize) {
-    let mut rng = stream(seed, 1000);
     let before = network.graph.synapse_count();
+    let removed = pick_random_neurons(&mut network.populations, fraction, seed);
+    network.graph.remove_neurons(&removed);
+    (removed, before - network.graph.synapse_count())
+}
+
+/// Takes `fraction` of the neurons, chosen at random, out of `populations`; returns them.
+pub fn pick_random_neurons(
+    populations: &mut [Vec<NeuronId>],
+    fraction: f64,
+    seed: u64,
+) -> Vec<NeuronId> {
+    let mut rng = stream(seed, 1000);
     let mut removed = Vec::new();
-    for population in &mut network.populations {
+    for population in populations {
         population.retain(|&n| {
             if rng.random_bool(fraction) {
                 removed.push(n);
@@ -762,8 +833,7 @@ pub fn remove_random_neurons(
             }
         });
     }
-    network.graph.remove_neurons(&removed);
-    (removed, before - network.graph.synapse_count())
+    removed
 }
 
 /// An order-independent digest of a table's `(handle, object bytes)` pairs: equal

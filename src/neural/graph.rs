@@ -284,6 +284,26 @@ pub struct NeuralGraph {
     /// No run of any neuron reaches this place: new synapses go here or above, so that
     /// no run ever covers a place twice.
     runs_end: u64,
+    /// When this graph is one rank's part of a distributed network: the neurons it
+    /// updates. `None`: all of them.
+    share: Option<RankShare>,
+}
+
+/// The neurons one rank of a distributed network updates: those whose slot index is
+/// `rank` modulo `ranks`. Every rank holds every neuron (so that a [`NeuronId`] names the
+/// same neuron everywhere), but only the owner's copy steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RankShare {
+    pub(crate) rank: u32,
+    pub(crate) ranks: u32,
+}
+
+impl RankShare {
+    /// Whether the neuron of slot index `index` is this rank's.
+    #[inline]
+    pub(crate) fn owns(&self, index: u32) -> bool {
+        index % self.ranks == self.rank
+    }
 }
 
 const _: () = {
@@ -337,6 +357,7 @@ impl NeuralGraph {
             defrag_policy: Some(DefragPolicy::default()),
             removed_since_check: 0,
             runs_end: 0,
+            share: None,
         }
     }
 
@@ -658,19 +679,6 @@ impl NeuralGraph {
         weight: &[f32],
         delay: &[f32],
     ) -> Result<usize, Error> {
-        let n = pre.len();
-        if post.len() != n || weight.len() != n || delay.len() != n {
-            return Err(Error::invalid_argument(
-                "connect_many",
-                format!(
-                    "pre, post, weight and delay hold {n}, {}, {} and {} values: they must \
-                     be as long as each other",
-                    post.len(),
-                    weight.len(),
-                    delay.len()
-                ),
-            ));
-        }
         self.check_batch(pre, post, weight, delay)?;
         let order = sorted_by_neurons(pre, post, self.out.len());
         let records = order.iter().map(|&k| {
@@ -702,15 +710,29 @@ impl NeuralGraph {
         Ok(made)
     }
 
-    /// The checks of [`connect_many`](Self::connect_many), in parallel: the first
-    /// offending synapse (lowest index) is the one reported.
-    fn check_batch(
+    /// The checks of [`connect_many`](Self::connect_many), in parallel: the slices'
+    /// lengths, then each synapse's neurons, weight and delay; the first offending
+    /// synapse (lowest index) is the one reported.
+    pub(crate) fn check_batch(
         &self,
         pre: &[NeuronId],
         post: &[NeuronId],
         weight: &[f32],
         delay: &[f32],
     ) -> Result<(), Error> {
+        let n = pre.len();
+        if post.len() != n || weight.len() != n || delay.len() != n {
+            return Err(Error::invalid_argument(
+                "connect_many",
+                format!(
+                    "pre, post, weight and delay hold {n}, {}, {} and {} values: they must \
+                     be as long as each other",
+                    post.len(),
+                    weight.len(),
+                    delay.len()
+                ),
+            ));
+        }
         let bad = (0..pre.len()).into_par_iter().position_first(|k| {
             self.outgoing_of(pre[k]).is_none()
                 || self.outgoing_of(post[k]).is_none()
@@ -1044,17 +1066,64 @@ impl NeuralGraph {
     /// that the longest delay spans more than 2^20 steps, is an [`Error::InvalidArgument`]
     /// and changes nothing.
     pub fn step(&mut self, dt: f64) -> Result<&[NeuronId], Error> {
-        check_dt(dt)?;
-        self.shape_ring(dt)?;
         let now = self.step;
-        self.ring.gather(now);
-        self.update_neurons(dt, now);
+        self.advance(dt)?;
         let spikes = std::mem::take(&mut self.spikes);
         self.propagate(&spikes, dt, now);
         self.spikes = spikes;
+        Ok(&self.spikes)
+    }
+
+    /// The first half of [`step`](Self::step): integrates the neurons (those of the
+    /// graph's [`RankShare`] only, when it has one) over one step of `dt`, leaving the
+    /// ones that fired in [`last_spikes`](Self::last_spikes), and counts the step done.
+    /// Their spikes are not sent: [`deliver`](Self::deliver) does that, for this step or,
+    /// when every delay spans more steps, later.
+    pub(crate) fn advance(&mut self, dt: f64) -> Result<(), Error> {
+        self.prepare(dt)?;
+        let now = self.step;
+        self.ring.gather(now);
+        self.update_neurons(dt, now);
         self.step += 1;
         self.time_ms += dt;
-        Ok(&self.spikes)
+        Ok(())
+    }
+
+    /// Checks `dt` and shapes the ring for steps of it, as every step does first: after
+    /// this succeeds, steps of the same `dt` fail only if the graph changes.
+    pub(crate) fn prepare(&mut self, dt: f64) -> Result<(), Error> {
+        check_dt(dt)?;
+        self.shape_ring(dt)
+    }
+
+    /// Sends the spikes that `sources` fired in step `emitted` through their outgoing
+    /// synapses, as [`step`](Self::step) would have right after that step. Valid while no
+    /// synapse's delay reaches past the steps advanced since: `emitted + delay` must be
+    /// after the current step. Returns the number of synaptic events.
+    pub(crate) fn deliver(&mut self, sources: &[NeuronId], dt: f64, emitted: u64) -> usize {
+        debug_assert!(emitted < self.step);
+        self.propagate(sources, dt, emitted)
+    }
+
+    /// Makes `spikes` (ascending slot-index order) what [`last_spikes`](Self::last_spikes)
+    /// returns: for a distributed network, every rank's spikes of the last step.
+    pub(crate) fn set_last_spikes(&mut self, spikes: &[NeuronId]) {
+        self.spikes.clear();
+        self.spikes.extend_from_slice(spikes);
+    }
+
+    /// The neurons this graph updates when it is one rank's part of a distributed
+    /// network (`None`: all).
+    pub(crate) fn set_share(&mut self, share: Option<RankShare>) {
+        self.share = share;
+    }
+
+    /// The shortest delay of any live synapse (ms), `None` when there are none.
+    pub(crate) fn shortest_delay_ms(&self) -> Option<f32> {
+        self.synapses()
+            .par_iter()
+            .map(|(_, s)| s.delay)
+            .reduce_with(f32::min)
     }
 
     /// For a device copy of the step: shapes the ring for steps of `dt` (as `step`
@@ -1159,13 +1228,21 @@ impl NeuralGraph {
             store,
             ring,
             spikes,
+            share,
             ..
         } = self;
         let inputs = ring.input_of_step();
         let table = table_of_mut::<Neuron>(store);
         // Each path has a closure of its own, so that each is called from one place and
         // inlined into the loop over the neurons.
-        let mut fired: Vec<u32> = if table.len() < PARALLEL_NEURONS {
+        let mut fired: Vec<u32> = if let Some(share) = *share {
+            table.par_update_indexed(
+                || PropagatorCache::new(dt),
+                move |cache, index, neuron| {
+                    share.owns(index) && update_neuron(cache, inputs, index, neuron, now)
+                },
+            )
+        } else if table.len() < PARALLEL_NEURONS {
             let mut cache = PropagatorCache::new(dt);
             table
                 .iter_mut()
