@@ -6,6 +6,7 @@
 use neurostore::distributed::{DistributedGraph, LocalExchange, SpikeExchange};
 use neurostore::neural::{NeuralGraph, NeuronId, NeuronParams};
 use neurostore::{Error, Neuron};
+use proptest::prelude::*;
 
 #[path = "common/recipe.rs"]
 mod recipe;
@@ -272,4 +273,187 @@ fn an_exchange_whose_rank_is_out_of_range_is_refused() {
     }
     let err = DistributedGraph::new(Broken).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}
+
+/// One operation of the model test, applied alike to one graph and to every rank.
+#[derive(Clone, Debug)]
+enum Op {
+    /// Steps, through `run` (exchanging per interval) or through `step` one at a time.
+    Run { steps: u64, one_at_a_time: bool },
+    /// Connects a batch of `count` random synapses, delays from `shortest` ms.
+    Connect {
+        count: usize,
+        shortest: f32,
+        seed: u64,
+    },
+    /// Removes every neuron whose slot index is `residue` modulo `modulus`.
+    Remove { modulus: u32, residue: u32 },
+    /// Injects spikes from the neurons of slot index below `below`.
+    Inject { below: u32 },
+    /// Compacts the tables.
+    Defragment,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u64..80, any::<bool>()).prop_map(|(steps, one_at_a_time)| Op::Run { steps, one_at_a_time }),
+        2 => (1usize..400, prop_oneof![Just(0.1f32), Just(0.35), Just(1.0)], any::<u64>())
+            .prop_map(|(count, shortest, seed)| Op::Connect { count, shortest, seed }),
+        1 => (5u32..40, 0u32..5).prop_map(|(modulus, residue)| Op::Remove { modulus, residue }),
+        1 => (1u32..20).prop_map(|below| Op::Inject { below }),
+        1 => Just(Op::Defragment),
+    ]
+}
+
+/// The live neurons and a random batch of synapses among them.
+fn batch(neurons: &[NeuronId], count: usize, shortest: f32, seed: u64) -> [Vec<u32>; 4] {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut b: [Vec<u32>; 4] = Default::default();
+    for _ in 0..count {
+        b[0].push(rng.random_range(0..neurons.len()) as u32);
+        b[1].push(rng.random_range(0..neurons.len()) as u32);
+        b[2].push(rng.random_range(-300.0..300.0f32).to_bits());
+        b[3].push((shortest + rng.random_range(0.0..1.5f32)).to_bits());
+    }
+    b
+}
+
+fn live_of(neurons: &[NeuronId], graph: &NeuralGraph) -> Vec<NeuronId> {
+    neurons
+        .iter()
+        .copied()
+        .filter(|&n| graph.neuron(n).is_some())
+        .collect()
+}
+
+fn apply_single(
+    g: &mut NeuralGraph,
+    op: &Op,
+    neurons: &[NeuronId],
+    spikes: &mut Vec<Vec<NeuronId>>,
+) {
+    let live = live_of(neurons, g);
+    match *op {
+        Op::Run { steps, .. } => spikes.extend((0..steps).map(|_| g.step(DT).unwrap().to_vec())),
+        Op::Connect {
+            count,
+            shortest,
+            seed,
+        } if !live.is_empty() => {
+            let [p, q, w, d] = batch(&live, count, shortest, seed);
+            let pick =
+                |v: &[u32]| -> Vec<NeuronId> { v.iter().map(|&k| live[k as usize]).collect() };
+            let floats = |v: &[u32]| -> Vec<f32> { v.iter().map(|&b| f32::from_bits(b)).collect() };
+            g.connect_many(&pick(&p), &pick(&q), &floats(&w), &floats(&d))
+                .unwrap();
+        }
+        Op::Connect { .. } => {}
+        Op::Remove { modulus, residue } => {
+            let doomed: Vec<NeuronId> = live
+                .iter()
+                .copied()
+                .filter(|n| n.index() % modulus == residue)
+                .collect();
+            g.remove_neurons(&doomed);
+        }
+        Op::Inject { below } => {
+            let sources: Vec<NeuronId> =
+                live.iter().copied().filter(|n| n.index() < below).collect();
+            g.inject_spikes(&sources, DT).unwrap();
+        }
+        Op::Defragment => {
+            g.defragment().unwrap();
+        }
+    }
+}
+
+fn apply_rank<X: SpikeExchange>(
+    net: &mut DistributedGraph<X>,
+    op: &Op,
+    neurons: &[NeuronId],
+    spikes: &mut Vec<Vec<NeuronId>>,
+) {
+    let live = live_of(neurons, net.graph());
+    match *op {
+        Op::Run {
+            steps,
+            one_at_a_time: true,
+        } => spikes.extend((0..steps).map(|_| net.step(DT).unwrap().to_vec())),
+        Op::Run { steps, .. } => net
+            .run(steps, DT, |_, fired| spikes.push(fired.to_vec()))
+            .unwrap(),
+        Op::Connect {
+            count,
+            shortest,
+            seed,
+        } if !live.is_empty() => {
+            let [p, q, w, d] = batch(&live, count, shortest, seed);
+            let pick =
+                |v: &[u32]| -> Vec<NeuronId> { v.iter().map(|&k| live[k as usize]).collect() };
+            let floats = |v: &[u32]| -> Vec<f32> { v.iter().map(|&b| f32::from_bits(b)).collect() };
+            net.connect_many(&pick(&p), &pick(&q), &floats(&w), &floats(&d))
+                .unwrap();
+        }
+        Op::Connect { .. } => {}
+        Op::Remove { modulus, residue } => {
+            let doomed: Vec<NeuronId> = live
+                .iter()
+                .copied()
+                .filter(|n| n.index() % modulus == residue)
+                .collect();
+            net.remove_neurons(&doomed);
+        }
+        Op::Inject { below } => {
+            let sources: Vec<NeuronId> =
+                live.iter().copied().filter(|n| n.index() < below).collect();
+            net.inject_spikes(&sources, DT).unwrap();
+        }
+        Op::Defragment => {
+            net.defragment().unwrap();
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Random sequences of connections, runs, single steps, removals, injected spikes and
+    /// compactions give, on every rank of 1 to 4, the spikes and owned neuron states of one
+    /// graph; no rank keeps a synapse that ends elsewhere or names a removed neuron.
+    #[test]
+    fn random_operations_on_ranks_match_one_graph(ops in prop::collection::vec(op(), 1..14), ranks in 1usize..=4) {
+        let driven = NeuronParams { i_e: 390.0, ..NeuronParams::default() };
+        let mut g = NeuralGraph::new();
+        let neurons = g.add_neurons(150, &driven).unwrap();
+        let mut expected = Vec::new();
+        for op in &ops {
+            apply_single(&mut g, op, &neurons, &mut expected);
+        }
+        let states: Vec<(NeuronId, Neuron)> = g.neurons().iter().map(|(n, x)| (n, *x)).collect();
+        let synapses = g.synapse_count() as u64;
+        let results = on_ranks(ranks, |x| {
+            let mut net = DistributedGraph::new(x).unwrap();
+            let neurons = net.add_neurons(150, &driven).unwrap();
+            let mut spikes = Vec::new();
+            for op in &ops {
+                apply_rank(&mut net, op, &neurons, &mut spikes);
+            }
+            check_owned_states(&net, &states);
+            let graph = net.graph();
+            let strays = graph
+                .synapses()
+                .values()
+                .filter(|s| s.post_index() % ranks as u32 != net.rank() as u32)
+                .count();
+            let local = graph.synapse_count() as u64;
+            let all: u64 = net.all_gather_u64(local).unwrap().iter().sum();
+            (spikes, strays, all)
+        });
+        for (spikes, strays, all) in results {
+            prop_assert_eq!(&spikes, &expected);
+            prop_assert_eq!(strays, 0);
+            prop_assert_eq!(all, synapses);
+        }
+    }
 }

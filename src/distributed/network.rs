@@ -435,25 +435,33 @@ impl<X: SpikeExchange> DistributedGraph<X> {
     /// shortest delay of any rank in steps.
     fn start_run(&mut self, dt: f64) -> Result<u64, Error> {
         let ready = self.graph.prepare(dt);
-        agree(&mut self.exchange, ready, &format!("step by dt = {dt} ms"))?;
         let state = [
+            u64::from(ready.is_err()),
             self.graph.current_step(),
             dt.to_bits(),
             self.shortest_delay_steps(dt),
         ];
+        // One gather: whether each rank can step, where it is, and its shortest delay.
         let all = gather_u64s(&mut self.exchange, &state)?;
-        if let Some((rank, other)) = all.iter().enumerate().find(|(_, s)| s[..2] != state[..2]) {
-            return Err(Error::Exchange {
-                rank: self.rank(),
-                message: format!(
-                    "this rank is at step {} with dt = {dt} ms, rank {rank} at step {} with dt = {} ms",
-                    state[0],
-                    other[0],
-                    f64::from_bits(other[1])
-                ),
-            });
+        ready?;
+        let exchange_error = |message: String| Error::Exchange {
+            rank: self.rank(),
+            message,
+        };
+        if let Some(rank) = all.iter().position(|s| s[0] != 0) {
+            return Err(exchange_error(format!(
+                "rank {rank} cannot step by dt = {dt} ms"
+            )));
         }
-        Ok(all.iter().map(|s| s[2]).min().unwrap_or(1).max(1))
+        if let Some((rank, other)) = all.iter().enumerate().find(|(_, s)| s[1..3] != state[1..3]) {
+            return Err(exchange_error(format!(
+                "this rank is at step {} with dt = {dt} ms, rank {rank} at step {} with dt = {} ms",
+                state[1],
+                other[1],
+                f64::from_bits(other[2])
+            )));
+        }
+        Ok(all.iter().map(|s| s[3]).min().unwrap_or(1).max(1))
     }
 
     /// Gathers every rank's `outbox` (per step: a count, then slot indices).
