@@ -13,7 +13,7 @@ use neurostore::distributed::{DistributedGraph, MpiExchange, SpikeExchange};
 use neurostore::neural::{NeuronId, NeuronParams};
 
 use super::model::{self, Builds, Config, DT_MS, POPULATIONS, PUBLISHED_RATES_HZ, SpikeRecord};
-use super::{Args, gib, peak_rss, secs};
+use super::{Args, gib, peak_rss, plots, secs};
 
 type Net = DistributedGraph<MpiExchange>;
 type Failure = Box<dyn std::error::Error>;
@@ -90,8 +90,11 @@ pub fn run(args: &Args, exchange: MpiExchange) -> Result<(), Failure> {
             .join(", ")
     );
     let (record, walls, events) = simulate(&mut net, config, &populations)?;
-    report_rates(&mut net, &populations, &record)?;
+    let rates = report_rates(&mut net, &populations, &record)?;
     report_figures(&mut net, &record, walls, events)?;
+    if net.rank() == 0 {
+        plot(args, &record, &populations, &rates)?;
+    }
     remove_and_compact(&mut net, &mut populations, config.seed)?;
     let mut net = checkpoint_round_trip(net, args)?;
     let rss = net.all_gather_u64(peak_rss().unwrap_or(0) as u64)?;
@@ -104,6 +107,22 @@ pub fn run(args: &Args, exchange: MpiExchange) -> Result<(), Failure> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+/// The raster and the rates, as one process draws them.
+fn plot(
+    args: &Args,
+    record: &SpikeRecord,
+    populations: &[Vec<NeuronId>],
+    rates: &[f64; 8],
+) -> Result<(), Failure> {
+    std::fs::create_dir_all(&args.out)?;
+    let font = plots::load_font();
+    let (raster, rates_png) = (args.out.join("raster.png"), args.out.join("rates.png"));
+    plots::raster(&raster, record, populations, font)?;
+    plots::rates(&rates_png, rates, font)?;
+    println!("wrote {} and {}", raster.display(), rates_png.display());
     Ok(())
 }
 
@@ -145,11 +164,12 @@ fn simulate(
     Ok((record, [transient_wall, started.elapsed()], events))
 }
 
+/// Prints each population's rate beside the published one (rank 0); returns the rates.
 fn report_rates(
     net: &mut Net,
     populations: &[Vec<NeuronId>],
     record: &SpikeRecord,
-) -> Result<(), Failure> {
+) -> Result<[f64; 8], Failure> {
     let sizes: [usize; 8] = std::array::from_fn(|p| populations[p].len());
     let rates = model::population_rates(record, &sizes);
     say!(net, "");
@@ -173,7 +193,7 @@ fn report_rates(
             rates[p] / PUBLISHED_RATES_HZ[p]
         );
     }
-    Ok(())
+    Ok(rates)
 }
 
 fn report_figures(

@@ -17,6 +17,15 @@
 //! cargo run --release --example microcircuit -- --resume target/t500.nsnap
 //! cargo run --release --example microcircuit -- --help
 //! ```
+//!
+//! Built with the `mpi` feature and started by `mpirun` with more than one rank, it shares
+//! the network out among the ranks (`distributed.rs`): every rank sees every spike, and
+//! the rates are those of one process, bit for bit.
+//!
+//! ```sh
+//! cargo build --release --features mpi --example microcircuit
+//! mpirun -np 2 target/release/examples/microcircuit --scale 0.1 --threads 1
+//! ```
 
 #[cfg(feature = "mpi")]
 mod distributed;
@@ -54,7 +63,10 @@ usage: microcircuit [OPTIONS]
   --out DIR          where plots and the snapshot go (default target/microcircuit)
   --keep-original    compare the loaded store with the original object by object, both
                      in memory at once (default: only for tables under 1 GiB)
-  -h, --help         this text";
+  -h, --help         this text
+
+Built with --features mpi and run by `mpirun -np N` (N > 1), the ranks share the network
+out; --gpu, --checkpoint-at and --resume then do not apply.";
 
 /// Tables up to this size are compared object by object with the loaded copy.
 const SMALL_TABLES_BYTES: usize = 1 << 30;
@@ -274,7 +286,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let raster = args.out.join("raster.png");
     let rates_png = args.out.join("rates.png");
     let font = plots::load_font();
-    plots::raster(&raster, &record, &network, font)?;
+    plots::raster(&raster, &record, &network.populations, font)?;
     plots::rates(&rates_png, &rates, font)?;
 
     let removed = remove_collect_defragment(&mut network, config.seed)?;

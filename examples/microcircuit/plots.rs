@@ -9,7 +9,9 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use crate::model::{Network, POPULATIONS, PUBLISHED_RATES_HZ, SpikeRecord};
+use neurostore::NeuronId;
+
+use crate::model::{POPULATIONS, PUBLISHED_RATES_HZ, SpikeRecord};
 
 /// Population colours: excitatory populations dark, inhibitory ones light, one hue per
 /// layer.
@@ -70,14 +72,19 @@ fn sample_size(population: usize) -> usize {
 
 /// The spike raster: a sample of each population over the measured window, L2/3E at the
 /// top, coloured by population.
-pub fn raster(path: &Path, record: &SpikeRecord, network: &Network, font: Font) -> DrawResult {
+pub fn raster(
+    path: &Path,
+    record: &SpikeRecord,
+    populations: &[Vec<NeuronId>],
+    font: Font,
+) -> DrawResult {
     let root = BitMapBackend::new(path, (1400, 900)).into_drawing_area();
     root.fill(&WHITE)?;
     // Rows: population by population from the top; each sampled neuron gets one row.
     let mut row_of = std::collections::HashMap::new();
     let mut bands = Vec::new();
     let mut row = 0usize;
-    for (p, neurons) in network.populations.iter().enumerate() {
+    for (p, neurons) in populations.iter().enumerate() {
         let first = row;
         for &n in neurons.iter().take(sample_size(neurons.len())) {
             row_of.insert(n, row);
