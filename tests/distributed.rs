@@ -109,6 +109,44 @@ fn an_exchange_per_interval_of_the_shortest_delay_gives_the_same_spikes() {
 }
 
 #[test]
+fn ranks_with_different_thread_counts_see_the_same_spikes() {
+    // Enough neurons and events that every phase of the step runs in parallel.
+    let recipe = Recipe {
+        neurons: 9000,
+        per_neuron: 100,
+        shortest: 0.1,
+        seed: 6,
+    };
+    let steps = 200;
+    let (spikes, states) = single_run(&recipe, steps);
+    let events: usize = spikes.iter().map(Vec::len).max().unwrap_or(0) * recipe.per_neuron;
+    assert!(
+        events > 8192,
+        "a step's events ({events}) are sent in parallel"
+    );
+    for threads in [[1, 3], [4, 2]] {
+        let seen = on_ranks(2, |x| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads[x.rank()])
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut net = DistributedGraph::new(x).unwrap();
+                recipe.build(&mut net);
+                let mut seen = Vec::new();
+                net.run(steps, DT, |_, fired| seen.push(fired.to_vec()))
+                    .unwrap();
+                check_owned_states(&net, &states);
+                seen
+            })
+        });
+        for per_rank in seen {
+            assert_eq!(per_rank, spikes, "threads per rank {threads:?}");
+        }
+    }
+}
+
+#[test]
 fn stepping_one_at_a_time_and_running_agree() {
     let recipe = Recipe {
         neurons: 300,
