@@ -231,7 +231,7 @@ proptest! {
                     let pre: Vec<NeuronId> = pairs.iter().map(|p| pick(p.0)).collect();
                     let post: Vec<NeuronId> = pairs.iter().map(|p| pick(p.1)).collect();
                     let weight: Vec<f32> = pairs.iter().map(|p| if p.2 { -200.0 } else { 250.0 }).collect();
-                    let delay: Vec<f32> = pairs.iter().map(|p| 0.1 + (p.0 % 20) as f32 * 0.1).collect();
+                    let delay: Vec<f32> = pairs.iter().map(|p| 0.1 + (p.0.wrapping_add(p.1) % 20) as f32 * 0.1).collect();
                     let before: Vec<(NeuronId, Vec<SynapseId>)> = model
                         .neurons
                         .iter()
@@ -239,14 +239,14 @@ proptest! {
                         .collect();
                     prop_assert_eq!(graph.connect_many(&pre, &post, &weight, &delay).unwrap(), pairs.len());
                     // The new synapses: each neuron's outgoing list grew by its own, sorted
-                    // by target, multapses in the order given.
+                    // by delay, synapses of one delay in the order given.
                     for (n, old) in before {
                         let now = graph.outgoing(n).unwrap();
                         prop_assert_eq!(&now[..old.len()], &old[..]);
                         let added = &now[old.len()..];
                         let mut want: Vec<(u32, usize)> = (0..pairs.len())
                             .filter(|&k| pre[k] == n)
-                            .map(|k| (post[k].index(), k))
+                            .map(|k| (delay[k].to_bits(), k))
                             .collect();
                         want.sort_by_key(|w| w.0);
                         prop_assert_eq!(added.len(), want.len());
@@ -699,7 +699,7 @@ fn spike_train(graph: &mut NeuralGraph, steps: usize) -> Vec<(u64, u32)> {
 #[test]
 fn optimize_layout_changes_no_result_even_after_later_mutations() {
     // Integer weights: input sums are exact in any order, so the walk order (sorted by
-    // target after the layout, as connected before) cannot change a single bit.
+    // delay after the layout, as connected before) cannot change a single bit.
     let (mut plain, neurons) = random_network(11);
     let (mut laid_out, same) = random_network(11);
     assert_eq!(neurons, same);

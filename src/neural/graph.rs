@@ -93,45 +93,143 @@ pub(crate) fn delay_steps(delay_ms: f32, dt: f64) -> u64 {
     (whole + i64::from(x - whole as f64 >= 0.5)) as u64
 }
 
-/// [`delay_steps`] for one `dt`, many delays: a multiplication by `1 / dt` instead of a
-/// division, with the division done only where the product lies so near a half step
-/// that the two could round apart, so the result is always exactly `delay_steps`'s.
-#[derive(Clone, Copy, Debug)]
+/// [`delay_steps`] for one `dt`, many delays, exactly: a table of the smallest delay of
+/// each whole number of steps, up to the longest delay it was made for. A delay's steps
+/// are first estimated with one `f32` multiplication (off by at most one), then
+/// corrected by comparing the delay with the thresholds around the estimate (as
+/// integers: non-negative floats order as their bits do). Delays past the table,
+/// negative or not numbers take [`delay_steps`] itself. The thresholds also give each
+/// number of steps its range of delays, so that a walk over synapses sorted by delay
+/// converts only where the steps change ([`Walk::send`]).
+#[derive(Clone, Debug, Default)]
 struct DelaySteps {
     dt: f64,
-    per_ms: f64,
+    per_ms: f32,
+    /// `thresholds[k]`: the bits of the smallest non-negative `f32` delay of at least `k`
+    /// steps (0 for `k <= 1`: every delay is at least one step).
+    thresholds: Vec<u32>,
+    /// The table serves delays whose bits are below this (`thresholds` of its length
+    /// less two): negative ones, infinities and NaNs are above it.
+    limit: u32,
 }
 
+/// The most steps a [`DelaySteps`] table covers (256 KiB of thresholds); longer delays
+/// are converted one at a time.
+const DELAY_TABLE_STEPS: u64 = 1 << 16;
+
 impl DelaySteps {
-    fn new(dt: f64) -> Self {
+    /// The conversion for steps of `dt`, tabled up to `longest_ms`.
+    fn new(dt: f64, longest_ms: f32) -> Self {
+        let per_ms = (1.0 / dt) as f32;
+        // A `dt` whose inverse is no normal `f32` gets no table: every delay is converted
+        // one at a time.
+        let longest = if per_ms.is_normal() {
+            delay_steps(longest_ms, dt).min(DELAY_TABLE_STEPS)
+        } else {
+            0
+        };
+        // Up to `longest + 1` steps served, and room for an estimate one above.
+        let thresholds: Vec<u32> = (0..longest + 4)
+            .map(|k| if k <= 1 { 0 } else { first_delay_of(k, dt) })
+            .collect();
+        let limit = if per_ms.is_normal() {
+            thresholds[thresholds.len() - 2]
+        } else {
+            0
+        };
         DelaySteps {
             dt,
-            per_ms: 1.0 / dt,
+            per_ms,
+            thresholds,
+            limit,
         }
     }
 
-    #[inline]
-    fn of(&self, delay_ms: f32) -> u64 {
-        // 1.5 × 2^52: added to a `q` in [0, 2^51) it rounds `q` to the nearest whole
-        // number (ties to even), which then fills the low bits of the sum's mantissa. Two
-        // additions instead of a conversion to an integer and back, and no rounding call
-        // (the baseline x86-64 target has no rounding instruction).
-        const ROUNDER: f64 = 6_755_399_441_055_744.0;
-        let q = f64::from(delay_ms) * self.per_ms;
-        if !(1.5..2_147_483_648.0).contains(&q) {
-            return delay_steps(delay_ms, self.dt);
-        }
-        let sum = q + ROUNDER;
-        let nearest = sum - ROUNDER;
-        // Both subtractions are exact here, so this is the distance of `q`'s fraction
-        // from one half: within 1e-9 of a half step the product and the division could
-        // round apart.
-        if ((q - nearest).abs() - 0.5).abs() < 1e-9 {
-            return delay_steps(delay_ms, self.dt);
-        }
-        // Not near a half step: the nearest whole number of steps, below 2^31.
-        u64::from(sum.to_bits() as u32)
+    /// Whether this is the conversion for `dt`, tabled up to `longest_ms` at least.
+    fn covers(&self, dt: f64, longest_ms: f32) -> bool {
+        self.dt == dt
+            && (!self.per_ms.is_normal()
+                || delay_steps(longest_ms, dt).min(DELAY_TABLE_STEPS) + 4
+                    <= self.thresholds.len() as u64)
     }
+
+    /// The table borrowed for a walk: its address and length then stay in registers
+    /// while the walk writes memory.
+    fn view(&self) -> DelayView<'_> {
+        DelayView {
+            thresholds: &self.thresholds,
+            per_ms: self.per_ms,
+            dt: self.dt,
+            limit: self.limit,
+        }
+    }
+}
+
+/// A [`DelaySteps`] borrowed for a walk.
+#[derive(Clone, Copy)]
+struct DelayView<'a> {
+    thresholds: &'a [u32],
+    per_ms: f32,
+    dt: f64,
+    limit: u32,
+}
+
+impl DelayView<'_> {
+    /// The steps of `delay_ms`: [`delay_steps`]`(delay_ms, dt)`.
+    #[inline]
+    fn of(self, delay_ms: f32) -> u64 {
+        // 1.5 x 2^23: added to a `q` in [0, 2^22) it rounds `q` to a whole number, which
+        // then fills the low bits of the sum's mantissa (no conversion instruction, no
+        // saturation checks).
+        const ROUNDER: f32 = 12_582_912.0;
+        let bits = delay_ms.to_bits();
+        if bits >= self.limit {
+            return delay_steps_cold(delay_ms, self.dt);
+        }
+        // Below the limit the delay is non-negative and its steps at most the table's
+        // length less three, so the estimate (within one of them) and the one above it
+        // are in the table.
+        let k = ((delay_ms * self.per_ms + ROUNDER).to_bits() & 0x3f_ffff) as usize;
+        match self.thresholds.get(k..k + 2) {
+            Some(&[at, above]) => (k - usize::from(bits < at) + usize::from(bits >= above)) as u64,
+            _ => delay_steps_cold(delay_ms, self.dt),
+        }
+    }
+
+    /// The delays (as bits) of exactly `steps` steps, as [`of`](Self::of) returned it;
+    /// empty when the table does not reach that far.
+    #[inline]
+    fn range_of(self, steps: u64) -> std::ops::Range<u32> {
+        let k = steps as usize;
+        match self.thresholds.get(k..k.wrapping_add(2)) {
+            Some(&[at, above]) if k >= 1 => at..above,
+            _ => 0..0,
+        }
+    }
+}
+
+/// [`delay_steps`], kept out of the walk that inlines [`DelayView::of`].
+#[cold]
+#[inline(never)]
+fn delay_steps_cold(delay_ms: f32, dt: f64) -> u64 {
+    delay_steps(delay_ms, dt)
+}
+
+/// The bits of the smallest non-negative `f32` delay of at least `k` steps of `dt`
+/// (`k >= 2`): a binary search over the bits of the finite non-negative floats, which
+/// [`delay_steps`] maps to steps in the same order.
+fn first_delay_of(k: u64, dt: f64) -> u32 {
+    // delay_steps(0) = 1 < k; infinity's is at least k (saturated).
+    let (mut below, mut at_least) = (0u32, f32::INFINITY.to_bits());
+    while at_least - below > 1 {
+        let mid = below + (at_least - below) / 2;
+        if delay_steps(f32::from_bits(mid), dt) >= k {
+            at_least = mid;
+        } else {
+            below = mid;
+        }
+    }
+    at_least
 }
 
 /// A duration (`dt`, a delay) must be a finite number of milliseconds above zero.
@@ -287,6 +385,8 @@ pub struct NeuralGraph {
     /// When this graph is one rank's part of a distributed network: the neurons it
     /// updates. `None`: all of them.
     share: Option<RankShare>,
+    /// Delays to steps for the last `dt` spikes were sent with.
+    delays: DelaySteps,
 }
 
 /// The neurons one rank of a distributed network updates: those whose slot index is
@@ -358,6 +458,7 @@ impl NeuralGraph {
             removed_since_check: 0,
             runs_end: 0,
             share: None,
+            delays: DelaySteps::default(),
         }
     }
 
@@ -617,7 +718,10 @@ impl NeuralGraph {
     /// Connects `pre` to `post` with `weight` (pA, finite; negative inhibits) and `delay`
     /// (ms, finite, above zero). Multapses and self-connections are allowed. A stale neuron
     /// is an [`Error::InvalidHandle`]; on any error nothing changes. For many synapses at
-    /// once, [`connect_many`](Self::connect_many) is much faster.
+    /// once, [`connect_many`](Self::connect_many) is much faster. The synapse goes after
+    /// every other: a network made one synapse at a time steps faster once
+    /// [`optimize_layout`](Self::optimize_layout) has sorted each neuron's synapses by
+    /// delay.
     pub fn connect(
         &mut self,
         pre: NeuronId,
@@ -646,10 +750,10 @@ impl NeuralGraph {
 
     /// Connects many pairs at once: synapse `k` goes from `pre[k]` to `post[k]` with
     /// `weight[k]` and `delay[k]` (checked as in [`connect`](Self::connect)). The
-    /// synapses are laid out sorted by presynaptic neuron, then postsynaptic (a stable
-    /// sort: multapses keep the order given), after the table's highest occupied place,
-    /// so each neuron's new synapses are one run of storage that a spike walks without a
-    /// lookup. Returns how many were made (`pre.len()`); their handles are what
+    /// synapses are laid out sorted by presynaptic neuron, then delay (a stable sort:
+    /// synapses of one neuron and one delay keep the order given), after the table's
+    /// highest occupied place, so each neuron's new synapses are one run of storage that
+    /// a spike walks without a lookup, finding the arrival step once per delay. Returns how many were made (`pre.len()`); their handles are what
     /// [`outgoing`](Self::outgoing) lists.
     ///
     /// Slices of different lengths, a stale neuron (an [`Error::InvalidHandle`] naming
@@ -669,7 +773,7 @@ impl NeuralGraph {
     /// )?;
     /// assert_eq!((made, graph.synapse_count()), (3, 3));
     /// let out: Vec<_> = graph.outgoing(ns[0]).unwrap().iter().map(|&s| graph.synapse(s).unwrap().post).collect();
-    /// assert_eq!(out, vec![ns[1], ns[2]]); // sorted by target
+    /// assert_eq!(out, vec![ns[1], ns[2]]); // sorted by delay (0.5 ms, 1.5 ms)
     /// # Ok::<(), neurostore::Error>(())
     /// ```
     pub fn connect_many(
@@ -680,7 +784,7 @@ impl NeuralGraph {
         delay: &[f32],
     ) -> Result<usize, Error> {
         self.check_batch(pre, post, weight, delay)?;
-        let order = sorted_by_neurons(pre, post, self.out.len());
+        let order = sorted_for_walks(pre, delay, self.out.len());
         let records = order.iter().map(|&k| {
             Synapse::new(
                 pre[k as usize],
@@ -969,8 +1073,9 @@ impl NeuralGraph {
         self.defrag_policy = policy;
     }
 
-    /// Lays the tables out for the step: synapses sorted by presynaptic neuron, then
-    /// postsynaptic (stable), so each neuron's outgoing synapses are one run of storage;
+    /// Lays the tables out for the step: synapses sorted by presynaptic neuron, then delay
+    /// (stable), so each neuron's outgoing synapses are one run of storage, walked one
+    /// delay after another;
     /// and neurons grouped by population. Handles do not change. A network built with
     /// [`connect_many`](Self::connect_many), one batch per group of presynaptic neurons
     /// in ascending order, is laid out this way already, and nothing moves.
@@ -995,7 +1100,7 @@ impl NeuralGraph {
         self.neurons_table_mut().compact_by_key(|n| n.population)?;
         let report = self
             .synapses_table_mut()
-            .compact_by_key(|s| (s.pre_index(), s.post_index()))?;
+            .compact_by_key(|s| (s.pre_index(), walk_key(s.delay)))?;
         self.find_runs();
         Ok(report)
     }
@@ -1268,12 +1373,19 @@ impl NeuralGraph {
     /// then orders the senders' events share by share. Returns the number of synaptic
     /// events.
     fn propagate(&mut self, sources: &[NeuronId], dt: f64, now: u64) -> usize {
+        if !self.delays.covers(dt, self.max_delay_ms) {
+            self.delays = DelaySteps::new(dt, self.max_delay_ms);
+        }
         let NeuralGraph {
-            store, out, ring, ..
+            store,
+            out,
+            ring,
+            delays,
+            ..
         } = self;
         let walk = Walk {
             synapses: table_of::<Synapse>(store),
-            steps: DelaySteps::new(dt),
+            steps: delays,
         };
         let walks: Vec<&Outgoing> = sources
             .iter()
@@ -1289,7 +1401,7 @@ impl NeuralGraph {
         let mut senders = ring.senders(shares.len(), now);
         let send = |sender: &mut Sender<'_>, share: &std::ops::Range<usize>| {
             for o in &walks[share.clone()] {
-                walk.events(o, |column, offset, w| sender.send(offset, column, w));
+                walk.send(o, sender);
             }
         };
         if let [sender] = &mut senders[..] {
@@ -1320,28 +1432,49 @@ fn update_neuron(
     advance(neuron, p, ex, inh, now)
 }
 
-/// What propagation reads: the synapses and the step length their delays are counted in.
+/// What propagation reads: the synapses and the conversion of their delays to steps.
 struct Walk<'a> {
     synapses: &'a Table<Synapse>,
-    steps: DelaySteps,
+    steps: &'a DelaySteps,
 }
 
 impl Walk<'_> {
-    /// Calls `f(column, delay in steps, weight)` for every synapse of `o`, in walk order.
+    /// Queues the input of every synapse of `o` into `sender`, in walk order, each
+    /// arriving after its delay in steps. The arrival slot is looked up again only where
+    /// a synapse's delay leaves the range of the last one's steps: once per delay along a
+    /// neuron's synapses when they are sorted by delay, as the graph lays them out.
     #[inline]
-    fn events(&self, o: &Outgoing, mut f: impl FnMut(usize, u64, f32)) {
+    fn send(&self, o: &Outgoing, sender: &mut Sender<'_>) {
         let pre = o.owner.index();
+        let steps = self.steps.view();
         for &(start, len) in &o.runs {
             self.synapses
                 .for_each_run_in_places(start, u64::from(len), |run| {
+                    let mut same = 0..0;
+                    let mut row = sender.row(0);
                     for s in run {
-                        if s.pre_index() == pre {
-                            f(s.post_index() as usize, self.steps.of(s.delay), s.weight);
+                        if s.pre_index() != pre {
+                            continue;
                         }
+                        let bits = s.delay.to_bits();
+                        if !same.contains(&bits) {
+                            let k = steps.of(s.delay);
+                            same = steps.range_of(k);
+                            row = sender.row(k);
+                        }
+                        row.push(s.post_index() as usize, s.weight);
                     }
                 });
         }
     }
+}
+
+/// Where a synapse of `delay` (ms, above zero) goes among its presynaptic neuron's
+/// synapses, in a stable sort: by delay (whose bits order as the delays do), synapses of
+/// one delay in the order they were made. A spike's walk then finds its synapses'
+/// arrival slots once per delay in steps ([`Walk::send`]).
+fn walk_key(delay: f32) -> u32 {
+    delay.to_bits()
 }
 
 /// `walks` cut into at most `threads` contiguous shares of about equal events.
@@ -1364,8 +1497,8 @@ fn shares_by_events(walks: &[&Outgoing], threads: usize) -> Vec<std::ops::Range<
 
 /// The indices `0..pre.len()` in the order [`NeuralGraph::connect_many`] lays its
 /// synapses out: by presynaptic neuron (a counting sort over slot indices below
-/// `neurons`), then by postsynaptic neuron within each (a stable sort, in parallel).
-fn sorted_by_neurons(pre: &[NeuronId], post: &[NeuronId], neurons: usize) -> Vec<u32> {
+/// `neurons`), then by delay within each (a stable sort, in parallel).
+fn sorted_for_walks(pre: &[NeuronId], delay: &[f32], neurons: usize) -> Vec<u32> {
     let mut starts = vec![0usize; neurons + 1];
     for p in pre {
         starts[p.index() as usize + 1] += 1;
@@ -1380,7 +1513,7 @@ fn sorted_by_neurons(pre: &[NeuronId], post: &[NeuronId], neurons: usize) -> Vec
         order[*at] = k as u32;
         *at += 1;
     }
-    // One slice per presynaptic neuron, each sorted by target on its own.
+    // One slice per presynaptic neuron, each sorted by delay on its own.
     let mut buckets: Vec<&mut [u32]> = Vec::with_capacity(neurons);
     let mut rest = &mut order[..];
     for i in 0..neurons {
@@ -1390,8 +1523,54 @@ fn sorted_by_neurons(pre: &[NeuronId], post: &[NeuronId], neurons: usize) -> Vec
     }
     buckets
         .into_par_iter()
-        .for_each(|b| b.sort_by_key(|&k| post[k as usize].index()));
+        .for_each_init(DelaySort::default, |sort, b| sort.sort(b, delay));
     order
+}
+
+/// A stable sort of synapse indices by their delays ([`walk_key`]): a least significant
+/// digit radix sort over the delays' bits, a byte a pass (passes whose byte every delay
+/// shares are skipped). The batches of [`NeuralGraph::connect_many`] come in target
+/// order, which a comparison sort by delay would take `n log n` steps to undo; this takes
+/// at most four passes. Its buffers are kept for the next bucket.
+#[derive(Default)]
+struct DelaySort {
+    keyed: Vec<(u32, u32)>,
+    spare: Vec<(u32, u32)>,
+}
+
+impl DelaySort {
+    fn sort(&mut self, bucket: &mut [u32], delay: &[f32]) {
+        if bucket.len() < 64 {
+            // Small buckets: the standard library's stable sort (an insertion sort here).
+            bucket.sort_by_key(|&k| walk_key(delay[k as usize]));
+            return;
+        }
+        let DelaySort { keyed, spare } = self;
+        keyed.clear();
+        keyed.extend(bucket.iter().map(|&k| (walk_key(delay[k as usize]), k)));
+        spare.resize(keyed.len(), (0, 0));
+        for shift in [0, 8, 16, 24] {
+            let mut starts = [0usize; 257];
+            for &(key, _) in keyed.iter() {
+                starts[(key >> shift & 0xff) as usize + 1] += 1;
+            }
+            if starts.contains(&keyed.len()) {
+                continue; // every key has the same byte here
+            }
+            for d in 0..256 {
+                starts[d + 1] += starts[d];
+            }
+            for &(key, k) in keyed.iter() {
+                let at = &mut starts[(key >> shift & 0xff) as usize];
+                spare[*at] = (key, k);
+                *at += 1;
+            }
+            std::mem::swap(keyed, spare);
+        }
+        for (slot, &(_, k)) in bucket.iter_mut().zip(keyed.iter()) {
+            *slot = k;
+        }
+    }
 }
 
 /// Input in flight when a device copy of the step takes over: `rows` rows of
@@ -1455,6 +1634,29 @@ mod tests {
     }
 
     #[test]
+    fn the_delay_sort_is_the_stable_sort_by_delay() {
+        let mut sort = DelaySort::default();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for len in [0, 1, 5, 63, 64, 65, 1000, 5000] {
+            for distinct in [1u64, 3, 40, 1 << 20] {
+                let delay: Vec<f32> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        0.1 + (x % distinct) as f32 * 0.037
+                    })
+                    .collect();
+                let mut bucket: Vec<u32> = (0..len as u32).rev().collect();
+                let mut expected = bucket.clone();
+                expected.sort_by_key(|&k| delay[k as usize].to_bits());
+                sort.sort(&mut bucket, &delay);
+                assert_eq!(bucket, expected, "{len} delays, {distinct} distinct");
+            }
+        }
+    }
+
+    #[test]
     fn delay_steps_rounds_as_f64_round_does() {
         let reference = |delay: f32, dt: f64| {
             let steps = (f64::from(delay) / dt).round();
@@ -1477,14 +1679,34 @@ mod tests {
 
     #[test]
     fn delay_steps_for_many_delays_equal_the_one_at_a_time_rounding() {
-        for dt in [0.1, 0.05, 0.01, 0.25, 1.0 / 3.0, 0.1 + 1e-12, 0.125, 2.0] {
-            let steps = DelaySteps::new(dt);
-            for delay in delays_to_check(dt, 0x9e37_79b9_7f4a_7c15) {
-                assert_eq!(
-                    steps.of(delay),
-                    delay_steps(delay, dt),
-                    "{delay} ms, dt {dt}"
-                );
+        let dts = [0.1, 0.05, 0.01, 0.25, 1.0 / 3.0, 0.1 + 1e-12, 0.125, 2.0];
+        for dt in dts.into_iter().chain([1e-30, 1e-300, 1e300]) {
+            // Tables too short for most delays, as long as most, and capped.
+            for longest in [0.0, 5.0, 1000.0, 1e9] {
+                let table = DelaySteps::new(dt, longest);
+                assert!(table.covers(dt, longest) && !table.covers(dt * 2.0, longest));
+                let steps = table.view();
+                for delay in delays_to_check(dt, 0x9e37_79b9_7f4a_7c15) {
+                    let k = steps.of(delay);
+                    assert_eq!(
+                        k,
+                        delay_steps(delay, dt),
+                        "{delay} ms, dt {dt}, to {longest}"
+                    );
+                    let same = steps.range_of(k);
+                    // Delays the table serves lie in their steps' range (others are
+                    // converted one at a time).
+                    assert!(
+                        delay.to_bits() >= table.limit || same.contains(&delay.to_bits()),
+                        "{delay} ms lies in its steps' range {same:?}, dt {dt}"
+                    );
+                    // A delay in the range has those steps.
+                    for bits in [same.start, same.end.saturating_sub(1)] {
+                        if !same.is_empty() {
+                            assert_eq!(delay_steps(f32::from_bits(bits), dt), k);
+                        }
+                    }
+                }
             }
         }
     }

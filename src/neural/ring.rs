@@ -159,17 +159,21 @@ pub(crate) struct Sender<'a> {
 }
 
 impl Sender<'_> {
-    /// Queues input of `weight` for `column`, `offset` steps after the step (clamped to
-    /// the ring's span): excitatory when `weight >= 0`, else inhibitory. Columns past the
-    /// ring's get none.
-    #[inline]
+    /// Queues input of `weight` for `column`, `offset` steps after the step: one event
+    /// of a [`row`](Self::row).
+    #[cfg(test)]
     pub(crate) fn send(&mut self, offset: u64, column: usize, weight: f32) {
+        self.row(offset).push(column, weight);
+    }
+
+    /// The queues of the slot `offset` steps after the sender's step (clamped to the
+    /// ring's span), for the events of that delay.
+    #[inline]
+    pub(crate) fn row(&mut self, offset: u64) -> Row<'_> {
         let last = self.rows.len().wrapping_sub(1);
         let offset = usize::try_from(offset).map_or(last, |o| o.min(last));
-        // An unshaped ring (no slots) has no rows: the event is dropped.
-        if let Some(row) = self.rows.get_mut(offset) {
-            push(row, column, weight < 0.0, weight);
-        }
+        // An unshaped ring (no slots) has no rows: events pushed to it are dropped.
+        Row(self.rows.get_mut(offset).map_or(&mut [], |row| &mut **row))
     }
 
     /// Queues `value` for `column`'s `inhibitory` or excitatory channel `offset` slots
@@ -178,6 +182,18 @@ impl Sender<'_> {
         if let Some(row) = self.rows.get_mut(offset) {
             push(row, column, inhibitory, value);
         }
+    }
+}
+
+/// One slot's queues of a [`Sender`], from [`Sender::row`].
+pub(crate) struct Row<'r>(&'r mut [Vec<Event>]);
+
+impl Row<'_> {
+    /// Queues input of `weight` for `column`: excitatory when `weight >= 0`, else
+    /// inhibitory. Columns past the ring's get none.
+    #[inline]
+    pub(crate) fn push(&mut self, column: usize, weight: f32) {
+        push(self.0, column, weight < 0.0, weight);
     }
 }
 
