@@ -750,9 +750,9 @@ impl NeuralGraph {
 
     /// Connects many pairs at once: synapse `k` goes from `pre[k]` to `post[k]` with
     /// `weight[k]` and `delay[k]` (checked as in [`connect`](Self::connect)). The
-    /// synapses are laid out sorted by presynaptic neuron, then delay (a stable sort:
-    /// synapses of one neuron and one delay keep the order given), after the table's
-    /// highest occupied place, so each neuron's new synapses are one run of storage that
+    /// synapses are laid out sorted by presynaptic neuron, then delay to within 1 % (a
+    /// stable sort: synapses of one neuron and about one delay keep the order given),
+    /// after the table's highest occupied place, so each neuron's new synapses are one run of storage that
     /// a spike walks without a lookup, finding the arrival step once per delay. Returns how many were made (`pre.len()`); their handles are what
     /// [`outgoing`](Self::outgoing) lists.
     ///
@@ -1074,8 +1074,8 @@ impl NeuralGraph {
     }
 
     /// Lays the tables out for the step: synapses sorted by presynaptic neuron, then delay
-    /// (stable), so each neuron's outgoing synapses are one run of storage, walked one
-    /// delay after another;
+    /// to within 1 % (stable), so each neuron's outgoing synapses are one run of storage,
+    /// walked one delay after another;
     /// and neurons grouped by population. Handles do not change. A network built with
     /// [`connect_many`](Self::connect_many), one batch per group of presynaptic neurons
     /// in ascending order, is laid out this way already, and nothing moves.
@@ -1470,11 +1470,13 @@ impl Walk<'_> {
 }
 
 /// Where a synapse of `delay` (ms, above zero) goes among its presynaptic neuron's
-/// synapses, in a stable sort: by delay (whose bits order as the delays do), synapses of
-/// one delay in the order they were made. A spike's walk then finds its synapses'
-/// arrival slots once per delay in steps ([`Walk::send`]).
+/// synapses, in a stable sort: by the delay's top 16 bits (sign, exponent and 7 bits of
+/// mantissa, whose order is the delays'), so by delay to within 1/128 of it, synapses
+/// of one key in the order they were made. A spike's walk then finds its synapses'
+/// arrival slots about once per delay in steps ([`Walk::send`]), and the sort is two
+/// passes of a counting sort ([`DelaySort`]).
 fn walk_key(delay: f32) -> u32 {
-    delay.to_bits()
+    delay.to_bits() >> 16
 }
 
 /// `walks` cut into at most `threads` contiguous shares of about equal events.
@@ -1497,7 +1499,7 @@ fn shares_by_events(walks: &[&Outgoing], threads: usize) -> Vec<std::ops::Range<
 
 /// The indices `0..pre.len()` in the order [`NeuralGraph::connect_many`] lays its
 /// synapses out: by presynaptic neuron (a counting sort over slot indices below
-/// `neurons`), then by delay within each (a stable sort, in parallel).
+/// `neurons`), then by delay within each ([`walk_key`]; a stable sort, in parallel).
 fn sorted_for_walks(pre: &[NeuronId], delay: &[f32], neurons: usize) -> Vec<u32> {
     let mut starts = vec![0usize; neurons + 1];
     for p in pre {
@@ -1527,48 +1529,49 @@ fn sorted_for_walks(pre: &[NeuronId], delay: &[f32], neurons: usize) -> Vec<u32>
     order
 }
 
-/// A stable sort of synapse indices by their delays ([`walk_key`]): a least significant
-/// digit radix sort over the delays' bits, a byte a pass (passes whose byte every delay
-/// shares are skipped). The batches of [`NeuralGraph::connect_many`] come in target
-/// order, which a comparison sort by delay would take `n log n` steps to undo; this takes
-/// at most four passes. Its buffers are kept for the next bucket.
+/// A stable sort of synapse indices by [`walk_key`], their delays to within 1 %. The
+/// batches of [`NeuralGraph::connect_many`] come in target order, which a comparison sort
+/// would take `n log n` steps to undo: this is a counting sort over the range of keys a
+/// neuron's delays span, two passes. A bucket whose delays span too many orders of
+/// magnitude for the counts takes the standard library's stable sort. Its buffers are
+/// kept for the next bucket.
 #[derive(Default)]
 struct DelaySort {
     keyed: Vec<(u32, u32)>,
-    spare: Vec<(u32, u32)>,
+    starts: Vec<u32>,
 }
 
 impl DelaySort {
     fn sort(&mut self, bucket: &mut [u32], delay: &[f32]) {
+        let key = |k: u32| walk_key(delay[k as usize]);
         if bucket.len() < 64 {
             // Small buckets: the standard library's stable sort (an insertion sort here).
-            bucket.sort_by_key(|&k| walk_key(delay[k as usize]));
+            bucket.sort_by_key(|&k| key(k));
             return;
         }
-        let DelaySort { keyed, spare } = self;
+        let DelaySort { keyed, starts } = self;
         keyed.clear();
-        keyed.extend(bucket.iter().map(|&k| (walk_key(delay[k as usize]), k)));
-        spare.resize(keyed.len(), (0, 0));
-        for shift in [0, 8, 16, 24] {
-            let mut starts = [0usize; 257];
-            for &(key, _) in keyed.iter() {
-                starts[(key >> shift & 0xff) as usize + 1] += 1;
-            }
-            if starts.contains(&keyed.len()) {
-                continue; // every key has the same byte here
-            }
-            for d in 0..256 {
-                starts[d + 1] += starts[d];
-            }
-            for &(key, k) in keyed.iter() {
-                let at = &mut starts[(key >> shift & 0xff) as usize];
-                spare[*at] = (key, k);
-                *at += 1;
-            }
-            std::mem::swap(keyed, spare);
+        keyed.extend(bucket.iter().map(|&k| (key(k), k)));
+        let (low, high) = keyed
+            .iter()
+            .fold((u32::MAX, 0), |(lo, hi), &(d, _)| (lo.min(d), hi.max(d)));
+        let span = (high - low) as usize + 1;
+        if span > 4 * keyed.len().max(1024) {
+            bucket.sort_by_key(|&k| key(k));
+            return;
         }
-        for (slot, &(_, k)) in bucket.iter_mut().zip(keyed.iter()) {
-            *slot = k;
+        starts.clear();
+        starts.resize(span + 1, 0);
+        for &(d, _) in keyed.iter() {
+            starts[(d - low) as usize + 1] += 1;
+        }
+        for c in 0..span {
+            starts[c + 1] += starts[c];
+        }
+        for &(d, k) in keyed.iter() {
+            let at = &mut starts[(d - low) as usize];
+            bucket[*at as usize] = k;
+            *at += 1;
         }
     }
 }
@@ -1634,22 +1637,27 @@ mod tests {
     }
 
     #[test]
-    fn the_delay_sort_is_the_stable_sort_by_delay() {
+    fn the_delay_sort_is_the_stable_sort_by_its_key() {
         let mut sort = DelaySort::default();
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for len in [0, 1, 5, 63, 64, 65, 1000, 5000] {
-            for distinct in [1u64, 3, 40, 1 << 20] {
+            // Few delays, many, and (0) delays over 60 orders of magnitude.
+            for distinct in [1u64, 3, 40, 1 << 20, 0] {
                 let delay: Vec<f32> = (0..len)
                     .map(|_| {
                         x ^= x << 13;
                         x ^= x >> 7;
                         x ^= x << 17;
-                        0.1 + (x % distinct) as f32 * 0.037
+                        if distinct == 0 {
+                            10f32.powi((x % 61) as i32 - 30)
+                        } else {
+                            0.1 + (x % distinct) as f32 * 0.037
+                        }
                     })
                     .collect();
                 let mut bucket: Vec<u32> = (0..len as u32).rev().collect();
                 let mut expected = bucket.clone();
-                expected.sort_by_key(|&k| delay[k as usize].to_bits());
+                expected.sort_by_key(|&k| walk_key(delay[k as usize]));
                 sort.sort(&mut bucket, &delay);
                 assert_eq!(bucket, expected, "{len} delays, {distinct} distinct");
             }
