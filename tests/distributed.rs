@@ -343,95 +343,94 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The live neurons and a random batch of synapses among them.
-fn batch(neurons: &[NeuronId], count: usize, shortest: f32, seed: u64) -> [Vec<u32>; 4] {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut b: [Vec<u32>; 4] = Default::default();
-    for _ in 0..count {
-        b[0].push(rng.random_range(0..neurons.len()) as u32);
-        b[1].push(rng.random_range(0..neurons.len()) as u32);
-        b[2].push(rng.random_range(-300.0..300.0f32).to_bits());
-        b[3].push((shortest + rng.random_range(0.0..1.5f32)).to_bits());
+/// What the model test does to one graph or to one rank.
+trait Network {
+    fn graph(&self) -> &NeuralGraph;
+    fn steps(&mut self, steps: u64, one_at_a_time: bool, spikes: &mut Vec<Vec<NeuronId>>);
+    fn connect_many(&mut self, pre: &[NeuronId], post: &[NeuronId], w: &[f32], d: &[f32]);
+    fn remove_neurons(&mut self, neurons: &[NeuronId]);
+    fn inject_spikes(&mut self, sources: &[NeuronId]);
+    fn defragment(&mut self);
+}
+
+impl Network for NeuralGraph {
+    fn graph(&self) -> &NeuralGraph {
+        self
     }
-    b
+    fn steps(&mut self, steps: u64, _: bool, spikes: &mut Vec<Vec<NeuronId>>) {
+        spikes.extend((0..steps).map(|_| self.step(DT).unwrap().to_vec()));
+    }
+    fn connect_many(&mut self, pre: &[NeuronId], post: &[NeuronId], w: &[f32], d: &[f32]) {
+        NeuralGraph::connect_many(self, pre, post, w, d).unwrap();
+    }
+    fn remove_neurons(&mut self, neurons: &[NeuronId]) {
+        NeuralGraph::remove_neurons(self, neurons);
+    }
+    fn inject_spikes(&mut self, sources: &[NeuronId]) {
+        NeuralGraph::inject_spikes(self, sources, DT).unwrap();
+    }
+    fn defragment(&mut self) {
+        NeuralGraph::defragment(self).unwrap();
+    }
 }
 
-fn live_of(neurons: &[NeuronId], graph: &NeuralGraph) -> Vec<NeuronId> {
-    neurons
-        .iter()
-        .copied()
-        .filter(|&n| graph.neuron(n).is_some())
-        .collect()
-}
-
-fn apply_single(
-    g: &mut NeuralGraph,
-    op: &Op,
-    neurons: &[NeuronId],
-    spikes: &mut Vec<Vec<NeuronId>>,
-) {
-    let live = live_of(neurons, g);
-    match *op {
-        Op::Run { steps, .. } => spikes.extend((0..steps).map(|_| g.step(DT).unwrap().to_vec())),
-        Op::Connect {
-            count,
-            shortest,
-            seed,
-        } if !live.is_empty() => {
-            let [p, q, w, d] = batch(&live, count, shortest, seed);
-            let pick =
-                |v: &[u32]| -> Vec<NeuronId> { v.iter().map(|&k| live[k as usize]).collect() };
-            let floats = |v: &[u32]| -> Vec<f32> { v.iter().map(|&b| f32::from_bits(b)).collect() };
-            g.connect_many(&pick(&p), &pick(&q), &floats(&w), &floats(&d))
+impl<X: SpikeExchange> Network for DistributedGraph<X> {
+    fn graph(&self) -> &NeuralGraph {
+        DistributedGraph::graph(self)
+    }
+    fn steps(&mut self, steps: u64, one_at_a_time: bool, spikes: &mut Vec<Vec<NeuronId>>) {
+        if one_at_a_time {
+            spikes.extend((0..steps).map(|_| self.step(DT).unwrap().to_vec()));
+        } else {
+            self.run(steps, DT, |_, fired| spikes.push(fired.to_vec()))
                 .unwrap();
         }
-        Op::Connect { .. } => {}
-        Op::Remove { modulus, residue } => {
-            let doomed: Vec<NeuronId> = live
-                .iter()
-                .copied()
-                .filter(|n| n.index() % modulus == residue)
-                .collect();
-            g.remove_neurons(&doomed);
-        }
-        Op::Inject { below } => {
-            let sources: Vec<NeuronId> =
-                live.iter().copied().filter(|n| n.index() < below).collect();
-            g.inject_spikes(&sources, DT).unwrap();
-        }
-        Op::Defragment => {
-            g.defragment().unwrap();
-        }
+    }
+    fn connect_many(&mut self, pre: &[NeuronId], post: &[NeuronId], w: &[f32], d: &[f32]) {
+        DistributedGraph::connect_many(self, pre, post, w, d).unwrap();
+    }
+    fn remove_neurons(&mut self, neurons: &[NeuronId]) {
+        DistributedGraph::remove_neurons(self, neurons);
+    }
+    fn inject_spikes(&mut self, sources: &[NeuronId]) {
+        DistributedGraph::inject_spikes(self, sources, DT).unwrap();
+    }
+    fn defragment(&mut self) {
+        DistributedGraph::defragment(self).unwrap();
     }
 }
 
-fn apply_rank<X: SpikeExchange>(
-    net: &mut DistributedGraph<X>,
-    op: &Op,
-    neurons: &[NeuronId],
-    spikes: &mut Vec<Vec<NeuronId>>,
-) {
-    let live = live_of(neurons, net.graph());
+/// Applies `op` to `net`, whose first neurons were `neurons`; each step's spikes go to
+/// `spikes`.
+fn apply(net: &mut impl Network, op: &Op, neurons: &[NeuronId], spikes: &mut Vec<Vec<NeuronId>>) {
+    use rand::{Rng, SeedableRng};
+    let live: Vec<NeuronId> = neurons
+        .iter()
+        .copied()
+        .filter(|&n| net.graph().neuron(n).is_some())
+        .collect();
     match *op {
         Op::Run {
             steps,
-            one_at_a_time: true,
-        } => spikes.extend((0..steps).map(|_| net.step(DT).unwrap().to_vec())),
-        Op::Run { steps, .. } => net
-            .run(steps, DT, |_, fired| spikes.push(fired.to_vec()))
-            .unwrap(),
+            one_at_a_time,
+        } => net.steps(steps, one_at_a_time, spikes),
         Op::Connect {
             count,
             shortest,
             seed,
         } if !live.is_empty() => {
-            let [p, q, w, d] = batch(&live, count, shortest, seed);
-            let pick =
-                |v: &[u32]| -> Vec<NeuronId> { v.iter().map(|&k| live[k as usize]).collect() };
-            let floats = |v: &[u32]| -> Vec<f32> { v.iter().map(|&b| f32::from_bits(b)).collect() };
-            net.connect_many(&pick(&p), &pick(&q), &floats(&w), &floats(&d))
-                .unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut pick = || live[rng.random_range(0..live.len())];
+            let (pre, post): (Vec<NeuronId>, Vec<NeuronId>) =
+                (0..count).map(|_| (pick(), pick())).unzip();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(!seed);
+            let w: Vec<f32> = (0..count)
+                .map(|_| rng.random_range(-300.0..300.0f32))
+                .collect();
+            let d: Vec<f32> = (0..count)
+                .map(|_| shortest + rng.random_range(0.0..1.5f32))
+                .collect();
+            net.connect_many(&pre, &post, &w, &d);
         }
         Op::Connect { .. } => {}
         Op::Remove { modulus, residue } => {
@@ -445,11 +444,9 @@ fn apply_rank<X: SpikeExchange>(
         Op::Inject { below } => {
             let sources: Vec<NeuronId> =
                 live.iter().copied().filter(|n| n.index() < below).collect();
-            net.inject_spikes(&sources, DT).unwrap();
+            net.inject_spikes(&sources);
         }
-        Op::Defragment => {
-            net.defragment().unwrap();
-        }
+        Op::Defragment => net.defragment(),
     }
 }
 
@@ -466,7 +463,7 @@ proptest! {
         let neurons = g.add_neurons(150, &driven).unwrap();
         let mut expected = Vec::new();
         for op in &ops {
-            apply_single(&mut g, op, &neurons, &mut expected);
+            apply(&mut g, op, &neurons, &mut expected);
         }
         let states: Vec<(NeuronId, Neuron)> = g.neurons().iter().map(|(n, x)| (n, *x)).collect();
         let synapses = g.synapse_count() as u64;
@@ -475,7 +472,7 @@ proptest! {
             let neurons = net.add_neurons(150, &driven).unwrap();
             let mut spikes = Vec::new();
             for op in &ops {
-                apply_rank(&mut net, op, &neurons, &mut spikes);
+                apply(&mut net, op, &neurons, &mut spikes);
             }
             check_owned_states(&net, &states);
             let graph = net.graph();
