@@ -788,3 +788,15 @@ fn a_version_2_file_with_vacant_slots_still_loads() {
     assert_eq!(save(&loaded), save(&store));
     assert_eq!(inspect(&save(&loaded)[..]).unwrap().format_version, 3);
 }
+
+/// A store snapshot whose head announces billions of tables (found by the `snapshot_load`
+/// fuzz target): the count is the file's word, so the load refuses the file when the
+/// sections run out instead of reserving room for every announced table.
+#[test]
+fn a_head_announcing_billions_of_tables_is_refused_without_reserving_for_them() {
+    let bytes = include_bytes!("data/snapshot_huge_table_count.nsnap");
+    for registry in [TypeRegistry::new(), registry()] {
+        let err = Store::load_from(&bytes[..], &registry).unwrap_err();
+        assert!(matches!(err, Error::Snapshot(_)), "{err}");
+    }
+}

@@ -327,7 +327,9 @@ impl<'a> Options<'a> {
             }
             .into());
         }
-        let mut tables = Vec::with_capacity(head.tables as usize);
+        // The count is the file's word: the list grows with the tables actually read, so
+        // a count that the sections do not bear out is a refusal, not an allocation.
+        let mut tables = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..head.tables {
             let header = read_table_header(&mut reader)?;
