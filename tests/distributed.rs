@@ -39,6 +39,21 @@ fn check_owned_states<X: SpikeExchange>(net: &DistributedGraph<X>, states: &[(Ne
     }
 }
 
+/// This rank's part of `recipe`'s network.
+fn rank_of(exchange: LocalExchange, recipe: &Recipe) -> DistributedGraph<LocalExchange> {
+    let mut net = DistributedGraph::new(exchange).unwrap();
+    recipe.build(&mut net);
+    net
+}
+
+/// Runs `steps` steps and returns every step's spikes (every rank's).
+fn record(net: &mut DistributedGraph<LocalExchange>, steps: u64) -> Vec<Vec<NeuronId>> {
+    let mut seen = Vec::new();
+    net.run(steps, DT, |_, fired| seen.push(fired.to_vec()))
+        .unwrap();
+    seen
+}
+
 #[test]
 fn ranks_see_the_spikes_of_one_process_exchanging_every_step() {
     let recipe = Recipe {
@@ -51,8 +66,7 @@ fn ranks_see_the_spikes_of_one_process_exchanging_every_step() {
     let (spikes, states) = single_run(&recipe, steps);
     for ranks in 1..=4 {
         let seen = on_ranks(ranks, |x| {
-            let mut net = DistributedGraph::new(x).unwrap();
-            recipe.build(&mut net);
+            let mut net = rank_of(x, &recipe);
             let mut seen = Vec::new();
             net.run(steps, DT, |step, fired| seen.push((step, fired.to_vec())))
                 .unwrap();
@@ -89,11 +103,8 @@ fn an_exchange_per_interval_of_the_shortest_delay_gives_the_same_spikes() {
     let (spikes, states) = single_run(&recipe, steps);
     for ranks in [2, 3] {
         let seen = on_ranks(ranks, |x| {
-            let mut net = DistributedGraph::new(x).unwrap();
-            recipe.build(&mut net);
-            let mut seen = Vec::new();
-            net.run(steps, DT, |_, fired| seen.push(fired.to_vec()))
-                .unwrap();
+            let mut net = rank_of(x, &recipe);
+            let seen = record(&mut net, steps);
             check_owned_states(&net, &states);
             let stats = net.exchange_stats();
             // 0.75 ms is 8 steps of 0.1 ms (rounded): 63 exchanges for 503 steps.
@@ -131,11 +142,8 @@ fn ranks_with_different_thread_counts_see_the_same_spikes() {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let mut net = DistributedGraph::new(x).unwrap();
-                recipe.build(&mut net);
-                let mut seen = Vec::new();
-                net.run(steps, DT, |_, fired| seen.push(fired.to_vec()))
-                    .unwrap();
+                let mut net = rank_of(x, &recipe);
+                let seen = record(&mut net, steps);
                 check_owned_states(&net, &states);
                 seen
             })
@@ -156,12 +164,10 @@ fn stepping_one_at_a_time_and_running_agree() {
     };
     let (spikes, _) = single_run(&recipe, 300);
     let seen = on_ranks(2, |x| {
-        let mut net = DistributedGraph::new(x).unwrap();
-        recipe.build(&mut net);
+        let mut net = rank_of(x, &recipe);
         let mut seen: Vec<Vec<NeuronId>> =
             (0..100).map(|_| net.step(DT).unwrap().to_vec()).collect();
-        net.run(200, DT, |_, fired| seen.push(fired.to_vec()))
-            .unwrap();
+        seen.extend(record(&mut net, 200));
         seen
     });
     for per_rank in seen {
@@ -187,12 +193,9 @@ fn removing_neurons_on_every_rank_matches_one_process() {
     let seen = on_ranks(3, |x| {
         let mut net = DistributedGraph::new(x).unwrap();
         let ns = recipe.build(&mut net);
-        let mut seen = Vec::new();
-        net.run(150, DT, |_, fired| seen.push(fired.to_vec()))
-            .unwrap();
+        let mut seen = record(&mut net, 150);
         net.remove_neurons(&doomed(&ns));
-        net.run(150, DT, |_, fired| seen.push(fired.to_vec()))
-            .unwrap();
+        seen.extend(record(&mut net, 150));
         let local = net.graph().synapse_count() as u64;
         let all: u64 = net.all_gather_u64(local).unwrap().iter().sum();
         (seen, all)
@@ -218,8 +221,7 @@ fn a_checkpoint_of_every_rank_resumes_with_the_same_spikes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("checkpoint");
     on_ranks(2, |x| {
-        let mut net = DistributedGraph::new(x).unwrap();
-        recipe.build(&mut net);
+        let mut net = rank_of(x, &recipe);
         net.run(150, DT, |_, _| ()).unwrap();
         net.save(&path).unwrap();
     });
@@ -228,10 +230,7 @@ fn a_checkpoint_of_every_rank_resumes_with_the_same_spikes() {
         let mut net = DistributedGraph::load(x, &path).unwrap();
         assert_eq!(net.graph().current_step(), 150);
         assert_eq!(net.graph().last_spikes(), &spikes[149][..]);
-        let mut seen = Vec::new();
-        net.run(250, DT, |_, fired| seen.push(fired.to_vec()))
-            .unwrap();
-        seen
+        record(&mut net, 250)
     });
     for per_rank in resumed {
         assert_eq!(per_rank, spikes[150..]);
