@@ -1,6 +1,7 @@
 //! [`Table<T>`]: a typed slab of objects in pool-backed chunks, named by handles.
 
 use std::alloc::handle_alloc_error;
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -883,7 +884,7 @@ impl<T> Table<T> {
     /// their indices name, are prefetched before the current group is resolved and handed
     /// to `f`, so that the cache misses of a whole group overlap.
     pub fn for_each_many<'a>(&'a self, handles: &[Handle<T>], mut f: impl FnMut(Option<&'a T>)) {
-        const GROUP: usize = 32;
+        const GROUP: usize = 16;
         let prefetch_group = |group: &[Handle<T>]| {
             for h in group {
                 let index = h.index();
@@ -1042,13 +1043,23 @@ impl<T> Table<T> {
         // already marked as holding vacant slots) takes no call and stamps epochs only
         // when they change; the rest is in `remove_at_edge`.
         let (place, ptr) = self.object_ptr(h)?;
+        // The object is read first: its cache miss then overlaps the bookkeeping below.
+        // SAFETY: the slot was live, so its place held an initialised object; the place
+        // is marked free below on every path, so the object is moved out exactly once
+        // (and leaked, not dropped twice, should the bookkeeping unwind).
+        let value = ManuallyDrop::new(unsafe { ptr.as_ptr().read() });
         let loc = self.unpack(place);
-        let Some(Some(chunk)) = self.chunks.get_mut(loc.chunk as usize) else {
-            unreachable!("a live slot names a live chunk")
+        // SAFETY: a live slot names a place of a chunk the table holds.
+        let chunk = unsafe {
+            self.chunks
+                .get_unchecked_mut(loc.chunk as usize)
+                .as_mut()
+                .unwrap_unchecked()
         };
         let live_before = chunk.live();
         if live_before == chunk.capacity() || live_before == 1 || !self.vacant.covers(h.index()) {
-            return self.remove_at_edge(h, loc, ptr);
+            self.remove_at_edge(h, loc);
+            return Some(ManuallyDrop::into_inner(value));
         }
         let epoch = *self.epoch.get_mut();
         chunk.forget(loc.pos);
@@ -1056,9 +1067,7 @@ impl<T> Table<T> {
             chunk.dirty = epoch;
         }
         self.release_slot(h, epoch);
-        // SAFETY: the slot was live, so its place held an initialised object; the place
-        // is marked free now (above), so the object is moved out exactly once.
-        Some(unsafe { ptr.as_ptr().read() })
+        Some(ManuallyDrop::into_inner(value))
     }
 
     /// Vacates the live slot of `h` (whose generation is the slot's) after its object was
@@ -1076,7 +1085,7 @@ impl<T> Table<T> {
     /// left empty, or whose slot's group is not yet marked as holding vacant slots.
     #[cold]
     #[inline(never)]
-    fn remove_at_edge(&mut self, h: Handle<T>, loc: Loc, ptr: NonNull<T>) -> Option<T> {
+    fn remove_at_edge(&mut self, h: Handle<T>, loc: Loc) {
         let epoch = *self.epoch.get_mut();
         let chunk = self.chunks[loc.chunk as usize]
             .as_mut()
@@ -1087,15 +1096,12 @@ impl<T> Table<T> {
         let empty = chunk.live() == 0;
         self.vacant.push(h.index());
         self.release_slot(h, epoch);
-        // SAFETY: as in `remove`.
-        let value = unsafe { ptr.as_ptr().read() };
         if was_full {
             self.set_non_full(loc.chunk as usize, true);
         }
         if empty {
             self.keep_emptied_chunk(loc.chunk);
         }
-        Some(value)
     }
 
     /// Keeps the chunk just emptied for reuse and gives the one kept before back to the
