@@ -56,14 +56,11 @@ const PARALLEL_COLUMNS: usize = 2 * PART_COLUMNS;
 /// channel ([`SpikeRing::collapse`]), so that collapses cost O(1) per event.
 const COLLAPSE_EVENTS: usize = 2 * PART_COLUMNS;
 
-/// The flag of an [`Event`] for inhibitory input.
-const INHIBITORY: u32 = 1 << 31;
-
-/// One synaptic event in a queue: its column within the part, the channel, and the
-/// weight.
+/// One synaptic event in a queue: where it goes within its part's input and the weight.
 #[derive(Clone, Copy, Debug)]
 struct Event {
-    /// The column within its part; [`INHIBITORY`] set for the inhibitory channel.
+    /// The input value the event adds to, counted in `f32`s from the part's first
+    /// column: twice the column within the part, plus one for the inhibitory channel.
     at: u32,
     weight: f32,
 }
@@ -73,24 +70,26 @@ impl Event {
     fn new(column_in_part: usize, inhibitory: bool, weight: f32) -> Self {
         debug_assert!(column_in_part < PART_COLUMNS);
         Event {
-            at: column_in_part as u32 | if inhibitory { INHIBITORY } else { 0 },
+            at: (column_in_part as u32) << 1 | u32::from(inhibitory),
             weight,
         }
     }
 
     fn column_in_part(&self) -> usize {
-        (self.at & !INHIBITORY) as usize
+        (self.at >> 1) as usize
     }
 
+    #[cfg(test)]
     fn channel(&self) -> usize {
-        (self.at >> 31) as usize
+        (self.at & 1) as usize
     }
 
-    /// Adds the event to its column's channel in `input`, one part's input.
+    /// Adds the event to its column's channel in `input`, one part's input with the
+    /// channels of each column side by side: one bounds check, no decoding.
     #[inline]
-    fn add_to(&self, input: &mut [[f32; 2]]) {
-        if let Some(x) = input.get_mut(self.column_in_part()) {
-            x[self.channel()] += self.weight;
+    fn add_to(&self, input: &mut [f32]) {
+        if let Some(x) = input.get_mut(self.at as usize) {
+            *x += self.weight;
         }
     }
 }
@@ -329,7 +328,7 @@ impl SpikeRing {
             let start = slot * self.stride + part * PART_COLUMNS;
             let end = (start + PART_COLUMNS).min((slot + 1) * self.stride);
             for event in self.events_of(cell, delivery) {
-                event.add_to(&mut values[start..end]);
+                event.add_to(values[start..end].as_flattened_mut());
             }
         }
         Ok(values)
@@ -539,7 +538,7 @@ impl SpikeRing {
     fn collapse(&mut self, cell: usize) {
         let mut sums = vec![[0.0f32; 2]; PART_COLUMNS];
         for event in self.events_of(cell, &self.deliveries[cell]) {
-            event.add_to(&mut sums);
+            event.add_to(sums.as_flattened_mut());
         }
         for sender in &mut self.senders {
             sender.0[cell].clear();
@@ -647,6 +646,7 @@ impl SpikeRing {
 /// Zeroes one part's input, adds its events in delivery order, and empties its queues.
 fn gather_part(input: &mut [[f32; 2]], delivery: &mut Delivery, queues: Vec<&mut Vec<Event>>) {
     input.fill([0.0; 2]);
+    let input = input.as_flattened_mut();
     for s in &delivery.segments {
         for event in &queues[s.sender][s.start..s.end] {
             event.add_to(input);
