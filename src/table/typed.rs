@@ -1049,7 +1049,9 @@ impl<T> Table<T> {
         // (and leaked, not dropped twice, should the bookkeeping unwind).
         let value = ManuallyDrop::new(unsafe { ptr.as_ptr().read() });
         let loc = self.unpack(place);
-        // SAFETY: a live slot names a place of a chunk the table holds.
+        // Unchecked: in a standalone loop of 1M shuffled removals this measured 1.71-1.86x
+        // SlotMap's time against 1.82-2.02x with the checked lookup (7 interleaved runs).
+        // SAFETY: a live slot names a place of a chunk the table holds (module invariant).
         let chunk = unsafe {
             self.chunks
                 .get_unchecked_mut(loc.chunk as usize)
@@ -1081,8 +1083,9 @@ impl<T> Table<T> {
         }
     }
 
-    /// [`remove`](Self::remove) of the live object at `loc`, whose chunk was full or is
-    /// left empty, or whose slot's group is not yet marked as holding vacant slots.
+    /// The bookkeeping of a [`remove`](Self::remove) that took the object out of `loc`,
+    /// whose chunk was full or is left empty, or whose slot's group is not yet marked as
+    /// holding vacant slots: frees the place and the slot.
     #[cold]
     #[inline(never)]
     fn remove_at_edge(&mut self, h: Handle<T>, loc: Loc) {
