@@ -13,18 +13,6 @@ mod recipe;
 
 use recipe::{DT, Recipe, single_run};
 
-/// Runs `f` on `ranks` threads, each with its rank's exchange.
-fn on_ranks<R: Send>(ranks: usize, f: impl Fn(LocalExchange) -> R + Sync) -> Vec<R> {
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = LocalExchange::group(ranks)
-            .into_iter()
-            .map(|x| s.spawn(move || f(x)))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
-}
-
 /// Every owned neuron's state on its rank equals the single graph's.
 fn check_owned_states<X: SpikeExchange>(net: &DistributedGraph<X>, states: &[(NeuronId, Neuron)]) {
     for (n, state) in states {
@@ -65,7 +53,7 @@ fn ranks_see_the_spikes_of_one_process_exchanging_every_step() {
     let steps = 400;
     let (spikes, states) = single_run(&recipe, steps);
     for ranks in 1..=4 {
-        let seen = on_ranks(ranks, |x| {
+        let seen = LocalExchange::run(ranks, |x| {
             let mut net = rank_of(x, &recipe);
             let mut seen = Vec::new();
             net.run(steps, DT, |step, fired| seen.push((step, fired.to_vec())))
@@ -102,7 +90,7 @@ fn an_exchange_per_interval_of_the_shortest_delay_gives_the_same_spikes() {
     let steps = 503; // not a multiple of the interval: the last one is cut short
     let (spikes, states) = single_run(&recipe, steps);
     for ranks in [2, 3] {
-        let seen = on_ranks(ranks, |x| {
+        let seen = LocalExchange::run(ranks, |x| {
             let mut net = rank_of(x, &recipe);
             let seen = record(&mut net, steps);
             check_owned_states(&net, &states);
@@ -136,7 +124,7 @@ fn ranks_with_different_thread_counts_see_the_same_spikes() {
         "a step's events ({events}) are sent in parallel"
     );
     for threads in [[1, 3], [4, 2]] {
-        let seen = on_ranks(2, |x| {
+        let seen = LocalExchange::run(2, |x| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads[x.rank()])
                 .build()
@@ -163,7 +151,7 @@ fn stepping_one_at_a_time_and_running_agree() {
         seed: 3,
     };
     let (spikes, _) = single_run(&recipe, 300);
-    let seen = on_ranks(2, |x| {
+    let seen = LocalExchange::run(2, |x| {
         let mut net = rank_of(x, &recipe);
         let mut seen: Vec<Vec<NeuronId>> =
             (0..100).map(|_| net.step(DT).unwrap().to_vec()).collect();
@@ -190,7 +178,7 @@ fn removing_neurons_on_every_rank_matches_one_process() {
     g.remove_neurons(&doomed(&ns));
     spikes.extend((0..150).map(|_| g.step(DT).unwrap().to_vec()));
     let synapses = g.synapse_count() as u64;
-    let seen = on_ranks(3, |x| {
+    let seen = LocalExchange::run(3, |x| {
         let mut net = DistributedGraph::new(x).unwrap();
         let ns = recipe.build(&mut net);
         let mut seen = record(&mut net, 150);
@@ -220,13 +208,13 @@ fn a_checkpoint_of_every_rank_resumes_with_the_same_spikes() {
     let (spikes, _) = single_run(&recipe, 400);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("checkpoint");
-    on_ranks(2, |x| {
+    LocalExchange::run(2, |x| {
         let mut net = rank_of(x, &recipe);
         net.run(150, DT, |_, _| ()).unwrap();
         net.save(&path).unwrap();
     });
     assert!(DistributedGraph::<LocalExchange>::checkpoint_path(&path, 1, 2).is_file());
-    let resumed = on_ranks(2, |x| {
+    let resumed = LocalExchange::run(2, |x| {
         let mut net = DistributedGraph::load(x, &path).unwrap();
         assert_eq!(net.graph().current_step(), 150);
         assert_eq!(net.graph().last_spikes(), &spikes[149][..]);
@@ -236,7 +224,7 @@ fn a_checkpoint_of_every_rank_resumes_with_the_same_spikes() {
         assert_eq!(per_rank, spikes[150..]);
     }
     // Three ranks find no files of theirs: every rank says so.
-    for result in on_ranks(3, |x| DistributedGraph::load(x, &path).map(|_| ())) {
+    for result in LocalExchange::run(3, |x| DistributedGraph::load(x, &path).map(|_| ())) {
         let err = result.unwrap_err();
         assert!(
             matches!(err, Error::InvalidArgument { .. } | Error::Exchange { .. }),
@@ -247,7 +235,7 @@ fn a_checkpoint_of_every_rank_resumes_with_the_same_spikes() {
 
 #[test]
 fn bad_input_fails_on_every_rank_and_changes_nothing() {
-    let results = on_ranks(3, |x| {
+    let results = LocalExchange::run(3, |x| {
         let mut net = DistributedGraph::new(x).unwrap();
         let ns = net.add_neurons(10, &NeuronParams::default()).unwrap();
         let mut gone = net.add_neurons(1, &NeuronParams::default()).unwrap();
@@ -466,7 +454,7 @@ proptest! {
         }
         let states: Vec<(NeuronId, Neuron)> = g.neurons().iter().map(|(n, x)| (n, *x)).collect();
         let synapses = g.synapse_count() as u64;
-        let results = on_ranks(ranks, |x| {
+        let results = LocalExchange::run(ranks, |x| {
             let mut net = DistributedGraph::new(x).unwrap();
             let neurons = net.add_neurons(150, &driven).unwrap();
             let mut spikes = Vec::new();

@@ -16,12 +16,8 @@ use crate::Error;
 /// ```
 /// use neurostore::distributed::{LocalExchange, SpikeExchange};
 ///
-/// let words: Vec<Vec<u32>> = std::thread::scope(|s| {
-///     let ranks: Vec<_> = LocalExchange::group(3)
-///         .into_iter()
-///         .map(|mut x| s.spawn(move || x.all_gather(&vec![x.rank() as u32; x.rank()]).unwrap()))
-///         .collect();
-///     ranks.into_iter().map(|r| r.join().unwrap()).collect()
+/// let words = LocalExchange::run(3, |mut x| {
+///     x.all_gather(&vec![x.rank() as u32; x.rank()]).unwrap()
 /// });
 /// for got in &words {
 ///     assert_eq!(got, &vec![1, 2, 2]); // rank 0 gave none, rank 1 one word, rank 2 two
@@ -45,7 +41,8 @@ pub trait SpikeExchange {
 
 /// Ranks that are threads of one process, exchanging through shared memory: for tests
 /// of a distributed program, and to run one without MPI. [`group`](Self::group) makes
-/// every rank's exchange; move each to the thread that plays that rank.
+/// every rank's exchange; move each to the thread that plays that rank, or let
+/// [`run`](Self::run) start the threads.
 ///
 /// A rank whose exchange is dropped leaves the group: a collective that waits for it
 /// then fails with [`Error::Exchange`] on the others instead of waiting for ever.
@@ -96,6 +93,35 @@ impl LocalExchange {
                 shared: Arc::clone(&shared),
             })
             .collect()
+    }
+
+    /// Runs `f` once per rank, `ranks` of them, each on a thread of its own with that
+    /// rank's exchange, and returns what each returned, in rank order. A panic on a rank
+    /// drops its exchange (so the others' collectives fail instead of waiting) and is
+    /// resumed here once every rank has finished.
+    ///
+    /// ```
+    /// use neurostore::distributed::{LocalExchange, SpikeExchange};
+    ///
+    /// let sums = LocalExchange::run(3, |mut x| {
+    ///     let words = x.all_gather(&[x.rank() as u32 + 1]).unwrap();
+    ///     words.iter().sum::<u32>()
+    /// });
+    /// assert_eq!(sums, vec![6, 6, 6]);
+    /// ```
+    pub fn run<R: Send>(ranks: usize, f: impl Fn(LocalExchange) -> R + Sync) -> Vec<R> {
+        std::thread::scope(|s| {
+            let f = &f;
+            let threads: Vec<_> = Self::group(ranks)
+                .into_iter()
+                .map(|x| s.spawn(move || f(x)))
+                .collect();
+            let results: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
+            results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Round> {
@@ -186,20 +212,9 @@ impl Drop for LocalExchange {
 mod tests {
     use super::*;
 
-    fn on_threads<R: Send>(ranks: usize, f: impl Fn(LocalExchange) -> R + Sync) -> Vec<R> {
-        std::thread::scope(|s| {
-            let f = &f;
-            let handles: Vec<_> = LocalExchange::group(ranks)
-                .into_iter()
-                .map(|x| s.spawn(move || f(x)))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-    }
-
     #[test]
     fn rounds_follow_each_other_in_order() {
-        let results = on_threads(4, |mut x| {
+        let results = LocalExchange::run(4, |mut x| {
             (0..200u32)
                 .map(|round| {
                     let words: Vec<u32> = (0..(round as usize + x.rank()) % 3)
@@ -223,8 +238,30 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_on_one_rank_reaches_the_caller_after_the_others_fail() {
+        let failed = std::sync::atomic::AtomicUsize::new(0);
+        let caught = std::panic::catch_unwind(|| {
+            LocalExchange::run(3, |mut x| {
+                if x.rank() == 1 {
+                    panic!("rank 1 gives up");
+                }
+                if x.all_gather(&[1]).is_err() {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        });
+        let panic = caught.expect_err("the rank's panic comes back");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"rank 1 gives up"));
+        assert_eq!(
+            failed.into_inner(),
+            2,
+            "both other ranks saw the collective fail"
+        );
+    }
+
+    #[test]
     fn a_rank_that_leaves_fails_the_others_instead_of_hanging() {
-        let results = on_threads(3, |mut x| {
+        let results = LocalExchange::run(3, |mut x| {
             if x.rank() == 1 {
                 return Ok(Vec::new()); // leaves without gathering
             }
