@@ -5,10 +5,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use neurostore::snapshot::{self, AtomicFile, Content, Encoding, Options, TypeRegistry, inspect};
 use neurostore::table::Table;
-use neurostore::{Error, Handle, Neuron, Pooled, SnapshotError, Store, Synapse};
+use neurostore::{
+    Error, Handle, HierarchicalPool, Neuron, PoolConfig, Pooled, SnapshotError, Store, Synapse,
+};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -684,6 +687,53 @@ fn single_tables_round_trip_with_progress() {
     assert_eq!(info.tables[0].live, t.len() as u64 - 1);
     let tags: Vec<_> = info.sections.iter().map(|s| s.tag.as_str()).collect();
     assert_eq!(tags, ["HEAD", "TABL", "SLOT", "FREE", "OBJS", "DONE"]);
+}
+
+/// A large table dropped just before a load leaves its memory with the pool, and the load
+/// takes it over: what comes back must be exactly the snapshot, and the pool must hold
+/// nothing more than a load into a pool of its own does.
+#[test]
+fn a_load_into_the_memory_of_a_dropped_table_restores_exactly_the_snapshot() {
+    let pool = Arc::new(HierarchicalPool::new(PoolConfig::default()).unwrap());
+    let mut t: Table<Spike> = Table::with_pool(pool.clone());
+    let hs: Vec<_> = (0..600_000).map(|i| t.insert(spike(i))).collect();
+    for h in hs.iter().step_by(4) {
+        t.remove(*h);
+    }
+    let mut file = Vec::new();
+    snapshot::save_table_to(&t, &mut file).unwrap();
+    let expected: Vec<Option<Spike>> = hs.iter().map(|h| t.get(*h).copied()).collect();
+    let in_use = pool.stats().in_use_bytes;
+    drop(t);
+    assert_eq!(pool.stats().in_use_bytes, 0);
+    assert!(
+        pool.stats().reserved_bytes >= in_use / 2,
+        "the dropped table's memory waits in the pool"
+    );
+
+    let mut back: Table<Spike> = Options::new()
+        .pool(pool.clone())
+        .load_table_from(&file[..])
+        .unwrap();
+    for (h, e) in hs.iter().zip(&expected) {
+        assert_eq!(back.get(*h), e.as_ref());
+    }
+    let on_its_own = Arc::new(HierarchicalPool::new(PoolConfig::default()).unwrap());
+    let mut fresh: Table<Spike> = Options::new()
+        .pool(on_its_own.clone())
+        .load_table_from(&file[..])
+        .unwrap();
+    assert_eq!(
+        pool.stats().reserved_bytes,
+        on_its_own.stats().reserved_bytes
+    );
+    // The free places are taken by new objects exactly as in a fresh load.
+    for i in 0..200_000 {
+        let h = back.insert(spike(i + 7));
+        assert_eq!(h, fresh.insert(spike(i + 7)));
+        assert_eq!(back.get(h), Some(&spike(i + 7)));
+    }
+    assert!(back.values().eq(fresh.values()));
 }
 
 #[test]

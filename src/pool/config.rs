@@ -21,6 +21,11 @@ pub(crate) const MEDIUM_QUANTUM: usize = 16;
 /// best of 9 x 200k replaces, interleaved runs: 2 MiB gave 51.5-54.5 ns per replace at a
 /// reserved / in-use ratio of 1.21, 8 MiB 45-54 ns at 1.27, mimalloc 44.6-47.6 ns.
 const DEFAULT_MEDIUM_CACHE_BYTES: usize = 8 << 20;
+
+/// How long a dropped large table's memory waits for reuse by default: long enough for
+/// a snapshot load that follows the drop, short enough that a program that dropped a
+/// table for good sees its memory go back soon.
+const DEFAULT_RETAIN_TABLE_MEMORY_MS: u64 = 10_000;
 /// The largest small size class accepted.
 pub const MAX_SMALL_CLASS_SIZE: usize = 4096;
 
@@ -124,6 +129,16 @@ pub struct PoolConfig {
     /// Empty chunks (per small class), regions or arenas kept mapped for reuse; beyond
     /// this, empty ones go back to the OS.
     pub retain_empty: usize,
+    /// How long, in milliseconds, the memory of a dropped large table (a span of 4 MiB or
+    /// more) stays mapped and resident for the next large table that grows, instead of
+    /// going back to the OS at once; 0 gives it back at once. Reused pages skip the
+    /// kernel's page faults and zeroing (and a hypervisor's), so that loading a snapshot
+    /// right after dropping the original, or rebuilding a table, runs at memory speed.
+    /// Retained bytes count against `total_memory` and in the large tier's reserved
+    /// bytes; they go back to the OS when they pass this age (checked whenever a table's
+    /// memory comes or goes), when a commit would pass the cap, and on
+    /// [`HierarchicalPool::trim`](super::HierarchicalPool::trim).
+    pub retain_table_memory_ms: u64,
     /// Each new large arena is this many times the previous one (1, 2, 4 or 8), from
     /// 4 MiB up to 64 MiB or `large.max_size`. Medium regions keep `medium.region_size`.
     pub growth_factor: usize,
@@ -162,6 +177,7 @@ impl Default for PoolConfig {
             use_huge_pages: false,
             checked: false,
             retain_empty: 2,
+            retain_table_memory_ms: DEFAULT_RETAIN_TABLE_MEMORY_MS,
             growth_factor: 2,
             numa: NumaPlacement::Anywhere,
         }
@@ -190,6 +206,7 @@ impl PoolConfig {
         c.medium.thread_cache_bytes = 0;
         c.checked = true;
         c.retain_empty = 0;
+        c.retain_table_memory_ms = 0;
         c
     }
 
@@ -385,6 +402,12 @@ impl PoolConfig {
             use_huge_pages: self.use_huge_pages,
             checked: self.checked,
             retain_empty: self.retain_empty,
+            // Checked mode unmaps what is freed, so that a late use faults.
+            retain_table_memory_ms: if self.checked {
+                0
+            } else {
+                self.retain_table_memory_ms
+            },
             growth_factor: self.growth_factor,
             numa,
         })
@@ -461,6 +484,7 @@ pub(crate) struct ResolvedConfig {
     pub use_huge_pages: bool,
     pub checked: bool,
     pub retain_empty: usize,
+    pub retain_table_memory_ms: u64,
     pub growth_factor: usize,
     pub numa: NumaBinding,
 }
@@ -503,6 +527,7 @@ impl ResolvedConfig {
             use_huge_pages: false,
             checked: false,
             retain_empty: 2,
+            retain_table_memory_ms: DEFAULT_RETAIN_TABLE_MEMORY_MS,
             growth_factor: 2,
             numa: NumaBinding::NONE,
         }
@@ -585,6 +610,7 @@ mod toml_form {
             "use_huge_pages",
             "checked",
             "retain_empty",
+            "retain_table_memory_ms",
             "growth_factor",
             "numa_node",
             "numa_interleave",
@@ -599,6 +625,7 @@ mod toml_form {
                 "use_huge_pages" => c.use_huge_pages = flag(v, &key)?,
                 "checked" => c.checked = flag(v, &key)?,
                 "retain_empty" => c.retain_empty = size(v, &key)?,
+                "retain_table_memory_ms" => c.retain_table_memory_ms = size(v, &key)? as u64,
                 "growth_factor" => c.growth_factor = size(v, &key)?,
                 "numa_node" => {
                     let n = size(v, &key)?;
@@ -710,8 +737,8 @@ mod toml_form {
             out += &format!("total_memory = {t}\n");
         }
         out += &format!(
-            "use_huge_pages = {}\nchecked = {}\nretain_empty = {}\ngrowth_factor = {}\n",
-            c.use_huge_pages, c.checked, c.retain_empty, c.growth_factor
+            "use_huge_pages = {}\nchecked = {}\nretain_empty = {}\nretain_table_memory_ms = {}\ngrowth_factor = {}\n",
+            c.use_huge_pages, c.checked, c.retain_empty, c.retain_table_memory_ms, c.growth_factor
         );
         match c.numa {
             NumaPlacement::Anywhere => {}

@@ -3,7 +3,7 @@
 use std::alloc::{Layout, System};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use allocator_api2::boxed::Box as SysBox;
 
@@ -16,7 +16,7 @@ use super::medium::MediumTier;
 use super::numa::NumaBinding;
 use super::page_map::{self, RegionKind};
 use super::small::{self, SmallTier};
-use super::span::SpanCounters;
+use super::span::{RetainedSpans, SpanCounters};
 use super::stats::{Alert, AlertKind, Alerts, ClassStats, PoolStats, Tier, TierStats};
 use super::sync::{AtomicU64, AtomicUsize, Mutex, Ordering, lock};
 use super::thread_cache::{self, ThreadList};
@@ -48,6 +48,8 @@ pub(crate) struct PoolShared {
     pub large: LargeTier,
     /// Bytes committed in the tables' spans (counted with the large tier).
     pub spans: SpanCounters,
+    /// Mappings of dropped large tables kept for the next one (counted in `budget`).
+    pub retained: RetainedSpans,
     pub threads: Mutex<ThreadList>,
     alerts: Alerts,
     peak: AtomicUsize,
@@ -173,7 +175,9 @@ impl PoolShared {
         let spans = &self.spans;
         let span_bytes = spans.committed.load(Ordering::Relaxed);
         TierStats {
-            reserved_bytes: lc.reserved.load(Ordering::Relaxed) + span_bytes,
+            reserved_bytes: lc.reserved.load(Ordering::Relaxed)
+                + span_bytes
+                + self.retained.bytes(),
             in_use_bytes: lc.in_use.load(Ordering::Relaxed) + span_bytes,
             allocations: lc.allocs.load(Ordering::Relaxed) + spans.allocs.load(Ordering::Relaxed),
             deallocations: lc.frees.load(Ordering::Relaxed) + spans.frees.load(Ordering::Relaxed),
@@ -278,6 +282,7 @@ impl HierarchicalPool {
                 medium: MediumTier::new(id, &cfg),
                 large: LargeTier::new(id, &cfg),
                 spans: SpanCounters::default(),
+                retained: RetainedSpans::default(),
                 threads: Mutex::new(ThreadList::new()),
                 alerts: Alerts::new(),
                 peak: AtomicUsize::new(0),
@@ -753,7 +758,10 @@ impl HierarchicalPool {
     /// thread's cached medium blocks go back to the tier first (other threads keep
     /// theirs; [`flush_thread_cache`](Self::flush_thread_cache) on each returns them). Their pages are
     /// decommitted and they no longer count as reserved, so after a defragmentation gave
-    /// chunks back, the pool's fragmentation falls too.
+    /// chunks back, the pool's fragmentation falls too. The memory of dropped large
+    /// tables that the pool keeps for reuse
+    /// ([`retain_table_memory_ms`](super::PoolConfig::retain_table_memory_ms)) goes back
+    /// too.
     ///
     /// ```
     /// use std::alloc::Layout;
@@ -779,6 +787,7 @@ impl HierarchicalPool {
             let after = s.medium.counters.reserved.load(Ordering::Relaxed);
             released += before.saturating_sub(after);
         }
+        released += s.retained.purge(&s.budget, Duration::ZERO);
         released + s.medium.trim(&s.budget)
     }
 
@@ -861,6 +870,7 @@ impl HierarchicalPool {
             s.medium.reset(&s.budget);
             s.large.reset(&s.budget);
         }
+        s.retained.purge(&s.budget, Duration::ZERO);
         s.peak.store(0, Ordering::Relaxed);
         s.invalid_frees.store(0, Ordering::Relaxed);
         s.created = Instant::now();
@@ -927,6 +937,21 @@ impl HierarchicalPool {
     /// The span figures of this pool.
     pub(crate) fn span_counters(&self) -> &SpanCounters {
         &self.shared.spans
+    }
+
+    /// The mappings of dropped large tables that the pool keeps for reuse.
+    pub(crate) fn retained_spans(&self) -> &RetainedSpans {
+        &self.shared.retained
+    }
+
+    /// The account of bytes reserved from the OS, with its cap.
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.shared.budget
+    }
+
+    /// How long a dropped large table's mapping waits for reuse (zero: not at all).
+    pub(crate) fn retain_spans_for(&self) -> Duration {
+        Duration::from_millis(self.shared.cfg.retain_table_memory_ms)
     }
 
     /// Whether this pool runs in checked mode.
@@ -1056,6 +1081,7 @@ impl Drop for HierarchicalPool {
             s.medium.release_all(&s.budget);
             s.large.release_all(&s.budget);
         }
+        s.retained.purge(&s.budget, Duration::ZERO);
     }
 }
 

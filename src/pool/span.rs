@@ -12,15 +12,26 @@
 //! A span of at least [`HUGE_PAGES_FROM`] bytes asks for transparent huge pages: random
 //! lookups in a large table are bound by TLB misses, which 2 MiB pages remove.
 //!
+//! A released span of that size is not unmapped at once: the pool keeps its mapping, and
+//! the pages the table had in use, for the next span that asks for as much address space
+//! ([`RetainedSpans`]), for up to `PoolConfig::retain_table_memory_ms`. Pages used before
+//! cost nothing to touch again, where fresh ones cost the kernel's zeroing and, under a
+//! hypervisor, the host's page faults: loading a snapshot into memory that the dropped
+//! original had just given back runs several times faster. Such a span zeroes the old
+//! bytes itself, lazily, as it commits them.
+//!
 //! Invariants: `base` is aligned to [`SPAN_ALIGN`] and `[base, base + mapped)` is one
 //! readable and writable mapping owned by the span (none when `mapped` is 0); `committed`
 //! is what the span has counted in its pool and gives back exactly once, in
-//! [`Span::release`] or [`Span::decommit`].
+//! [`Span::release`] or [`Span::decommit`]; every byte the span has not committed reads as
+//! zero, except in `[dirty_from, dirty_to)`, which holds no committed byte.
 
-use super::sync::{AtomicU64, AtomicUsize, Ordering};
+use super::sync::{AtomicU64, AtomicUsize, Mutex, Ordering, lock};
 use std::ptr::NonNull;
+use std::time::{Duration, Instant};
 
 use super::HierarchicalPool;
+use super::budget::Budget;
 use super::os::round_up;
 use crate::error::{Error, OomReason};
 
@@ -54,6 +65,13 @@ pub(crate) struct Span {
     /// Bytes from `base` bound to the committing pool's NUMA placement (the whole
     /// mapping, or less after a growth, or none when the pool has no placement).
     bound: usize,
+    /// Where bytes an earlier owner of the mapping left may still be (see the module
+    /// doc); empty for a fresh mapping.
+    dirty_from: usize,
+    dirty_to: usize,
+    /// The end of the highest range ever committed (or left dirty): what a later owner
+    /// of the mapping must zero.
+    high_water: usize,
 }
 
 // SAFETY: a span is a plain mapping owned by one owner; moving it to another thread moves
@@ -77,6 +95,9 @@ impl Span {
             committed: 0,
             huge: false,
             bound: 0,
+            dirty_from: 0,
+            dirty_to: 0,
+            high_water: 0,
         }
     }
 
@@ -99,9 +120,10 @@ impl Span {
     }
 
     /// Makes sure at least `len` bytes are mapped, doubling the mapping (or more) when it
-    /// grows. The span may move: every address taken from it before is void. On error
-    /// nothing changes.
-    pub(crate) fn reserve(&mut self, len: usize) -> Result<(), Error> {
+    /// grows. The span may move: every address taken from it before is void. A span's
+    /// first mapping of [`HUGE_PAGES_FROM`] bytes or more is one that `pool` retained,
+    /// when it has one large enough. On error nothing changes.
+    pub(crate) fn reserve(&mut self, pool: &HierarchicalPool, len: usize) -> Result<(), Error> {
         if len <= self.mapped {
             return Ok(());
         }
@@ -116,6 +138,13 @@ impl Span {
             .checked_next_power_of_two()
             .and_then(|n| round_up(n, MIN_MAPPING))
             .ok_or(oom(OomReason::LayoutTooLarge))?;
+        if self.mapped == 0
+            && want >= HUGE_PAGES_FROM
+            && let Some(retained) = pool.retained_spans().take(want, pool.budget())
+        {
+            self.adopt(retained, len);
+            return Ok(());
+        }
         let base = if self.mapped == 0 {
             sys::map(want)
         } else {
@@ -135,9 +164,58 @@ impl Span {
         Ok(())
     }
 
-    /// Counts `len` more bytes of the span as committed in `pool` (the caller is about to
-    /// use them), or refuses under the pool's cap and changes nothing.
-    pub(crate) fn commit(&mut self, pool: &HierarchicalPool, len: usize) -> Result<(), Error> {
+    /// Takes `retained` as the span's mapping, for an owner that asked for `len` bytes:
+    /// the pages past those go back to the OS, and the old bytes below are zeroed as they
+    /// are committed.
+    fn adopt(&mut self, retained: RetainedMapping, len: usize) {
+        let keep = round_up(len, SPAN_ALIGN)
+            .unwrap_or(retained.mapped)
+            .min(retained.mapped);
+        if retained.dirty > keep {
+            // SAFETY: `[keep, dirty)` lies in the retained mapping, which is now this
+            // span's, and nothing uses it.
+            unsafe { sys::discard(retained.base.add(keep), retained.dirty - keep) };
+        }
+        self.base = retained.base;
+        self.mapped = retained.mapped;
+        self.huge = true;
+        self.bound = retained.bound;
+        self.dirty_from = 0;
+        self.dirty_to = retained.dirty.min(keep);
+        self.high_water = self.dirty_to;
+    }
+
+    /// Counts the `len` bytes from `offset` as committed in `pool` (the caller is about to
+    /// use them; they read as zeros), or refuses under the pool's cap and changes nothing.
+    /// Under the cap, the pool's retained mappings go back to the OS before a refusal.
+    pub(crate) fn commit(
+        &mut self,
+        pool: &HierarchicalPool,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), Error> {
+        debug_assert!(offset + len <= self.mapped);
+        self.count(pool, len)?;
+        let end = offset + len;
+        if end > self.dirty_from && offset < self.dirty_to {
+            let to = end.min(self.dirty_to);
+            // SAFETY: `[dirty_from, to)` lies in the mapping and holds no committed byte
+            // (invariant), so nothing borrows it.
+            unsafe {
+                std::ptr::write_bytes(
+                    self.base.as_ptr().add(self.dirty_from),
+                    0,
+                    to - self.dirty_from,
+                )
+            };
+            self.dirty_from = to;
+        }
+        self.high_water = self.high_water.max(end);
+        Ok(())
+    }
+
+    /// The accounting of [`commit`](Self::commit).
+    fn count(&mut self, pool: &HierarchicalPool, len: usize) -> Result<(), Error> {
         let refused = |reason| Error::OutOfMemory {
             requested: len,
             align: SPAN_ALIGN,
@@ -152,7 +230,12 @@ impl Span {
             }
             self.bound = self.mapped;
         }
-        pool.span_account(len as isize).map_err(refused)?;
+        if let Err(reason) = pool.span_account(len as isize) {
+            if pool.retained_spans().purge(pool.budget(), Duration::ZERO) == 0 {
+                return Err(refused(reason));
+            }
+            pool.span_account(len as isize).map_err(refused)?;
+        }
         if self.committed == 0 && len > 0 {
             let counters = pool.span_counters();
             counters.spans.fetch_add(1, Ordering::Relaxed);
@@ -182,21 +265,53 @@ impl Span {
     }
 
     /// Gives every committed byte back to `pool`'s account and the whole mapping back to
-    /// the OS; the span is empty afterwards.
+    /// the OS; the span is empty afterwards. A huge span's mapping stays with `pool` for
+    /// a while instead, with the pages it had in use (see the module doc), when the pool
+    /// retains table memory.
     ///
     /// # Safety
     /// Nothing reads or writes the span's memory any more.
     pub(crate) unsafe fn release(&mut self, pool: &HierarchicalPool) {
-        self.uncount(pool, self.committed);
-        if self.mapped > 0 {
-            // SAFETY: the mapping is the span's own and unused (per the contract).
-            unsafe { sys::unmap(self.base, self.mapped) };
+        let keep_for = pool.retain_spans_for();
+        if self.huge && self.committed > 0 && !keep_for.is_zero() {
+            self.hand_to_pool(pool, keep_for);
+        } else {
+            self.uncount(pool, self.committed);
+            if self.mapped > 0 {
+                // SAFETY: the mapping is the span's own and unused (per the contract).
+                unsafe { sys::unmap(self.base, self.mapped) };
+            }
         }
         // Field by field: assigning a new span would drop this one, unmapping again.
         self.base = NonNull::dangling();
         self.mapped = 0;
         self.huge = false;
         self.bound = 0;
+        self.dirty_from = 0;
+        self.dirty_to = 0;
+        self.high_water = 0;
+    }
+
+    /// Gives the mapping to `pool`'s retained ones; its committed bytes stay in the
+    /// pool's budget, counted as retained rather than as the span's.
+    fn hand_to_pool(&mut self, pool: &HierarchicalPool, keep_for: Duration) {
+        let retained = RetainedMapping {
+            base: self.base,
+            mapped: self.mapped,
+            dirty: self.high_water,
+            counted: self.committed,
+            bound: self.bound,
+            released: Instant::now(),
+        };
+        let counters = pool.span_counters();
+        counters
+            .committed
+            .fetch_sub(self.committed, Ordering::Relaxed);
+        counters.spans.fetch_sub(1, Ordering::Relaxed);
+        counters.frees.fetch_add(1, Ordering::Relaxed);
+        self.committed = 0;
+        pool.retained_spans()
+            .keep(retained, pool.budget(), keep_for);
     }
 
     fn uncount(&mut self, pool: &HierarchicalPool, len: usize) {
@@ -211,6 +326,146 @@ impl Span {
             counters.spans.fetch_sub(1, Ordering::Relaxed);
             counters.frees.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A released span's mapping, waiting in its pool for the next span.
+#[derive(Debug)]
+pub(crate) struct RetainedMapping {
+    base: NonNull<u8>,
+    mapped: usize,
+    /// Bytes from `base` that may hold the last owner's data; the rest reads as zeros.
+    dirty: usize,
+    /// Bytes counted in the pool's budget for it: what the last owner had committed.
+    counted: usize,
+    bound: usize,
+    released: Instant,
+}
+
+// SAFETY: a retained mapping is address space that no one uses; moving it to another
+// thread moves nothing but the address.
+unsafe impl Send for RetainedMapping {}
+
+impl RetainedMapping {
+    /// Unmaps it and gives its bytes back to `budget`.
+    fn unmap(self, budget: &Budget) {
+        budget.release(self.counted);
+        // SAFETY: the mapping is retained, so no span owns it and nothing uses it.
+        unsafe { sys::unmap(self.base, self.mapped) };
+    }
+}
+
+/// At most this many mappings wait in a pool (the list never allocates: the pool may be
+/// the global allocator).
+const RETAINED_MAX: usize = 32;
+
+/// The mappings of released huge spans that a pool keeps for reuse (see the module doc):
+/// their pages stay resident and counted in the pool's budget until a span adopts one
+/// ([`take`](Self::take)), they grow older than the pool's retention time (checked
+/// whenever a mapping comes or goes), the pool is trimmed, reset or dropped, or a commit
+/// would pass the pool's cap.
+#[derive(Debug)]
+pub(crate) struct RetainedSpans {
+    mappings: Mutex<[Option<RetainedMapping>; RETAINED_MAX]>,
+    /// Bytes counted for the retained mappings.
+    bytes: AtomicUsize,
+}
+
+impl Default for RetainedSpans {
+    fn default() -> Self {
+        RetainedSpans {
+            mappings: Mutex::new(std::array::from_fn(|_| None)),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl RetainedSpans {
+    /// Bytes counted for the retained mappings.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `mapping` (whose bytes `budget` counts already), unmapping those older than
+    /// `keep_for` and, when every place is taken, the oldest.
+    fn keep(&self, mapping: RetainedMapping, budget: &Budget, keep_for: Duration) {
+        let mut list = lock(&self.mappings);
+        self.expire(&mut list, budget, keep_for);
+        let place = match list.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                let oldest = (0..RETAINED_MAX)
+                    .min_by_key(|&i| list[i].as_ref().map(|m| m.released))
+                    .expect("the list is not empty");
+                self.unmap_at(&mut list, oldest, budget);
+                oldest
+            }
+        };
+        self.bytes.fetch_add(mapping.counted, Ordering::Relaxed);
+        list[place] = Some(mapping);
+    }
+
+    /// The smallest retained mapping of at least `len` bytes (the latest released among
+    /// equals), its bytes given back to `budget`: the span that adopts it counts what it
+    /// commits.
+    fn take(&self, len: usize, budget: &Budget) -> Option<RetainedMapping> {
+        if self.bytes() == 0 {
+            return None;
+        }
+        let mut list = lock(&self.mappings);
+        let best = (0..RETAINED_MAX)
+            .filter(|&i| list[i].as_ref().is_some_and(|m| m.mapped >= len))
+            .min_by_key(|&i| {
+                let m = list[i].as_ref().expect("filtered");
+                (m.mapped, std::cmp::Reverse(m.released))
+            })?;
+        let mapping = list[best].take().expect("filtered");
+        self.bytes.fetch_sub(mapping.counted, Ordering::Relaxed);
+        budget.release(mapping.counted);
+        Some(mapping)
+    }
+
+    /// Unmaps the mappings released more than `age` ago (all of them for a zero age);
+    /// returns the bytes given back.
+    pub(crate) fn purge(&self, budget: &Budget, age: Duration) -> usize {
+        if self.bytes() == 0 {
+            return 0;
+        }
+        let mut list = lock(&self.mappings);
+        self.expire(&mut list, budget, age)
+    }
+
+    fn expire(
+        &self,
+        list: &mut [Option<RetainedMapping>; RETAINED_MAX],
+        budget: &Budget,
+        age: Duration,
+    ) -> usize {
+        let mut freed = 0;
+        for i in 0..RETAINED_MAX {
+            if list[i]
+                .as_ref()
+                .is_some_and(|m| age.is_zero() || m.released.elapsed() > age)
+            {
+                freed += self.unmap_at(list, i, budget);
+            }
+        }
+        freed
+    }
+
+    fn unmap_at(
+        &self,
+        list: &mut [Option<RetainedMapping>; RETAINED_MAX],
+        i: usize,
+        budget: &Budget,
+    ) -> usize {
+        let Some(mapping) = list[i].take() else {
+            return 0;
+        };
+        let bytes = mapping.counted;
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        mapping.unmap(budget);
+        bytes
     }
 }
 
@@ -357,28 +612,31 @@ mod tests {
     fn a_span_grows_in_place_keeps_its_bytes_and_counts_what_is_committed() {
         let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
         let mut span = Span::new();
-        span.reserve(100).unwrap();
+        span.reserve(&pool, 100).unwrap();
         assert_eq!(span.mapped(), MIN_MAPPING);
         assert_eq!(span.base().as_ptr() as usize % SPAN_ALIGN, 0);
-        span.commit(&pool, 64 << 10).unwrap();
+        span.commit(&pool, 0, 64 << 10).unwrap();
         // SAFETY: the first 64 KiB are mapped and committed.
         unsafe { span.base().as_ptr().add(4095).write(7) };
-        span.reserve(5 << 20).unwrap();
+        span.reserve(&pool, 5 << 20).unwrap();
         assert!(span.mapped() >= 5 << 20 && span.huge);
         assert_eq!(span.base().as_ptr() as usize % SPAN_ALIGN, 0);
         // SAFETY: still mapped; the byte moved with its page.
         assert_eq!(unsafe { span.base().as_ptr().add(4095).read() }, 7);
         let st = pool.stats();
         assert_eq!((st.reserved_bytes, st.large.regions), (64 << 10, 1));
-        span.commit(&pool, 64 << 10).unwrap();
+        span.commit(&pool, 64 << 10, 64 << 10).unwrap();
         // SAFETY: the second 64 KiB are committed and unused.
         unsafe { span.decommit(&pool, 64 << 10, 64 << 10) };
         assert_eq!(pool.stats().in_use_bytes, 64 << 10);
         // SAFETY: nothing uses the span any more.
         unsafe { span.release(&pool) };
-        let st = pool.stats();
-        assert_eq!((st.reserved_bytes, st.large.regions), (0, 0));
         assert_eq!(span.mapped(), 0);
+        // The huge span's mapping waits in the pool, with the page it used, until trimmed.
+        let st = pool.stats();
+        assert_eq!((st.reserved_bytes, st.large.regions), (64 << 10, 0));
+        assert_eq!(pool.trim(), 64 << 10);
+        assert_eq!(pool.stats().reserved_bytes, 0);
     }
 
     /// The `VmFlags` of every mapping of this process that overlaps `[start, end)`.
@@ -408,7 +666,7 @@ mod tests {
         let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
         let mut span = Span::new();
         for len in [HUGE_PAGES_FROM, 4 * HUGE_PAGES_FROM, 16 * HUGE_PAGES_FROM] {
-            span.reserve(len).unwrap();
+            span.reserve(&pool, len).unwrap();
             let start = span.base().as_ptr() as usize;
             let flags = vm_flags_over(start, start + span.mapped());
             assert!(!flags.is_empty(), "the span's mapping is listed");
@@ -425,14 +683,15 @@ mod tests {
     fn commits_past_the_cap_are_refused_and_change_nothing() {
         let config = PoolConfig {
             total_memory: Some(1 << 20),
+            retain_table_memory_ms: 0,
             ..PoolConfig::default()
         };
         let pool = HierarchicalPool::new(config).unwrap();
         let mut span = Span::new();
-        span.reserve(4 << 20).unwrap();
-        span.commit(&pool, 1 << 20).unwrap();
+        span.reserve(&pool, 4 << 20).unwrap();
+        span.commit(&pool, 0, 1 << 20).unwrap();
 
-        let err = span.commit(&pool, 64 << 10).unwrap_err();
+        let err = span.commit(&pool, 1 << 20, 64 << 10).unwrap_err();
         assert!(matches!(
             err,
             Error::OutOfMemory {
@@ -450,8 +709,8 @@ mod tests {
     fn decommitted_pages_read_as_zeros() {
         let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
         let mut span = Span::new();
-        span.reserve(3 * sys::PAGE).unwrap();
-        span.commit(&pool, 3 * sys::PAGE).unwrap();
+        span.reserve(&pool, 3 * sys::PAGE).unwrap();
+        span.commit(&pool, 0, 3 * sys::PAGE).unwrap();
         // SAFETY: three pages are mapped and committed.
         unsafe {
             std::ptr::write_bytes(span.base().as_ptr(), 0xAB, 3 * sys::PAGE);
@@ -464,5 +723,133 @@ mod tests {
         assert_eq!(span.committed(), sys::PAGE);
         // SAFETY: nothing uses the span.
         unsafe { span.release(&pool) };
+    }
+
+    /// A pool that keeps dropped large tables' memory for `ms` milliseconds.
+    fn retaining(ms: u64) -> HierarchicalPool {
+        HierarchicalPool::new(PoolConfig {
+            retain_table_memory_ms: ms,
+            ..PoolConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// A huge span with `len` bytes committed from 0 and filled with `byte`.
+    fn filled(pool: &HierarchicalPool, len: usize, byte: u8) -> Span {
+        let mut span = Span::new();
+        span.reserve(pool, len).unwrap();
+        span.commit(pool, 0, len).unwrap();
+        // SAFETY: `len` bytes are mapped and committed.
+        unsafe { std::ptr::write_bytes(span.base().as_ptr(), byte, len) };
+        span
+    }
+
+    #[test]
+    fn a_released_huge_span_is_retained_and_the_next_one_adopts_it_zeroed() {
+        let pool = retaining(60_000);
+        let len = 8 << 20;
+        let mut first = filled(&pool, len, 0xAB);
+        let base = first.base();
+        // SAFETY: nothing uses the span any more.
+        unsafe { first.release(&pool) };
+        let st = pool.stats();
+        assert_eq!((st.in_use_bytes, st.reserved_bytes), (0, len));
+        assert_eq!(pool.retained_spans().bytes(), len);
+
+        let mut second = Span::new();
+        second.reserve(&pool, 6 << 20).unwrap();
+        assert_eq!(second.base(), base, "the retained mapping is reused");
+        assert_eq!(pool.retained_spans().bytes(), 0);
+        assert_eq!(pool.stats().reserved_bytes, 0);
+        // Committed piecewise and out of order, every committed byte reads as zero.
+        second.commit(&pool, 4 << 20, 64 << 10).unwrap();
+        second.commit(&pool, 0, 64 << 10).unwrap();
+        second.commit(&pool, 1 << 20, 3 << 20).unwrap();
+        // SAFETY: these ranges are committed.
+        unsafe {
+            for (from, n) in [(4 << 20, 64 << 10), (0, 64 << 10), (1 << 20, 3 << 20)] {
+                let bytes = std::slice::from_raw_parts(second.base().as_ptr().add(from), n);
+                assert!(bytes.iter().all(|&b| b == 0), "old bytes at {from}");
+            }
+        }
+        assert_eq!(pool.stats().in_use_bytes, (3 << 20) + (128 << 10));
+        // SAFETY: nothing uses the span any more.
+        unsafe { second.release(&pool) };
+        assert_eq!(pool.trim(), (3 << 20) + (128 << 10));
+        assert_eq!(pool.stats().reserved_bytes, 0);
+    }
+
+    #[test]
+    fn small_spans_too_small_requests_and_pools_that_keep_nothing_retain_nothing() {
+        let pool = retaining(60_000);
+        let mut small = filled(&pool, 1 << 20, 1);
+        // SAFETY: nothing uses the span any more.
+        unsafe { small.release(&pool) };
+        assert_eq!(pool.stats().reserved_bytes, 0);
+
+        let mut big = filled(&pool, 8 << 20, 1);
+        // SAFETY: nothing uses the span any more.
+        unsafe { big.release(&pool) };
+        let mut other = Span::new();
+        other.reserve(&pool, 16 << 20).unwrap(); // larger than anything retained
+        other.reserve(&pool, 64 << 20).unwrap();
+        assert_eq!(pool.retained_spans().bytes(), 8 << 20);
+        // SAFETY: nothing uses the span.
+        unsafe { other.release(&pool) };
+
+        let off = retaining(0);
+        let mut span = filled(&off, 8 << 20, 1);
+        // SAFETY: nothing uses the span any more.
+        unsafe { span.release(&off) };
+        assert_eq!(off.stats().reserved_bytes, 0);
+    }
+
+    #[test]
+    fn retained_mappings_go_when_they_are_old_or_the_cap_needs_them() {
+        let pool = retaining(1);
+        let mut first = filled(&pool, 8 << 20, 1);
+        // SAFETY: nothing uses the span any more.
+        unsafe { first.release(&pool) };
+        std::thread::sleep(Duration::from_millis(5));
+        let mut second = filled(&pool, 4 << 20, 2);
+        // SAFETY: nothing uses the span any more.
+        unsafe { second.release(&pool) };
+        assert_eq!(
+            pool.retained_spans().bytes(),
+            4 << 20,
+            "the older one expired"
+        );
+        drop(pool);
+
+        let capped = HierarchicalPool::new(PoolConfig {
+            total_memory: Some(12 << 20),
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let mut first = filled(&capped, 8 << 20, 1);
+        // SAFETY: nothing uses the span any more.
+        unsafe { first.release(&capped) };
+        assert_eq!(capped.retained_spans().bytes(), 8 << 20);
+        let mut other = Span::new();
+        other.reserve(&capped, 1 << 20).unwrap(); // not huge: maps its own
+        other.reserve(&capped, 16 << 20).unwrap(); // grows: adopts nothing
+        other.commit(&capped, 0, 6 << 20).unwrap();
+        assert_eq!(
+            capped.retained_spans().bytes(),
+            0,
+            "given back for the commit"
+        );
+        let err = other.commit(&capped, 6 << 20, 7 << 20).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::OutOfMemory {
+                reason: OomReason::MemoryCap { .. },
+                ..
+            }
+        ));
+        // SAFETY: nothing uses the span.
+        unsafe { other.release(&capped) };
+        capped.trim();
+        assert_eq!(capped.stats().reserved_bytes, 0);
     }
 }

@@ -507,6 +507,13 @@ impl<T> Table<T> {
         }
         table.slots.reset_zeroed(&pool, image.slots.len())?;
         let mut live = table.restore_slot_words(&image.slots);
+        // All the objects' address space at once: a large table then takes over the
+        // memory of one the pool retains, rather than growing through fresh mappings.
+        let object_bytes = image
+            .chunks_present
+            .len()
+            .saturating_mul(table.chunk_bytes());
+        table.objects.reserve(&pool, object_bytes)?;
         for (ci, &present) in image.chunks_present.iter().enumerate() {
             if present {
                 table.make_chunk_at(ci)?;

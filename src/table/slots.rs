@@ -172,9 +172,9 @@ impl SlotArray {
         }
         let bytes = self.words.committed();
         if bytes > self.places.committed() {
-            self.places.reserve(bytes)?;
-            let more = bytes - self.places.committed();
-            self.places.commit(pool, more)?;
+            self.places.reserve(pool, bytes)?;
+            let (from, more) = (self.places.committed(), bytes - self.places.committed());
+            self.places.commit(pool, from, more)?;
         }
         let start = self.listed_upto.min(self.len);
         let end = self.len.min(start.saturating_add(max_entries));
@@ -467,9 +467,9 @@ impl SlotArray {
         for span in spans.into_iter().flatten() {
             if bytes > span.committed() {
                 let to = bytes.div_ceil(COMMIT_STEP) * COMMIT_STEP;
-                span.reserve(to)?;
-                let more = to - span.committed();
-                span.commit(pool, more)?;
+                span.reserve(pool, to)?;
+                let (from, more) = (span.committed(), to - span.committed());
+                span.commit(pool, from, more)?;
             }
         }
         self.set_room();
@@ -536,12 +536,15 @@ impl SlotArray {
         len: usize,
     ) -> Result<(), Error> {
         self.reserve(pool, len.saturating_sub(self.len.max(1)))?;
-        // SAFETY: `len` entries fit in the committed bytes of the words' span and, when
-        // listed, of the places' (reserved above).
+        // Entries past `len` were never written since their bytes were committed, so
+        // they read as zeros (the spans' promise): only the written ones are cleared.
+        let written = self.len;
+        // SAFETY: `max(len, written)` entries fit in the committed bytes of the words'
+        // span and, when listed, of the places' (reserved above, or written before).
         unsafe {
-            std::ptr::write_bytes(self.words_ptr(), 0, len);
+            std::ptr::write_bytes(self.words_ptr(), 0, written);
             if self.places_listed {
-                std::ptr::write_bytes(self.places_ptr(), 0, len);
+                std::ptr::write_bytes(self.places_ptr(), 0, written);
             }
         }
         self.len = len;

@@ -343,7 +343,7 @@ impl<T> Table<T> {
 
     /// Bytes of one chunk's places.
     #[inline]
-    fn chunk_bytes(&self) -> usize {
+    pub(super) fn chunk_bytes(&self) -> usize {
         self.per_chunk as usize * std::mem::size_of::<T>()
     }
 
@@ -379,11 +379,11 @@ impl<T> Table<T> {
                 .checked_mul(bytes)
                 .ok_or(Error::TableFull { places: 1u64 << 32 })?;
             let before = self.objects.base();
-            self.objects.reserve(end)?;
+            self.objects.reserve(&self.pool, end)?;
             if self.objects.base() != before {
                 self.rebase_chunks();
             }
-            self.objects.commit(&self.pool, bytes)?;
+            self.objects.commit(&self.pool, ci * bytes, bytes)?;
         }
         if self.chunks.len() <= ci {
             self.chunks.resize_with(ci + 1, || None);
