@@ -26,6 +26,7 @@ const DEFAULT_MEDIUM_CACHE_BYTES: usize = 8 << 20;
 /// a snapshot load that follows the drop, short enough that a program that dropped a
 /// table for good sees its memory go back soon.
 const DEFAULT_RETAIN_TABLE_MEMORY_MS: u64 = 10_000;
+
 /// The largest small size class accepted.
 pub const MAX_SMALL_CLASS_SIZE: usize = 4096;
 
@@ -827,6 +828,16 @@ mod tests {
             c.total_memory = Some(1 << 30);
             assert_eq!(PoolConfig::from_toml_str(&c.to_toml_string()).unwrap(), c);
         }
+    }
+
+    #[test]
+    fn table_memory_retention_reads_from_toml_and_is_off_in_checked_mode() {
+        let c = PoolConfig::from_toml_str("[memory_pools]\nretain_table_memory_ms = 250").unwrap();
+        assert_eq!(c.retain_table_memory_ms, 250);
+        assert_eq!(c.resolve().unwrap().retain_table_memory_ms, 250);
+        let checked = PoolConfig { checked: true, ..c };
+        assert_eq!(checked.resolve().unwrap().retain_table_memory_ms, 0);
+        assert_eq!(PoolConfig::debug().retain_table_memory_ms, 0);
     }
 
     #[test]

@@ -744,6 +744,13 @@ mod tests {
         span
     }
 
+    /// Uses `len` bytes of a new span and releases it.
+    fn fill_and_release(pool: &HierarchicalPool, len: usize) {
+        let mut span = filled(pool, len, 0x5A);
+        // SAFETY: nothing uses the span any more.
+        unsafe { span.release(pool) };
+    }
+
     #[test]
     fn a_released_huge_span_is_retained_and_the_next_one_adopts_it_zeroed() {
         let pool = retaining(60_000);
@@ -782,14 +789,10 @@ mod tests {
     #[test]
     fn small_spans_too_small_requests_and_pools_that_keep_nothing_retain_nothing() {
         let pool = retaining(60_000);
-        let mut small = filled(&pool, 1 << 20, 1);
-        // SAFETY: nothing uses the span any more.
-        unsafe { small.release(&pool) };
+        fill_and_release(&pool, 1 << 20);
         assert_eq!(pool.stats().reserved_bytes, 0);
 
-        let mut big = filled(&pool, 8 << 20, 1);
-        // SAFETY: nothing uses the span any more.
-        unsafe { big.release(&pool) };
+        fill_and_release(&pool, 8 << 20);
         let mut other = Span::new();
         other.reserve(&pool, 16 << 20).unwrap(); // larger than anything retained
         other.reserve(&pool, 64 << 20).unwrap();
@@ -798,22 +801,16 @@ mod tests {
         unsafe { other.release(&pool) };
 
         let off = retaining(0);
-        let mut span = filled(&off, 8 << 20, 1);
-        // SAFETY: nothing uses the span any more.
-        unsafe { span.release(&off) };
+        fill_and_release(&off, 8 << 20);
         assert_eq!(off.stats().reserved_bytes, 0);
     }
 
     #[test]
     fn retained_mappings_go_when_they_are_old_or_the_cap_needs_them() {
         let pool = retaining(1);
-        let mut first = filled(&pool, 8 << 20, 1);
-        // SAFETY: nothing uses the span any more.
-        unsafe { first.release(&pool) };
+        fill_and_release(&pool, 8 << 20);
         std::thread::sleep(Duration::from_millis(5));
-        let mut second = filled(&pool, 4 << 20, 2);
-        // SAFETY: nothing uses the span any more.
-        unsafe { second.release(&pool) };
+        fill_and_release(&pool, 4 << 20);
         assert_eq!(
             pool.retained_spans().bytes(),
             4 << 20,
@@ -826,9 +823,7 @@ mod tests {
             ..PoolConfig::default()
         })
         .unwrap();
-        let mut first = filled(&capped, 8 << 20, 1);
-        // SAFETY: nothing uses the span any more.
-        unsafe { first.release(&capped) };
+        fill_and_release(&capped, 8 << 20);
         assert_eq!(capped.retained_spans().bytes(), 8 << 20);
         let mut other = Span::new();
         other.reserve(&capped, 1 << 20).unwrap(); // not huge: maps its own
