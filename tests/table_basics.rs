@@ -317,3 +317,44 @@ fn values_walk_sparse_and_full_chunks_like_iter() {
     });
     assert_eq!(doubled, after.iter().map(|v| v * 2).collect::<Vec<_>>());
 }
+
+/// A batch of more than 8 MiB of objects has its chunks made and faulted in before the
+/// objects go in: the objects land where a smaller batch would put them, and a batch the
+/// pool's cap refuses leaves the table and the pool as they were.
+#[test]
+fn large_batches_fill_their_places_in_order_and_a_refused_one_changes_nothing() {
+    let capped = Arc::new(
+        HierarchicalPool::new(PoolConfig {
+            total_memory: Some(24 << 20),
+            ..PoolConfig::default()
+        })
+        .unwrap(),
+    );
+    let mut t: Table<u64> = Table::with_pool(capped.clone());
+    let small = t.try_insert_batch(0..1000u64).unwrap();
+    t.remove(small[10]).unwrap();
+    let large = t.try_insert_batch(1000..1_501_000u64).unwrap();
+    let values: Vec<u64> = t.values().copied().collect();
+    let expected: Vec<u64> = (0..1_501_000u64).filter(|&v| v != 10).collect();
+    assert_eq!(values, expected, "after the highest object, in order");
+    assert!(
+        large
+            .iter()
+            .zip(1000u64..)
+            .all(|(&h, v)| t.get(h) == Some(&v))
+    );
+
+    let in_use = capped.stats().in_use_bytes;
+    let err = t.try_insert_batch(0..2_000_000u64).unwrap_err();
+    assert!(
+        matches!(err, neurostore::Error::OutOfMemory { .. }),
+        "{err}"
+    );
+    assert_eq!(capped.stats().in_use_bytes, in_use);
+    assert_eq!(t.len(), 1_500_999);
+    assert!(t.values().copied().eq(expected.iter().copied()));
+    // What fits still goes in, after the same highest object.
+    let more = t.try_insert_batch([7u64; 100]).unwrap();
+    assert_eq!(t.get(more[99]), Some(&7));
+    assert_eq!(t.len(), 1_501_099);
+}

@@ -245,6 +245,21 @@ impl Span {
         Ok(())
     }
 
+    /// Has the OS back the committed bytes `[offset, offset + len)` with memory now, as
+    /// first writes would (pages already there keep their bytes), so that the writes
+    /// that follow do not fault. Threads may populate disjoint ranges of one span at
+    /// once, each paying its own pages' faults. Does nothing where the OS cannot (Linux
+    /// before 5.14, other systems).
+    pub(crate) fn populate(&self, offset: usize, len: usize) {
+        debug_assert!(offset + len <= self.mapped);
+        let start = offset & !(sys::PAGE - 1);
+        let end = round_up(offset + len, sys::PAGE).map_or(self.mapped, |e| e.min(self.mapped));
+        if start < end {
+            // SAFETY: `[start, end)` lies in the span's mapping (checked above).
+            unsafe { sys::populate(self.base.add(start), end - start) };
+        }
+    }
+
     /// Gives the pages wholly inside `[offset, offset + len)` back to the OS and `len`
     /// bytes back to `pool`'s account. Their contents are lost (they read as zeros later).
     ///
@@ -533,6 +548,16 @@ mod sys {
         unsafe { libc::madvise(base.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
     }
 
+    /// Faults the pages of `[ptr, ptr + len)` in for writing, keeping their bytes; an
+    /// older kernel's refusal (`EINVAL`) leaves them to fault on first use.
+    ///
+    /// # Safety
+    /// The range lies in a mapping of ours.
+    pub(super) unsafe fn populate(ptr: NonNull<u8>, len: usize) {
+        // SAFETY: per the contract; MADV_POPULATE_WRITE changes no byte of the range.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_POPULATE_WRITE) };
+    }
+
     /// Gives the whole pages of `[ptr, ptr + len)` back to the OS; they read as zeros
     /// afterwards.
     ///
@@ -587,6 +612,10 @@ mod sys {
     }
 
     pub(super) fn advise_huge(_base: NonNull<u8>, _len: usize) {}
+
+    /// # Safety
+    /// The range lies in a block of ours.
+    pub(super) unsafe fn populate(_ptr: NonNull<u8>, _len: usize) {}
 
     /// # Safety
     /// The range lies in a block of ours and nothing uses its contents.
@@ -703,6 +732,22 @@ mod tests {
         // SAFETY: nothing uses the span.
         unsafe { span.release(&pool) };
         assert_eq!(pool.stats().reserved_bytes, 0);
+    }
+
+    #[test]
+    fn populated_pages_keep_their_bytes_and_fresh_ones_read_as_zeros() {
+        let pool = HierarchicalPool::new(PoolConfig::default()).unwrap();
+        let mut span = filled(&pool, 4 << 20, 0x33);
+        span.reserve(&pool, 8 << 20).unwrap();
+        span.commit(&pool, 4 << 20, 4 << 20).unwrap();
+        // Unaligned, across the written and the fresh half.
+        span.populate(100, (8 << 20) - 200);
+        // SAFETY: the 8 MiB are committed; nothing else uses them.
+        let bytes = unsafe { std::slice::from_raw_parts(span.base().as_ptr(), 8 << 20) };
+        assert!(bytes[..4 << 20].iter().all(|&b| b == 0x33));
+        assert!(bytes[4 << 20..].iter().all(|&b| b == 0));
+        // SAFETY: nothing uses the span any more.
+        unsafe { span.release(&pool) };
     }
 
     #[test]

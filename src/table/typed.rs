@@ -19,6 +19,14 @@ use crate::pooled::{CheckedHints, Lifetime, MAX_ALIGN, ObjectKind, PoolHints, Po
 /// Default bytes of object storage per chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 64 << 10;
 
+/// Bulk inserts of at least this many bytes of objects have their memory faulted in on
+/// every thread first ([`Table::prefault_places`]).
+const PREFAULT_FROM_BYTES: usize = 8 << 20;
+
+/// The stretch of object memory one thread faults in at a time: a huge page, so that no
+/// two threads fault the same one.
+const PREFAULT_PIECE_BYTES: usize = 2 << 20;
+
 /// Where an object lives: which chunk and which place in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Loc {
@@ -988,6 +996,8 @@ impl<T> Table<T> {
             .highest_occupied()
             .map_or(0, |loc| self.global_place(loc) + 1)
             .max(min_place);
+        let values = values.into_iter();
+        self.prefault_places(first, values.size_hint().0)?;
         let epoch = self.epoch();
         let mut count = 0usize;
         for (place, value) in (first..).zip(values) {
@@ -1007,6 +1017,48 @@ impl<T> Table<T> {
             }
         }
         Ok((first, count))
+    }
+
+    /// Makes the chunks of the `count` free places from `first` and has their memory
+    /// faulted in on every thread, when it is large: the sequential puts that follow then
+    /// write into pages the OS has given already. For fresh memory the kernel's zeroing
+    /// (and, under a hypervisor, the host's faults) costs more than the writes, and it
+    /// runs in parallel. On error the chunks made here are freed again.
+    fn prefault_places(&mut self, first: u64, count: usize) -> Result<(), Error> {
+        let size = size_of::<T>();
+        if size == 0 || count.saturating_mul(size) < PREFAULT_FROM_BYTES {
+            return Ok(());
+        }
+        let end = first.saturating_add(count as u64).min(1 << 32);
+        let mut made = Vec::new();
+        for ci in (first >> self.shift)..=((end - 1) >> self.shift) {
+            let ci = ci as usize;
+            if self.chunks.get(ci).is_none_or(Option::is_none) {
+                if let Err(e) = self.make_chunk_at(ci) {
+                    made.into_iter().for_each(|ci| self.free_chunk(ci));
+                    return Err(e);
+                }
+                made.push(ci);
+            }
+        }
+        self.populate_places(first, end);
+        Ok(())
+    }
+
+    /// Has the memory of places `first..end`, whose chunks exist, faulted in on every
+    /// thread (a huge page per task).
+    fn populate_places(&self, first: u64, end: u64) {
+        let size = size_of::<T>();
+        let (from, to) = (first as usize * size, end as usize * size);
+        let objects = &self.objects;
+        let aligned = from - from % PREFAULT_PIECE_BYTES;
+        (aligned..to)
+            .into_par_iter()
+            .step_by(PREFAULT_PIECE_BYTES)
+            .for_each(|piece| {
+                let (a, b) = (piece.max(from), (piece + PREFAULT_PIECE_BYTES).min(to));
+                objects.populate(a, b - a);
+            });
     }
 
     /// Puts `value` at the free global place `place` (making its chunk if needed).
