@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::chunk::{bit_runs, set_range};
 pub(crate) use super::generations::GenerationImage;
-use super::slots::AWAY;
+use super::slots::{AWAY, PREFAULT_FROM_BYTES};
 use super::typed::Table;
 use crate::error::{Error, SnapshotError};
 use crate::pool::HierarchicalPool;
@@ -519,6 +519,7 @@ impl<T> Table<T> {
                 table.make_chunk_at(ci)?;
             }
         }
+        table.populate_present_chunks();
         table.chunk_floor = 0;
         match &image.slots {
             SlotImage::Generations(g) => live = table.restore_generations(g),
@@ -528,6 +529,27 @@ impl<T> Table<T> {
         table.len = live;
         table.vacant.rebuild(&table.slots);
         Ok(table)
+    }
+
+    /// Has the memory of every chunk faulted in on every thread, a stretch of chunks in
+    /// a row at a time, when the table is large: the objects read in after this land in
+    /// pages the OS has given already (memory a dropped table left the pool is there
+    /// already, and costs nothing here).
+    fn populate_present_chunks(&self) {
+        if self.chunks.len() * self.chunk_bytes() < PREFAULT_FROM_BYTES {
+            return;
+        }
+        let mut ci = 0;
+        while ci < self.chunks.len() {
+            if self.chunks[ci].is_none() {
+                ci += 1;
+                continue;
+            }
+            let run = self.chunks[ci..].iter().take_while(|c| c.is_some()).count();
+            let first = (ci as u64) << self.shift;
+            self.populate_places(first, first + ((run as u64) << self.shift));
+            ci += run;
+        }
     }
 
     /// Writes the slot words of a record or run image (a generation image's are written

@@ -66,6 +66,27 @@ pub(crate) const MAX_SLOTS: usize = u32::MAX as usize;
 /// Slots are committed in steps of this many bytes of each array.
 const COMMIT_STEP: usize = 64 << 10;
 
+/// Bulk inserts and restores that write at least this many bytes of objects or slots one
+/// after another have that memory faulted in on every thread first.
+pub(super) const PREFAULT_FROM_BYTES: usize = 8 << 20;
+
+/// The stretch of memory one thread faults in at a time: a huge page, so that no two
+/// threads fault the same one.
+const PREFAULT_PIECE_BYTES: usize = 2 << 20;
+
+/// Has the committed bytes `from..to` of `span` faulted in on every thread, a huge page
+/// per task.
+pub(super) fn populate_in_parallel(span: &Span, from: usize, to: usize) {
+    let aligned = from - from % PREFAULT_PIECE_BYTES;
+    (aligned..to)
+        .into_par_iter()
+        .step_by(PREFAULT_PIECE_BYTES)
+        .for_each(|piece| {
+            let (a, b) = (piece.max(from), (piece + PREFAULT_PIECE_BYTES).min(to));
+            span.populate(a, b - a);
+        });
+}
+
 /// Place-array entries one task writes when the array is made (4 MiB of them).
 const PLACES_PER_TASK: usize = 1 << 20;
 
@@ -536,6 +557,14 @@ impl SlotArray {
         len: usize,
     ) -> Result<(), Error> {
         self.reserve(pool, len.saturating_sub(self.len.max(1)))?;
+        // The restore that follows writes every entry, one after another: a large array
+        // has its fresh pages faulted in on every thread first.
+        if len * 4 >= PREFAULT_FROM_BYTES {
+            populate_in_parallel(&self.words, 0, len * 4);
+            if self.places_listed {
+                populate_in_parallel(&self.places, 0, len * 4);
+            }
+        }
         // Entries past `len` were never written since their bytes were committed, so
         // they read as zeros (the spans' promise): only the written ones are cleared.
         let written = self.len;

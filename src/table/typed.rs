@@ -9,7 +9,9 @@ use std::sync::{Arc, OnceLock};
 use rayon::prelude::*;
 
 use super::chunk::Chunk;
-use super::slots::{AWAY, SlotArray, VacantSlots, home_word};
+use super::slots::{
+    AWAY, PREFAULT_FROM_BYTES, SlotArray, VacantSlots, home_word, populate_in_parallel,
+};
 use crate::error::Error;
 use crate::handle::Handle;
 use crate::pool::span::Span;
@@ -18,14 +20,6 @@ use crate::pooled::{CheckedHints, Lifetime, MAX_ALIGN, ObjectKind, PoolHints, Po
 
 /// Default bytes of object storage per chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 64 << 10;
-
-/// Bulk inserts of at least this many bytes of objects have their memory faulted in on
-/// every thread first ([`Table::prefault_places`]).
-const PREFAULT_FROM_BYTES: usize = 8 << 20;
-
-/// The stretch of object memory one thread faults in at a time: a huge page, so that no
-/// two threads fault the same one.
-const PREFAULT_PIECE_BYTES: usize = 2 << 20;
 
 /// Where an object lives: which chunk and which place in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1047,18 +1041,9 @@ impl<T> Table<T> {
 
     /// Has the memory of places `first..end`, whose chunks exist, faulted in on every
     /// thread (a huge page per task).
-    fn populate_places(&self, first: u64, end: u64) {
+    pub(super) fn populate_places(&self, first: u64, end: u64) {
         let size = size_of::<T>();
-        let (from, to) = (first as usize * size, end as usize * size);
-        let objects = &self.objects;
-        let aligned = from - from % PREFAULT_PIECE_BYTES;
-        (aligned..to)
-            .into_par_iter()
-            .step_by(PREFAULT_PIECE_BYTES)
-            .for_each(|piece| {
-                let (a, b) = (piece.max(from), (piece + PREFAULT_PIECE_BYTES).min(to));
-                objects.populate(a, b - a);
-            });
+        populate_in_parallel(&self.objects, first as usize * size, end as usize * size);
     }
 
     /// Puts `value` at the free global place `place` (making its chunk if needed).
