@@ -55,6 +55,15 @@ pub(crate) struct SpanCounters {
     pub frees: AtomicU64,
 }
 
+impl SpanCounters {
+    /// Counts a span whose last committed byte went (back to the OS or to the pool's
+    /// retained mappings) as one allocation freed.
+    fn span_emptied(&self) {
+        self.spans.fetch_sub(1, Ordering::Relaxed);
+        self.frees.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A run of address space whose pages are committed on demand; see the module doc.
 #[derive(Debug)]
 pub(crate) struct Span {
@@ -322,8 +331,7 @@ impl Span {
         counters
             .committed
             .fetch_sub(self.committed, Ordering::Relaxed);
-        counters.spans.fetch_sub(1, Ordering::Relaxed);
-        counters.frees.fetch_add(1, Ordering::Relaxed);
+        counters.span_emptied();
         self.committed = 0;
         pool.retained_spans()
             .keep(retained, pool.budget(), keep_for);
@@ -337,9 +345,7 @@ impl Span {
             .expect("giving bytes back never fails");
         self.committed -= len;
         if self.committed == 0 {
-            let counters = pool.span_counters();
-            counters.spans.fetch_sub(1, Ordering::Relaxed);
-            counters.frees.fetch_add(1, Ordering::Relaxed);
+            pool.span_counters().span_emptied();
         }
     }
 }
