@@ -630,40 +630,24 @@ impl<T> Chunk<T> {
         self.expected = None;
     }
 
-    /// Fills the free places `first..first + count` with objects read as raw bytes by
-    /// `read` (which gets exactly `count * size_of::<T>()` bytes to fill), each owned by
-    /// the handle set with [`expect_owner`](Self::expect_owner). If `read` fails the
-    /// places stay free. Any bytes make valid objects because `T` is `Pod` (`_pod` is the
-    /// evidence).
-    pub(crate) fn fill_run_with<E>(
-        &mut self,
-        _pod: PodBytes<T>,
-        first: u32,
-        count: u32,
-        read: impl FnOnce(&mut [u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
+    /// Marks the free places `first..first + count` occupied by the objects whose bytes
+    /// the caller has just written there (each owned by the handle set with
+    /// [`expect_owner_run`](Self::expect_owner_run)). Whatever those bytes are, they make
+    /// valid objects: `T` is `Pod` (`_pod` is the evidence), and a table's memory only
+    /// ever holds initialised bytes (zeros when first committed, whole objects after).
+    pub(crate) fn mark_filled(&mut self, _pod: PodBytes<T>, first: u32, count: u32) {
         let end = first.checked_add(count).expect("run within the chunk");
         assert!(
             end <= self.capacity() && self.range_is_free(first, end),
             "places {first}..{end} are not all free"
         );
-        let bytes = count as usize * std::mem::size_of::<T>();
-        let start = self.place_ptr(first).cast::<u8>();
-        // SAFETY: places `first..end` lie inside the chunk's committed memory (checked
-        // above) and are free, so no live object is overwritten and no reference to them
-        // exists; the exclusive borrow of the chunk keeps the slice unique while `read`
-        // runs. Its bytes are initialised: a table's memory is zero-filled by the OS when
-        // first committed and afterwards only ever holds whole objects of `T`, a Pod type
-        // with no padding, or is zero-filled again when decommitted.
-        let buf = unsafe { std::slice::from_raw_parts_mut(start, bytes) };
-        read(buf)?;
-        // The places now hold `count` objects: `T` is Pod (`PodBytes` says so), so every
-        // byte pattern is one.
+        if count == 0 {
+            return;
+        }
         let clash = set_range(&mut self.occupied, u64::from(first), u64::from(end));
         debug_assert!(clash.is_none(), "the places were checked free above");
         self.live += count;
         self.advance_free_cursor();
-        Ok(())
     }
 
     /// Drops every object (the table then decommits the places' memory). The chunk is

@@ -11,7 +11,9 @@
 
 use std::sync::Arc;
 
-use super::chunk::{bit_runs, set_range};
+use rayon::prelude::*;
+
+use super::chunk::{Chunk, bit_runs, set_range};
 pub(crate) use super::generations::GenerationImage;
 use super::slots::{AWAY, PREFAULT_FROM_BYTES};
 use super::typed::Table;
@@ -21,6 +23,11 @@ use crate::pooled::{PodBytes, PoolHints};
 
 /// The largest chunk capacity a table uses (and a snapshot may claim).
 pub(crate) const MAX_PER_CHUNK: u32 = 1 << 24;
+
+/// The most bytes of objects one read of a `Pod` table's load puts straight into its
+/// chunks: large enough that a buffered reader passes the read to the file (no copy
+/// through its buffer), small enough to report progress often.
+const STRETCH_BYTES: usize = 32 << 20;
 
 /// A table's slot table and free-position state, as a snapshot stores it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -563,25 +570,38 @@ impl<T> Table<T> {
                     live += usize::from(version % 2 == 1);
                 }
             }
-            SlotImage::Runs { runs, starts } => {
-                for (&[version, place, count], &start) in runs.iter().zip(starts) {
-                    self.slots.restore_run(start as u32, version, place, count);
-                    live += if version % 2 == 1 { count as usize } else { 0 };
-                }
-            }
+            SlotImage::Runs { runs, .. } => live = self.slots.restore_runs(runs),
             SlotImage::Generations(_) => {}
         }
         live
     }
 
     /// Names the owners of the live runs' places: a run of live slots names consecutive
-    /// places, so their owners are written a chunk's stretch at a time.
+    /// places, so their owners are written a chunk's stretch at a time. A large table is
+    /// restored on every thread, each task owning a stretch of chunks and taking from
+    /// every run the places that lie in them.
     fn expect_owners_of_runs(&mut self, runs: &[[u32; 3]], starts: &[u64]) {
-        for (&[version, first_place, count], &start) in runs.iter().zip(starts) {
-            if version % 2 == 1 {
-                self.expect_owner_run(first_place, start as u32, count);
-            }
-        }
+        let tasks = if runs.len() >= OWNER_RUNS_IN_PARALLEL_FROM {
+            rayon::current_num_threads().max(1)
+        } else {
+            1
+        };
+        let per_task = self.chunks.len().div_ceil(tasks).max(1);
+        let (shift, per_chunk) = (self.shift, self.per_chunk);
+        let stretches: Vec<OwnerStretch<'_, T>> = self
+            .chunks
+            .chunks_mut(per_task)
+            .enumerate()
+            .map(|(k, chunks)| OwnerStretch {
+                first_chunk: k * per_task,
+                chunks,
+                shift,
+                per_chunk,
+            })
+            .collect();
+        stretches
+            .into_par_iter()
+            .for_each(|mut stretch| stretch.expect_owners_of_runs(runs, starts));
     }
 
     /// Names the owner of every live slot's place, slot by slot.
@@ -653,11 +673,13 @@ impl<T> Table<T> {
         Ok(())
     }
 
-    /// As [`fill_pending`](Self::fill_pending) for `Pod` objects: `read` fills a chunk's
-    /// pending places with exactly their bytes, in storage order. A chunk whose pending
-    /// places are one run is read straight into chunk memory; a chunk of many runs (a
-    /// table that had objects removed) is read in one call into a buffer and spread over
-    /// its runs, so that the reader is called once per chunk, not once per run.
+    /// As [`fill_pending`](Self::fill_pending) for `Pod` objects: `read` fills pending
+    /// places with exactly their bytes, in storage order. Chunks whose pending places are
+    /// one run each, continuing from chunk to chunk (a filled or compacted table), are
+    /// read in one call straight into the table's memory, up to [`STRETCH_BYTES`] at a
+    /// time, so that a buffered reader hands large reads to the file directly. A chunk of
+    /// many runs (a table that had objects removed) is read in one call into a buffer and
+    /// spread over its runs, so that the reader is called once per chunk, not once per run.
     pub(crate) fn fill_pending_pod(
         &mut self,
         pod: PodBytes<T>,
@@ -665,20 +687,88 @@ impl<T> Table<T> {
     ) -> Result<(), Error> {
         let size = std::mem::size_of::<T>();
         let mut staging: Vec<u8> = Vec::new();
-        for chunk in self.chunks.iter_mut().flatten() {
-            if let Some((first, count)) = chunk.pending_as_one_run() {
-                chunk.fill_run_with(pod, first, count, &mut read)?;
+        let mut stretch: Vec<(usize, u32, u32)> = Vec::new();
+        let mut ci = 0;
+        while ci < self.chunks.len() {
+            let Some(chunk) = self.chunks[ci].as_mut() else {
+                ci += 1;
+                continue;
+            };
+            if let Some(run) = chunk.pending_as_one_run() {
+                self.pending_stretch(ci, run, &mut stretch);
+                self.fill_stretch(pod, &stretch, &mut read)?;
+                ci += stretch.len();
                 continue;
             }
-            if chunk.pending_count() == 0 {
-                continue;
+            if chunk.pending_count() > 0 {
+                staging.clear();
+                staging.resize(chunk.pending_count() * size, 0);
+                read(&mut staging)?;
+                chunk.fill_pending_from(pod, &staging);
             }
-            staging.clear();
-            staging.resize(chunk.pending_count() * size, 0);
-            read(&mut staging)?;
-            chunk.fill_pending_from(pod, &staging);
+            ci += 1;
         }
         self.finish_restore();
+        Ok(())
+    }
+
+    /// The chunks from `ci` on (whose pending places are the one run `run`) whose pending
+    /// places continue one another in memory: each next chunk's run starts at its first
+    /// place and the one before ends at its last. At most [`STRETCH_BYTES`] of them, and
+    /// at least chunk `ci`, as `(chunk, first place, count)`.
+    fn pending_stretch(&self, ci: usize, run: (u32, u32), stretch: &mut Vec<(usize, u32, u32)>) {
+        let size = std::mem::size_of::<T>().max(1);
+        stretch.clear();
+        stretch.push((ci, run.0, run.1));
+        let mut bytes = run.1 as usize * size;
+        let mut ends_at_capacity = run.0 + run.1 == self.per_chunk;
+        let mut next = ci + 1;
+        while ends_at_capacity && bytes < STRETCH_BYTES {
+            let Some((0, count)) = self
+                .chunks
+                .get(next)
+                .and_then(|c| c.as_ref())
+                .and_then(|c| c.pending_as_one_run())
+            else {
+                break;
+            };
+            stretch.push((next, 0, count));
+            bytes += count as usize * size;
+            ends_at_capacity = count == self.per_chunk;
+            next += 1;
+        }
+    }
+
+    /// Reads the objects of `stretch` (from [`pending_stretch`](Self::pending_stretch))
+    /// with one call of `read` into their places, then marks them occupied. If `read`
+    /// fails the places stay free.
+    fn fill_stretch(
+        &mut self,
+        pod: PodBytes<T>,
+        stretch: &[(usize, u32, u32)],
+        read: &mut impl FnMut(&mut [u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let &(first_chunk, first, _) = stretch.first().expect("a stretch holds a chunk");
+        let objects: usize = stretch.iter().map(|&(_, _, count)| count as usize).sum();
+        let start = self.place_ptr(((first_chunk as u32) << self.shift) + first);
+        // SAFETY: the stretch's places are pending places (expected and not occupied) of
+        // chunks the table holds, each run continuing the one before in the next chunk,
+        // so together they are `objects` consecutive places of the objects' span, whose
+        // chunks' memory is committed and holds initialised bytes (zeros when committed,
+        // whole objects after). None of them is occupied, so no live object is
+        // overwritten and no reference to them exists; the exclusive borrow of the table
+        // keeps the slice unique while `read` runs. (`T` may be zero-sized: the slice is
+        // then empty.)
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(start.cast::<u8>(), objects * std::mem::size_of::<T>())
+        };
+        read(buf)?;
+        for &(ci, first, count) in stretch {
+            self.chunks[ci]
+                .as_mut()
+                .expect("a stretch names chunks the table holds")
+                .mark_filled(pod, first, count);
+        }
         Ok(())
     }
 
@@ -692,6 +782,61 @@ impl<T> Table<T> {
                 .as_ref()
                 .is_some_and(|c| c.live() < c.capacity());
             self.set_non_full(ci, non_full);
+        }
+    }
+}
+
+/// Runs from this many on are restored on every thread (fewer in unit tests, so that
+/// small tables take the parallel path).
+const OWNER_RUNS_IN_PARALLEL_FROM: usize = if cfg!(test) { 1 << 10 } else { 1 << 16 };
+
+/// A stretch of a restored table's chunks, whose owners one task names.
+struct OwnerStretch<'a, T> {
+    first_chunk: usize,
+    chunks: &'a mut [Option<Chunk<T>>],
+    shift: u32,
+    per_chunk: u32,
+}
+
+// SAFETY: a stretch is only used to call `Chunk::expect_owner_run`, which writes the
+// chunk's owner list and its bitmap of expected places (integers the chunk owns) and
+// never reads, moves or drops an object of `T`; the stretches of one table are disjoint
+// and borrowed exclusively, so sending one to another thread shares nothing.
+unsafe impl<T> Send for OwnerStretch<'_, T> {}
+
+impl<T> OwnerStretch<'_, T> {
+    /// Marks the places of the live runs that lie in this stretch as pending for their
+    /// slots (the runs' places lie in existing chunks: the image was checked).
+    fn expect_owners_of_runs(&mut self, runs: &[[u32; 3]], starts: &[u64]) {
+        let lo = (self.first_chunk as u64) << self.shift;
+        let hi = ((self.first_chunk + self.chunks.len()) as u64) << self.shift;
+        for (&[version, first_place, count], &start) in runs.iter().zip(starts) {
+            let (first, end) = (
+                u64::from(first_place),
+                u64::from(first_place) + u64::from(count),
+            );
+            if version % 2 == 0 || end <= lo || first >= hi {
+                continue;
+            }
+            let (a, b) = (first.max(lo), end.min(hi));
+            self.expect_owner_run(a, b, start + (a - first));
+        }
+    }
+
+    /// Marks places `first..end` (within the stretch) as pending for the slots from
+    /// `first_slot` on, a chunk at a time.
+    fn expect_owner_run(&mut self, first: u64, end: u64, first_slot: u64) {
+        let (mut place, mut slot) = (first, first_slot);
+        while place < end {
+            let ci = (place >> self.shift) as usize - self.first_chunk;
+            let pos = (place & u64::from(self.per_chunk - 1)) as u32;
+            let here = (end - place).min(u64::from(self.per_chunk - pos)) as u32;
+            self.chunks[ci]
+                .as_mut()
+                .expect("a checked image names existing chunks")
+                .expect_owner_run(pos, here, slot as u32);
+            place += u64::from(here);
+            slot += u64::from(here);
         }
     }
 }
@@ -954,5 +1099,106 @@ mod tests {
         }
         let (a, b) = (r.stats(), t.stats());
         assert_eq!((a.live, a.chunks, a.holes), (b.live, b.chunks, b.holes));
+    }
+
+    /// A table of `n` objects (8-byte chunks of 64 places) of which every fourth in the
+    /// second half is removed, then compacted in order: the first half at home, one run;
+    /// the second half away, as runs of three live slots (some crossing a chunk's end)
+    /// and one vacant one.
+    fn compacted(n: u64) -> Table<u64> {
+        let mut t = Table::<u64>::with_pool_and_chunk_bytes(default_pool(), 64 * 8);
+        let hs: Vec<_> = (0..n).map(|i| t.insert(i * 7)).collect();
+        for h in hs[n as usize / 2..].iter().skip(3).step_by(4) {
+            t.remove(*h);
+        }
+        t.compact_in_order().unwrap();
+        t
+    }
+
+    #[test]
+    fn runs_restore_on_many_threads_as_on_one() {
+        let t = compacted(16 * OWNER_RUNS_IN_PARALLEL_FROM as u64);
+        let runs = t.slot_runs(usize::MAX).expect("no budget");
+        assert!(
+            runs.len() >= OWNER_RUNS_IN_PARALLEL_FROM,
+            "{} runs",
+            runs.len()
+        );
+        let image = TableImage {
+            slots: SlotImage::from_runs(runs),
+            ..t.image()
+        };
+        image.check("u64").unwrap();
+        // Three tasks: run stretches of chunks split the runs that cross them.
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let mut r = threads
+            .install(|| Table::<u64>::restore(default_pool(), t.hints(), &image))
+            .unwrap();
+        let mut objects = t.object_runs().flatten().copied();
+        r.fill_pending("u64", || objects.next().map(Ok)).unwrap();
+        assert_eq!(r.len(), t.len());
+        for (h, v) in t.iter() {
+            assert_eq!(r.get(h), Some(v), "{h:?}");
+        }
+        assert!(t.slot_records().eq(r.slot_records()));
+        assert_eq!(t.slots.words(), r.slots.words(), "versions and away bits");
+        assert!(t.iter().map(|(h, _)| h).eq(r.iter().map(|(h, _)| h)));
+    }
+
+    #[test]
+    fn pod_fill_reads_chunks_that_continue_one_another_in_one_call() {
+        // Chunks 0-2 full, chunk 3 half full (the stretch ends with it), chunk 4 gone,
+        // chunk 5 full and chunk 6 holding holes.
+        let mut t = Table::<u64>::with_pool_and_chunk_bytes(default_pool(), 64 * 8);
+        let hs: Vec<_> = (0..7 * 64u64).map(|i| t.insert(i)).collect();
+        for (k, h) in hs.iter().enumerate() {
+            let (chunk, pos) = (k / 64, k % 64);
+            if (chunk == 3 && pos >= 32) || chunk == 4 || (chunk == 6 && pos % 5 == 0) {
+                t.remove(*h);
+            }
+        }
+        let image = t.image();
+        let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
+        let bytes: Vec<u8> = t
+            .object_runs()
+            .flat_map(|run| bytemuck::cast_slice::<u64, u8>(run).to_vec())
+            .collect();
+        let (mut at, mut reads) = (0, Vec::new());
+        r.fill_pending_pod(PodBytes::new(), |buf| {
+            buf.copy_from_slice(&bytes[at..at + buf.len()]);
+            at += buf.len();
+            reads.push(buf.len() / 8);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(reads, [3 * 64 + 32, 64, 64 - 13]);
+        for (h, v) in t.iter() {
+            assert_eq!(r.get(h), Some(v));
+        }
+        assert_eq!(r.len(), t.len());
+    }
+
+    #[test]
+    fn a_failed_read_leaves_the_stretch_free() {
+        let mut t = Table::<u64>::with_pool_and_chunk_bytes(default_pool(), 64 * 8);
+        for i in 0..3 * 64u64 {
+            t.insert(i);
+        }
+        let image = t.image();
+        let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
+        let err = r
+            .fill_pending_pod(PodBytes::new(), |_| {
+                Err(SnapshotError::Truncated {
+                    section: "OBJS".into(),
+                    offset: 0,
+                }
+                .into())
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("OBJS"), "{err}");
+        assert_eq!(r.values().count(), 0);
     }
 }

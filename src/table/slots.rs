@@ -90,6 +90,49 @@ pub(super) fn populate_in_parallel(span: &Span, from: usize, to: usize) {
 /// Place-array entries one task writes when the array is made (4 MiB of them).
 const PLACES_PER_TASK: usize = 1 << 20;
 
+/// Slots one task of a snapshot's restore writes, at least (4 MiB of words; fewer in
+/// unit tests, so that small tables take the parallel path).
+const SLOTS_PER_TASK: usize = if cfg!(test) { 1 << 10 } else { 1 << 20 };
+
+/// Writes the slots of `runs` (see [`SlotArray::restore_runs`]), the first of them slot
+/// `first_slot`, into `words` and, when the place array is kept, `places`, which hold
+/// exactly those slots. Returns how many are live.
+fn restore_runs_into(
+    first_slot: usize,
+    runs: &[[u32; 3]],
+    words: &mut [u32],
+    mut places: Option<&mut [u32]>,
+) -> usize {
+    let (mut at, mut live) = (0usize, 0usize);
+    for &[version, first_place, count] in runs {
+        let range = at..at + count as usize;
+        let first = (first_slot + at) as u32;
+        let is_live = word_is_live(version);
+        let word = if is_live && first_place != first.wrapping_sub(1) {
+            version | AWAY
+        } else {
+            version
+        };
+        assert!(
+            places.is_some() || word & AWAY == 0,
+            "slots from {first} point away from home without a place array"
+        );
+        words[range.clone()].fill(word);
+        if let Some(places) = places.as_deref_mut() {
+            if is_live {
+                for (p, place) in places[range].iter_mut().zip(first_place..) {
+                    *p = place;
+                }
+            } else {
+                places[range].fill(0);
+            }
+        }
+        live += if is_live { count as usize } else { 0 };
+        at += count as usize;
+    }
+    live
+}
+
 /// A table's slots; see the module doc.
 #[derive(Debug, Default)]
 pub(crate) struct SlotArray {
@@ -349,37 +392,50 @@ impl SlotArray {
         }
     }
 
-    /// Sets the `count` slots from `first` (below `len`) from a snapshot's run: `version`
-    /// (below 2^31) and, for live slots, consecutive places from `first_place` (away from
-    /// home only once the place array is kept).
-    pub(crate) fn restore_run(&mut self, first: u32, version: u32, first_place: u32, count: u32) {
-        let range = first as usize..first as usize + count as usize;
-        assert!(range.end <= self.len, "slots {range:?} are past the array");
-        let live = word_is_live(version);
-        let word = if live && first_place != first.wrapping_sub(1) {
-            version | AWAY
-        } else {
-            version
-        };
-        assert!(
-            self.places_listed || word & AWAY == 0,
-            "slots {range:?} point away from home without a place array"
-        );
-        // SAFETY: `range` lies below `len` (checked), inside the committed words (and,
-        // when listed, places); the exclusive borrow keeps the slices unique.
-        let words = unsafe { std::slice::from_raw_parts_mut(self.words_ptr(), self.len) };
-        words[range.clone()].fill(word);
-        if self.places_listed {
+    /// Sets every slot from a snapshot's runs `[version, first place, count]`, which tile
+    /// the slots `0..len` in index order: each run's slots get `version` (below 2^31)
+    /// and, when live, consecutive places from its first place (away from home only once
+    /// the place array is kept). Returns how many slots are live. A large array is
+    /// written on every thread, a stretch of about [`SLOTS_PER_TASK`] slots per task.
+    pub(crate) fn restore_runs(&mut self, runs: &[[u32; 3]]) -> usize {
+        let total: u64 = runs.iter().map(|r| u64::from(r[2])).sum();
+        assert_eq!(total, self.len as u64, "the runs do not tile the slots");
+        // SAFETY: the first `len` words (and, when listed, places) lie in the committed
+        // part of their spans; the exclusive borrow keeps the slices unique.
+        let mut words = unsafe { std::slice::from_raw_parts_mut(self.words_ptr(), self.len) };
+        let mut places = self.places_listed.then(|| {
             // SAFETY: as above, for the place array.
-            let places = unsafe { std::slice::from_raw_parts_mut(self.places_ptr(), self.len) };
-            if live {
-                for (p, place) in places[range].iter_mut().zip(first_place..) {
-                    *p = place;
-                }
-            } else {
-                places[range].fill(0);
+            unsafe { std::slice::from_raw_parts_mut(self.places_ptr(), self.len) }
+        });
+        let mut tasks = Vec::new();
+        let (mut first_run, mut first_slot) = (0, 0usize);
+        while first_run < runs.len() {
+            let (mut end_run, mut slots) = (first_run, 0usize);
+            while end_run < runs.len() && slots < SLOTS_PER_TASK {
+                slots += runs[end_run][2] as usize;
+                end_run += 1;
             }
+            let (task_words, rest) = std::mem::take(&mut words).split_at_mut(slots);
+            words = rest;
+            let task_places = places.take().map(|p| {
+                let (task, rest) = p.split_at_mut(slots);
+                places = Some(rest);
+                task
+            });
+            tasks.push((
+                first_slot,
+                &runs[first_run..end_run],
+                task_words,
+                task_places,
+            ));
+            (first_run, first_slot) = (end_run, first_slot + slots);
         }
+        tasks
+            .into_par_iter()
+            .map(|(first_slot, runs, words, places)| {
+                restore_runs_into(first_slot, runs, words, places)
+            })
+            .sum()
     }
 
     /// The runs `[version, first place, count]` of the slots in index order (a run: slots
