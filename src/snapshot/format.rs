@@ -22,8 +22,9 @@ use crate::error::{Error, SnapshotError};
 pub const MAGIC: [u8; 8] = *b"\x89NSNAP\r\n";
 /// The format version this build writes. Version 2 added the generation form of the
 /// SLOT section; version 3 dropped the list of vacant slots from the FREE section (the
-/// slot table says which slots are vacant). Version 1 and 2 files still load.
-pub const VERSION: u32 = 3;
+/// slot table says which slots are vacant); version 4 lists the live slots away from
+/// home in the generation form as runs. Version 1 to 3 files still load.
+pub const VERSION: u32 = 4;
 /// The oldest format version this build reads.
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Written as a little-endian u32; any other reading means another byte order.

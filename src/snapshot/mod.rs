@@ -11,7 +11,7 @@
 //! would have without the save and load (the slot table is rebuilt with each slot's
 //! version, and inserts that need a vacant slot take the lowest; see `table/persist.rs`).
 //!
-//! The format (version 3, `docs/FORMAT.md`; version 1 and 2 files still load): a preamble
+//! The format (version 4, `docs/FORMAT.md`; version 1 to 3 files still load): a preamble
 //! (magic, version, byte order), then
 //! length-prefixed sections, each with a CRC-32 of its bytes, then a footer with the
 //! CRC-32 of the whole file. Per table: its type name, schema fingerprint, element size
@@ -724,12 +724,22 @@ pub(crate) fn read_table_header(reader: &mut Reader<'_>) -> Result<TableHeader, 
     Ok(header)
 }
 
+/// How a generation-form SLOT body lists the live slots away from home.
+#[derive(Clone, Copy)]
+enum AwayForm {
+    /// `(index u32, place u32)` each (format versions 2 and 3).
+    Slots,
+    /// `(first index u32, first place u32, count u32)` runs ([`GenerationImage::away`]).
+    Runs,
+}
+
 /// Reads the rest of a SLOT body of the generation form, checking its counts against the
 /// section's length before reading what they count.
 fn read_generations(
     reader: &mut Reader<'_>,
     header: &TableHeader,
     start: format::SectionStart,
+    form: AwayForm,
 ) -> Result<SlotImage, Error> {
     let len = header.slot_count as usize;
     let words = len.div_ceil(64) as u64;
@@ -748,11 +758,26 @@ fn read_generations(
     take(reader, runs * 8 + 4, "the generation runs")?;
     let generations: Vec<[u32; 2]> = reader.pod_values(runs)?;
     let away = u64::from(u32::from_le(reader.pod_values::<u32>(1)?[0]));
-    take(reader, away * 8, "the away slots")?;
+    let away_bytes = match form {
+        AwayForm::Slots => 8,
+        AwayForm::Runs => 12,
+    };
+    take(reader, away * away_bytes, "the away slots")?;
     if left != 0 {
         return Err(reader.malformed(start, format!("{left} bytes after the away slots")));
     }
-    let away: Vec<[u32; 2]> = reader.pod_values(away)?;
+    let away: Vec<[u32; 3]> = match form {
+        AwayForm::Slots => reader
+            .pod_values::<[u32; 2]>(away)?
+            .into_iter()
+            .map(|[i, p]| [u32::from_le(i), u32::from_le(p), 1])
+            .collect(),
+        AwayForm::Runs => reader
+            .pod_values::<[u32; 3]>(away)?
+            .into_iter()
+            .map(|r| r.map(u32::from_le))
+            .collect(),
+    };
     Ok(SlotImage::Generations(GenerationImage {
         len,
         live: live.into_iter().map(u64::from_le).collect(),
@@ -760,10 +785,7 @@ fn read_generations(
             .into_iter()
             .map(|r| r.map(u32::from_le))
             .collect(),
-        away: away
-            .into_iter()
-            .map(|[i, p]| (u32::from_le(i), u32::from_le(p)))
-            .collect(),
+        away,
     }))
 }
 
@@ -781,7 +803,8 @@ pub(crate) fn read_image(
     let slots = match form[0] {
         SLOTS_AS_RECORDS => read_slot_records(reader, header, start)?,
         SLOTS_AS_RUNS => read_slot_runs(reader, header, start)?,
-        SLOTS_AS_GENERATIONS => read_generations(reader, header, start)?,
+        SLOTS_AS_GENERATIONS => read_generations(reader, header, start, AwayForm::Slots)?,
+        SLOTS_AS_GENERATION_RUNS => read_generations(reader, header, start, AwayForm::Runs)?,
         other => return Err(reader.malformed(start, format!("unknown slot encoding {other}"))),
     };
     reader.close()?;
@@ -1009,9 +1032,12 @@ const SLOTS_AS_RECORDS: u8 = 0;
 /// SLOT body form: runs `(version, first place, count)` of consecutive slots with one
 /// version and consecutive places (vacant slots: place 0).
 const SLOTS_AS_RUNS: u8 = 1;
-/// SLOT body form (from format version 2 on): a liveness bitmap, generation runs, and the places
-/// of live slots away from home ([`GenerationImage`]).
+/// SLOT body form (format versions 2 and 3): a liveness bitmap, generation runs, and the
+/// places of live slots away from home, one `(index, place)` each.
 const SLOTS_AS_GENERATIONS: u8 = 2;
+/// SLOT body form (from format version 4 on): as [`SLOTS_AS_GENERATIONS`], with the places
+/// of live slots away from home as runs ([`GenerationImage`]).
+const SLOTS_AS_GENERATION_RUNS: u8 = 3;
 
 /// The form a table's SLOT section is written in: the shortest of the three.
 enum SlotForm {
@@ -1100,7 +1126,7 @@ impl<T: Pooled> PreparedTable for Prepared<'_, T> {
                     return write_u32s_le(b, runs.as_flattened());
                 }
                 SlotForm::Generations(g) => {
-                    b.write(&[SLOTS_AS_GENERATIONS])?;
+                    b.write(&[SLOTS_AS_GENERATION_RUNS])?;
                     return write_generations(b, g);
                 }
                 SlotForm::Records => {}
@@ -1162,8 +1188,7 @@ fn write_generations(b: &mut format::BodyWriter<'_, '_>, g: &GenerationImage) ->
     write_u32s_le(b, &[count(g.generations.len())])?;
     write_u32s_le(b, g.generations.as_flattened())?;
     write_u32s_le(b, &[count(g.away.len())])?;
-    let away: Vec<u32> = g.away.iter().flat_map(|&(i, p)| [i, p]).collect();
-    write_u32s_le(b, &away)
+    write_u32s_le(b, g.away.as_flattened())
 }
 
 /// Writes `values` as little-endian bytes, straight from memory where that is their form.

@@ -514,6 +514,22 @@ impl<T> Chunk<T> {
         self.expect(first, first + count);
     }
 
+    /// Marks the places from `first` on as pending for the slots `owners` names, one
+    /// place each; the places must be free and not yet expected.
+    pub(crate) fn expect_owner_list(&mut self, first: u32, owners: &[u32]) {
+        let end = u32::try_from(owners.len())
+            .ok()
+            .and_then(|count| first.checked_add(count))
+            .filter(|&end| end <= self.capacity());
+        let free = end.is_some_and(|end| self.range_is_free(first, end));
+        assert!(free, "places {first}..+{} are not all free", owners.len());
+        let Some(end) = end.filter(|&end| end > first) else {
+            return;
+        };
+        self.owners_mut()[first as usize..end as usize].copy_from_slice(owners);
+        self.expect(first, end);
+    }
+
     /// Whether places `first..end` (within the capacity) are all free, a word at a time.
     fn range_is_free(&self, first: u32, end: u32) -> bool {
         let mut pos = first;

@@ -6,14 +6,19 @@
 //! filled once and then thinned keeps every slot at generation 1, live or not, so its
 //! whole slot table is a bitmap and one generation run, whatever the removals did to the
 //! runs of versions and places ([`SlotImage::Runs`](super::persist::SlotImage)). A live slot
-//! is at its home place `index − 1` unless listed among the away slots.
+//! is at its home place `index − 1` unless an away run names it: live slots that follow
+//! one another (vacant slots between them skipped) at places that follow one another are
+//! one run, so a table compacted in order is a single run, however many removals made
+//! holes in its slots.
 //!
 //! Checking and rebuilding work on the bitmap a word at a time: the home places of 64
 //! slots are one shifted word of the place bitmap.
 
 use super::chunk::{bit_runs, set_range};
-use super::persist::{ImageSummary, TableImage};
-use super::slots::{AWAY, word_version};
+use super::persist::{ImageSummary, OWNER_RUNS_IN_PARALLEL_FROM, OwnerStretch, TableImage};
+use rayon::prelude::*;
+
+use super::slots::{AWAY, live_word, word_version};
 use super::typed::Table;
 use crate::error::SnapshotError;
 
@@ -27,10 +32,16 @@ pub(crate) struct GenerationImage {
     pub live: Vec<u64>,
     /// `[generation, count]` runs (counts above 0) covering the slots in index order.
     pub generations: Vec<[u32; 2]>,
-    /// `(index, place)` of each live slot whose object is not at `index − 1`, in
-    /// ascending index order.
-    pub away: Vec<(u32, u32)>,
+    /// `[first index, first place, count]` runs of the live slots whose objects are not
+    /// at `index − 1`, in ascending index order: the `count` live slots from slot
+    /// `first index` on (vacant slots skipped) lie at places `first place`,
+    /// `first place + 1`, … Runs do not overlap.
+    pub away: Vec<[u32; 3]>,
 }
+
+/// Slots one task of a restore writes, at least (fewer in unit tests, so that small
+/// tables take the parallel path).
+const MIN_SLOTS_PER_TASK: usize = if cfg!(test) { 64 } else { 1 << 16 };
 
 /// The largest generation: versions count within 31 bits.
 const MAX_GENERATION: u32 = 1 << 30;
@@ -43,9 +54,115 @@ impl GenerationImage {
             .is_some_and(|w| w >> (index % 64) & 1 == 1)
     }
 
+    /// `(index, place)` of every live slot an away run names, in index order (the runs
+    /// passed [`TableImage::check_generations`]).
+    pub(crate) fn away_slots(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.away.iter().flat_map(|&[first, place, count]| {
+            live_slots_from(&self.live, first as usize)
+                .take(count as usize)
+                .zip(place..)
+                .map(|(index, place)| (index as u32, place))
+        })
+    }
+
+    /// Writes every slot's word into `words` and, when the place array is kept, its place
+    /// into `places` (`len` of each; the image passed
+    /// [`TableImage::check_generations`]), on every thread, a stretch of slots per task.
+    pub(crate) fn write_slots(&self, words: &mut [u32], places: Option<&mut [u32]>) {
+        assert_eq!(words.len(), self.len, "one word a slot");
+        let mut generation_starts = Vec::with_capacity(self.generations.len());
+        let mut at = 0usize;
+        for &[_, count] in &self.generations {
+            generation_starts.push(at);
+            at += count as usize;
+        }
+        // A few stretches a thread: each first counts the live slots from the start of
+        // the away run it begins in, a pass over that run's bitmap words.
+        let tasks = rayon::current_num_threads().max(1) * 4;
+        let per_task = self
+            .len
+            .div_ceil(tasks)
+            .next_multiple_of(64)
+            .max(MIN_SLOTS_PER_TASK);
+        let write = |(k, (words, places)): (usize, (&mut [u32], Option<&mut [u32]>))| {
+            self.write_slot_stretch(k * per_task, &generation_starts, words, places);
+        };
+        match places {
+            Some(places) => words
+                .par_chunks_mut(per_task)
+                .zip(places.par_chunks_mut(per_task))
+                .map(|(w, p)| (w, Some(p)))
+                .enumerate()
+                .for_each(write),
+            None => words
+                .par_chunks_mut(per_task)
+                .map(|w| (w, None))
+                .enumerate()
+                .for_each(write),
+        }
+    }
+
+    /// [`write_slots`](Self::write_slots) for the slots from `first` on, `words.len()` of
+    /// them; `generation_starts` holds the first slot of each generation run.
+    fn write_slot_stretch(
+        &self,
+        first: usize,
+        generation_starts: &[usize],
+        words: &mut [u32],
+        mut places: Option<&mut [u32]>,
+    ) {
+        let mut g = generation_starts.partition_point(|&s| s <= first) - 1;
+        let mut generation_end = generation_starts[g] + self.generations[g][1] as usize;
+        let (mut run, mut offset) = self.away_position(first);
+        for (k, word) in words.iter_mut().enumerate() {
+            let index = first + k;
+            while index >= generation_end {
+                g += 1;
+                generation_end += self.generations[g][1] as usize;
+            }
+            let twice = self.generations[g][0].wrapping_mul(2);
+            let place = if !self.is_live(index) {
+                *word = twice;
+                0
+            } else {
+                let place = match self.away.get(run) {
+                    Some(&[away_first, away_place, count]) if index >= away_first as usize => {
+                        let place = away_place.wrapping_add(offset);
+                        offset += 1;
+                        if offset == count {
+                            (run, offset) = (run + 1, 0);
+                        }
+                        place
+                    }
+                    _ => (index as u32).wrapping_sub(1),
+                };
+                *word = live_word(index as u32, twice.wrapping_sub(1), place);
+                place
+            };
+            if let Some(places) = places.as_deref_mut() {
+                places[k] = place;
+            }
+        }
+    }
+
+    /// The away run that slot `index` or the live slots after it come to first, and how
+    /// many of its slots lie before `index`.
+    fn away_position(&self, index: usize) -> (usize, u32) {
+        let run = self.away.partition_point(|r| (r[0] as usize) < index);
+        let Some(&[first, _, count]) = run.checked_sub(1).and_then(|r| self.away.get(r)) else {
+            return (run, 0);
+        };
+        let done = count_in(&self.live, u64::from(first), index as u64) as u32;
+        if done < count {
+            (run - 1, done)
+        } else {
+            (run, 0)
+        }
+    }
+
     /// Every slot's `(version, place)`, in index order (a vacant slot's place is 0).
     pub(crate) fn records(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let mut away = self.away.iter().peekable();
+        let mut away = self.away_slots().peekable();
         let generations = self
             .generations
             .iter()
@@ -57,7 +174,7 @@ impl GenerationImage {
                 return (version, 0);
             }
             match away.peek() {
-                Some(&&(i, place)) if i as usize == index => {
+                Some(&(i, place)) if i as usize == index => {
                     away.next();
                     (version, place)
                 }
@@ -67,13 +184,9 @@ impl GenerationImage {
     }
 
     /// Bytes of this image in a snapshot's SLOT body (after the form byte): the bitmap,
-    /// then the counted generation runs and away slots.
+    /// then the counted generation runs and away runs.
     pub(crate) fn encoded_len(&self) -> u64 {
-        self.live.len() as u64 * 8
-            + 4
-            + self.generations.len() as u64 * 8
-            + 4
-            + self.away.len() as u64 * 8
+        encoded_len(self.live.len(), self.generations.len(), self.away.len())
     }
 
     /// The version of slot `index`.
@@ -179,31 +292,15 @@ fn check_generation_runs(
 }
 
 /// The place bitmap of every live slot (`places` bits): home places from the liveness
-/// bitmap shifted by one, then the away places, each checked to be inside the table and
-/// taken once.
+/// bitmap shifted by one, then the away runs' places, each checked to be inside the
+/// table and taken once.
 fn taken_places(
     image: &GenerationImage,
     places: u64,
     bad: &impl Fn(String) -> SnapshotError,
 ) -> Result<Vec<u64>, SnapshotError> {
     let n = image.len as u64;
-    // The live slots at home.
-    let mut home = image.live.clone();
-    let mut previous: Option<u32> = None;
-    for &(index, place) in &image.away {
-        let i = index as usize;
-        if previous.is_some_and(|p| p >= index)
-            || !image.is_live(i)
-            || place == index.wrapping_sub(1)
-        {
-            return Err(bad(format!(
-                "the away list names slot {index} at place {place}: not a live slot away from \
-                 home, or out of order"
-            )));
-        }
-        previous = Some(index);
-        home[i / 64] &= !(1u64 << (i % 64));
-    }
+    let home = home_slots(image, bad)?;
     // Slot i's home place is i - 1: slots from `places + 1` on would be past the chunks.
     if count_in(&home, places + 1, n) > 0 {
         let i = first_in(&home, places + 1, n).expect("a counted bit");
@@ -226,20 +323,118 @@ fn taken_places(
     {
         *last &= (1u64 << (places % 64)) - 1;
     }
-    for &(index, place) in &image.away {
-        if u64::from(place) >= places {
+    for &[index, place, count] in &image.away {
+        let end = u64::from(place) + u64::from(count);
+        if end > places {
             return Err(bad(format!(
-                "live slot {index} names place {place}, past the {places} places of the \
-                 table's chunks"
+                "live slots from {index} name places {place}..{end}, past the {places} \
+                 places of the table's chunks"
             )));
         }
-        if set_range(&mut taken, u64::from(place), u64::from(place) + 1).is_some() {
+        if let Some(p) = set_range(&mut taken, u64::from(place), end) {
             return Err(bad(format!(
-                "two live slots name place {place} (one is slot {index})"
+                "two live slots name place {p} (one is in the away run from slot {index})"
             )));
         }
     }
     Ok(taken)
+}
+
+/// The liveness bitmap without the slots the away runs name, after checking that each
+/// run starts at a live slot past the previous run's last one, counts at least one slot
+/// and no more than there are live slots after its first.
+fn home_slots(
+    image: &GenerationImage,
+    bad: &impl Fn(String) -> SnapshotError,
+) -> Result<Vec<u64>, SnapshotError> {
+    let mut home = image.live.clone();
+    let mut next_free = 0usize;
+    for &[index, place, count] in &image.away {
+        let first = index as usize;
+        let starts_well = first >= next_free && first < image.len && image.is_live(first);
+        let last = (starts_well && count > 0)
+            .then(|| take_live(&mut home, first, count))
+            .flatten();
+        match last {
+            Some(last) => next_free = last + 1,
+            None => {
+                return Err(bad(format!(
+                    "the away list's run ({index}, {place}, {count}) does not name live \
+                     slots after the previous run's, in order"
+                )));
+            }
+        }
+    }
+    Ok(home)
+}
+
+/// Clears the first `count` set bits of `words` from bit `first` on, a word at a time;
+/// returns the last one cleared, or `None` (having cleared some) if there are fewer.
+fn take_live(words: &mut [u64], first: usize, count: u32) -> Option<usize> {
+    let mut left = count;
+    let mut w = first / 64;
+    let mut bits = words.get(w)? & (u64::MAX << (first % 64));
+    loop {
+        let here = bits.count_ones();
+        if here >= left {
+            // The lowest `left` set bits: clear them one at a time (fewer than 64).
+            let mut last = 0;
+            for _ in 0..left {
+                last = bits.trailing_zeros();
+                bits &= bits - 1;
+                words[w] &= !(1u64 << last);
+            }
+            return Some(w * 64 + last as usize);
+        }
+        words[w] &= !bits;
+        left -= here;
+        w += 1;
+        bits = *words.get(w)?;
+    }
+}
+
+/// The index of the set bit of `words` that comes `n` set bits after bit `first`
+/// (which is set), a word at a time; past the end if there are not that many.
+fn nth_set(words: &[u64], first: usize, n: usize) -> usize {
+    let mut left = n + 1;
+    let mut w = first / 64;
+    let mut bits = words.get(w).map_or(0, |&b| b & (u64::MAX << (first % 64)));
+    loop {
+        let here = bits.count_ones() as usize;
+        if here >= left {
+            for _ in 1..left {
+                bits &= bits - 1;
+            }
+            return w * 64 + bits.trailing_zeros() as usize;
+        }
+        left -= here;
+        w += 1;
+        match words.get(w) {
+            Some(&b) => bits = b,
+            None => return words.len() * 64,
+        }
+    }
+}
+
+/// The indices of the set bits of `words` from bit `first` on, in order.
+pub(crate) fn live_slots_from(words: &[u64], first: usize) -> impl Iterator<Item = usize> + '_ {
+    let mut w = first / 64;
+    let mut bits = words.get(w).map_or(0, |&b| b & (u64::MAX << (first % 64)));
+    std::iter::from_fn(move || {
+        while bits == 0 {
+            w += 1;
+            bits = *words.get(w)?;
+        }
+        let bit = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        Some(w * 64 + bit)
+    })
+}
+
+/// Bytes of a generation image of `words` bitmap words, `generations` generation runs
+/// and `away` away runs in a snapshot's SLOT body.
+fn encoded_len(words: usize, generations: usize, away: usize) -> u64 {
+    words as u64 * 8 + 4 + generations as u64 * 8 + 4 + away as u64 * 12
 }
 
 /// Set bits of `words` in `from..to`.
@@ -280,25 +475,64 @@ fn last_set(words: &[u64]) -> Option<u64> {
 
 impl<T> Table<T> {
     /// Bytes the slot table would take as a [`GenerationImage`] in a snapshot
-    /// ([`GenerationImage::encoded_len`]), counted in one pass without building it.
+    /// ([`GenerationImage::encoded_len`]), counted without building it.
     pub(crate) fn generation_image_len(&self) -> u64 {
         let words = self.slots.words();
         if words.is_empty() {
-            return 8 + 4 + 8 + 4;
+            return encoded_len(1, 1, 0);
         }
-        let (mut runs, mut away, mut last) = (0u64, 0u64, None);
+        let (mut runs, mut last) = (0usize, None);
         for &word in words {
             let generation = (word_version(word) + (word & 1)) / 2;
             if last != Some(generation) {
                 runs += 1;
                 last = Some(generation);
             }
-            away += u64::from(word >> 31);
         }
-        words.len().div_ceil(64) as u64 * 8 + 4 + runs * 8 + 4 + away * 8
+        let mut away = 0;
+        self.away_runs(|_| away += 1);
+        encoded_len(words.len().div_ceil(64), runs, away)
     }
 
-    /// The slot table as a [`GenerationImage`]: one pass over the slot words.
+    /// Calls `f` with each away run of the slot table ([`GenerationImage::away`]), in
+    /// index order: live slots away from home whose places follow one another, with no
+    /// live slot at home between them.
+    fn away_runs(&self, mut f: impl FnMut([u32; 3])) {
+        let mut open: Option<[u32; 3]> = None;
+        for (block, slots) in self.slots.words().chunks(64).enumerate() {
+            let (mut live, mut away) = (0u64, 0u64);
+            for (k, &word) in slots.iter().enumerate() {
+                live |= u64::from(word & 1) << k;
+                away |= u64::from(word & AWAY != 0) << k;
+            }
+            if away == 0 {
+                if live != 0 {
+                    open.take().map(&mut f);
+                }
+                continue;
+            }
+            while live != 0 {
+                let k = live.trailing_zeros() as usize;
+                live &= live - 1;
+                let index = block * 64 + k;
+                if away >> k & 1 == 0 {
+                    open.take().map(&mut f);
+                    continue;
+                }
+                let place = self.slots.place(index);
+                match &mut open {
+                    Some([_, first, count]) if first.wrapping_add(*count) == place => *count += 1,
+                    _ => {
+                        open.replace([index as u32, place, 1]).map(&mut f);
+                    }
+                }
+            }
+        }
+        open.map(f);
+    }
+
+    /// The slot table as a [`GenerationImage`]: one pass over the slot words, and one
+    /// more over the live slots if some are away.
     pub(crate) fn generation_image(&self) -> GenerationImage {
         let words = self.slots.words();
         if words.is_empty() {
@@ -312,14 +546,14 @@ impl<T> Table<T> {
         let generation_of = |word: u32| (word_version(word) + (word & 1)) / 2;
         let mut live = Vec::with_capacity(words.len().div_ceil(64));
         let mut generations: Vec<[u32; 2]> = Vec::new();
-        let mut away = Vec::new();
+        let mut any_away = false;
         // 64 slots at a time: their liveness bits gathered in a register, and their
         // generations counted in one go when they all continue the current run.
-        for (block, slots) in words.chunks(64).enumerate() {
-            let (mut bits, mut any_away) = (0u64, 0u32);
+        for slots in words.chunks(64) {
+            let mut bits = 0u64;
             for (k, &word) in slots.iter().enumerate() {
                 bits |= u64::from(word & 1) << k;
-                any_away |= word & AWAY;
+                any_away |= word & AWAY != 0;
             }
             live.push(bits);
             match generations.last_mut() {
@@ -336,14 +570,10 @@ impl<T> Table<T> {
                     }
                 }
             }
-            if any_away != 0 {
-                for (k, &word) in slots.iter().enumerate() {
-                    if word & AWAY != 0 {
-                        let index = block * 64 + k;
-                        away.push((index as u32, self.slots.place(index)));
-                    }
-                }
-            }
+        }
+        let mut away = Vec::new();
+        if any_away {
+            self.away_runs(|run| away.push(run));
         }
         GenerationImage {
             len: words.len(),
@@ -357,20 +587,12 @@ impl<T> Table<T> {
     /// [`TableImage::check_generations`]; the slot array holds `image.len` zeroed slots
     /// (with a place array if any slot is away) and the chunks exist.
     pub(crate) fn restore_generations(&mut self, image: &GenerationImage) -> usize {
-        let mut first = 0usize;
-        for &[g, count] in &image.generations {
-            self.slots
-                .restore_generation_run(first, count as usize, g, &image.live);
-            first += count as usize;
-        }
-        for &(index, place) in &image.away {
-            let version = self.slots.words()[index as usize];
-            self.slots.restore(index, version, place);
-        }
-        // Owners: runs of home slots a chunk's stretch at a time, then the away slots.
+        let (words, places) = self.slots.entries_mut();
+        image.write_slots(words, places);
+        // Owners: runs of home slots a chunk's stretch at a time, then the away runs.
         let mut home = image.live.clone();
-        for &(i, _) in &image.away {
-            home[i as usize / 64] &= !(1u64 << (i % 64));
+        for &[first, _, count] in &image.away {
+            take_live(&mut home, first as usize, count).expect("a checked image");
         }
         let mut live = 0usize;
         if self.per_chunk.is_multiple_of(64) {
@@ -381,15 +603,55 @@ impl<T> Table<T> {
                 self.expect_owner_run(first - 1, first, count);
             }
         }
-        for &(i, place) in &image.away {
-            let loc = self.unpack(place);
-            self.chunks[loc.chunk as usize]
-                .as_mut()
-                .expect("a checked image names existing chunks")
-                .expect_owner(loc.pos, i);
-            live += 1;
+        live + self.expect_away_runs(image)
+    }
+
+    /// Expects the objects of the away runs' slots at their places, a chunk's stretch of
+    /// each run at a time, on every thread when there are many (each task owning a
+    /// stretch of chunks); returns how many.
+    fn expect_away_runs(&mut self, image: &GenerationImage) -> usize {
+        let away: usize = image.away.iter().map(|r| r[2] as usize).sum();
+        let tasks = if away >= OWNER_RUNS_IN_PARALLEL_FROM {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        self.owner_stretches(tasks)
+            .into_par_iter()
+            .for_each(|mut stretch| stretch.expect_away_runs(image));
+        away
+    }
+}
+
+impl<T> OwnerStretch<'_, T> {
+    /// Marks the places of the away runs that lie in this stretch as pending for their
+    /// slots.
+    fn expect_away_runs(&mut self, image: &GenerationImage) {
+        let places = self.places();
+        let mut owners: Vec<u32> = Vec::new();
+        for &[first, place, count] in &image.away {
+            let end = u64::from(place) + u64::from(count);
+            if end <= places.start || u64::from(place) >= places.end {
+                continue;
+            }
+            let (from, to) = (u64::from(place).max(places.start), end.min(places.end));
+            let skip = (from - u64::from(place)) as usize;
+            let mut slots =
+                live_slots_from(&image.live, nth_set(&image.live, first as usize, skip));
+            let mut at = from;
+            while at < to {
+                let ci = (at >> self.shift) as usize - self.first_chunk;
+                let pos = (at & u64::from(self.per_chunk - 1)) as u32;
+                let here = (to - at).min(u64::from(self.per_chunk - pos)) as usize;
+                owners.clear();
+                owners.extend(slots.by_ref().take(here).map(|i| i as u32));
+                self.chunks[ci]
+                    .as_mut()
+                    .expect("a checked image names existing chunks")
+                    .expect_owner_list(pos, &owners);
+                at += here as u64;
+            }
         }
-        live
     }
 }
 
@@ -512,10 +774,54 @@ mod tests {
     }
 
     #[test]
+    fn a_table_compacted_in_order_is_one_away_run_and_restores_on_many_threads() {
+        let mut t = Table::<u64>::with_pool_and_chunk_bytes(default_pool(), 64 * 8);
+        let hs: Vec<_> = (0..5000u64).map(|i| t.insert(i)).collect();
+        for (k, h) in hs.iter().enumerate() {
+            if k % 3 == 1 || (2000..2600).contains(&k) || k % 7 == 0 {
+                t.remove(*h);
+            }
+        }
+        for i in 0..50u64 {
+            t.insert(1000 + i); // reused slots: more generation runs
+        }
+        t.compact_in_order().unwrap();
+        let image = as_generations(&t);
+        let SlotImage::Generations(g) = &image.slots else {
+            unreachable!()
+        };
+        assert_eq!(g.away.len(), 1, "{:?}", g.away);
+        assert!(g.generations.len() > 2);
+        image.check("u64").unwrap();
+        // Tasks of about 5000 / 12 slots, most starting inside the away run.
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let mut r = threads
+            .install(|| Table::<u64>::restore(default_pool(), t.hints(), &image))
+            .unwrap();
+        let mut values = t.object_runs().flatten().copied();
+        r.fill_pending("u64", || values.next().map(Ok)).unwrap();
+        drop(values);
+        assert_eq!(r.image(), t.image());
+        assert_eq!(r.slots.words(), t.slots.words(), "versions and away bits");
+        for h in &hs {
+            assert_eq!(r.get(*h), t.get(*h));
+        }
+        // Each place's owner: the handles iteration reads from the chunks.
+        assert!(r.iter().eq(t.iter()));
+    }
+
+    #[test]
     fn check_refuses_inconsistent_generation_images() {
         let (t, _) = churned(true);
         let good = as_generations(&t);
         good.check("u64").unwrap();
+        let SlotImage::Generations(g) = &good.slots else {
+            unreachable!()
+        };
+        assert!(g.away.len() >= 2, "{:?}", g.away);
         let edit = |f: &dyn Fn(&mut GenerationImage)| {
             let mut image = good.clone();
             let SlotImage::Generations(g) = &mut image.slots else {
@@ -540,9 +846,18 @@ mod tests {
             ("liveness bitmap", edit(&|g| g.live.push(0))),
             ("past the", edit(&|g| g.live[g.len / 64] |= 1 << 63)),
             ("away list", edit(&|g| g.away.reverse())),
-            ("away list", edit(&|g| g.away[0].1 = g.away[0].0 - 1)),
-            ("two live slots", edit(&|g| g.away[0].1 = g.away[1].1)),
-            ("past the", edit(&|g| g.away[0].1 = 1 << 30)),
+            ("away list", edit(&|g| g.away.insert(1, g.away[0]))),
+            ("away list", edit(&|g| g.away[0][2] = 0)),
+            (
+                "away list",
+                edit(&|g| g.away[0][0] = first_vacant(g) as u32),
+            ),
+            (
+                "away list",
+                edit(&|g| g.away.last_mut().unwrap()[2] += 1000),
+            ),
+            ("two live slots", edit(&|g| g.away[0][1] = g.away[1][1])),
+            ("past the", edit(&|g| g.away[0][1] = 1 << 30)),
             (
                 "two live slots",
                 // A vacant slot made live at home, where a moved object lies.

@@ -586,10 +586,17 @@ impl<T> Table<T> {
         } else {
             1
         };
-        let per_task = self.chunks.len().div_ceil(tasks).max(1);
+        self.owner_stretches(tasks)
+            .into_par_iter()
+            .for_each(|mut stretch| stretch.expect_owners_of_runs(runs, starts));
+    }
+
+    /// The table's chunks in `tasks` stretches (fewer for a table of fewer chunks), each
+    /// for one task of a restore to name the owners of its places.
+    pub(super) fn owner_stretches(&mut self, tasks: usize) -> Vec<OwnerStretch<'_, T>> {
+        let per_task = self.chunks.len().div_ceil(tasks.max(1)).max(1);
         let (shift, per_chunk) = (self.shift, self.per_chunk);
-        let stretches: Vec<OwnerStretch<'_, T>> = self
-            .chunks
+        self.chunks
             .chunks_mut(per_task)
             .enumerate()
             .map(|(k, chunks)| OwnerStretch {
@@ -598,10 +605,7 @@ impl<T> Table<T> {
                 shift,
                 per_chunk,
             })
-            .collect();
-        stretches
-            .into_par_iter()
-            .for_each(|mut stretch| stretch.expect_owners_of_runs(runs, starts));
+            .collect()
     }
 
     /// Names the owner of every live slot's place, slot by slot.
@@ -786,30 +790,39 @@ impl<T> Table<T> {
     }
 }
 
-/// Runs from this many on are restored on every thread (fewer in unit tests, so that
-/// small tables take the parallel path).
-const OWNER_RUNS_IN_PARALLEL_FROM: usize = if cfg!(test) { 1 << 10 } else { 1 << 16 };
+/// Runs (or, for a generation image, slots away from home) from this many on are
+/// restored on every thread (fewer in unit tests, so that small tables take the parallel
+/// path).
+pub(super) const OWNER_RUNS_IN_PARALLEL_FROM: usize = if cfg!(test) { 1 << 10 } else { 1 << 16 };
 
 /// A stretch of a restored table's chunks, whose owners one task names.
-struct OwnerStretch<'a, T> {
-    first_chunk: usize,
-    chunks: &'a mut [Option<Chunk<T>>],
-    shift: u32,
-    per_chunk: u32,
+pub(super) struct OwnerStretch<'a, T> {
+    /// The index of the first chunk of the stretch.
+    pub(super) first_chunk: usize,
+    pub(super) chunks: &'a mut [Option<Chunk<T>>],
+    /// The table's `shift` and `per_chunk`.
+    pub(super) shift: u32,
+    pub(super) per_chunk: u32,
 }
 
-// SAFETY: a stretch is only used to call `Chunk::expect_owner_run`, which writes the
-// chunk's owner list and its bitmap of expected places (integers the chunk owns) and
-// never reads, moves or drops an object of `T`; the stretches of one table are disjoint
-// and borrowed exclusively, so sending one to another thread shares nothing.
+// SAFETY: a stretch is only used to call `Chunk::expect_owner_run` and
+// `Chunk::expect_owner_list`, which write the chunk's owner list and its bitmap of
+// expected places (integers the chunk owns) and never read, move or drop an object of
+// `T`; the stretches of one table are disjoint and borrowed exclusively, so sending one
+// to another thread shares nothing.
 unsafe impl<T> Send for OwnerStretch<'_, T> {}
 
 impl<T> OwnerStretch<'_, T> {
+    /// The places of the stretch's chunks, present or not.
+    pub(super) fn places(&self) -> std::ops::Range<u64> {
+        let first = self.first_chunk as u64;
+        (first << self.shift)..((first + self.chunks.len() as u64) << self.shift)
+    }
+
     /// Marks the places of the live runs that lie in this stretch as pending for their
     /// slots (the runs' places lie in existing chunks: the image was checked).
     fn expect_owners_of_runs(&mut self, runs: &[[u32; 3]], starts: &[u64]) {
-        let lo = (self.first_chunk as u64) << self.shift;
-        let hi = ((self.first_chunk + self.chunks.len()) as u64) << self.shift;
+        let std::ops::Range { start: lo, end: hi } = self.places();
         for (&[version, first_place, count], &start) in runs.iter().zip(starts) {
             let (first, end) = (
                 u64::from(first_place),

@@ -51,7 +51,7 @@ pub(crate) fn word_is_live(word: u32) -> bool {
 
 /// The word of live slot `index` of `version` at `place`.
 #[inline]
-fn live_word(index: u32, version: u32, place: u32) -> u32 {
+pub(super) fn live_word(index: u32, version: u32, place: u32) -> u32 {
     debug_assert!(version & 1 == 1 && version & AWAY == 0);
     if place == index.wrapping_sub(1) {
         version
@@ -357,39 +357,18 @@ impl SlotArray {
         }
     }
 
-    /// Sets the `count` slots from `first` (below `len`) from a snapshot's generation run:
-    /// each gets version `2 × generation − live`, where `live` (one bit per slot, over
-    /// the whole array) says whether it is live; a live one is at its home place. Slots
-    /// away from home are set afterwards with [`restore`](Self::restore).
-    pub(crate) fn restore_generation_run(
-        &mut self,
-        first: usize,
-        count: usize,
-        generation: u32,
-        live: &[u64],
-    ) {
-        let range = first..first + count;
-        assert!(range.end <= self.len, "slots {range:?} are past the array");
-        assert!(
-            live.len() * 64 >= range.end,
-            "the liveness bits cover the slots"
-        );
-        // SAFETY: `range` lies below `len` (checked), inside the committed words (and,
-        // when listed, places); the exclusive borrow keeps the slices unique.
+    /// The slot words and, when the place array is kept, the places, `len` of each, for
+    /// a restore that writes every one of them (a snapshot's slot image).
+    pub(super) fn entries_mut(&mut self) -> (&mut [u32], Option<&mut [u32]>) {
+        // SAFETY: the first `len` words (and, when listed, places) lie in the committed
+        // part of their spans and are initialised; the exclusive borrow of the array
+        // keeps the two slices, which lie in separate spans, unique.
         let words = unsafe { std::slice::from_raw_parts_mut(self.words_ptr(), self.len) };
-        let twice = generation.wrapping_mul(2);
-        for i in range.clone() {
-            let bit = (live[i / 64] >> (i % 64)) as u32 & 1;
-            words[i] = twice.wrapping_sub(bit);
-        }
-        if self.places_listed {
+        let places = self.places_listed.then(|| {
             // SAFETY: as above, for the place array.
-            let places = unsafe { std::slice::from_raw_parts_mut(self.places_ptr(), self.len) };
-            for i in range {
-                let bit = (live[i / 64] >> (i % 64)) as u32 & 1;
-                places[i] = (i as u32).wrapping_sub(1) & bit.wrapping_neg();
-            }
-        }
+            unsafe { std::slice::from_raw_parts_mut(self.places_ptr(), self.len) }
+        });
+        (words, places)
     }
 
     /// Sets every slot from a snapshot's runs `[version, first place, count]`, which tile
@@ -400,13 +379,7 @@ impl SlotArray {
     pub(crate) fn restore_runs(&mut self, runs: &[[u32; 3]]) -> usize {
         let total: u64 = runs.iter().map(|r| u64::from(r[2])).sum();
         assert_eq!(total, self.len as u64, "the runs do not tile the slots");
-        // SAFETY: the first `len` words (and, when listed, places) lie in the committed
-        // part of their spans; the exclusive borrow keeps the slices unique.
-        let mut words = unsafe { std::slice::from_raw_parts_mut(self.words_ptr(), self.len) };
-        let mut places = self.places_listed.then(|| {
-            // SAFETY: as above, for the place array.
-            unsafe { std::slice::from_raw_parts_mut(self.places_ptr(), self.len) }
-        });
+        let (mut words, mut places) = self.entries_mut();
         let mut tasks = Vec::new();
         let (mut first_run, mut first_slot) = (0, 0usize);
         while first_run < runs.len() {
