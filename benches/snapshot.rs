@@ -1,7 +1,8 @@
 //! Snapshot save and load of a 1 GB Pod store: 32M 32-byte neurons in one table, written
 //! to a temporary file (fsync and rename included) and read back into a new store; of
 //! the same table after a random third of its objects was removed (its slots and places
-//! no longer in runs); and a checkpoint of a running `NeuralGraph` of the same object
+//! no longer in runs), and after that compacted in order (every object away from its
+//! home place); and a checkpoint of a running `NeuralGraph` of the same object
 //! bytes (64M 16-byte synapses, laid out for the step, with input in flight).
 //!
 //! Beside it, from the same run: the same 32M objects in a `slotmap::SlotMap` through
@@ -261,6 +262,15 @@ fn main() {
     let churned = churned_store(n);
     let churned_path = dir().join("churned.nsnap");
     let churned_bytes = (churned.table::<Cell>().map_or(0, |t| t.len()) * size_of::<Cell>()) as u64;
+    // The same removals, then every object moved in order to close the holes: every live
+    // slot is away from home, as in the main job's snapshot after its defragmentation.
+    let mut compacted = churned_store(n);
+    compacted
+        .table_mut::<Cell>()
+        .expect("registered")
+        .compact_in_order()
+        .expect("the pool gives the place array");
+    let compacted_path = dir().join("compacted.nsnap");
     let registry = TypeRegistry::new().with::<Cell>().expect("Cell is Pod");
     let mut peer: slotmap::SlotMap<slotmap::DefaultKey, Cell> = slotmap::SlotMap::with_capacity(n);
     for i in 0..n {
@@ -282,6 +292,15 @@ fn main() {
         &registry,
         churned_bytes,
     );
+    bench_save_and_load(
+        &mut c,
+        "snapshot_compacted",
+        &compacted,
+        &compacted_path,
+        &registry,
+        churned_bytes,
+    );
+    drop(compacted);
     let graph = running_graph(n * size_of::<Cell>() / 16);
     let graph_bytes = (graph.synapse_count() * 16 + graph.neuron_count() * 64) as u64;
     let graph_path = dir().join("graph.nsnap");
@@ -388,6 +407,14 @@ fn main() {
         "neurostore, a third removed",
         show(csave),
         show(cload)
+    );
+    let compacted_rate =
+        |id: &str| estimate("snapshot_compacted", id).map(|ns| churned_bytes as f64 / ns);
+    println!(
+        "  {:<26} {:>12} {:>12}",
+        "  the same, compacted",
+        show(compacted_rate("neurostore_save")),
+        show(compacted_rate("neurostore_load"))
     );
     let graph_rate = |id: &str| estimate("snapshot_graph", id).map(|ns| graph_bytes as f64 / ns);
     let (gsave, gload) = (graph_rate("graph_save"), graph_rate("graph_load"));

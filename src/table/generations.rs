@@ -39,6 +39,48 @@ pub(crate) struct GenerationImage {
     pub away: Vec<[u32; 3]>,
 }
 
+/// Where a stretch of a generation image's restore is: the generation run (and the slot
+/// it ends before) and the away run (and how many of its slots lie behind) of the slots
+/// it comes to next.
+struct SlotCursor {
+    generation: usize,
+    generation_end: usize,
+    run: usize,
+    offset: u32,
+}
+
+impl SlotCursor {
+    /// Twice the generation of slot `index` (at or after the cursor's slots so far).
+    #[inline]
+    fn twice(&mut self, image: &GenerationImage, index: usize) -> u32 {
+        while index >= self.generation_end {
+            self.generation += 1;
+            self.generation_end += image.generations[self.generation][1] as usize;
+        }
+        image.generations[self.generation][0].wrapping_mul(2)
+    }
+}
+
+/// Writes 64 slots (fewer at the end) from `first`, of one generation (`twice` is twice
+/// it) and none away from home, from their liveness word `live`.
+fn write_home_block(
+    live: u64,
+    first: usize,
+    twice: u32,
+    words: &mut [u32],
+    places: Option<&mut [u32]>,
+) {
+    for (k, word) in words.iter_mut().enumerate() {
+        *word = twice.wrapping_sub((live >> k) as u32 & 1);
+    }
+    if let Some(places) = places {
+        for (k, place) in places.iter_mut().enumerate() {
+            let home = (first + k) as u32;
+            *place = home.wrapping_sub(1) & ((live >> k) as u32 & 1).wrapping_neg();
+        }
+    }
+}
+
 /// Slots one task of a restore writes, at least (fewer in unit tests, so that small
 /// tables take the parallel path).
 const MIN_SLOTS_PER_TASK: usize = if cfg!(test) { 64 } else { 1 << 16 };
@@ -102,8 +144,11 @@ impl GenerationImage {
         }
     }
 
-    /// [`write_slots`](Self::write_slots) for the slots from `first` on, `words.len()` of
-    /// them; `generation_starts` holds the first slot of each generation run.
+    /// [`write_slots`](Self::write_slots) for the slots from `first` (a multiple of 64)
+    /// on, `words.len()` of them; `generation_starts` holds the first slot of each
+    /// generation run. A block of 64 slots of one generation with no slot away is written
+    /// from its liveness word alone (a loop the compiler vectorises), any other slot by
+    /// slot.
     fn write_slot_stretch(
         &self,
         first: usize,
@@ -111,26 +156,57 @@ impl GenerationImage {
         words: &mut [u32],
         mut places: Option<&mut [u32]>,
     ) {
-        let mut g = generation_starts.partition_point(|&s| s <= first) - 1;
-        let mut generation_end = generation_starts[g] + self.generations[g][1] as usize;
-        let (mut run, mut offset) = self.away_position(first);
+        let g = generation_starts.partition_point(|&s| s <= first) - 1;
+        let (run, offset) = self.away_position(first);
+        let mut at = SlotCursor {
+            generation: g,
+            generation_end: generation_starts[g] + self.generations[g][1] as usize,
+            run,
+            offset,
+        };
+        for (b, block) in words.chunks_mut(64).enumerate() {
+            let block_first = first + 64 * b;
+            let block_places = places
+                .as_deref_mut()
+                .map(|p| &mut p[64 * b..64 * b + block.len()]);
+            let block_end = block_first + block.len();
+            let twice = at.twice(self, block_first);
+            let away_from = self.away.get(at.run).map_or(usize::MAX, |r| r[0] as usize);
+            if block_end <= at.generation_end && block_end <= away_from {
+                write_home_block(
+                    self.live[block_first / 64],
+                    block_first,
+                    twice,
+                    block,
+                    block_places,
+                );
+            } else {
+                self.write_slot_by_slot(&mut at, block_first, block, block_places);
+            }
+        }
+    }
+
+    /// Writes the slots from `first` on, one by one, moving `at` along.
+    fn write_slot_by_slot(
+        &self,
+        at: &mut SlotCursor,
+        first: usize,
+        words: &mut [u32],
+        mut places: Option<&mut [u32]>,
+    ) {
         for (k, word) in words.iter_mut().enumerate() {
             let index = first + k;
-            while index >= generation_end {
-                g += 1;
-                generation_end += self.generations[g][1] as usize;
-            }
-            let twice = self.generations[g][0].wrapping_mul(2);
+            let twice = at.twice(self, index);
             let place = if !self.is_live(index) {
                 *word = twice;
                 0
             } else {
-                let place = match self.away.get(run) {
+                let place = match self.away.get(at.run) {
                     Some(&[away_first, away_place, count]) if index >= away_first as usize => {
-                        let place = away_place.wrapping_add(offset);
-                        offset += 1;
-                        if offset == count {
-                            (run, offset) = (run + 1, 0);
+                        let place = away_place.wrapping_add(at.offset);
+                        at.offset += 1;
+                        if at.offset == count {
+                            (at.run, at.offset) = (at.run + 1, 0);
                         }
                         place
                     }
