@@ -896,3 +896,70 @@ fn a_head_announcing_billions_of_tables_is_refused_without_reserving_for_them() 
         assert!(matches!(err, Error::Snapshot(_)), "{err}");
     }
 }
+
+/// A store of 640,000 spikes (10 MB of objects, so that a load reads them in pieces on
+/// every thread) saved to a file.
+fn large_store_file(name: &str) -> (Store, std::path::PathBuf) {
+    let mut store = new_store();
+    store.set_defrag_policy(None);
+    let hs: Vec<_> = (0..640_000).map(|i| store.insert(spike(i))).collect();
+    for h in hs.iter().step_by(5) {
+        store.remove(*h);
+    }
+    store
+        .table_mut::<Spike>()
+        .unwrap()
+        .compact_in_order()
+        .unwrap();
+    let path = std::env::temp_dir().join(format!("neurostore-{}-{name}.nsnap", std::process::id()));
+    store.save(&path).unwrap();
+    (store, path)
+}
+
+#[test]
+fn a_large_file_loads_from_its_path_as_from_its_bytes() {
+    let (store, path) = large_store_file("large");
+    let bytes = std::fs::read(&path).unwrap();
+    let from_path = Store::load(&path, &registry()).unwrap();
+    let from_bytes = load(&bytes).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let spikes = store.table::<Spike>().unwrap();
+    for loaded in [&from_path, &from_bytes] {
+        let table = loaded.table::<Spike>().unwrap();
+        assert_eq!(table.len(), spikes.len());
+        assert!(table.iter().eq(spikes.iter()));
+    }
+}
+
+#[test]
+fn a_large_file_cut_short_or_changed_inside_its_objects_is_refused_from_its_path() {
+    let (_, path) = large_store_file("damaged");
+    let bytes = std::fs::read(&path).unwrap();
+    let objects = inspect(&bytes[..])
+        .unwrap()
+        .sections
+        .iter()
+        .filter(|s| s.tag == "OBJS")
+        .map(|s| (s.offset as usize + 12, s.len as usize))
+        .max_by_key(|&(_, len)| len)
+        .unwrap();
+    // Cut in the middle of the objects; then whole, one byte changed there.
+    std::fs::write(&path, &bytes[..objects.0 + objects.1 / 2]).unwrap();
+    let cut = Store::load(&path, &registry()).unwrap_err();
+    assert!(
+        matches!(cut, Error::Snapshot(SnapshotError::Truncated { .. })),
+        "{cut}"
+    );
+    let mut changed = bytes.clone();
+    changed[objects.0 + objects.1 * 3 / 4] ^= 0x10;
+    std::fs::write(&path, &changed).unwrap();
+    let flipped = Store::load(&path, &registry()).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        matches!(
+            flipped,
+            Error::Snapshot(SnapshotError::ChecksumMismatch { .. })
+        ),
+        "{flipped}"
+    );
+}

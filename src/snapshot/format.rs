@@ -15,6 +15,7 @@ use std::io::{self, Read, Write};
 
 use crc32fast::Hasher;
 
+use super::input::Input;
 use crate::error::{Error, SnapshotError};
 
 /// The first 8 bytes of every snapshot: a non-ASCII byte, the name, and CR LF so that a
@@ -235,7 +236,7 @@ pub(crate) struct SectionStart {
 /// Reads a file: tracks the offset and the whole-file checksum, reports progress, and
 /// turns short reads into [`SnapshotError::Truncated`].
 pub(crate) struct Reader<'r> {
-    input: &'r mut dyn Read,
+    input: &'r mut dyn Input,
     file_crc: Hasher,
     meter: Meter<'r>,
     /// The open section: its start, the checksum so far, body bytes left.
@@ -247,7 +248,7 @@ pub(crate) struct Reader<'r> {
 }
 
 impl<'r> Reader<'r> {
-    pub(crate) fn new(input: &'r mut dyn Read, progress: Option<&'r mut ProgressFn<'r>>) -> Self {
+    pub(crate) fn new(input: &'r mut dyn Input, progress: Option<&'r mut ProgressFn<'r>>) -> Self {
         Reader {
             input,
             file_crc: Hasher::new(),
@@ -348,6 +349,28 @@ impl<'r> Reader<'r> {
         let start = SectionStart { tag, len, offset };
         self.open = Some((start, crc, len));
         Ok(start)
+    }
+
+    /// As [`body`](Self::body) for a large part of a body (a table's objects): a file
+    /// input reads and checksums it on every thread.
+    pub(crate) fn body_bulk(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+        let (start, _, left) = self.open.as_ref().expect("a section is open");
+        let start = *start;
+        if buf.len() as u64 > *left {
+            return Err(self.malformed(start, "a field runs past the end of the section"));
+        }
+        let (_, crc, left) = self.open.as_mut().expect("a section is open");
+        let got = self.input.fill_checked(buf, crc)?;
+        if got < buf.len() {
+            return Err(SnapshotError::Truncated {
+                section: tag_text(start.tag),
+                offset: self.meter.offset + got as u64,
+            }
+            .into());
+        }
+        *left -= buf.len() as u64;
+        self.meter.advance(buf.len() as u64);
+        Ok(())
     }
 
     /// Reads exactly `buf.len()` bytes of the open section's body.

@@ -229,6 +229,7 @@ impl GraphSections<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::input::Stream;
 
     fn state() -> GraphState {
         GraphState {
@@ -264,7 +265,7 @@ mod tests {
             blocks: vec![[&ex[..], &inh[..]]],
         };
         let bytes = write_both(&state(), &ring);
-        let mut input = &bytes[..];
+        let mut input = Stream(&bytes[..]);
         let mut reader = Reader::new(&mut input, None);
         assert_eq!(GraphState::read(&mut reader).unwrap(), state());
         let back = RingImage::read(&mut reader).unwrap();
@@ -280,7 +281,7 @@ mod tests {
             blocks: vec![[&[][..], &[][..]]; 3],
         };
         let bytes = write_both(&state(), &ring);
-        let mut input = &bytes[..];
+        let mut input = Stream(&bytes[..]);
         let mut reader = Reader::new(&mut input, None);
         GraphState::read(&mut reader).unwrap();
         let err = RingImage::read(&mut reader).unwrap_err().to_string();
@@ -302,7 +303,7 @@ mod tests {
         // The RING body starts after GRPH; make its slot count claim 3 slots.
         let ring_body = format::SECTION_OVERHEAD as usize + state().encoded_len() as usize + 12;
         bytes[ring_body] = 3;
-        let mut input = &bytes[..];
+        let mut input = Stream(&bytes[..]);
         let mut reader = Reader::new(&mut input, None);
         GraphState::read(&mut reader).unwrap();
         let err = RingImage::read(&mut reader).unwrap_err().to_string();

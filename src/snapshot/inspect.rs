@@ -8,6 +8,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use super::format::{Reader, tag_text};
+use super::input::Stream;
 use super::{
     Content, Encoding, GraphState, RingImage, open_objects, read_head, read_image, read_roots,
     read_table_header,
@@ -155,7 +156,8 @@ pub struct SnapshotInfo {
 ///
 /// # Errors
 /// The [`SnapshotError`](crate::SnapshotError) that says what is wrong, or [`Error::Io`].
-pub fn inspect(mut input: impl Read) -> Result<SnapshotInfo, Error> {
+pub fn inspect(input: impl Read) -> Result<SnapshotInfo, Error> {
+    let mut input = Stream(input);
     let mut reader = Reader::new(&mut input, None);
     let mut sections = Vec::new();
     let head = read_head(&mut reader)?;

@@ -59,13 +59,13 @@ mod atomic;
 mod codec;
 mod format;
 mod graph;
+mod input;
 mod inspect;
 mod registry;
 
 use std::any::TypeId;
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,6 +74,7 @@ pub use crate::pooled::{Codec, Encoding, MAX_DECODED_OBJECT_BYTES};
 pub use atomic::AtomicFile;
 pub use format::{MAGIC, Progress, ProgressFn, VERSION};
 pub(crate) use graph::{GraphSections, GraphState, RingImage};
+use input::{Input, Stream};
 pub use inspect::{GraphInfo, SectionInfo, SnapshotInfo, TableInfo, inspect, inspect_file};
 pub use registry::TypeRegistry;
 #[doc(hidden)]
@@ -314,11 +315,29 @@ impl<'a> Options<'a> {
     /// [`Store::load_from_with`](crate::Store::load_from_with) to put together.
     pub(crate) fn load_store_parts_from(
         &mut self,
-        mut input: impl Read,
+        input: impl Read,
+        registry: &TypeRegistry,
+    ) -> Result<StoreParts, Error> {
+        self.load_store_parts(&mut Stream(input), registry)
+    }
+
+    /// As [`load_store_parts_from`](Self::load_store_parts_from) from the file at `path`,
+    /// whose large bodies are read on every thread.
+    pub(crate) fn load_store_parts_at(
+        &mut self,
+        path: &Path,
+        registry: &TypeRegistry,
+    ) -> Result<StoreParts, Error> {
+        self.load_store_parts(&mut *input::open(path)?, registry)
+    }
+
+    fn load_store_parts(
+        &mut self,
+        input: &mut dyn Input,
         registry: &TypeRegistry,
     ) -> Result<StoreParts, Error> {
         let pool = self.pool_or_default();
-        let mut reader = Reader::new(&mut input, self.progress_fn());
+        let mut reader = Reader::new(input, self.progress_fn());
         let head = read_head(&mut reader)?;
         if head.content != Content::Store {
             return Err(SnapshotError::WrongContent {
@@ -403,17 +422,20 @@ impl<'a> Options<'a> {
     /// # Errors
     /// As [`load_table`].
     pub fn load_table<T: Pooled>(&mut self, path: impl AsRef<Path>) -> Result<Table<T>, Error> {
-        let file = File::open(path)?;
-        self.load_table_from(BufReader::with_capacity(1 << 20, file))
+        self.load_table_input(&mut *input::open(path.as_ref())?)
     }
 
     /// [`load_table_from`] with these options.
     ///
     /// # Errors
     /// As [`load_table_from`].
-    pub fn load_table_from<T: Pooled>(&mut self, mut input: impl Read) -> Result<Table<T>, Error> {
+    pub fn load_table_from<T: Pooled>(&mut self, input: impl Read) -> Result<Table<T>, Error> {
+        self.load_table_input(&mut Stream(input))
+    }
+
+    fn load_table_input<T: Pooled>(&mut self, input: &mut dyn Input) -> Result<Table<T>, Error> {
         let pool = self.pool_or_default();
-        let mut reader = Reader::new(&mut input, self.progress_fn());
+        let mut reader = Reader::new(input, self.progress_fn());
         let head = read_head(&mut reader)?;
         if head.content != Content::Table || head.tables != 1 {
             return Err(SnapshotError::WrongContent {
@@ -453,10 +475,26 @@ impl<'a> Options<'a> {
     /// [`SnapshotError::WrongContent`].
     pub(crate) fn load_graph_from<A: Pooled, B: Pooled>(
         &mut self,
-        mut input: impl Read,
+        input: impl Read,
+    ) -> Result<GraphParts<A, B>, Error> {
+        self.load_graph(&mut Stream(input))
+    }
+
+    /// As [`load_graph_from`](Self::load_graph_from) from the file at `path`, whose large
+    /// bodies are read on every thread.
+    pub(crate) fn load_graph_at<A: Pooled, B: Pooled>(
+        &mut self,
+        path: &Path,
+    ) -> Result<GraphParts<A, B>, Error> {
+        self.load_graph(&mut *input::open(path)?)
+    }
+
+    fn load_graph<A: Pooled, B: Pooled>(
+        &mut self,
+        input: &mut dyn Input,
     ) -> Result<GraphParts<A, B>, Error> {
         let pool = self.pool_or_default();
-        let mut reader = Reader::new(&mut input, self.progress_fn());
+        let mut reader = Reader::new(input, self.progress_fn());
         let head = read_head(&mut reader)?;
         if head.content != Content::Graph || head.tables != 2 {
             return Err(SnapshotError::WrongContent {
@@ -1001,7 +1039,7 @@ fn read_table<T: Pooled>(
     open_objects(reader, header)?;
     match codec::decoder(&T::CODEC) {
         Some(Decoder::Raw(pod)) => {
-            decode_pod(pod, &mut table, &mut |buf| reader.body(buf))?;
+            decode_pod(pod, &mut table, &mut |buf| reader.body_bulk(buf))?;
             reader.close()?;
         }
         Some(Decoder::Bytes(form)) => {

@@ -1,8 +1,7 @@
 //! The store's snapshots: the public face of the snapshot layer for a whole store, which
 //! reads and writes the store's tables and roots without knowing the store.
 
-use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 
 use super::Store;
@@ -11,7 +10,7 @@ use crate::error::Error;
 use crate::error::SnapshotError;
 #[cfg(doc)]
 use crate::snapshot::AtomicFile;
-use crate::snapshot::{Options, SnapshotReport, TypeRegistry, save_to_path};
+use crate::snapshot::{Options, SnapshotReport, StoreParts, TypeRegistry, save_to_path};
 
 impl Store {
     /// Saves the whole store (every table, the GC roots) to `path`, atomically and
@@ -88,8 +87,8 @@ impl Store {
         registry: &TypeRegistry,
         options: &mut Options<'_>,
     ) -> Result<Store, Error> {
-        let file = File::open(path)?;
-        Self::load_from_with(BufReader::with_capacity(1 << 20, file), registry, options)
+        let parts = options.load_store_parts_at(path.as_ref(), registry)?;
+        Ok(Self::from_parts(parts))
     }
 
     /// [`load_from`](Self::load_from) with `options`.
@@ -102,6 +101,11 @@ impl Store {
         options: &mut Options<'_>,
     ) -> Result<Store, Error> {
         let parts = options.load_store_parts_from(input, registry)?;
+        Ok(Self::from_parts(parts))
+    }
+
+    /// The store a snapshot's parts make.
+    fn from_parts(parts: StoreParts) -> Store {
         let mut store = Store::with_pool(parts.pool);
         for loaded in parts.tables {
             store.install_loaded(loaded);
@@ -109,6 +113,6 @@ impl Store {
         for (h, n) in parts.roots {
             store.gc.roots.add_n(h, n);
         }
-        Ok(store)
+        store
     }
 }

@@ -18,7 +18,9 @@ use crate::Error;
 use crate::error::SnapshotError;
 use crate::neural::ring::SpikeRing;
 use crate::neural::{Neuron, NeuronId, Synapse};
-use crate::snapshot::{GraphSections, GraphState, Options, SnapshotReport, save_to_path};
+use crate::snapshot::{
+    GraphParts, GraphSections, GraphState, Options, SnapshotReport, save_to_path,
+};
 use crate::store::Store;
 use crate::table::defrag::DefragPolicy;
 
@@ -137,8 +139,8 @@ impl NeuralGraph {
         path: impl AsRef<Path>,
         options: &mut Options<'_>,
     ) -> Result<NeuralGraph, Error> {
-        let file = std::fs::File::open(path)?;
-        Self::load_from_with(std::io::BufReader::with_capacity(1 << 20, file), options)
+        let parts = options.load_graph_at::<Neuron, Synapse>(path.as_ref())?;
+        Self::from_parts(parts, options)
     }
 
     /// Loads a graph from a stream written by [`save_to`](Self::save_to).
@@ -158,6 +160,14 @@ impl NeuralGraph {
         options: &mut Options<'_>,
     ) -> Result<NeuralGraph, Error> {
         let parts = options.load_graph_from::<Neuron, Synapse>(input)?;
+        Self::from_parts(parts, options)
+    }
+
+    /// The graph a checkpoint's parts make, its tables in `options`' pool.
+    fn from_parts(
+        parts: GraphParts<Neuron, Synapse>,
+        options: &mut Options<'_>,
+    ) -> Result<NeuralGraph, Error> {
         let (neurons, synapses) = parts.tables;
         let mut store = Store::with_pool(options.pool_or_default());
         store.install_table(neurons);
