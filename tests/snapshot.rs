@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use neurostore::snapshot::{self, AtomicFile, Content, Encoding, Options, TypeRegistry, inspect};
+use neurostore::snapshot::{
+    self, AtomicFile, Content, Encoding, Options, SectionInfo, TypeRegistry, inspect,
+};
 use neurostore::table::Table;
 use neurostore::{
     Error, Handle, HierarchicalPool, Neuron, PoolConfig, Pooled, SnapshotError, Store, Synapse,
@@ -256,13 +258,14 @@ fn dense_store() -> Store {
 
 /// The body length of each SLOT section of a file.
 fn slot_section_lengths(file: &[u8]) -> Vec<u64> {
-    inspect(file)
-        .unwrap()
-        .sections
-        .iter()
-        .filter(|s| s.tag == "SLOT")
-        .map(|s| s.len)
-        .collect()
+    slot_sections(file).iter().map(|s| s.len).collect()
+}
+
+/// Every SLOT section of `file`, in order.
+fn slot_sections(file: &[u8]) -> Vec<SectionInfo> {
+    let mut sections = inspect(file).unwrap().sections;
+    sections.retain(|s| s.tag == "SLOT");
+    sections
 }
 
 #[test]
@@ -329,11 +332,8 @@ const GENERATION_RUNS: u8 = 3;
 
 /// The form byte of every SLOT section of `file`, in order.
 fn slot_forms(file: &[u8]) -> Vec<u8> {
-    inspect(file)
-        .unwrap()
-        .sections
+    slot_sections(file)
         .iter()
-        .filter(|s| s.tag == "SLOT")
         .map(|s| file[s.offset as usize + 4 + 8])
         .collect()
 }

@@ -768,6 +768,7 @@ impl<T> Table<T> {
 mod tests {
     use super::*;
     use crate::table::persist::SlotImage;
+    use crate::table::persist::tests::restored_on_threads;
     use crate::table::{Handle, default_pool};
 
     /// A table of 64-place chunks with removals, reused slots and (after a partial
@@ -870,16 +871,7 @@ mod tests {
         assert!(g.generations.len() > 2);
         image.check("u64").unwrap();
         // Tasks of about 5000 / 12 slots, most starting inside the away run.
-        let threads = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
-        let mut r = threads
-            .install(|| Table::<u64>::restore(default_pool(), t.hints(), &image))
-            .unwrap();
-        let mut values = t.object_runs().flatten().copied();
-        r.fill_pending("u64", || values.next().map(Ok)).unwrap();
-        drop(values);
+        let r = restored_on_threads(&t, &image, 3);
         assert_eq!(r.image(), t.image());
         assert_eq!(r.slots.words(), t.slots.words(), "versions and away bits");
         for h in &hs {

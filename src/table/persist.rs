@@ -863,7 +863,7 @@ fn missing_objects(type_name: &str, filled: u64, live: usize) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::table::{Handle, default_pool};
 
@@ -873,10 +873,33 @@ mod tests {
         image
             .check("u64")
             .expect("a live table's image is consistent");
-        let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
+        restored_on_threads(t, &image, 1)
+    }
+
+    /// The table `image` (checked, of `t`) restores, on a pool of `threads` threads, and
+    /// filled with `t`'s objects.
+    pub(in crate::table) fn restored_on_threads(
+        t: &Table<u64>,
+        image: &TableImage,
+        threads: usize,
+    ) -> Table<u64> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut r = pool
+            .install(|| Table::<u64>::restore(default_pool(), t.hints(), image))
+            .unwrap();
         let mut objects = t.object_runs().flatten().copied();
         r.fill_pending("u64", || objects.next().map(Ok)).unwrap();
         r
+    }
+
+    /// `t`'s objects' bytes, in storage order.
+    fn object_bytes(t: &Table<u64>) -> Vec<u8> {
+        t.object_runs()
+            .flat_map(|run| bytemuck::cast_slice::<u64, u8>(run).to_vec())
+            .collect()
     }
 
     fn churned() -> (Table<u64>, Vec<Handle<u64>>) {
@@ -1095,10 +1118,7 @@ mod tests {
         let (t, _) = churned();
         let image = t.image();
         let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
-        let bytes: Vec<u8> = t
-            .object_runs()
-            .flat_map(|run| bytemuck::cast_slice::<u64, u8>(run).to_vec())
-            .collect();
+        let bytes = object_bytes(&t);
         let mut at = 0;
         r.fill_pending_pod(PodBytes::new(), |buf| {
             buf.copy_from_slice(&bytes[at..at + buf.len()]);
@@ -1143,15 +1163,7 @@ mod tests {
         };
         image.check("u64").unwrap();
         // Three tasks: run stretches of chunks split the runs that cross them.
-        let threads = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
-        let mut r = threads
-            .install(|| Table::<u64>::restore(default_pool(), t.hints(), &image))
-            .unwrap();
-        let mut objects = t.object_runs().flatten().copied();
-        r.fill_pending("u64", || objects.next().map(Ok)).unwrap();
+        let r = restored_on_threads(&t, &image, 3);
         assert_eq!(r.len(), t.len());
         for (h, v) in t.iter() {
             assert_eq!(r.get(h), Some(v), "{h:?}");
@@ -1175,10 +1187,7 @@ mod tests {
         }
         let image = t.image();
         let mut r = Table::<u64>::restore(default_pool(), t.hints(), &image).unwrap();
-        let bytes: Vec<u8> = t
-            .object_runs()
-            .flat_map(|run| bytemuck::cast_slice::<u64, u8>(run).to_vec())
-            .collect();
+        let bytes = object_bytes(&t);
         let (mut at, mut reads) = (0, Vec::new());
         r.fill_pending_pod(PodBytes::new(), |buf| {
             buf.copy_from_slice(&bytes[at..at + buf.len()]);
