@@ -14,10 +14,10 @@
 //! Checking and rebuilding work on the bitmap a word at a time: the home places of 64
 //! slots are one shifted word of the place bitmap.
 
-use super::chunk::{bit_runs, set_range};
-use super::persist::{ImageSummary, OWNER_RUNS_IN_PARALLEL_FROM, OwnerStretch, TableImage};
 use rayon::prelude::*;
 
+use super::chunk::{bit_runs, set_range};
+use super::persist::{ImageSummary, OWNER_RUNS_IN_PARALLEL_FROM, OwnerStretch, TableImage};
 use super::slots::{AWAY, live_word, word_version};
 use super::typed::Table;
 use crate::error::SnapshotError;
@@ -493,7 +493,7 @@ fn nth_set(words: &[u64], first: usize, n: usize) -> usize {
 }
 
 /// The indices of the set bits of `words` from bit `first` on, in order.
-pub(crate) fn live_slots_from(words: &[u64], first: usize) -> impl Iterator<Item = usize> + '_ {
+fn live_slots_from(words: &[u64], first: usize) -> impl Iterator<Item = usize> + '_ {
     let mut w = first / 64;
     let mut bits = words.get(w).map_or(0, |&b| b & (u64::MAX << (first % 64)));
     std::iter::from_fn(move || {
