@@ -351,9 +351,10 @@ impl<'r> Reader<'r> {
         Ok(start)
     }
 
-    /// As [`body`](Self::body) for a large part of a body (a table's objects): a file
-    /// input reads and checksums it on every thread.
-    pub(crate) fn body_bulk(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+    /// Reads exactly `buf.len()` bytes of the open section's body (a large part, such as
+    /// a table's objects, is read and checksummed on every thread when the input is a
+    /// file).
+    pub(crate) fn body(&mut self, buf: &mut [u8]) -> Result<(), Error> {
         let (start, _, left) = self.open.as_ref().expect("a section is open");
         let start = *start;
         if buf.len() as u64 > *left {
@@ -370,20 +371,6 @@ impl<'r> Reader<'r> {
         }
         *left -= buf.len() as u64;
         self.meter.advance(buf.len() as u64);
-        Ok(())
-    }
-
-    /// Reads exactly `buf.len()` bytes of the open section's body.
-    pub(crate) fn body(&mut self, buf: &mut [u8]) -> Result<(), Error> {
-        let (start, _, left) = self.open.as_ref().expect("a section is open");
-        let start = *start;
-        if buf.len() as u64 > *left {
-            return Err(self.malformed(start, "a field runs past the end of the section"));
-        }
-        self.raw_in_section(buf, &tag_text(start.tag))?;
-        let (_, crc, left) = self.open.as_mut().expect("a section is open");
-        crc.update(buf);
-        *left -= buf.len() as u64;
         Ok(())
     }
 

@@ -1039,7 +1039,7 @@ fn read_table<T: Pooled>(
     open_objects(reader, header)?;
     match codec::decoder(&T::CODEC) {
         Some(Decoder::Raw(pod)) => {
-            decode_pod(pod, &mut table, &mut |buf| reader.body_bulk(buf))?;
+            decode_pod(pod, &mut table, &mut |buf| reader.body(buf))?;
             reader.close()?;
         }
         Some(Decoder::Bytes(form)) => {
