@@ -687,6 +687,80 @@ fn the_step_does_not_depend_on_the_thread_count() {
     assert_eq!(states_1, states_4);
 }
 
+#[test]
+fn run_fires_what_steps_one_at_a_time_fire_and_calls_back_on_a_worker() {
+    let (mut stepped, _) = random_network(11);
+    let (mut ran, _) = random_network(11);
+    let by_step = spike_train(&mut stepped, 600);
+    let mut by_run = Vec::new();
+    let mut on_workers = 0;
+    ran.run(600, 0.1, |graph, fired| {
+        let t = graph.current_step() - 1;
+        by_run.extend(fired.iter().map(|n| (t, n.index())));
+        on_workers += usize::from(rayon::current_thread_index().is_some());
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert!(by_step.len() > 1000, "the network is active");
+    assert_eq!(by_step, by_run);
+    assert_eq!(
+        on_workers, 600,
+        "every step ran on a worker of rayon's pool"
+    );
+    assert_eq!(ran.current_step(), 600);
+    let states = |g: &NeuralGraph| g.neurons().values().copied().collect::<Vec<Neuron>>();
+    assert_eq!(states(&stepped), states(&ran));
+    // Inside a pool it runs on the calling worker of that pool.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let (caller, mut callbacks) = pool.install(|| {
+        let caller = std::thread::current().id();
+        let mut threads = Vec::new();
+        ran.run(5, 0.1, |_, _| {
+            threads.push(std::thread::current().id());
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        (caller, threads)
+    });
+    callbacks.dedup();
+    assert_eq!(callbacks, [caller]);
+}
+
+#[test]
+fn run_stops_at_the_first_error_of_the_step_or_the_callback() {
+    let (mut graph, _) = random_network(3);
+    let refused = graph.run(10, f64::NAN, |_, _| Ok::<_, Error>(()));
+    assert!(matches!(refused, Err(Error::InvalidArgument { .. })));
+    assert_eq!(graph.current_step(), 0, "an invalid dt takes no step");
+    #[derive(Debug, PartialEq)]
+    enum Stop {
+        Enough(u64),
+        Graph,
+    }
+    impl From<Error> for Stop {
+        fn from(_: Error) -> Self {
+            Stop::Graph
+        }
+    }
+    let mut calls = 0;
+    let stopped = graph.run(100, 0.1, |g, _| {
+        calls += 1;
+        if g.current_step() == 7 {
+            return Err(Stop::Enough(g.current_step()));
+        }
+        Ok(())
+    });
+    assert_eq!(stopped, Err(Stop::Enough(7)));
+    assert_eq!(
+        (calls, graph.current_step()),
+        (7, 7),
+        "no step after the error"
+    );
+}
+
 /// Runs `steps` steps and returns every (step, neuron slot index) spike.
 fn spike_train(graph: &mut NeuralGraph, steps: usize) -> Vec<(u64, u32)> {
     let mut out = Vec::new();

@@ -646,7 +646,7 @@ impl SpikeDigests {
 pub fn simulate(
     network: &mut Network,
     config: &Config,
-    progress: &mut dyn FnMut(SimulationProgress),
+    progress: &mut (dyn FnMut(SimulationProgress) + Send),
 ) -> Result<(SpikeRecord, SimulationReport), Error> {
     simulate_with(network, config, None, None, progress)
 }
@@ -655,13 +655,14 @@ pub fn simulate(
 /// spikes as the CPU step; the neurons' final state is then pulled back into the graph),
 /// and `checkpoint` taken on the way (CPU step only). A graph that has simulated some
 /// steps already (one resumed from a checkpoint) goes on from its current step: only the
-/// part of the measured window after it is measured.
+/// part of the measured window after it is measured. The CPU steps run through
+/// [`NeuralGraph::run`], on a worker of rayon's pool.
 pub fn simulate_with(
     network: &mut Network,
     config: &Config,
     gpu: Option<&Gpu>,
-    mut checkpoint: Option<&mut Checkpointing>,
-    progress: &mut dyn FnMut(SimulationProgress),
+    checkpoint: Option<&mut Checkpointing>,
+    progress: &mut (dyn FnMut(SimulationProgress) + Send),
 ) -> Result<(SpikeRecord, SimulationReport), Error> {
     let transient_steps = (config.transient_ms / DT_MS).round() as u64;
     let total = transient_steps + (config.time_ms / DT_MS).round() as u64;
@@ -676,67 +677,111 @@ pub fn simulate_with(
             ),
         });
     }
-    let measured_from = start.max(transient_steps);
+    let mut steps = StepRecorder::new(
+        start,
+        start.max(transient_steps),
+        total,
+        checkpoint,
+        progress,
+    );
+    steps.before_step(graph, start)?;
     #[cfg(feature = "cuda")]
-    let mut on_device = gpu
-        .map(|d| neurostore::cuda::GpuNetwork::new(graph, d, DT_MS))
-        .transpose()?;
+    if let Some(d) = gpu {
+        let mut net = neurostore::cuda::GpuNetwork::new(graph, d, DT_MS)?;
+        for k in start..total {
+            let fired = net.step()?.to_vec();
+            steps.after_step(graph, k, &fired)?;
+        }
+        net.pull_neurons(graph)?;
+        return Ok(steps.finish());
+    }
     #[cfg(not(feature = "cuda"))]
     let _ = gpu;
-    let mut report = SimulationReport {
-        digests: SpikeDigests {
-            first_step: start,
-            per_step: Vec::new(),
-        },
-        ..SimulationReport::default()
-    };
-    let mut record = SpikeRecord {
-        spikes: Vec::new(),
-        time_ms: (total - measured_from) as f64 * DT_MS,
-    };
-    let mut fired = Vec::new();
-    let mut paused = Duration::ZERO;
-    let started = Instant::now();
-    for k in start..total {
-        if k == measured_from {
-            report.transient_wall = started.elapsed() - paused;
+    graph.run(total - start, DT_MS, |graph, fired| {
+        steps.after_step(graph, graph.current_step() - 1, fired)
+    })?;
+    Ok(steps.finish())
+}
+
+/// What [`simulate_with`] does around each step: the checkpoint, the wall-clock split
+/// between transient and measured window, the digests, the spike record and progress.
+struct StepRecorder<'a> {
+    measured_from: u64,
+    total: u64,
+    checkpoint: Option<&'a mut Checkpointing>,
+    progress: &'a mut (dyn FnMut(SimulationProgress) + Send),
+    report: SimulationReport,
+    record: SpikeRecord,
+    started: Instant,
+    /// Wall time spent saving the checkpoint, which counts as neither window's.
+    paused: Duration,
+}
+
+impl<'a> StepRecorder<'a> {
+    fn new(
+        start: u64,
+        measured_from: u64,
+        total: u64,
+        checkpoint: Option<&'a mut Checkpointing>,
+        progress: &'a mut (dyn FnMut(SimulationProgress) + Send),
+    ) -> Self {
+        StepRecorder {
+            measured_from,
+            total,
+            checkpoint,
+            progress,
+            report: SimulationReport {
+                digests: SpikeDigests {
+                    first_step: start,
+                    per_step: Vec::new(),
+                },
+                ..SimulationReport::default()
+            },
+            record: SpikeRecord {
+                spikes: Vec::new(),
+                time_ms: (total - measured_from) as f64 * DT_MS,
+            },
+            started: Instant::now(),
+            paused: Duration::ZERO,
         }
-        if let Some(cp) = checkpoint.as_deref_mut().filter(|cp| cp.step == k) {
+    }
+
+    /// Before step `k` (or at the end, `k == total`): the transient's end and the
+    /// checkpoint.
+    fn before_step(&mut self, graph: &NeuralGraph, k: u64) -> Result<(), Error> {
+        if k == self.measured_from {
+            self.report.transient_wall = self.started.elapsed() - self.paused;
+        }
+        if let Some(cp) = self.checkpoint.as_deref_mut().filter(|cp| cp.step == k) {
             let saving = Instant::now();
             cp.saved = Some(graph.save(&cp.path)?);
-            paused += saving.elapsed();
+            self.paused += saving.elapsed();
         }
-        fired.clear();
-        #[cfg(feature = "cuda")]
-        if let Some(net) = on_device.as_mut() {
-            fired.extend_from_slice(net.step()?);
-        } else {
-            fired.extend_from_slice(graph.step(DT_MS)?);
+        Ok(())
+    }
+
+    /// After step `k`, which fired `fired`; then before the next.
+    fn after_step(&mut self, graph: &NeuralGraph, k: u64, fired: &[NeuronId]) -> Result<(), Error> {
+        self.report.digests.push(fired);
+        if k >= self.measured_from {
+            let t = ((k - self.measured_from) as f64 * DT_MS) as f32;
+            self.report.events += record_spikes(graph, t, fired, &mut self.record);
         }
-        #[cfg(not(feature = "cuda"))]
-        fired.extend_from_slice(graph.step(DT_MS)?);
-        report.digests.push(&fired);
-        if k >= measured_from {
-            let t = ((k - measured_from) as f64 * DT_MS) as f32;
-            report.events += record_spikes(graph, t, &fired, &mut record);
-        }
-        if k % 100 == 99 || k + 1 == total {
-            progress(SimulationProgress {
+        if k % 100 == 99 || k + 1 == self.total {
+            (self.progress)(SimulationProgress {
                 steps: k + 1,
-                total,
+                total: self.total,
             });
         }
+        self.before_step(graph, k + 1)
     }
-    if measured_from == total {
-        report.transient_wall = started.elapsed() - paused;
+
+    fn finish(mut self) -> (SpikeRecord, SimulationReport) {
+        self.report.measured_wall =
+            self.started.elapsed() - self.paused - self.report.transient_wall;
+        self.report.spikes = self.record.spikes.len() as u64;
+        (self.record, self.report)
     }
-    report.measured_wall = started.elapsed() - paused - report.transient_wall;
-    report.spikes = record.spikes.len() as u64;
-    #[cfg(feature = "cuda")]
-    if let Some(mut net) = on_device {
-        net.pull_neurons(graph)?;
-    }
-    Ok((record, report))
 }
 
 /// Records the spikes `fired` at time `t` of the measured window; returns the synaptic
