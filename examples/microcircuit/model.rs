@@ -217,6 +217,10 @@ fn split_by<'a, T>(mut values: &'a mut [T], starts: &[usize]) -> Vec<&'a mut [T]
 }
 
 /// The synapses of a run of source neurons, as the parallel arrays `connect_many` takes.
+/// One batch's arrays serve every batch of a build: the pages they grew into stay mapped,
+/// where arrays made afresh for each batch would be new memory that the system must map
+/// and zero again (about 7 GB over the full model, at well under 1 GB/s on a small VM).
+#[derive(Default)]
 struct Batch {
     pre: Vec<NeuronId>,
     post: Vec<NeuronId>,
@@ -228,8 +232,10 @@ impl Batch {
     /// The synapses of the neurons `sources` (indices within population `source`), each
     /// source drawing its targets (uniformly within each target population, as many as
     /// `degrees[target]` says), weights and delays from its own random stream, so that
-    /// the network does not depend on the number of threads.
+    /// the network does not depend on the number of threads. The arrays are overwritten.
+    #[allow(clippy::too_many_arguments)]
     fn draw(
+        &mut self,
         seed: u64,
         source: usize,
         sources: Range<usize>,
@@ -237,7 +243,7 @@ impl Batch {
         sizes: &[u32; 8],
         offsets: &[usize],
         all: &[NeuronId],
-    ) -> Batch {
+    ) {
         let mut starts = vec![0usize];
         for k in sources.clone() {
             let out: usize = degrees.iter().map(|d| d[k] as usize).sum();
@@ -256,12 +262,18 @@ impl Batch {
                 Normal::new(mean, mean.abs() * WEIGHT_RELATIVE_SD).expect("positive")
             })
             .collect();
-        let mut batch = Batch {
-            pre: vec![NeuronId::null(); n],
-            post: vec![NeuronId::null(); n],
-            weight: vec![0.0; n],
-            delay: vec![0.0; n],
-        };
+        let batch = self;
+        for (v, null) in [
+            (&mut batch.pre, NeuronId::null()),
+            (&mut batch.post, NeuronId::null()),
+        ] {
+            v.clear();
+            v.resize(n, null);
+        }
+        for v in [&mut batch.weight, &mut batch.delay] {
+            v.clear();
+            v.resize(n, 0.0);
+        }
         let parts = split_by(&mut batch.pre, &starts)
             .into_par_iter()
             .zip(split_by(&mut batch.post, &starts))
@@ -290,7 +302,6 @@ impl Batch {
                 delay[j] = redraw(&delay_draw, &mut rng, |d| d >= DT_MS) as f32;
             }
         });
-        batch
     }
 }
 
@@ -403,17 +414,17 @@ pub fn build_into(
 ) -> Result<Vec<Vec<NeuronId>>, Error> {
     let total = total_synapses(config)?;
     let sizes = population_sizes(config.scale);
-    let counts = synapse_counts(&sizes);
     let populations = add_populations(graph, &sizes, config.seed)?;
     let mut made = 0u64;
+    let mut batch = Batch::default();
     for s in 0..8 {
         connect_from(
             graph,
             config.seed,
             s,
-            &counts,
             &sizes,
             &populations,
+            &mut batch,
             &mut |n| {
                 made += n;
                 progress(BuildProgress {
@@ -463,16 +474,17 @@ fn add_populations(
 /// batch of whole sources at a time. Each batch's synapses are drawn in parallel and
 /// connected with one `connect_many`, so they enter the table sorted by source as
 /// `optimize_layout` wants them (it then moves nothing), and the arrays of only one batch
-/// are ever in memory. `made(n)` is told each batch's count.
+/// (`batch`'s) are ever in memory. `made(n)` is told each batch's count.
 fn connect_from(
     graph: &mut impl Builds,
     seed: u64,
     s: usize,
-    counts: &[[u64; 8]; 8],
     sizes: &[u32; 8],
     populations: &[Vec<NeuronId>],
+    batch: &mut Batch,
     made: &mut dyn FnMut(u64),
 ) -> Result<(), Error> {
+    let counts = synapse_counts(sizes);
     let offsets: Vec<usize> = sizes
         .iter()
         .scan(0usize, |acc, &n| {
@@ -497,7 +509,7 @@ fn connect_from(
             size += per_source[last];
             last += 1;
         }
-        let batch = Batch::draw(seed, s, first..last, &degrees, sizes, &offsets, &all);
+        batch.draw(seed, s, first..last, &degrees, sizes, &offsets, &all);
         made(graph.connect_many(&batch.pre, &batch.post, &batch.weight, &batch.delay)? as u64);
         first = last;
     }
