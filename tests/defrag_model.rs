@@ -1,9 +1,9 @@
 //! Model test of defragmentation: random table operations interleaved with `defragment`,
-//! `defragment_step` under random budgets and `compact_by_key`, against a `HashMap`
+//! `defragment_step` under random budgets, `compact_by_key` and `compact_in_order`, against a `HashMap`
 //! reference. After every step: every live handle resolves to its value, stale handles stay
 //! stale, iteration yields exactly the live multiset, drops are exact; after a full
 //! defragment the table has no hole and holds no empty chunk; after a compaction storage
-//! order is sorted by the key, stably.
+//! order is sorted by the key, stably (or, compacted in order, is the order it was).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -28,6 +28,7 @@ enum Op {
     Defragment,
     Step(usize, usize),
     Compact(u8),
+    CompactInOrder,
     Clear,
 }
 
@@ -41,6 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Defragment),
         3 => (0usize..40, 0usize..600).prop_map(|(m, b)| Op::Step(m, b)),
         2 => (1u8..8).prop_map(Op::Compact),
+        2 => Just(Op::CompactInOrder),
         1 => Just(Op::Clear),
     ]
 }
@@ -192,6 +194,15 @@ proptest! {
                     let mut want = before.clone();
                     want.sort_by_key(|id| id % m); // stable, as compact_by_key is
                     prop_assert_eq!(after, want);
+                    h.check_dense();
+                }
+                Op::CompactInOrder => {
+                    let before: Vec<u64> = h.table.values().map(|c| c.id).collect();
+                    let report = h.table.compact_in_order().unwrap();
+                    let after: Vec<u64> = h.table.values().map(|c| c.id).collect();
+                    prop_assert_eq!(after, before, "storage order is kept");
+                    prop_assert!(report.moved <= h.model.len());
+                    prop_assert_eq!(report.bytes_moved, report.moved * size_of::<Counted>());
                     h.check_dense();
                 }
                 Op::Clear => {

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::chunk::{Chunk, bit_runs};
+use super::chunk::{Chunk, bit_runs, home_owner_list};
 use super::typed::Table;
 use crate::error::Error;
 use crate::handle::Handle;
@@ -177,6 +177,11 @@ impl<T> Table<T> {
     /// empty stay (the caller returns them to the pool). Returns the number of objects
     /// that moved.
     ///
+    /// The chunks that receive moved objects get their owner lists first, on every
+    /// thread (that is most of the fresh memory the slide needs); then one pass moves
+    /// the objects chunk by chunk, each source chunk's owners gathered once and written
+    /// to the one or two chunks its objects land in.
+    ///
     /// # Errors
     /// The pool's error when a chunk below the new top (a vacant chunk index) cannot be
     /// made; nothing has moved then.
@@ -190,23 +195,45 @@ impl<T> Table<T> {
             }
         }
         self.layout_version += 1;
+        let first_hole = self.chunks[..needed]
+            .iter()
+            .position(|c| c.as_ref().is_some_and(|c| c.live() < c.capacity()))
+            .unwrap_or(needed);
+        self.make_owner_lists(first_hole..needed);
         let mut dst = 0u64;
         let mut moved = 0usize;
-        let mut runs = Vec::new();
         let mut owners = Vec::new();
         for ci in 0..self.chunks.len() {
             let Some(chunk) = &self.chunks[ci] else {
                 continue;
             };
-            runs.clear();
-            runs.extend(bit_runs(chunk.occupied_words()));
-            for &(first, count) in &runs {
+            owners.clear();
+            let mut first_moved = None;
+            for (first, count) in bit_runs(chunk.occupied_words()) {
                 let src = (ci as u64) * per + u64::from(first);
                 if src != dst {
-                    self.slide(src, dst, count, &mut owners);
+                    // SAFETY: both ranges lie in chunks the table holds (the sources in
+                    // chunk `ci`, the targets below them, in chunks made above), in its
+                    // one span of places, so they are committed memory; `ptr::copy`
+                    // allows the overlap. The objects are moved bitwise: targets lie
+                    // below every source not yet moved, and the places they leave are
+                    // marked free below before anything reads them as objects again, so
+                    // none is dropped or read twice.
+                    unsafe {
+                        std::ptr::copy(
+                            self.place_ptr(src as u32),
+                            self.place_ptr(dst as u32),
+                            count as usize,
+                        );
+                    }
+                    first_moved.get_or_insert(dst);
+                    chunk.owners_of(first, count, &mut owners);
                     moved += count as usize;
                 }
                 dst += u64::from(count);
+            }
+            if let Some(first) = first_moved {
+                self.write_owners(first, &owners);
             }
         }
         let epoch = self.epoch();
@@ -224,42 +251,39 @@ impl<T> Table<T> {
         Ok(moved)
     }
 
-    /// Moves the `count` objects at places `src..` to places `dst..` (`dst < src`; the
-    /// ranges may overlap; every place lies in a chunk the table holds), with their
-    /// owners, and points their slots at the new places (the slots keep their place
-    /// array). The occupancy bitmaps are left to the caller. `owners` is scratch space.
-    fn slide(&mut self, src: u64, dst: u64, count: u32, owners: &mut Vec<u32>) {
-        debug_assert!(dst < src);
-        let (from, to) = (self.place_ptr(src as u32), self.place_ptr(dst as u32));
-        // SAFETY: both ranges lie in chunks the table holds, in its one span of places, so
-        // they are committed memory; `ptr::copy` allows the overlap. The objects are moved
-        // bitwise: the places they leave are marked free by the caller before anything
-        // reads them as objects again, so none is dropped or read twice.
-        unsafe { std::ptr::copy(from, to, count as usize) };
-        // Stretch by stretch, each within one source and one target chunk: the owners
-        // are read out first (the two chunks may be one), then written at the target.
-        let mut done = 0u64;
-        while done < u64::from(count) {
-            let (from, to) = (
-                self.loc_of_global(src + done),
-                self.loc_of_global(dst + done),
-            );
-            let here = (u64::from(count) - done)
-                .min(u64::from(self.per_chunk - from.pos))
-                .min(u64::from(self.per_chunk - to.pos)) as u32;
-            owners.clear();
-            self.chunks[from.chunk as usize]
-                .as_ref()
-                .expect("a source place lies in a held chunk")
-                .owners_of(from.pos, here, owners);
+    /// Gives every held chunk of `chunks` an owner list, the lists made on every thread.
+    fn make_owner_lists(&mut self, chunks: std::ops::Range<usize>) {
+        let to_make: Vec<(usize, (u32, u32))> = chunks
+            .filter_map(|ci| Some((ci, self.chunks[ci].as_ref()?.owner_list_to_make()?)))
+            .collect();
+        let lists: Vec<Box<[u32]>> = to_make
+            .par_iter()
+            .map(|&(_, (home, capacity))| home_owner_list(home, capacity))
+            .collect();
+        for ((ci, _), list) in to_make.into_iter().zip(lists) {
+            self.chunks[ci]
+                .as_mut()
+                .expect("a chunk listed above")
+                .adopt_owner_list(list);
+        }
+    }
+
+    /// Records that the objects of `owners` (slot indices) now lie at places `first..`,
+    /// which are in chunks the table holds: in those chunks' owner lists, stretch by
+    /// stretch within one chunk, and in the slots, which keep their place array.
+    fn write_owners(&mut self, first: u64, owners: &[u32]) {
+        let mut done = 0usize;
+        while done < owners.len() {
+            let to = self.loc_of_global(first + done as u64);
+            let here = (owners.len() - done).min((self.per_chunk - to.pos) as usize);
             self.chunks[to.chunk as usize]
                 .as_mut()
                 .expect("a target place lies in a held chunk")
-                .owners_mut()[to.pos as usize..(to.pos + here) as usize]
-                .copy_from_slice(owners);
-            self.slots.set_places(owners, (dst + done) as u32);
-            done += u64::from(here);
+                .owners_mut()[to.pos as usize..to.pos as usize + here]
+                .copy_from_slice(&owners[done..done + here]);
+            done += here;
         }
+        self.slots.set_places(owners, first as u32);
     }
 }
 

@@ -307,7 +307,23 @@ impl<T> Chunk<T> {
     pub(crate) fn owners_mut(&mut self) -> &mut [u32] {
         let (home, capacity) = (self.home, self.capacity);
         self.owners
-            .get_or_insert_with(|| (0..capacity).map(|pos| home.wrapping_add(pos)).collect())
+            .get_or_insert_with(|| home_owner_list(home, capacity))
+    }
+
+    /// What [`owners_mut`](Self::owners_mut) would make for a chunk without an owner
+    /// list, or `None` when it has one: its home and capacity, from which
+    /// [`home_owner_list`] makes the list (on any thread) for
+    /// [`adopt_owner_list`](Self::adopt_owner_list).
+    pub(crate) fn owner_list_to_make(&self) -> Option<(u32, u32)> {
+        self.owners.is_none().then_some((self.home, self.capacity))
+    }
+
+    /// Takes `owners`, made by [`home_owner_list`] from this chunk's
+    /// [`owner_list_to_make`](Self::owner_list_to_make), as its owner list.
+    pub(crate) fn adopt_owner_list(&mut self, owners: Box<[u32]>) {
+        assert_eq!(owners.len(), self.capacity as usize, "one owner per place");
+        debug_assert!(self.owners.is_none());
+        self.owners = Some(owners);
     }
 
     pub(crate) fn get(&self, pos: u32) -> Option<&T> {
@@ -737,6 +753,12 @@ fn word_runs(mut word: u64) -> impl Iterator<Item = (u32, u32)> {
         };
         Some((start, len))
     })
+}
+
+/// The owner list of a chunk whose objects are all at home: place `pos` is owned by slot
+/// `home + pos`.
+pub(crate) fn home_owner_list(home: u32, capacity: u32) -> Box<[u32]> {
+    (0..capacity).map(|pos| home.wrapping_add(pos)).collect()
 }
 
 /// Maximal runs of set bits, as `(first bit, count)`, a word at a time.
