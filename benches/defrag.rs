@@ -14,6 +14,11 @@
 //! updating the 100,000 neurons); CSR adds every event into a dense ring buffer of future
 //! input (the delay in steps, the ring position, one add) and clears the row of the step
 //! it leaves. The graph is timed on all threads and on one; CSR runs on one.
+//!
+//! Part 3: a loop of 100 steps of a recurrent network whose steps are short (20,000
+//! driven neurons, 100 random targets each, a few hundred events a step), through
+//! `NeuralGraph::step` called 100 times from the bench's thread against one
+//! `NeuralGraph::run` of 100 steps, which keeps the loop on a worker of rayon's pool.
 
 mod common;
 
@@ -305,6 +310,81 @@ fn bench_propagation(c: &mut Criterion) -> String {
     out
 }
 
+/// A recurrent network of 20,000 neurons driven above threshold, 100 random targets each
+/// (excitatory and, for the last fifth, inhibitory), built with `connect_many`.
+fn driven_network() -> NeuralGraph {
+    const N: usize = 20_000;
+    let mut graph = NeuralGraph::new();
+    let params = NeuronParams {
+        i_e: 380.0,
+        tau_syn_ex: 0.5,
+        tau_syn_in: 0.5,
+        ..NeuronParams::default()
+    };
+    let neurons = graph.add_neurons(N, &params).unwrap();
+    let mut rng = Rng(7);
+    for &n in &neurons {
+        graph.neuron_mut(n).unwrap().v_m = -70.0 + rng.below(1500) as f32 / 100.0;
+    }
+    let (mut pre, mut post, mut weight, mut delay) = (vec![], vec![], vec![], vec![]);
+    for (i, &n) in neurons.iter().enumerate() {
+        for _ in 0..100 {
+            pre.push(n);
+            post.push(neurons[rng.below(N)]);
+            weight.push(if i < N * 4 / 5 { 90.0 } else { -400.0 });
+            delay.push(0.8 + rng.below(10) as f32 * 0.1);
+        }
+    }
+    graph.connect_many(&pre, &post, &weight, &delay).unwrap();
+    graph
+}
+
+fn bench_step_loop(c: &mut Criterion) -> String {
+    const STEPS: u64 = 100;
+    let mut graph = driven_network();
+    graph
+        .run(500, DT, |_, _| Ok::<_, neurostore::Error>(()))
+        .unwrap();
+    let mut g = c.benchmark_group("step_loop_20k");
+    g.throughput(Throughput::Elements(STEPS))
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5));
+    let (mut spikes, mut steps) = (0usize, 0u64);
+    g.bench_function("step_in_a_loop", |b| {
+        b.iter(|| {
+            steps += STEPS;
+            for _ in 0..STEPS {
+                spikes += graph.step(DT).unwrap().len();
+            }
+        })
+    });
+    g.bench_function("run", |b| {
+        b.iter(|| {
+            steps += STEPS;
+            graph
+                .run(STEPS, DT, |_, fired| {
+                    spikes += fired.len();
+                    Ok::<_, neurostore::Error>(())
+                })
+                .unwrap()
+        })
+    });
+    g.finish();
+    let group = "step_loop_20k";
+    let looped = estimate(group, "step_in_a_loop").unwrap_or(f64::NAN);
+    let ran = estimate(group, "run").unwrap_or(f64::NAN);
+    format!(
+        "a loop of {STEPS} steps, 20,000 driven neurons, 2M synapses, {:.0} spikes a step, {} threads:\n\
+         \x20 step in a loop {:>8.1} us per step\n\
+         \x20 run            {:>8.1} us per step  {:.2}x the loop\n",
+        spikes as f64 / steps.max(1) as f64,
+        rayon::current_num_threads(),
+        looped / STEPS as f64 / 1e3,
+        ran / STEPS as f64 / 1e3,
+        ran / looped
+    )
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -312,6 +392,7 @@ fn main() {
     }
     let defrag = bench_defragment(&mut c);
     let propagation = bench_propagation(&mut c);
+    let step_loop = bench_step_loop(&mut c);
     c.final_summary();
-    println!("\nsummary\n{defrag}\n{propagation}");
+    println!("\nsummary\n{defrag}\n{propagation}\n{step_loop}");
 }
