@@ -262,23 +262,19 @@ impl Batch {
                 Normal::new(mean, mean.abs() * WEIGHT_RELATIVE_SD).expect("positive")
             })
             .collect();
-        let batch = self;
-        for (v, null) in [
-            (&mut batch.pre, NeuronId::null()),
-            (&mut batch.post, NeuronId::null()),
-        ] {
+        for v in [&mut self.pre, &mut self.post] {
             v.clear();
-            v.resize(n, null);
+            v.resize(n, NeuronId::null());
         }
-        for v in [&mut batch.weight, &mut batch.delay] {
+        for v in [&mut self.weight, &mut self.delay] {
             v.clear();
             v.resize(n, 0.0);
         }
-        let parts = split_by(&mut batch.pre, &starts)
+        let parts = split_by(&mut self.pre, &starts)
             .into_par_iter()
-            .zip(split_by(&mut batch.post, &starts))
-            .zip(split_by(&mut batch.weight, &starts))
-            .zip(split_by(&mut batch.delay, &starts))
+            .zip(split_by(&mut self.post, &starts))
+            .zip(split_by(&mut self.weight, &starts))
+            .zip(split_by(&mut self.delay, &starts))
             .zip(sources);
         parts.for_each(|((((pre, post), weight), delay), k)| {
             let global = offsets[source] + k;
@@ -700,8 +696,10 @@ pub fn simulate_with(
     #[cfg(feature = "cuda")]
     if let Some(d) = gpu {
         let mut net = neurostore::cuda::GpuNetwork::new(graph, d, DT_MS)?;
+        let mut fired = Vec::new();
         for k in start..total {
-            let fired = net.step()?.to_vec();
+            fired.clear();
+            fired.extend_from_slice(net.step()?);
             steps.after_step(graph, k, &fired)?;
         }
         net.pull_neurons(graph)?;

@@ -1192,7 +1192,7 @@ impl NeuralGraph {
     /// this is called inside [`rayon::ThreadPool::install`]), so that the parallel parts
     /// of each step start on a thread that is already running instead of being handed
     /// over from the calling thread and back three times a step. For the full
-    /// microcircuit on two cores that made the steps 10-15 % faster. The calling thread
+    /// microcircuit on two cores that made the steps about 10 % faster. The calling thread
     /// waits meanwhile, and `on_step` runs on the worker, which is why it must be `Send`.
     ///
     /// ```
