@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::chunk::{Chunk, bit_runs, home_owner_list};
+use super::chunk::{Chunk, ChunkPlaces, bit_runs, home_owner_list};
 use super::typed::Table;
 use crate::error::Error;
 use crate::handle::Handle;
@@ -178,9 +178,13 @@ impl<T> Table<T> {
     /// that moved.
     ///
     /// The chunks that receive moved objects get their owner lists first, on every
-    /// thread (that is most of the fresh memory the slide needs); then one pass moves
-    /// the objects chunk by chunk, each source chunk's owners gathered once and written
-    /// to the one or two chunks its objects land in.
+    /// thread (that is most of the fresh memory the slide needs). Then the objects move
+    /// a source chunk at a time (its runs copied down, its owners gathered once and
+    /// written to the one or two chunks they land in), in waves: a wave is a chunk and
+    /// the chunks after it whose objects all land in the holes below it, so that no chunk
+    /// of the wave writes what another reads, and its chunks move on every thread. Once
+    /// the holes below a chunk hold more than a chunk's objects, waves grow with the
+    /// table by its share of holes; the chunks before go one at a time.
     ///
     /// # Errors
     /// The pool's error when a chunk below the new top (a vacant chunk index) cannot be
@@ -200,41 +204,30 @@ impl<T> Table<T> {
             .position(|c| c.as_ref().is_some_and(|c| c.live() < c.capacity()))
             .unwrap_or(needed);
         self.make_owner_lists(first_hole..needed);
+        // Where each chunk's first object goes: the objects before it, in order.
+        let mut starts = Vec::with_capacity(self.chunks.len() + 1);
         let mut dst = 0u64;
+        for c in &self.chunks {
+            starts.push(dst);
+            dst += c.as_ref().map_or(0, |c| u64::from(c.live()));
+        }
+        starts.push(dst);
         let mut moved = 0usize;
-        let mut owners = Vec::new();
-        for ci in 0..self.chunks.len() {
-            let Some(chunk) = &self.chunks[ci] else {
-                continue;
+        let mut ci = 0;
+        while ci < self.chunks.len() {
+            // A wave: chunk `ci` and the chunks after it whose objects all land below
+            // chunk `ci`'s first place, in the holes before it.
+            let below = ci as u64 * per;
+            let mut end = ci + 1;
+            while end < self.chunks.len() && starts[end + 1] <= below {
+                end += 1;
+            }
+            moved += if end - ci > 1 {
+                self.slide_wave(ci..end, &starts)
+            } else {
+                self.slide_chunk(ci, starts[ci])
             };
-            owners.clear();
-            let mut first_moved = None;
-            for (first, count) in bit_runs(chunk.occupied_words()) {
-                let src = (ci as u64) * per + u64::from(first);
-                if src != dst {
-                    // SAFETY: both ranges lie in chunks the table holds (the sources in
-                    // chunk `ci`, the targets below them, in chunks made above), in its
-                    // one span of places, so they are committed memory; `ptr::copy`
-                    // allows the overlap. The objects are moved bitwise: targets lie
-                    // below every source not yet moved, and the places they leave are
-                    // marked free below before anything reads them as objects again, so
-                    // none is dropped or read twice.
-                    unsafe {
-                        std::ptr::copy(
-                            self.place_ptr(src as u32),
-                            self.place_ptr(dst as u32),
-                            count as usize,
-                        );
-                    }
-                    first_moved.get_or_insert(dst);
-                    chunk.owners_of(first, count, &mut owners);
-                    moved += count as usize;
-                }
-                dst += u64::from(count);
-            }
-            if let Some(first) = first_moved {
-                self.write_owners(first, &owners);
-            }
+            ci = end;
         }
         let epoch = self.epoch();
         for ci in 0..self.chunks.len() {
@@ -249,6 +242,114 @@ impl<T> Table<T> {
         }
         self.stamp_slots();
         Ok(moved)
+    }
+
+    /// Slides the objects of chunk `ci` (if it is held) down to places `dst..`, in
+    /// order (the targets may overlap the chunk's own places); returns how many moved.
+    fn slide_chunk(&mut self, ci: usize, mut dst: u64) -> usize {
+        let Some(chunk) = &self.chunks[ci] else {
+            return 0;
+        };
+        let per = u64::from(self.per_chunk);
+        let mut owners = Vec::new();
+        let mut first_moved = None;
+        for (first, count) in bit_runs(chunk.occupied_words()) {
+            let src = (ci as u64) * per + u64::from(first);
+            if src != dst {
+                // SAFETY: both ranges lie in chunks the table holds (the sources in chunk
+                // `ci`, the targets below them, in chunks made before the slide), in its
+                // one span of places, so they are committed memory; `ptr::copy` allows
+                // the overlap. The objects are moved bitwise: targets lie below every
+                // source not yet moved, and the places they leave are marked free before
+                // anything reads them as objects again, so none is dropped or read twice.
+                unsafe {
+                    std::ptr::copy(
+                        self.place_ptr(src as u32),
+                        self.place_ptr(dst as u32),
+                        count as usize,
+                    );
+                }
+                first_moved.get_or_insert(dst);
+                chunk.owners_of(first, count, &mut owners);
+            }
+            dst += u64::from(count);
+        }
+        if let Some(first) = first_moved {
+            self.write_owners(first, &owners);
+        }
+        owners.len()
+    }
+
+    /// Slides the objects of the chunks `wave` down to their places, `starts[c]..` for
+    /// chunk `c`, on every thread. Every target lies below the wave's first place, so no
+    /// chunk of the wave writes what another reads, and the targets are disjoint; the
+    /// places there were left by objects of earlier chunks, which have moved already.
+    /// Returns how many objects moved.
+    fn slide_wave(&mut self, wave: std::ops::Range<usize>, starts: &[u64]) -> usize {
+        let (per, shift) = (u64::from(self.per_chunk), self.shift);
+        let (first, end) = (starts[wave.start], starts[wave.end]);
+        debug_assert!(end <= (wave.start as u64) << shift);
+        if first == end {
+            return 0;
+        }
+        let objects = MovedObjects(self.objects_ptr());
+        let (targets, sources) = self.chunks.split_at_mut(wave.start);
+        let first_target = (first >> shift) as usize;
+        let owner_lists: Vec<OwnerList> = targets[first_target..=((end - 1) >> shift) as usize]
+            .iter_mut()
+            .map(|c| {
+                let owners = c.as_mut().expect("targets lie in held chunks").owners_mut();
+                OwnerList(owners.as_mut_ptr(), owners.len())
+            })
+            .collect();
+        let places: Vec<Option<ChunkPlaces<'_>>> = sources[..wave.len()]
+            .iter()
+            .map(|c| c.as_ref().map(Chunk::places))
+            .collect();
+        let slots = self.slots.place_writer();
+        places
+            .par_iter()
+            .enumerate()
+            .map(|(k, chunk)| {
+                let Some(chunk) = chunk else {
+                    return 0;
+                };
+                let ci = wave.start + k;
+                let mut owners = Vec::with_capacity(chunk.live as usize);
+                let mut dst = starts[ci];
+                for (pos, count) in bit_runs(chunk.occupied) {
+                    let src = ((ci as u64) << shift) + u64::from(pos);
+                    // SAFETY: sources and targets lie in chunks the table holds, in its
+                    // span of places; targets lie below the wave and sources in it, so
+                    // the ranges do not overlap, and no other task of the wave reads or
+                    // writes these targets (each chunk's targets are its own). The
+                    // objects are moved bitwise, without being read as `T`, created or
+                    // dropped, so the thread that moves them needs no `T: Send`; their
+                    // old places are marked free after the slide.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            objects.at(src),
+                            objects.at(dst),
+                            count as usize,
+                        );
+                    }
+                    chunk.owners_of(pos, count, &mut owners);
+                    dst += u64::from(count);
+                }
+                let mut done = 0;
+                while done < owners.len() {
+                    let place = starts[ci] + done as u64;
+                    let (list, pos) = ((place >> shift) as usize - first_target, place % per);
+                    let here = (owners.len() - done).min((per - pos) as usize);
+                    owner_lists[list].write(pos as usize, &owners[done..done + here]);
+                    done += here;
+                }
+                // SAFETY: the owners of distinct places are distinct slots, and each task
+                // of the wave names the owners of its own chunk's places only.
+                unsafe { slots.set_places(&owners, starts[ci] as u32) };
+                owners.len()
+            })
+            .sum()
     }
 
     /// Gives every held chunk of `chunks` an owner list, the lists made on every thread.
@@ -284,6 +385,42 @@ impl<T> Table<T> {
             done += here;
         }
         self.slots.set_places(owners, first as u32);
+    }
+}
+
+/// A table's span of places, whose objects the tasks of a wave move bitwise.
+struct MovedObjects<T>(*mut T);
+
+// SAFETY: the tasks of a wave only copy objects' bytes between places of the table, which
+// is borrowed exclusively while they run, each task to targets no other reads or writes;
+// no `T` is read, created or dropped on their threads.
+unsafe impl<T> Send for MovedObjects<T> {}
+// SAFETY: as for `Send`.
+unsafe impl<T> Sync for MovedObjects<T> {}
+
+impl<T> MovedObjects<T> {
+    /// The address of place `place` (computed, not read).
+    fn at(&self, place: u64) -> *mut T {
+        self.0.wrapping_add(place as usize)
+    }
+}
+
+/// A target chunk's owner list, which the tasks of a wave write at distinct places.
+struct OwnerList(*mut u32, usize);
+
+// SAFETY: the list belongs to a chunk borrowed exclusively while the wave runs; tasks
+// write disjoint ranges of it.
+unsafe impl Send for OwnerList {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for OwnerList {}
+
+impl OwnerList {
+    /// Writes `owners` at positions `pos..`; no other task writes these positions.
+    fn write(&self, pos: usize, owners: &[u32]) {
+        assert!(pos + owners.len() <= self.1, "owners past the list");
+        // SAFETY: in bounds (checked) of the list, which the exclusive borrow keeps alive
+        // and which no one reads while the wave runs; the tasks write disjoint ranges.
+        unsafe { std::ptr::copy_nonoverlapping(owners.as_ptr(), self.0.add(pos), owners.len()) };
     }
 }
 
@@ -341,6 +478,43 @@ mod tests {
         let again = t.insert(7);
         assert!(hs.iter().all(|h| *h != again));
         assert_eq!(t.get(again), Some(&7));
+    }
+
+    #[test]
+    fn compacting_in_order_on_many_threads_keeps_order_handles_and_owners() {
+        // A random third removed: past the first chunks the holes below a chunk hold
+        // the objects of many chunks after it, so most of the slide runs in waves.
+        let (mut t, hs) = filled(200_000);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut kept = Vec::new();
+        for (i, h) in hs.iter().enumerate() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x.is_multiple_of(3) {
+                t.remove(*h);
+            } else {
+                kept.push((i as u64, *h));
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let report = pool.install(|| t.compact_in_order()).unwrap();
+        assert!(report.moved > kept.len() / 2);
+        assert!(
+            t.values().copied().eq(kept.iter().map(|&(i, _)| i)),
+            "order kept"
+        );
+        assert!(
+            t.iter().map(|(h, _)| h).eq(kept.iter().map(|&(_, h)| h)),
+            "owners"
+        );
+        for &(i, h) in &kept {
+            assert_eq!(t.get(h), Some(&i));
+        }
+        assert_eq!(t.fragmentation().holes, 0);
     }
 
     #[test]

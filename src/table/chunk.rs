@@ -19,6 +19,25 @@ use std::ptr::NonNull;
 
 use crate::pooled::PodBytes;
 
+/// Which places of a chunk are occupied and by whom: [`Chunk::places`].
+pub(crate) struct ChunkPlaces<'a> {
+    pub(crate) occupied: &'a [u64],
+    owners: Option<&'a [u32]>,
+    home: u32,
+    pub(crate) live: u32,
+}
+
+impl ChunkPlaces<'_> {
+    /// Appends the owners of places `first..first + count` to `out`.
+    pub(crate) fn owners_of(&self, first: u32, count: u32, out: &mut Vec<u32>) {
+        let range = first as usize..(first + count) as usize;
+        match self.owners {
+            Some(owners) => out.extend_from_slice(&owners[range]),
+            None => out.extend(range.map(|pos| self.home.wrapping_add(pos as u32))),
+        }
+    }
+}
+
 pub(crate) struct Chunk<T> {
     data: NonNull<T>,
     occupied: Box<[u64]>,
@@ -439,10 +458,17 @@ impl<T> Chunk<T> {
 
     /// Appends the owners of places `first..first + count` to `out`.
     pub(crate) fn owners_of(&self, first: u32, count: u32, out: &mut Vec<u32>) {
-        let range = first as usize..(first + count) as usize;
-        match &self.owners {
-            Some(owners) => out.extend_from_slice(&owners[range]),
-            None => out.extend(range.map(|pos| self.home.wrapping_add(pos as u32))),
+        self.places().owners_of(first, count, out);
+    }
+
+    /// The chunk's bookkeeping of its places (which are occupied, by whom), which threads
+    /// may share whatever `T` is.
+    pub(crate) fn places(&self) -> ChunkPlaces<'_> {
+        ChunkPlaces {
+            occupied: &self.occupied,
+            owners: self.owners.as_deref(),
+            home: self.home,
+            live: self.live,
         }
     }
 

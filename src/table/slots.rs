@@ -133,6 +133,43 @@ fn restore_runs_into(
     live
 }
 
+/// Points live slots at new places from many threads at once: the slot words and places
+/// of an exclusively borrowed [`SlotArray`], for callers that each name their own slots.
+pub(crate) struct PlaceWriter<'a> {
+    words: *mut u32,
+    places: *mut u32,
+    len: usize,
+    _array: std::marker::PhantomData<&'a mut SlotArray>,
+}
+
+// SAFETY: the writer stands for the exclusive borrow of a slot array's words and places
+// (integers); `set_places`' contract keeps the threads that share it on distinct entries.
+unsafe impl Send for PlaceWriter<'_> {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for PlaceWriter<'_> {}
+
+impl PlaceWriter<'_> {
+    /// Points the live slots `owners` at places `first_place`, `first_place + 1`, … (each
+    /// word marked away from home unless the place is its home).
+    ///
+    /// # Safety
+    /// No other call on this writer, on any thread, names a slot of `owners` while this
+    /// one runs. (A table's owners are distinct: each live slot owns one place.)
+    pub(crate) unsafe fn set_places(&self, owners: &[u32], first_place: u32) {
+        for (k, &owner) in owners.iter().enumerate() {
+            let (index, place) = (owner as usize, first_place.wrapping_add(k as u32));
+            assert!(index < self.len, "slot {owner} is past the array");
+            // SAFETY: in bounds (checked) of the committed, initialised words and places
+            // the writer borrows; per the contract no other thread touches this entry.
+            unsafe {
+                let word = self.words.add(index);
+                *word = live_word(owner, word_version(*word), place);
+                *self.places.add(index) = place;
+            }
+        }
+    }
+}
+
 /// A table's slots; see the module doc.
 #[derive(Debug, Default)]
 pub(crate) struct SlotArray {
@@ -299,19 +336,19 @@ impl SlotArray {
     /// Points the live slots `owners` at places `first_place`, `first_place + 1`, …, as
     /// [`set_place`](Self::set_place) each; the place array must be kept.
     pub(crate) fn set_places(&mut self, owners: &[u32], first_place: u32) {
+        // SAFETY: the exclusive borrow of the array makes this the only writer.
+        unsafe { self.place_writer().set_places(owners, first_place) };
+    }
+
+    /// A writer of places that threads share, each pointing its own slots (see
+    /// [`PlaceWriter::set_places`]); the place array must be kept.
+    pub(crate) fn place_writer(&mut self) -> PlaceWriter<'_> {
         assert!(self.places_listed, "places are set only with a place array");
-        // SAFETY: the first `len` words and places are committed and initialised; the
-        // exclusive borrow keeps the slices unique; indexing below checks bounds.
-        let (words, places) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(self.words_ptr(), self.len),
-                std::slice::from_raw_parts_mut(self.places_ptr(), self.len),
-            )
-        };
-        for (k, &owner) in owners.iter().enumerate() {
-            let (index, place) = (owner as usize, first_place.wrapping_add(k as u32));
-            words[index] = live_word(owner, word_version(words[index]), place);
-            places[index] = place;
+        PlaceWriter {
+            words: self.words_ptr(),
+            places: self.places_ptr(),
+            len: self.len,
+            _array: std::marker::PhantomData,
         }
     }
 

@@ -351,7 +351,7 @@ impl<T> Table<T> {
 
     /// Where place 0 is; every place follows at `size_of::<T>()` strides.
     #[inline]
-    fn objects_ptr(&self) -> *mut T {
+    pub(super) fn objects_ptr(&self) -> *mut T {
         if std::mem::size_of::<T>() == 0 {
             NonNull::<T>::dangling().as_ptr()
         } else {
