@@ -286,7 +286,7 @@ impl<T> Table<T> {
     /// places there were left by objects of earlier chunks, which have moved already.
     /// Returns how many objects moved.
     fn slide_wave(&mut self, wave: std::ops::Range<usize>, starts: &[u64]) -> usize {
-        let (per, shift) = (u64::from(self.per_chunk), self.shift);
+        let shift = self.shift;
         let (first, end) = (starts[wave.start], starts[wave.end]);
         debug_assert!(end <= (wave.start as u64) << shift);
         if first == end {
@@ -336,13 +336,8 @@ impl<T> Table<T> {
                     chunk.owners_of(pos, count, &mut owners);
                     dst += u64::from(count);
                 }
-                let mut done = 0;
-                while done < owners.len() {
-                    let place = starts[ci] + done as u64;
-                    let (list, pos) = ((place >> shift) as usize - first_target, place % per);
-                    let here = (owners.len() - done).min((per - pos) as usize);
-                    owner_lists[list].write(pos as usize, &owners[done..done + here]);
-                    done += here;
+                for (target, pos, part) in chunk_stretches(starts[ci], owners.len(), shift) {
+                    owner_lists[target - first_target].write(pos, &owners[part]);
                 }
                 // SAFETY: the owners of distinct places are distinct slots, and each task
                 // of the wave names the owners of its own chunk's places only.
@@ -373,19 +368,36 @@ impl<T> Table<T> {
     /// which are in chunks the table holds: in those chunks' owner lists, stretch by
     /// stretch within one chunk, and in the slots, which keep their place array.
     fn write_owners(&mut self, first: u64, owners: &[u32]) {
-        let mut done = 0usize;
-        while done < owners.len() {
-            let to = self.loc_of_global(first + done as u64);
-            let here = (owners.len() - done).min((self.per_chunk - to.pos) as usize);
-            self.chunks[to.chunk as usize]
+        for (target, pos, part) in chunk_stretches(first, owners.len(), self.shift) {
+            self.chunks[target]
                 .as_mut()
                 .expect("a target place lies in a held chunk")
-                .owners_mut()[to.pos as usize..to.pos as usize + here]
-                .copy_from_slice(&owners[done..done + here]);
-            done += here;
+                .owners_mut()[pos..pos + part.len()]
+                .copy_from_slice(&owners[part]);
         }
         self.slots.set_places(owners, first as u32);
     }
+}
+
+/// The places `first..first + len` cut where chunks (of `1 << shift` places) end: per
+/// stretch, its chunk, its first position in that chunk, and its offsets from `first`.
+fn chunk_stretches(
+    first: u64,
+    len: usize,
+    shift: u32,
+) -> impl Iterator<Item = (usize, usize, std::ops::Range<usize>)> {
+    let per = 1u64 << shift;
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        (done < len).then(|| {
+            let place = first + done as u64;
+            let pos = place & (per - 1);
+            let here = (len - done).min((per - pos) as usize);
+            let stretch = ((place >> shift) as usize, pos as usize, done..done + here);
+            done += here;
+            stretch
+        })
+    })
 }
 
 /// A table's span of places, whose objects the tasks of a wave move bitwise.
@@ -478,6 +490,14 @@ mod tests {
         let again = t.insert(7);
         assert!(hs.iter().all(|h| *h != again));
         assert_eq!(t.get(again), Some(&7));
+    }
+
+    #[test]
+    fn place_ranges_are_cut_where_chunks_end() {
+        let cut: Vec<_> = super::chunk_stretches(6, 10, 2).collect();
+        assert_eq!(cut, [(1, 2, 0..2), (2, 0, 2..6), (3, 0, 6..10)]);
+        assert_eq!(super::chunk_stretches(8, 4, 2).collect::<Vec<_>>(), [(2, 0, 0..4)]);
+        assert_eq!(super::chunk_stretches(5, 0, 2).count(), 0);
     }
 
     #[test]
