@@ -496,7 +496,10 @@ mod tests {
     fn place_ranges_are_cut_where_chunks_end() {
         let cut: Vec<_> = super::chunk_stretches(6, 10, 2).collect();
         assert_eq!(cut, [(1, 2, 0..2), (2, 0, 2..6), (3, 0, 6..10)]);
-        assert_eq!(super::chunk_stretches(8, 4, 2).collect::<Vec<_>>(), [(2, 0, 0..4)]);
+        assert_eq!(
+            super::chunk_stretches(8, 4, 2).collect::<Vec<_>>(),
+            [(2, 0, 0..4)]
+        );
         assert_eq!(super::chunk_stretches(5, 0, 2).count(), 0);
     }
 
